@@ -1,0 +1,297 @@
+//! The seam between the engine and the models: the `Denoiser`, `Codec` and `Conditioner` traits
+//! (architecture.md "The three traits at the seam"), and the plain data they exchange.
+//!
+//! Backends (the built-in `sketch`, ACE-Step 1.5) implement these; the engine and everything
+//! above it never name a backend. Conditioning is carried as tensors, exactly like DEMON's
+//! `SlotRequest` carries `encoder_hidden_states`: the engine may blend, pad and batch it without
+//! knowing what it means.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+
+static NEXT_CONDITIONING_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Encoded prompt: what the denoiser cross-attends to.
+#[derive(Clone, Debug)]
+pub struct Conditioning {
+    /// `[1, L, H]` encoder states.
+    pub states: Tensor,
+    /// `[1, L]` 1.0 for valid positions, 0.0 for padding.
+    pub mask: Tensor,
+    /// Unique per distinct conditioning value: backends key per-generation caches on it
+    /// (for example cross-attention keys and values).
+    pub id: u64,
+}
+
+impl Conditioning {
+    /// Wrap encoder states; every position valid.
+    pub fn new(states: Tensor) -> Result<Self> {
+        let (b, l, _h) = states.dims3()?;
+        if b != 1 {
+            return Err(EngineError::shape("conditioning states", "[1, L, H]", format!("{:?}", states.dims())));
+        }
+        let mask = Tensor::ones((1, l), DType::F32, states.device())?;
+        Ok(Self::with_mask(states, mask))
+    }
+
+    pub fn with_mask(states: Tensor, mask: Tensor) -> Self {
+        Self { states, mask, id: NEXT_CONDITIONING_ID.fetch_add(1, Ordering::Relaxed) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.states.dim(1).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn hidden(&self) -> usize {
+        self.states.dim(2).unwrap_or(0)
+    }
+
+    /// `(1 − w)·a + w·b`, zero-padding the shorter sequence (DEMON's `ConditioningBlend`, the
+    /// streaming prompt crossfade); the mask is the element-wise maximum.
+    pub fn lerp(a: &Conditioning, b: &Conditioning, w: f32) -> Result<Conditioning> {
+        if !w.is_finite() {
+            return Err(EngineError::param("blend", "weight is not finite"));
+        }
+        if w <= 0.0 {
+            return Ok(a.clone());
+        }
+        if w >= 1.0 {
+            return Ok(b.clone());
+        }
+        if a.hidden() != b.hidden() {
+            return Err(EngineError::shape("conditioning width", a.hidden(), b.hidden()));
+        }
+        let l = a.len().max(b.len());
+        let (sa, ma) = a.padded_to(l)?;
+        let (sb, mb) = b.padded_to(l)?;
+        let states = ((sa * (1.0 - w as f64))? + (sb * w as f64)?)?;
+        let mask = ma.maximum(&mb)?;
+        Ok(Conditioning::with_mask(states, mask))
+    }
+
+    /// States and mask zero-padded to length `l`.
+    pub fn padded_to(&self, l: usize) -> Result<(Tensor, Tensor)> {
+        let n = self.len();
+        if n == l {
+            return Ok((self.states.clone(), self.mask.clone()));
+        }
+        if n > l {
+            return Err(EngineError::shape("conditioning length", format!("<= {l}"), n));
+        }
+        Ok((
+            self.states.pad_with_zeros(1, 0, l - n)?,
+            self.mask.pad_with_zeros(1, 0, l - n)?,
+        ))
+    }
+}
+
+/// One batched denoiser call: `B` rows that share the latent length `T`.
+pub struct DenoiseBatch<'a> {
+    /// `[B, T, C]` model input (mask pre-blend and channel gain already applied).
+    pub x: Tensor,
+    /// Flow-matching time of each row, `t ∈ [0, 1]` (1 = pure noise).
+    pub t: Vec<f32>,
+    /// The conditioning of each row.
+    pub conditions: Vec<&'a Conditioning>,
+    /// `[1, T, Cc]` structural context of each row (for ACE-Step: hint ‖ chunk mask).
+    pub contexts: Vec<&'a Tensor>,
+}
+
+impl DenoiseBatch<'_> {
+    pub fn rows(&self) -> usize {
+        self.t.len()
+    }
+}
+
+/// The model: predicts the flow-matching velocity `v ≈ ε − x₀` for every row.
+///
+/// Contract: row `i` of the result depends only on row `i` of the input (its latent, time,
+/// conditioning and context), never on which other rows share the batch. This is what makes
+/// streaming output bit-identical to one-at-a-time output.
+pub trait Denoiser: Send {
+    /// Latent channels `C`.
+    fn latent_channels(&self) -> usize;
+    /// Context channels `Cc` expected in [`DenoiseBatch::contexts`].
+    fn context_channels(&self) -> usize;
+    /// The device the model lives on; the engine keeps its state there too.
+    fn device(&self) -> &Device;
+    /// `[B, T, C]` velocities.
+    fn velocity(&mut self, batch: &DenoiseBatch<'_>) -> Result<Tensor>;
+    /// A short name for logs and benchmarks.
+    fn name(&self) -> &str {
+        "denoiser"
+    }
+}
+
+/// Planar audio: one `Vec<f32>` per channel, all the same length.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Audio {
+    pub sample_rate: u32,
+    pub channels: Vec<Vec<f32>>,
+}
+
+impl Audio {
+    pub fn new(sample_rate: u32, channels: Vec<Vec<f32>>) -> Result<Self> {
+        if channels.is_empty() {
+            return Err(EngineError::param("audio", "no channels"));
+        }
+        let n = channels[0].len();
+        if channels.iter().any(|c| c.len() != n) {
+            return Err(EngineError::param("audio", "channels have different lengths"));
+        }
+        Ok(Self { sample_rate, channels })
+    }
+
+    pub fn silence(sample_rate: u32, channels: usize, frames: usize) -> Self {
+        Self { sample_rate, channels: vec![vec![0.0; frames]; channels] }
+    }
+
+    /// Samples per channel.
+    pub fn frames(&self) -> usize {
+        self.channels.first().map_or(0, |c| c.len())
+    }
+
+    pub fn seconds(&self) -> f64 {
+        self.frames() as f64 / self.sample_rate.max(1) as f64
+    }
+
+    /// Interleaved samples (`L R L R …`).
+    pub fn interleaved(&self) -> Vec<f32> {
+        let n = self.frames();
+        let c = self.channels.len();
+        let mut out = Vec::with_capacity(n * c);
+        for i in 0..n {
+            for ch in &self.channels {
+                out.push(ch[i]);
+            }
+        }
+        out
+    }
+
+    /// Largest absolute sample value.
+    pub fn peak(&self) -> f32 {
+        self.channels.iter().flatten().fold(0.0f32, |m, x| m.max(x.abs()))
+    }
+
+    /// Root mean square over all channels.
+    pub fn rms(&self) -> f32 {
+        let n = self.channels.iter().map(|c| c.len()).sum::<usize>().max(1);
+        let s: f64 = self.channels.iter().flatten().map(|x| (*x as f64).powi(2)).sum();
+        (s / n as f64).sqrt() as f32
+    }
+}
+
+/// Audio ⇄ latent. `encode` gives `[1, T, C]`; `decode` takes any window of frames.
+pub trait Codec: Send {
+    fn sample_rate(&self) -> u32;
+    /// Audio samples per latent frame (1920 at 48 kHz / 25 Hz).
+    fn hop_samples(&self) -> usize;
+    fn latent_channels(&self) -> usize;
+    fn audio_channels(&self) -> usize;
+    fn device(&self) -> &Device;
+    /// `[1, T, C]` latent of `audio` (any length; trailing samples short of a frame dropped).
+    fn encode(&mut self, audio: &Audio) -> Result<Tensor>;
+    /// Audio of the latent window `[1, N, C]`, `N · hop` samples long. `first_frame` is the
+    /// absolute index of the window's first frame: codecs whose output depends on absolute
+    /// position (the sketch synthesizer's oscillator phases) use it; convolutional codecs
+    /// ignore it.
+    fn decode(&mut self, latent: &Tensor, first_frame: i64) -> Result<Audio>;
+    fn name(&self) -> &str {
+        "codec"
+    }
+}
+
+/// What a performer asks for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Prompt {
+    /// Caption / style tags, e.g. "deep house, warm pads".
+    pub tags: String,
+    pub lyrics: String,
+    pub bpm: Option<f32>,
+    /// e.g. "A minor", "F# major".
+    pub key: Option<String>,
+    pub time_signature: Option<u32>,
+    pub language: Option<String>,
+    /// Song length the prompt describes.
+    pub duration_s: Option<f32>,
+}
+
+impl Prompt {
+    pub fn tags(tags: impl Into<String>) -> Self {
+        Self { tags: tags.into(), ..Default::default() }
+    }
+
+    /// Check user-controlled fields.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(b) = self.bpm {
+            if !(b.is_finite() && (20.0..=400.0).contains(&b)) {
+                return Err(EngineError::param("bpm", format!("{b} is outside 20..=400")));
+            }
+        }
+        if let Some(ts) = self.time_signature {
+            if !(1..=16).contains(&ts) {
+                return Err(EngineError::param("time_signature", format!("{ts} is outside 1..=16")));
+            }
+        }
+        if self.tags.len() > 4096 {
+            return Err(EngineError::param("prompt", "tags longer than 4096 bytes"));
+        }
+        if self.lyrics.len() > 65536 {
+            return Err(EngineError::param("lyrics", "longer than 65536 bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// Prompt → conditioning, and the structural context the denoiser reads beside it.
+pub trait Conditioner: Send {
+    /// Encode a prompt.
+    fn condition(&mut self, prompt: &Prompt) -> Result<Conditioning>;
+    /// The unconditional embedding used as the negative when no negative prompt is given.
+    fn null_condition(&mut self, like: &Conditioning) -> Result<Conditioning>;
+    /// Channels of the context tensor.
+    fn context_channels(&self) -> usize;
+    /// `[1, frames, Cc]` context: the neutral context lerped toward the structure of `structure`
+    /// (a `[1, frames, C]` latent) by `strength ∈ [0, 1]`; `None` gives the neutral context.
+    fn context(&mut self, structure: Option<&Tensor>, frames: usize, strength: f32) -> Result<Tensor>;
+    fn name(&self) -> &str {
+        "conditioner"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditioning_lerp_pads_and_blends() {
+        let d = Device::Cpu;
+        let a = Conditioning::new(Tensor::ones((1, 2, 3), DType::F32, &d).unwrap()).unwrap();
+        let b = Conditioning::new(Tensor::full(3f32, (1, 3, 3), &d).unwrap()).unwrap();
+        let c = Conditioning::lerp(&a, &b, 0.5).unwrap();
+        let v = c.states.to_vec3::<f32>().unwrap();
+        assert_eq!(v[0][0], vec![2.0; 3]);
+        assert_eq!(v[0][2], vec![1.5; 3]);
+        assert_eq!(c.mask.to_vec2::<f32>().unwrap(), vec![vec![1.0; 3]]);
+        assert_ne!(c.id, a.id);
+        assert_eq!(Conditioning::lerp(&a, &b, 0.0).unwrap().id, a.id);
+        assert!(Conditioning::lerp(&a, &b, f32::NAN).is_err());
+    }
+
+    #[test]
+    fn audio_helpers() {
+        let a = Audio::new(48_000, vec![vec![0.5, -1.0], vec![0.0, 0.25]]).unwrap();
+        assert_eq!(a.interleaved(), vec![0.5, 0.0, -1.0, 0.25]);
+        assert_eq!(a.peak(), 1.0);
+        assert!(Audio::new(48_000, vec![vec![0.0], vec![]]).is_err());
+    }
+}

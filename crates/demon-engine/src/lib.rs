@@ -1,0 +1,36 @@
+//! # demon-engine
+//!
+//! The core of DEMON in Rust: a real-time streaming diffusion engine for music. It holds no I/O
+//! and no threads; tensors live on candle so the same code runs on CPU and CUDA.
+//!
+//! - [`curve`]: scalar-or-per-frame controls and their wire specs.
+//! - [`schedule`]: per-slot timestep schedules from denoise strength (demon.md §3).
+//! - [`rng`]: portable counter-based Gaussian noise.
+//! - [`solver`]: the step kernels (Euler, SDE re-noise, source blending, APG, CFG rescale, DCW).
+//! - [`pipeline`]: `StreamPipeline`, the ring of in-flight generations (mechanism 1).
+//! - [`lane`]: `SharedLane`, per-step state read by every slot on the next tick (mechanism 2).
+//! - [`backend`]: the `Denoiser`, `Codec` and `Conditioner` traits every backend implements.
+
+pub mod backend;
+pub mod curve;
+pub mod error;
+pub mod lane;
+pub mod pipeline;
+pub mod request;
+pub mod rng;
+pub mod schedule;
+pub mod solver;
+pub mod testing;
+
+pub use backend::{Audio, Codec, Conditioner, Conditioning, DenoiseBatch, Denoiser, Prompt};
+pub use curve::{Curve, CurveSpec};
+pub use error::{EngineError, Result};
+pub use lane::{ChannelGain, DcwMode, DcwSettings, SharedLane};
+pub use pipeline::{Finished, PipelineStats, ScheduleMode, SlotView, StreamPipeline, TickReport, MAX_DEPTH};
+pub use request::{
+    CfgMode, LatentMask, SlotCondition, SlotRequest, SolverKind, StepCurves, StepRange, STEP_CURVE_NAMES,
+};
+pub use schedule::{Schedule, ScheduleCache, ScheduleParams};
+
+/// Latent frames per second of every backend DEMON targets (ACE-Step 1.5 and the sketch).
+pub const FRAMES_PER_SECOND: f64 = 25.0;
