@@ -632,7 +632,7 @@ impl StreamPipeline {
                 let s = &self.slots[idx[k]];
                 let conds = if negative { &s.req.negatives } else { &s.req.conditions };
                 conditions.push(&conds[c].conditioning);
-                contexts.push(&s.req.context);
+                contexts.push(conds[c].context.as_ref().unwrap_or(&s.req.context));
                 t.push(pre[k].t);
             }
             let batch = DenoiseBatch { x, t, conditions, contexts };

@@ -107,20 +107,28 @@ pub struct SlotCondition {
     /// Per-frame weight in the velocity blend `Σ wᵢ·vᵢ / Σ wᵢ`; `None` is 1.
     pub weight: Option<Curve>,
     pub step_range: StepRange,
+    /// `[1, T, Cc]` context used with this condition instead of the request's (ACE-Step's
+    /// cover task switches both conditioning and context part way through the schedule).
+    pub context: Option<Tensor>,
 }
 
 impl SlotCondition {
     pub fn new(conditioning: Conditioning) -> Self {
-        Self { conditioning, weight: None, step_range: StepRange::default() }
+        Self { conditioning, weight: None, step_range: StepRange::default(), context: None }
     }
 
     pub fn weighted(conditioning: Conditioning, weight: Curve) -> Self {
-        Self { conditioning, weight: Some(weight), step_range: StepRange::default() }
+        Self { weight: Some(weight), ..Self::new(conditioning) }
+    }
+
+    /// Active only for the schedule fraction `[start, end)`.
+    pub fn in_range(conditioning: Conditioning, start: f32, end: f32) -> Self {
+        Self { step_range: StepRange { start, end }, ..Self::new(conditioning) }
     }
 
     /// True when this condition changes anything beyond a plain single-condition pass.
     fn is_composite(&self) -> bool {
-        self.weight.is_some() || !self.step_range.is_full()
+        self.weight.is_some() || !self.step_range.is_full() || self.context.is_some()
     }
 }
 
@@ -325,6 +333,15 @@ impl SlotRequest {
         }
         for c in self.conditions.iter().chain(&self.negatives) {
             c.step_range.validate()?;
+            if let Some(ctx) = &c.context {
+                if ctx.dims() != want_ctx {
+                    return Err(EngineError::shape(
+                        "condition context",
+                        format!("{want_ctx:?}"),
+                        format!("{:?}", ctx.dims()),
+                    ));
+                }
+            }
             if let Some(w) = &c.weight {
                 w.check_range("condition weight", 0.0, 1e6)?;
             }
