@@ -1,0 +1,368 @@
+//! Building blocks shared by every ACE-Step stack, written on plain candle-core ops:
+//! linear layers, RMSNorm, rotary embeddings with the half-split `rotate_half` layout (Qwen3 /
+//! `modeling_acestep_v15_turbo.py`, acestep.md §1.3), grouped-query attention with additive
+//! masks, the SwiGLU MLP and the pre-norm encoder layer (lyric, timbre, pooler, detokenizer and,
+//! with a causal mask, the Qwen3 text encoder).
+//!
+//! Parameters come from a [`TensorSource`]: either a checkpoint ([`ComponentWeights`]) or
+//! deterministic random values ([`RandomSource`], for full-size benchmarks without files).
+
+use candle_core::{D, DType, Device, Tensor};
+
+use crate::config::StackConfig;
+use crate::error::Result;
+use crate::weights::ComponentWeights;
+
+/// Where parameters come from.
+pub trait TensorSource {
+    /// The tensor `name` (original checkpoint naming) with exactly `shape`.
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// `true` when `name` exists (optional parameters such as biases).
+    fn has(&self, name: &str) -> bool;
+    fn device(&self) -> &Device;
+}
+
+impl TensorSource for ComponentWeights {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get(name, shape)
+    }
+    fn has(&self, name: &str) -> bool {
+        self.contains(name)
+    }
+    fn device(&self) -> &Device {
+        ComponentWeights::device(self)
+    }
+}
+
+/// Random parameters for benchmarks: norms are ones, everything else uniform with the variance of
+/// a `1/fan_in` initialisation, from a counter-based generator keyed by the seed and the name.
+pub struct RandomSource {
+    pub seed: u64,
+    pub device: Device,
+}
+
+impl TensorSource for RandomSource {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let is_norm = name.ends_with("norm.weight") || name.ends_with("layernorm.weight") || name.contains("_norm.");
+        if is_norm {
+            return Ok(Tensor::ones(shape, DType::F32, &self.device)?);
+        }
+        let fan_in = if shape.len() >= 2 { shape[1..].iter().product::<usize>() } else { shape.first().copied().unwrap_or(1) };
+        let bound = (3.0 / fan_in.max(1) as f32).sqrt();
+        let mut state = self.seed ^ fnv1a(name);
+        let mut values = Vec::with_capacity(n);
+        for _ in 0..n {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let u = (z >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+            values.push((2.0 * u - 1.0) * bound);
+        }
+        Ok(Tensor::from_vec(values, shape, &self.device)?)
+    }
+    fn has(&self, _name: &str) -> bool {
+        true
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// `y = x·Wᵀ + b` with `W` `[out, in]` as stored by PyTorch.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(src: &dyn TensorSource, name: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Self> {
+        let weight = src.tensor(&format!("{name}.weight"), &[out_dim, in_dim])?;
+        let bias = if bias { Some(src.tensor(&format!("{name}.bias"), &[out_dim])?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dim(0).unwrap_or(0)
+    }
+
+    /// `x` is `[..., in]`. Batched inputs run one matrix product per leading index, so a row's
+    /// result never depends on the other rows of the batch.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = match x.dims() {
+            [b1, b2, _, _] => self.weight.broadcast_left((*b1, *b2))?.t()?,
+            [b, _, _] => self.weight.broadcast_left(*b)?.t()?,
+            _ => self.weight.t()?,
+        };
+        let y = x.matmul(&w)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + ε) · w`.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(src: &dyn TensorSource, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: src.tensor(&format!("{name}.weight"), &[dim])?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(rms_normalize(x, self.eps)?.broadcast_mul(&self.weight)?)
+    }
+}
+
+/// `x / sqrt(mean(x²) + ε)` over the last dimension (no weight).
+pub fn rms_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(x.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?)
+}
+
+/// Rotary tables `[S, D]` for positions `0..len`: `cos`/`sin` of `pos·θ^(−2i/D)`, with the
+/// frequency half repeated (`cat([f, f])`). Computed in f32 like the reference.
+pub fn rope_tables(len: usize, head_dim: usize, theta: f64, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let inv: Vec<f32> = (0..half).map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
+    let mut cos = Vec::with_capacity(len * head_dim);
+    let mut sin = Vec::with_capacity(len * head_dim);
+    for p in 0..len {
+        for _ in 0..2 {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+    }
+    Ok((Tensor::from_vec(cos, (len, head_dim), device)?, Tensor::from_vec(sin, (len, head_dim), device)?))
+}
+
+/// Apply RoPE to `[B, H, S, D]`: `x·cos + rotate_half(x)·sin`, `rotate_half(x) = [−x₂, x₁]`.
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// Softmax over the last dimension (max-subtracted).
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&m)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+/// The additive value that removes a key (torch's `finfo(float32).min`, so a fully masked row
+/// degrades to uniform attention exactly as in the reference instead of NaN).
+pub const MASKED: f32 = f32::MIN;
+
+/// `[S, L]` additive mask keeping `|i − j| ≤ window` (bidirectional band) and, when `causal`,
+/// only `j ≤ i`.
+pub fn band_mask(s: usize, l: usize, window: Option<usize>, causal: bool, device: &Device) -> Result<Tensor> {
+    let mut v = Vec::with_capacity(s * l);
+    for i in 0..s {
+        for j in 0..l {
+            let keep = (!causal || j <= i) && window.is_none_or(|w| i.abs_diff(j) <= w);
+            v.push(if keep { 0.0 } else { MASKED });
+        }
+    }
+    Ok(Tensor::from_vec(v, (s, l), device)?)
+}
+
+/// Grouped-query attention. `q` `[B, H, S, D]`, `k`/`v` `[B, KV, L, D]`, `mask` additive and
+/// broadcastable to `[B, 1, S, L]` (pass `[S, L]` or `[B, 1, S, L]`). Returns `[B, S, H·D]`.
+///
+/// Query heads are grouped with their key/value head (`h / (H/KV)`, torch's `repeat_interleave`
+/// convention) by reshaping the queries rather than copying keys and values.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+    let (b, h, s, d) = q.dims4()?;
+    let kv = k.dim(1)?;
+    let l = k.dim(2)?;
+    let rep = h / kv;
+    let qg = q.contiguous()?.reshape((b, kv, rep * s, d))?;
+    let scores = (qg.matmul(&k.t()?)? * scale)?; // [B, KV, rep·S, L]
+    let scores = match mask {
+        None => scores,
+        Some(m) => {
+            let m = match m.rank() {
+                2 => m.reshape((1, 1, 1, s, l))?,
+                4 => m.unsqueeze(2)?,
+                _ => m.clone(),
+            };
+            scores.reshape((b, kv, rep, s, l))?.broadcast_add(&m)?.reshape((b, kv, rep * s, l))?
+        }
+    };
+    let probs = softmax_last(&scores)?;
+    let out = probs.matmul(&v.contiguous()?)?; // [B, KV, rep·S, D]
+    Ok(out.reshape((b, h, s, d))?.transpose(1, 2)?.reshape((b, s, h * d))?)
+}
+
+/// Attention projections with per-head q/k RMSNorm (ACE-Step and Qwen3 attention).
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub q_norm: RmsNorm,
+    pub k_norm: RmsNorm,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// `hidden` is the query input width; `kv_in` the key/value input width.
+    pub fn load(src: &dyn TensorSource, name: &str, cfg: &StackConfig, hidden: usize, kv_in: usize) -> Result<Self> {
+        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        Ok(Self {
+            q_proj: Linear::load(src, &format!("{name}.q_proj"), h * d, hidden, false)?,
+            k_proj: Linear::load(src, &format!("{name}.k_proj"), kv * d, kv_in, false)?,
+            v_proj: Linear::load(src, &format!("{name}.v_proj"), kv * d, kv_in, false)?,
+            o_proj: Linear::load(src, &format!("{name}.o_proj"), hidden, h * d, false)?,
+            q_norm: RmsNorm::load(src, &format!("{name}.q_norm"), d, cfg.rms_norm_eps)?,
+            k_norm: RmsNorm::load(src, &format!("{name}.k_norm"), d, cfg.rms_norm_eps)?,
+            heads: h,
+            kv_heads: kv,
+            head_dim: d,
+        })
+    }
+
+    /// `[B, S, in]` → `[B, heads, S, D]` after projection and per-head RMSNorm.
+    fn heads_of(&self, proj: &Linear, norm: &RmsNorm, x: &Tensor, heads: usize) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let y = proj.forward(x)?.reshape((b, s, heads, self.head_dim))?;
+        Ok(norm.forward(&y)?.transpose(1, 2)?.contiguous()?)
+    }
+
+    pub fn queries(&self, x: &Tensor) -> Result<Tensor> {
+        self.heads_of(&self.q_proj, &self.q_norm, x, self.heads)
+    }
+
+    /// Normalised keys and values `[B, KV, L, D]` of `x` (no RoPE).
+    pub fn keys_values(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, l, _) = x.dims3()?;
+        let k = self.heads_of(&self.k_proj, &self.k_norm, x, self.kv_heads)?;
+        let v = self.v_proj.forward(x)?.reshape((b, l, self.kv_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
+        Ok((k, v))
+    }
+
+    /// Self-attention with RoPE (tables `[S, D]`) and an optional additive mask.
+    pub fn self_attention(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: Option<&Tensor>) -> Result<Tensor> {
+        let q = apply_rope(&self.queries(x)?, &rope.0, &rope.1)?;
+        let (k, v) = self.keys_values(x)?;
+        let k = apply_rope(&k, &rope.0, &rope.1)?;
+        let o = attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())?;
+        self.o_proj.forward(&o)
+    }
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) · up(x))`.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn load(src: &dyn TensorSource, name: &str, hidden: usize, inter: usize) -> Result<Self> {
+        Ok(Self {
+            gate_proj: Linear::load(src, &format!("{name}.gate_proj"), inter, hidden, false)?,
+            up_proj: Linear::load(src, &format!("{name}.up_proj"), inter, hidden, false)?,
+            down_proj: Linear::load(src, &format!("{name}.down_proj"), hidden, inter, false)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate_proj.forward(x)?.silu()?;
+        self.down_proj.forward(&(g * self.up_proj.forward(x)?)?)
+    }
+}
+
+/// Pre-norm Qwen3-style layer: `h = x + Attn(norm(x))`, `out = h + MLP(norm(h))`.
+#[derive(Clone, Debug)]
+pub struct EncoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl EncoderLayer {
+    pub fn load(src: &dyn TensorSource, name: &str, cfg: &StackConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            input_layernorm: RmsNorm::load(src, &format!("{name}.input_layernorm"), h, cfg.rms_norm_eps)?,
+            self_attn: Attention::load(src, &format!("{name}.self_attn"), cfg, h, h)?,
+            post_attention_layernorm: RmsNorm::load(src, &format!("{name}.post_attention_layernorm"), h, cfg.rms_norm_eps)?,
+            mlp: Mlp::load(src, &format!("{name}.mlp"), h, cfg.intermediate_size)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: Option<&Tensor>) -> Result<Tensor> {
+        let h = (x + self.self_attn.self_attention(&self.input_layernorm.forward(x)?, rope, mask)?)?;
+        Ok((&h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
+    }
+}
+
+/// A stack of encoder layers with alternating sliding (even index) / full attention, a final
+/// RMSNorm, and bidirectional attention with an optional key padding mask.
+#[derive(Clone, Debug)]
+pub struct EncoderStack {
+    pub layers: Vec<EncoderLayer>,
+    pub norm: RmsNorm,
+    pub cfg: StackConfig,
+}
+
+impl EncoderStack {
+    pub fn load(src: &dyn TensorSource, name: &str, cfg: &StackConfig, depth: usize) -> Result<Self> {
+        let layers = (0..depth)
+            .map(|i| EncoderLayer::load(src, &format!("{name}.layers.{i}"), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers, norm: RmsNorm::load(src, &format!("{name}.norm"), cfg.hidden_size, cfg.rms_norm_eps)?, cfg: cfg.clone() })
+    }
+
+    /// `x` `[B, L, H]`; `key_mask` `[B, L]` (1 valid, 0 padding) or `None`. Returns the normed
+    /// `[B, L, H]`.
+    pub fn forward(&self, x: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        let dev = x.device();
+        let rope = rope_tables(l, self.cfg.head_dim, self.cfg.rope_theta, dev)?;
+        let pad = match key_mask {
+            Some(m) => {
+                // [B, 1, 1, L]: 0 where valid, MASKED where padding.
+                let keep = m.to_dtype(DType::F32)?.reshape((b, 1, 1, l))?;
+                Some(((keep.affine(-1.0, 1.0)?) * (MASKED as f64))?)
+            }
+            None => None,
+        };
+        let sliding = band_mask(l, l, Some(self.cfg.sliding_window), false, dev)?;
+        let sliding = match &pad {
+            Some(p) => Some(p.broadcast_add(&sliding.reshape((1, 1, l, l))?)?.clamp(MASKED, 0.0)?),
+            None => Some(sliding),
+        };
+        let mut h = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mask = if i % 2 == 0 { sliding.as_ref() } else { pad.as_ref() };
+            h = layer.forward(&h, &rope, mask)?;
+        }
+        self.norm.forward(&h)
+    }
+}
