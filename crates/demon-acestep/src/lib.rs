@@ -12,3 +12,8 @@ pub mod silence;
 pub mod weights;
 
 pub use error::{AceStepError, Result};
+pub mod condition;
+pub mod dit;
+pub mod fsq;
+pub mod text;
+pub mod vae;
