@@ -159,6 +159,38 @@ impl Dit {
         self.scale_shift_table.device()
     }
 
+    /// The linear layer of module `name` (original naming, e.g.
+    /// `decoder.layers.3.cross_attn.v_proj`), for LoRA merging.
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        if name == "decoder.condition_embedder" {
+            return Some(&mut self.condition_embedder);
+        }
+        let rest = name.strip_prefix("decoder.layers.")?;
+        let (idx, tail) = rest.split_once('.')?;
+        let layer = self.layers.get_mut(idx.parse::<usize>().ok()?)?;
+        let (block, proj) = tail.split_once('.')?;
+        let attn = match block {
+            "self_attn" => &mut layer.self_attn,
+            "cross_attn" => &mut layer.cross_attn,
+            "mlp" => {
+                return match proj {
+                    "gate_proj" => Some(&mut layer.mlp.gate_proj),
+                    "up_proj" => Some(&mut layer.mlp.up_proj),
+                    "down_proj" => Some(&mut layer.mlp.down_proj),
+                    _ => None,
+                };
+            }
+            _ => return None,
+        };
+        match proj {
+            "q_proj" => Some(&mut attn.q_proj),
+            "k_proj" => Some(&mut attn.k_proj),
+            "v_proj" => Some(&mut attn.v_proj),
+            "o_proj" => Some(&mut attn.o_proj),
+            _ => None,
+        }
+    }
+
     /// Forget every cached cross-attention K/V (after a weight change such as a LoRA update).
     pub fn clear_cache(&mut self) {
         self.cache.clear();

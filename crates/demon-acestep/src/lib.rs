@@ -1,19 +1,48 @@
 //! # demon-acestep
 //!
-//! ACE-Step 1.5 (arXiv 2602.xxxx model family, re-implemented from acestep.md) as a DEMON backend
-//! on candle, f32 on CPU: Qwen3 text encoder and tokenizer, condition encoder (lyric and timbre
-//! encoders, packing, null condition), FSQ audio tokenizer and detokenizer, the DiT, the Oobleck
-//! VAE, LoRA merging, and weight loading for both checkpoint layouts.
+//! ACE-Step 1.5 (2B turbo and 5B XL turbo) as a DEMON backend on candle, f32 on CPU, re-implemented
+//! from the notes in `shared/reference/acestep.md` and checked for parity against the reference
+//! classes of the PyPI packages (diffusers, transformers) on tiny random models.
+//!
+//! - [`model`]: [`AceStep`] (load either checkpoint layout, or random weights) and the three
+//!   backend objects implementing demon-engine's traits: [`AceStepDenoiser`] (DiT + LoRA),
+//!   [`AceStepCodec`] (Oobleck VAE), [`AceStepConditioner`] (Qwen3 tokenizer and text encoder,
+//!   condition encoder, FSQ hints, silence latent).
+//! - [`tasks`]: text-to-music, cover and repaint requests; the turbo timestep tables.
+//! - [`weights`]: layouts, memory-mapped safetensors, [`inspect_weights`].
+//! - [`debug`]: [`debug_forward`], the per-component parity harness.
+//! - [`lora`]: PEFT and single-file LoRA adapters.
+//! - Model parts: [`text`], [`condition`], [`fsq`], [`dit`], [`vae`], [`nn`], [`silence`], [`config`].
+//!
+//! ```no_run
+//! use demon_acestep::{AceStep, inspect_weights};
+//! let dir = std::path::Path::new("/models/Ace-Step1.5");
+//! println!("{}", inspect_weights(dir)?);
+//! let model = AceStep::load(dir, &candle_core::Device::Cpu)?;
+//! let (mut denoiser, codec, conditioner) = model.into_parts();
+//! denoiser.add_lora(std::path::Path::new("my-style-lora"), 0.8)?;
+//! # Ok::<(), demon_acestep::AceStepError>(())
+//! ```
 
+pub mod condition;
 pub mod config;
+pub mod debug;
+pub mod dit;
 pub mod error;
+pub mod fsq;
+pub mod lora;
+pub mod model;
 pub mod nn;
 pub mod silence;
-pub mod weights;
-
-pub use error::{AceStepError, Result};
-pub mod condition;
-pub mod dit;
-pub mod fsq;
+pub mod tasks;
 pub mod text;
 pub mod vae;
+pub mod weights;
+
+pub use config::{DitConfig, TextEncoderConfig, VaeConfig};
+pub use debug::{Component, debug_forward};
+pub use error::{AceStepError, Result};
+pub use lora::LoraInfo;
+pub use model::{AceStep, AceStepCodec, AceStepConditioner, AceStepConfig, AceStepDenoiser};
+pub use text::Task;
+pub use weights::{Layout, WeightsReport, inspect_weights};

@@ -42,3 +42,44 @@ pub fn check(what: &str, got: &Tensor, want: &Tensor, bound: f32) -> f32 {
 pub fn ids(t: &Tensor) -> Vec<u32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(|v| v as u32).collect()
 }
+
+/// The reference prompt of the fixtures as a demon-engine `Prompt`.
+pub fn fixture_prompt() -> demon_engine::Prompt {
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap()).unwrap();
+    let p = &cases["prompt"];
+    demon_engine::Prompt {
+        tags: p["caption"].as_str().unwrap().into(),
+        lyrics: p["lyrics"].as_str().unwrap().into(),
+        bpm: Some(p["bpm"].as_f64().unwrap() as f32),
+        key: Some(p["keyscale"].as_str().unwrap().into()),
+        time_signature: Some(p["timesignature"].as_u64().unwrap() as u32),
+        language: Some(p["language"].as_str().unwrap().into()),
+        duration_s: Some(p["duration"].as_f64().unwrap() as f32),
+    }
+}
+
+/// A fresh copy of a fixture weights folder in a temporary directory.
+pub fn temp_copy(src: &std::path::Path, tag: &str) -> PathBuf {
+    let dst = std::env::temp_dir().join(format!("demon-acestep-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    copy_dir(src, &dst);
+    dst
+}
+
+fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+pub fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+}
