@@ -64,6 +64,29 @@ impl SafetensorsFile {
                 detail: format!("header claims {header_len} bytes but the file has {len}"),
             });
         }
+        // Check the data the header promises against the file size first, so a cut-off download
+        // is reported as truncated rather than as a malformed header.
+        let header: Value = serde_json::from_slice(&mmap[8..8 + header_len])
+            .map_err(|e| AceStepError::invalid(path, format!("safetensors header is not JSON: {e}")))?;
+        let promised = header
+            .as_object()
+            .map(|o| {
+                o.values()
+                    .filter_map(|v| v.get("data_offsets").and_then(Value::as_array))
+                    .filter_map(|a| a.get(1).and_then(Value::as_u64))
+                    .max()
+                    .unwrap_or(0) as usize
+            })
+            .unwrap_or(0);
+        if promised > len - 8 - header_len {
+            return Err(AceStepError::Truncated {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "tensor data needs {promised} bytes after the header, the file has {}",
+                    len - 8 - header_len
+                ),
+            });
+        }
         let (n, meta) = SafeTensors::read_metadata(&mmap)
             .map_err(|e| AceStepError::invalid(path, format!("bad safetensors header: {e}")))?;
         let data_start = 8 + n;
