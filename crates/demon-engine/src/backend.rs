@@ -295,3 +295,33 @@ mod tests {
         assert!(Audio::new(48_000, vec![vec![0.0], vec![]]).is_err());
     }
 }
+
+/// The three halves of a backend, owned together by whoever drives the engine (the offline
+/// renderer, the live session's runner thread). The engine itself never names a backend.
+pub struct BackendSet {
+    pub name: String,
+    pub denoiser: Box<dyn Denoiser>,
+    pub codec: Box<dyn Codec>,
+    pub conditioner: Box<dyn Conditioner>,
+}
+
+impl BackendSet {
+    /// Check that the three parts agree on the latent geometry.
+    pub fn validate(&self) -> Result<()> {
+        if self.denoiser.latent_channels() != self.codec.latent_channels() {
+            return Err(EngineError::shape(
+                "backend latent channels (denoiser vs codec)",
+                self.denoiser.latent_channels(),
+                self.codec.latent_channels(),
+            ));
+        }
+        if self.denoiser.context_channels() != self.conditioner.context_channels() {
+            return Err(EngineError::shape(
+                "backend context channels (denoiser vs conditioner)",
+                self.denoiser.context_channels(),
+                self.conditioner.context_channels(),
+            ));
+        }
+        Ok(())
+    }
+}

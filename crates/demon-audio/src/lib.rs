@@ -1,0 +1,36 @@
+//! # demon-audio: audio files in and out
+//!
+//! Sources arrive as WAV, FLAC, MP3, OGG/Vorbis or AIFF at any sample rate and channel count;
+//! [`load`] decodes them (symphonia), mixes them to stereo and resamples them to the engine's
+//! 48 kHz with a windowed-sinc resampler. [`wav`] writes renders, optionally carrying the exact
+//! latent they were decoded from, so a render used again as a source is bit-exact.
+//!
+//! Every failure names the file and the problem; nothing here panics on user input.
+
+pub mod load;
+pub mod resample;
+pub mod wav;
+
+pub use load::{DecodedAudio, LoadLimits, decode_bytes, load_file};
+pub use wav::{EmbeddedLatent, WavFormat, read_embedded_latent, write_wav, wav_bytes};
+
+use std::path::PathBuf;
+
+/// Errors of audio I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum AudioError {
+    #[error("cannot read `{path}`: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("`{path}` is not a supported audio file ({reason}); use WAV, FLAC, MP3, OGG or AIFF")]
+    Unsupported { path: PathBuf, reason: String },
+    #[error("`{path}` could not be decoded: {reason}")]
+    Decode { path: PathBuf, reason: String },
+    #[error("`{path}` contains no audio")]
+    Empty { path: PathBuf },
+    #[error("`{path}` is too long: {seconds:.1} s (limit {limit:.0} s)")]
+    TooLong { path: PathBuf, seconds: f64, limit: f64 },
+    #[error("cannot write `{path}`: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+pub type Result<T, E = AudioError> = std::result::Result<T, E>;

@@ -1,0 +1,38 @@
+//! `demon`: the DEMON command line.
+//!
+//! `demon render` renders songs offline through the streaming engine. Errors print their whole
+//! chain and exit non-zero; nothing a user types makes the binary panic.
+
+mod backends;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "demon", version, about = "DEMON in Rust: a real-time streaming diffusion engine for music")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Render one or more takes of a song to WAV through the streaming engine.
+    Render(Box<render::RenderArgs>),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Render(args) => render::run(*args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! `demon render`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use candle_core::Tensor;
+use clap::Args;
+use demon_audio::{EmbeddedLatent, LoadLimits, WavFormat};
+use demon_engine::{BackendSet, CfgMode, CurveSpec, DcwSettings, Prompt, SolverKind};
+use demon_live::{NamedCurve, RenderSpec};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::backends::{self, BackendKind};
+
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    /// What to make: style words, mood, "124 bpm", "A minor"...
+    #[arg(long, default_value = "house")]
+    pub prompt: String,
+    /// What to steer away from (acts with --guidance).
+    #[arg(long)]
+    pub negative: Option<String>,
+    /// A second prompt to blend with the first.
+    #[arg(long = "prompt-b")]
+    pub prompt_b: Option<String>,
+    /// Weight of prompt B: a number (crossfade) or a curve spec (per-frame blend).
+    #[arg(long)]
+    pub blend: Option<String>,
+    /// Tempo; overrides the prompt and the style's default.
+    #[arg(long)]
+    pub bpm: Option<f32>,
+    /// Key, e.g. "A minor", "F# major".
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Source: an audio file (a previous render is used exactly) or `library:STYLE[:N]`.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Song length in seconds (default 30, or the source's length).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 3.0)]
+    pub shift: f32,
+    /// 1 generates from noise; lower keeps more of the source (default 1, or 0.7 with a source).
+    #[arg(long)]
+    pub denoise: Option<f32>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Ring depth: generations in flight together.
+    #[arg(long, default_value_t = 4)]
+    pub depth: usize,
+    /// ode or sde.
+    #[arg(long, default_value = "ode")]
+    pub solver: String,
+    /// APG guidance scale (off when absent).
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// full, initialize or self.
+    #[arg(long = "cfg-mode", default_value = "initialize")]
+    pub cfg_mode: String,
+    /// NAME=SPEC, repeatable: velocity_scale, sde_denoise, ode_noise, x0_target_strength,
+    /// guidance, apg_momentum, cfg_rescale, initial_noise, x0_target, mask, blend, dcw, dcw_high.
+    /// SPEC: 0.7 | ramp:A:B | sine:MIN:MAX:CYCLES[:PHASE] | pulse:... | square:... | raw:v1,v2,...
+    #[arg(long = "curve", value_name = "NAME=SPEC")]
+    pub curves: Vec<String>,
+    /// How much the source's structure steers the result, 0..1.
+    #[arg(long, default_value_t = 0.0)]
+    pub structure: f32,
+    /// Turn off the DCW wavelet correction (on by default, double mode 0.05/0.02).
+    #[arg(long = "no-dcw")]
+    pub no_dcw: bool,
+    /// Number of variations (seeds seed..seed+N-1), rendered in flight together.
+    #[arg(long, default_value_t = 1)]
+    pub takes: usize,
+    /// Output WAV (48 kHz stereo); several takes are numbered NAME-01.wav, NAME-02.wav...
+    #[arg(long, default_value = "render.wav")]
+    pub out: PathBuf,
+    /// Write 32-bit float WAV instead of 16-bit PCM.
+    #[arg(long)]
+    pub float: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[arg(long, value_enum, default_value = "sketch")]
+    pub backend: BackendKind,
+    /// ACE-Step weights folder (either checkpoint layout).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+}
+
+pub fn run(args: RenderArgs) -> Result<()> {
+    let mut backend = backends::build(args.backend, args.weights.as_deref())?;
+    let prompt = Prompt { tags: args.prompt.clone(), bpm: args.bpm, key: args.key.clone(), ..Default::default() };
+    prompt.validate()?;
+    if let Some(s) = args.seconds {
+        if !(s.is_finite() && s > 0.0) {
+            bail!("--seconds must be a positive number of seconds, got {s}");
+        }
+        if s > demon_live::render::MAX_SECONDS {
+            bail!("--seconds {s} is longer than the {} s limit", demon_live::render::MAX_SECONDS);
+        }
+    }
+    let solver: SolverKind = args.solver.parse()?;
+    let cfg_mode: CfgMode = args.cfg_mode.parse()?;
+    let curves = args
+        .curves
+        .iter()
+        .map(|c| {
+            let (name, spec) = c.split_once('=').ok_or_else(|| anyhow!("--curve `{c}` is not NAME=SPEC"))?;
+            Ok(NamedCurve { name: name.trim().to_string(), spec: CurveSpec::parse(name.trim(), spec)? })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let blend = args.blend.as_deref().map(|b| CurveSpec::parse("blend", b)).transpose()?;
+
+    let wanted_frames = args.seconds.map(|s| ((s * 25.0).round() as usize).max(1));
+    let source = match &args.source {
+        Some(s) => Some(load_source(&mut backend, s, &prompt, wanted_frames.unwrap_or(25 * 30))?),
+        None => None,
+    };
+    let frames = match (&source, wanted_frames) {
+        (_, Some(f)) => f,
+        (Some(src), None) => src.dim(1)?,
+        (None, None) => 25 * 30,
+    };
+    let source = source.map(|s| fit_length(&s, frames)).transpose()?;
+    let spec = RenderSpec {
+        prompt: prompt.clone(),
+        negative: args.negative.clone(),
+        prompt_b: args.prompt_b.as_ref().map(|t| Prompt { tags: t.clone(), bpm: prompt.bpm.or(read_bpm(&mut backend, &prompt)), key: args.key.clone(), ..Default::default() }),
+        blend,
+        frames,
+        steps: args.steps,
+        shift: args.shift,
+        denoise: args.denoise.unwrap_or(if source.is_some() { 0.7 } else { 1.0 }),
+        seed: args.seed,
+        depth: args.depth,
+        solver,
+        guidance: args.guidance,
+        cfg_mode,
+        curves,
+        takes: args.takes,
+        structure_strength: args.structure,
+        dcw: if args.no_dcw { DcwSettings::off() } else { DcwSettings::default() },
+    };
+    spec.validate()?;
+
+    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(1) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} rendering [{bar:32}] {pos}/{len} steps  {elapsed_precise}  {msg}")
+            .map_err(|e| anyhow!("progress bar template: {e}"))?
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("{} take(s), depth {}", spec.takes, spec.depth));
+    let started = std::time::Instant::now();
+    let takes = demon_live::render(&mut backend, &spec, source.as_ref(), &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+
+    let paths = output_paths(&args.out, takes.len());
+    let format = if args.float { WavFormat::Float32 } else { WavFormat::Pcm16 };
+    for (take, path) in takes.iter().zip(&paths) {
+        let (_, t, c) = take.latent.dims3()?;
+        let values: Vec<f32> = take.latent.flatten_all()?.to_vec1()?;
+        let latent = EmbeddedLatent { backend: backend.name.clone(), frames: t, channels: c, values };
+        demon_audio::write_wav(path, &take.audio, format, Some(&latent))?;
+        if !args.quiet {
+            eprintln!(
+                "wrote {} ({:.1} s, seed {}, peak {:.2}, rms {:.3})",
+                path.display(),
+                take.audio.seconds(),
+                take.seed,
+                take.audio.peak(),
+                take.audio.rms()
+            );
+        }
+    }
+    if !args.quiet {
+        let audio_s = frames as f64 / 25.0 * takes.len() as f64;
+        let wall = started.elapsed().as_secs_f64();
+        eprintln!("rendered {audio_s:.1} s of audio in {wall:.2} s ({:.1}x real time)", audio_s / wall);
+    }
+    Ok(())
+}
+
+/// The tempo the backend reads from the prompt, so prompt B plays at the same tempo as A.
+fn read_bpm(backend: &mut BackendSet, prompt: &Prompt) -> Option<f32> {
+    if backend.name == "sketch" {
+        return demon_sketch::SketchConditioner::default().read(prompt).ok().map(|c| c.bpm);
+    }
+    None
+}
+
+/// `out.wav` for one take; `out-01.wav`, `out-02.wav`... for several.
+pub fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
+    if n == 1 {
+        return vec![out.to_path_buf()];
+    }
+    let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("render");
+    let ext = out.extension().and_then(|s| s.to_str()).unwrap_or("wav");
+    let width = n.to_string().len().max(2);
+    (1..=n).map(|k| out.with_file_name(format!("{stem}-{k:0width$}.{ext}"))).collect()
+}
+
+/// A source latent `[1, T, C]` from a file or the sketch library.
+fn load_source(backend: &mut BackendSet, spec: &str, prompt: &Prompt, frames: usize) -> Result<Tensor> {
+    if let Some(rest) = spec.strip_prefix("library:") {
+        if backend.name != "sketch" {
+            bail!("library sources belong to the sketch backend");
+        }
+        let mut parts = rest.split(':');
+        let style_name = parts.next().unwrap_or("");
+        let index: u64 = match parts.next() {
+            Some(n) => n.parse().map_err(|_| anyhow!("library song number `{n}` is not a number"))?,
+            None => 0,
+        };
+        let reading = demon_sketch::style::read_prompt(style_name);
+        if reading.unrecognised {
+            bail!("unknown library style `{style_name}` (house, techno, ambient, hip hop, funk, drum and bass)");
+        }
+        let style = demon_sketch::SketchCondition { style_weights: reading.style_weights, bpm: 0.0, tonic: 0, minor: false, brightness: 0.0, energy: 0.0 }.dominant_style();
+        let cond = demon_sketch::SketchConditioner::default().read(prompt)?;
+        let song = demon_sketch::composer::compose(demon_sketch::composer::SongSpec {
+            style,
+            bpm: prompt.bpm.unwrap_or(cond.bpm),
+            tonic: cond.tonic,
+            minor: cond.minor,
+            seed: 1000 + index,
+            frames,
+        });
+        return Ok(Tensor::from_vec(song.latent, (1, frames, demon_sketch::layout::CHANNELS), backend.codec.device())?);
+    }
+    let path = Path::new(spec);
+    if let Some(l) = demon_audio::read_embedded_latent(path)? {
+        if l.backend == backend.name && l.channels == backend.codec.latent_channels() && l.frames > 0 {
+            return Ok(Tensor::from_vec(l.values, (1, l.frames, l.channels), backend.codec.device())?);
+        }
+    }
+    let decoded = demon_audio::load_file(path, LoadLimits::default())?;
+    let audio = decoded.to_stereo(backend.codec.sample_rate());
+    backend.codec.encode(&audio).with_context(|| format!("encoding source `{spec}`"))
+}
+
+/// Crop, or loop, a latent to `frames`.
+fn fit_length(latent: &Tensor, frames: usize) -> Result<Tensor> {
+    let t = latent.dim(1)?;
+    if t == frames {
+        return Ok(latent.clone());
+    }
+    if t > frames {
+        return Ok(latent.narrow(1, 0, frames)?);
+    }
+    let reps = frames.div_ceil(t);
+    let tiled = Tensor::cat(&vec![latent.clone(); reps], 1)?;
+    Ok(tiled.narrow(1, 0, frames)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_outputs() {
+        assert_eq!(output_paths(Path::new("a/x.wav"), 1), vec![PathBuf::from("a/x.wav")]);
+        assert_eq!(output_paths(Path::new("x.wav"), 3)[2], PathBuf::from("x-03.wav"));
+        assert_eq!(output_paths(Path::new("x.wav"), 120)[0], PathBuf::from("x-001.wav"));
+    }
+}

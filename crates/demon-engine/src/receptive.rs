@@ -1,0 +1,124 @@
+//! Measuring a codec's receptive field (the paper's mechanism 4, demon.md §9.1).
+//!
+//! A windowed decode of frames `[a, b)` with `m_before` frames of context before and `m_after`
+//! after must reproduce the full decode's samples of `[a, b)`. The smallest such margins are
+//! found by decoding windows of growing margin and comparing the kept samples with the full
+//! decode of the same latent: a measurement of the codec as it is, not an assumption about its
+//! architecture.
+
+use candle_core::Tensor;
+
+use crate::backend::Codec;
+use crate::error::{EngineError, Result};
+
+/// Context a windowed decode needs on each side, in latent frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReceptiveField {
+    pub before: usize,
+    pub after: usize,
+}
+
+impl ReceptiveField {
+    pub fn symmetric(m: usize) -> Self {
+        Self { before: m, after: m }
+    }
+    pub fn max(&self) -> usize {
+        self.before.max(self.after)
+    }
+}
+
+/// Largest |a − b| over the samples of two equal-shape channel lists.
+pub fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f32::max)
+}
+
+/// Decode frames `[start − before, start + keep + after)` of `latent` (`[1, T, C]`, clamped at
+/// the ends, not wrapped) and return only the samples of `[start, start + keep)`.
+pub fn decode_window(
+    codec: &mut dyn Codec,
+    latent: &Tensor,
+    start: usize,
+    keep: usize,
+    field: ReceptiveField,
+) -> Result<Vec<Vec<f32>>> {
+    let t = latent.dim(1)?;
+    if start + keep > t || keep == 0 {
+        return Err(EngineError::param("window", format!("[{start}, {}) is outside the {t} frames", start + keep)));
+    }
+    let lo = start.saturating_sub(field.before);
+    let hi = (start + keep + field.after).min(t);
+    let audio = codec.decode(&latent.narrow(1, lo, hi - lo)?, lo as i64)?;
+    let hop = codec.hop_samples();
+    let from = (start - lo) * hop;
+    Ok(audio.channels.iter().map(|c| c[from..from + keep * hop].to_vec()).collect())
+}
+
+/// Measure the smallest margins at which a windowed decode of `keep` frames equals the full
+/// decode within `tolerance` (max abs difference), searching margins up to `max_margin`.
+///
+/// The answer depends on what the latent excites (a silent stretch has no tails), so the
+/// measurement takes the worst case over every probe latent and over `positions` windows spread
+/// across each; a seeded Gaussian latent (see [`probe_latent`]) drives every channel of a codec
+/// at once and is the default probe. Each side is searched with the other side given the full
+/// `max_margin`.
+pub fn measure_receptive_field(
+    codec: &mut dyn Codec,
+    probes: &[Tensor],
+    keep: usize,
+    positions: usize,
+    max_margin: usize,
+    tolerance: f32,
+) -> Result<ReceptiveField> {
+    let mut worst = ReceptiveField { before: 0, after: 0 };
+    for latent in probes {
+        let t = latent.dim(1)?;
+        if t < keep + 2 * max_margin + 2 {
+            return Err(EngineError::param(
+                "probe latent",
+                format!("{t} frames is too short to measure margins up to {max_margin} around {keep} kept frames"),
+            ));
+        }
+        let full = codec.decode(latent, 0)?;
+        let hop = codec.hop_samples();
+        let span = t - keep - 2 * max_margin;
+        for p in 0..positions.max(1) {
+            let start = max_margin + span * (2 * p + 1) / (2 * positions.max(1));
+            let truth: Vec<Vec<f32>> =
+                full.channels.iter().map(|c| c[start * hop..(start + keep) * hop].to_vec()).collect();
+            let mut exact = |field: ReceptiveField| -> Result<bool> {
+                let w = decode_window(codec, latent, start, keep, field)?;
+                Ok(max_abs_diff(&w, &truth) <= tolerance)
+            };
+            if !exact(ReceptiveField::symmetric(max_margin))? {
+                return Err(EngineError::Backend(format!(
+                    "windowed decode does not converge to the full decode within {max_margin} frames of margin"
+                )));
+            }
+            // Binary search per side: the error only shrinks as context grows.
+            let mut search = |side_before: bool| -> Result<usize> {
+                let (mut lo, mut hi) = (0usize, max_margin);
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    let field = if side_before {
+                        ReceptiveField { before: mid, after: max_margin }
+                    } else {
+                        ReceptiveField { before: max_margin, after: mid }
+                    };
+                    if exact(field)? { hi = mid } else { lo = mid + 1 }
+                }
+                Ok(lo)
+            };
+            worst.before = worst.before.max(search(true)?);
+            worst.after = worst.after.max(search(false)?);
+        }
+    }
+    Ok(worst)
+}
+
+/// A seeded standard-normal latent `[1, frames, channels]`: the default receptive-field probe.
+pub fn probe_latent(frames: usize, channels: usize, seed: u64, device: &candle_core::Device) -> Result<Tensor> {
+    crate::rng::normal_tensor(seed, crate::rng::NoiseStream::Custom(0xf1e1d, 0), frames, channels, device)
+}

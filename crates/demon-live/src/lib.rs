@@ -1,0 +1,9 @@
+//! # demon-live: the runtime around the engine
+//!
+//! - [`render`]: offline rendering of one or many takes through the `StreamPipeline`, and the
+//!   mapping from named controls (curves, prompts, guidance) to slot requests that every front
+//!   end shares.
+
+pub mod render;
+
+pub use render::{NamedCurve, RenderError, RenderSpec, RenderedTake, render};

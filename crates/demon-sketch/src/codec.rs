@@ -1,0 +1,75 @@
+//! `SketchCodec`: the sketch backend's `Codec` (analysis encoder, synthesizer decoder).
+
+use candle_core::{Device, Tensor};
+use demon_engine::{Audio, Codec, EngineError, Result};
+
+use crate::layout::{CHANNELS, HOP, SAMPLE_RATE};
+use crate::{analysis, synth};
+
+/// Audio ⇄ sketch latent.
+pub struct SketchCodec {
+    device: Device,
+}
+
+impl SketchCodec {
+    pub fn new(device: Device) -> Self {
+        Self { device }
+    }
+}
+
+impl Default for SketchCodec {
+    fn default() -> Self {
+        Self::new(Device::Cpu)
+    }
+}
+
+impl Codec for SketchCodec {
+    fn sample_rate(&self) -> u32 {
+        SAMPLE_RATE
+    }
+    fn hop_samples(&self) -> usize {
+        HOP
+    }
+    fn latent_channels(&self) -> usize {
+        CHANNELS
+    }
+    fn audio_channels(&self) -> usize {
+        2
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn encode(&mut self, audio: &Audio) -> Result<Tensor> {
+        if audio.sample_rate != SAMPLE_RATE {
+            return Err(EngineError::param(
+                "audio",
+                format!("sketch codec needs {SAMPLE_RATE} Hz audio, got {} Hz", audio.sample_rate),
+            ));
+        }
+        let frames = audio.frames() / HOP;
+        if frames == 0 {
+            return Err(EngineError::param("audio", format!("shorter than one latent frame ({HOP} samples)")));
+        }
+        let latent = analysis::analyze(&audio.channels);
+        Ok(Tensor::from_vec(latent, (1, frames, CHANNELS), &self.device)?)
+    }
+
+    fn decode(&mut self, latent: &Tensor, first_frame: i64) -> Result<Audio> {
+        let (b, n, c) = latent.dims3()?;
+        if b != 1 || c != CHANNELS {
+            return Err(EngineError::shape("sketch latent", format!("[1, N, {CHANNELS}]"), format!("{:?}", latent.dims())));
+        }
+        let v: Vec<f32> = latent.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(EngineError::param("latent", format!("non-finite value at frame {}", i / CHANNELS)));
+        }
+        let [l, r] = synth::render(&v, first_frame);
+        debug_assert_eq!(l.len(), n * HOP);
+        Audio::new(SAMPLE_RATE, vec![l, r])
+    }
+
+    fn name(&self) -> &str {
+        "sketch"
+    }
+}
