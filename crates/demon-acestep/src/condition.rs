@@ -26,11 +26,39 @@ impl ConditionEncoder {
         let e = &cfg.encoder;
         let h = e.hidden_size;
         Ok(Self {
-            text_projector: Linear::load(src, "encoder.text_projector", h, cfg.text_hidden_dim, false)?,
-            lyric_embed: Linear::load(src, "encoder.lyric_encoder.embed_tokens", h, cfg.text_hidden_dim, true)?,
-            lyric_encoder: EncoderStack::load(src, "encoder.lyric_encoder", e, cfg.num_lyric_encoder_hidden_layers)?,
-            timbre_embed: Linear::load(src, "encoder.timbre_encoder.embed_tokens", h, cfg.timbre_hidden_dim, true)?,
-            timbre_encoder: EncoderStack::load(src, "encoder.timbre_encoder", e, cfg.num_timbre_encoder_hidden_layers)?,
+            text_projector: Linear::load(
+                src,
+                "encoder.text_projector",
+                h,
+                cfg.text_hidden_dim,
+                false,
+            )?,
+            lyric_embed: Linear::load(
+                src,
+                "encoder.lyric_encoder.embed_tokens",
+                h,
+                cfg.text_hidden_dim,
+                true,
+            )?,
+            lyric_encoder: EncoderStack::load(
+                src,
+                "encoder.lyric_encoder",
+                e,
+                cfg.num_lyric_encoder_hidden_layers,
+            )?,
+            timbre_embed: Linear::load(
+                src,
+                "encoder.timbre_encoder.embed_tokens",
+                h,
+                cfg.timbre_hidden_dim,
+                true,
+            )?,
+            timbre_encoder: EncoderStack::load(
+                src,
+                "encoder.timbre_encoder",
+                e,
+                cfg.num_timbre_encoder_hidden_layers,
+            )?,
             null_condition_emb: src.tensor("null_condition_emb", &[1, 1, h])?,
             cfg: cfg.clone(),
         })
@@ -78,8 +106,12 @@ pub fn pack(a: &Tensor, mask_a: &Tensor, b: &Tensor, mask_b: &Tensor) -> Result<
         return Err(AceStepError::input("pack works on batch 1"));
     }
     let states = Tensor::cat(&[a, b], 1)?;
-    let mask: Vec<f32> = Tensor::cat(&[mask_a, mask_b], 1)?.flatten_all()?.to_vec1()?;
-    let valid: Vec<u32> = (0..mask.len() as u32).filter(|&i| mask[i as usize] > 0.5).collect();
+    let mask: Vec<f32> = Tensor::cat(&[mask_a, mask_b], 1)?
+        .flatten_all()?
+        .to_vec1()?;
+    let valid: Vec<u32> = (0..mask.len() as u32)
+        .filter(|&i| mask[i as usize] > 0.5)
+        .collect();
     let invalid = (0..mask.len() as u32).filter(|&i| mask[i as usize] <= 0.5);
     let n_valid = valid.len();
     let order: Vec<u32> = valid.into_iter().chain(invalid).collect();
@@ -89,6 +121,8 @@ pub fn pack(a: &Tensor, mask_a: &Tensor, b: &Tensor, mask_b: &Tensor) -> Result<
     } else {
         states.index_select(&Tensor::from_vec(order, total, states.device())?, 1)?
     };
-    let new_mask: Vec<f32> = (0..total).map(|i| if i < n_valid { 1.0 } else { 0.0 }).collect();
+    let new_mask: Vec<f32> = (0..total)
+        .map(|i| if i < n_valid { 1.0 } else { 0.0 })
+        .collect();
     Ok((states, Tensor::from_vec(new_mask, (1, total), a.device())?))
 }

@@ -120,7 +120,8 @@ impl DitConfig {
 
     /// Context channels `Cc` = hint + chunk mask (128).
     pub fn context_channels(&self) -> usize {
-        self.in_channels.saturating_sub(self.audio_acoustic_hidden_dim)
+        self.in_channels
+            .saturating_sub(self.audio_acoustic_hidden_dim)
     }
 
     /// Stack config of the decoder's self/cross attention.
@@ -155,7 +156,8 @@ impl DitConfig {
         let window = j.usize_or("sliding_window", 128)?;
         let encoder = StackConfig {
             hidden_size: j.usize_or("encoder_hidden_size", hidden)?,
-            intermediate_size: j.usize_or("encoder_intermediate_size", j.usize("intermediate_size")?)?,
+            intermediate_size: j
+                .usize_or("encoder_intermediate_size", j.usize("intermediate_size")?)?,
             num_attention_heads: j.usize_or("encoder_num_attention_heads", heads)?,
             num_key_value_heads: j.usize_or("encoder_num_key_value_heads", kv)?,
             head_dim: j.usize_or("encoder_head_dim", head_dim)?,
@@ -184,7 +186,8 @@ impl DitConfig {
             timbre_fix_frame: j.usize_or("timbre_fix_frame", 750)?,
             num_lyric_encoder_hidden_layers: j.usize_or("num_lyric_encoder_hidden_layers", 8)?,
             num_timbre_encoder_hidden_layers: j.usize_or("num_timbre_encoder_hidden_layers", 4)?,
-            num_attention_pooler_hidden_layers: j.usize_or("num_attention_pooler_hidden_layers", 2)?,
+            num_attention_pooler_hidden_layers: j
+                .usize_or("num_attention_pooler_hidden_layers", 2)?,
             pool_window_size: j.usize_or("pool_window_size", 5)?,
             fsq_dim: j.usize_or("fsq_dim", 2048)?,
             fsq_input_levels: j.usize_list_or("fsq_input_levels", &[8, 8, 8, 5, 5, 5])?,
@@ -202,8 +205,14 @@ impl DitConfig {
         tokenizer: Option<(&Value, &Path)>,
         timbre_fix_frame: usize,
     ) -> Result<Self> {
-        let t = Json { v: transformer.0, path: transformer.1 };
-        let c = Json { v: condition.0, path: condition.1 };
+        let t = Json {
+            v: transformer.0,
+            path: transformer.1,
+        };
+        let c = Json {
+            v: condition.0,
+            path: condition.1,
+        };
         let hidden = t.usize("hidden_size")?;
         let layers = t.usize("num_hidden_layers")?;
         let heads = t.usize("num_attention_heads")?;
@@ -287,8 +296,14 @@ impl DitConfig {
             ("patch_size", self.patch_size),
             ("audio_acoustic_hidden_dim", self.audio_acoustic_hidden_dim),
             ("encoder hidden_size", self.encoder.hidden_size),
-            ("encoder num_attention_heads", self.encoder.num_attention_heads),
-            ("encoder num_key_value_heads", self.encoder.num_key_value_heads),
+            (
+                "encoder num_attention_heads",
+                self.encoder.num_attention_heads,
+            ),
+            (
+                "encoder num_key_value_heads",
+                self.encoder.num_key_value_heads,
+            ),
             ("pool_window_size", self.pool_window_size),
         ];
         for (name, v) in nonzero {
@@ -296,12 +311,17 @@ impl DitConfig {
                 return bad(format!("{name} is 0"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0
-            || self.encoder.num_attention_heads % self.encoder.num_key_value_heads != 0
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+            || !self
+                .encoder
+                .num_attention_heads
+                .is_multiple_of(self.encoder.num_key_value_heads)
         {
             return bad("attention heads are not a multiple of key/value heads".into());
         }
-        if self.head_dim % 2 != 0 || self.encoder.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) || !self.encoder.head_dim.is_multiple_of(2) {
             return bad("head_dim must be even for RoPE".into());
         }
         if self.in_channels <= self.audio_acoustic_hidden_dim {
@@ -405,10 +425,15 @@ impl TextEncoderConfig {
         };
         if cfg.num_attention_heads == 0
             || cfg.num_key_value_heads == 0
-            || cfg.num_attention_heads % cfg.num_key_value_heads != 0
-            || cfg.head_dim % 2 != 0
+            || !cfg
+                .num_attention_heads
+                .is_multiple_of(cfg.num_key_value_heads)
+            || !cfg.head_dim.is_multiple_of(2)
         {
-            return Err(AceStepError::config(path, "inconsistent attention head configuration"));
+            return Err(AceStepError::config(
+                path,
+                "inconsistent attention head configuration",
+            ));
         }
         Ok(cfg)
     }
@@ -524,10 +549,12 @@ impl Json<'_> {
 
     /// `rope_theta`, or `rope_parameters.rope_theta` (transformers ≥ 5 writes the latter).
     pub fn rope_theta(&self) -> Result<f64> {
-        if let Some(p) = self.v.get("rope_parameters").filter(|p| p.is_object()) {
-            if let Some(t) = p.get("rope_theta") {
-                return t.as_f64().ok_or_else(|| self.err("rope_parameters.rope_theta", "is not a number"));
-            }
+        if let Some(p) = self.v.get("rope_parameters").filter(|p| p.is_object())
+            && let Some(t) = p.get("rope_theta")
+        {
+            return t
+                .as_f64()
+                .ok_or_else(|| self.err("rope_parameters.rope_theta", "is not a number"));
         }
         self.f64_or("rope_theta", 1_000_000.0)
     }
@@ -537,7 +564,11 @@ impl Json<'_> {
             None | Some(Value::Null) => Ok(default.to_vec()),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|x| x.as_u64().map(|u| u as usize).ok_or_else(|| self.err(key, "has a non-integer entry")))
+                .map(|x| {
+                    x.as_u64()
+                        .map(|u| u as usize)
+                        .ok_or_else(|| self.err(key, "has a non-integer entry"))
+                })
                 .collect(),
             Some(_) => Err(self.err(key, "is not a list")),
         }
@@ -549,14 +580,20 @@ impl Json<'_> {
             None | Some(Value::Null) => Ok((0..layers).map(|i| i % 2 == 0).collect()),
             Some(Value::Array(a)) => {
                 if a.len() < layers {
-                    return Err(self.err("layer_types", &format!("has {} entries for {layers} layers", a.len())));
+                    return Err(self.err(
+                        "layer_types",
+                        &format!("has {} entries for {layers} layers", a.len()),
+                    ));
                 }
                 a.iter()
                     .take(layers)
                     .map(|x| match x.as_str() {
                         Some("sliding_attention") => Ok(true),
                         Some("full_attention") => Ok(false),
-                        _ => Err(self.err("layer_types", "has an entry that is neither sliding_attention nor full_attention")),
+                        _ => Err(self.err(
+                            "layer_types",
+                            "has an entry that is neither sliding_attention nor full_attention",
+                        )),
                     })
                     .collect()
             }
@@ -568,7 +605,10 @@ impl Json<'_> {
 /// Read and parse a JSON file, with errors naming it.
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
     if !path.is_file() {
-        return Err(AceStepError::MissingFile { path: path.to_path_buf(), what: "JSON config".into() });
+        return Err(AceStepError::MissingFile {
+            path: path.to_path_buf(),
+            what: "JSON config".into(),
+        });
     }
     let text = std::fs::read_to_string(path).map_err(|e| AceStepError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| AceStepError::invalid(path, format!("bad JSON: {e}")))

@@ -70,10 +70,16 @@ impl fmt::Display for Component {
 impl FromStr for Component {
     type Err = AceStepError;
     fn from_str(s: &str) -> Result<Self> {
-        Component::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = Component::ALL.iter().map(|c| c.as_str()).collect();
-            AceStepError::input(format!("unknown component `{s}` (one of {})", names.join(", ")))
-        })
+        Component::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Component::ALL.iter().map(|c| c.as_str()).collect();
+                AceStepError::input(format!(
+                    "unknown component `{s}` (one of {})",
+                    names.join(", ")
+                ))
+            })
     }
 }
 
@@ -86,13 +92,21 @@ impl Inputs {
     fn get(&self, name: &str) -> Result<&Tensor> {
         self.tensors
             .get(name)
-            .ok_or_else(|| AceStepError::MissingTensor { path: self.path.clone(), tensor: name.into() })
+            .ok_or_else(|| AceStepError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.into(),
+            })
     }
 }
 
 /// Run `component` of the model in `weights_dir` on `inputs` and write `out` to `out_path`.
 /// Returns the output tensor too.
-pub fn debug_forward(component: Component, weights_dir: &Path, inputs: &Path, out_path: &Path) -> Result<Tensor> {
+pub fn debug_forward(
+    component: Component,
+    weights_dir: &Path,
+    inputs: &Path,
+    out_path: &Path,
+) -> Result<Tensor> {
     let dev = Device::Cpu;
     let file = SafetensorsFile::open(inputs)?;
     let names: Vec<String> = file.names().map(str::to_owned).collect();
@@ -101,7 +115,10 @@ pub fn debug_forward(component: Component, weights_dir: &Path, inputs: &Path, ou
         let t = file.load(&n, &dev)?;
         tensors.insert(n, t);
     }
-    let inp = Inputs { path: inputs.to_path_buf(), tensors };
+    let inp = Inputs {
+        path: inputs.to_path_buf(),
+        tensors,
+    };
     let files = ModelFiles::discover(weights_dir, None)?;
     let cfg = AceStepConfig::from_files(&files)?;
     let out = match component {
@@ -135,17 +152,25 @@ pub fn debug_forward(component: Component, weights_dir: &Path, inputs: &Path, ou
                 match v.len() {
                     1 => Ok(vec![v[0]; b]),
                     n if n == b => Ok(v),
-                    n => Err(AceStepError::input(format!("`{name}` has {n} values for batch {b}"))),
+                    n => Err(AceStepError::input(format!(
+                        "`{name}` has {n} values for batch {b}"
+                    ))),
                 }
             };
             let t = per_row("timestep")?;
             let r = per_row("timestep_r")?;
             let enc = inp.get("encoder_hidden_states")?;
-            let states = (0..b).map(|i| enc.narrow(0, i, 1)).collect::<candle_core::Result<Vec<_>>>()?;
+            let states = (0..b)
+                .map(|i| enc.narrow(0, i, 1))
+                .collect::<candle_core::Result<Vec<_>>>()?;
             dit.forward(x, &t, &r, &states, inp.get("context_latents")?)?
         }
-        Component::VaeEncode => VaeEncoder::load(&files.open_vae(&dev)?, &cfg.vae)?.forward(inp.get("sample")?)?,
-        Component::VaeDecode => VaeDecoder::load(&files.open_vae(&dev)?, &cfg.vae)?.forward(inp.get("latents")?)?,
+        Component::VaeEncode => {
+            VaeEncoder::load(&files.open_vae(&dev)?, &cfg.vae)?.forward(inp.get("sample")?)?
+        }
+        Component::VaeDecode => {
+            VaeDecoder::load(&files.open_vae(&dev)?, &cfg.vae)?.forward(inp.get("latents")?)?
+        }
         Component::FsqRoundtrip => {
             let w = files.open_dit(&dev)?;
             let silence = match &files.silence_latent {

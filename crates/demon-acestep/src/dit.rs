@@ -23,7 +23,9 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::DitConfig;
 use crate::error::{AceStepError, Result};
-use crate::nn::{Attention, Linear, MASKED, Mlp, RmsNorm, TensorSource, attention, band_mask, rope_tables};
+use crate::nn::{
+    Attention, Linear, MASKED, Mlp, RmsNorm, TensorSource, attention, band_mask, rope_tables,
+};
 
 /// Width of the sinusoidal timestep features.
 const TIME_FEATURES: usize = 256;
@@ -47,7 +49,9 @@ impl TimeEmbedding {
     /// `t` in `[0, 1]` → (`temb` `[1, H]`, `proj` `[1, 6, H]`).
     fn forward(&self, t: f32, device: &Device) -> Result<(Tensor, Tensor)> {
         let feats = timestep_features(t, device)?;
-        let temb = self.linear_2.forward(&self.linear_1.forward(&feats)?.silu()?)?;
+        let temb = self
+            .linear_2
+            .forward(&self.linear_1.forward(&feats)?.silu()?)?;
         let h = temb.dim(1)?;
         let proj = self.time_proj.forward(&temb.silu()?)?.reshape((1, 6, h))?;
         Ok((temb, proj))
@@ -117,23 +121,39 @@ impl Dit {
         // Conv1d weight [H, in, p] → [H, p, in] → [H, p·in], matching patches reshaped frame-major.
         let w_in = src.tensor("decoder.proj_in.1.weight", &[h, cin, p])?;
         let proj_in = Linear {
-            weight: w_in.permute((0, 2, 1))?.contiguous()?.reshape((h, p * cin))?,
+            weight: w_in
+                .permute((0, 2, 1))?
+                .contiguous()?
+                .reshape((h, p * cin))?,
             bias: Some(src.tensor("decoder.proj_in.1.bias", &[h])?),
         };
         // ConvTranspose1d weight [H, C, p] → [p, C, H] → [p·C, H]; bias repeated per frame.
         let w_out = src.tensor("decoder.proj_out.1.weight", &[h, c, p])?;
         let b_out = src.tensor("decoder.proj_out.1.bias", &[c])?;
         let proj_out = Linear {
-            weight: w_out.permute((2, 1, 0))?.contiguous()?.reshape((p * c, h))?,
+            weight: w_out
+                .permute((2, 1, 0))?
+                .contiguous()?
+                .reshape((p * c, h))?,
             bias: Some(b_out.unsqueeze(0)?.repeat((p, 1))?.reshape(p * c)?),
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let n = format!("decoder.layers.{i}");
             layers.push(DitLayer {
-                self_attn_norm: RmsNorm::load(src, &format!("{n}.self_attn_norm"), h, cfg.rms_norm_eps)?,
+                self_attn_norm: RmsNorm::load(
+                    src,
+                    &format!("{n}.self_attn_norm"),
+                    h,
+                    cfg.rms_norm_eps,
+                )?,
                 self_attn: Attention::load(src, &format!("{n}.self_attn"), &stack, h, h)?,
-                cross_attn_norm: RmsNorm::load(src, &format!("{n}.cross_attn_norm"), h, cfg.rms_norm_eps)?,
+                cross_attn_norm: RmsNorm::load(
+                    src,
+                    &format!("{n}.cross_attn_norm"),
+                    h,
+                    cfg.rms_norm_eps,
+                )?,
                 cross_attn: Attention::load(src, &format!("{n}.cross_attn"), &stack, h, h)?,
                 mlp_norm: RmsNorm::load(src, &format!("{n}.mlp_norm"), h, cfg.rms_norm_eps)?,
                 mlp: Mlp::load(src, &format!("{n}.mlp"), h, cfg.intermediate_size)?,
@@ -145,7 +165,13 @@ impl Dit {
             proj_in,
             time_embed: TimeEmbedding::load(src, "decoder.time_embed", h)?,
             time_embed_r: TimeEmbedding::load(src, "decoder.time_embed_r", h)?,
-            condition_embedder: Linear::load(src, "decoder.condition_embedder", h, cfg.encoder.hidden_size, true)?,
+            condition_embedder: Linear::load(
+                src,
+                "decoder.condition_embedder",
+                h,
+                cfg.encoder.hidden_size,
+                true,
+            )?,
             layers,
             norm_out: RmsNorm::load(src, "decoder.norm_out", h, cfg.rms_norm_eps)?,
             proj_out,
@@ -215,7 +241,11 @@ impl Dit {
             return Err(AceStepError::input("empty conditioning"));
         }
         let enc = self.condition_embedder.forward(states)?;
-        let layers = self.layers.iter().map(|layer| layer.cross_attn.keys_values(&enc)).collect::<Result<Vec<_>>>()?;
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| layer.cross_attn.keys_values(&enc))
+            .collect::<Result<Vec<_>>>()?;
         // The reference never masks the DiT's cross-attention (its conditioning has no padding at
         // batch 1); padding only appears here when a blended conditioning was zero-padded, and then
         // the padded keys are excluded so the result does not depend on the padding.
@@ -231,7 +261,12 @@ impl Dit {
 
     /// Cached cross K/V for conditioning `key` (computed on first use). The cache keeps at most
     /// 64 conditionings; older entries are dropped wholesale when it overflows.
-    pub fn cached_cross_kv(&mut self, key: u64, states: &Tensor, mask: Option<&Tensor>) -> Result<Arc<CrossKv>> {
+    pub fn cached_cross_kv(
+        &mut self,
+        key: u64,
+        states: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Arc<CrossKv>> {
         if let Some(kv) = self.cache.get(&key) {
             return Ok(kv.clone());
         }
@@ -245,12 +280,23 @@ impl Dit {
 
     /// One row: `x` `[1, T, C]`, context `[1, T, Cc]`, timestep `t`, `t − r`, cross K/V →
     /// velocity `[1, T, C]`.
-    pub fn forward_row(&self, x: &Tensor, context: &Tensor, t: f32, t_minus_r: f32, kv: &CrossKv) -> Result<Tensor> {
+    pub fn forward_row(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        t: f32,
+        t_minus_r: f32,
+        kv: &CrossKv,
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let dev = self.device().clone();
         let (b, frames, c) = x.dims3()?;
         let cc = context.dim(2)?;
-        if b != 1 || c != cfg.audio_acoustic_hidden_dim || cc + c != cfg.in_channels || context.dim(1)? != frames {
+        if b != 1
+            || c != cfg.audio_acoustic_hidden_dim
+            || cc + c != cfg.in_channels
+            || context.dim(1)? != frames
+        {
             return Err(AceStepError::input(format!(
                 "DiT row expects x [1, T, {}] and context [1, T, {}], got {:?} and {:?}",
                 cfg.audio_acoustic_hidden_dim,
@@ -260,7 +306,9 @@ impl Dit {
             )));
         }
         if kv.layers.len() != self.layers.len() {
-            return Err(AceStepError::input("cross K/V computed for a different DiT"));
+            return Err(AceStepError::input(
+                "cross K/V computed for a different DiT",
+            ));
         }
         let p = cfg.patch_size;
 
@@ -277,7 +325,9 @@ impl Dit {
             hs = hs.pad_with_zeros(1, 0, padded - frames)?;
         }
         let s = padded / p;
-        let mut hs = self.proj_in.forward(&hs.reshape((1, s, p * cfg.in_channels))?)?; // [1, S, H]
+        let mut hs = self
+            .proj_in
+            .forward(&hs.reshape((1, s, p * cfg.in_channels))?)?; // [1, S, H]
 
         let rope = rope_tables(s, cfg.head_dim, cfg.rope_theta, &dev)?;
         let sliding_mask = band_mask(s, s, Some(cfg.sliding_window), false, &dev)?;
@@ -289,7 +339,11 @@ impl Dit {
             let (c_shift, c_sc, c_gate) = (part(3)?, part(4)?, part(5)?);
 
             let n = adaln(&layer.self_attn_norm, &hs, &sc, &shift)?;
-            let mask = if layer.sliding { Some(&sliding_mask) } else { None };
+            let mask = if layer.sliding {
+                Some(&sliding_mask)
+            } else {
+                None
+            };
             let a = layer.self_attn.self_attention(&n, &rope, mask)?;
             hs = (&hs + a.broadcast_mul(&gate)?)?;
 
@@ -311,15 +365,30 @@ impl Dit {
 
     /// Batched forward in the reference's argument layout: `x` `[B, T, C]`, `t`/`r` per row,
     /// per-row conditioning states `[1, L_i, H_enc]`, `context` `[B, T, Cc]`.
-    pub fn forward(&self, x: &Tensor, t: &[f32], r: &[f32], states: &[Tensor], context: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        t: &[f32],
+        r: &[f32],
+        states: &[Tensor],
+        context: &Tensor,
+    ) -> Result<Tensor> {
         let b = x.dim(0)?;
         if t.len() != b || r.len() != b || states.len() != b || context.dim(0)? != b {
-            return Err(AceStepError::input("batch sizes of x, timestep, timestep_r, states and context differ"));
+            return Err(AceStepError::input(
+                "batch sizes of x, timestep, timestep_r, states and context differ",
+            ));
         }
         let mut rows = Vec::with_capacity(b);
         for i in 0..b {
             let kv = self.cross_kv(&states[i], None)?;
-            rows.push(self.forward_row(&x.narrow(0, i, 1)?, &context.narrow(0, i, 1)?, t[i], t[i] - r[i], &kv)?);
+            rows.push(self.forward_row(
+                &x.narrow(0, i, 1)?,
+                &context.narrow(0, i, 1)?,
+                t[i],
+                t[i] - r[i],
+                &kv,
+            )?);
         }
         Ok(Tensor::cat(&rows, 0)?)
     }

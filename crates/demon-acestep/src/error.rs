@@ -69,15 +69,24 @@ pub enum AceStepError {
 
 impl AceStepError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn invalid(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        Self::InvalidFile { path: path.into(), detail: detail.into() }
+        Self::InvalidFile {
+            path: path.into(),
+            detail: detail.into(),
+        }
     }
 
     pub(crate) fn config(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        Self::Config { path: path.into(), detail: detail.into() }
+        Self::Config {
+            path: path.into(),
+            detail: detail.into(),
+        }
     }
 
     pub(crate) fn input(detail: impl Into<String>) -> Self {

@@ -85,7 +85,9 @@ impl Fsq {
             let mut total = vec![0.0f32; d];
             for (q, &index) in row.iter().enumerate() {
                 if !(0..max).contains(&index) {
-                    return Err(AceStepError::input(format!("audio code {index} is outside 0..{max}")));
+                    return Err(AceStepError::input(format!(
+                        "audio code {index} is outside 0..{max}"
+                    )));
                 }
                 for j in 0..d {
                     let l = self.levels[j] as i64;
@@ -118,13 +120,36 @@ impl AudioTokenizer {
         let h = cfg.encoder.hidden_size;
         let d = cfg.fsq_input_levels.len();
         Ok(Self {
-            audio_acoustic_proj: Linear::load(src, "tokenizer.audio_acoustic_proj", h, cfg.audio_acoustic_hidden_dim, true)?,
+            audio_acoustic_proj: Linear::load(
+                src,
+                "tokenizer.audio_acoustic_proj",
+                h,
+                cfg.audio_acoustic_hidden_dim,
+                true,
+            )?,
             pooler_embed: Linear::load(src, "tokenizer.attention_pooler.embed_tokens", h, h, true)?,
             special_token: src.tensor("tokenizer.attention_pooler.special_token", &[1, 1, h])?,
-            pooler: EncoderStack::load(src, "tokenizer.attention_pooler", &cfg.encoder, cfg.num_attention_pooler_hidden_layers)?,
+            pooler: EncoderStack::load(
+                src,
+                "tokenizer.attention_pooler",
+                &cfg.encoder,
+                cfg.num_attention_pooler_hidden_layers,
+            )?,
             quantizer: Fsq {
-                project_in: Linear::load(src, "tokenizer.quantizer.project_in", d, cfg.fsq_dim, true)?,
-                project_out: Linear::load(src, "tokenizer.quantizer.project_out", cfg.fsq_dim, d, true)?,
+                project_in: Linear::load(
+                    src,
+                    "tokenizer.quantizer.project_in",
+                    d,
+                    cfg.fsq_dim,
+                    true,
+                )?,
+                project_out: Linear::load(
+                    src,
+                    "tokenizer.quantizer.project_out",
+                    cfg.fsq_dim,
+                    d,
+                    true,
+                )?,
                 levels: cfg.fsq_input_levels.clone(),
                 num_quantizers: cfg.fsq_input_num_quantizers,
             },
@@ -156,7 +181,11 @@ impl AudioTokenizer {
         let h = self.pooler_embed.forward(&h.reshape((p, w, hid))?)?; // [P, W, H]
         let special = self.special_token.broadcast_as((p, 1, hid))?;
         let seq = Tensor::cat(&[&special, &h], 1)?; // [P, W+1, H]
-        let pooled = self.pooler.forward(&seq, None)?.narrow(1, 0, 1)?.squeeze(1)?; // [P, H]
+        let pooled = self
+            .pooler
+            .forward(&seq, None)?
+            .narrow(1, 0, 1)?
+            .squeeze(1)?; // [P, H]
         let (q, idx) = self.quantizer.quantize(&pooled)?;
         Ok((q.unsqueeze(0)?, idx))
     }
@@ -179,8 +208,19 @@ impl AudioDetokenizer {
         Ok(Self {
             embed_tokens: Linear::load(src, "detokenizer.embed_tokens", h, h, true)?,
             special_tokens: src.tensor("detokenizer.special_tokens", &[1, w, h])?,
-            stack: EncoderStack::load(src, "detokenizer", &cfg.encoder, cfg.num_attention_pooler_hidden_layers)?,
-            proj_out: Linear::load(src, "detokenizer.proj_out", cfg.audio_acoustic_hidden_dim, h, true)?,
+            stack: EncoderStack::load(
+                src,
+                "detokenizer",
+                &cfg.encoder,
+                cfg.num_attention_pooler_hidden_layers,
+            )?,
+            proj_out: Linear::load(
+                src,
+                "detokenizer.proj_out",
+                cfg.audio_acoustic_hidden_dim,
+                h,
+                true,
+            )?,
             pool_window: w,
         })
     }
@@ -199,7 +239,12 @@ impl AudioDetokenizer {
 }
 
 /// FSQ round trip of a `[1, T, C]` latent: the cover hint, cropped to T.
-pub fn round_trip(tok: &AudioTokenizer, detok: &AudioDetokenizer, latents: &Tensor, silence: &Tensor) -> Result<Tensor> {
+pub fn round_trip(
+    tok: &AudioTokenizer,
+    detok: &AudioDetokenizer,
+    latents: &Tensor,
+    silence: &Tensor,
+) -> Result<Tensor> {
     let t = latents.dim(1)?;
     let (q, _) = tok.tokenize(latents, silence)?;
     Ok(detok.forward(&q)?.narrow(1, 0, t)?)

@@ -55,7 +55,12 @@ fn parse_key(key: &str) -> Option<(String, Part)> {
     .into_iter()
     .find_map(|(suffix, part)| key.strip_suffix(suffix).map(|m| (m, part)))?;
     let mut m = module;
-    for prefix in ["base_model.model.", "diffusion_model.", "model.", "transformer."] {
+    for prefix in [
+        "base_model.model.",
+        "diffusion_model.",
+        "model.",
+        "transformer.",
+    ] {
         m = m.strip_prefix(prefix).unwrap_or(m);
     }
     let m = m.strip_prefix("decoder.").unwrap_or(m);
@@ -65,26 +70,48 @@ fn parse_key(key: &str) -> Option<(String, Part)> {
 impl LoraAdapter {
     /// Load a PEFT folder or a single `.safetensors` file.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let lora_err = |d: String| AceStepError::Lora { path: path.to_path_buf(), detail: d };
+        let lora_err = |d: String| AceStepError::Lora {
+            path: path.to_path_buf(),
+            detail: d,
+        };
         let (file, config) = if path.is_dir() {
             let cfg_path = path.join("adapter_config.json");
-            let config = if cfg_path.is_file() { Some(read_json(&cfg_path)?) } else { None };
-            let f = ["adapter_model.safetensors", "pytorch_lora_weights.safetensors"]
-                .iter()
-                .map(|n| path.join(n))
-                .find(|p| p.is_file())
-                .ok_or_else(|| AceStepError::MissingFile {
-                    path: path.join("adapter_model.safetensors"),
-                    what: "LoRA adapter weights".into(),
-                })?;
+            let config = if cfg_path.is_file() {
+                Some(read_json(&cfg_path)?)
+            } else {
+                None
+            };
+            let f = [
+                "adapter_model.safetensors",
+                "pytorch_lora_weights.safetensors",
+            ]
+            .iter()
+            .map(|n| path.join(n))
+            .find(|p| p.is_file())
+            .ok_or_else(|| AceStepError::MissingFile {
+                path: path.join("adapter_model.safetensors"),
+                what: "LoRA adapter weights".into(),
+            })?;
             (f, config)
         } else {
             (path.to_path_buf(), None)
         };
         let st = SafetensorsFile::open(&file)?;
-        let cfg_alpha = config.as_ref().and_then(|c| c.get("lora_alpha")).and_then(Value::as_f64);
-        let rslora = config.as_ref().and_then(|c| c.get("use_rslora")).and_then(Value::as_bool).unwrap_or(false);
-        if config.as_ref().and_then(|c| c.get("use_dora")).and_then(Value::as_bool).unwrap_or(false) {
+        let cfg_alpha = config
+            .as_ref()
+            .and_then(|c| c.get("lora_alpha"))
+            .and_then(Value::as_f64);
+        let rslora = config
+            .as_ref()
+            .and_then(|c| c.get("use_rslora"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if config
+            .as_ref()
+            .and_then(|c| c.get("use_dora"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
             return Err(lora_err("DoRA adapters are not supported".into()));
         }
 
@@ -95,7 +122,9 @@ impl LoraAdapter {
         for key in names {
             let Some((module, part)) = parse_key(&key) else {
                 if key.contains("lokr_") || key.contains("dora_scale") || key.contains("hada_") {
-                    return Err(lora_err(format!("tensor `{key}`: LoKr/LoHa/DoRA adapters are not supported")));
+                    return Err(lora_err(format!(
+                        "tensor `{key}`: LoKr/LoHa/DoRA adapters are not supported"
+                    )));
                 }
                 continue;
             };
@@ -108,31 +137,61 @@ impl LoraAdapter {
                     b.insert(module, t);
                 }
                 Part::Alpha => {
-                    alpha.insert(module, t.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(0.0) as f64);
+                    alpha.insert(
+                        module,
+                        t.flatten_all()?
+                            .to_vec1::<f32>()?
+                            .first()
+                            .copied()
+                            .unwrap_or(0.0) as f64,
+                    );
                 }
             }
         }
         let mut modules = BTreeMap::new();
         for (name, a_t) in a {
-            let b_t = b.remove(&name).ok_or_else(|| lora_err(format!("module `{name}` has lora_A/down but no lora_B/up")))?;
-            let (r, _) = a_t.dims2().map_err(|_| lora_err(format!("module `{name}`: lora_A is not a matrix")))?;
-            let (_, rb) = b_t.dims2().map_err(|_| lora_err(format!("module `{name}`: lora_B is not a matrix")))?;
+            let b_t = b.remove(&name).ok_or_else(|| {
+                lora_err(format!("module `{name}` has lora_A/down but no lora_B/up"))
+            })?;
+            let (r, _) = a_t
+                .dims2()
+                .map_err(|_| lora_err(format!("module `{name}`: lora_A is not a matrix")))?;
+            let (_, rb) = b_t
+                .dims2()
+                .map_err(|_| lora_err(format!("module `{name}`: lora_B is not a matrix")))?;
             if r != rb || r == 0 {
-                return Err(lora_err(format!("module `{name}`: rank of lora_A ({r}) and lora_B ({rb}) differ")));
+                return Err(lora_err(format!(
+                    "module `{name}`: rank of lora_A ({r}) and lora_B ({rb}) differ"
+                )));
             }
             // The factors' own rank, which is the config's `r` (or its `rank_pattern` entry).
             let rank = r as f64;
             let al = alpha.get(&name).copied().or(cfg_alpha).unwrap_or(rank);
             let scale = if rslora { al / rank.sqrt() } else { al / rank };
-            modules.insert(name, LoraModule { a: a_t, b: b_t, scale });
+            modules.insert(
+                name,
+                LoraModule {
+                    a: a_t,
+                    b: b_t,
+                    scale,
+                },
+            );
         }
         if let Some(orphan) = b.keys().next() {
-            return Err(lora_err(format!("module `{orphan}` has lora_B/up but no lora_A/down")));
+            return Err(lora_err(format!(
+                "module `{orphan}` has lora_B/up but no lora_A/down"
+            )));
         }
         if modules.is_empty() {
-            return Err(lora_err(format!("no LoRA factors found in {}", file.display())));
+            return Err(lora_err(format!(
+                "no LoRA factors found in {}",
+                file.display()
+            )));
         }
-        Ok(Self { path: path.to_path_buf(), modules })
+        Ok(Self {
+            path: path.to_path_buf(),
+            modules,
+        })
     }
 }
 

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use demon_engine::{Audio, Codec, Conditioner, Conditioning, DenoiseBatch, Denoiser, EngineError, Prompt};
+use demon_engine::{
+    Audio, Codec, Conditioner, Conditioning, DenoiseBatch, Denoiser, EngineError, Prompt,
+};
 
 use crate::condition::ConditionEncoder;
 use crate::config::{DitConfig, TextEncoderConfig, VaeConfig, read_json};
@@ -20,7 +22,9 @@ use crate::fsq::{AudioDetokenizer, AudioTokenizer, round_trip};
 use crate::lora::{LoraAdapter, LoraInfo, LoraSlot, merged_weight};
 use crate::nn::{RandomSource, TensorSource};
 use crate::silence::read_silence_latent;
-use crate::text::{MAX_LYRIC_TOKENS, MAX_TEXT_TOKENS, PromptTokenizer, Task, TextEncoder, format_prompt};
+use crate::text::{
+    MAX_LYRIC_TOKENS, MAX_TEXT_TOKENS, PromptTokenizer, Task, TextEncoder, format_prompt,
+};
 use crate::vae::{VaeDecoder, VaeEncoder};
 use crate::weights::{Layout, ModelFiles};
 
@@ -35,12 +39,19 @@ pub struct AceStepConfig {
 impl AceStepConfig {
     /// `acestep-v15-turbo` (2B) with its VAE and Qwen3-Embedding-0.6B.
     pub fn turbo_2b() -> Self {
-        Self { dit: DitConfig::turbo_2b(), vae: VaeConfig::acestep(), text: TextEncoderConfig::qwen3_embedding_0_6b() }
+        Self {
+            dit: DitConfig::turbo_2b(),
+            vae: VaeConfig::acestep(),
+            text: TextEncoderConfig::qwen3_embedding_0_6b(),
+        }
     }
 
     /// `acestep-v15-xl-turbo` (5B).
     pub fn xl_turbo() -> Self {
-        Self { dit: DitConfig::xl_turbo(), ..Self::turbo_2b() }
+        Self {
+            dit: DitConfig::xl_turbo(),
+            ..Self::turbo_2b()
+        }
     }
 
     /// Read every config of a resolved weights folder.
@@ -49,13 +60,19 @@ impl AceStepConfig {
         let te_cfg_path = files.text_encoder_dir.join("config.json");
         let text = TextEncoderConfig::from_json(&read_json(&te_cfg_path)?, &te_cfg_path)?;
         let dit = match files.layout {
-            Layout::Original => DitConfig::from_original_json(&read_json(&files.dit_config)?, &files.dit_config)?,
+            Layout::Original => {
+                DitConfig::from_original_json(&read_json(&files.dit_config)?, &files.dit_config)?
+            }
             Layout::Diffusers => {
                 let t = read_json(&files.dit_config)?;
-                let (_, cpath) = files.condition_encoder.as_ref().ok_or_else(|| AceStepError::MissingFile {
-                    path: files.root.join("condition_encoder"),
-                    what: "condition encoder".into(),
-                })?;
+                let (_, cpath) =
+                    files
+                        .condition_encoder
+                        .as_ref()
+                        .ok_or_else(|| AceStepError::MissingFile {
+                            path: files.root.join("condition_encoder"),
+                            what: "condition encoder".into(),
+                        })?;
                 let c = read_json(cpath)?;
                 let tok = match &files.audio_tokenizer {
                     Some((_, p)) => Some((read_json(p)?, p.clone())),
@@ -106,12 +123,23 @@ impl AceStepDenoiser {
     /// Build from any parameter source.
     pub fn from_source(src: &dyn TensorSource, cfg: &DitConfig) -> Result<Self> {
         let dit = Dit::load(src, cfg)?;
-        Ok(Self { device: src.device().clone(), dit, loras: Vec::new(), base: HashMap::new() })
+        Ok(Self {
+            device: src.device().clone(),
+            dit,
+            loras: Vec::new(),
+            base: HashMap::new(),
+        })
     }
 
     /// Random weights (benchmarks): no file is read.
     pub fn random(cfg: &DitConfig, seed: u64, device: &Device) -> Result<Self> {
-        Self::from_source(&RandomSource { seed, device: device.clone() }, cfg)
+        Self::from_source(
+            &RandomSource {
+                seed,
+                device: device.clone(),
+            },
+            cfg,
+        )
     }
 
     pub fn dit(&self) -> &Dit {
@@ -145,7 +173,11 @@ impl AceStepDenoiser {
                 });
             }
         }
-        self.loras.push(Some(LoraSlot { adapter, strength, enabled: true }));
+        self.loras.push(Some(LoraSlot {
+            adapter,
+            strength,
+            enabled: true,
+        }));
         self.apply_loras()?;
         Ok(self.loras.len() - 1)
     }
@@ -241,7 +273,10 @@ impl AceStepDenoiser {
 
 fn check_strength(path: &Path, s: f32) -> Result<()> {
     if !(s.is_finite() && (-10.0..=10.0).contains(&s)) {
-        return Err(AceStepError::Lora { path: path.to_path_buf(), detail: format!("strength {s} is outside [-10, 10]") });
+        return Err(AceStepError::Lora {
+            path: path.to_path_buf(),
+            detail: format!("strength {s} is outside [-10, 10]"),
+        });
     }
     Ok(())
 }
@@ -266,10 +301,22 @@ impl Denoiser for AceStepDenoiser {
         let b = batch.rows();
         let (bx, frames, c) = batch.x.dims3()?;
         if bx != b || batch.conditions.len() != b || batch.contexts.len() != b {
-            return Err(EngineError::shape("denoise batch rows", b, format!("x {bx}, {} conditions, {} contexts", batch.conditions.len(), batch.contexts.len())));
+            return Err(EngineError::shape(
+                "denoise batch rows",
+                b,
+                format!(
+                    "x {bx}, {} conditions, {} contexts",
+                    batch.conditions.len(),
+                    batch.contexts.len()
+                ),
+            ));
         }
         if c != self.latent_channels() {
-            return Err(EngineError::shape("latent channels", self.latent_channels(), c));
+            return Err(EngineError::shape(
+                "latent channels",
+                self.latent_channels(),
+                c,
+            ));
         }
         let mut rows = Vec::with_capacity(b);
         for i in 0..b {
@@ -282,7 +329,9 @@ impl Denoiser for AceStepDenoiser {
                     format!("{:?}", ctx.dims()),
                 ));
             }
-            let kv = self.dit.cached_cross_kv(cond.id, &cond.states, Some(&cond.mask))?;
+            let kv = self
+                .dit
+                .cached_cross_kv(cond.id, &cond.states, Some(&cond.mask))?;
             let x = batch.x.narrow(0, i, 1)?;
             rows.push(self.dit.forward_row(&x, ctx, batch.t[i], 0.0, &kv)?);
         }
@@ -307,10 +356,18 @@ pub struct AceStepCodec {
 }
 
 impl AceStepCodec {
-    pub fn from_source(src: &dyn TensorSource, cfg: &VaeConfig, with_encoder: bool) -> Result<Self> {
+    pub fn from_source(
+        src: &dyn TensorSource,
+        cfg: &VaeConfig,
+        with_encoder: bool,
+    ) -> Result<Self> {
         Ok(Self {
             decoder: VaeDecoder::load(src, cfg)?,
-            encoder: if with_encoder { Some(VaeEncoder::load(src, cfg)?) } else { None },
+            encoder: if with_encoder {
+                Some(VaeEncoder::load(src, cfg)?)
+            } else {
+                None
+            },
             cfg: cfg.clone(),
             device: src.device().clone(),
             tile_frames: 512,
@@ -319,7 +376,14 @@ impl AceStepCodec {
     }
 
     pub fn random(cfg: &VaeConfig, seed: u64, device: &Device, with_encoder: bool) -> Result<Self> {
-        Self::from_source(&RandomSource { seed, device: device.clone() }, cfg, with_encoder)
+        Self::from_source(
+            &RandomSource {
+                seed,
+                device: device.clone(),
+            },
+            cfg,
+            with_encoder,
+        )
     }
 
     pub fn config(&self) -> &VaeConfig {
@@ -333,7 +397,10 @@ impl AceStepCodec {
 
     /// Encoder mean on `[B, channels, N]` audio: `[B, C, N/hop]`.
     pub fn encode_raw(&self, audio: &Tensor) -> Result<Tensor> {
-        self.encoder.as_ref().ok_or_else(|| AceStepError::input("this codec was built without the VAE encoder"))?.forward(audio)
+        self.encoder
+            .as_ref()
+            .ok_or_else(|| AceStepError::input("this codec was built without the VAE encoder"))?
+            .forward(audio)
     }
 
     /// `[1, C, N]` latents → `[1, channels, N·hop]`, in tiles of `tile_frames` with
@@ -386,24 +453,41 @@ impl Codec for AceStepCodec {
         if audio.sample_rate != self.cfg.sampling_rate {
             return Err(EngineError::param(
                 "audio",
-                format!("sample rate {} Hz, the VAE needs {} Hz", audio.sample_rate, self.cfg.sampling_rate),
+                format!(
+                    "sample rate {} Hz, the VAE needs {} Hz",
+                    audio.sample_rate, self.cfg.sampling_rate
+                ),
             ));
         }
         let want = self.cfg.audio_channels;
         let chans: Vec<&Vec<f32>> = match audio.channels.len() {
             n if n == want => audio.channels.iter().collect(),
             1 => vec![&audio.channels[0]; want],
-            n => return Err(EngineError::param("audio", format!("{n} channels, the VAE takes {want} (or mono)"))),
+            n => {
+                return Err(EngineError::param(
+                    "audio",
+                    format!("{n} channels, the VAE takes {want} (or mono)"),
+                ));
+            }
         };
         let hop = self.cfg.hop();
         let frames = audio.frames() / hop;
         if frames == 0 {
-            return Err(EngineError::param("audio", format!("shorter than one latent frame ({hop} samples)")));
+            return Err(EngineError::param(
+                "audio",
+                format!("shorter than one latent frame ({hop} samples)"),
+            ));
         }
         let n = frames * hop;
         let mut data = Vec::with_capacity(want * n);
         for ch in chans {
-            data.extend(ch[..n].iter().map(|x| if x.is_finite() { x.clamp(-1.0, 1.0) } else { 0.0 }));
+            data.extend(ch[..n].iter().map(|x| {
+                if x.is_finite() {
+                    x.clamp(-1.0, 1.0)
+                } else {
+                    0.0
+                }
+            }));
         }
         let x = Tensor::from_vec(data, (1, want, n), &self.device)?;
         let z = self.encode_raw(&x)?;
@@ -413,7 +497,11 @@ impl Codec for AceStepCodec {
     fn decode(&mut self, latent: &Tensor, _first_frame: i64) -> demon_engine::Result<Audio> {
         let (b, _n, c) = latent.dims3()?;
         if b != 1 || c != self.cfg.decoder_input_channels {
-            return Err(EngineError::shape("latent window", format!("[1, N, {}]", self.cfg.decoder_input_channels), format!("{:?}", latent.dims())));
+            return Err(EngineError::shape(
+                "latent window",
+                format!("[1, N, {}]", self.cfg.decoder_input_channels),
+                format!("{:?}", latent.dims()),
+            ));
         }
         let audio = self.decode_tiled(&latent.transpose(1, 2)?.contiguous()?)?;
         let channels: Vec<Vec<f32>> = audio.squeeze(0)?.to_vec2()?;
@@ -455,7 +543,10 @@ impl AceStepConditioner {
         with_fsq: bool,
     ) -> Result<Self> {
         let silence = silence.to_device(dit_src.device())?;
-        if silence.rank() != 3 || silence.dim(2)? != cfg.audio_acoustic_hidden_dim || silence.dim(1)? == 0 {
+        if silence.rank() != 3
+            || silence.dim(2)? != cfg.audio_acoustic_hidden_dim
+            || silence.dim(1)? == 0
+        {
             return Err(AceStepError::input(format!(
                 "silence latent must be [1, N, {}], got {:?}",
                 cfg.audio_acoustic_hidden_dim,
@@ -466,8 +557,16 @@ impl AceStepConditioner {
             tokenizer,
             text_encoder: TextEncoder::load(text_src, text_cfg)?,
             encoder: ConditionEncoder::load(dit_src, cfg)?,
-            audio_tokenizer: if with_fsq { Some(AudioTokenizer::load(dit_src, cfg)?) } else { None },
-            detokenizer: if with_fsq { Some(AudioDetokenizer::load(dit_src, cfg)?) } else { None },
+            audio_tokenizer: if with_fsq {
+                Some(AudioTokenizer::load(dit_src, cfg)?)
+            } else {
+                None
+            },
+            detokenizer: if with_fsq {
+                Some(AudioDetokenizer::load(dit_src, cfg)?)
+            } else {
+                None
+            },
             silence,
             timbre: None,
             task: Task::Text2Music,
@@ -510,7 +609,9 @@ impl AceStepConditioner {
         if let Some(t) = &self.timbre {
             return Ok(t.clone());
         }
-        let t = self.encoder.encode_timbre(&self.silence(self.cfg.timbre_fix_frame)?)?;
+        let t = self
+            .encoder
+            .encode_timbre(&self.silence(self.cfg.timbre_fix_frame)?)?;
         self.timbre = Some(t.clone());
         Ok(t)
     }
@@ -523,10 +624,17 @@ impl AceStepConditioner {
             Some(l) => {
                 let (b, t, c) = l.dims3()?;
                 if b != 1 || t == 0 || c != self.cfg.timbre_hidden_dim {
-                    return Err(AceStepError::input(format!("reference latent must be [1, T, {}]", self.cfg.timbre_hidden_dim)));
+                    return Err(AceStepError::input(format!(
+                        "reference latent must be [1, T, {}]",
+                        self.cfg.timbre_hidden_dim
+                    )));
                 }
                 let fix = self.cfg.timbre_fix_frame;
-                let x = if t >= fix { l.narrow(1, 0, fix)? } else { l.repeat((1, fix.div_ceil(t), 1))?.narrow(1, 0, fix)? };
+                let x = if t >= fix {
+                    l.narrow(1, 0, fix)?
+                } else {
+                    l.repeat((1, fix.div_ceil(t), 1))?.narrow(1, 0, fix)?
+                };
                 Some(self.encoder.encode_timbre(&x)?)
             }
         };
@@ -535,12 +643,14 @@ impl AceStepConditioner {
 
     /// Token ids of the caption and lyric prompts for `prompt` under `task`.
     pub fn tokenize(&self, prompt: &Prompt, task: Task) -> Result<(Vec<u32>, Vec<u32>)> {
-        let tok = self
-            .tokenizer
-            .as_ref()
-            .ok_or_else(|| AceStepError::input("this conditioner has no tokenizer (random-weight model)"))?;
+        let tok = self.tokenizer.as_ref().ok_or_else(|| {
+            AceStepError::input("this conditioner has no tokenizer (random-weight model)")
+        })?;
         let (text, lyrics) = format_prompt(prompt, task);
-        Ok((tok.encode(&text, MAX_TEXT_TOKENS)?, tok.encode(&lyrics, MAX_LYRIC_TOKENS)?))
+        Ok((
+            tok.encode(&text, MAX_TEXT_TOKENS)?,
+            tok.encode(&lyrics, MAX_LYRIC_TOKENS)?,
+        ))
     }
 
     /// Packed `[lyrics | timbre | text]` states `[1, L, H]` from token ids.
@@ -555,7 +665,9 @@ impl AceStepConditioner {
 
     /// Encode `prompt` with the instruction of `task`.
     pub fn condition_for(&mut self, prompt: &Prompt, task: Task) -> Result<Conditioning> {
-        prompt.validate().map_err(|e| AceStepError::input(e.to_string()))?;
+        prompt
+            .validate()
+            .map_err(|e| AceStepError::input(e.to_string()))?;
         let (t, l) = self.tokenize(prompt, task)?;
         let states = self.encode_ids(&t, &l)?;
         Conditioning::new(states).map_err(|e| AceStepError::input(e.to_string()))
@@ -565,7 +677,11 @@ impl AceStepConditioner {
     pub fn fsq_hint(&self, latent: &Tensor) -> Result<Tensor> {
         let (tok, detok) = match (&self.audio_tokenizer, &self.detokenizer) {
             (Some(a), Some(b)) => (a, b),
-            _ => return Err(AceStepError::input("these weights have no audio tokenizer/detokenizer (cover unavailable)")),
+            _ => {
+                return Err(AceStepError::input(
+                    "these weights have no audio tokenizer/detokenizer (cover unavailable)",
+                ));
+            }
         };
         round_trip(tok, detok, latent, &self.silence)
     }
@@ -581,7 +697,8 @@ impl AceStepConditioner {
                 mask.len()
             )));
         }
-        let m = Tensor::from_vec(mask.to_vec(), (1, t, 1), src.device())?.broadcast_as((1, t, c))?;
+        let m =
+            Tensor::from_vec(mask.to_vec(), (1, t, 1), src.device())?.broadcast_as((1, t, c))?;
         Ok(Tensor::cat(&[src, &m.contiguous()?], 2)?)
     }
 }
@@ -594,7 +711,11 @@ impl Conditioner for AceStepConditioner {
     /// `null_condition_emb` broadcast over `like`'s positions, with `like`'s mask.
     fn null_condition(&mut self, like: &Conditioning) -> demon_engine::Result<Conditioning> {
         let (_, l, h) = like.states.dims3()?;
-        let states = self.encoder.null_condition_emb.broadcast_as((1, l, h))?.contiguous()?;
+        let states = self
+            .encoder
+            .null_condition_emb
+            .broadcast_as((1, l, h))?
+            .contiguous()?;
         Ok(Conditioning::with_mask(states, like.mask.clone()))
     }
 
@@ -604,12 +725,20 @@ impl Conditioner for AceStepConditioner {
 
     /// `[lerp(silence[:T], fsq_hint(structure), strength) | ones]`; `None` gives the neutral
     /// `[silence[:T] | ones]`.
-    fn context(&mut self, structure: Option<&Tensor>, frames: usize, strength: f32) -> demon_engine::Result<Tensor> {
+    fn context(
+        &mut self,
+        structure: Option<&Tensor>,
+        frames: usize,
+        strength: f32,
+    ) -> demon_engine::Result<Tensor> {
         if frames == 0 {
             return Err(EngineError::param("frames", "latent length is zero"));
         }
         if !(strength.is_finite() && (0.0..=1.0).contains(&strength)) {
-            return Err(EngineError::param("structure strength", format!("{strength} is outside [0, 1]")));
+            return Err(EngineError::param(
+                "structure strength",
+                format!("{strength} is outside [0, 1]"),
+            ));
         }
         let silence = self.silence(frames)?;
         let src = match structure {
@@ -622,7 +751,11 @@ impl Conditioner for AceStepConditioner {
                     ));
                 }
                 let hint = self.fsq_hint(s)?;
-                if strength >= 1.0 { hint } else { ((silence * (1.0 - strength as f64))? + (hint * strength as f64)?)? }
+                if strength >= 1.0 {
+                    hint
+                } else {
+                    ((silence * (1.0 - strength as f64))? + (hint * strength as f64)?)?
+                }
             }
             _ => silence,
         };
@@ -661,34 +794,71 @@ impl AceStep {
         let silence = match &files.silence_latent {
             Some(p) => read_silence_latent(p, Some(config.dit.audio_acoustic_hidden_dim))?,
             None => {
-                let n = dit_w.shape_of("silence_latent").and_then(|s| s.get(1).copied()).ok_or_else(|| {
-                    AceStepError::MissingTensor { path: dit_w.label().to_path_buf(), tensor: "silence_latent".into() }
-                })?;
+                let n = dit_w
+                    .shape_of("silence_latent")
+                    .and_then(|s| s.get(1).copied())
+                    .ok_or_else(|| AceStepError::MissingTensor {
+                        path: dit_w.label().to_path_buf(),
+                        tensor: "silence_latent".into(),
+                    })?;
                 dit_w.get("silence_latent", &[1, n, config.dit.timbre_hidden_dim])?
             }
         };
-        let with_fsq = dit_w.contains("tokenizer.audio_acoustic_proj.weight") && dit_w.contains("detokenizer.embed_tokens.weight");
+        let with_fsq = dit_w.contains("tokenizer.audio_acoustic_proj.weight")
+            && dit_w.contains("detokenizer.embed_tokens.weight");
         let denoiser = AceStepDenoiser::from_source(&dit_w, &config.dit)?;
         let text_w = files.open_text_encoder(device)?;
         let tokenizer = PromptTokenizer::from_file(&files.tokenizer_json)?;
-        let conditioner = AceStepConditioner::from_sources(&dit_w, &text_w, &config.dit, &config.text, Some(tokenizer), silence, with_fsq)?;
+        let conditioner = AceStepConditioner::from_sources(
+            &dit_w,
+            &text_w,
+            &config.dit,
+            &config.text,
+            Some(tokenizer),
+            silence,
+            with_fsq,
+        )?;
         drop(dit_w);
         drop(text_w);
         let vae_w = files.open_vae(device)?;
         let with_encoder = vae_w.contains("encoder.conv1.weight_v");
         let codec = AceStepCodec::from_source(&vae_w, &config.vae, with_encoder)?;
-        Ok(Self { denoiser, codec, conditioner, config, source: Some((files.root.clone(), files.layout)) })
+        Ok(Self {
+            denoiser,
+            codec,
+            conditioner,
+            config,
+            source: Some((files.root.clone(), files.layout)),
+        })
     }
 
     /// Every part with random weights (no files): for benchmarks at full size. The silence latent
     /// is random too and there is no tokenizer, so `condition` needs token ids (`encode_ids`).
     pub fn random(config: &AceStepConfig, seed: u64, device: &Device) -> Result<Self> {
-        let src = RandomSource { seed, device: device.clone() };
-        let silence = src.tensor("silence_latent", &[1, config.dit.timbre_fix_frame, config.dit.audio_acoustic_hidden_dim])?;
+        let src = RandomSource {
+            seed,
+            device: device.clone(),
+        };
+        let silence = src.tensor(
+            "silence_latent",
+            &[
+                1,
+                config.dit.timbre_fix_frame,
+                config.dit.audio_acoustic_hidden_dim,
+            ],
+        )?;
         Ok(Self {
             denoiser: AceStepDenoiser::from_source(&src, &config.dit)?,
             codec: AceStepCodec::from_source(&src, &config.vae, true)?,
-            conditioner: AceStepConditioner::from_sources(&src, &src, &config.dit, &config.text, None, silence, true)?,
+            conditioner: AceStepConditioner::from_sources(
+                &src,
+                &src,
+                &config.dit,
+                &config.text,
+                None,
+                silence,
+                true,
+            )?,
             config: config.clone(),
             source: None,
         })
@@ -699,4 +869,3 @@ impl AceStep {
         (self.denoiser, self.codec, self.conditioner)
     }
 }
-

@@ -44,11 +44,17 @@ pub struct RandomSource {
 impl TensorSource for RandomSource {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        let is_norm = name.ends_with("norm.weight") || name.ends_with("layernorm.weight") || name.contains("_norm.");
+        let is_norm = name.ends_with("norm.weight")
+            || name.ends_with("layernorm.weight")
+            || name.contains("_norm.");
         if is_norm {
             return Ok(Tensor::ones(shape, DType::F32, &self.device)?);
         }
-        let fan_in = if shape.len() >= 2 { shape[1..].iter().product::<usize>() } else { shape.first().copied().unwrap_or(1) };
+        let fan_in = if shape.len() >= 2 {
+            shape[1..].iter().product::<usize>()
+        } else {
+            shape.first().copied().unwrap_or(1)
+        };
         let bound = (3.0 / fan_in.max(1) as f32).sqrt();
         let mut state = self.seed ^ fnv1a(name);
         let mut values = Vec::with_capacity(n);
@@ -72,7 +78,9 @@ impl TensorSource for RandomSource {
 }
 
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// `y = x·Wᵀ + b` with `W` `[out, in]` as stored by PyTorch.
@@ -83,9 +91,19 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(src: &dyn TensorSource, name: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Self> {
+    pub fn load(
+        src: &dyn TensorSource,
+        name: &str,
+        out_dim: usize,
+        in_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let weight = src.tensor(&format!("{name}.weight"), &[out_dim, in_dim])?;
-        let bias = if bias { Some(src.tensor(&format!("{name}.bias"), &[out_dim])?) } else { None };
+        let bias = if bias {
+            Some(src.tensor(&format!("{name}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias })
     }
 
@@ -118,7 +136,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn load(src: &dyn TensorSource, name: &str, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: src.tensor(&format!("{name}.weight"), &[dim])?, eps })
+        Ok(Self {
+            weight: src.tensor(&format!("{name}.weight"), &[dim])?,
+            eps,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -134,9 +155,16 @@ pub fn rms_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
 
 /// Rotary tables `[S, D]` for positions `0..len`: `cos`/`sin` of `pos·θ^(−2i/D)`, with the
 /// frequency half repeated (`cat([f, f])`). Computed in f32 like the reference.
-pub fn rope_tables(len: usize, head_dim: usize, theta: f64, device: &Device) -> Result<(Tensor, Tensor)> {
+pub fn rope_tables(
+    len: usize,
+    head_dim: usize,
+    theta: f64,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
-    let inv: Vec<f32> = (0..half).map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect();
     let mut cos = Vec::with_capacity(len * head_dim);
     let mut sin = Vec::with_capacity(len * head_dim);
     for p in 0..len {
@@ -148,7 +176,10 @@ pub fn rope_tables(len: usize, head_dim: usize, theta: f64, device: &Device) -> 
             }
         }
     }
-    Ok((Tensor::from_vec(cos, (len, head_dim), device)?, Tensor::from_vec(sin, (len, head_dim), device)?))
+    Ok((
+        Tensor::from_vec(cos, (len, head_dim), device)?,
+        Tensor::from_vec(sin, (len, head_dim), device)?,
+    ))
 }
 
 /// Apply RoPE to `[B, H, S, D]`: `x·cos + rotate_half(x)·sin`, `rotate_half(x) = [−x₂, x₁]`.
@@ -174,7 +205,13 @@ pub const MASKED: f32 = f32::MIN;
 
 /// `[S, L]` additive mask keeping `|i − j| ≤ window` (bidirectional band) and, when `causal`,
 /// only `j ≤ i`.
-pub fn band_mask(s: usize, l: usize, window: Option<usize>, causal: bool, device: &Device) -> Result<Tensor> {
+pub fn band_mask(
+    s: usize,
+    l: usize,
+    window: Option<usize>,
+    causal: bool,
+    device: &Device,
+) -> Result<Tensor> {
     let mut v = Vec::with_capacity(s * l);
     for i in 0..s {
         for j in 0..l {
@@ -190,7 +227,13 @@ pub fn band_mask(s: usize, l: usize, window: Option<usize>, causal: bool, device
 ///
 /// Query heads are grouped with their key/value head (`h / (H/KV)`, torch's `repeat_interleave`
 /// convention) by reshaping the queries rather than copying keys and values.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
     let kv = k.dim(1)?;
     let l = k.dim(2)?;
@@ -205,12 +248,18 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scal
                 4 => m.unsqueeze(2)?,
                 _ => m.clone(),
             };
-            scores.reshape((b, kv, rep, s, l))?.broadcast_add(&m)?.reshape((b, kv, rep * s, l))?
+            scores
+                .reshape((b, kv, rep, s, l))?
+                .broadcast_add(&m)?
+                .reshape((b, kv, rep * s, l))?
         }
     };
     let probs = softmax_last(&scores)?;
     let out = probs.matmul(&v.contiguous()?)?; // [B, KV, rep·S, D]
-    Ok(out.reshape((b, h, s, d))?.transpose(1, 2)?.reshape((b, s, h * d))?)
+    Ok(out
+        .reshape((b, h, s, d))?
+        .transpose(1, 2)?
+        .reshape((b, s, h * d))?)
 }
 
 /// Attention projections with per-head q/k RMSNorm (ACE-Step and Qwen3 attention).
@@ -229,8 +278,18 @@ pub struct Attention {
 
 impl Attention {
     /// `hidden` is the query input width; `kv_in` the key/value input width.
-    pub fn load(src: &dyn TensorSource, name: &str, cfg: &StackConfig, hidden: usize, kv_in: usize) -> Result<Self> {
-        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    pub fn load(
+        src: &dyn TensorSource,
+        name: &str,
+        cfg: &StackConfig,
+        hidden: usize,
+        kv_in: usize,
+    ) -> Result<Self> {
+        let (h, kv, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
         Ok(Self {
             q_proj: Linear::load(src, &format!("{name}.q_proj"), h * d, hidden, false)?,
             k_proj: Linear::load(src, &format!("{name}.k_proj"), kv * d, kv_in, false)?,
@@ -259,12 +318,22 @@ impl Attention {
     pub fn keys_values(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, l, _) = x.dims3()?;
         let k = self.heads_of(&self.k_proj, &self.k_norm, x, self.kv_heads)?;
-        let v = self.v_proj.forward(x)?.reshape((b, l, self.kv_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape((b, l, self.kv_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
         Ok((k, v))
     }
 
     /// Self-attention with RoPE (tables `[S, D]`) and an optional additive mask.
-    pub fn self_attention(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: Option<&Tensor>) -> Result<Tensor> {
+    pub fn self_attention(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let q = apply_rope(&self.queries(x)?, &rope.0, &rope.1)?;
         let (k, v) = self.keys_values(x)?;
         let k = apply_rope(&k, &rope.0, &rope.1)?;
@@ -309,16 +378,37 @@ impl EncoderLayer {
     pub fn load(src: &dyn TensorSource, name: &str, cfg: &StackConfig) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            input_layernorm: RmsNorm::load(src, &format!("{name}.input_layernorm"), h, cfg.rms_norm_eps)?,
+            input_layernorm: RmsNorm::load(
+                src,
+                &format!("{name}.input_layernorm"),
+                h,
+                cfg.rms_norm_eps,
+            )?,
             self_attn: Attention::load(src, &format!("{name}.self_attn"), cfg, h, h)?,
-            post_attention_layernorm: RmsNorm::load(src, &format!("{name}.post_attention_layernorm"), h, cfg.rms_norm_eps)?,
+            post_attention_layernorm: RmsNorm::load(
+                src,
+                &format!("{name}.post_attention_layernorm"),
+                h,
+                cfg.rms_norm_eps,
+            )?,
             mlp: Mlp::load(src, &format!("{name}.mlp"), h, cfg.intermediate_size)?,
         })
     }
 
-    pub fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: Option<&Tensor>) -> Result<Tensor> {
-        let h = (x + self.self_attn.self_attention(&self.input_layernorm.forward(x)?, rope, mask)?)?;
-        Ok((&h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let h =
+            (x + self
+                .self_attn
+                .self_attention(&self.input_layernorm.forward(x)?, rope, mask)?)?;
+        Ok((&h
+            + self
+                .mlp
+                .forward(&self.post_attention_layernorm.forward(&h)?)?)?)
     }
 }
 
@@ -332,11 +422,25 @@ pub struct EncoderStack {
 }
 
 impl EncoderStack {
-    pub fn load(src: &dyn TensorSource, name: &str, cfg: &StackConfig, depth: usize) -> Result<Self> {
+    pub fn load(
+        src: &dyn TensorSource,
+        name: &str,
+        cfg: &StackConfig,
+        depth: usize,
+    ) -> Result<Self> {
         let layers = (0..depth)
             .map(|i| EncoderLayer::load(src, &format!("{name}.layers.{i}"), cfg))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers, norm: RmsNorm::load(src, &format!("{name}.norm"), cfg.hidden_size, cfg.rms_norm_eps)?, cfg: cfg.clone() })
+        Ok(Self {
+            layers,
+            norm: RmsNorm::load(
+                src,
+                &format!("{name}.norm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
+            cfg: cfg.clone(),
+        })
     }
 
     /// `x` `[B, L, H]`; `key_mask` `[B, L]` (1 valid, 0 padding) or `None`. Returns the normed
@@ -355,12 +459,19 @@ impl EncoderStack {
         };
         let sliding = band_mask(l, l, Some(self.cfg.sliding_window), false, dev)?;
         let sliding = match &pad {
-            Some(p) => Some(p.broadcast_add(&sliding.reshape((1, 1, l, l))?)?.clamp(MASKED, 0.0)?),
+            Some(p) => Some(
+                p.broadcast_add(&sliding.reshape((1, 1, l, l))?)?
+                    .clamp(MASKED, 0.0)?,
+            ),
             None => Some(sliding),
         };
         let mut h = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            let mask = if i % 2 == 0 { sliding.as_ref() } else { pad.as_ref() };
+            let mask = if i % 2 == 0 {
+                sliding.as_ref()
+            } else {
+                pad.as_ref()
+            };
             h = layer.forward(&h, &rope, mask)?;
         }
         self.norm.forward(&h)

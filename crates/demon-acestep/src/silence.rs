@@ -20,7 +20,10 @@ pub fn read_silence_latent(path: &Path, channels: Option<usize>) -> Result<Tenso
     if bytes.len() % 4 != 0 || bytes.is_empty() {
         return Err(AceStepError::Truncated {
             path: path.to_path_buf(),
-            detail: format!("storage holds {} bytes, not a whole number of f32 values", bytes.len()),
+            detail: format!(
+                "storage holds {} bytes, not a whole number of f32 values",
+                bytes.len()
+            ),
         });
     }
     let n = bytes.len() / 4;
@@ -30,10 +33,16 @@ pub fn read_silence_latent(path: &Path, channels: Option<usize>) -> Result<Tenso
         None => 64,
     };
     if c == 0 || n % c != 0 {
-        return Err(AceStepError::invalid(path, format!("{n} values are not a multiple of {c} channels")));
+        return Err(AceStepError::invalid(
+            path,
+            format!("{n} values are not a multiple of {c} channels"),
+        ));
     }
     let t = n / c;
-    let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     let raw = Tensor::from_vec(values, (1, c, t), &Device::Cpu)?;
     Ok(raw.transpose(1, 2)?.contiguous()?)
 }
@@ -41,7 +50,10 @@ pub fn read_silence_latent(path: &Path, channels: Option<usize>) -> Result<Tenso
 /// The bytes of the archive's tensor storage (`<name>/data/0`).
 fn read_storage(path: &Path) -> Result<Vec<u8>> {
     if !path.is_file() {
-        return Err(AceStepError::MissingFile { path: path.to_path_buf(), what: "silence latent".into() });
+        return Err(AceStepError::MissingFile {
+            path: path.to_path_buf(),
+            what: "silence latent".into(),
+        });
     }
     let file = std::fs::File::open(path).map_err(|e| AceStepError::io(path, e))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| match e {
@@ -55,14 +67,18 @@ fn read_storage(path: &Path) -> Result<Vec<u8>> {
         .file_names()
         .filter_map(|n| n.ok().map(|n| n.into_owned()))
         .find(|n| n.ends_with("/data/0"))
-        .ok_or_else(|| AceStepError::invalid(path, "no `*/data/0` tensor storage in the archive"))?;
+        .ok_or_else(|| {
+            AceStepError::invalid(path, "no `*/data/0` tensor storage in the archive")
+        })?;
     let mut entry = archive
         .by_name(&name)
         .map_err(|e| AceStepError::invalid(path, format!("cannot open `{name}`: {e}")))?;
     let mut out = Vec::with_capacity(entry.size() as usize);
-    entry.read_to_end(&mut out).map_err(|e| AceStepError::Truncated {
-        path: path.to_path_buf(),
-        detail: format!("reading `{name}`: {e}"),
-    })?;
+    entry
+        .read_to_end(&mut out)
+        .map_err(|e| AceStepError::Truncated {
+            path: path.to_path_buf(),
+            detail: format!("reading `{name}`: {e}"),
+        })?;
     Ok(out)
 }

@@ -4,7 +4,9 @@
 //! the turbo timestep tables, which are the engine's own schedules at denoise 1.
 
 use candle_core::Tensor;
-use demon_engine::{Curve, LatentMask, Prompt, Schedule, ScheduleParams, SlotCondition, SlotRequest};
+use demon_engine::{
+    Curve, LatentMask, Prompt, Schedule, ScheduleParams, SlotCondition, SlotRequest,
+};
 
 use crate::error::{AceStepError, Result};
 use crate::model::AceStepConditioner;
@@ -23,7 +25,11 @@ pub fn turbo_shift(shift: f32) -> f32 {
 
 /// Turbo schedule parameters (8 steps, full denoise, shift snapped to {1, 2, 3}).
 pub fn turbo_params(shift: f32) -> ScheduleParams {
-    ScheduleParams { steps: TURBO_STEPS, shift: turbo_shift(shift), denoise: 1.0 }
+    ScheduleParams {
+        steps: TURBO_STEPS,
+        shift: turbo_shift(shift),
+        denoise: 1.0,
+    }
 }
 
 /// The 8 timesteps `t₀…t₇` of the turbo table for `shift` (the last step jumps to x̂₀).
@@ -36,12 +42,20 @@ fn check_latent(c: &AceStepConditioner, latent: &Tensor) -> Result<usize> {
     let ch = c.config().audio_acoustic_hidden_dim;
     match latent.dims() {
         [1, t, cc] if *cc == ch && *t > 0 => Ok(*t),
-        d => Err(AceStepError::input(format!("source latent must be [1, T, {ch}], got {d:?}"))),
+        d => Err(AceStepError::input(format!(
+            "source latent must be [1, T, {ch}], got {d:?}"
+        ))),
     }
 }
 
 /// Text-to-music: text2music conditioning, neutral context `[silence | 1]`, turbo schedule.
-pub fn text_to_music(c: &mut AceStepConditioner, prompt: &Prompt, frames: usize, seed: u64, shift: f32) -> Result<SlotRequest> {
+pub fn text_to_music(
+    c: &mut AceStepConditioner,
+    prompt: &Prompt,
+    frames: usize,
+    seed: u64,
+    shift: f32,
+) -> Result<SlotRequest> {
     if frames == 0 {
         return Err(AceStepError::input("latent length is zero"));
     }
@@ -66,7 +80,9 @@ pub fn cover(
 ) -> Result<SlotRequest> {
     let frames = check_latent(c, source)?;
     if !(cover_strength.is_finite() && (0.0..=1.0).contains(&cover_strength)) {
-        return Err(AceStepError::input(format!("audio_cover_strength {cover_strength} is outside [0, 1]")));
+        return Err(AceStepError::input(format!(
+            "audio_cover_strength {cover_strength} is outside [0, 1]"
+        )));
     }
     let ones = vec![1.0; frames];
     let neutral = c.context_from(&c.silence(frames)?, &ones)?;
@@ -94,7 +110,7 @@ pub fn cover(
     Ok(req)
 }
 
-/// Repaint frames `[start, end)` of `source`: the context keeps the source outside the region
+/// Repaint frames `region` (`[start, end)`) of `source`: the context keeps the source outside the region
 /// and silence inside, with the chunk mask 1 inside and 0 outside (upstream repaint). With
 /// `pin_outside`, the engine's two-sided latent mask also keeps the frames outside the region
 /// exactly equal to the source in the result.
@@ -102,17 +118,21 @@ pub fn repaint(
     c: &mut AceStepConditioner,
     prompt: &Prompt,
     source: &Tensor,
-    start: usize,
-    end: usize,
+    region: std::ops::Range<usize>,
     pin_outside: bool,
     seed: u64,
     shift: f32,
 ) -> Result<SlotRequest> {
     let frames = check_latent(c, source)?;
+    let (start, end) = (region.start, region.end);
     if start >= end || end > frames {
-        return Err(AceStepError::input(format!("repaint region [{start}, {end}) is empty or outside 0..{frames}")));
+        return Err(AceStepError::input(format!(
+            "repaint region [{start}, {end}) is empty or outside 0..{frames}"
+        )));
     }
-    let mask: Vec<f32> = (0..frames).map(|i| if (start..end).contains(&i) { 1.0 } else { 0.0 }).collect();
+    let mask: Vec<f32> = (0..frames)
+        .map(|i| if (start..end).contains(&i) { 1.0 } else { 0.0 })
+        .collect();
     let silence = c.silence(frames)?;
     let region = silence.narrow(1, start, end - start)?;
     let mut parts = Vec::new();
@@ -129,8 +149,12 @@ pub fn repaint(
     let mut req = SlotRequest::new(cond, ctx, frames, seed);
     req.schedule = turbo_params(shift);
     if pin_outside {
-        let curve = Curve::frames("repaint mask", mask).map_err(|e| AceStepError::input(e.to_string()))?;
-        req.latent_mask = Some(LatentMask { mask: curve, original: source.clone() });
+        let curve =
+            Curve::frames("repaint mask", mask).map_err(|e| AceStepError::input(e.to_string()))?;
+        req.latent_mask = Some(LatentMask {
+            mask: curve,
+            original: source.clone(),
+        });
     }
     Ok(req)
 }

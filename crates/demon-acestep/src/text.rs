@@ -39,7 +39,11 @@ impl Task {
 
 /// Format a float the way Python's `str(int)` / `str(float)` would for BPM values.
 fn bpm_text(bpm: f32) -> String {
-    if bpm.fract() == 0.0 { format!("{}", bpm as i64) } else { format!("{bpm}") }
+    if bpm.fract() == 0.0 {
+        format!("{}", bpm as i64)
+    } else {
+        format!("{bpm}")
+    }
 }
 
 /// The caption prompt (SFT template) and the lyric prompt for `prompt` under `task`.
@@ -47,21 +51,41 @@ fn bpm_text(bpm: f32) -> String {
 /// Metadata absent from the prompt is written `N/A`; a missing duration reads "30 seconds"
 /// and the duration is truncated to whole seconds, like the reference.
 pub fn format_prompt(prompt: &Prompt, task: Task) -> (String, String) {
-    let bpm = prompt.bpm.filter(|b| *b > 0.0).map(bpm_text).unwrap_or_else(|| "N/A".into());
-    let ts = prompt.time_signature.map(|t| t.to_string()).unwrap_or_else(|| "N/A".into());
-    let key = prompt.key.as_deref().map(str::trim).filter(|k| !k.is_empty()).unwrap_or("N/A");
+    let bpm = prompt
+        .bpm
+        .filter(|b| *b > 0.0)
+        .map(bpm_text)
+        .unwrap_or_else(|| "N/A".into());
+    let ts = prompt
+        .time_signature
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| "N/A".into());
+    let key = prompt
+        .key
+        .as_deref()
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .unwrap_or("N/A");
     let duration = match prompt.duration_s {
         Some(d) if d > 0.0 && d.is_finite() => format!("{} seconds", d as i64),
         _ => "30 seconds".into(),
     };
-    let metas = format!("- bpm: {bpm}\n- timesignature: {ts}\n- keyscale: {key}\n- duration: {duration}\n");
+    let metas =
+        format!("- bpm: {bpm}\n- timesignature: {ts}\n- keyscale: {key}\n- duration: {duration}\n");
     let text = format!(
         "# Instruction\n{}\n\n# Caption\n{}\n\n# Metas\n{metas}<|endoftext|>\n",
         task.instruction(),
         prompt.tags
     );
-    let language = prompt.language.as_deref().filter(|l| !l.is_empty()).unwrap_or("en");
-    let lyrics = format!("# Languages\n{language}\n\n# Lyric\n{}<|endoftext|>", prompt.lyrics);
+    let language = prompt
+        .language
+        .as_deref()
+        .filter(|l| !l.is_empty())
+        .unwrap_or("en");
+    let lyrics = format!(
+        "# Languages\n{language}\n\n# Lyric\n{}<|endoftext|>",
+        prompt.lyrics
+    );
     (text, lyrics)
 }
 
@@ -75,21 +99,38 @@ pub struct PromptTokenizer {
 impl PromptTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(AceStepError::MissingFile { path: path.to_path_buf(), what: "tokenizer.json".into() });
+            return Err(AceStepError::MissingFile {
+                path: path.to_path_buf(),
+                what: "tokenizer.json".into(),
+            });
         }
-        let tokenizer = Tokenizer::from_file(path)
-            .map_err(|e| AceStepError::Tokenizer { path: path.to_path_buf(), detail: e.to_string() })?;
-        Ok(Self { tokenizer, path: path.to_path_buf() })
+        let tokenizer = Tokenizer::from_file(path).map_err(|e| AceStepError::Tokenizer {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        Ok(Self {
+            tokenizer,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Token ids of `text`, truncated to `max_len` tokens including the appended specials.
     pub fn encode(&self, text: &str, max_len: usize) -> Result<Vec<u32>> {
         let mut tok = self.tokenizer.clone();
-        tok.with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
-            .map_err(|e| AceStepError::Tokenizer { path: self.path.clone(), detail: e.to_string() })?;
+        tok.with_truncation(Some(TruncationParams {
+            max_length: max_len,
+            ..Default::default()
+        }))
+        .map_err(|e| AceStepError::Tokenizer {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        })?;
         let enc = tok
             .encode(text, true)
-            .map_err(|e| AceStepError::Tokenizer { path: self.path.clone(), detail: e.to_string() })?;
+            .map_err(|e| AceStepError::Tokenizer {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            })?;
         Ok(enc.get_ids().to_vec())
     }
 }
@@ -173,7 +214,9 @@ mod tests {
         );
         assert_eq!(l, "# Languages\nen\n\n# Lyric\nla la<|endoftext|>");
         let (t, _) = format_prompt(&Prompt::tags("x"), Task::Cover);
-        assert!(t.contains("- bpm: N/A\n- timesignature: N/A\n- keyscale: N/A\n- duration: 30 seconds\n"));
+        assert!(t.contains(
+            "- bpm: N/A\n- timesignature: N/A\n- keyscale: N/A\n- duration: 30 seconds\n"
+        ));
         assert!(t.starts_with("# Instruction\nGenerate audio semantic tokens"));
         assert_eq!(bpm_text(96.5), "96.5");
     }

@@ -24,8 +24,14 @@ pub struct Snake {
 
 impl Snake {
     fn load(src: &dyn TensorSource, name: &str, channels: usize) -> Result<Self> {
-        let a: Vec<f32> = src.tensor(&format!("{name}.alpha"), &[1, channels, 1])?.flatten_all()?.to_vec1()?;
-        let b: Vec<f32> = src.tensor(&format!("{name}.beta"), &[1, channels, 1])?.flatten_all()?.to_vec1()?;
+        let a: Vec<f32> = src
+            .tensor(&format!("{name}.alpha"), &[1, channels, 1])?
+            .flatten_all()?
+            .to_vec1()?;
+        let b: Vec<f32> = src
+            .tensor(&format!("{name}.beta"), &[1, channels, 1])?
+            .flatten_all()?
+            .to_vec1()?;
         Ok(Self {
             alpha: a.iter().map(|v| v.exp()).collect(),
             inv_beta: b.iter().map(|v| 1.0 / (v.exp() + 1e-9)).collect(),
@@ -42,7 +48,11 @@ impl CustomOp1 for Snake {
         "snake1d"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!("snake1d: only f32 is supported")
         };
@@ -60,10 +70,16 @@ impl CustomOp1 for Snake {
         }
         let mut out = vec![0f32; data.len()];
         let rows = data.len() / l.max(1);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows.max(1));
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(rows.max(1));
         let per = rows.div_ceil(threads.max(1)).max(1);
         std::thread::scope(|scope| {
-            for (chunk_idx, (dst, src)) in out.chunks_mut(per * l).zip(data.chunks(per * l)).enumerate() {
+            for (chunk_idx, (dst, src)) in out
+                .chunks_mut(per * l)
+                .zip(data.chunks(per * l))
+                .enumerate()
+            {
                 scope.spawn(move || {
                     for (r, (d, s)) in dst.chunks_mut(l).zip(src.chunks(l)).enumerate() {
                         let ch = (chunk_idx * per + r) % c;
@@ -113,7 +129,14 @@ impl Conv {
     ) -> Result<Self> {
         Ok(Self {
             weight: fold_weight_norm(src, name, &[cout, cin, k])?,
-            bias: if bias { Some(src.tensor(&format!("{name}.bias"), &[cout])?.reshape((1, cout, 1))?) } else { None },
+            bias: if bias {
+                Some(
+                    src.tensor(&format!("{name}.bias"), &[cout])?
+                        .reshape((1, cout, 1))?,
+                )
+            } else {
+                None
+            },
             padding,
             stride,
             dilation,
@@ -140,10 +163,18 @@ pub struct ConvTranspose {
 }
 
 impl ConvTranspose {
-    fn load(src: &dyn TensorSource, name: &str, cin: usize, cout: usize, stride: usize) -> Result<Self> {
+    fn load(
+        src: &dyn TensorSource,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        stride: usize,
+    ) -> Result<Self> {
         Ok(Self {
             weight: fold_weight_norm(src, name, &[cin, cout, 2 * stride])?,
-            bias: src.tensor(&format!("{name}.bias"), &[cout])?.reshape((1, cout, 1))?,
+            bias: src
+                .tensor(&format!("{name}.bias"), &[cout])?
+                .reshape((1, cout, 1))?,
             stride,
             padding: stride.div_ceil(2),
         })
@@ -170,7 +201,17 @@ impl ResidualUnit {
     fn load(src: &dyn TensorSource, name: &str, c: usize, dilation: usize) -> Result<Self> {
         Ok(Self {
             snake1: Snake::load(src, &format!("{name}.snake1"), c)?,
-            conv1: Conv::load(src, &format!("{name}.conv1"), c, c, 7, 1, 3 * dilation, dilation, true)?,
+            conv1: Conv::load(
+                src,
+                &format!("{name}.conv1"),
+                c,
+                c,
+                7,
+                1,
+                3 * dilation,
+                dilation,
+                true,
+            )?,
             snake2: Snake::load(src, &format!("{name}.snake2"), c)?,
             conv2: Conv::load(src, &format!("{name}.conv2"), c, c, 1, 1, 0, 1, true)?,
         })
@@ -214,7 +255,9 @@ pub struct VaeDecoder {
 impl VaeDecoder {
     pub fn load(src: &dyn TensorSource, cfg: &VaeConfig) -> Result<Self> {
         let ch = cfg.decoder_channels;
-        let mults: Vec<usize> = std::iter::once(1).chain(cfg.channel_multiples.iter().copied()).collect();
+        let mults: Vec<usize> = std::iter::once(1)
+            .chain(cfg.channel_multiples.iter().copied())
+            .collect();
         let n = cfg.downsampling_ratios.len();
         let strides: Vec<usize> = cfg.downsampling_ratios.iter().rev().copied().collect();
         let top = ch * mults[n];
@@ -229,10 +272,30 @@ impl VaeDecoder {
             });
         }
         Ok(Self {
-            conv1: Conv::load(src, "decoder.conv1", cfg.decoder_input_channels, top, 7, 1, 3, 1, true)?,
+            conv1: Conv::load(
+                src,
+                "decoder.conv1",
+                cfg.decoder_input_channels,
+                top,
+                7,
+                1,
+                3,
+                1,
+                true,
+            )?,
             blocks,
             snake1: Snake::load(src, "decoder.snake1", ch)?,
-            conv2: Conv::load(src, "decoder.conv2", ch, cfg.audio_channels, 7, 1, 3, 1, false)?,
+            conv2: Conv::load(
+                src,
+                "decoder.conv2",
+                ch,
+                cfg.audio_channels,
+                7,
+                1,
+                3,
+                1,
+                false,
+            )?,
         })
     }
 
@@ -260,7 +323,9 @@ pub struct VaeEncoder {
 impl VaeEncoder {
     pub fn load(src: &dyn TensorSource, cfg: &VaeConfig) -> Result<Self> {
         let ch = cfg.encoder_hidden_size;
-        let mults: Vec<usize> = std::iter::once(1).chain(cfg.channel_multiples.iter().copied()).collect();
+        let mults: Vec<usize> = std::iter::once(1)
+            .chain(cfg.channel_multiples.iter().copied())
+            .collect();
         let mut blocks = Vec::with_capacity(cfg.downsampling_ratios.len());
         for (i, &s) in cfg.downsampling_ratios.iter().enumerate() {
             let (cin, cout) = (ch * mults[i], ch * mults[i + 1]);
@@ -268,15 +333,37 @@ impl VaeEncoder {
             blocks.push(EncoderBlock {
                 res: residual_units(src, &name, cin)?,
                 snake: Snake::load(src, &format!("{name}.snake1"), cin)?,
-                conv: Conv::load(src, &format!("{name}.conv1"), cin, cout, 2 * s, s, s.div_ceil(2), 1, true)?,
+                conv: Conv::load(
+                    src,
+                    &format!("{name}.conv1"),
+                    cin,
+                    cout,
+                    2 * s,
+                    s,
+                    s.div_ceil(2),
+                    1,
+                    true,
+                )?,
             });
         }
         let top = ch * mults[cfg.downsampling_ratios.len()];
-        if ch % 2 != 0 {
-            return Err(AceStepError::input("encoder_hidden_size must be even (mean and scale halves)"));
+        if !ch.is_multiple_of(2) {
+            return Err(AceStepError::input(
+                "encoder_hidden_size must be even (mean and scale halves)",
+            ));
         }
         Ok(Self {
-            conv1: Conv::load(src, "encoder.conv1", cfg.audio_channels, ch, 7, 1, 3, 1, true)?,
+            conv1: Conv::load(
+                src,
+                "encoder.conv1",
+                cfg.audio_channels,
+                ch,
+                7,
+                1,
+                3,
+                1,
+                true,
+            )?,
             blocks,
             snake1: Snake::load(src, "encoder.snake1", top)?,
             conv2: Conv::load(src, "encoder.conv2", top, ch, 3, 1, 1, 1, true)?,

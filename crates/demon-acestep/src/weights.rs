@@ -43,10 +43,16 @@ impl SafetensorsFile {
     /// the header promises, is an error naming the file.
     pub fn open(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(AceStepError::MissingFile { path: path.to_path_buf(), what: "safetensors weights".into() });
+            return Err(AceStepError::MissingFile {
+                path: path.to_path_buf(),
+                what: "safetensors weights".into(),
+            });
         }
         let file = File::open(path).map_err(|e| AceStepError::io(path, e))?;
-        let len = file.metadata().map_err(|e| AceStepError::io(path, e))?.len() as usize;
+        let len = file
+            .metadata()
+            .map_err(|e| AceStepError::io(path, e))?
+            .len() as usize;
         if len < 8 {
             return Err(AceStepError::Truncated {
                 path: path.to_path_buf(),
@@ -66,8 +72,9 @@ impl SafetensorsFile {
         }
         // Check the data the header promises against the file size first, so a cut-off download
         // is reported as truncated rather than as a malformed header.
-        let header: Value = serde_json::from_slice(&mmap[8..8 + header_len])
-            .map_err(|e| AceStepError::invalid(path, format!("safetensors header is not JSON: {e}")))?;
+        let header: Value = serde_json::from_slice(&mmap[8..8 + header_len]).map_err(|e| {
+            AceStepError::invalid(path, format!("safetensors header is not JSON: {e}"))
+        })?;
         let promised = header
             .as_object()
             .map(|o| {
@@ -96,15 +103,30 @@ impl SafetensorsFile {
         for (name, info) in meta.tensors() {
             let (begin, end) = info.data_offsets;
             needed = needed.max(end);
-            entries.insert(name.clone(), Entry { dtype: info.dtype, shape: info.shape.clone(), begin, end });
+            entries.insert(
+                name.clone(),
+                Entry {
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    begin,
+                    end,
+                },
+            );
         }
         if needed > data_len {
             return Err(AceStepError::Truncated {
                 path: path.to_path_buf(),
-                detail: format!("tensor data needs {needed} bytes after the header, the file has {data_len}"),
+                detail: format!(
+                    "tensor data needs {needed} bytes after the header, the file has {data_len}"
+                ),
             });
         }
-        Ok(Self { path: path.to_path_buf(), mmap, data_start, entries })
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            data_start,
+            entries,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -128,28 +150,42 @@ impl SafetensorsFile {
         let e = self
             .entries
             .get(name)
-            .ok_or_else(|| AceStepError::MissingTensor { path: self.path.clone(), tensor: name.into() })?;
+            .ok_or_else(|| AceStepError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.into(),
+            })?;
         let bytes = &self.mmap[self.data_start + e.begin..self.data_start + e.end];
         let count: usize = e.shape.iter().product();
         let bad = |d: String| AceStepError::invalid(&self.path, format!("tensor `{name}`: {d}"));
         let values: Vec<f32> = match e.dtype {
             Dtype::F32 => {
                 check_len(bytes.len(), count, 4).map_err(bad)?;
-                bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
             }
             Dtype::BF16 => {
                 check_len(bytes.len(), count, 2).map_err(bad)?;
-                bytes.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                    .collect()
             }
             Dtype::F16 => {
                 check_len(bytes.len(), count, 2).map_err(bad)?;
-                bytes.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                    .collect()
             }
             Dtype::F64 => {
                 check_len(bytes.len(), count, 8).map_err(bad)?;
                 bytes
                     .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+                    .map(|c| {
+                        f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                    })
                     .collect()
             }
             other => return Err(bad(format!("unsupported dtype {other:?}"))),
@@ -160,7 +196,9 @@ impl SafetensorsFile {
 
 fn check_len(bytes: usize, count: usize, width: usize) -> std::result::Result<(), String> {
     if bytes != count * width {
-        return Err(format!("{bytes} bytes for {count} elements of {width} bytes"));
+        return Err(format!(
+            "{bytes} bytes for {count} elements of {width} bytes"
+        ));
     }
     Ok(())
 }
@@ -179,7 +217,11 @@ pub struct ComponentWeights {
 impl ComponentWeights {
     /// Open `path` (a `.safetensors` file or a `.safetensors.index.json` shard index), keeping
     /// tensors whose stored name `rename` maps to a canonical name.
-    pub fn open(path: &Path, device: &Device, rename: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+    pub fn open(
+        path: &Path,
+        device: &Device,
+        rename: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
         let files = if path.to_string_lossy().ends_with(".index.json") {
             let index = read_json(path)?;
             let map = index
@@ -187,13 +229,19 @@ impl ComponentWeights {
                 .and_then(Value::as_object)
                 .ok_or_else(|| AceStepError::invalid(path, "no `weight_map` object"))?;
             let dir = path.parent().unwrap_or(Path::new("."));
-            let mut shards: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+            let mut shards: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
             shards.sort();
             shards.dedup();
             if shards.is_empty() {
                 return Err(AceStepError::invalid(path, "`weight_map` names no shard"));
             }
-            shards.iter().map(|s| SafetensorsFile::open(&dir.join(s))).collect::<Result<Vec<_>>>()?
+            shards
+                .iter()
+                .map(|s| SafetensorsFile::open(&dir.join(s)))
+                .collect::<Result<Vec<_>>>()?
         } else {
             vec![SafetensorsFile::open(path)?]
         };
@@ -205,7 +253,12 @@ impl ComponentWeights {
                 }
             }
         }
-        Ok(Self { label: path.to_path_buf(), files, map, device: device.clone() })
+        Ok(Self {
+            label: path.to_path_buf(),
+            files,
+            map,
+            device: device.clone(),
+        })
     }
 
     /// Merge another component's tensors into this one (the diffusers layout splits one original
@@ -234,7 +287,10 @@ impl ComponentWeights {
         let (i, stored) = self
             .map
             .get(name)
-            .ok_or_else(|| AceStepError::MissingTensor { path: self.label.clone(), tensor: name.into() })?;
+            .ok_or_else(|| AceStepError::MissingTensor {
+                path: self.label.clone(),
+                tensor: name.into(),
+            })?;
         Ok((&self.files[*i], stored.as_str()))
     }
 
@@ -261,7 +317,9 @@ impl ComponentWeights {
 
     /// The stored shape of `name`, if present.
     pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
-        self.locate(name).ok().and_then(|(f, s)| f.shape(s).map(<[usize]>::to_vec))
+        self.locate(name)
+            .ok()
+            .and_then(|(f, s)| f.shape(s).map(<[usize]>::to_vec))
     }
 
     /// Parameter count and dtypes over all files.
@@ -339,7 +397,10 @@ fn weight_file(dir: &Path, stems: &[&str]) -> Option<PathBuf> {
 }
 
 fn require(p: Option<PathBuf>, dir: &Path, what: &str) -> Result<PathBuf> {
-    p.ok_or_else(|| AceStepError::MissingFile { path: dir.to_path_buf(), what: what.into() })
+    p.ok_or_else(|| AceStepError::MissingFile {
+        path: dir.to_path_buf(),
+        what: what.into(),
+    })
 }
 
 fn is_acestep_config(path: &Path) -> bool {
@@ -350,7 +411,10 @@ fn is_acestep_config(path: &Path) -> bool {
             v.get("model_type").and_then(Value::as_str) == Some("acestep")
                 || v.get("architectures")
                     .and_then(Value::as_array)
-                    .is_some_and(|a| a.iter().any(|x| x.as_str() == Some("AceStepConditionGenerationModel")))
+                    .is_some_and(|a| {
+                        a.iter()
+                            .any(|x| x.as_str() == Some("AceStepConditionGenerationModel"))
+                    })
         })
 }
 
@@ -360,7 +424,10 @@ impl ModelFiles {
     /// first `acestep-v15-*` folder in name order.
     pub fn discover(dir: &Path, variant: Option<&str>) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(AceStepError::MissingFile { path: dir.to_path_buf(), what: "weights folder".into() });
+            return Err(AceStepError::MissingFile {
+                path: dir.to_path_buf(),
+                what: "weights folder".into(),
+            });
         }
         if dir.join("model_index.json").is_file() {
             return Self::diffusers(dir);
@@ -374,7 +441,10 @@ impl ModelFiles {
             Some(v) => {
                 let d = dir.join(v);
                 if !d.is_dir() {
-                    return Err(AceStepError::MissingFile { path: d, what: format!("DiT variant `{v}`") });
+                    return Err(AceStepError::MissingFile {
+                        path: d,
+                        what: format!("DiT variant `{v}`"),
+                    });
                 }
                 d
             }
@@ -386,7 +456,10 @@ impl ModelFiles {
                     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
                         .map_err(|e| AceStepError::io(dir, e))?
                         .filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| p.join("config.json").is_file() && is_acestep_config(&p.join("config.json")))
+                        .filter(|p| {
+                            p.join("config.json").is_file()
+                                && is_acestep_config(&p.join("config.json"))
+                        })
                         .collect();
                     found.sort();
                     match found.into_iter().next() {
@@ -407,13 +480,24 @@ impl ModelFiles {
     }
 
     fn original(root: &Path, dit_dir: &Path) -> Result<Self> {
-        let dit_weights = require(weight_file(dit_dir, &["model"]), dit_dir, "model.safetensors (or model.safetensors.index.json)")?;
+        let dit_weights = require(
+            weight_file(dit_dir, &["model"]),
+            dit_dir,
+            "model.safetensors (or model.safetensors.index.json)",
+        )?;
         let silence = dit_dir.join("silence_latent.pt");
         if !silence.is_file() {
-            return Err(AceStepError::MissingFile { path: silence, what: "silence latent".into() });
+            return Err(AceStepError::MissingFile {
+                path: silence,
+                what: "silence latent".into(),
+            });
         }
         let te = root.join("Qwen3-Embedding-0.6B");
-        let te_weights = require(weight_file(&te, &["model"]), &te, "Qwen3-Embedding-0.6B/model.safetensors")?;
+        let te_weights = require(
+            weight_file(&te, &["model"]),
+            &te,
+            "Qwen3-Embedding-0.6B/model.safetensors",
+        )?;
         let vae = root.join("vae");
         let vae_weights = require(
             weight_file(&vae, &["diffusion_pytorch_model", "model"]),
@@ -445,16 +529,20 @@ impl ModelFiles {
         };
         let optional = |name: &str| -> Option<(PathBuf, PathBuf)> {
             let d = root.join(name);
-            weight_file(&d, &["diffusion_pytorch_model", "model"]).map(|w| (w, d.join("config.json")))
+            weight_file(&d, &["diffusion_pytorch_model", "model"])
+                .map(|w| (w, d.join("config.json")))
         };
         let (dit_weights, dit_config) = comp("transformer", &["diffusion_pytorch_model", "model"])?;
         let condition = comp("condition_encoder", &["diffusion_pytorch_model", "model"])?;
         let (te_weights, _) = comp("text_encoder", &["model", "diffusion_pytorch_model"])?;
         let (vae_weights, vae_config) = comp("vae", &["diffusion_pytorch_model", "model"])?;
-        let tok = [root.join("tokenizer/tokenizer.json"), root.join("text_encoder/tokenizer.json")]
-            .into_iter()
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| root.join("tokenizer/tokenizer.json"));
+        let tok = [
+            root.join("tokenizer/tokenizer.json"),
+            root.join("text_encoder/tokenizer.json"),
+        ]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| root.join("tokenizer/tokenizer.json"));
         Ok(Self {
             layout: Layout::Diffusers,
             root: root.to_path_buf(),
@@ -476,9 +564,13 @@ impl ModelFiles {
     /// `null_condition_emb`; diffusers: also `silence_latent`) under original names.
     pub fn open_dit(&self, device: &Device) -> Result<ComponentWeights> {
         match self.layout {
-            Layout::Original => ComponentWeights::open(&self.dit_weights, device, &|n| Some(n.to_owned())),
+            Layout::Original => {
+                ComponentWeights::open(&self.dit_weights, device, &|n| Some(n.to_owned()))
+            }
             Layout::Diffusers => {
-                let mut w = ComponentWeights::open(&self.dit_weights, device, &|n| Some(diffusers_to_original("decoder.", n)))?;
+                let mut w = ComponentWeights::open(&self.dit_weights, device, &|n| {
+                    Some(diffusers_to_original("decoder.", n))
+                })?;
                 if let Some((p, _)) = &self.condition_encoder {
                     w.absorb(ComponentWeights::open(p, device, &|n| {
                         Some(match n {
@@ -488,10 +580,14 @@ impl ModelFiles {
                     })?);
                 }
                 if let Some((p, _)) = &self.audio_tokenizer {
-                    w.absorb(ComponentWeights::open(p, device, &|n| Some(diffusers_to_original("tokenizer.", n)))?);
+                    w.absorb(ComponentWeights::open(p, device, &|n| {
+                        Some(diffusers_to_original("tokenizer.", n))
+                    })?);
                 }
                 if let Some((p, _)) = &self.audio_detokenizer {
-                    w.absorb(ComponentWeights::open(p, device, &|n| Some(diffusers_to_original("detokenizer.", n)))?);
+                    w.absorb(ComponentWeights::open(p, device, &|n| {
+                        Some(diffusers_to_original("detokenizer.", n))
+                    })?);
                 }
                 Ok(w)
             }
@@ -593,7 +689,7 @@ fn group_thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(' ');
         }
         out.push(ch);
@@ -610,20 +706,34 @@ pub fn inspect_weights(dir: &Path) -> Result<WeightsReport> {
     let mut notes = Vec::new();
     let mut add = |name: &str, w: ComponentWeights| {
         let (tensors, parameters, dtypes) = w.summary();
-        components.push(ComponentReport { name: name.into(), path: w.label().to_path_buf(), tensors, parameters, dtypes });
+        components.push(ComponentReport {
+            name: name.into(),
+            path: w.label().to_path_buf(),
+            tensors,
+            parameters,
+            dtypes,
+        });
     };
     match files.layout {
         Layout::Original => add("dit (all parts)", files.open_dit(&device)?),
         Layout::Diffusers => {
-            add("transformer", ComponentWeights::open(&files.dit_weights, &device, &|n| Some(n.to_owned()))?);
+            add(
+                "transformer",
+                ComponentWeights::open(&files.dit_weights, &device, &|n| Some(n.to_owned()))?,
+            );
             for (name, c) in [
                 ("condition_encoder", &files.condition_encoder),
                 ("audio_tokenizer", &files.audio_tokenizer),
                 ("audio_detokenizer", &files.audio_detokenizer),
             ] {
                 match c {
-                    Some((p, _)) => add(name, ComponentWeights::open(p, &device, &|n| Some(n.to_owned()))?),
-                    None => notes.push(format!("{name} not found (cover and audio codes unavailable)")),
+                    Some((p, _)) => add(
+                        name,
+                        ComponentWeights::open(p, &device, &|n| Some(n.to_owned()))?,
+                    ),
+                    None => notes.push(format!(
+                        "{name} not found (cover and audio codes unavailable)"
+                    )),
                 }
             }
         }
@@ -632,12 +742,24 @@ pub fn inspect_weights(dir: &Path) -> Result<WeightsReport> {
     add("vae", files.open_vae(&device)?);
     if let Some(p) = &files.silence_latent {
         let s = crate::silence::read_silence_latent(p, None)?;
-        notes.push(format!("silence latent {:?} from {}", s.dims(), p.display()));
+        notes.push(format!(
+            "silence latent {:?} from {}",
+            s.dims(),
+            p.display()
+        ));
     }
     if !files.tokenizer_json.is_file() {
-        notes.push(format!("tokenizer.json not found at {}", files.tokenizer_json.display()));
+        notes.push(format!(
+            "tokenizer.json not found at {}",
+            files.tokenizer_json.display()
+        ));
     }
-    Ok(WeightsReport { root: dir.to_path_buf(), layout: files.layout, components, notes })
+    Ok(WeightsReport {
+        root: dir.to_path_buf(),
+        layout: files.layout,
+        components,
+        notes,
+    })
 }
 
 #[cfg(test)]
@@ -650,12 +772,18 @@ mod tests {
             diffusers_to_original("decoder.", "layers.3.cross_attn.to_out.0.weight"),
             "decoder.layers.3.cross_attn.o_proj.weight"
         );
-        assert_eq!(diffusers_to_original("decoder.", "proj_in_conv.bias"), "decoder.proj_in.1.bias");
+        assert_eq!(
+            diffusers_to_original("decoder.", "proj_in_conv.bias"),
+            "decoder.proj_in.1.bias"
+        );
         assert_eq!(
             diffusers_to_original("encoder.", "lyric_encoder.layers.0.self_attn.norm_q.weight"),
             "encoder.lyric_encoder.layers.0.self_attn.q_norm.weight"
         );
-        assert_eq!(diffusers_to_original("tokenizer.", "quantizer.project_in.weight"), "tokenizer.quantizer.project_in.weight");
+        assert_eq!(
+            diffusers_to_original("tokenizer.", "quantizer.project_in.weight"),
+            "tokenizer.quantizer.project_in.weight"
+        );
         assert_eq!(group_thousands(1234567), "1 234 567");
     }
 }

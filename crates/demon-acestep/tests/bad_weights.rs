@@ -28,7 +28,10 @@ fn missing_file() {
     let dir2 = temp_copy(&original(), "missing-shard");
     std::fs::remove_file(dir2.join("acestep-v15-turbo/model-00002-of-00002.safetensors")).unwrap();
     let e = load_err(&dir2);
-    assert!(e.to_string().contains("model-00002-of-00002.safetensors"), "{e}");
+    assert!(
+        e.to_string().contains("model-00002-of-00002.safetensors"),
+        "{e}"
+    );
     println!("missing file: {e}");
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(dir2);
@@ -39,11 +42,17 @@ fn truncated_file() {
     let dir = temp_copy(&original(), "truncated");
     let shard = dir.join("acestep-v15-turbo/model-00001-of-00002.safetensors");
     let len = std::fs::metadata(&shard).unwrap().len();
-    let f = std::fs::OpenOptions::new().write(true).open(&shard).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap();
     f.set_len(len / 2).unwrap();
     let e = load_err(&dir);
     assert!(matches!(e, AceStepError::Truncated { .. }), "{e:?}");
-    assert!(e.to_string().contains("model-00001-of-00002.safetensors"), "{e}");
+    assert!(
+        e.to_string().contains("model-00001-of-00002.safetensors"),
+        "{e}"
+    );
     println!("truncated file: {e}");
     // Shorter than the header length field itself.
     f.set_len(3).unwrap();
@@ -63,12 +72,18 @@ fn truncated_file() {
 fn shape_that_does_not_match_the_config() {
     let dir = temp_copy(&original(), "shape");
     let cfg_path = dir.join("acestep-v15-turbo/config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["intermediate_size"] = serde_json::json!(100);
     std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
     let e = load_err(&dir);
     match &e {
-        AceStepError::ShapeMismatch { tensor, path, expected, got } => {
+        AceStepError::ShapeMismatch {
+            tensor,
+            path,
+            expected,
+            got,
+        } => {
             assert!(tensor.contains("mlp"), "{tensor}");
             assert!(path.to_string_lossy().contains("model-0000"), "{path:?}");
             assert_ne!(expected, got);
@@ -79,7 +94,8 @@ fn shape_that_does_not_match_the_config() {
     // Diffusers layout too.
     let dir2 = temp_copy(&diffusers(), "shape-diffusers");
     let cfg_path = dir2.join("transformer/config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["hidden_size"] = serde_json::json!(48);
     std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
     let e = load_err(&dir2);

@@ -16,16 +16,27 @@ fn rows_are_independent_of_the_batch() {
     let (mut den, _, _) = m.into_parts();
     let frames = 11;
     let conds: Vec<Conditioning> = (0..8)
-        .map(|i| Conditioning::new(Tensor::randn(0f32, 1.0, (1, 3 + 2 * i, 32), &dev).unwrap()).unwrap())
+        .map(|i| {
+            Conditioning::new(Tensor::randn(0f32, 1.0, (1, 3 + 2 * i, 32), &dev).unwrap()).unwrap()
+        })
         .collect();
-    let ctxs: Vec<Tensor> = (0..8).map(|_| Tensor::randn(0f32, 1.0, (1, frames, 16), &dev).unwrap()).collect();
-    let xs: Vec<Tensor> = (0..8).map(|_| Tensor::randn(0f32, 1.0, (1, frames, 8), &dev).unwrap()).collect();
+    let ctxs: Vec<Tensor> = (0..8)
+        .map(|_| Tensor::randn(0f32, 1.0, (1, frames, 16), &dev).unwrap())
+        .collect();
+    let xs: Vec<Tensor> = (0..8)
+        .map(|_| Tensor::randn(0f32, 1.0, (1, frames, 8), &dev).unwrap())
+        .collect();
     let ts: Vec<f32> = (0..8).map(|i| 1.0 - i as f32 * 0.11).collect();
 
     let alone: Vec<Vec<u32>> = (0..8)
         .map(|i| {
             let v = den
-                .velocity(&DenoiseBatch { x: xs[i].clone(), t: vec![ts[i]], conditions: vec![&conds[i]], contexts: vec![&ctxs[i]] })
+                .velocity(&DenoiseBatch {
+                    x: xs[i].clone(),
+                    t: vec![ts[i]],
+                    conditions: vec![&conds[i]],
+                    contexts: vec![&ctxs[i]],
+                })
                 .unwrap();
             bits(&v)
         })
@@ -42,7 +53,11 @@ fn rows_are_independent_of_the_batch() {
         };
         let v = den.velocity(&batch).unwrap();
         for (k, &i) in rows.iter().enumerate() {
-            assert_eq!(bits(&v.narrow(0, k, 1).unwrap()), alone[i], "batch {b}, row {k} (input {i})");
+            assert_eq!(
+                bits(&v.narrow(0, k, 1).unwrap()),
+                alone[i],
+                "batch {b}, row {k} (input {i})"
+            );
         }
     }
     assert!(den.dit().cached_conditionings() <= 8);

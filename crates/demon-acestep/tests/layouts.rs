@@ -25,13 +25,43 @@ fn both_layouts_give_byte_identical_outputs() {
 
     let r = load("reference.safetensors");
     let frames = 13;
-    let ctx_a = a.conditioner.context(Some(&r["fsq_in"].narrow(1, 0, frames).unwrap()), frames, 0.7).unwrap();
-    let ctx_b = b.conditioner.context(Some(&r["fsq_in"].narrow(1, 0, frames).unwrap()), frames, 0.7).unwrap();
+    let ctx_a = a
+        .conditioner
+        .context(
+            Some(&r["fsq_in"].narrow(1, 0, frames).unwrap()),
+            frames,
+            0.7,
+        )
+        .unwrap();
+    let ctx_b = b
+        .conditioner
+        .context(
+            Some(&r["fsq_in"].narrow(1, 0, frames).unwrap()),
+            frames,
+            0.7,
+        )
+        .unwrap();
     assert_eq!(bits(&ctx_a), bits(&ctx_b), "structure context (FSQ hint)");
 
     let x = r["gen_noise"].clone();
-    let va = a.denoiser.velocity(&DenoiseBatch { x: x.clone(), t: vec![0.75], conditions: vec![&ca], contexts: vec![&ctx_a] }).unwrap();
-    let vb = b.denoiser.velocity(&DenoiseBatch { x, t: vec![0.75], conditions: vec![&cb], contexts: vec![&ctx_b] }).unwrap();
+    let va = a
+        .denoiser
+        .velocity(&DenoiseBatch {
+            x: x.clone(),
+            t: vec![0.75],
+            conditions: vec![&ca],
+            contexts: vec![&ctx_a],
+        })
+        .unwrap();
+    let vb = b
+        .denoiser
+        .velocity(&DenoiseBatch {
+            x,
+            t: vec![0.75],
+            conditions: vec![&cb],
+            contexts: vec![&ctx_b],
+        })
+        .unwrap();
     assert_eq!(bits(&va), bits(&vb), "velocity");
 
     let lat = Tensor::randn(0f32, 0.5, (1, 10, 8), &dev).unwrap();
@@ -49,35 +79,72 @@ fn inspect_reports_components_of_both_layouts() {
     let d = inspect_weights(&diffusers()).unwrap();
     assert_eq!(o.layout, Layout::Original);
     assert_eq!(d.layout, Layout::Diffusers);
-    let total = |r: &demon_acestep::WeightsReport| r.components.iter().map(|c| c.parameters).sum::<usize>();
+    let total =
+        |r: &demon_acestep::WeightsReport| r.components.iter().map(|c| c.parameters).sum::<usize>();
     // The diffusers condition encoder also stores the silence latent (15000 × 8 values).
     assert_eq!(total(&d), total(&o) + 15000 * 8);
     let text = o.to_string();
-    assert!(text.contains("original ACE-Step layout") && text.contains("F32") && text.contains("vae"), "{text}");
+    assert!(
+        text.contains("original ACE-Step layout") && text.contains("F32") && text.contains("vae"),
+        "{text}"
+    );
     println!("{o}\n{d}");
 }
 
 #[test]
 fn debug_forward_matches_the_reference_on_both_layouts() {
     let r = load("reference.safetensors");
-    let out = std::env::temp_dir().join(format!("demon-acestep-debug-{}.safetensors", std::process::id()));
+    let out = std::env::temp_dir().join(format!(
+        "demon-acestep-debug-{}.safetensors",
+        std::process::id()
+    ));
     for dir in [original(), diffusers()] {
         let cases = [
-            (Component::TextEncoder, "text_encoder_inputs.safetensors", "text_hidden"),
-            (Component::ConditionEncoder, "condition_encoder_inputs.safetensors", "encoder_hidden_states"),
+            (
+                Component::TextEncoder,
+                "text_encoder_inputs.safetensors",
+                "text_hidden",
+            ),
+            (
+                Component::ConditionEncoder,
+                "condition_encoder_inputs.safetensors",
+                "encoder_hidden_states",
+            ),
             (Component::Dit, "dit_inputs.safetensors", "dit_out"),
             (Component::Dit, "dit_inputs_r.safetensors", "dit_out_r"),
-            (Component::VaeDecode, "vae_decode_inputs.safetensors", "vae_decoded"),
-            (Component::VaeEncode, "vae_encode_inputs.safetensors", "vae_encoded_mean"),
+            (
+                Component::VaeDecode,
+                "vae_decode_inputs.safetensors",
+                "vae_decoded",
+            ),
+            (
+                Component::VaeEncode,
+                "vae_encode_inputs.safetensors",
+                "vae_encoded_mean",
+            ),
         ];
         for (c, inp, want) in cases {
             let got = debug_forward(c, &dir, &fixtures().join(inp), &out).unwrap();
             check(&format!("debug-forward {c}"), &got, &r[want], 1e-4);
-            let saved = demon_acestep::weights::SafetensorsFile::open(&out).unwrap().load("out", &Device::Cpu).unwrap();
+            let saved = demon_acestep::weights::SafetensorsFile::open(&out)
+                .unwrap()
+                .load("out", &Device::Cpu)
+                .unwrap();
             assert_eq!(bits(&saved), bits(&got));
         }
-        let got = debug_forward(Component::FsqRoundtrip, &dir, &fixtures().join("fsq_inputs.safetensors"), &out).unwrap();
-        check("debug-forward fsq-roundtrip", &got, &r["fsq_hint"].narrow(1, 0, 23).unwrap(), 1e-4);
+        let got = debug_forward(
+            Component::FsqRoundtrip,
+            &dir,
+            &fixtures().join("fsq_inputs.safetensors"),
+            &out,
+        )
+        .unwrap();
+        check(
+            "debug-forward fsq-roundtrip",
+            &got,
+            &r["fsq_hint"].narrow(1, 0, 23).unwrap(),
+            1e-4,
+        );
     }
     assert!("no-such".parse::<Component>().is_err());
     let _ = std::fs::remove_file(out);

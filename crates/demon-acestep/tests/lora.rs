@@ -28,10 +28,21 @@ fn every_adapter_format_matches_the_peft_merge() {
         assert!(worst <= 1e-5, "{adapter}: {worst}");
         // And the merged DiT's output against the PEFT-merged reference transformer.
         let i = load("dit_inputs.safetensors");
-        let states: Vec<_> = (0..2).map(|b| i["encoder_hidden_states"].narrow(0, b, 1).unwrap()).collect();
+        let states: Vec<_> = (0..2)
+            .map(|b| i["encoder_hidden_states"].narrow(0, b, 1).unwrap())
+            .collect();
         let t: Vec<f32> = i["timestep"].to_vec1().unwrap();
-        let y = m.denoiser.dit().forward(&i["hidden_states"], &t, &t, &states, &i["context_latents"]).unwrap();
-        check(&format!("LoRA DiT output {adapter}"), &y, &r["lora_dit_out"], 1e-4);
+        let y = m
+            .denoiser
+            .dit()
+            .forward(&i["hidden_states"], &t, &t, &states, &i["context_latents"])
+            .unwrap();
+        check(
+            &format!("LoRA DiT output {adapter}"),
+            &y,
+            &r["lora_dit_out"],
+            1e-4,
+        );
         m.denoiser.remove_lora(id).unwrap();
         assert!(m.denoiser.loras().is_empty());
     }
@@ -54,19 +65,36 @@ fn strength_changes_never_reread_base_weights() {
     for s in [0.5f32, -1.0, 2.0, 1.0] {
         m.denoiser.set_lora_strength(id, s).unwrap();
         let want = (&base + (&delta * s as f64).unwrap()).unwrap();
-        assert!(max_abs_diff(&m.denoiser.module_weight(module).unwrap(), &want) <= 1e-5, "strength {s}");
+        assert!(
+            max_abs_diff(&m.denoiser.module_weight(module).unwrap(), &want) <= 1e-5,
+            "strength {s}"
+        );
     }
     m.denoiser.set_lora_strength(id, 0.0).unwrap();
-    assert_eq!(bits(&m.denoiser.module_weight(module).unwrap()), bits(&base), "strength 0 restores the base exactly");
+    assert_eq!(
+        bits(&m.denoiser.module_weight(module).unwrap()),
+        bits(&base),
+        "strength 0 restores the base exactly"
+    );
     m.denoiser.set_lora_strength(id, 1.0).unwrap();
     m.denoiser.set_lora_enabled(id, false).unwrap();
-    assert_eq!(bits(&m.denoiser.module_weight(module).unwrap()), bits(&base), "disabled restores the base");
+    assert_eq!(
+        bits(&m.denoiser.module_weight(module).unwrap()),
+        bits(&base),
+        "disabled restores the base"
+    );
     m.denoiser.set_lora_enabled(id, true).unwrap();
     assert!(max_abs_diff(&m.denoiser.module_weight(module).unwrap(), &full) <= 1e-5);
     // Swap: remove, add another file (comfy) at 0.5, which still exists in the fixtures.
     m.denoiser.remove_lora(id).unwrap();
-    assert_eq!(bits(&m.denoiser.module_weight(module).unwrap()), bits(&base));
-    let id2 = m.denoiser.add_lora(&fixtures().join("lora/comfy_lora.safetensors"), 0.5).unwrap();
+    assert_eq!(
+        bits(&m.denoiser.module_weight(module).unwrap()),
+        bits(&base)
+    );
+    let id2 = m
+        .denoiser
+        .add_lora(&fixtures().join("lora/comfy_lora.safetensors"), 0.5)
+        .unwrap();
     let half = (&base + (&delta * 0.5).unwrap()).unwrap();
     assert!(max_abs_diff(&m.denoiser.module_weight(module).unwrap(), &half) <= 1e-5);
     assert!(m.denoiser.set_lora_strength(id2, f32::NAN).is_err());
@@ -74,11 +102,24 @@ fn strength_changes_never_reread_base_weights() {
 
     // The cross-attention K/V cache is invalidated by a LoRA change.
     let frames = 6;
-    let cond = Conditioning::new(candle_core::Tensor::ones((1, 4, 32), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
-    let ctx = candle_core::Tensor::zeros((1, frames, 16), candle_core::DType::F32, &Device::Cpu).unwrap();
-    let x = candle_core::Tensor::ones((1, frames, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let cond = Conditioning::new(
+        candle_core::Tensor::ones((1, 4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    )
+    .unwrap();
+    let ctx =
+        candle_core::Tensor::zeros((1, frames, 16), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let x =
+        candle_core::Tensor::ones((1, frames, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
     let run = |d: &mut demon_acestep::AceStepDenoiser| {
-        bits(&d.velocity(&DenoiseBatch { x: x.clone(), t: vec![0.5], conditions: vec![&cond], contexts: vec![&ctx] }).unwrap())
+        bits(
+            &d.velocity(&DenoiseBatch {
+                x: x.clone(),
+                t: vec![0.5],
+                conditions: vec![&cond],
+                contexts: vec![&ctx],
+            })
+            .unwrap(),
+        )
     };
     let before = run(&mut m.denoiser);
     m.denoiser.set_lora_strength(id2, 1.0).unwrap();
@@ -90,10 +131,18 @@ fn strength_changes_never_reread_base_weights() {
 #[test]
 fn bad_adapters_are_rejected() {
     let mut m = AceStep::load(&original(), &Device::Cpu).unwrap();
-    let e = m.denoiser.add_lora(&fixtures().join("no-such-lora"), 1.0).unwrap_err().to_string();
+    let e = m
+        .denoiser
+        .add_lora(&fixtures().join("no-such-lora"), 1.0)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no-such-lora"), "{e}");
     // A weight file that is not an adapter.
-    let e = m.denoiser.add_lora(&fixtures().join("dit_inputs.safetensors"), 1.0).unwrap_err().to_string();
+    let e = m
+        .denoiser
+        .add_lora(&fixtures().join("dit_inputs.safetensors"), 1.0)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no LoRA factors"), "{e}");
     assert!(m.denoiser.loras().is_empty());
 }

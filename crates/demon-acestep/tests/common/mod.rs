@@ -23,12 +23,24 @@ pub fn diffusers() -> PathBuf {
 pub fn load(name: &str) -> HashMap<String, Tensor> {
     let f = SafetensorsFile::open(&fixtures().join(name)).expect("fixture file");
     let names: Vec<String> = f.names().map(str::to_owned).collect();
-    names.into_iter().map(|n| (n.clone(), f.load(&n, &Device::Cpu).expect("fixture tensor"))).collect()
+    names
+        .into_iter()
+        .map(|n| (n.clone(), f.load(&n, &Device::Cpu).expect("fixture tensor")))
+        .collect()
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// Assert and report a parity bound.
@@ -40,13 +52,20 @@ pub fn check(what: &str, got: &Tensor, want: &Tensor, bound: f32) -> f32 {
 }
 
 pub fn ids(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(|v| v as u32).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect()
 }
 
 /// The reference prompt of the fixtures as a demon-engine `Prompt`.
 pub fn fixture_prompt() -> demon_engine::Prompt {
     let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap())
+            .unwrap();
     let p = &cases["prompt"];
     demon_engine::Prompt {
         tags: p["caption"].as_str().unwrap().into(),
@@ -81,5 +100,11 @@ fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
 }
 
 pub fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f32::to_bits)
+        .collect()
 }
