@@ -67,7 +67,8 @@ fn dit_step_flops(cfg: &DitConfig, frames: usize, enc_len: usize) -> f64 {
     let cross = 2.0 * s * (h * q + q * h) + 4.0 * s * l * q;
     let mlp = 2.0 * s * 3.0 * h * i;
     let per_layer = self_proj + self_core + cross + mlp;
-    let io = 2.0 * s * (cfg.patch_size * cfg.in_channels) as f64 * h + 2.0 * s * h * (cfg.patch_size * cfg.audio_acoustic_hidden_dim) as f64;
+    let io = 2.0 * s * (cfg.patch_size * cfg.in_channels) as f64 * h
+        + 2.0 * s * h * (cfg.patch_size * cfg.audio_acoustic_hidden_dim) as f64;
     per_layer * cfg.num_hidden_layers as f64 + io
 }
 
@@ -95,16 +96,28 @@ fn vae_decode_flops(cfg: &VaeConfig, frames: usize) -> f64 {
 
 /// Time one denoiser step (cross-attention K/V already cached, as in steady state) after a
 /// first call that fills the cache. Returns (first call s, step s).
-fn time_step(den: &mut AceStepDenoiser, frames: usize, cond: &Conditioning, dev: &Device) -> candle_core::Result<(f64, f64)> {
+fn time_step(
+    den: &mut AceStepDenoiser,
+    frames: usize,
+    cond: &Conditioning,
+    dev: &Device,
+) -> candle_core::Result<(f64, f64)> {
     let c = den.config().audio_acoustic_hidden_dim;
     let x = Tensor::randn(0f32, 1.0, (1, frames, c), dev)?;
     let ctx = Tensor::randn(0f32, 1.0, (1, frames, den.context_channels()), dev)?;
-    let batch = DenoiseBatch { x, t: vec![0.75], conditions: vec![cond], contexts: vec![&ctx] };
+    let batch = DenoiseBatch {
+        x,
+        t: vec![0.75],
+        conditions: vec![cond],
+        contexts: vec![&ctx],
+    };
     let t0 = Instant::now();
-    den.velocity(&batch).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    den.velocity(&batch)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let first = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    den.velocity(&batch).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    den.velocity(&batch)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     Ok((first, t1.elapsed().as_secs_f64()))
 }
 
@@ -116,7 +129,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("f32 matmul (candle, 2048³, best of 5): {mm:.1} GFLOP/s\n");
     let enc_len = 400; // packed conditioning length used in acestep.md §7
     let cond_states = |h: usize| -> candle_core::Result<Conditioning> {
-        Conditioning::new(Tensor::randn(0f32, 1.0, (1, enc_len, h), &dev)?).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        Conditioning::new(Tensor::randn(0f32, 1.0, (1, enc_len, h), &dev)?)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
     };
 
     // ---- 2B turbo DiT, full size.
@@ -175,13 +189,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     } else {
-        println!("  does not fit next to everything else in memory: measuring 2- and 4-layer instances and extrapolating to 32 layers");
+        println!(
+            "  does not fit next to everything else in memory: measuring 2- and 4-layer instances and extrapolating to 32 layers"
+        );
         let cond = cond_states(xl.encoder.hidden_size)?;
         for (label, frames) in [("60 s", 1500usize), ("10 s", 250)] {
             let mut times = Vec::new();
             for layers in [2usize, 4] {
                 reset_peak();
-                let small = DitConfig { num_hidden_layers: layers, sliding_layers: (0..layers).map(|i| i % 2 == 0).collect(), ..xl.clone() };
+                let small = DitConfig {
+                    num_hidden_layers: layers,
+                    sliding_layers: (0..layers).map(|i| i % 2 == 0).collect(),
+                    ..xl.clone()
+                };
                 let mut den = AceStepDenoiser::random(&small, 2, &dev)?;
                 let (_, step) = time_step(&mut den, frames, &cond, &dev)?;
                 times.push((step, peak_rss_gib()));
@@ -211,7 +231,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let vcfg = VaeConfig::acestep();
     let codec = AceStepCodec::random(&vcfg, 3, &dev, false)?;
     let frames = 250;
-    let lat = Tensor::randn(0f32, 1.0, (1, vcfg.decoder_input_channels, frames), &dev)?.to_dtype(DType::F32)?;
+    let lat = Tensor::randn(0f32, 1.0, (1, vcfg.decoder_input_channels, frames), &dev)?
+        .to_dtype(DType::F32)?;
     let t = Instant::now();
     let audio = codec.decode_raw(&lat)?;
     let secs = t.elapsed().as_secs_f64();

@@ -295,7 +295,12 @@ impl DitConfig {
             ("head_dim", self.head_dim),
             ("patch_size", self.patch_size),
             ("audio_acoustic_hidden_dim", self.audio_acoustic_hidden_dim),
+            ("intermediate_size", self.intermediate_size),
             ("encoder hidden_size", self.encoder.hidden_size),
+            ("encoder head_dim", self.encoder.head_dim),
+            ("encoder intermediate_size", self.encoder.intermediate_size),
+            ("text_hidden_dim", self.text_hidden_dim),
+            ("timbre_fix_frame", self.timbre_fix_frame),
             (
                 "encoder num_attention_heads",
                 self.encoder.num_attention_heads,
@@ -425,6 +430,9 @@ impl TextEncoderConfig {
         };
         if cfg.num_attention_heads == 0
             || cfg.num_key_value_heads == 0
+            || cfg.head_dim == 0
+            || cfg.hidden_size == 0
+            || cfg.vocab_size == 0
             || !cfg
                 .num_attention_heads
                 .is_multiple_of(cfg.num_key_value_heads)
@@ -505,7 +513,12 @@ impl VaeConfig {
                 "downsampling_ratios and channel_multiples must be non-empty, equally long and non-zero",
             ));
         }
-        if cfg.encoder_hidden_size == 0 || cfg.decoder_channels == 0 || cfg.audio_channels == 0 {
+        if cfg.encoder_hidden_size == 0
+            || cfg.decoder_channels == 0
+            || cfg.audio_channels == 0
+            || cfg.decoder_input_channels == 0
+            || cfg.channel_multiples.contains(&0)
+        {
             return Err(AceStepError::config(path, "zero channel count"));
         }
         Ok(cfg)

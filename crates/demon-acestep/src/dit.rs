@@ -305,6 +305,9 @@ impl Dit {
                 context.dims()
             )));
         }
+        if frames == 0 {
+            return Err(AceStepError::input("DiT row has no frames"));
+        }
         if kv.layers.len() != self.layers.len() {
             return Err(AceStepError::input(
                 "cross K/V computed for a different DiT",

@@ -69,6 +69,9 @@ impl CustomOp1 for Snake {
             candle_core::bail!("snake1d: {c} channels, parameters for {}", self.alpha.len())
         }
         let mut out = vec![0f32; data.len()];
+        if data.is_empty() || l == 0 {
+            return Ok((CpuStorage::F32(out), layout.shape().clone()));
+        }
         let rows = data.len() / l.max(1);
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())

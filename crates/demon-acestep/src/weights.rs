@@ -322,18 +322,20 @@ impl ComponentWeights {
             .and_then(|(f, s)| f.shape(s).map(<[usize]>::to_vec))
     }
 
-    /// Parameter count and dtypes over all files.
-    fn summary(&self) -> (usize, usize, BTreeMap<String, usize>) {
+    /// Parameter count and dtypes over all files (only canonical names starting with `prefix`).
+    fn summary(&self, prefix: &str) -> (usize, usize, BTreeMap<String, usize>) {
         let mut params = 0;
         let mut tensors = 0;
         let mut dtypes = BTreeMap::new();
-        for f in &self.files {
-            for n in f.names() {
-                tensors += 1;
-                params += f.shape(n).map(|s| s.iter().product::<usize>()).unwrap_or(0);
-                if let Some(d) = f.dtype(n) {
-                    *dtypes.entry(format!("{d:?}")).or_insert(0) += 1;
-                }
+        for (canonical, (i, n)) in &self.map {
+            if !canonical.starts_with(prefix) {
+                continue;
+            }
+            let f = &self.files[*i];
+            tensors += 1;
+            params += f.shape(n).map(|s| s.iter().product::<usize>()).unwrap_or(0);
+            if let Some(d) = f.dtype(n) {
+                *dtypes.entry(format!("{d:?}")).or_insert(0) += 1;
             }
         }
         (tensors, params, dtypes)
@@ -704,22 +706,42 @@ pub fn inspect_weights(dir: &Path) -> Result<WeightsReport> {
     let device = Device::Cpu;
     let mut components = Vec::new();
     let mut notes = Vec::new();
-    let mut add = |name: &str, w: ComponentWeights| {
-        let (tensors, parameters, dtypes) = w.summary();
-        components.push(ComponentReport {
-            name: name.into(),
-            path: w.label().to_path_buf(),
-            tensors,
-            parameters,
-            dtypes,
-        });
+    // Counts per component; `prefix` selects one part of the original single DiT checkpoint.
+    let mut add = |name: &str, w: &ComponentWeights, prefix: &str| {
+        let (tensors, parameters, dtypes) = w.summary(prefix);
+        if tensors > 0 {
+            components.push(ComponentReport {
+                name: name.into(),
+                path: w.label().to_path_buf(),
+                tensors,
+                parameters,
+                dtypes,
+            });
+        }
     };
+    let all = |n: &str| Some(n.to_owned());
     match files.layout {
-        Layout::Original => add("dit (all parts)", files.open_dit(&device)?),
+        Layout::Original => {
+            let w = files.open_dit(&device)?;
+            add("dit decoder", &w, "decoder.");
+            add("condition encoder", &w, "encoder.");
+            add("audio tokenizer", &w, "tokenizer.");
+            add("audio detokenizer", &w, "detokenizer.");
+            add("null condition", &w, "null_condition_emb");
+            if !w.contains("tokenizer.audio_acoustic_proj.weight")
+                || !w.contains("detokenizer.embed_tokens.weight")
+            {
+                notes.push(
+                    "audio tokenizer/detokenizer not found (cover and audio codes unavailable)"
+                        .into(),
+                );
+            }
+        }
         Layout::Diffusers => {
             add(
                 "transformer",
-                ComponentWeights::open(&files.dit_weights, &device, &|n| Some(n.to_owned()))?,
+                &ComponentWeights::open(&files.dit_weights, &device, &all)?,
+                "",
             );
             for (name, c) in [
                 ("condition_encoder", &files.condition_encoder),
@@ -727,10 +749,7 @@ pub fn inspect_weights(dir: &Path) -> Result<WeightsReport> {
                 ("audio_detokenizer", &files.audio_detokenizer),
             ] {
                 match c {
-                    Some((p, _)) => add(
-                        name,
-                        ComponentWeights::open(p, &device, &|n| Some(n.to_owned()))?,
-                    ),
+                    Some((p, _)) => add(name, &ComponentWeights::open(p, &device, &all)?, ""),
                     None => notes.push(format!(
                         "{name} not found (cover and audio codes unavailable)"
                     )),
@@ -738,8 +757,8 @@ pub fn inspect_weights(dir: &Path) -> Result<WeightsReport> {
             }
         }
     }
-    add("text_encoder", files.open_text_encoder(&device)?);
-    add("vae", files.open_vae(&device)?);
+    add("text_encoder", &files.open_text_encoder(&device)?, "");
+    add("vae", &files.open_vae(&device)?, "");
     if let Some(p) = &files.silence_latent {
         let s = crate::silence::read_silence_latent(p, None)?;
         notes.push(format!(

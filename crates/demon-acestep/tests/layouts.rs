@@ -149,3 +149,16 @@ fn debug_forward_matches_the_reference_on_both_layouts() {
     assert!("no-such".parse::<Component>().is_err());
     let _ = std::fs::remove_file(out);
 }
+
+#[test]
+fn a_dit_folder_or_a_named_variant_also_loads() {
+    let dev = Device::Cpu;
+    let direct = AceStep::load(&original().join("acestep-v15-turbo"), &dev).unwrap();
+    assert_eq!(direct.source.as_ref().unwrap().1, Layout::Original);
+    let named = AceStep::load_variant(&original(), Some("acestep-v15-turbo"), &dev).unwrap();
+    assert_eq!(named.config, direct.config);
+    let e = AceStep::load_variant(&original(), Some("acestep-v15-xl-turbo"), &dev)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("acestep-v15-xl-turbo"), "{e}");
+}
