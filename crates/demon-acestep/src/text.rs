@@ -104,10 +104,12 @@ impl PromptTokenizer {
                 what: "tokenizer.json".into(),
             });
         }
-        let tokenizer = Tokenizer::from_file(path).map_err(|e| AceStepError::Tokenizer {
+        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| AceStepError::Tokenizer {
             path: path.to_path_buf(),
             detail: e.to_string(),
         })?;
+        // One sequence at a time: a padding setting stored in the file must not pad it.
+        tokenizer.with_padding(None);
         Ok(Self {
             tokenizer,
             path: path.to_path_buf(),

@@ -38,6 +38,20 @@ fn missing_file() {
 }
 
 #[test]
+fn broken_tokenizer() {
+    let dir = temp_copy(&original(), "tokenizer");
+    let tok = dir.join("Qwen3-Embedding-0.6B/tokenizer.json");
+    std::fs::write(&tok, "{\"version\": \"1.0\", \"model\": 17}").unwrap();
+    let e = load_err(&dir);
+    assert!(matches!(e, AceStepError::Tokenizer { .. }), "{e:?}");
+    assert!(e.to_string().contains("tokenizer.json"), "{e}");
+    std::fs::remove_file(&tok).unwrap();
+    let e = load_err(&dir);
+    assert!(matches!(e, AceStepError::MissingFile { .. }), "{e:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn truncated_file() {
     let dir = temp_copy(&original(), "truncated");
     let shard = dir.join("acestep-v15-turbo/model-00001-of-00002.safetensors");
