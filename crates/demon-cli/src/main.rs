@@ -4,6 +4,7 @@
 //! chain and exit non-zero; nothing a user types makes the binary panic.
 
 mod backends;
+mod bench;
 mod render;
 
 use std::process::ExitCode;
@@ -21,12 +22,15 @@ struct Cli {
 enum Command {
     /// Render one or more takes of a song to WAV through the streaming engine.
     Render(Box<render::RenderArgs>),
+    /// Measure tick time, throughput, propagation latency and decode cost on this machine.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Render(args) => render::run(*args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@
 //!   mapping from named controls (curves, prompts, guidance) to slot requests that every front
 //!   end shares.
 
+pub mod bench;
 pub mod render;
 
 pub use render::{NamedCurve, RenderError, RenderSpec, RenderedTake, render};

@@ -1,0 +1,103 @@
+//! `demon bench`: the engine's figures, measured on this machine.
+
+use anyhow::{Result, bail};
+use clap::Args;
+use demon_engine::Prompt;
+use demon_live::bench::{BenchConfig, run as run_bench};
+
+use crate::backends::{self, BackendKind};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Song length for ticks, renders and decode.
+    #[arg(long, default_value_t = 60.0)]
+    pub seconds: f64,
+    /// Depths for tick time and throughput.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub depths: Vec<usize>,
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Ticks measured per depth (rounded up to whole schedules).
+    #[arg(long, default_value_t = 32)]
+    pub ticks: usize,
+    #[arg(long, default_value = "house")]
+    pub prompt: String,
+    #[arg(long, value_enum, default_value = "sketch")]
+    pub backend: BackendKind,
+    #[arg(long)]
+    pub weights: Option<std::path::PathBuf>,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if !(args.seconds.is_finite() && args.seconds >= 8.0 && args.seconds <= 600.0) {
+        bail!("--seconds must be in 8..=600, got {}", args.seconds);
+    }
+    if args.depths.is_empty() || args.depths.iter().any(|d| *d == 0 || *d > demon_engine::MAX_DEPTH) {
+        bail!("--depths must list depths in 1..={}", demon_engine::MAX_DEPTH);
+    }
+    let mut backend = backends::build(args.backend, args.weights.as_deref())?;
+    let cfg = BenchConfig {
+        seconds: args.seconds,
+        steps: args.steps,
+        depths: args.depths.clone(),
+        measure_ticks: args.ticks,
+        prompt: Prompt::tags(args.prompt.clone()),
+        ..Default::default()
+    };
+    let quiet = args.json;
+    let report = run_bench(&mut backend, &cfg, &mut |m| {
+        if !quiet {
+            eprintln!("… {m}");
+        }
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("backend {}, {:.0} s songs, {} steps", report.backend, report.song_seconds, report.steps);
+    println!(
+        "offline render: {} takes at depth {}: {:.1}x real time",
+        report.render_takes, report.render_depth, report.render_realtime_ratio
+    );
+    println!("{:>6} {:>10} {:>10} {:>10} {:>10}", "depth", "tick ms", "model ms", "gen/s", "overhead");
+    for (d, t) in &report.tick_ms {
+        println!(
+            "{:>6} {:>10.2} {:>10.2} {:>10.2} {:>9.1}%",
+            d,
+            t,
+            report.model_ms[d],
+            report.gen_per_s[d],
+            100.0 * report.engine_overhead_share_by_depth[d]
+        );
+    }
+    for (d, o) in &report.shared_lane_onset_ticks {
+        println!(
+            "depth {d}: shared-lane onset {o} tick(s) ({:.0}% of in-flight slots); per-slot convergence {:.1} ticks (min {}, max {}) = queue wait {:.1} + S",
+            100.0 * report.shared_lane_onset_coverage[d],
+            report.per_slot_convergence_ticks[d],
+            report.per_slot_convergence_ticks_min[d],
+            report.per_slot_convergence_ticks_max[d],
+            report.per_slot_queue_wait_ticks[d]
+        );
+    }
+    for (class, p) in &report.propagation {
+        println!(
+            "{class:>20}: onset {} ticks ({} ms), convergence {} ticks ({} ms)",
+            p.onset_ticks.map_or("-".into(), |v| v.to_string()),
+            p.onset_ms.map_or("-".into(), |v| format!("{v:.0}")),
+            p.convergence_ticks.map_or("-".into(), |v| v.to_string()),
+            p.convergence_ms.map_or("-".into(), |v| format!("{v:.0}"))
+        );
+    }
+    println!(
+        "receptive field: {} frames before, {} after; full decode {:.1} ms",
+        report.receptive_field_frames.before, report.receptive_field_frames.after, report.full_decode_ms
+    );
+    for (k, ms) in &report.windowed_decode_ms {
+        println!("keep {k} s: windowed decode {ms:.2} ms, speedup {:.1}x", report.windowed_decode_speedup[k]);
+    }
+    Ok(())
+}
