@@ -686,6 +686,31 @@ impl AceStepConditioner {
         round_trip(tok, detok, latent, &self.silence)
     }
 
+    /// 25 Hz hint `[1, frames, C]` from 5 Hz audio codes (e.g. from the 5 Hz LM): symmetric FSQ
+    /// decode, detokenizer, then cropped or padded with silence to `frames` (acestep.md §1.6).
+    pub fn hint_from_codes(&self, codes: &[i64], frames: usize) -> Result<Tensor> {
+        let (tok, detok) = match (&self.audio_tokenizer, &self.detokenizer) {
+            (Some(a), Some(b)) => (a, b),
+            _ => {
+                return Err(AceStepError::input(
+                    "these weights have no audio tokenizer/detokenizer",
+                ));
+            }
+        };
+        if codes.is_empty() || frames == 0 {
+            return Err(AceStepError::input("no audio codes or zero frames"));
+        }
+        let rows: Vec<Vec<i64>> = codes.iter().map(|&c| vec![c]).collect();
+        let q = tok.quantizer.dequantize(&rows)?.unsqueeze(0)?;
+        let hint = detok.forward(&q)?;
+        let n = hint.dim(1)?;
+        if n >= frames {
+            return Ok(hint.narrow(1, 0, frames)?);
+        }
+        let fill = self.silence(frames)?.narrow(1, n, frames - n)?;
+        Ok(Tensor::cat(&[&hint, &fill], 1)?)
+    }
+
     /// Context `[1, T, 2C]` = `[src | mask]`, `mask` per frame (1 = generate) broadcast over C.
     pub fn context_from(&self, src: &Tensor, mask: &[f32]) -> Result<Tensor> {
         let (b, t, c) = src.dims3()?;

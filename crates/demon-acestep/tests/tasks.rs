@@ -90,8 +90,9 @@ fn cover_switches_conditions_part_way() {
 fn repaint_context_and_structure_context() {
     let m = AceStep::load(&original(), &Device::Cpu).unwrap();
     let (_, _, mut cond) = m.into_parts();
-    let r = load("reference.safetensors");
-    let source = r["fsq_in"].narrow(1, 0, 12).unwrap();
+    let source = load("reference.safetensors")["fsq_in"]
+        .narrow(1, 0, 12)
+        .unwrap();
     let req = tasks::repaint(&mut cond, &fixture_prompt(), &source, 3..7, true, 1, 3.0).unwrap();
     let ctx: Vec<Vec<f32>> = req.context.squeeze(0).unwrap().to_vec2().unwrap();
     let src: Vec<Vec<f32>> = source.squeeze(0).unwrap().to_vec2().unwrap();
@@ -134,6 +135,21 @@ fn repaint_context_and_structure_context() {
     assert!(max_abs_diff(&half.narrow(2, 0, 8).unwrap(), &want) < 1e-6);
     assert!(cond.context(Some(&source), 12, 1.5).is_err());
     assert!(cond.context(Some(&source), 11, 1.0).is_err());
+    // Audio codes (5 Hz) → hint: the reference detokenizer output of the same codes.
+    let r = load("reference.safetensors");
+    let codes: Vec<i64> = ids(&r["fsq_indices"]).into_iter().map(i64::from).collect();
+    check(
+        "hint from audio codes",
+        &cond.hint_from_codes(&codes, 25).unwrap(),
+        &r["fsq_hint"],
+        1e-4,
+    );
+    let padded = cond.hint_from_codes(&codes, 30).unwrap();
+    assert_eq!(
+        bits(&padded.narrow(1, 25, 5).unwrap()),
+        bits(&cond.silence(30).unwrap().narrow(1, 25, 5).unwrap())
+    );
+    assert!(cond.hint_from_codes(&[64_000], 5).is_err());
     // The silence latent tiles past its end.
     assert_eq!(cond.silence(40_000).unwrap().dims(), &[1, 40_000, 8]);
 }
