@@ -24,7 +24,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::DitConfig;
 use crate::error::{AceStepError, Result};
 use crate::nn::{
-    Attention, Linear, MASKED, Mlp, RmsNorm, TensorSource, attention, band_mask, rope_tables,
+    Attention, Linear, MASKED, Mask, Mlp, RmsNorm, TensorSource, attention, rope_tables,
 };
 
 /// Width of the sinusoidal timestep features.
@@ -333,7 +333,6 @@ impl Dit {
             .forward(&hs.reshape((1, s, p * cfg.in_channels))?)?; // [1, S, H]
 
         let rope = rope_tables(s, cfg.head_dim, cfg.rope_theta, &dev)?;
-        let sliding_mask = band_mask(s, s, Some(cfg.sliding_window), false, &dev)?;
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
         for (layer, (k, v)) in self.layers.iter().zip(&kv.layers) {
             let m = layer.scale_shift_table.broadcast_add(&proj)?; // [1, 6, H]
@@ -343,16 +342,20 @@ impl Dit {
 
             let n = adaln(&layer.self_attn_norm, &hs, &sc, &shift)?;
             let mask = if layer.sliding {
-                Some(&sliding_mask)
+                Mask::Band(cfg.sliding_window)
             } else {
-                None
+                Mask::None
             };
             let a = layer.self_attn.self_attention(&n, &rope, mask)?;
             hs = (&hs + a.broadcast_mul(&gate)?)?;
 
             let n = layer.cross_attn_norm.forward(&hs)?;
             let q = layer.cross_attn.queries(&n)?;
-            let o = attention(&q, k, v, kv.mask.as_ref(), scale)?;
+            let cross_mask = match &kv.mask {
+                Some(m) => Mask::Additive(m),
+                None => Mask::None,
+            };
+            let o = attention(&q, k, v, cross_mask, scale)?;
             hs = (&hs + layer.cross_attn.o_proj.forward(&o)?)?;
 
             let n = adaln(&layer.mlp_norm, &hs, &c_sc, &c_shift)?;

@@ -7,7 +7,7 @@
 //! Parameters come from a [`TensorSource`]: either a checkpoint ([`ComponentWeights`]) or
 //! deterministic random values ([`RandomSource`], for full-size benchmarks without files).
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor};
 
 use crate::config::StackConfig;
 use crate::error::Result;
@@ -222,39 +222,144 @@ pub fn band_mask(
     Ok(Tensor::from_vec(v, (s, l), device)?)
 }
 
-/// Grouped-query attention. `q` `[B, H, S, D]`, `k`/`v` `[B, KV, L, D]`, `mask` additive and
-/// broadcastable to `[B, 1, S, L]` (pass `[S, L]` or `[B, 1, S, L]`). Returns `[B, S, H·D]`.
+/// Which keys each query may see.
+#[derive(Clone, Copy, Debug)]
+pub enum Mask<'a> {
+    /// Every key.
+    None,
+    /// Bidirectional band `|i − j| ≤ window` (the sliding-window layers).
+    Band(usize),
+    /// `j ≤ i` (the causal text encoder).
+    Causal,
+    /// An additive mask broadcastable to `[B, 1, S, L]` (`[S, L]` or `[B, 1, S, L]`), for
+    /// key padding.
+    Additive(&'a Tensor),
+}
+
+/// Softmax over the last dimension restricted to a band or a causal triangle, in one pass per
+/// row (CPU, f32). Row `r` belongs to query position `r mod q_len`. Excluded keys get exactly 0,
+/// which is what the reference's additive `finfo.min` mask produces after `exp`.
+struct FusedSoftmax {
+    window: Option<usize>,
+    causal: bool,
+    q_len: usize,
+}
+
+impl CustomOp1 for FusedSoftmax {
+    fn name(&self) -> &'static str {
+        "fused-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("fused softmax: only f32 is supported")
+        };
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("fused softmax: input is not contiguous".into())
+        })?;
+        let data = &data[start..end];
+        let l = layout.shape().dims().last().copied().unwrap_or(0);
+        let mut out = vec![0f32; data.len()];
+        if l == 0 || data.is_empty() {
+            return Ok((CpuStorage::F32(out), layout.shape().clone()));
+        }
+        let rows = data.len() / l;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(rows);
+        let per = rows.div_ceil(threads.max(1));
+        let q_len = self.q_len.max(1);
+        std::thread::scope(|scope| {
+            for (chunk, (dst, src)) in out
+                .chunks_mut(per * l)
+                .zip(data.chunks(per * l))
+                .enumerate()
+            {
+                scope.spawn(move || {
+                    for (k, (o, x)) in dst.chunks_mut(l).zip(src.chunks(l)).enumerate() {
+                        let i = (chunk * per + k) % q_len;
+                        let (mut lo, mut hi) = (0, l);
+                        if let Some(w) = self.window {
+                            lo = i.saturating_sub(w).min(l);
+                            hi = (i + w + 1).min(l);
+                        }
+                        if self.causal {
+                            hi = hi.min(i + 1);
+                        }
+                        if lo >= hi {
+                            // No visible key: uniform, as a fully masked reference row.
+                            o.iter_mut().for_each(|v| *v = 1.0 / l as f32);
+                            continue;
+                        }
+                        let m = x[lo..hi].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                        let mut sum = 0f32;
+                        for j in lo..hi {
+                            let e = (x[j] - m).exp();
+                            o[j] = e;
+                            sum += e;
+                        }
+                        for v in &mut o[lo..hi] {
+                            *v /= sum;
+                        }
+                    }
+                });
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// Grouped-query attention. `q` `[B, H, S, D]`, `k`/`v` `[B, KV, L, D]`. Returns `[B, S, H·D]`.
 ///
 /// Query heads are grouped with their key/value head (`h / (H/KV)`, torch's `repeat_interleave`
-/// convention) by reshaping the queries rather than copying keys and values.
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-    scale: f64,
-) -> Result<Tensor> {
+/// convention) by reshaping the queries rather than copying keys and values. Band and causal
+/// masks run in a fused softmax on the CPU instead of materialising an additive mask.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask<'_>, scale: f64) -> Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
     let kv = k.dim(1)?;
     let l = k.dim(2)?;
     let rep = h / kv;
     let qg = q.contiguous()?.reshape((b, kv, rep * s, d))?;
     let scores = (qg.matmul(&k.t()?)? * scale)?; // [B, KV, rep·S, L]
-    let scores = match mask {
-        None => scores,
-        Some(m) => {
+    let fused = |window: Option<usize>, causal: bool| -> Result<Tensor> {
+        if scores.device().is_cpu() && scores.dtype() == DType::F32 {
+            Ok(scores.contiguous()?.apply_op1_no_bwd(&FusedSoftmax {
+                window,
+                causal,
+                q_len: s,
+            })?)
+        } else {
+            let m = band_mask(s, l, window, causal, scores.device())?;
+            softmax_last(
+                &scores
+                    .reshape((b, kv, rep, s, l))?
+                    .broadcast_add(&m.reshape((1, 1, 1, s, l))?)?
+                    .reshape((b, kv, rep * s, l))?,
+            )
+        }
+    };
+    let probs = match mask {
+        Mask::None => softmax_last(&scores)?,
+        Mask::Band(w) => fused(Some(w), false)?,
+        Mask::Causal => fused(None, true)?,
+        Mask::Additive(m) => {
             let m = match m.rank() {
                 2 => m.reshape((1, 1, 1, s, l))?,
                 4 => m.unsqueeze(2)?,
                 _ => m.clone(),
             };
-            scores
-                .reshape((b, kv, rep, s, l))?
-                .broadcast_add(&m)?
-                .reshape((b, kv, rep * s, l))?
+            softmax_last(
+                &scores
+                    .reshape((b, kv, rep, s, l))?
+                    .broadcast_add(&m)?
+                    .reshape((b, kv, rep * s, l))?,
+            )?
         }
     };
-    let probs = softmax_last(&scores)?;
     let out = probs.matmul(&v.contiguous()?)?; // [B, KV, rep·S, D]
     Ok(out
         .reshape((b, h, s, d))?
@@ -327,12 +432,12 @@ impl Attention {
         Ok((k, v))
     }
 
-    /// Self-attention with RoPE (tables `[S, D]`) and an optional additive mask.
+    /// Self-attention with RoPE (tables `[S, D]`) under `mask`.
     pub fn self_attention(
         &self,
         x: &Tensor,
         rope: &(Tensor, Tensor),
-        mask: Option<&Tensor>,
+        mask: Mask<'_>,
     ) -> Result<Tensor> {
         let q = apply_rope(&self.queries(x)?, &rope.0, &rope.1)?;
         let (k, v) = self.keys_values(x)?;
@@ -395,12 +500,7 @@ impl EncoderLayer {
         })
     }
 
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        rope: &(Tensor, Tensor),
-        mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: Mask<'_>) -> Result<Tensor> {
         let h =
             (x + self
                 .self_attn
@@ -457,23 +557,61 @@ impl EncoderStack {
             }
             None => None,
         };
-        let sliding = band_mask(l, l, Some(self.cfg.sliding_window), false, dev)?;
-        let sliding = match &pad {
+        // With padding, the band and the key mask are combined into one additive mask; without,
+        // the band runs in the fused softmax.
+        let window = self.cfg.sliding_window;
+        let sliding_pad = match &pad {
             Some(p) => Some(
-                p.broadcast_add(&sliding.reshape((1, 1, l, l))?)?
-                    .clamp(MASKED, 0.0)?,
+                p.broadcast_add(
+                    &band_mask(l, l, Some(window), false, dev)?.reshape((1, 1, l, l))?,
+                )?
+                .clamp(MASKED, 0.0)?,
             ),
-            None => Some(sliding),
+            None => None,
         };
         let mut h = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            let mask = if i % 2 == 0 {
-                sliding.as_ref()
-            } else {
-                pad.as_ref()
+            let mask = match (i % 2 == 0, &sliding_pad, &pad) {
+                (true, Some(m), _) => Mask::Additive(m),
+                (true, None, _) => Mask::Band(window),
+                (false, _, Some(p)) => Mask::Additive(p),
+                (false, _, None) => Mask::None,
             };
             h = layer.forward(&h, &rope, mask)?;
         }
         self.norm.forward(&h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused band/causal softmax equals the additive-mask reference formulation.
+    #[test]
+    fn fused_softmax_matches_the_additive_mask() {
+        let dev = Device::Cpu;
+        let (b, kv, rep, s, l, d) = (2, 2, 3, 9, 9, 4);
+        let q = Tensor::randn(0f32, 1.0, (b, kv * rep, s, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (b, kv, l, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (b, kv, l, d), &dev).unwrap();
+        for (fused, window, causal) in [
+            (Mask::Band(2), Some(2), false),
+            (Mask::Causal, None, true),
+            (Mask::Band(0), Some(0), false),
+        ] {
+            let m = band_mask(s, l, window, causal, &dev).unwrap();
+            let want = attention(&q, &k, &v, Mask::Additive(&m), 0.5).unwrap();
+            let got = attention(&q, &k, &v, fused, 0.5).unwrap();
+            let diff = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-6, "{fused:?}: {diff}");
+        }
     }
 }

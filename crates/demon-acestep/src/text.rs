@@ -11,7 +11,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::config::TextEncoderConfig;
 use crate::error::{AceStepError, Result};
-use crate::nn::{EncoderLayer, RmsNorm, TensorSource, band_mask, rope_tables};
+use crate::nn::{EncoderLayer, Mask, RmsNorm, TensorSource, rope_tables};
 
 /// Caption tokens kept (upstream `max_length=256`).
 pub const MAX_TEXT_TOKENS: usize = 256;
@@ -184,10 +184,9 @@ impl TextEncoder {
         }
         let l = ids.len();
         let rope = rope_tables(l, self.cfg.head_dim, self.cfg.rope_theta, self.device())?;
-        let mask = band_mask(l, l, None, true, self.device())?;
         let mut h = self.embed(ids)?;
         for layer in &self.layers {
-            h = layer.forward(&h, &rope, Some(&mask))?;
+            h = layer.forward(&h, &rope, Mask::Causal)?;
         }
         self.norm.forward(&h)
     }
