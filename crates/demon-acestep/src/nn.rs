@@ -332,18 +332,20 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask<'_>, scale: f64)
                 causal,
                 q_len: s,
             })?)
+        } else if window.is_none() && !causal {
+            softmax_last(&scores)
         } else {
-            let m = band_mask(s, l, window, causal, scores.device())?;
+            let m = band_mask(s, l, window, causal, scores.device())?.reshape((1, 1, 1, s, l))?;
             softmax_last(
                 &scores
                     .reshape((b, kv, rep, s, l))?
-                    .broadcast_add(&m.reshape((1, 1, 1, s, l))?)?
+                    .broadcast_add(&m)?
                     .reshape((b, kv, rep * s, l))?,
             )
         }
     };
     let probs = match mask {
-        Mask::None => softmax_last(&scores)?,
+        Mask::None => fused(None, false)?,
         Mask::Band(w) => fused(Some(w), false)?,
         Mask::Causal => fused(None, true)?,
         Mask::Additive(m) => {
