@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use demon_acestep::{AceStepCodec, AceStepDenoiser, DitConfig, VaeConfig};
+use demon_acestep::{AceStep, AceStepCodec, AceStepConfig, AceStepDenoiser, DitConfig, VaeConfig};
 use demon_engine::{Conditioning, DenoiseBatch, Denoiser};
 
 /// Peak resident set size since the last reset, in GiB (Linux `VmHWM`).
@@ -37,20 +37,19 @@ fn mem_available_gib() -> f64 {
         .map_or(0.0, |kb| kb / (1024.0 * 1024.0))
 }
 
-/// Best of a few large f32 matmuls, in GFLOP/s.
-fn matmul_gflops(dev: &Device) -> candle_core::Result<f64> {
-    let n = 2048;
-    let a = Tensor::randn(0f32, 1.0, (n, n), dev)?;
-    let b = Tensor::randn(0f32, 1.0, (n, n), dev)?;
+/// Best of a few runs of a large f32 matmul `[m, k] × [k, n]`, in GFLOP/s.
+fn matmul_gflops(dev: &Device, m: usize, k: usize, n: usize) -> candle_core::Result<f64> {
+    let a = Tensor::randn(0f32, 1.0, (m, k), dev)?;
+    let b = Tensor::randn(0f32, 1.0, (k, n), dev)?;
     let _ = a.matmul(&b)?; // warm-up
     let mut best = f64::MAX;
-    for _ in 0..5 {
+    for _ in 0..4 {
         let t = Instant::now();
         let c = a.matmul(&b)?;
         let _ = c.dims();
         best = best.min(t.elapsed().as_secs_f64());
     }
-    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
 }
 
 /// FLOPs executed by one DiT step (multiply-add = 2). Attention scores are computed densely
@@ -125,24 +124,52 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = Device::Cpu;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("ACE-Step 1.5 full-size cost on this CPU ({threads} threads, f32, random weights)");
-    let mm = matmul_gflops(&dev)?;
-    println!("f32 matmul (candle, 2048³, best of 5): {mm:.1} GFLOP/s\n");
+    // Square power-of-two, square non-power-of-two, and the XL MLP's shape at 60 s.
+    let mut mm = 0f64;
+    for (m, k, n) in [(2048, 2048, 2048), (3000, 3000, 3000), (750, 2560, 9728)] {
+        let g = matmul_gflops(&dev, m, k, n)?;
+        println!("f32 matmul (candle) {m}×{k}×{n}: {g:.1} GFLOP/s");
+        mm = mm.max(g);
+    }
+    println!("machine f32 matmul rate (best of the above): {mm:.1} GFLOP/s\n");
     let enc_len = 400; // packed conditioning length used in acestep.md §7
     let cond_states = |h: usize| -> candle_core::Result<Conditioning> {
         Conditioning::new(Tensor::randn(0f32, 1.0, (1, enc_len, h), &dev)?)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))
     };
 
-    // ---- 2B turbo DiT, full size.
+    // ---- 2B turbo, full size: the whole model (DiT, condition encoder, FSQ, Qwen3 text encoder,
+    // VAE) when memory allows, else the DiT alone.
     reset_peak();
     let cfg = DitConfig::turbo_2b();
     let t = Instant::now();
-    let mut den = AceStepDenoiser::random(&cfg, 1, &dev)?;
-    println!(
-        "2B turbo DiT: instantiated in {:.1} s, peak RSS {:.2} GiB",
-        t.elapsed().as_secs_f64(),
-        peak_rss_gib()
-    );
+    let mut den = if mem_available_gib() > 16.0 {
+        let model = AceStep::random(&AceStepConfig::turbo_2b(), 1, &dev)?;
+        println!(
+            "2B turbo, complete model (DiT + condition encoder + FSQ + Qwen3-Embedding-0.6B + VAE): instantiated in {:.1} s, \
+             peak RSS {:.2} GiB",
+            t.elapsed().as_secs_f64(),
+            peak_rss_gib()
+        );
+        let (den, _codec, mut cond) = model.into_parts();
+        // Conditioning of a typical prompt: 100 caption tokens, 300 lyric tokens.
+        let text: Vec<u32> = (0..100).map(|i| (i * 37 % 150_000) as u32).collect();
+        let lyrics: Vec<u32> = (0..300).map(|i| (i * 91 % 150_000) as u32).collect();
+        let t = Instant::now();
+        let _ = cond.encode_ids(&text, &lyrics)?;
+        println!(
+            "  prompt encoding (Qwen3 text encoder on 100 tokens, lyric encoder on 300, timbre from the silence latent): {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
+        den
+    } else {
+        let den = AceStepDenoiser::random(&cfg, 1, &dev)?;
+        println!(
+            "2B turbo DiT (alone: not enough free memory for the whole model): instantiated in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        den
+    };
     let cond = cond_states(cfg.encoder.hidden_size)?;
     for (label, frames) in [("60 s", 1500usize), ("10 s", 250)] {
         let (first, step) = time_step(&mut den, frames, &cond, &dev)?;
@@ -173,18 +200,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "\nXL turbo DiT: {} layers need ≈{xl_gib:.1} GiB of f32 weights; {avail:.1} GiB available",
         xl.num_hidden_layers
     );
-    let mut per_frames = Vec::new();
     if xl_gib + 4.0 < avail {
         reset_peak();
+        let t = Instant::now();
         let mut den = AceStepDenoiser::random(&xl, 2, &dev)?;
+        println!(
+            "  DiT instantiated in {:.1} s, peak RSS {:.2} GiB",
+            t.elapsed().as_secs_f64(),
+            peak_rss_gib()
+        );
         let cond = cond_states(xl.encoder.hidden_size)?;
         for (label, frames) in [("60 s", 1500usize), ("10 s", 250)] {
             let (_, step) = time_step(&mut den, frames, &cond, &dev)?;
             let flops = dit_step_flops(&xl, frames, enc_len);
             println!(
-                "  one step, {label}: {step:.2} s ({:.1} TFLOP, {:.1} GFLOP/s); peak RSS {:.2} GiB",
+                "  one step, {label} (T={frames}): {step:.2} s ({:.1} TFLOP, {:.1} GFLOP/s = {:.0}% of matmul); 8 steps ≈ {:.1} s; \
+                 peak RSS {:.2} GiB",
                 flops / 1e12,
                 flops / step / 1e9,
+                100.0 * flops / step / 1e9 / mm,
+                8.0 * step,
                 peak_rss_gib()
             );
         }
@@ -210,7 +245,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let fixed = times[0].0 - 2.0 * per_layer;
             let step = fixed + per_layer * xl.num_hidden_layers as f64;
             let flops = dit_step_flops(&xl, frames, enc_len);
-            per_frames.push(step);
             println!(
                 "  one step, {label} (T={frames}): ≈{step:.2} s extrapolated ({:.2} s per layer; 2/4-layer runs {:.2}/{:.2} s, \
                  peak RSS {:.2}/{:.2} GiB); {:.1} TFLOP, ≈{:.1} GFLOP/s; 8 steps ≈ {:.1} s",
