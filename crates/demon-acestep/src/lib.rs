@@ -26,6 +26,7 @@
 
 pub mod condition;
 pub mod config;
+pub mod conv;
 pub mod debug;
 pub mod dit;
 pub mod error;

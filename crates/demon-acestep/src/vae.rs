@@ -10,6 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use crate::config::VaeConfig;
+use crate::conv::TimeConv;
 use crate::error::{AceStepError, Result};
 use crate::nn::TensorSource;
 
@@ -20,10 +21,12 @@ use crate::nn::TensorSource;
 pub struct Snake {
     alpha: Vec<f32>,
     inv_beta: Vec<f32>,
+    /// `[L, C]` input (the CPU fast path) instead of `[B, C, L]`.
+    time_major: bool,
 }
 
 impl Snake {
-    fn load(src: &dyn TensorSource, name: &str, channels: usize) -> Result<Self> {
+    fn load(src: &dyn TensorSource, name: &str, channels: usize, time_major: bool) -> Result<Self> {
         let a: Vec<f32> = src
             .tensor(&format!("{name}.alpha"), &[1, channels, 1])?
             .flatten_all()?
@@ -35,6 +38,7 @@ impl Snake {
         Ok(Self {
             alpha: a.iter().map(|v| v.exp()).collect(),
             inv_beta: b.iter().map(|v| 1.0 / (v.exp() + 1e-9)).collect(),
+            time_major,
         })
     }
 
@@ -61,15 +65,39 @@ impl CustomOp1 for Snake {
             .ok_or_else(|| candle_core::Error::Msg("snake1d: input is not contiguous".into()))?;
         let data = &data[start..end];
         let dims = layout.shape().dims();
-        let (c, l) = match dims {
-            [_, c, l] => (*c, *l),
-            _ => candle_core::bail!("snake1d: expected [B, C, L], got {dims:?}"),
+        let (c, l) = match (dims, self.time_major) {
+            ([_, c, l], false) => (*c, *l),
+            ([_, c], true) => (*c, *c),
+            _ => candle_core::bail!("snake1d: unexpected input shape {dims:?}"),
         };
         if c != self.alpha.len() {
             candle_core::bail!("snake1d: {c} channels, parameters for {}", self.alpha.len())
         }
         let mut out = vec![0f32; data.len()];
         if data.is_empty() || l == 0 {
+            return Ok((CpuStorage::F32(out), layout.shape().clone()));
+        }
+        if self.time_major {
+            // [L, C]: rows are time steps, the channel is the position within a row.
+            let rows = data.len() / c;
+            let threads = std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(rows.max(1));
+            let per = rows.div_ceil(threads.max(1)).max(1);
+            std::thread::scope(|scope| {
+                for (dst, src) in out.chunks_mut(per * c).zip(data.chunks(per * c)) {
+                    scope.spawn(move || {
+                        for (d, s) in dst.chunks_mut(c).zip(src.chunks(c)) {
+                            for (((o, &x), &a), &ib) in
+                                d.iter_mut().zip(s).zip(&self.alpha).zip(&self.inv_beta)
+                            {
+                                let sn = (a * x).sin();
+                                *o = x + ib * (sn * sn);
+                            }
+                        }
+                    });
+                }
+            });
             return Ok((CpuStorage::F32(out), layout.shape().clone()));
         }
         let rows = data.len() / l.max(1);
@@ -107,7 +135,7 @@ fn fold_weight_norm(src: &dyn TensorSource, name: &str, v_shape: &[usize]) -> Re
     Ok(v.broadcast_mul(&g.broadcast_div(&norm)?)?)
 }
 
-/// A weight-normalised Conv1d.
+/// A weight-normalised Conv1d: channel-major on candle, or time-major GEMMs on the CPU.
 #[derive(Clone, Debug)]
 pub struct Conv {
     weight: Tensor,
@@ -115,38 +143,58 @@ pub struct Conv {
     padding: usize,
     stride: usize,
     dilation: usize,
+    time: Option<TimeConv>,
+}
+
+/// Conv hyper-parameters `(kernel, stride, padding, dilation)`.
+#[derive(Clone, Copy, Debug)]
+struct ConvSpec {
+    k: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
 }
 
 impl Conv {
-    #[allow(clippy::too_many_arguments)]
     fn load(
         src: &dyn TensorSource,
         name: &str,
-        cin: usize,
-        cout: usize,
-        k: usize,
-        stride: usize,
-        padding: usize,
-        dilation: usize,
+        (cin, cout): (usize, usize),
+        spec: ConvSpec,
         bias: bool,
+        time_major: bool,
     ) -> Result<Self> {
+        let weight = fold_weight_norm(src, name, &[cout, cin, spec.k])?;
+        let bias = if bias {
+            Some(src.tensor(&format!("{name}.bias"), &[cout])?)
+        } else {
+            None
+        };
+        let time = if time_major {
+            Some(TimeConv::conv(
+                &weight,
+                bias.as_ref(),
+                spec.stride,
+                spec.dilation,
+                spec.padding,
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
-            weight: fold_weight_norm(src, name, &[cout, cin, k])?,
-            bias: if bias {
-                Some(
-                    src.tensor(&format!("{name}.bias"), &[cout])?
-                        .reshape((1, cout, 1))?,
-                )
-            } else {
-                None
-            },
-            padding,
-            stride,
-            dilation,
+            weight,
+            bias: bias.map(|b| b.reshape((1, cout, 1))).transpose()?,
+            padding: spec.padding,
+            stride: spec.stride,
+            dilation: spec.dilation,
+            time,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(t) = &self.time {
+            return t.forward(x);
+        }
         let y = x.conv1d(&self.weight, self.padding, self.stride, self.dilation, 1)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -163,6 +211,7 @@ pub struct ConvTranspose {
     bias: Tensor,
     stride: usize,
     padding: usize,
+    time: Option<TimeConv>,
 }
 
 impl ConvTranspose {
@@ -172,22 +221,45 @@ impl ConvTranspose {
         cin: usize,
         cout: usize,
         stride: usize,
+        time_major: bool,
     ) -> Result<Self> {
+        let weight = fold_weight_norm(src, name, &[cin, cout, 2 * stride])?;
+        let bias = src.tensor(&format!("{name}.bias"), &[cout])?;
+        let padding = stride.div_ceil(2);
+        let time = if time_major {
+            Some(TimeConv::conv_transpose(
+                &weight,
+                Some(&bias),
+                stride,
+                padding,
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
-            weight: fold_weight_norm(src, name, &[cin, cout, 2 * stride])?,
-            bias: src
-                .tensor(&format!("{name}.bias"), &[cout])?
-                .reshape((1, cout, 1))?,
+            weight,
+            bias: bias.reshape((1, cout, 1))?,
             stride,
-            padding: stride.div_ceil(2),
+            padding,
+            time,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?;
-        let full = y.dim(2)?;
-        let y = y.narrow(2, self.padding, full - 2 * self.padding)?;
-        Ok(y.broadcast_add(&self.bias)?)
+        if let Some(t) = &self.time {
+            return t.forward(x);
+        }
+        // One batch item at a time: candle 0.11.1's padding-0 (col2im) transposed convolution
+        // gives wrong values for items after the first of a batch.
+        let mut items = Vec::with_capacity(x.dim(0)?);
+        for i in 0..x.dim(0)? {
+            let y = x
+                .narrow(0, i, 1)?
+                .conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?;
+            let full = y.dim(2)?;
+            items.push(y.narrow(2, self.padding, full - 2 * self.padding)?);
+        }
+        Ok(Tensor::cat(&items, 0)?.broadcast_add(&self.bias)?)
     }
 }
 
@@ -201,22 +273,30 @@ pub struct ResidualUnit {
 }
 
 impl ResidualUnit {
-    fn load(src: &dyn TensorSource, name: &str, c: usize, dilation: usize) -> Result<Self> {
+    fn load(
+        src: &dyn TensorSource,
+        name: &str,
+        c: usize,
+        dilation: usize,
+        tm: bool,
+    ) -> Result<Self> {
+        let k7 = ConvSpec {
+            k: 7,
+            stride: 1,
+            padding: 3 * dilation,
+            dilation,
+        };
+        let k1 = ConvSpec {
+            k: 1,
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+        };
         Ok(Self {
-            snake1: Snake::load(src, &format!("{name}.snake1"), c)?,
-            conv1: Conv::load(
-                src,
-                &format!("{name}.conv1"),
-                c,
-                c,
-                7,
-                1,
-                3 * dilation,
-                dilation,
-                true,
-            )?,
-            snake2: Snake::load(src, &format!("{name}.snake2"), c)?,
-            conv2: Conv::load(src, &format!("{name}.conv2"), c, c, 1, 1, 0, 1, true)?,
+            snake1: Snake::load(src, &format!("{name}.snake1"), c, tm)?,
+            conv1: Conv::load(src, &format!("{name}.conv1"), (c, c), k7, true, tm)?,
+            snake2: Snake::load(src, &format!("{name}.snake2"), c, tm)?,
+            conv2: Conv::load(src, &format!("{name}.conv2"), (c, c), k1, true, tm)?,
         })
     }
 
@@ -227,11 +307,16 @@ impl ResidualUnit {
     }
 }
 
-fn residual_units(src: &dyn TensorSource, name: &str, c: usize) -> Result<[ResidualUnit; 3]> {
+fn residual_units(
+    src: &dyn TensorSource,
+    name: &str,
+    c: usize,
+    tm: bool,
+) -> Result<[ResidualUnit; 3]> {
     Ok([
-        ResidualUnit::load(src, &format!("{name}.res_unit1"), c, 1)?,
-        ResidualUnit::load(src, &format!("{name}.res_unit2"), c, 3)?,
-        ResidualUnit::load(src, &format!("{name}.res_unit3"), c, 9)?,
+        ResidualUnit::load(src, &format!("{name}.res_unit1"), c, 1, tm)?,
+        ResidualUnit::load(src, &format!("{name}.res_unit2"), c, 3, tm)?,
+        ResidualUnit::load(src, &format!("{name}.res_unit3"), c, 9, tm)?,
     ])
 }
 
@@ -247,16 +332,34 @@ struct EncoderBlock {
     conv: Conv,
 }
 
+/// Run `f` on each batch item in time-major layout: `[B, C, L]` → per item `[L, C]` → back.
+fn per_item_time_major(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let b = x.dim(0)?;
+    let mut outs = Vec::with_capacity(b);
+    for i in 0..b {
+        let item = x.get(i)?.t()?.contiguous()?;
+        outs.push(f(&item)?.t()?.contiguous()?);
+    }
+    Ok(Tensor::stack(&outs, 0)?)
+}
+
 /// Latent `[B, C, T]` → audio `[B, channels, T·hop]`.
 pub struct VaeDecoder {
     conv1: Conv,
     blocks: Vec<DecoderBlock>,
     snake1: Snake,
     conv2: Conv,
+    time_major: bool,
 }
 
 impl VaeDecoder {
+    /// On the CPU the decoder runs time-major (faster); elsewhere on candle's convolutions.
     pub fn load(src: &dyn TensorSource, cfg: &VaeConfig) -> Result<Self> {
+        Self::load_with_layout(src, cfg, src.device().is_cpu())
+    }
+
+    /// Choose the layout explicitly (`time_major` needs the CPU).
+    pub fn load_with_layout(src: &dyn TensorSource, cfg: &VaeConfig, tm: bool) -> Result<Self> {
         let ch = cfg.decoder_channels;
         let mults: Vec<usize> = std::iter::once(1)
             .chain(cfg.channel_multiples.iter().copied())
@@ -269,41 +372,42 @@ impl VaeDecoder {
             let (cin, cout) = (ch * mults[n - i], ch * mults[n - i - 1]);
             let name = format!("decoder.block.{i}");
             blocks.push(DecoderBlock {
-                snake: Snake::load(src, &format!("{name}.snake1"), cin)?,
-                conv_t: ConvTranspose::load(src, &format!("{name}.conv_t1"), cin, cout, s)?,
-                res: residual_units(src, &name, cout)?,
+                snake: Snake::load(src, &format!("{name}.snake1"), cin, tm)?,
+                conv_t: ConvTranspose::load(src, &format!("{name}.conv_t1"), cin, cout, s, tm)?,
+                res: residual_units(src, &name, cout, tm)?,
             });
         }
+        let k7 = ConvSpec {
+            k: 7,
+            stride: 1,
+            padding: 3,
+            dilation: 1,
+        };
         Ok(Self {
             conv1: Conv::load(
                 src,
                 "decoder.conv1",
-                cfg.decoder_input_channels,
-                top,
-                7,
-                1,
-                3,
-                1,
+                (cfg.decoder_input_channels, top),
+                k7,
                 true,
+                tm,
             )?,
             blocks,
-            snake1: Snake::load(src, "decoder.snake1", ch)?,
+            snake1: Snake::load(src, "decoder.snake1", ch, tm)?,
             conv2: Conv::load(
                 src,
                 "decoder.conv2",
-                ch,
-                cfg.audio_channels,
-                7,
-                1,
-                3,
-                1,
+                (ch, cfg.audio_channels),
+                k7,
                 false,
+                tm,
             )?,
+            time_major: tm,
         })
     }
 
-    pub fn forward(&self, latents: &Tensor) -> Result<Tensor> {
-        let mut h = self.conv1.forward(latents)?;
+    fn run(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = self.conv1.forward(x)?;
         for b in &self.blocks {
             h = b.conv_t.forward(&b.snake.forward(&h)?)?;
             for r in &b.res {
@@ -311,6 +415,14 @@ impl VaeDecoder {
             }
         }
         self.conv2.forward(&self.snake1.forward(&h)?)
+    }
+
+    pub fn forward(&self, latents: &Tensor) -> Result<Tensor> {
+        if self.time_major {
+            per_item_time_major(latents, |x| self.run(x))
+        } else {
+            self.run(latents)
+        }
     }
 }
 
@@ -321,11 +433,23 @@ pub struct VaeEncoder {
     snake1: Snake,
     conv2: Conv,
     latent_channels: usize,
+    time_major: bool,
 }
 
 impl VaeEncoder {
+    /// On the CPU the encoder runs time-major (faster); elsewhere on candle's convolutions.
     pub fn load(src: &dyn TensorSource, cfg: &VaeConfig) -> Result<Self> {
+        Self::load_with_layout(src, cfg, src.device().is_cpu())
+    }
+
+    /// Choose the layout explicitly (`time_major` needs the CPU).
+    pub fn load_with_layout(src: &dyn TensorSource, cfg: &VaeConfig, tm: bool) -> Result<Self> {
         let ch = cfg.encoder_hidden_size;
+        if !ch.is_multiple_of(2) {
+            return Err(AceStepError::input(
+                "encoder_hidden_size must be even (mean and scale halves)",
+            ));
+        }
         let mults: Vec<usize> = std::iter::once(1)
             .chain(cfg.channel_multiples.iter().copied())
             .collect();
@@ -333,49 +457,54 @@ impl VaeEncoder {
         for (i, &s) in cfg.downsampling_ratios.iter().enumerate() {
             let (cin, cout) = (ch * mults[i], ch * mults[i + 1]);
             let name = format!("encoder.block.{i}");
+            let down = ConvSpec {
+                k: 2 * s,
+                stride: s,
+                padding: s.div_ceil(2),
+                dilation: 1,
+            };
             blocks.push(EncoderBlock {
-                res: residual_units(src, &name, cin)?,
-                snake: Snake::load(src, &format!("{name}.snake1"), cin)?,
-                conv: Conv::load(
-                    src,
-                    &format!("{name}.conv1"),
-                    cin,
-                    cout,
-                    2 * s,
-                    s,
-                    s.div_ceil(2),
-                    1,
-                    true,
-                )?,
+                res: residual_units(src, &name, cin, tm)?,
+                snake: Snake::load(src, &format!("{name}.snake1"), cin, tm)?,
+                conv: Conv::load(src, &format!("{name}.conv1"), (cin, cout), down, true, tm)?,
             });
         }
         let top = ch * mults[cfg.downsampling_ratios.len()];
-        if !ch.is_multiple_of(2) {
-            return Err(AceStepError::input(
-                "encoder_hidden_size must be even (mean and scale halves)",
-            ));
-        }
         Ok(Self {
             conv1: Conv::load(
                 src,
                 "encoder.conv1",
-                cfg.audio_channels,
-                ch,
-                7,
-                1,
-                3,
-                1,
+                (cfg.audio_channels, ch),
+                ConvSpec {
+                    k: 7,
+                    stride: 1,
+                    padding: 3,
+                    dilation: 1,
+                },
                 true,
+                tm,
             )?,
             blocks,
-            snake1: Snake::load(src, "encoder.snake1", top)?,
-            conv2: Conv::load(src, "encoder.conv2", top, ch, 3, 1, 1, 1, true)?,
+            snake1: Snake::load(src, "encoder.snake1", top, tm)?,
+            conv2: Conv::load(
+                src,
+                "encoder.conv2",
+                (top, ch),
+                ConvSpec {
+                    k: 3,
+                    stride: 1,
+                    padding: 1,
+                    dilation: 1,
+                },
+                true,
+                tm,
+            )?,
             latent_channels: ch / 2,
+            time_major: tm,
         })
     }
 
-    /// The posterior mean.
-    pub fn forward(&self, audio: &Tensor) -> Result<Tensor> {
+    fn run(&self, audio: &Tensor) -> Result<Tensor> {
         let mut h = self.conv1.forward(audio)?;
         for b in &self.blocks {
             for r in &b.res {
@@ -383,7 +512,78 @@ impl VaeEncoder {
             }
             h = b.conv.forward(&b.snake.forward(&h)?)?;
         }
-        let h = self.conv2.forward(&self.snake1.forward(&h)?)?;
-        Ok(h.narrow(1, 0, self.latent_channels)?)
+        self.conv2.forward(&self.snake1.forward(&h)?)
+    }
+
+    /// The posterior mean.
+    pub fn forward(&self, audio: &Tensor) -> Result<Tensor> {
+        if self.time_major {
+            let h = per_item_time_major(audio, |x| self.run(x))?;
+            Ok(h.narrow(1, 0, self.latent_channels)?)
+        } else {
+            Ok(self.run(audio)?.narrow(1, 0, self.latent_channels)?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::RandomSource;
+    use candle_core::Device;
+
+    /// The time-major CPU path and candle's channel-major path agree.
+    #[test]
+    fn both_layouts_agree() {
+        let cfg = VaeConfig {
+            encoder_hidden_size: 8,
+            downsampling_ratios: vec![2, 4],
+            channel_multiples: vec![1, 2],
+            decoder_channels: 4,
+            decoder_input_channels: 4,
+            audio_channels: 2,
+            sampling_rate: 200,
+        };
+        let src = RandomSource {
+            seed: 5,
+            device: Device::Cpu,
+        };
+        let lat = Tensor::randn(0f32, 1.0, (2, 4, 9), &Device::Cpu).unwrap();
+        let a = VaeDecoder::load_with_layout(&src, &cfg, true)
+            .unwrap()
+            .forward(&lat)
+            .unwrap();
+        let b = VaeDecoder::load_with_layout(&src, &cfg, false)
+            .unwrap()
+            .forward(&lat)
+            .unwrap();
+        assert_eq!(a.dims(), &[2, 2, 72]);
+        let d = (&a - &b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-4, "decoder {d}");
+        let e1 = VaeEncoder::load_with_layout(&src, &cfg, true)
+            .unwrap()
+            .forward(&a)
+            .unwrap();
+        let e2 = VaeEncoder::load_with_layout(&src, &cfg, false)
+            .unwrap()
+            .forward(&a)
+            .unwrap();
+        assert_eq!(e1.dims(), &[2, 4, 9]);
+        let d = (&e1 - &e2)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-4, "encoder {d}");
     }
 }
