@@ -512,6 +512,12 @@ def main():
     ldir = os.path.join(OUT, "lora", "peft")
     peft_model.save_pretrained(ldir, safe_serialization=True)
     os.remove(os.path.join(ldir, "README.md"))
+    # PEFT writes target_modules from a set (order varies run to run): sort it for reproducibility.
+    with open(os.path.join(ldir, "adapter_config.json")) as f:
+        pcfg = json.load(f)
+    pcfg["target_modules"] = sorted(pcfg["target_modules"])
+    with open(os.path.join(ldir, "adapter_config.json"), "w") as f:
+        json.dump(pcfg, f, indent=2, sort_keys=True)
     # The same adapter as an upstream ACE-Step trainer writes it (original module names).
     adapter = {}
     from safetensors.torch import load_file
