@@ -3,7 +3,7 @@
 //!
 //! Tokenize: pad T to a multiple of the pool window with silence frames, project 64 → H, pool each
 //! window of 5 frames with an attention pooler (a learned token prepended, 2 encoder layers,
-//! norm, row 0), then residual FSQ with levels [8,8,8,5,5,5]: `project_in`, soft clamp
+//! norm, row 0), then residual FSQ with levels `[8, 8, 8, 5, 5, 5]`: `project_in`, soft clamp
 //! `tanh(z/s)·s` with `s = 1 + 1/(L−1)`, round to the symmetric grid `2i/(L−1) − 1`,
 //! `project_out`. Detokenize: project, repeat each token 5× plus learned offsets, 2 encoder
 //! layers per group, norm, project to 64 channels. The round trip is the cover hint.

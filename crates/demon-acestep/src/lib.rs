@@ -12,7 +12,8 @@
 //! - [`weights`]: layouts, memory-mapped safetensors, [`inspect_weights`].
 //! - [`debug`]: [`debug_forward`], the per-component parity harness.
 //! - [`lora`]: PEFT and single-file LoRA adapters.
-//! - Model parts: [`text`], [`condition`], [`fsq`], [`dit`], [`vae`], [`nn`], [`silence`], [`config`].
+//! - Model parts: [`text`], [`condition`], [`fsq`], [`dit`], [`vae`] (with [`conv`], the
+//!   time-major CPU convolutions), [`nn`], [`silence`], [`config`].
 //!
 //! ```no_run
 //! use demon_acestep::{AceStep, inspect_weights};
