@@ -129,6 +129,29 @@ pub trait Denoiser: Send {
     fn name(&self) -> &str {
         "denoiser"
     }
+    /// Weight adapters (LoRA) this model can switch without reloading, if any.
+    fn adapters(&mut self) -> Option<&mut dyn Adapters> {
+        None
+    }
+}
+
+/// An adapter the model knows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdapterInfo {
+    pub id: String,
+    /// Current strength (0 = disabled).
+    pub strength: f32,
+    pub rank: usize,
+    /// Parameters the adapter touches.
+    pub targets: usize,
+}
+
+/// Hot-swappable weight adapters (propagation class "global weights": the first forward after a
+/// change uses it). Changing a strength must never re-read base weights from disk.
+pub trait Adapters {
+    fn list(&self) -> Vec<AdapterInfo>;
+    /// Set the strength of adapter `id`; 0 disables it.
+    fn set_strength(&mut self, id: &str, strength: f32) -> Result<()>;
 }
 
 /// Planar audio: one `Vec<f32>` per channel, all the same length.
@@ -256,6 +279,12 @@ impl Prompt {
 pub trait Conditioner: Send {
     /// Encode a prompt.
     fn condition(&mut self, prompt: &Prompt) -> Result<Conditioning>;
+    /// Encode a prompt with the timbre of `reference` (a `[1, T, C]` latent). Backends without
+    /// a timbre input return the plain conditioning.
+    fn condition_with_timbre(&mut self, prompt: &Prompt, reference: &Tensor) -> Result<Conditioning> {
+        let _ = reference;
+        self.condition(prompt)
+    }
     /// The unconditional embedding used as the negative when no negative prompt is given.
     fn null_condition(&mut self, like: &Conditioning) -> Result<Conditioning>;
     /// Channels of the context tensor.

@@ -114,11 +114,72 @@ pub fn measure_receptive_field(
             worst.before = worst.before.max(search(true)?);
             worst.after = worst.after.max(search(false)?);
         }
+        // Perturbation: change one frame and see how far its effect reaches. In a quiet probe
+        // an isolated event rings for its whole tail, which windows placed at fixed positions
+        // can miss.
+        let frames_t = t;
+        for p in [frames_t / 3, frames_t / 2] {
+            let reach = perturbation_reach(codec, latent, &full.channels, p, tolerance)?;
+            worst.before = worst.before.max(reach.before.min(max_margin));
+            worst.after = worst.after.max(reach.after.min(max_margin));
+        }
     }
     Ok(worst)
+}
+
+/// How many frames after (`before`: the context a later window needs) and before (`after`)
+/// frame `p` a change of that frame alone changes the decoded audio by more than `tolerance`.
+pub fn perturbation_reach(
+    codec: &mut dyn Codec,
+    latent: &Tensor,
+    base_audio: &[Vec<f32>],
+    p: usize,
+    tolerance: f32,
+) -> Result<ReceptiveField> {
+    let (_, t, c) = latent.dims3()?;
+    let hop = codec.hop_samples();
+    let bump = Tensor::full(2.0f32, (1, 1, c), latent.device())?;
+    let mut parts = Vec::new();
+    if p > 0 {
+        parts.push(latent.narrow(1, 0, p)?);
+    }
+    parts.push(bump);
+    if p + 1 < t {
+        parts.push(latent.narrow(1, p + 1, t - p - 1)?);
+    }
+    let perturbed = Tensor::cat(&parts, 1)?;
+    let audio = codec.decode(&perturbed, 0)?;
+    let mut first = None;
+    let mut last = None;
+    for (a, b) in audio.channels.iter().zip(base_audio) {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            if (x - y).abs() > tolerance {
+                first = Some(first.map_or(i, |f: usize| f.min(i)));
+                last = Some(last.map_or(i, |l: usize| l.max(i)));
+            }
+        }
+    }
+    Ok(match (first, last) {
+        (Some(f), Some(l)) => ReceptiveField {
+            before: (l / hop).saturating_sub(p),
+            after: p.saturating_sub(f / hop),
+        },
+        _ => ReceptiveField { before: 0, after: 0 },
+    })
 }
 
 /// A seeded standard-normal latent `[1, frames, channels]`: the default receptive-field probe.
 pub fn probe_latent(frames: usize, channels: usize, seed: u64, device: &candle_core::Device) -> Result<Tensor> {
     crate::rng::normal_tensor(seed, crate::rng::NoiseStream::Custom(0xf1e1d, 0), frames, channels, device)
+}
+
+/// The standard probe set: a dense Gaussian latent, and two sparse ones (shifted down by 1.5
+/// and 2.5 standard deviations). Dense probes keep every path busy; sparse ones leave long
+/// silences after isolated events, which is where release-style tails (a note ringing on after
+/// it stopped) reach furthest.
+pub fn probe_latents(frames: usize, channels: usize, device: &candle_core::Device) -> Result<Vec<Tensor>> {
+    [(1u64, 0.0f64), (2, -1.5), (3, -2.5)]
+        .iter()
+        .map(|(seed, shift)| Ok(probe_latent(frames, channels, *seed, device)?.affine(1.0, *shift)?))
+        .collect()
 }

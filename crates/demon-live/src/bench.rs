@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use candle_core::Tensor;
 use demon_engine::{
     BackendSet, Codec, Curve, DenoiseBatch, Denoiser, EngineError, Prompt, ReceptiveField, SharedLane, SlotRequest,
-    StreamPipeline, decode_window, measure_receptive_field, probe_latent,
+    StreamPipeline, decode_window, measure_receptive_field, probe_latent, probe_latents,
 };
 use serde::Serialize;
 
@@ -375,9 +375,8 @@ pub fn run(backend: &mut BackendSet, cfg: &BenchConfig, log: &mut dyn FnMut(&str
     );
 
     log("receptive field and decode");
-    let probes = [1, 2].map(|s| probe_latent(200, backend.codec.latent_channels(), s, backend.codec.device()));
-    let probes = probes.into_iter().collect::<Result<Vec<_>, _>>()?;
-    let field = measure_receptive_field(backend.codec.as_mut(), &probes, 9, 6, 60, 1e-5)?;
+    let probes = probe_latents(200, backend.codec.latent_channels(), backend.codec.device())?;
+    let field = measure_receptive_field(backend.codec.as_mut(), &probes, 9, 6, 60, 1e-6)?;
     let latent = takes[0].latent.clone();
     let (full_decode_ms, windowed_decode_ms) = decode_costs(backend.codec.as_mut(), &latent, field, &cfg.keep_windows_s)?;
     let windowed_decode_speedup = windowed_decode_ms.iter().map(|(k, v)| (k.clone(), full_decode_ms / v)).collect();

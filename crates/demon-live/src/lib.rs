@@ -5,6 +5,15 @@
 //!   end shares.
 
 pub mod bench;
+pub mod bus;
+pub mod control;
+pub mod core;
+pub mod decode;
+pub mod loopbuf;
+pub mod perform;
+pub mod record;
 pub mod render;
+pub mod session;
+pub mod sink;
 
 pub use render::{NamedCurve, RenderError, RenderSpec, RenderedTake, render};

@@ -1,0 +1,355 @@
+//! `Session`: the runner thread that owns a `LiveCore` (pipeline, backend, loop buffer) and the
+//! handle every front end uses to drive it.
+//!
+//! Front ends send `ControlMessage`s over a channel; the runner drains them only between ticks,
+//! so nothing changes mid-step (the race that silenced sections of the Python reference cannot
+//! happen). Each message gets a reply: applied, or an error naming the problem with the session
+//! left as it was. Played audio goes to the sinks, fresh windows and status to the event bus,
+//! and every applied event, stamped with its tick, to the session file when recording.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, channel, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::bus::{AudioSlice, Event, EventBus, Subscriber};
+use crate::control::ControlMessage;
+pub use crate::core::{LiveCore, SessionConfig, SessionProbe, SessionState};
+use crate::record::{SessionLine, SessionWriter};
+use crate::sink::{AudioSink, WavRecorder};
+
+/// How the runner runs.
+pub struct RunOptions {
+    /// Pace ticks to the wall clock (one tick per `samples_per_tick` of audio). Off for offline
+    /// replays, which run as fast as the machine allows.
+    pub realtime: bool,
+    pub sinks: Vec<Box<dyn AudioSink>>,
+    /// Record the performance to this session file.
+    pub session_file: Option<PathBuf>,
+    /// Scripted events: (tick, message), applied before that tick.
+    pub script: Vec<(u64, ControlMessage)>,
+    /// Stop after this many ticks.
+    pub max_ticks: Option<u64>,
+    /// Recorded clock to follow (replays): lead per tick.
+    pub clock: Vec<(u64, u64, u32)>,
+    /// Event queue length per subscriber.
+    pub bus_capacity: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { realtime: true, sinks: Vec::new(), session_file: None, script: Vec::new(), max_ticks: None, clock: Vec::new(), bus_capacity: 256 }
+    }
+}
+
+enum Command {
+    Control { origin: u64, message: ControlMessage, reply: Option<Sender<Result<u64, String>>> },
+    StartRecording { path: PathBuf, float: bool, reply: Sender<Result<(), String>> },
+    StopRecording { reply: Sender<Result<Option<(PathBuf, f64)>, String>> },
+    Stop,
+}
+
+/// What a finished session reports.
+#[derive(Clone, Debug)]
+pub struct SessionSummary {
+    pub ticks: u64,
+    pub generations: u64,
+    pub played_seconds: f64,
+}
+
+/// Handle to a running session. Cheap to clone; every clone drives the same session.
+#[derive(Clone)]
+pub struct SessionHandle {
+    tx: SyncSender<Command>,
+    bus: Arc<EventBus>,
+    state: Arc<Mutex<Option<SessionState>>>,
+    probe: Arc<SessionProbe>,
+    join: Arc<Mutex<Option<JoinHandle<Result<SessionSummary, String>>>>>,
+    sample_rate: u32,
+    buffer: Arc<Mutex<Option<Arc<[Vec<f32>; 2]>>>>,
+}
+
+impl SessionHandle {
+    /// Send a control message and wait until the runner applied or rejected it (at most
+    /// `timeout`). Returns the tick it was applied before.
+    pub fn control(&self, origin: u64, message: ControlMessage, timeout: Duration) -> Result<u64, String> {
+        let (reply, rx) = channel();
+        self.tx
+            .try_send(Command::Control { origin, message, reply: Some(reply) })
+            .map_err(|e| match e {
+                std::sync::mpsc::TrySendError::Full(_) => "the session is busy: too many pending controls".to_string(),
+                std::sync::mpsc::TrySendError::Disconnected(_) => "the session has stopped".to_string(),
+            })?;
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err("timed out waiting for the next tick".into()),
+            Err(RecvTimeoutError::Disconnected) => Err("the session has stopped".into()),
+        }
+    }
+
+    /// Send without waiting for the reply.
+    pub fn send(&self, origin: u64, message: ControlMessage) -> Result<(), String> {
+        self.tx.try_send(Command::Control { origin, message, reply: None }).map_err(|e| e.to_string())
+    }
+
+    pub fn subscribe(&self) -> Subscriber {
+        self.bus.subscribe()
+    }
+
+    pub fn bus(&self) -> &Arc<EventBus> {
+        &self.bus
+    }
+
+    /// The state after the last tick.
+    pub fn state(&self) -> Option<SessionState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The whole loop buffer as of the last tick (clients start from it).
+    pub fn loop_audio(&self) -> Option<Arc<[Vec<f32>; 2]>> {
+        self.buffer.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.sample_rate
+    }
+
+    pub fn probe(&self) -> &Arc<SessionProbe> {
+        &self.probe
+    }
+
+    pub fn start_recording(&self, path: &Path, float: bool) -> Result<(), String> {
+        let (reply, rx) = channel();
+        self.tx.try_send(Command::StartRecording { path: path.to_path_buf(), float, reply }).map_err(|e| e.to_string())?;
+        rx.recv_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())?
+    }
+
+    /// Stop recording; returns the file and its length in seconds.
+    pub fn stop_recording(&self) -> Result<Option<(PathBuf, f64)>, String> {
+        let (reply, rx) = channel();
+        self.tx.try_send(Command::StopRecording { reply }).map_err(|e| e.to_string())?;
+        rx.recv_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())?
+    }
+
+    /// Ask the runner to stop and wait for it.
+    pub fn stop(&self) -> Result<SessionSummary, String> {
+        let _ = self.tx.try_send(Command::Stop);
+        self.join()
+    }
+
+    /// Wait for the runner to end (after `max_ticks`, or `stop`).
+    pub fn join(&self) -> Result<SessionSummary, String> {
+        let handle = self.join.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match handle {
+            Some(h) => h.join().map_err(|_| "the session runner panicked".to_string())?,
+            None => Err("the session was already joined".into()),
+        }
+    }
+}
+
+/// Start the runner thread.
+pub fn start(mut core: LiveCore, mut opts: RunOptions) -> Result<SessionHandle, String> {
+    let (tx, rx) = sync_channel::<Command>(1024);
+    let bus = Arc::new(EventBus::new(opts.bus_capacity));
+    let state = Arc::new(Mutex::new(Some(core.state())));
+    let buffer = Arc::new(Mutex::new(Some(Arc::new(core.buffer().channels().clone()))));
+    let probe = core.probe.clone();
+    let writer = match &opts.session_file {
+        Some(p) => Some(SessionWriter::create(p, core.config())?),
+        None => None,
+    };
+    let sample_rate = core.sample_rate();
+    let (bus2, state2, buffer2) = (bus.clone(), state.clone(), buffer.clone());
+    let join = std::thread::Builder::new()
+        .name("demon-runner".into())
+        .spawn(move || {
+            let result = run(&mut core, &mut opts, rx, writer, &bus2, &state2, &buffer2);
+            if let Err(e) = &result {
+                bus2.publish(Event::Notice { message: format!("the session stopped: {e}") });
+            }
+            bus2.close();
+            result
+        })
+        .map_err(|e| format!("cannot start the runner thread: {e}"))?;
+    Ok(SessionHandle { tx, bus, state, probe, join: Arc::new(Mutex::new(Some(join))), sample_rate, buffer })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    core: &mut LiveCore,
+    opts: &mut RunOptions,
+    rx: Receiver<Command>,
+    mut writer: Option<SessionWriter>,
+    bus: &EventBus,
+    state: &Mutex<Option<SessionState>>,
+    buffer: &Mutex<Option<Arc<[Vec<f32>; 2]>>>,
+) -> Result<SessionSummary, String> {
+    let spt = core.config().samples_per_tick;
+    let sr = core.sample_rate() as f64;
+    let tick_period = Duration::from_secs_f64(spt as f64 / sr);
+    let origin_time = Instant::now();
+    let mut recorder: Option<WavRecorder> = None;
+    let mut played = 0u64;
+    let mut script = std::mem::take(&mut opts.script).into_iter().peekable();
+    let mut clock = std::mem::take(&mut opts.clock).into_iter().peekable();
+    let mut stop = false;
+    let started_gen_time = Instant::now();
+
+    let record = |writer: &mut Option<SessionWriter>, line: SessionLine| -> Result<(), String> {
+        match writer.as_mut() {
+            Some(w) => w.line(&line),
+            None => Ok(()),
+        }
+    };
+
+    loop {
+        let tick = core.tick_index();
+        if opts.max_ticks.is_some_and(|m| tick >= m) || stop {
+            break;
+        }
+        // 1. Controls, only here, between ticks.
+        loop {
+            let cmd = match rx.try_recv() {
+                Ok(c) => c,
+                Err(_) => break,
+            };
+            match cmd {
+                Command::Control { origin, message, reply } => {
+                    let result = core.apply(&message);
+                    match &result {
+                        Ok(recorded) => {
+                            record(&mut writer, SessionLine::Event { tick, message: recorded.clone() })?;
+                            bus.publish(Event::Applied { tick, origin, message: echo(recorded) });
+                        }
+                        Err(_) => {}
+                    }
+                    if let Some(r) = reply {
+                        let _ = r.send(result.map(|_| tick));
+                    }
+                }
+                Command::StartRecording { path, float, reply } => {
+                    let r = WavRecorder::create(&path, core.sample_rate(), float).map(|rec| recorder = Some(rec));
+                    let _ = reply.send(r);
+                }
+                Command::StopRecording { reply } => {
+                    let r = match recorder.take() {
+                        Some(mut rec) => rec.finish().map(|_| Some((rec.path().to_path_buf(), rec.seconds()))),
+                        None => Ok(None),
+                    };
+                    let _ = reply.send(r);
+                }
+                Command::Stop => stop = true,
+            }
+        }
+        if stop {
+            break;
+        }
+        while script.peek().is_some_and(|(t, _)| *t <= tick) {
+            if let Some((_, message)) = script.next() {
+                match core.apply(&message) {
+                    Ok(recorded) => {
+                        record(&mut writer, SessionLine::Event { tick, message: recorded.clone() })?;
+                        bus.publish(Event::Applied { tick, origin: 0, message: echo(&recorded) });
+                    }
+                    Err(e) => bus.publish(Event::Notice { message: format!("script event at tick {tick} rejected: {e}") }),
+                }
+            }
+        }
+        // 2. The tick.
+        let mut lead = None;
+        while clock.peek().is_some_and(|(t, _, _)| *t < tick) {
+            clock.next();
+        }
+        if clock.peek().is_some_and(|(t, _, _)| *t == tick) {
+            lead = clock.next().map(|(_, _, l)| l);
+        }
+        let out = match core.tick(lead) {
+            Ok(o) => o,
+            Err(e) => {
+                // A failing tick leaves the ring untouched; report it and keep playing.
+                bus.publish(Event::Notice { message: format!("tick {tick} failed: {e}") });
+                std::thread::sleep(tick_period);
+                continue;
+            }
+        };
+        record(&mut writer, SessionLine::Clock { tick: out.tick, playhead: out.playhead, lead_frames: out.lead_frames })?;
+
+        // 3. Outputs.
+        if !out.played[0].is_empty() {
+            for s in opts.sinks.iter_mut() {
+                s.play(&out.played)?;
+            }
+            if let Some(r) = recorder.as_mut() {
+                r.play(&out.played)?;
+            }
+            played += out.played[0].len() as u64;
+        }
+        let elapsed = started_gen_time.elapsed().as_secs_f32().max(1e-3);
+        if out.replaced {
+            bus.publish(Event::BufferReplaced { tick: out.tick, samples: core.buffer().len() as u64, version: core.generations() });
+        }
+        for (start, audio) in &out.patches {
+            bus.publish(Event::Audio(AudioSlice {
+                start_sample: *start,
+                channels: audio.clone(),
+                tick: out.tick,
+                tick_ms: out.tick_ms,
+                decode_ms: out.decode_ms,
+                generations: core.generations(),
+            }));
+        }
+        bus.publish(Event::Stats {
+            tick: out.tick,
+            tick_ms: out.tick_ms,
+            decode_ms: out.decode_ms,
+            gen_per_s: core.generations() as f32 / elapsed,
+            active_slots: out.active_slots,
+            queue: out.queue,
+            lead_ms: out.lead_frames as f32 * 40.0,
+        });
+        let st = core.state();
+        if out.knobs_changed {
+            bus.publish(Event::Params { tick: out.tick, effective: st.knobs.clone(), target: st.targets.clone() });
+        }
+        *state.lock().unwrap_or_else(|e| e.into_inner()) = Some(st);
+        if out.replaced || !out.patches.is_empty() {
+            *buffer.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(core.buffer().channels().clone()));
+        }
+
+        // 4. Pacing: the clock-paced null sink.
+        if opts.realtime {
+            let due = origin_time + tick_period * (out.tick as u32 + 1);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+    }
+    for s in opts.sinks.iter_mut() {
+        s.finish()?;
+    }
+    if let Some(mut r) = recorder.take() {
+        r.finish()?;
+    }
+    if let Some(w) = writer.take() {
+        w.finish(core.tick_index())?;
+    }
+    Ok(SessionSummary { ticks: core.tick_index(), generations: core.generations(), played_seconds: played as f64 / sr })
+}
+
+/// What other clients see of an applied message: sources are announced by name, not by their
+/// (large) latent.
+fn echo(m: &ControlMessage) -> ControlMessage {
+    match m {
+        ControlMessage::SetSource { source: crate::control::SourceSpec::Latent { name, frames, channels, .. } } => {
+            ControlMessage::SetSource {
+                source: crate::control::SourceSpec::Latent { name: name.clone(), frames: *frames, channels: *channels, data_b64: String::new() },
+            }
+        }
+        ControlMessage::SetSource { source: crate::control::SourceSpec::Audio { name, .. } } => {
+            ControlMessage::SetSource { source: crate::control::SourceSpec::Audio { name: name.clone(), channels: Vec::new() } }
+        }
+        other => other.clone(),
+    }
+}
