@@ -341,6 +341,57 @@ impl Denoiser for AceStepDenoiser {
     fn name(&self) -> &str {
         "acestep-dit"
     }
+
+    fn adapters(&mut self) -> Option<&mut dyn demon_engine::Adapters> {
+        Some(self)
+    }
+}
+
+impl AceStepDenoiser {
+    /// The name an adapter is addressed by: its file or folder stem, made unique with `#id`.
+    fn adapter_name(&self, info: &LoraInfo) -> String {
+        let stem = info
+            .path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("lora")
+            .to_string();
+        let clash = self
+            .loras()
+            .iter()
+            .filter(|o| o.id != info.id)
+            .any(|o| o.path.file_stem() == info.path.file_stem());
+        if clash { format!("{stem}#{}", info.id) } else { stem }
+    }
+}
+
+impl demon_engine::Adapters for AceStepDenoiser {
+    fn list(&self) -> Vec<demon_engine::AdapterInfo> {
+        self.loras()
+            .iter()
+            .map(|l| demon_engine::AdapterInfo {
+                id: self.adapter_name(l),
+                strength: if l.enabled { l.strength } else { 0.0 },
+                rank: 0,
+                targets: l.modules,
+            })
+            .collect()
+    }
+
+    fn set_strength(&mut self, id: &str, strength: f32) -> demon_engine::Result<()> {
+        let info = self
+            .loras()
+            .into_iter()
+            .find(|l| self.adapter_name(l) == id)
+            .ok_or_else(|| EngineError::param("lora", format!("no adapter `{id}`")))?;
+        if strength <= 0.0 {
+            self.set_lora_enabled(info.id, false)?;
+        } else {
+            self.set_lora_strength(info.id, strength)?;
+            self.set_lora_enabled(info.id, true)?;
+        }
+        Ok(())
+    }
 }
 
 /// The Oobleck VAE as a `demon_engine::Codec`.
@@ -731,6 +782,15 @@ impl AceStepConditioner {
 impl Conditioner for AceStepConditioner {
     fn condition(&mut self, prompt: &Prompt) -> demon_engine::Result<Conditioning> {
         Ok(self.condition_for(prompt, self.task)?)
+    }
+
+    /// The timbre token from `reference` (its first 30 s) instead of the silence latent.
+    fn condition_with_timbre(&mut self, prompt: &Prompt, reference: &Tensor) -> demon_engine::Result<Conditioning> {
+        let saved = self.timbre.clone();
+        self.set_reference_timbre(Some(reference))?;
+        let c = self.condition_for(prompt, self.task);
+        self.timbre = saved;
+        Ok(c?)
     }
 
     /// `null_condition_emb` broadcast over `like`'s positions, with `like`'s mask.

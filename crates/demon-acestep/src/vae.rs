@@ -548,7 +548,10 @@ mod tests {
             seed: 5,
             device: Device::Cpu,
         };
-        let lat = Tensor::randn(0f32, 1.0, (2, 4, 9), &Device::Cpu).unwrap();
+        let lat = demon_engine::rng::normal_tensor(7, demon_engine::rng::NoiseStream::Initial, 2 * 4, 9, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 4, 9))
+            .unwrap();
         let a = VaeDecoder::load_with_layout(&src, &cfg, true)
             .unwrap()
             .forward(&lat)
@@ -584,6 +587,9 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        assert!(d < 1e-4, "encoder {d}");
+        // The two layouts take different (equally valid) f32 summation orders; compare relative
+        // to the output's scale.
+        let scale = e1.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+        assert!(d / scale < 1e-5, "encoder {d} (scale {scale})");
     }
 }

@@ -1,6 +1,8 @@
 //! Choosing and building a backend: the built-in sketch, or ACE-Step from a weights folder.
 
-use anyhow::{Result, bail};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
 use candle_core::Device;
 use demon_engine::BackendSet;
 use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
@@ -12,6 +14,23 @@ pub enum BackendKind {
     Sketch,
     /// ACE-Step 1.5 (needs `--weights DIR`).
     Acestep,
+}
+
+/// Backend options shared by every command that runs a model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BackendArgs {
+    #[arg(long, value_enum, default_value = "sketch")]
+    pub backend: BackendKind,
+    /// ACE-Step weights folder: the published `Ace-Step1.5` folder (with `acestep-v15-turbo/`,
+    /// `vae/`, `Qwen3-Embedding-0.6B/`) or a diffusers-layout folder.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Which DiT of the weights folder to use (e.g. `acestep-v15-xl-turbo`).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// LoRA adapter to load, repeatable: `PATH` or `PATH=STRENGTH` (PEFT folder or file).
+    #[arg(long = "lora", value_name = "PATH[=STRENGTH]")]
+    pub loras: Vec<String>,
 }
 
 /// The sketch backend on the CPU.
@@ -26,14 +45,38 @@ pub fn sketch() -> BackendSet {
 }
 
 /// Build the requested backend.
-pub fn build(kind: BackendKind, weights: Option<&std::path::Path>) -> Result<BackendSet> {
-    match kind {
+pub fn build(args: &BackendArgs) -> Result<BackendSet> {
+    match args.backend {
         BackendKind::Sketch => {
-            if weights.is_some() {
-                bail!("--weights is for --backend acestep; the sketch backend needs no weights");
+            if args.weights.is_some() || args.variant.is_some() {
+                bail!("--weights and --variant are for --backend acestep; the sketch backend needs no weights");
+            }
+            if !args.loras.is_empty() {
+                bail!("the sketch backend has no LoRA adapters; use --backend acestep");
             }
             Ok(sketch())
         }
-        BackendKind::Acestep => bail!("the ACE-Step backend is not built into this binary yet"),
+        BackendKind::Acestep => {
+            let dir = args
+                .weights
+                .as_deref()
+                .ok_or_else(|| anyhow!("--backend acestep needs --weights DIR (see README: ACE-Step 1.5)"))?;
+            acestep(dir, args.variant.as_deref(), &args.loras)
+        }
     }
+}
+
+fn acestep(dir: &Path, variant: Option<&str>, loras: &[String]) -> Result<BackendSet> {
+    let device = Device::Cpu;
+    let model = demon_acestep::AceStep::load_variant(dir, variant, &device)
+        .with_context(|| format!("loading ACE-Step weights from `{}`", dir.display()))?;
+    let (mut denoiser, codec, conditioner) = model.into_parts();
+    for spec in loras {
+        let (path, strength) = match spec.rsplit_once('=') {
+            Some((p, s)) => (p, s.parse::<f32>().map_err(|_| anyhow!("--lora `{spec}`: `{s}` is not a strength"))?),
+            None => (spec.as_str(), 1.0),
+        };
+        denoiser.add_lora(Path::new(path), strength).with_context(|| format!("loading LoRA `{path}`"))?;
+    }
+    Ok(BackendSet { name: "acestep".into(), denoiser: Box::new(denoiser), codec: Box::new(codec), conditioner: Box::new(conditioner) })
 }

@@ -5,7 +5,7 @@ use clap::Args;
 use demon_engine::Prompt;
 use demon_live::bench::{BenchConfig, run as run_bench};
 
-use crate::backends::{self, BackendKind};
+use crate::backends::{self, BackendArgs};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -25,10 +25,8 @@ pub struct BenchArgs {
     pub ticks: usize,
     #[arg(long, default_value = "house")]
     pub prompt: String,
-    #[arg(long, value_enum, default_value = "sketch")]
-    pub backend: BackendKind,
-    #[arg(long)]
-    pub weights: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -38,7 +36,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.depths.is_empty() || args.depths.iter().any(|d| *d == 0 || *d > demon_engine::MAX_DEPTH) {
         bail!("--depths must list depths in 1..={}", demon_engine::MAX_DEPTH);
     }
-    let mut backend = backends::build(args.backend, args.weights.as_deref())?;
+    let mut backend = backends::build(&args.backend)?;
     let cfg = BenchConfig {
         seconds: args.seconds,
         steps: args.steps,

@@ -5,7 +5,9 @@
 
 mod backends;
 mod bench;
+mod perform;
 mod render;
+mod tools;
 
 use std::process::ExitCode;
 
@@ -24,6 +26,16 @@ enum Command {
     Render(Box<render::RenderArgs>),
     /// Measure tick time, throughput, propagation latency and decode cost on this machine.
     Bench(bench::BenchArgs),
+    /// Run a headless live performance from a script of timed control events.
+    Perform(Box<perform::PerformArgs>),
+    /// Re-render a recorded session offline, bit-identically.
+    Replay(perform::ReplayArgs),
+    /// Look at model weights.
+    #[command(subcommand)]
+    Inspect(tools::InspectCommand),
+    /// Developer tools: run single model components (parity checks).
+    #[command(subcommand)]
+    Debug(tools::DebugCommand),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +43,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Render(args) => render::run(*args),
         Command::Bench(args) => bench::run(args),
+        Command::Perform(args) => perform::perform(*args),
+        Command::Replay(args) => perform::replay(args),
+        Command::Inspect(cmd) => tools::inspect(cmd),
+        Command::Debug(cmd) => tools::debug(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,7 @@ use demon_engine::{BackendSet, CfgMode, CurveSpec, DcwSettings, Prompt, SolverKi
 use demon_live::{NamedCurve, RenderSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::backends::{self, BackendKind};
+use crate::backends::{self, BackendArgs};
 
 #[derive(Args, Debug)]
 pub struct RenderArgs {
@@ -82,15 +82,12 @@ pub struct RenderArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
-    #[arg(long, value_enum, default_value = "sketch")]
-    pub backend: BackendKind,
-    /// ACE-Step weights folder (either checkpoint layout).
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
 }
 
 pub fn run(args: RenderArgs) -> Result<()> {
-    let mut backend = backends::build(args.backend, args.weights.as_deref())?;
+    let mut backend = backends::build(&args.backend)?;
     let prompt = Prompt { tags: args.prompt.clone(), bpm: args.bpm, key: args.key.clone(), ..Default::default() };
     prompt.validate()?;
     if let Some(s) = args.seconds {
@@ -205,7 +202,7 @@ pub fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
 }
 
 /// A source latent `[1, T, C]` from a file or the sketch library.
-fn load_source(backend: &mut BackendSet, spec: &str, prompt: &Prompt, frames: usize) -> Result<Tensor> {
+pub fn load_source(backend: &mut BackendSet, spec: &str, prompt: &Prompt, frames: usize) -> Result<Tensor> {
     if let Some(rest) = spec.strip_prefix("library:") {
         if backend.name != "sketch" {
             bail!("library sources belong to the sketch backend");

@@ -237,8 +237,8 @@ impl LiveCore {
             Some(f) => f,
             None => {
                 let c = backend.codec.latent_channels();
-                let probes = probe_latents(160, c, backend.codec.device()).map_err(|e| e.to_string())?;
-                measure_receptive_field(backend.codec.as_mut(), &probes, 9, 6, 48, 1e-6).map_err(|e| e.to_string())?
+                let probes = probe_latents(100, c, backend.codec.device()).map_err(|e| e.to_string())?;
+                measure_receptive_field(backend.codec.as_mut(), &probes, 9, 3, 32, 1e-6).map_err(|e| e.to_string())?
             }
         };
         let depth = cfg.knobs.get("depth").copied().unwrap_or(4.0) as usize;

@@ -47,6 +47,7 @@ enum Command {
     Control { origin: u64, message: ControlMessage, reply: Option<Sender<Result<u64, String>>> },
     StartRecording { path: PathBuf, float: bool, reply: Sender<Result<(), String>> },
     StopRecording { reply: Sender<Result<Option<(PathBuf, f64)>, String>> },
+    LoopAudio { reply: Sender<(u64, Arc<[Vec<f32>; 2]>)> },
     Stop,
 }
 
@@ -67,7 +68,6 @@ pub struct SessionHandle {
     probe: Arc<SessionProbe>,
     join: Arc<Mutex<Option<JoinHandle<Result<SessionSummary, String>>>>>,
     sample_rate: u32,
-    buffer: Arc<Mutex<Option<Arc<[Vec<f32>; 2]>>>>,
 }
 
 impl SessionHandle {
@@ -106,9 +106,12 @@ impl SessionHandle {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The whole loop buffer as of the last tick (clients start from it).
-    pub fn loop_audio(&self) -> Option<Arc<[Vec<f32>; 2]>> {
-        self.buffer.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The whole loop buffer at the next tick boundary, with that tick's index (clients start
+    /// from it, then apply the audio slices of later ticks).
+    pub fn loop_audio(&self, timeout: Duration) -> Result<(u64, Arc<[Vec<f32>; 2]>), String> {
+        let (reply, rx) = channel();
+        self.tx.try_send(Command::LoopAudio { reply }).map_err(|e| e.to_string())?;
+        rx.recv_timeout(timeout).map_err(|_| "the session did not answer".to_string())
     }
 
     pub fn sample_rate(&self) -> u32 {
@@ -153,18 +156,17 @@ pub fn start(mut core: LiveCore, mut opts: RunOptions) -> Result<SessionHandle, 
     let (tx, rx) = sync_channel::<Command>(1024);
     let bus = Arc::new(EventBus::new(opts.bus_capacity));
     let state = Arc::new(Mutex::new(Some(core.state())));
-    let buffer = Arc::new(Mutex::new(Some(Arc::new(core.buffer().channels().clone()))));
     let probe = core.probe.clone();
     let writer = match &opts.session_file {
         Some(p) => Some(SessionWriter::create(p, core.config())?),
         None => None,
     };
     let sample_rate = core.sample_rate();
-    let (bus2, state2, buffer2) = (bus.clone(), state.clone(), buffer.clone());
+    let (bus2, state2) = (bus.clone(), state.clone());
     let join = std::thread::Builder::new()
         .name("demon-runner".into())
         .spawn(move || {
-            let result = run(&mut core, &mut opts, rx, writer, &bus2, &state2, &buffer2);
+            let result = run(&mut core, &mut opts, rx, writer, &bus2, &state2);
             if let Err(e) = &result {
                 bus2.publish(Event::Notice { message: format!("the session stopped: {e}") });
             }
@@ -172,7 +174,7 @@ pub fn start(mut core: LiveCore, mut opts: RunOptions) -> Result<SessionHandle, 
             result
         })
         .map_err(|e| format!("cannot start the runner thread: {e}"))?;
-    Ok(SessionHandle { tx, bus, state, probe, join: Arc::new(Mutex::new(Some(join))), sample_rate, buffer })
+    Ok(SessionHandle { tx, bus, state, probe, join: Arc::new(Mutex::new(Some(join))), sample_rate })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -183,7 +185,6 @@ fn run(
     mut writer: Option<SessionWriter>,
     bus: &EventBus,
     state: &Mutex<Option<SessionState>>,
-    buffer: &Mutex<Option<Arc<[Vec<f32>; 2]>>>,
 ) -> Result<SessionSummary, String> {
     let spt = core.config().samples_per_tick;
     let sr = core.sample_rate() as f64;
@@ -238,6 +239,9 @@ fn run(
                         None => Ok(None),
                     };
                     let _ = reply.send(r);
+                }
+                Command::LoopAudio { reply } => {
+                    let _ = reply.send((tick, Arc::new(core.buffer().channels().clone())));
                 }
                 Command::Stop => stop = true,
             }
@@ -313,9 +317,6 @@ fn run(
             bus.publish(Event::Params { tick: out.tick, effective: st.knobs.clone(), target: st.targets.clone() });
         }
         *state.lock().unwrap_or_else(|e| e.into_inner()) = Some(st);
-        if out.replaced || !out.patches.is_empty() {
-            *buffer.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(core.buffer().channels().clone()));
-        }
 
         // 4. Pacing: the clock-paced null sink.
         if opts.realtime {

@@ -178,7 +178,7 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
         (ControlMessage::SetKnob { name: "denoise".into(), value: f64::NAN }, "not a finite"),
         (ControlMessage::SetKnob { name: "depth".into(), value: 9.0 }, "outside"),
         (ControlMessage::SetKnob { name: "steps".into(), value: 0.0 }, "outside"),
-        (ControlMessage::SetKnob { name: "lora:funk".into(), value: 1.0 }, "no LoRA"),
+        (ControlMessage::SetKnob { name: "lora:polka".into(), value: 1.0 }, "no LoRA adapter"),
         (ControlMessage::SetCurve { name: "velocity_scale".into(), curve: Some(CurveSpec::Raw { values: vec![1.0, f32::NAN] }) }, "not finite"),
         (ControlMessage::SetCurve { name: "sde_denoise".into(), curve: Some(CurveSpec::Constant { value: 5.0 }) }, "sde_denoise"),
         (ControlMessage::SetCurve { name: "wobble".into(), curve: None }, "not a curve"),

@@ -37,13 +37,16 @@ type LibraryKey = (u32, u8, bool, usize);
 pub struct SketchDenoiser {
     device: Device,
     library: HashMap<LibraryKey, Arc<Vec<Song>>>,
+    /// Style adapters: extra prior weight per style, whatever the prompt says (the sketch's
+    /// analog of LoRA: a change to the model itself, seen by every slot at its next step).
+    adapters: [f32; crate::style::STYLE_COUNT],
     /// Distinguishes libraries: two denoisers with different library seeds make different music.
     pub library_seed: u64,
 }
 
 impl SketchDenoiser {
     pub fn new(device: Device) -> Self {
-        Self { device, library: HashMap::new(), library_seed: 0x5ce7c4 }
+        Self { device, library: HashMap::new(), adapters: [0.0; crate::style::STYLE_COUNT], library_seed: 0x5ce7c4 }
     }
 
     /// The library for a tempo, key and length (composed once, then cached).
@@ -85,7 +88,8 @@ impl SketchDenoiser {
         let priors: Vec<Option<f64>> = songs
             .iter()
             .map(|s| {
-                let w = cond.style_weights[s.spec.style.index()] as f64;
+                let i = s.spec.style.index();
+                let w = cond.style_weights[i] as f64 + self.adapters[i] as f64;
                 if w <= 0.0 {
                     return None;
                 }
@@ -185,5 +189,35 @@ impl Denoiser for SketchDenoiser {
 
     fn name(&self) -> &str {
         "sketch"
+    }
+
+    fn adapters(&mut self) -> Option<&mut dyn demon_engine::Adapters> {
+        Some(self)
+    }
+}
+
+/// Adapter ids are the style names with `_` for spaces (`house`, `hip_hop`, `drum_and_bass`).
+fn adapter_id(style: Style) -> String {
+    style.name().replace(' ', "_")
+}
+
+impl demon_engine::Adapters for SketchDenoiser {
+    fn list(&self) -> Vec<demon_engine::AdapterInfo> {
+        Style::ALL
+            .iter()
+            .map(|s| demon_engine::AdapterInfo { id: adapter_id(*s), strength: self.adapters[s.index()], rank: 0, targets: SONGS_PER_STYLE })
+            .collect()
+    }
+
+    fn set_strength(&mut self, id: &str, strength: f32) -> Result<()> {
+        if !(strength.is_finite() && (0.0..=2.0).contains(&strength)) {
+            return Err(EngineError::param("lora", format!("strength {strength} is outside [0, 2]")));
+        }
+        let style = Style::ALL
+            .iter()
+            .find(|s| adapter_id(**s) == id)
+            .ok_or_else(|| EngineError::param("lora", format!("no sketch adapter `{id}` (house, techno, ambient, hip_hop, funk, drum_and_bass)")))?;
+        self.adapters[style.index()] = strength;
+        Ok(())
     }
 }

@@ -49,6 +49,11 @@ struct Tables {
     clap: Vec<f32>,
     /// Velvet-noise taps per output channel: (delay, gain).
     reverb: [Vec<(usize, f32)>; 2],
+    /// Note envelopes of the bass, lead and stab voices, and the pump's ducking curve.
+    bass_env: Vec<f32>,
+    lead_env: Vec<f32>,
+    stab_env: Vec<f32>,
+    pump_env: Vec<f32>,
 }
 
 fn midi_hz(m: f64) -> f64 {
@@ -200,7 +205,27 @@ fn build_tables() -> Tables {
         taps
     });
 
-    Tables { waves, kick, snare, hat, open_hat, clap, reverb }
+    let note = |attack: f32, decay: f32, sustain: f32, release: f32, seconds: f64| -> Vec<f32> {
+        let len = (seconds * SR) as usize;
+        (0..len).map(|tau| note_env(tau, attack, decay, sustain, release, len)).collect()
+    };
+    let pump_len = (0.3 * SR) as usize;
+    let pump_env = (0..pump_len)
+        .map(|tau| (-(tau as f32) / (0.09 * SR as f32)).exp() * ((pump_len - tau) as f32 / 480.0).min(1.0))
+        .collect();
+    Tables {
+        waves,
+        kick,
+        snare,
+        hat,
+        open_hat,
+        clap,
+        reverb,
+        bass_env: note(0.004, 0.12, 0.55, 0.45, 0.55),
+        lead_env: note(0.008, 0.2, 0.7, 0.6, 0.5),
+        stab_env: note(0.002, 0.09, 0.0, 0.25, 0.3),
+        pump_env,
+    }
 }
 
 fn tables() -> &'static Tables {
@@ -263,17 +288,32 @@ impl<'a> Osc<'a> {
     /// Add `amp(i)·osc` for the `HOP` samples of a frame starting at absolute sample `abs0`.
     #[inline]
     fn add_frame(&self, out: &mut [f32], abs0: i64, a0: f32, a1: f32) {
-        let mut ph = (abs0 as f64 * self.inc).rem_euclid(1.0);
-        let da = (a1 - a0) / HOP as f32;
+        self.add_frame_mix(None, out, abs0, (a0, a1), (0.0, 0.0));
+    }
+
+    /// Like `add_frame`, also adding a second table read at the same phase (`other`, with its
+    /// own amplitude ramp): one phase computation for two waveforms.
+    #[inline]
+    fn add_frame_mix(&self, other: Option<&[f32]>, out: &mut [f32], abs0: i64, a: (f32, f32), b: (f32, f32)) {
+        // The frame's start phase comes from the absolute sample index (f64), so it never
+        // depends on where a decode window began; within the frame an f32 accumulator is exact
+        // enough.
+        let mut ph = ((abs0 as f64 * self.inc).rem_euclid(1.0) * TABLE as f64) as f32;
+        let inc = (self.inc * TABLE as f64) as f32;
+        let n = out.len() as f32;
+        let (da, db) = ((a.1 - a.0) / n, (b.1 - b.0) / n);
+        let t = self.table;
         for (i, o) in out.iter_mut().enumerate() {
-            let x = ph * TABLE as f64;
-            let j = x as usize;
-            let fr = (x - j as f64) as f32;
-            let v = self.table[j] + (self.table[j + 1] - self.table[j]) * fr;
-            *o += v * (a0 + da * i as f32);
-            ph += self.inc;
-            if ph >= 1.0 {
-                ph -= 1.0;
+            let j = (ph as usize).min(TABLE - 1);
+            let fr = ph - j as f32;
+            let mut v = (t[j] + (t[j + 1] - t[j]) * fr) * (a.0 + da * i as f32);
+            if let Some(u) = other {
+                v += (u[j] + (u[j + 1] - u[j]) * fr) * (b.0 + db * i as f32);
+            }
+            *o += v;
+            ph += inc;
+            if ph >= TABLE as f32 {
+                ph -= TABLE as f32;
             }
         }
     }
@@ -291,12 +331,12 @@ fn note_env(tau: usize, attack: f32, decay: f32, sustain: f32, release: f32, len
 }
 
 /// Per-sample envelope of an onset voice: the loudest of the notes still ringing.
-fn onset_envelope(evs: &[Event], samples: usize, attack: f32, decay: f32, sustain: f32, release: f32, len: usize) -> Vec<f32> {
+fn onset_envelope(evs: &[Event], samples: usize, shape: &[f32]) -> Vec<f32> {
     let mut env = vec![0f32; samples];
     for e in evs {
-        for tau in 0..len.min(samples.saturating_sub(e.at)) {
-            let v = e.amp * note_env(tau, attack, decay, sustain, release, len);
-            let s = &mut env[e.at + tau];
+        let n = shape.len().min(samples.saturating_sub(e.at));
+        for (s, v) in env[e.at..e.at + n].iter_mut().zip(&shape[..n]) {
+            let v = e.amp * v;
             if v > *s {
                 *s = v;
             }
@@ -349,18 +389,27 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
             for (octave, weight) in [(48.0, 0.55f32), (60.0, 0.45)] {
                 let midi = octave + pc as f64;
                 for (ch, det) in [(0usize, 0.9983f64), (1, 1.0017)] {
-                    for (shape, bw0, bw1) in [(Shape::Dark, 1.0 - b0, 1.0 - b1), (Shape::Saw, b0, b1)] {
-                        scratch.fill(0.0);
-                        Osc::new(shape, midi, det).add_frame(&mut scratch, abs(f), e0 * weight * bw0, e1 * weight * bw1);
-                        // Mid/side width: the detuned pair spreads as WIDTH grows.
-                        let (wa, wb) = (w0, w1);
-                        let other = 1 - ch;
-                        for (i, s) in scratch.iter().enumerate() {
-                            let w = wa + (wb - wa) * i as f32 / HOP as f32;
-                            let j = span.start + i;
-                            tonal[ch][j] += s * (0.5 + 0.5 * w) * 0.16;
-                            tonal[other][j] += s * (0.5 - 0.5 * w) * 0.16;
-                        }
+                    scratch.fill(0.0);
+                    let dark = Osc::new(Shape::Dark, midi, det);
+                    let saw = Osc::new(Shape::Saw, midi, det);
+                    dark.add_frame_mix(
+                        Some(saw.table),
+                        &mut scratch,
+                        abs(f),
+                        (e0 * weight * (1.0 - b0), e1 * weight * (1.0 - b1)),
+                        (e0 * weight * b0, e1 * weight * b1),
+                    );
+                    // Mid/side width: the detuned pair spreads as WIDTH grows.
+                    let other = 1 - ch;
+                    let dw = (w1 - w0) / HOP as f32;
+                    let (head, tail) = tonal.split_at_mut(1);
+                    let (this, that) = if ch == 0 { (&mut head[0], &mut tail[0]) } else { (&mut tail[0], &mut head[0]) };
+                    let _ = other;
+                    for (i, s) in scratch.iter().enumerate() {
+                        let w = w0 + dw * i as f32;
+                        let j = span.start + i;
+                        this[j] += s * (0.5 + 0.5 * w) * 0.16;
+                        that[j] += s * (0.5 - 0.5 * w) * 0.16;
                     }
                 }
             }
@@ -369,7 +418,7 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
     let pad_mono: Vec<f32> = tonal[0].iter().zip(&tonal[1]).map(|(l, r)| 0.5 * (l + r)).collect();
 
     // Bass: pitch classes held in the latent, articulated by the bass onsets.
-    let bass_env = onset_envelope(&events(&fr, BASS_ON), samples, 0.004, 0.12, 0.55, 0.45, (0.55 * SR) as usize);
+    let bass_env = onset_envelope(&events(&fr, BASS_ON), samples, &t.bass_env);
     let mut bass = vec![0f32; samples];
     for f in 0..n {
         let (l0, l1) = (unit(fr.at(f, BASS_LEVEL)), unit(fr.next(f, BASS_LEVEL)));
@@ -391,7 +440,7 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
     }
 
     // Lead: two registers crossfaded by the octave channel, three waveforms by the shape channel.
-    let lead_env = onset_envelope(&events(&fr, LEAD_ON), samples, 0.008, 0.2, 0.7, 0.6, (0.5 * SR) as usize);
+    let lead_env = onset_envelope(&events(&fr, LEAD_ON), samples, &t.lead_env);
     for f in 0..n {
         let (l0, l1) = (unit(fr.at(f, LEAD_LEVEL)), unit(fr.next(f, LEAD_LEVEL)));
         if l0 <= 1e-4 && l1 <= 1e-4 {
@@ -422,7 +471,7 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
     }
 
     // Stabs: the chord tones, plucked.
-    let stab_env = onset_envelope(&events(&fr, STAB), samples, 0.002, 0.09, 0.0, 0.25, (0.3 * SR) as usize);
+    let stab_env = onset_envelope(&events(&fr, STAB), samples, &t.stab_env);
     let mut stab = vec![0f32; samples];
     for f in 0..n {
         let (l0, l1) = (unit(fr.at(f, STAB_LEVEL)), unit(fr.next(f, STAB_LEVEL)));
@@ -466,11 +515,9 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
                 }
             }
             if voice == KICK {
-                let len = (0.3 * SR) as usize;
-                for tau in 0..len.min(samples - e.at) {
-                    let v = e.amp * (-(tau as f32) / (0.09 * SR as f32)).exp() * ((len - tau) as f32 / 480.0).min(1.0);
-                    let s = &mut pump[e.at + tau];
-                    *s = s.max(v);
+                let n = t.pump_env.len().min(samples - e.at);
+                for (s, v) in pump[e.at..e.at + n].iter_mut().zip(&t.pump_env[..n]) {
+                    *s = s.max(e.amp * v);
                 }
             }
         }

@@ -1,0 +1,218 @@
+//! `demon perform` (a headless live performance from a script) and `demon replay` (its exact
+//! offline re-render).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use demon_engine::{CfgMode, Prompt, SolverKind};
+use demon_live::control::{ControlMessage, SourceSpec};
+use demon_live::core::{SessionConfig, latent_spec};
+use demon_live::record::{ScriptEvent, read_script, read_session};
+use demon_live::sink::AudioSink;
+
+use crate::backends::{self, BackendArgs};
+use crate::render::load_source;
+
+/// How a session starts (shared by `perform` and `serve`).
+#[derive(Args, Debug, Clone)]
+pub struct SessionArgs {
+    #[arg(long, default_value = "house")]
+    pub prompt: String,
+    #[arg(long = "prompt-b")]
+    pub prompt_b: Option<String>,
+    #[arg(long)]
+    pub negative: Option<String>,
+    #[arg(long)]
+    pub bpm: Option<f32>,
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Source: an audio file (a `demon` render is used exactly) or `library:STYLE[:N]`.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Song length without a source, in seconds (60, 120, 240 or any other).
+    #[arg(long = "song-seconds", default_value_t = 60.0)]
+    pub song_seconds: f64,
+    /// Generate songs longer than this through a sliding window (0: never).
+    #[arg(long = "window-seconds", default_value_t = 0.0)]
+    pub window_seconds: f64,
+    /// Initial knob values, repeatable: NAME=VALUE (see `list_knobs`).
+    #[arg(long = "knob", value_name = "NAME=VALUE")]
+    pub knobs: Vec<String>,
+    #[arg(long, default_value = "ode")]
+    pub solver: String,
+    #[arg(long = "cfg-mode", default_value = "initialize")]
+    pub cfg_mode: String,
+    /// Kept window of each windowed decode, in seconds.
+    #[arg(long = "keep-seconds", default_value_t = 0.36)]
+    pub keep_seconds: f64,
+    /// How far ahead of the playhead to decode, in seconds.
+    #[arg(long = "lead-seconds", default_value_t = 0.5)]
+    pub lead_seconds: f64,
+    /// Grow the lead from measured tick and decode times.
+    #[arg(long = "adaptive-lead")]
+    pub adaptive_lead: bool,
+    /// Knob slew rate in full ranges per second (0: off).
+    #[arg(long, default_value_t = 4.0)]
+    pub slew: f64,
+}
+
+impl SessionArgs {
+    pub fn config(&self, backend: &mut demon_engine::BackendSet) -> Result<SessionConfig> {
+        let solver: SolverKind = self.solver.parse()?;
+        let cfg_mode: CfgMode = self.cfg_mode.parse()?;
+        let mut knobs = BTreeMap::new();
+        for k in &self.knobs {
+            let (name, value) = k.split_once('=').ok_or_else(|| anyhow!("--knob `{k}` is not NAME=VALUE"))?;
+            let v: f64 = value.trim().parse().map_err(|_| anyhow!("--knob `{k}`: `{value}` is not a number"))?;
+            knobs.insert(name.trim().to_string(), demon_live::control::check_knob(name.trim(), v).map_err(|e| anyhow!(e))?);
+        }
+        let prompt = Prompt { tags: self.prompt.clone(), bpm: self.bpm, key: self.key.clone(), ..Default::default() };
+        prompt.validate()?;
+        let source = match &self.source {
+            Some(s) => resolve_source(backend, s, &prompt, (self.song_seconds * 25.0).round() as usize)?,
+            None => SourceSpec::None,
+        };
+        Ok(SessionConfig {
+            backend: backend.name.clone(),
+            prompt: self.prompt.clone(),
+            prompt_b: self.prompt_b.clone(),
+            negative: self.negative.clone(),
+            bpm: self.bpm,
+            key: self.key.clone(),
+            source,
+            song_seconds: self.song_seconds,
+            window_seconds: self.window_seconds,
+            keep_seconds: self.keep_seconds,
+            lead_seconds: self.lead_seconds,
+            adaptive_lead: self.adaptive_lead,
+            knobs,
+            solver,
+            cfg_mode,
+            slew_per_second: self.slew,
+            ..Default::default()
+        })
+    }
+}
+
+/// Turn a file or library source into a latent the runner can take.
+pub fn resolve_source(backend: &mut demon_engine::BackendSet, spec: &str, prompt: &Prompt, frames: usize) -> Result<SourceSpec> {
+    let latent = load_source(backend, spec, prompt, frames)?;
+    latent_spec(spec, &latent).map_err(|e| anyhow!(e))
+}
+
+/// Resolve file and library sources inside script messages.
+fn resolve_script(backend: &mut demon_engine::BackendSet, events: Vec<ScriptEvent>, prompt: &Prompt, frames: usize) -> Result<Vec<ScriptEvent>> {
+    events
+        .into_iter()
+        .map(|mut e| {
+            if let ControlMessage::SetSource { source } = &e.message {
+                let text = match source {
+                    SourceSpec::File { path } => Some(path.clone()),
+                    SourceSpec::Library { style, index } => Some(format!("library:{style}:{index}")),
+                    _ => None,
+                };
+                if let Some(t) = text {
+                    e.message = ControlMessage::SetSource { source: resolve_source(backend, &t, prompt, frames).with_context(|| format!("script source at {} s", e.at))? };
+                }
+            }
+            Ok(e)
+        })
+        .collect()
+}
+
+#[derive(Args, Debug)]
+pub struct PerformArgs {
+    /// Timed control events, JSON lines: {"at": SECONDS, "message": {...}}.
+    #[arg(long)]
+    pub script: PathBuf,
+    /// Length of the performance in seconds.
+    #[arg(long)]
+    pub seconds: f64,
+    /// Record the session (initial config + every event by tick) here.
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+    /// WAV of what was played.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Run as fast as possible instead of in real time.
+    #[arg(long)]
+    pub fast: bool,
+    /// Also play through the system audio device when there is one.
+    #[arg(long)]
+    pub device: bool,
+    #[command(flatten)]
+    pub session: SessionArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+pub fn perform(args: PerformArgs) -> Result<()> {
+    let mut backend = backends::build(&args.backend)?;
+    let config = args.session.config(&mut backend)?;
+    let prompt = Prompt { tags: args.session.prompt.clone(), bpm: args.session.bpm, key: args.session.key.clone(), ..Default::default() };
+    let script = read_script(&args.script).map_err(|e| anyhow!(e))?;
+    let script = resolve_script(&mut backend, script, &prompt, (args.session.song_seconds * 25.0).round() as usize)?;
+    let mut sinks: Vec<Box<dyn AudioSink>> = Vec::new();
+    if args.device {
+        sinks.push(open_device_or_null()?);
+    } else {
+        eprintln!("audio: clock-paced null sink (headless; --device plays through the sound card)");
+        sinks.push(Box::new(demon_live::sink::NullSink::default()));
+    }
+    eprintln!("performing {:.1} s, {} scripted events...", args.seconds, script.len());
+    let summary = demon_live::perform::perform(config, backend, &script, args.seconds, args.record.as_deref(), args.out.as_deref(), !args.fast, sinks)
+        .map_err(|e| anyhow!(e))?;
+    eprintln!("{} ticks, {} generations, {:.1} s played", summary.ticks, summary.generations, summary.played_seconds);
+    if let Some(r) = &args.record {
+        eprintln!("session recorded to {}", r.display());
+    }
+    if let Some(o) = &args.out {
+        eprintln!("wrote {}", o.display());
+    }
+    Ok(())
+}
+
+/// The system audio device, or the null sink with one message saying why.
+pub fn open_device_or_null() -> Result<Box<dyn AudioSink>> {
+    match demon_live::sink::open_device(48_000) {
+        Ok(d) => {
+            eprintln!("audio: playing through {}", d.name());
+            Ok(Box::new(d))
+        }
+        Err(e) => {
+            eprintln!("audio: no sound card ({e}); using the clock-paced null sink");
+            Ok(Box::new(demon_live::sink::NullSink::default()))
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// A session file recorded by `demon perform --record` or `demon serve`.
+    pub session: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+pub fn replay(args: ReplayArgs) -> Result<()> {
+    let file = read_session(&args.session).map_err(|e| anyhow!(e))?;
+    let backend = backends::build(&args.backend)?;
+    if file.config.backend != backend.name {
+        bail!("the session was recorded with the `{}` backend; pass --backend {}", file.config.backend, file.config.backend);
+    }
+    let t0 = std::time::Instant::now();
+    let summary = demon_live::perform::replay(&file, backend, &args.out).map_err(|e| anyhow!(e))?;
+    eprintln!(
+        "replayed {} ticks ({} events) in {:.1} s; wrote {} ({:.1} s)",
+        summary.ticks,
+        file.events.len(),
+        t0.elapsed().as_secs_f64(),
+        args.out.display(),
+        summary.played_seconds
+    );
+    Ok(())
+}
