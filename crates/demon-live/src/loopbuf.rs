@@ -158,7 +158,10 @@ mod tests {
         assert_eq!(out[0], vec![0.0, 1.0, 2.0, 3.0]);
         b.set_band(Some(LoopBand { start: 2, end: 5 })).unwrap();
         b.read(5, &mut out);
-        assert_eq!(out[0], vec![2.0, 3.0, 4.0, 2.0, 3.0], "jumped into the band, then looped");
+        assert_eq!(out[0], vec![4.0, 2.0, 3.0, 4.0, 2.0], "inside the band already: plays on, then loops");
+        b.set_band(Some(LoopBand { start: 6, end: 8 })).unwrap();
+        b.read(3, &mut out);
+        assert_eq!(out[0], vec![6.0, 7.0, 6.0], "outside the new band: jumps to its start");
         assert!(b.set_band(Some(LoopBand { start: 5, end: 5 })).is_err());
         assert!(b.set_band(Some(LoopBand { start: 0, end: 11 })).is_err());
         assert!(b.seek(10).is_err());
