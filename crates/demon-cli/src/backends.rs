@@ -31,6 +31,10 @@ pub struct BackendArgs {
     /// LoRA adapter to load, repeatable: `PATH` or `PATH=STRENGTH` (PEFT folder or file).
     #[arg(long = "lora", value_name = "PATH[=STRENGTH]")]
     pub loras: Vec<String>,
+    /// ACE-Step at full size with random weights instead of files (for benchmarks):
+    /// `turbo-2b` or `xl-turbo`. It makes noise, not music.
+    #[arg(long = "random-model", value_name = "SIZE")]
+    pub random_model: Option<String>,
 }
 
 /// The sketch backend on the CPU.
@@ -48,13 +52,27 @@ pub fn sketch() -> BackendSet {
 pub fn build(args: &BackendArgs) -> Result<BackendSet> {
     match args.backend {
         BackendKind::Sketch => {
-            if args.weights.is_some() || args.variant.is_some() {
-                bail!("--weights and --variant are for --backend acestep; the sketch backend needs no weights");
+            if args.weights.is_some() || args.variant.is_some() || args.random_model.is_some() {
+                bail!("--weights, --variant and --random-model are for --backend acestep; the sketch backend needs no weights");
             }
             if !args.loras.is_empty() {
                 bail!("the sketch backend has no LoRA adapters; use --backend acestep");
             }
             Ok(sketch())
+        }
+        BackendKind::Acestep if args.random_model.is_some() => {
+            let size = args.random_model.as_deref().unwrap_or_default();
+            let config = match size {
+                "turbo-2b" | "2b" => demon_acestep::AceStepConfig::turbo_2b(),
+                "xl-turbo" | "xl" => demon_acestep::AceStepConfig::xl_turbo(),
+                other => bail!("--random-model `{other}`: use turbo-2b or xl-turbo"),
+            };
+            if args.weights.is_some() {
+                bail!("--random-model and --weights exclude each other");
+            }
+            let model = demon_acestep::AceStep::random(&config, 0, &Device::Cpu)?;
+            let (denoiser, codec, conditioner) = model.into_parts();
+            Ok(BackendSet { name: "acestep".into(), denoiser: Box::new(denoiser), codec: Box::new(codec), conditioner: Box::new(conditioner) })
         }
         BackendKind::Acestep => {
             let dir = args
