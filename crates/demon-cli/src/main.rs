@@ -7,6 +7,7 @@ mod backends;
 mod bench;
 mod perform;
 mod render;
+mod serve;
 mod tools;
 
 use std::process::ExitCode;
@@ -30,6 +31,10 @@ enum Command {
     Perform(Box<perform::PerformArgs>),
     /// Re-render a recorded session offline, bit-identically.
     Replay(perform::ReplayArgs),
+    /// Serve the performer's web UI, WebSocket, REST, MCP (/mcp), OSC and MIDI for a live session.
+    Serve(Box<serve::ServeArgs>),
+    /// MCP over stdio, bridged to a running `demon serve` (for clients that only speak stdio).
+    Mcp(serve::McpArgs),
     /// Look at model weights.
     #[command(subcommand)]
     Inspect(tools::InspectCommand),
@@ -45,6 +50,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Perform(args) => perform::perform(*args),
         Command::Replay(args) => perform::replay(args),
+        Command::Serve(args) => serve::serve(*args),
+        Command::Mcp(args) => serve::mcp_bridge(args),
         Command::Inspect(cmd) => tools::inspect(cmd),
         Command::Debug(cmd) => tools::debug(cmd),
     };

@@ -1,0 +1,214 @@
+//! `demon serve`: the live session behind the web UI, WebSocket, REST, MCP, OSC and MIDI.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Result, anyhow, bail};
+use clap::Args;
+use demon_engine::Prompt;
+use demon_live::control::SourceSpec;
+use demon_live::core::LiveCore;
+use demon_live::session::{RunOptions, start};
+use demon_server::{Hooks, Limits, OfflineRender, ServerOptions};
+
+use crate::backends::{self, BackendArgs, BackendKind};
+use crate::perform::{SessionArgs, open_device_or_null};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (loopback by default; anything else needs --token).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+    #[arg(long, default_value_t = 7878)]
+    pub port: u16,
+    /// Access token every request must carry (required to bind a non-loopback address).
+    #[arg(long, env = "DEMON_TOKEN")]
+    pub token: Option<String>,
+    /// OSC UDP port (on loopback unless --osc-bind says otherwise).
+    #[arg(long = "osc-port", default_value_t = 7879)]
+    pub osc_port: u16,
+    #[arg(long = "osc-bind", default_value = "127.0.0.1")]
+    pub osc_bind: IpAddr,
+    #[arg(long = "no-osc")]
+    pub no_osc: bool,
+    #[arg(long = "no-midi")]
+    pub no_midi: bool,
+    /// Where MIDI learn saves its mappings.
+    #[arg(long = "midi-map")]
+    pub midi_map: Option<PathBuf>,
+    /// Where recordings are written.
+    #[arg(long = "recordings-dir")]
+    pub recordings_dir: Option<PathBuf>,
+    /// Record the session (every control event by tick) to this file for `demon replay`.
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+    /// Play through the system audio device when there is one (otherwise the null sink).
+    #[arg(long)]
+    pub device: bool,
+    #[command(flatten)]
+    pub session: SessionArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// A source named on the command line or by an agent, without needing the model: library songs
+/// are composed, files decoded to audio (the runner encodes them).
+fn resolve_source(backend_name: &str, prompt: &Prompt, frames: usize, spec: &str) -> Result<SourceSpec, String> {
+    if spec.starts_with("library:") {
+        if backend_name != "sketch" {
+            return Err("library sources belong to the sketch backend".into());
+        }
+        let mut sketch = backends::sketch();
+        return crate::perform::resolve_source(&mut sketch, spec, prompt, frames).map_err(|e| format!("{e:#}"));
+    }
+    let decoded = demon_audio::load_file(std::path::Path::new(spec), demon_audio::LoadLimits::default()).map_err(|e| e.to_string())?;
+    let audio = decoded.to_stereo(48_000);
+    Ok(SourceSpec::Audio { name: spec.to_string(), channels: audio.channels })
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    let bind = SocketAddr::new(args.bind, args.port);
+    let mut opts = ServerOptions::loopback(args.port);
+    opts.bind = bind;
+    opts.token = args.token.clone();
+    opts.osc_bind = (!args.no_osc).then(|| SocketAddr::new(args.osc_bind, args.osc_port));
+    opts.midi = !args.no_midi;
+    if let Some(m) = &args.midi_map {
+        opts.midi_map = m.clone();
+    }
+    if let Some(r) = &args.recordings_dir {
+        opts.recordings_dir = r.clone();
+    }
+    opts.limits = Limits::default();
+    // Refuse unsafe binding before loading anything.
+    opts.check().map_err(|e| anyhow!(e))?;
+
+    let mut backend = backends::build(&args.backend)?;
+    if args.backend.backend == BackendKind::Sketch {
+        eprintln!("backend: the built-in sketch (no model weights configured; --backend acestep --weights DIR uses ACE-Step)");
+    } else {
+        eprintln!("backend: {}", backend.name);
+    }
+    let config = args.session.config(&mut backend)?;
+    let prompt = Prompt { tags: args.session.prompt.clone(), bpm: args.session.bpm, key: args.session.key.clone(), ..Default::default() };
+    let frames = (args.session.song_seconds * 25.0).round() as usize;
+    let backend_name = backend.name.clone();
+    eprintln!("session: measuring the codec's receptive field...");
+    let core = LiveCore::new(config, backend).map_err(|e| anyhow!(e))?;
+    let field = core.receptive_field();
+    eprintln!("session: receptive field {} frames before, {} after", field.before, field.after);
+    let sink = if args.device { open_device_or_null()? } else {
+        eprintln!("audio: clock-paced null sink (the browser plays the loop; --device plays here too)");
+        Box::new(demon_live::sink::NullSink::default()) as Box<dyn demon_live::sink::AudioSink>
+    };
+    let handle = start(core, RunOptions { realtime: true, sinks: vec![sink], session_file: args.record.clone(), ..Default::default() }).map_err(|e| anyhow!(e))?;
+
+    let library: Vec<String> = if backend_name == "sketch" {
+        demon_sketch::Style::ALL.iter().flat_map(|s| (0..4).map(move |i| format!("library:{}:{i}", s.name().replace(' ', "_")))).collect()
+    } else {
+        Vec::new()
+    };
+    let (bn, p2) = (backend_name.clone(), prompt.clone());
+    let recordings = opts.recordings_dir.clone();
+    let hooks = Hooks {
+        resolve_source: Arc::new(move |spec: &str| resolve_source(&bn, &p2, frames, spec)),
+        library,
+        render_offline: Arc::new(move |r: &OfflineRender| render_offline(&backend_name, &recordings, r)),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        let addr = demon_server::serve(opts, handle.clone(), hooks, shutdown).await.map_err(|e| anyhow!(e))?;
+        eprintln!("serving the performer UI on http://{addr}/ (MCP at /mcp); Ctrl-C stops");
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("stopping...");
+        let _ = tokio::task::spawn_blocking(move || handle.stop()).await;
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
+fn render_offline(backend_name: &str, dir: &std::path::Path, r: &OfflineRender) -> Result<PathBuf, String> {
+    if backend_name != "sketch" {
+        return Err("offline renders from the live server are available with the sketch backend; with ACE-Step use `demon render` (one process holds one model)".into());
+    }
+    if !(r.seconds.is_finite() && r.seconds > 0.0 && r.seconds <= 600.0) {
+        return Err(format!("seconds {} is outside (0, 600]", r.seconds));
+    }
+    let mut backend = backends::sketch();
+    let spec = demon_live::RenderSpec {
+        prompt: Prompt::tags(r.prompt.clone()),
+        frames: (r.seconds * 25.0).round() as usize,
+        seed: r.seed.unwrap_or(42),
+        denoise: r.denoise.unwrap_or(1.0),
+        ..Default::default()
+    };
+    let takes = demon_live::render(&mut backend, &spec, None, &mut |_, _| {}).map_err(|e| e.to_string())?;
+    let take = takes.into_iter().next().ok_or("nothing rendered")?;
+    let path = dir.join(format!("render-{}-{}.wav", spec.seed, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)));
+    demon_audio::write_wav(&path, &take.audio, demon_audio::WavFormat::Pcm16, None).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+#[derive(Args, Debug)]
+pub struct McpArgs {
+    /// The running `demon serve`.
+    #[arg(long, default_value = "http://127.0.0.1:7878")]
+    pub url: String,
+    #[arg(long, env = "DEMON_TOKEN")]
+    pub token: Option<String>,
+}
+
+/// A stdio bridge: JSON-RPC lines on stdin are posted to the server's `/mcp`; answers (plain
+/// JSON or server-sent events) are written to stdout, one message per line.
+pub fn mcp_bridge(args: McpArgs) -> Result<()> {
+    use std::io::{BufRead, Read, Write};
+    let url = format!("{}/mcp", args.url.trim_end_matches('/'));
+    if !url.starts_with("http://") {
+        bail!("--url must be an http:// address of a running `demon serve`");
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut session: Option<String> = None;
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut req = agent.post(&url).header("Content-Type", "application/json").header("Accept", "application/json, text/event-stream");
+        if let Some(s) = &session {
+            req = req.header("Mcp-Session-Id", s);
+        }
+        if let Some(t) = &args.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let mut resp = match req.send(line.as_bytes()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("demon mcp: cannot reach {url}: {e}");
+                continue;
+            }
+        };
+        if let Some(s) = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+            session = Some(s.to_string());
+        }
+        let is_sse = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|c| c.contains("text/event-stream"));
+        let mut body = String::new();
+        resp.body_mut().as_reader().read_to_string(&mut body)?;
+        if is_sse {
+            for data in body.lines().filter_map(|l| l.strip_prefix("data:")) {
+                let d = data.trim();
+                if !d.is_empty() {
+                    writeln!(stdout, "{d}")?;
+                }
+            }
+        } else if !body.trim().is_empty() {
+            writeln!(stdout, "{}", body.trim())?;
+        }
+        stdout.flush()?;
+    }
+    Ok(())
+}
