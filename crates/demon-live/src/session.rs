@@ -218,12 +218,11 @@ fn run(
             match cmd {
                 Command::Control { origin, message, reply } => {
                     let result = core.apply(&message);
-                    match &result {
-                        Ok(recorded) => {
-                            record(&mut writer, SessionLine::Event { tick, message: recorded.clone() })?;
-                            bus.publish(Event::Applied { tick, origin, message: echo(recorded) });
-                        }
-                        Err(_) => {}
+                    if let Ok(recorded) = &result {
+                        record(&mut writer, SessionLine::Event { tick, message: recorded.clone() })?;
+                        // A reply means the change is visible: refresh the snapshot first.
+                        *state.lock().unwrap_or_else(|e| e.into_inner()) = Some(core.state());
+                        bus.publish(Event::Applied { tick, origin, message: echo(recorded) });
                     }
                     if let Some(r) = reply {
                         let _ = r.send(result.map(|_| tick));

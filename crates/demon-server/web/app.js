@@ -1,5 +1,1489 @@
-// Connects to the session and shows its state (the full performer UI replaces this file).
-const status = document.getElementById('status');
-const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws${location.search}`);
-ws.onmessage = (e) => { if (typeof e.data === 'string') { const m = JSON.parse(e.data); if (m.type === 'ready') status.textContent = `connected: ${m.backend}, ${m.song_seconds.toFixed(1)} s loop`; } };
-ws.onclose = () => { status.textContent = 'disconnected'; };
+// DEMON performer UI. Plain ES module, no dependencies; speaks docs/protocol.md.
+//
+// Audio: an AudioWorklet (worklet.js) holds the loop buffer and applies the server's frames;
+// the main thread forwards each binary frame to it (transferring the ArrayBuffer) and draws the
+// waveform from the overview columns the worklet sends back.
+// Controls: every knob of the `ready` catalog becomes a fader; changes are sent as control
+// messages (coalesced to at most one message per 30 ms); `applied` echoes and `params` updates
+// move the faders when another client or the slew limiter changes them.
+// Test hooks: window.demon (see the bottom of this file).
+
+const $ = (id) => document.getElementById(id);
+const query = new URLSearchParams(location.search);
+const TOKEN = query.get('token');
+const withToken = (url) => (TOKEN ? `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(TOKEN)}` : url);
+
+const CURVE_POINTS = 200;
+const SEND_INTERVAL_MS = 30;
+const TOUCH_HOLD_MS = 800; // ignore server updates of a fader this long after the performer moved it
+const BLEND_PRESETS = [0, 0.25, 0.5, 0.75, 1];
+const MAX_UPLOAD = 64 * 1024 * 1024;
+const GROUPS = {
+  gen: ['denoise', 'shift', 'steps', 'depth', 'feedback', 'feedback_depth', 'structure', 'timbre'],
+  step: ['velocity_scale', 'sde_denoise', 'ode_noise', 'x0_target_strength', 'guidance', 'apg_momentum', 'cfg_rescale', 'dcw', 'dcw_high'],
+};
+
+// ---------------------------------------------------------------- state
+
+const S = {
+  ready: null, // the `ready` message
+  clientId: null,
+  rate: 48000,
+  samples: 0,
+  songSeconds: 0,
+  specs: new Map(), // knob name → catalog entry
+  target: {}, // knob values the performer asked for
+  effective: {}, // slew-limited values the engine uses
+  touched: {}, // knob → time of the last local change
+  curves: {}, // curve name → CurveSpec
+  playing: false, // the session's play state
+  band: null, // [start_s, end_s]
+  pos: 0, // worklet position in source samples
+  posAt: 0,
+  peaks: null, // Float32Array(2 * columns)
+  columns: 0,
+  patchedAt: null, // Float64Array(columns): when each overview column was last patched
+  leadMs: 0,
+  recording: false,
+  recStarted: 0,
+};
+
+const demon = {
+  ready: false,
+  clientId: null,
+  readyMessage: null,
+  slicesReceived: 0, // slices the worklet applied (kinds 1 and 2)
+  framesApplied: 0, // all frames the worklet applied (including full buffers)
+  framesReceived: 0, // binary frames received from the socket
+  lastSliceTick: -1,
+  lastFrame: null,
+  lastStats: null,
+  lastReply: null,
+  lastParams: null,
+  errors: [], // every error shown to the performer
+  notices: [],
+  badFrames: [],
+  position: 0, // seconds
+  audioState: 'none',
+};
+window.demon = demon;
+
+// ---------------------------------------------------------------- log and errors
+
+let toastTimer = 0;
+function log(kind, text) {
+  const li = document.createElement('li');
+  li.className = kind;
+  const t = document.createElement('time');
+  t.textContent = new Date().toLocaleTimeString();
+  li.append(t, text);
+  const list = $('log');
+  list.prepend(li);
+  while (list.children.length > 200) list.lastChild.remove();
+  if (kind === 'error' || kind === 'notice') {
+    const toast = $('toast');
+    toast.textContent = text;
+    toast.className = `toast ${kind === 'notice' ? 'notice' : ''}`;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => toast.classList.add('hidden'), kind === 'error' ? 7000 : 4000);
+  }
+}
+function showError(text) {
+  demon.errors.push(text);
+  log('error', text);
+}
+function showNotice(text) {
+  demon.notices.push(text);
+  log('notice', text);
+}
+window.addEventListener('error', (e) => showError(`UI error: ${e.message}`));
+window.addEventListener('unhandledrejection', (e) => showError(`UI error: ${e.reason && e.reason.message ? e.reason.message : e.reason}`));
+
+// ---------------------------------------------------------------- audio
+
+let ctx = null;
+let node = null;
+let gain = null;
+let workletReady = false;
+let audioFailed = false;
+const frameQueue = [];
+const checksumWaiters = new Map();
+let checksumId = 0;
+
+async function initAudio() {
+  if (!window.AudioContext || !window.AudioWorkletNode) {
+    audioFailed = true;
+    showError('This browser has no AudioWorklet (it needs a secure context: https, or http://localhost / 127.0.0.1). The controls work; playback does not.');
+    return;
+  }
+  try {
+    ctx = new AudioContext({ sampleRate: 48000, latencyHint: 'interactive' });
+  } catch (_) {
+    ctx = new AudioContext({ latencyHint: 'interactive' }); // the worklet resamples
+  }
+  await ctx.audioWorklet.addModule(withToken('worklet.js'));
+  node = new AudioWorkletNode(ctx, 'loop-player', {
+    numberOfInputs: 0,
+    numberOfOutputs: 1,
+    outputChannelCount: [2],
+    processorOptions: { sourceRate: S.rate },
+  });
+  gain = ctx.createGain();
+  gain.gain.value = Number($('volume').value);
+  node.connect(gain).connect(ctx.destination);
+  node.port.onmessage = (e) => onWorklet(e.data);
+  ctx.onstatechange = updatePlayButton;
+  workletReady = true;
+  for (const f of frameQueue.splice(0)) node.port.postMessage({ type: 'frame', buf: f }, [f]);
+  updatePlayButton();
+}
+
+function toWorklet(msg, transfer) {
+  if (node) node.port.postMessage(msg, transfer || []);
+}
+
+function onWorklet(m) {
+  switch (m.type) {
+    case 'frame':
+      demon.slicesReceived = m.slices;
+      demon.framesApplied = m.frames;
+      demon.lastFrame = m;
+      if (m.kind !== 0) demon.lastSliceTick = m.tick;
+      $('r-slices').textContent = m.slices;
+      break;
+    case 'peaks': {
+      if (!S.peaks || S.columns !== m.columns) {
+        S.columns = m.columns;
+        S.peaks = new Float32Array(2 * m.columns);
+        S.patchedAt = new Float64Array(m.columns);
+      }
+      S.peaks.set(m.data, 2 * m.first);
+      const now = performance.now();
+      for (let c = m.first; c < m.first + m.data.length / 2; c++) S.patchedAt[c] = now;
+      dirty.wave = true;
+      dirty.curve = true;
+      break;
+    }
+    case 'pos':
+      S.pos = m.pos;
+      S.posAt = performance.now();
+      demon.slicesReceived = m.slices;
+      demon.framesApplied = m.frames;
+      demon.position = m.pos / S.rate;
+      break;
+    case 'mark':
+    case 'diff':
+    case 'checksum': {
+      const w = checksumWaiters.get(m.id);
+      if (w) {
+        checksumWaiters.delete(m.id);
+        w(m);
+      }
+      break;
+    }
+    case 'bad_frame':
+      demon.badFrames.push(m.reason);
+      showError(`bad audio frame: ${m.reason}`);
+      break;
+    default:
+      break;
+  }
+}
+
+// Ask the worklet something about its buffer (test hooks): checksum, mark, diff.
+function askWorklet(type, extra) {
+  if (!node) return Promise.reject(new Error('no audio worklet'));
+  const id = ++checksumId;
+  return new Promise((resolve) => {
+    checksumWaiters.set(id, resolve);
+    toWorklet(Object.assign({ type, id }, extra));
+  });
+}
+const checksum = (start, n) => askWorklet('checksum', { start, n });
+
+async function setPlaying(on, fromServer = false) {
+  S.playing = on;
+  toWorklet({ type: 'playing', playing: on });
+  if (ctx) {
+    try {
+      if (on) await ctx.resume();
+      else await ctx.suspend();
+    } catch (e) {
+      showError(`audio: ${e.message}`);
+    }
+  }
+  if (!fromServer) control({ type: 'set_playing', playing: on });
+  updatePlayButton();
+}
+
+function updatePlayButton() {
+  const b = $('play');
+  const audible = S.playing && ctx && ctx.state === 'running';
+  demon.audioState = ctx ? ctx.state : 'none';
+  b.classList.toggle('on', !!audible);
+  b.innerHTML = audible ? '&#9632; Stop' : '&#9654; Play';
+  const info = !ctx ? 'no audio' : `audio ${ctx.state} @ ${ctx.sampleRate} Hz${ctx.sampleRate !== S.rate ? ' (resampled)' : ''}`;
+  $('audio-info').textContent = `${info}; session ${S.playing ? 'playing' : 'stopped'}`;
+}
+
+// ---------------------------------------------------------------- socket and requests
+
+let ws = null;
+let nextId = 1;
+const pending = new Map(); // id → {t0, what, resolve, reject}
+let retryTimer = 0;
+
+function connect() {
+  const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws${TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : ''}`;
+  setConn('connecting…', false);
+  ws = new WebSocket(url);
+  ws.binaryType = 'arraybuffer';
+  ws.onopen = () => setConn('waiting for ready…', false);
+  ws.onmessage = (e) => {
+    if (typeof e.data === 'string') {
+      let m;
+      try {
+        m = JSON.parse(e.data);
+      } catch (err) {
+        showError(`server sent bad JSON: ${err.message}`);
+        return;
+      }
+      onJson(m);
+    } else onBinary(e.data);
+  };
+  ws.onclose = () => {
+    demon.ready = false;
+    setConn('offline', false);
+    for (const [, p] of pending) p.reject(new Error('disconnected'));
+    pending.clear();
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(connect, 1500);
+  };
+}
+
+function setConn(text, on) {
+  const c = $('conn');
+  c.textContent = text;
+  c.className = `conn ${on ? 'on' : 'off'}`;
+}
+
+function describe(obj) {
+  if (obj.type === 'control') {
+    const m = obj.message;
+    return m.name ? `${m.type} ${m.name}` : m.type;
+  }
+  return obj.type;
+}
+
+// Send a request; resolves with the reply, rejects (after showing the error) on an error reply.
+function request(obj, { quiet = false } = {}) {
+  if (!ws || ws.readyState !== WebSocket.OPEN) {
+    if (!quiet) showError(`not connected: ${describe(obj)} was not sent`);
+    return Promise.reject(new Error('not connected'));
+  }
+  const id = nextId++;
+  obj.id = id;
+  return new Promise((resolve, reject) => {
+    pending.set(id, { t0: performance.now(), what: describe(obj), resolve, reject, quiet });
+    ws.send(JSON.stringify(obj));
+  });
+}
+
+function control(message, opts) {
+  return request({ type: 'control', message }, opts).catch(() => null);
+}
+
+function onBinary(buf) {
+  demon.framesReceived++;
+  if (buf.byteLength >= 28) {
+    const dv = new DataView(buf);
+    const kind = dv.getUint8(0);
+    if (kind !== 0) {
+      $('r-tick').textContent = dv.getUint32(12, true);
+    }
+  }
+  // The socket opens after the worklet is up (or has failed), so frames are only queued in the
+  // instant between; a delta can never be dropped (the client would leave the server's mirror).
+  if (workletReady) node.port.postMessage({ type: 'frame', buf }, [buf]);
+  else if (!audioFailed) frameQueue.push(buf);
+}
+
+function onJson(m) {
+  switch (m.type) {
+    case 'ready':
+      onReady(m);
+      break;
+    case 'reply': {
+      demon.lastReply = m;
+      const p = pending.get(m.id);
+      if (p) {
+        pending.delete(m.id);
+        const rtt = performance.now() - p.t0;
+        if (typeof m.latency_ms === 'number') $('r-latency').textContent = `${m.latency_ms.toFixed(1)} / ${rtt.toFixed(0)}`;
+        p.resolve(m);
+      }
+      break;
+    }
+    case 'error': {
+      const p = m.id != null ? pending.get(m.id) : null;
+      if (p) pending.delete(m.id);
+      if (!p || !p.quiet) showError(`${p ? `${p.what}: ` : ''}${m.error} [${m.code}]`);
+      if (p) p.reject(Object.assign(new Error(m.error), { code: m.code }));
+      break;
+    }
+    case 'applied':
+      onApplied(m);
+      break;
+    case 'stats':
+      demon.lastStats = m;
+      $('r-tick').textContent = m.tick;
+      $('r-tickms').textContent = m.tick_ms.toFixed(1);
+      $('r-decode').textContent = m.decode_ms.toFixed(1);
+      $('r-gen').textContent = m.gen_per_s.toFixed(2);
+      $('r-lead').textContent = m.lead_ms.toFixed(0);
+      $('r-slots').textContent = `${m.active_slots}/${m.queue}`;
+      S.leadMs = m.lead_ms;
+      break;
+    case 'params':
+      demon.lastParams = m;
+      onParams(m);
+      break;
+    case 'state': {
+      const p = pending.get(m.id);
+      if (p) {
+        pending.delete(m.id);
+        p.resolve(m);
+      }
+      break;
+    }
+    case 'pong': {
+      const p = pending.get(m.id);
+      if (p) {
+        pending.delete(m.id);
+        p.resolve(m);
+      }
+      break;
+    }
+    case 'notice':
+      showNotice(m.message);
+      break;
+    default:
+      log('info', `unhandled message ${m.type}`);
+  }
+}
+
+// ---------------------------------------------------------------- ready and state
+
+function onReady(m) {
+  S.ready = m;
+  S.clientId = m.client_id;
+  S.rate = m.sample_rate;
+  S.samples = m.samples;
+  S.songSeconds = m.song_seconds;
+  S.specs = new Map(m.knobs.map((k) => [k.name, k]));
+  toWorklet({ type: 'rate', sourceRate: m.sample_rate });
+  buildFaders(m.knobs);
+  buildCurveTabs(m.curves || []);
+  loadLibrary(m.library || []);
+  applyState(m.state || {});
+  const st = m.state || {};
+  if (st.playhead_seconds != null) toWorklet({ type: 'seek', sample: st.playhead_seconds * S.rate });
+  demon.clientId = m.client_id;
+  demon.readyMessage = m;
+  demon.ready = true;
+  setConn(`${m.backend} · client ${m.client_id}`, true);
+  $('loop-info').textContent = `${m.song_seconds.toFixed(1)} s · ${m.sample_rate} Hz · ${m.channels} ch`;
+  log('info', `connected: ${m.backend} backend, ${m.song_seconds.toFixed(1)} s loop, ${m.knobs.length} knobs, ${(m.curves || []).length} curves`);
+  updatePlayButton();
+}
+
+function applyState(st) {
+  const targets = st.targets || {};
+  const effective = st.knobs || {};
+  for (const [name, spec] of S.specs) {
+    const t = targets[name] ?? effective[name] ?? spec.default;
+    const e = effective[name] ?? t;
+    S.effective[name] = e;
+    setKnobUI(name, t, true);
+  }
+  S.curves = Object.assign({}, st.curves || {});
+  markCurved();
+  const setText = (id, v) => {
+    if (document.activeElement !== $(id)) $(id).value = v ?? '';
+  };
+  setText('prompt-a', st.prompt);
+  setText('prompt-b', st.prompt_b);
+  setText('negative', st.negative);
+  setText('bpm', st.bpm);
+  setText('key', st.key);
+  if (st.solver) $('solver').value = st.solver;
+  if (st.cfg_mode) $('cfg-mode').value = st.cfg_mode;
+  if (st.dcw_enabled != null) $('dcw-on').checked = st.dcw_enabled;
+  if (st.dcw_mode) $('dcw-mode').value = st.dcw_mode;
+  if (st.slew_per_second != null) $('slew').value = st.slew_per_second;
+  setSourceName(st.source);
+  setBand(st.loop_band || null);
+  if (st.playing != null) {
+    S.playing = st.playing;
+    toWorklet({ type: 'playing', playing: st.playing });
+  }
+  const ad = st.adapters || [];
+  $('lora-info').textContent = ad.length ? `${ad.length} adapters` : 'this backend has no adapters';
+  dirty.curve = true;
+}
+
+function setSourceName(name) {
+  $('source-name').textContent = name ? `playing: ${name}` : 'no source (text to music)';
+}
+
+// ---------------------------------------------------------------- faders
+
+const faders = new Map(); // knob → {el, input, val, eff, learn}
+const pendingKnobs = new Map();
+let sendTimer = 0;
+
+function decimals(spec) {
+  if (spec.integer) return 0;
+  const r = spec.max - spec.min;
+  return r <= 1.5 ? 3 : r <= 20 ? 2 : 1;
+}
+
+function buildFaders(knobs) {
+  for (const id of ['g-gen', 'g-step', 'g-ch', 'g-lora', 'g-other']) $(id).replaceChildren();
+  $('blend-slot').replaceChildren();
+  faders.clear();
+  let others = 0;
+  for (const spec of knobs) {
+    if (spec.name === 'seed') continue; // a number field with a "new seed" button
+    let parent;
+    if (spec.name === 'blend') parent = $('blend-slot');
+    else if (GROUPS.gen.includes(spec.name)) parent = $('g-gen');
+    else if (GROUPS.step.includes(spec.name)) parent = $('g-step');
+    else if (/^ch_g\d+$/.test(spec.name)) parent = $('g-ch');
+    else if (spec.name.startsWith('lora:')) parent = $('g-lora');
+    else {
+      parent = $('g-other');
+      others++;
+    }
+    parent.append(makeFader(spec));
+  }
+  $('other-title').classList.toggle('hidden', others === 0);
+  refreshMidiMarks();
+}
+
+function makeFader(spec) {
+  const el = document.createElement('div');
+  el.className = 'fader';
+  el.dataset.knob = spec.name;
+  el.title = `${spec.help}\nrange ${spec.min} … ${spec.max}, default ${spec.default}${spec.slewed ? ', slew-limited' : ''}; ${spec.class.replace(/_/g, ' ')}`;
+  const name = document.createElement('span');
+  name.className = 'name';
+  name.textContent = spec.name.replace(/^lora:/, '');
+  const val = document.createElement('input');
+  val.className = 'val';
+  val.type = 'text';
+  val.inputMode = 'decimal';
+  val.setAttribute('aria-label', `${spec.name} value`);
+  const learn = document.createElement('button');
+  learn.className = 'learn';
+  learn.textContent = 'L';
+  learn.title = 'MIDI learn: then move a controller';
+  learn.dataset.learn = spec.name;
+  const track = document.createElement('div');
+  track.className = 'track';
+  const input = document.createElement('input');
+  input.type = 'range';
+  input.min = spec.min;
+  input.max = spec.max;
+  input.step = spec.integer ? 1 : (spec.max - spec.min) / 1000;
+  input.value = spec.default;
+  input.name = spec.name;
+  input.setAttribute('aria-label', spec.name);
+  const eff = document.createElement('div');
+  eff.className = 'eff';
+  track.append(input, eff);
+  el.append(name, val, learn, track);
+
+  input.addEventListener('input', () => userKnob(spec.name, Number(input.value), false));
+  input.addEventListener('change', () => userKnob(spec.name, Number(input.value), true));
+  input.addEventListener('dblclick', () => userKnob(spec.name, spec.default, true));
+  input.addEventListener('keydown', (e) => {
+    const r = spec.max - spec.min;
+    let v = null;
+    if (e.shiftKey && (e.key === 'ArrowRight' || e.key === 'ArrowUp')) v = Number(input.value) + r / 10;
+    if (e.shiftKey && (e.key === 'ArrowLeft' || e.key === 'ArrowDown')) v = Number(input.value) - r / 10;
+    if (v !== null) {
+      e.preventDefault();
+      userKnob(spec.name, v, true);
+    }
+  });
+  val.addEventListener('change', () => {
+    const v = Number(val.value);
+    if (!Number.isFinite(v)) {
+      showError(`${spec.name}: "${val.value}" is not a number`);
+      setKnobUI(spec.name, S.target[spec.name], true);
+      return;
+    }
+    userKnob(spec.name, v, true);
+    val.blur();
+  });
+  val.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') {
+      setKnobUI(spec.name, S.target[spec.name], true);
+      val.blur();
+    }
+  });
+  el.addEventListener('mouseenter', () => ($('help').textContent = `${spec.name}: ${spec.help}  [${spec.min} … ${spec.max}]`));
+  faders.set(spec.name, { el, input, val, eff, learn, spec });
+  return el;
+}
+
+function clampKnob(name, v) {
+  const spec = S.specs.get(name);
+  if (!spec) return v;
+  v = Math.min(spec.max, Math.max(spec.min, v));
+  return spec.integer ? Math.round(v) : v;
+}
+
+// A change made by the performer (fader, field, key, MIDI): show it and send it.
+function userKnob(name, value, flush) {
+  const v = clampKnob(name, value);
+  S.touched[name] = performance.now();
+  setKnobUI(name, v, true);
+  pendingKnobs.set(name, v);
+  if (flush) flushKnobs();
+  else if (!sendTimer) sendTimer = setTimeout(flushKnobs, SEND_INTERVAL_MS);
+}
+
+// One knob message in flight at a time: the server applies controls between ticks, so values
+// that pile up while one is on its way are coalesced and only the latest of each is sent.
+let knobsInFlight = false;
+function flushKnobs() {
+  clearTimeout(sendTimer);
+  sendTimer = 0;
+  if (pendingKnobs.size === 0 || knobsInFlight) return;
+  const values = Object.fromEntries(pendingKnobs);
+  pendingKnobs.clear();
+  const names = Object.keys(values);
+  const message = names.length === 1 ? { type: 'set_knob', name: names[0], value: values[names[0]] } : { type: 'set_knobs', values };
+  knobsInFlight = true;
+  control(message).finally(() => {
+    knobsInFlight = false;
+    if (pendingKnobs.size) flushKnobs();
+  });
+}
+
+// Show a knob value (target) without sending it.
+function setKnobUI(name, value, force) {
+  if (!force && performance.now() - (S.touched[name] || 0) < TOUCH_HOLD_MS) return;
+  S.target[name] = value;
+  if (name === 'seed') {
+    if (document.activeElement !== $('seed')) $('seed').value = value;
+    return;
+  }
+  const f = faders.get(name);
+  if (!f) return;
+  const spec = f.spec;
+  if (Number(f.input.value) !== value) f.input.value = value;
+  const frac = (value - spec.min) / (spec.max - spec.min || 1);
+  f.input.style.setProperty('--fill', `${(frac * 100).toFixed(2)}%`);
+  if (document.activeElement !== f.val) f.val.value = Number(value).toFixed(decimals(spec));
+  setEffectiveUI(name, S.effective[name] ?? value);
+}
+
+function setEffectiveUI(name, value) {
+  S.effective[name] = value;
+  const f = faders.get(name);
+  if (!f) return;
+  const frac = Math.min(1, Math.max(0, (value - f.spec.min) / (f.spec.max - f.spec.min || 1)));
+  if (f.el.parentElement && f.el.parentElement.id === 'g-ch') f.eff.style.height = `${(frac * 100).toFixed(1)}%`;
+  else f.eff.style.width = `${(frac * 100).toFixed(1)}%`;
+}
+
+function onParams(m) {
+  for (const [name, v] of Object.entries(m.effective || {})) setEffectiveUI(name, v);
+  for (const [name, v] of Object.entries(m.target || {})) {
+    if (S.target[name] !== v && !pendingKnobs.has(name)) setKnobUI(name, v, false);
+  }
+}
+
+// ---------------------------------------------------------------- echoes
+
+function onApplied(m) {
+  const msg = m.message || {};
+  const mine = m.origin === S.clientId;
+  switch (msg.type) {
+    case 'set_knob':
+      if (!mine) setKnobUI(msg.name, msg.value, false);
+      break;
+    case 'set_knobs':
+      if (!mine) for (const [k, v] of Object.entries(msg.values || {})) setKnobUI(k, v, false);
+      break;
+    case 'set_lora':
+      if (!mine) setKnobUI(`lora:${msg.id}`, msg.strength, false);
+      break;
+    case 'set_curve':
+      if (msg.curve) S.curves[msg.name] = msg.curve;
+      else delete S.curves[msg.name];
+      markCurved();
+      dirty.curve = true;
+      break;
+    case 'set_prompt': {
+      const put = (id, v) => {
+        if (v != null && document.activeElement !== $(id)) $(id).value = v;
+      };
+      put('prompt-a', msg.prompt);
+      put('prompt-b', msg.prompt_b);
+      put('negative', msg.negative);
+      put('bpm', msg.bpm);
+      put('key', msg.key);
+      break;
+    }
+    case 'set_solver':
+      $('solver').value = msg.solver;
+      break;
+    case 'set_cfg_mode':
+      $('cfg-mode').value = msg.mode;
+      break;
+    case 'set_dcw':
+      if (msg.enabled != null) $('dcw-on').checked = msg.enabled;
+      if (msg.mode) $('dcw-mode').value = msg.mode;
+      break;
+    case 'set_source': {
+      const s = msg.source || {};
+      setSourceName(s.kind === 'none' ? null : s.name || (s.kind === 'library' ? `library:${s.style}:${s.index}` : s.path || s.kind));
+      break;
+    }
+    case 'set_loop_band':
+      setBand([msg.start_s, msg.end_s]);
+      break;
+    case 'clear_loop_band':
+      setBand(null);
+      break;
+    case 'seek':
+      if (!mine) toWorklet({ type: 'seek', sample: msg.seconds * S.rate });
+      break;
+    case 'set_playing':
+      if (!mine) setPlaying(msg.playing, true);
+      break;
+    case 'set_slew':
+      $('slew').value = msg.per_second;
+      break;
+    default:
+      break;
+  }
+  if (!mine) log('info', `client ${m.origin}: ${msg.type}${msg.name ? ` ${msg.name}` : ''}`);
+}
+
+// ---------------------------------------------------------------- prompt, engine, source
+
+function sendPrompt() {
+  const message = {
+    type: 'set_prompt',
+    prompt: $('prompt-a').value,
+    prompt_b: $('prompt-b').value,
+    negative: $('negative').value,
+    key: $('key').value,
+  };
+  const bpm = $('bpm').value.trim();
+  if (bpm !== '') {
+    const b = Number(bpm);
+    if (!Number.isFinite(b)) return showError(`bpm "${bpm}" is not a number`);
+    message.bpm = b;
+  }
+  control(message).then((r) => r && log('info', 'prompt applied'));
+}
+
+function setBand(band) {
+  S.band = band;
+  if (band) {
+    toWorklet({ type: 'band', start: band[0] * S.rate, end: band[1] * S.rate });
+    $('band-info').textContent = `band ${band[0].toFixed(2)} – ${band[1].toFixed(2)} s`;
+  } else {
+    toWorklet({ type: 'band', start: null, end: null });
+    $('band-info').textContent = 'no loop band';
+  }
+  dirty.wave = true;
+}
+
+let library = [];
+async function loadLibrary(fromReady) {
+  let list = fromReady;
+  try {
+    const r = await fetch(withToken('/api/library'));
+    if (r.ok) list = await r.json();
+  } catch (_) {
+    /* use the list from `ready` */
+  }
+  library = list
+    .map((s) => {
+      const m = /^library:(.+):(\d+)$/.exec(s);
+      return m ? { id: s, style: m[1], index: Number(m[2]) } : null;
+    })
+    .filter(Boolean);
+  const sel = $('library');
+  sel.replaceChildren(new Option(library.length ? 'library…' : 'no library', ''));
+  let group = null;
+  for (const item of library) {
+    if (!group || group.label !== item.style.replace(/_/g, ' ')) {
+      group = document.createElement('optgroup');
+      group.label = item.style.replace(/_/g, ' ');
+      sel.append(group);
+    }
+    group.append(new Option(`${item.style.replace(/_/g, ' ')} #${item.index}`, item.id));
+  }
+  $('load-library').disabled = library.length === 0;
+}
+
+function loadLibrarySource() {
+  const item = library.find((x) => x.id === $('library').value);
+  if (!item) return showError('choose a library song first');
+  control({ type: 'set_source', source: { kind: 'library', style: item.style, index: item.index } }).then((r) => r && log('info', `source: ${item.id}`));
+}
+
+async function uploadFile(file) {
+  if (!file) return;
+  if (file.size > MAX_UPLOAD) return showError(`${file.name} is ${(file.size / 1048576).toFixed(1)} MiB; uploads are limited to 64 MiB`);
+  const bytes = await file.arrayBuffer();
+  $('upload-info').textContent = `${file.name}: decoding preview…`;
+  drawUploadWave(bytes.slice(0), file.name);
+  if (!ws || ws.readyState !== WebSocket.OPEN) return showError('not connected: upload not sent');
+  $('upload-info').textContent = `${file.name}: uploading ${(bytes.byteLength / 1024).toFixed(0)} KiB…`;
+  const done = request({ type: 'upload', name: file.name });
+  ws.send(bytes);
+  try {
+    const r = await done;
+    $('upload-info').textContent = `${file.name}: now the source`;
+    log('info', `uploaded ${r.source}`);
+  } catch (e) {
+    $('upload-info').textContent = `${file.name}: rejected`;
+  }
+}
+
+async function drawUploadWave(bytes, name) {
+  const cv = $('upload-wave');
+  const g = sizeCanvas(cv);
+  const { width: w, height: h } = cv;
+  g.clearRect(0, 0, w, h);
+  try {
+    const dc = ctx || new OfflineAudioContext(2, 1, 48000);
+    const audio = await dc.decodeAudioData(bytes);
+    const chans = [];
+    for (let c = 0; c < audio.numberOfChannels; c++) chans.push(audio.getChannelData(c));
+    const n = audio.length;
+    g.fillStyle = '#ffb347';
+    for (let x = 0; x < w; x++) {
+      const a = Math.floor((x * n) / w), b = Math.max(a + 1, Math.floor(((x + 1) * n) / w));
+      let lo = 0, hi = 0;
+      for (let i = a; i < b && i < n; i++) {
+        let v = 0;
+        for (const ch of chans) v += ch[i];
+        v /= chans.length;
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+      }
+      g.fillRect(x, h / 2 - hi * (h / 2), 1, Math.max(1, (hi - lo) * (h / 2)));
+    }
+    g.fillStyle = '#7d8491';
+    g.font = `${10 * devicePixelRatio}px monospace`;
+    g.fillText(`${name} · ${audio.duration.toFixed(1)} s · ${audio.numberOfChannels} ch · ${audio.sampleRate} Hz`, 4, 12 * devicePixelRatio);
+  } catch (_) {
+    g.fillStyle = '#7d8491';
+    g.font = `${10 * devicePixelRatio}px monospace`;
+    g.fillText(`${name}: the browser cannot preview this file (the server decodes it)`, 4, 12 * devicePixelRatio);
+  }
+}
+
+// ---------------------------------------------------------------- recording
+
+async function toggleRecord() {
+  if (!S.recording) {
+    try {
+      const r = await request({ type: 'record', action: 'start' });
+      S.recording = true;
+      S.recStarted = performance.now();
+      $('download').classList.add('hidden');
+      log('info', `recording ${r.recording}`);
+    } catch (_) {
+      return;
+    }
+  } else {
+    try {
+      const r = await request({ type: 'record', action: 'stop' });
+      S.recording = false;
+      if (r.url) {
+        const a = $('download');
+        a.href = withToken(r.url);
+        a.download = r.url.split('/').pop();
+        a.textContent = `download WAV (${r.seconds.toFixed(1)} s)`;
+        a.classList.remove('hidden');
+        demon.lastRecording = r.url;
+        a.click();
+        log('info', `recorded ${r.seconds.toFixed(1)} s: ${r.url}`);
+      } else showNotice('the recording was empty');
+    } catch (_) {
+      S.recording = false;
+    }
+  }
+  $('rec').classList.toggle('on', S.recording);
+  if (!S.recording) $('rec').innerHTML = '&#9679; Rec';
+}
+
+// ---------------------------------------------------------------- canvases
+
+const dirty = { wave: true, curve: true };
+
+function sizeCanvas(cv) {
+  const dpr = devicePixelRatio || 1;
+  const w = Math.max(1, Math.round(cv.clientWidth * dpr));
+  const h = Math.max(1, Math.round(cv.clientHeight * dpr));
+  if (cv.width !== w || cv.height !== h) {
+    cv.width = w;
+    cv.height = h;
+  }
+  return cv.getContext('2d');
+}
+
+function currentPos() {
+  // The worklet reports about every 20 ms; extrapolate in between while audio runs.
+  let p = S.pos;
+  if (ctx && ctx.state === 'running' && S.playing && S.samples) {
+    p += ((performance.now() - S.posAt) / 1000) * S.rate;
+    const lo = S.band ? S.band[0] * S.rate : 0, hi = S.band ? S.band[1] * S.rate : S.samples;
+    if (p >= hi) p = lo + ((p - hi) % Math.max(1, hi - lo));
+  }
+  return p;
+}
+
+function drawWave() {
+  const cv = $('wave');
+  const g = sizeCanvas(cv);
+  const { width: w, height: h } = cv;
+  g.fillStyle = '#0a0b0e';
+  g.fillRect(0, 0, w, h);
+  const songS = S.songSeconds || 1;
+  const x = (s) => (s / songS) * w;
+  // seconds grid
+  g.fillStyle = '#1a1d24';
+  const stepS = songS > 120 ? 10 : songS > 30 ? 5 : 1;
+  for (let s = 0; s < songS; s += stepS) g.fillRect(Math.round(x(s)), 0, 1, h);
+  if (S.band) {
+    g.fillStyle = '#ffb34722';
+    g.fillRect(x(S.band[0]), 0, x(S.band[1]) - x(S.band[0]), h);
+    g.fillStyle = '#ffb347';
+    g.fillRect(x(S.band[0]), 0, 1, h);
+    g.fillRect(x(S.band[1]) - 1, 0, 1, h);
+  }
+  if (drag && drag.band) {
+    g.fillStyle = '#3fd0c933';
+    g.fillRect(Math.min(drag.x0, drag.x1), 0, Math.abs(drag.x1 - drag.x0), h);
+  }
+  if (S.peaks) {
+    const now = performance.now();
+    const cols = S.columns;
+    for (let px = 0; px < w; px++) {
+      const c0 = Math.floor((px * cols) / w), c1 = Math.max(c0 + 1, Math.floor(((px + 1) * cols) / w));
+      let lo = 0, hi = 0, fresh = 0;
+      for (let c = c0; c < c1 && c < cols; c++) {
+        if (S.peaks[2 * c] < lo) lo = S.peaks[2 * c];
+        if (S.peaks[2 * c + 1] > hi) hi = S.peaks[2 * c + 1];
+        fresh = Math.max(fresh, 1 - (now - S.patchedAt[c]) / 700);
+      }
+      g.fillStyle = fresh > 0 ? `rgb(${255}, ${Math.round(91 + 130 * (1 - fresh))}, ${Math.round(55 + 120 * (1 - fresh))})` : '#c9854a';
+      const y0 = h / 2 - hi * (h / 2) * 0.95, y1 = h / 2 - lo * (h / 2) * 0.95;
+      g.fillRect(px, y0, 1, Math.max(1, y1 - y0));
+      if (fresh > 0) dirty.wave = true;
+    }
+  }
+  // playhead and decode lead
+  const p = currentPos() / S.rate;
+  g.fillStyle = '#3fd0c955';
+  g.fillRect(x((p + S.leadMs / 1000) % songS), 0, 1, h);
+  g.fillStyle = '#ffffff';
+  g.fillRect(x(p) - 1, 0, 2, h);
+  $('pos').textContent = `${p.toFixed(2)} s`;
+  if (hoverX != null) {
+    g.fillStyle = '#7d8491';
+    g.font = `${10 * devicePixelRatio}px monospace`;
+    g.fillText(`${((hoverX / w) * songS).toFixed(2)} s`, Math.min(hoverX + 4, w - 50 * devicePixelRatio), 12 * devicePixelRatio);
+  }
+}
+
+let drag = null;
+let hoverX = null;
+function setupWave() {
+  const cv = $('wave');
+  const px = (e) => (e.offsetX / cv.clientWidth) * cv.width;
+  cv.addEventListener('pointerdown', (e) => {
+    cv.setPointerCapture(e.pointerId);
+    drag = { x0: px(e), x1: px(e), band: false };
+  });
+  cv.addEventListener('pointermove', (e) => {
+    hoverX = px(e);
+    if (drag) {
+      drag.x1 = px(e);
+      drag.band = Math.abs(drag.x1 - drag.x0) > 4 * devicePixelRatio;
+    }
+  });
+  cv.addEventListener('pointerleave', () => (hoverX = null));
+  cv.addEventListener('pointerup', (e) => {
+    if (!drag) return;
+    const w = cv.width;
+    const t = (v) => Math.min(S.songSeconds, Math.max(0, (v / w) * S.songSeconds));
+    if (drag.band) {
+      const a = t(Math.min(drag.x0, drag.x1)), b = t(Math.max(drag.x0, drag.x1));
+      control({ type: 'set_loop_band', start_s: a, end_s: b }).then((r) => r && setBand([a, b]));
+    } else {
+      const s = t(drag.x0);
+      toWorklet({ type: 'seek', sample: s * S.rate });
+      S.pos = s * S.rate;
+      S.posAt = performance.now();
+      control({ type: 'seek', seconds: s });
+    }
+    drag = null;
+  });
+}
+
+// ---------------------------------------------------------------- curves
+
+let curveSel = null;
+let draft = null; // Float32Array while drawing
+let lastIdx = -1;
+
+function curveRange(name) {
+  const spec = S.specs.get(name);
+  return spec ? [spec.min, spec.max] : [0, 1];
+}
+
+function buildCurveTabs(names) {
+  const tabs = $('curve-tabs');
+  tabs.replaceChildren();
+  for (const n of names) {
+    const b = document.createElement('button');
+    b.textContent = n;
+    b.dataset.curve = n;
+    b.addEventListener('click', () => selectCurve(n));
+    tabs.append(b);
+  }
+  selectCurve(names.includes(curveSel) ? curveSel : names[0] || null);
+}
+
+function selectCurve(name) {
+  curveSel = name;
+  for (const b of $('curve-tabs').children) b.classList.toggle('sel', b.dataset.curve === name);
+  markCurved();
+  dirty.curve = true;
+}
+
+function markCurved() {
+  for (const b of $('curve-tabs').children) b.classList.toggle('active', !!S.curves[b.dataset.curve]);
+  for (const [name, f] of faders) f.el.classList.toggle('curved', !!S.curves[name]);
+  if (curveSel) {
+    const c = S.curves[curveSel];
+    const [lo, hi] = curveRange(curveSel);
+    $('curve-info').textContent = `${curveSel} [${lo} … ${hi}]: ${c ? `${c.type} curve` : 'no curve (the knob applies)'}`;
+  }
+}
+
+// Evaluate a curve spec at `n` points over the song (as the server does, demon-engine curve.rs).
+function evalCurve(spec, n) {
+  const out = new Float32Array(n);
+  const tau = (i) => (n <= 1 ? 0 : i / (n - 1));
+  const per = (min, max, f) => {
+    for (let i = 0; i < n; i++) out[i] = min + (max - min) * f(tau(i));
+  };
+  const frac = (x) => x - Math.floor(x);
+  switch (spec.type) {
+    case 'constant':
+      out.fill(spec.value);
+      break;
+    case 'ramp':
+      per(spec.start, spec.end, (x) => x);
+      break;
+    case 'sine':
+      per(spec.min ?? 0, spec.max ?? 1, (x) => 0.5 + 0.5 * Math.sin(2 * Math.PI * ((spec.cycles ?? 1) * x + (spec.phase ?? 0))));
+      break;
+    case 'pulse': {
+      const c = spec.cycles ?? 1, d = spec.duty ?? 0.25;
+      per(spec.min ?? 0, spec.max ?? 1, (x) => {
+        const ph = frac(c * x);
+        return ph >= d ? 0 : 1 - Math.abs((2 * ph) / d - 1);
+      });
+      break;
+    }
+    case 'square': {
+      const c = spec.cycles ?? 1, d = spec.duty ?? 0.5;
+      per(spec.min ?? 0, spec.max ?? 1, (x) => (frac(c * x) < d ? 1 : 0));
+      break;
+    }
+    case 'raw': {
+      const v = spec.values || [];
+      for (let i = 0; i < n; i++) {
+        if (v.length === 0) break;
+        if (v.length === 1 || n <= 1) {
+          out[i] = v[0];
+          continue;
+        }
+        const p = (i * (v.length - 1)) / (n - 1);
+        const a = Math.min(v.length - 1, Math.floor(p)), b = Math.min(v.length - 1, a + 1);
+        out[i] = v[a] + (v[b] - v[a]) * (p - a);
+      }
+      break;
+    }
+    default:
+      break;
+  }
+  return out;
+}
+
+function knobOrMid(name) {
+  if (S.target[name] != null) return S.target[name];
+  const [lo, hi] = curveRange(name);
+  return name === 'initial_noise' ? hi : (lo + hi) / 2;
+}
+
+function drawCurve() {
+  const cv = $('curve');
+  const g = sizeCanvas(cv);
+  const { width: w, height: h } = cv;
+  g.fillStyle = '#0a0b0e';
+  g.fillRect(0, 0, w, h);
+  if (!curveSel) return;
+  const [lo, hi] = curveRange(curveSel);
+  const yOf = (v) => h - 6 - ((v - lo) / (hi - lo || 1)) * (h - 12);
+  // faint waveform for orientation
+  if (S.peaks) {
+    g.fillStyle = '#ffffff10';
+    for (let px = 0; px < w; px++) {
+      const c = Math.floor((px * S.columns) / w);
+      const a = S.peaks[2 * c], b = S.peaks[2 * c + 1];
+      g.fillRect(px, h / 2 - b * h * 0.45, 1, Math.max(1, (b - a) * h * 0.45));
+    }
+  }
+  if (S.band) {
+    g.fillStyle = '#ffb34714';
+    const songS = S.songSeconds || 1;
+    g.fillRect((S.band[0] / songS) * w, 0, ((S.band[1] - S.band[0]) / songS) * w, h);
+  }
+  // range lines
+  g.fillStyle = '#272b34';
+  g.fillRect(0, yOf(lo), w, 1);
+  g.fillRect(0, yOf(hi), w, 1);
+  g.font = `${10 * devicePixelRatio}px monospace`;
+  g.fillStyle = '#7d8491';
+  g.fillText(String(hi), 3, yOf(hi) + 11 * devicePixelRatio);
+  g.fillText(String(lo), 3, yOf(lo) - 3);
+  // the knob's value (what applies without a curve)
+  const kv = S.target[curveSel];
+  if (kv != null) {
+    g.setLineDash([4, 4]);
+    g.strokeStyle = '#3fd0c966';
+    g.beginPath();
+    g.moveTo(0, yOf(kv));
+    g.lineTo(w, yOf(kv));
+    g.stroke();
+    g.setLineDash([]);
+  }
+  const values = draft || (S.curves[curveSel] ? evalCurve(S.curves[curveSel], CURVE_POINTS) : null);
+  if (values) {
+    g.strokeStyle = draft ? '#ffb347' : '#ff5b37';
+    g.lineWidth = 2 * devicePixelRatio;
+    g.beginPath();
+    for (let i = 0; i < values.length; i++) {
+      const X = (i / (values.length - 1)) * w;
+      if (i === 0) g.moveTo(X, yOf(values[i]));
+      else g.lineTo(X, yOf(values[i]));
+    }
+    g.stroke();
+    g.lineWidth = 1;
+  } else {
+    g.fillStyle = '#7d8491';
+    g.fillText('draw here', w / 2 - 25 * devicePixelRatio, h / 2);
+  }
+  const p = currentPos() / S.rate;
+  g.fillStyle = '#ffffffaa';
+  g.fillRect(((p / (S.songSeconds || 1)) * w) | 0, 0, 1, h);
+}
+
+function setupCurve() {
+  const cv = $('curve');
+  const at = (e) => {
+    const [lo, hi] = curveRange(curveSel);
+    const fx = Math.min(1, Math.max(0, e.offsetX / cv.clientWidth));
+    const fy = Math.min(1, Math.max(0, (cv.clientHeight - e.offsetY - 3) / (cv.clientHeight - 6)));
+    return [Math.round(fx * (CURVE_POINTS - 1)), lo + fy * (hi - lo)];
+  };
+  const paint = (e) => {
+    const [i, v] = at(e);
+    if (lastIdx < 0) draft[i] = v;
+    else {
+      const a = Math.min(lastIdx, i), b = Math.max(lastIdx, i);
+      const va = lastIdx < i ? draft[lastIdx] : v, vb = lastIdx < i ? v : draft[lastIdx];
+      for (let k = a; k <= b; k++) draft[k] = b === a ? v : va + ((vb - va) * (k - a)) / (b - a);
+    }
+    lastIdx = i;
+    dirty.curve = true;
+  };
+  cv.addEventListener('pointerdown', (e) => {
+    if (!curveSel) return;
+    cv.setPointerCapture(e.pointerId);
+    draft = S.curves[curveSel] ? evalCurve(S.curves[curveSel], CURVE_POINTS) : new Float32Array(CURVE_POINTS).fill(knobOrMid(curveSel));
+    lastIdx = -1;
+    paint(e);
+  });
+  cv.addEventListener('pointermove', (e) => {
+    if (draft) paint(e);
+  });
+  const finish = () => {
+    if (!draft) return;
+    const values = Array.from(draft, (v) => Math.round(v * 1e4) / 1e4);
+    draft = null;
+    lastIdx = -1;
+    sendCurve(curveSel, { type: 'raw', values });
+  };
+  cv.addEventListener('pointerup', finish);
+  cv.addEventListener('pointercancel', finish);
+}
+
+function sendCurve(name, curve) {
+  control({ type: 'set_curve', name, curve }).then((r) => {
+    if (!r) return;
+    if (curve) S.curves[name] = curve;
+    else delete S.curves[name];
+    markCurved();
+    dirty.curve = true;
+  });
+  dirty.curve = true;
+}
+
+// ---------------------------------------------------------------- MIDI (Web MIDI in this browser)
+
+const MIDI_KEY = 'demon.midi.v1';
+let midiMap = {}; // "ch/cc" → knob
+let midiLearn = null; // knob being learned
+let midiAccess = null;
+try {
+  midiMap = JSON.parse(localStorage.getItem(MIDI_KEY) || '{}') || {};
+} catch (_) {
+  midiMap = {};
+}
+
+function saveMidi() {
+  try {
+    localStorage.setItem(MIDI_KEY, JSON.stringify(midiMap));
+  } catch (_) {
+    /* private mode */
+  }
+  refreshMidiMarks();
+}
+
+function refreshMidiMarks() {
+  const mapped = new Set(Object.values(midiMap));
+  for (const b of document.querySelectorAll('button.learn')) {
+    b.classList.toggle('mapped', mapped.has(b.dataset.learn));
+    b.classList.toggle('on', b.dataset.learn === midiLearn);
+  }
+  for (const [name, f] of faders) f.el.classList.toggle('learning', name === midiLearn);
+  const ul = $('midi-map');
+  ul.replaceChildren();
+  for (const [k, knob] of Object.entries(midiMap)) {
+    const li = document.createElement('li');
+    const [ch, cc] = k.split('/');
+    li.textContent = `ch ${Number(ch) + 1} CC ${cc}`;
+    const b = document.createElement('b');
+    b.textContent = knob;
+    li.append(b);
+    ul.append(li);
+  }
+}
+
+async function enableMidi(quiet) {
+  if (!navigator.requestMIDIAccess) {
+    $('midi-status').textContent = 'this browser has no Web MIDI';
+    return;
+  }
+  try {
+    midiAccess = await navigator.requestMIDIAccess();
+  } catch (e) {
+    $('midi-status').textContent = `Web MIDI refused: ${e.message}`;
+    if (!quiet) showNotice(`Web MIDI: ${e.message}`);
+    return;
+  }
+  const hook = () => {
+    let n = 0;
+    for (const input of midiAccess.inputs.values()) {
+      input.onmidimessage = onMidi;
+      n++;
+    }
+    $('midi-status').textContent = `Web MIDI on: ${n} input${n === 1 ? '' : 's'}`;
+  };
+  midiAccess.onstatechange = hook;
+  hook();
+  $('midi-enable').disabled = true;
+}
+
+function onMidi(e) {
+  const [status, cc, value] = e.data;
+  if ((status & 0xf0) !== 0xb0) return;
+  const key = `${status & 0x0f}/${cc}`;
+  if (midiLearn) {
+    for (const [k, v] of Object.entries(midiMap)) if (v === midiLearn) delete midiMap[k];
+    midiMap[key] = midiLearn;
+    log('info', `MIDI ch ${(status & 0x0f) + 1} CC ${cc} → ${midiLearn}`);
+    midiLearn = null;
+    saveMidi();
+    return;
+  }
+  const knob = midiMap[key];
+  if (!knob) return;
+  const spec = S.specs.get(knob);
+  if (!spec) return;
+  if (knob === 'seed') return setSeed(Math.round((value / 127) * 127));
+  userKnob(knob, spec.min + (value / 127) * (spec.max - spec.min), false);
+}
+
+function startLearn(knob) {
+  if (midiLearn === knob) {
+    midiLearn = null;
+    refreshMidiMarks();
+    return;
+  }
+  midiLearn = knob;
+  refreshMidiMarks();
+  if (!midiAccess) enableMidi(true);
+  request({ type: 'midi_learn', knob })
+    .then((r) => {
+      const st = r.midi;
+      log('info', `server MIDI learn armed for ${knob}${st ? ` (${typeof st === 'string' ? st : JSON.stringify(st)})` : ''}`);
+    })
+    .catch(() => {});
+}
+
+// ---------------------------------------------------------------- keyboard
+
+function typing(el) {
+  if (!el) return false;
+  if (el.tagName === 'TEXTAREA' || el.tagName === 'SELECT') return true;
+  if (el.tagName === 'INPUT') return !['range', 'checkbox', 'button', 'file'].includes(el.type);
+  return false;
+}
+
+function onKey(e) {
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  const el = document.activeElement;
+  if (e.key === 'Escape') {
+    if (midiLearn) {
+      midiLearn = null;
+      refreshMidiMarks();
+    }
+    if (el && el !== document.body) el.blur();
+    return;
+  }
+  if (typing(el)) {
+    if (e.key === 'Enter' && el.closest('#prompt-panel') && el.tagName !== 'SELECT' && !e.shiftKey) {
+      e.preventDefault();
+      sendPrompt();
+    }
+    return;
+  }
+  if (e.key === ' ') {
+    e.preventDefault();
+    setPlaying(!(S.playing && ctx && ctx.state === 'running'));
+    return;
+  }
+  const preset = '12345'.indexOf(e.key);
+  if (preset >= 0 && e.key.length === 1) {
+    userKnob('blend', BLEND_PRESETS[preset], true);
+    return;
+  }
+  switch (e.key.toLowerCase()) {
+    case 'n':
+      newSeed();
+      break;
+    case 'r':
+      toggleRecord();
+      break;
+    case 'c':
+      clearBand();
+      break;
+    case 'm':
+      toggleMute();
+      break;
+    default:
+      break;
+  }
+}
+
+// ---------------------------------------------------------------- small actions
+
+function setSeed(v) {
+  if (!Number.isFinite(v)) return showError('seed must be a number');
+  const s = Math.min(4294967295, Math.max(0, Math.round(v)));
+  S.touched.seed = performance.now();
+  $('seed').value = s;
+  S.target.seed = s;
+  pendingKnobs.set('seed', s);
+  flushKnobs();
+}
+
+function newSeed() {
+  const a = new Uint32Array(1);
+  crypto.getRandomValues(a);
+  setSeed(a[0]);
+}
+
+function clearBand() {
+  control({ type: 'clear_loop_band' }).then((r) => r && setBand(null));
+}
+
+let unmuted = 0.9;
+function toggleMute() {
+  const v = $('volume');
+  if (Number(v.value) > 0) {
+    unmuted = Number(v.value);
+    v.value = 0;
+  } else v.value = unmuted || 0.9;
+  v.dispatchEvent(new Event('input'));
+}
+
+function wire() {
+  $('play').addEventListener('click', () => setPlaying(!(S.playing && ctx && ctx.state === 'running')));
+  $('rec').addEventListener('click', toggleRecord);
+  $('volume').addEventListener('input', () => {
+    if (gain) gain.gain.setTargetAtTime(Number($('volume').value), ctx.currentTime, 0.01);
+  });
+  $('clear-band').addEventListener('click', clearBand);
+  $('resync').addEventListener('click', () => ws && ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify({ type: 'resync' })));
+  $('apply-prompt').addEventListener('click', sendPrompt);
+  for (let i = 0; i < BLEND_PRESETS.length; i++) {
+    const b = document.createElement('button');
+    b.textContent = ['A', '¼', '½', '¾', 'B'][i];
+    b.title = `blend ${BLEND_PRESETS[i]} (key ${i + 1})`;
+    b.addEventListener('click', () => userKnob('blend', BLEND_PRESETS[i], true));
+    $('blend-presets').append(b);
+  }
+  $('solver').addEventListener('change', () => control({ type: 'set_solver', solver: $('solver').value }));
+  $('cfg-mode').addEventListener('change', () => control({ type: 'set_cfg_mode', mode: $('cfg-mode').value }));
+  $('dcw-on').addEventListener('change', () => control({ type: 'set_dcw', enabled: $('dcw-on').checked }));
+  $('dcw-mode').addEventListener('change', () => control({ type: 'set_dcw', mode: $('dcw-mode').value }));
+  $('slew').addEventListener('change', () => {
+    const v = Number($('slew').value);
+    if (!Number.isFinite(v)) return showError('slew must be a number');
+    control({ type: 'set_slew', per_second: v });
+  });
+  $('seed').addEventListener('change', () => setSeed(Number($('seed').value)));
+  $('new-seed').addEventListener('click', newSeed);
+  $('load-library').addEventListener('click', loadLibrarySource);
+  $('library').addEventListener('dblclick', loadLibrarySource);
+  $('source-none').addEventListener('click', () => control({ type: 'set_source', source: { kind: 'none' } }));
+  $('upload').addEventListener('change', (e) => {
+    uploadFile(e.target.files[0]);
+    e.target.value = '';
+  });
+  $('curve-clear').addEventListener('click', () => curveSel && sendCurve(curveSel, null));
+  $('curve-ramp-up').addEventListener('click', () => {
+    const [lo, hi] = curveRange(curveSel);
+    sendCurve(curveSel, { type: 'ramp', start: lo, end: hi });
+  });
+  $('curve-ramp-down').addEventListener('click', () => {
+    const [lo, hi] = curveRange(curveSel);
+    sendCurve(curveSel, { type: 'ramp', start: hi, end: lo });
+  });
+  $('curve-sine').addEventListener('click', () => {
+    const [lo, hi] = curveRange(curveSel);
+    sendCurve(curveSel, { type: 'sine', min: lo, max: hi, cycles: 4, phase: 0 });
+  });
+  $('midi-enable').addEventListener('click', () => enableMidi(false));
+  $('midi-clear').addEventListener('click', () => {
+    midiMap = {};
+    saveMidi();
+  });
+  // Learn buttons (faders are rebuilt on every `ready`, so delegate).
+  document.addEventListener('click', (e) => {
+    const b = e.target.closest('button.learn');
+    if (b) startLearn(b.dataset.learn);
+  });
+  document.addEventListener('keydown', onKey);
+  for (const el of document.querySelectorAll('[title]')) {
+    el.addEventListener('mouseenter', () => ($('help').textContent = el.title));
+  }
+  setupWave();
+  setupCurve();
+}
+
+// ---------------------------------------------------------------- loops
+
+let lastDraw = 0;
+function frame(now) {
+  requestAnimationFrame(frame);
+  if (document.hidden || now - lastDraw < 33) return; // ~30 fps is plenty for an overview
+  lastDraw = now;
+  if (dirty.wave || (ctx && ctx.state === 'running') || drag || hoverX != null) {
+    dirty.wave = false;
+    drawWave();
+  }
+  if (dirty.curve || draft || (ctx && ctx.state === 'running')) {
+    dirty.curve = false;
+    drawCurve();
+  }
+  if (S.recording) $('rec').textContent = `● Rec ${((performance.now() - S.recStarted) / 1000).toFixed(0)} s`;
+}
+
+// Keep the local playhead on the server's: the engine decodes ahead of *its* playhead.
+async function syncPlayhead() {
+  if (!demon.ready || !S.playing || !node || !S.samples) return;
+  const t0 = performance.now();
+  let st;
+  try {
+    st = (await request({ type: 'get_state' }, { quiet: true })).state;
+  } catch (_) {
+    return;
+  }
+  if (!st) return;
+  const half = (performance.now() - t0) / 2000;
+  const server = (st.playhead_seconds + (st.playing ? half : 0)) * S.rate;
+  const len = S.samples;
+  let d = Math.abs(currentPos() - server) % len;
+  d = Math.min(d, len - d);
+  if (d > 0.25 * S.rate) toWorklet({ type: 'seek', sample: server });
+  if (st.playing !== S.playing) setPlaying(st.playing, true);
+}
+
+// ---------------------------------------------------------------- test hooks
+
+Object.assign(demon, {
+  checksum,
+  mark: () => askWorklet('mark'),
+  diffSinceMark: () => askWorklet('diff'),
+  // Drive a knob through its fader, as a performer would (input + change events).
+  setKnob(name, value) {
+    const f = faders.get(name);
+    if (!f) throw new Error(`no fader for ${name}`);
+    f.input.value = value;
+    f.input.dispatchEvent(new Event('input', { bubbles: true }));
+    f.input.dispatchEvent(new Event('change', { bubbles: true }));
+    return Number(f.input.value);
+  },
+  knobValue: (name) => S.target[name],
+  effectiveValue: (name) => S.effective[name],
+  send(obj) {
+    ws.send(typeof obj === 'string' ? obj : JSON.stringify(obj));
+  },
+  request,
+  state: () => S,
+});
+
+wire();
+initAudio()
+  .catch((e) => {
+    audioFailed = true;
+    showError(`audio: ${e.message}`);
+  })
+  .finally(() => {
+    connect();
+    requestAnimationFrame(frame);
+    setInterval(syncPlayhead, 3000);
+  });
+if (navigator.permissions && navigator.permissions.query && Object.keys(midiMap).length) {
+  navigator.permissions.query({ name: 'midi' }).then((p) => p.state === 'granted' && enableMidi(true), () => {});
+}

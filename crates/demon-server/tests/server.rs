@@ -1,0 +1,371 @@
+//! `demon serve` end to end in-process: a real WebSocket client, REST, tokens, OSC and MCP over
+//! HTTP, against a live sketch session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use demon_engine::{BackendSet, ReceptiveField};
+use demon_live::control::SourceSpec;
+use demon_live::core::{LiveCore, SessionConfig};
+use demon_live::session::{RunOptions, SessionHandle, start};
+use demon_server::frames::{FrameHeader, KIND_DELTA, KIND_FULL, apply_frame};
+use demon_server::{Hooks, ServerOptions};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+fn sketch() -> BackendSet {
+    let d = candle_core::Device::Cpu;
+    BackendSet {
+        name: "sketch".into(),
+        denoiser: Box::new(demon_sketch::SketchDenoiser::new(d.clone())),
+        codec: Box::new(demon_sketch::SketchCodec::new(d.clone())),
+        conditioner: Box::new(demon_sketch::SketchConditioner::new(d)),
+    }
+}
+
+fn session() -> SessionHandle {
+    let cfg = SessionConfig {
+        song_seconds: 8.0,
+        prompt: "house, 124 bpm".into(),
+        receptive_field: Some(ReceptiveField { before: 25, after: 1 }),
+        ..Default::default()
+    };
+    let core = LiveCore::new(cfg, sketch()).unwrap();
+    start(core, RunOptions { realtime: true, ..Default::default() }).unwrap()
+}
+
+fn hooks() -> Hooks {
+    Hooks {
+        resolve_source: Arc::new(|spec: &str| {
+            let style = spec.strip_prefix("library:").ok_or("only library sources in tests")?;
+            let style = style.split(':').next().unwrap_or("house");
+            let r = demon_sketch::style::read_prompt(style);
+            let i = r.style_weights.iter().enumerate().fold((0, 0.0), |a, (i, w)| if *w > a.1 { (i, *w) } else { a }).0;
+            let song = demon_sketch::composer::compose(demon_sketch::composer::SongSpec {
+                style: demon_sketch::Style::from_index(i).ok_or("bad style")?,
+                bpm: 124.0,
+                tonic: 9,
+                minor: true,
+                seed: 1,
+                frames: 200,
+            });
+            let t = candle_core::Tensor::from_vec(song.latent, (1, 200, 64), &candle_core::Device::Cpu).map_err(|e| e.to_string())?;
+            demon_live::core::latent_spec(spec, &t)
+        }),
+        library: vec!["library:funk:0".into()],
+        render_offline: Arc::new(|_| Err("not in tests".into())),
+    }
+}
+
+async fn serve_with(opts: ServerOptions, handle: SessionHandle) -> SocketAddr {
+    demon_server::serve(opts, handle, hooks(), std::future::pending()).await.unwrap()
+}
+
+fn test_opts(token: Option<&str>) -> ServerOptions {
+    let mut o = ServerOptions::loopback(0);
+    o.osc_bind = Some("127.0.0.1:0".parse().unwrap());
+    o.midi = false;
+    o.token = token.map(str::to_string);
+    o.midi_map = std::env::temp_dir().join(format!("demon-midi-test-{}.json", std::process::id()));
+    o.recordings_dir = std::env::temp_dir().join(format!("demon-rec-test-{}", std::process::id()));
+    o
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_json(ws: &mut Ws, want: &str) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("timed out").expect("closed").unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == want {
+                return v;
+            }
+        }
+    }
+}
+
+async fn next_reply(ws: &mut Ws, id: i64) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("timed out").expect("closed").unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["id"] == json!(id) && (v["type"] == "reply" || v["type"] == "error" || v["type"] == "pong") {
+                return v;
+            }
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_protocol_end_to_end() {
+    let handle = session();
+    let addr = serve_with(test_opts(None), handle.clone()).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
+
+    // Handshake: ready, then the full buffer.
+    let ready = next_json(&mut ws, "ready").await;
+    assert_eq!(ready["sample_rate"], 48_000);
+    assert_eq!(ready["samples"], 8 * 48_000);
+    assert!(ready["knobs"].as_array().unwrap().iter().any(|k| k["name"] == "denoise"));
+    let mut buffer = [Vec::new(), Vec::new()];
+    let full = loop {
+        if let Message::Binary(b) = ws.next().await.unwrap().unwrap() {
+            break b;
+        }
+    };
+    assert_eq!(apply_frame(&mut buffer, &full).unwrap().kind, KIND_FULL);
+    assert_eq!(buffer[0].len(), 8 * 48_000);
+
+    // Slices arrive as deltas and keep the client's copy equal to the server's loop (to f16).
+    let mut deltas = 0;
+    let mut last_tick = 0;
+    while deltas < 6 {
+        let m = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.unwrap().unwrap().unwrap();
+        if let Message::Binary(b) = m {
+            let h: FrameHeader = apply_frame(&mut buffer, &b).expect("valid frame");
+            if h.kind == KIND_DELTA {
+                deltas += 1;
+                assert!(h.tick >= last_tick);
+                last_tick = h.tick;
+                assert!(h.num_samples > 0 && h.tick_ms > 0.0);
+            }
+        }
+    }
+    let (_, server) = tokio::task::spawn_blocking({
+        let h = handle.clone();
+        move || h.loop_audio(Duration::from_secs(10)).unwrap()
+    })
+    .await
+    .unwrap();
+    // The server may have patched more since; compare where the client is up to date: most
+    // samples must agree to f16 precision.
+    let agree = buffer[0].iter().zip(&server[0]).filter(|(a, b)| (*a - *b).abs() < 2e-3).count();
+    assert!(agree * 10 >= buffer[0].len() * 9, "client copy agrees on {agree}/{}", buffer[0].len());
+
+    // Control replies and echoes.
+    send(&mut ws, json!({"id": 1, "type": "control", "message": {"type": "set_knob", "name": "velocity_scale", "value": 1.4}})).await;
+    let r = next_reply(&mut ws, 1).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    assert!(r["latency_ms"].as_f64().unwrap() >= 0.0);
+    let echo = next_json(&mut ws, "applied").await;
+    assert_eq!(echo["message"]["name"], "velocity_scale");
+
+    // Errors, each answered while the connection and the session carry on.
+    let bad: Vec<(Value, &str)> = vec![
+        (json!({"id": 2, "type": "control", "message": {"type": "set_knob", "name": "wobble", "value": 1}}), "rejected"),
+        (json!({"id": 3, "type": "control", "message": {"type": "set_knob", "name": "denoise", "value": "high"}}), "bad_message"),
+        (json!({"id": 4, "type": "control", "message": {"type": "set_curve", "name": "ode_noise", "curve": {"type": "raw", "values": []}}}), "rejected"),
+        (json!({"id": 5, "type": "control", "message": {"type": "set_knob", "name": "depth", "value": 99}}), "rejected"),
+        (json!({"id": 6, "type": "teleport"}), "unknown_type"),
+        (json!({"id": 7, "type": "control"}), "bad_message"),
+    ];
+    for (m, code) in bad {
+        let id = m["id"].as_i64().unwrap();
+        send(&mut ws, m).await;
+        let r = next_reply(&mut ws, id).await;
+        assert_eq!(r["type"], "error", "{r}");
+        assert_eq!(r["code"], code, "{r}");
+        assert!(!r["error"].as_str().unwrap().is_empty());
+    }
+    // Malformed JSON (including a NaN, which JSON cannot carry) and an oversized frame.
+    ws.send(Message::Text("{\"type\": \"control\", \"message\": {\"type\": \"set_knob\", \"name\": \"denoise\", \"value\": NaN}}".into())).await.unwrap();
+    let r = next_json(&mut ws, "error").await;
+    assert_eq!(r["code"], "bad_json");
+    ws.send(Message::Text("x".repeat(70 * 1024).into())).await.unwrap();
+    let r = next_json(&mut ws, "error").await;
+    assert_eq!(r["code"], "too_large");
+    // A bad upload: decoded and rejected; the old source keeps playing.
+    let before = handle.state().unwrap().source.clone();
+    send(&mut ws, json!({"id": 8, "type": "upload", "name": "song.mp3"})).await;
+    ws.send(Message::Binary(b"this is not an mp3 at all".to_vec().into())).await.unwrap();
+    let r = next_reply(&mut ws, 8).await;
+    assert_eq!(r["code"], "bad_upload", "{r}");
+    assert_eq!(handle.state().unwrap().source, before);
+    // A binary frame nobody asked for.
+    ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    assert_eq!(next_json(&mut ws, "error").await["code"], "bad_message");
+
+    // Still alive: ping, and slices keep coming.
+    send(&mut ws, json!({"id": 9, "type": "ping"})).await;
+    assert_eq!(next_reply(&mut ws, 9).await["type"], "pong");
+    let tick_before = handle.state().unwrap().tick;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(handle.state().unwrap().tick > tick_before, "the session kept ticking");
+
+    // A good upload (a real WAV) replaces the source.
+    let audio = demon_engine::Audio::new(44_100, vec![vec![0.1; 44_100 * 2]]).unwrap();
+    let wav = demon_audio::wav_bytes(&audio, demon_audio::WavFormat::Pcm16, None);
+    send(&mut ws, json!({"id": 10, "type": "upload", "name": "tone.wav"})).await;
+    ws.send(Message::Binary(wav.into())).await.unwrap();
+    let r = next_reply(&mut ws, 10).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    assert_eq!(handle.state().unwrap().source.as_deref(), Some("tone.wav"));
+    handle.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_clients_see_echoes_and_are_unaffected_by_bad_input() {
+    let handle = session();
+    let addr = serve_with(test_opts(None), handle.clone()).await;
+    let (mut a, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
+    let (mut b, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
+    next_json(&mut a, "ready").await;
+    next_json(&mut b, "ready").await;
+    // A floods garbage; B keeps working and sees A's good change echoed.
+    for _ in 0..20 {
+        a.send(Message::Text("{not json".into())).await.unwrap();
+    }
+    send(&mut a, json!({"id": 1, "type": "control", "message": {"type": "set_knob", "name": "ode_noise", "value": 0.3}})).await;
+    let echo = next_json(&mut b, "applied").await;
+    assert_eq!(echo["message"]["name"], "ode_noise");
+    send(&mut b, json!({"id": 2, "type": "ping"})).await;
+    assert_eq!(next_reply(&mut b, 2).await["type"], "pong");
+    handle.stop().unwrap();
+}
+
+async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_required_when_set_and_non_loopback_needs_one() {
+    let mut open = ServerOptions::loopback(0);
+    open.bind = "0.0.0.0:0".parse().unwrap();
+    assert!(open.check().unwrap_err().contains("token"));
+    open.token = Some("short".into());
+    assert!(open.check().is_err());
+    open.token = Some("a-long-enough-token".into());
+    assert!(open.check().is_ok());
+
+    let handle = session();
+    let addr = serve_with(test_opts(Some("sesame-open-please")), handle.clone()).await;
+    assert_eq!(http(addr, "GET", "/api/state", None, "").await.0, 401);
+    assert_eq!(http(addr, "GET", "/api/state", Some("wrong-token-xxxx"), "").await.0, 401);
+    assert_eq!(http(addr, "GET", "/api/state", Some("sesame-open-please"), "").await.0, 200);
+    assert_eq!(http(addr, "GET", "/api/state?token=sesame-open-please", None, "").await.0, 200);
+    assert_eq!(http(addr, "GET", "/", None, "").await.0, 401);
+    assert_eq!(http(addr, "POST", "/mcp", None, "{}").await.0, 401);
+    assert!(tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.is_err(), "WebSocket without the token");
+    assert!(tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token=sesame-open-please")).await.is_ok());
+    handle.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_control_and_knobs() {
+    let handle = session();
+    let addr = serve_with(test_opts(None), handle.clone()).await;
+    let (code, body) = http(addr, "GET", "/api/knobs", None, "").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("\"velocity_scale\"") && body.contains("lora:funk"), "sketch adapters listed");
+    let (code, body) = http(addr, "POST", "/api/control", None, r#"{"type":"set_knob","name":"guidance","value":2.5}"#).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(handle.state().unwrap().targets["guidance"], 2.5);
+    let (code, body) = http(addr, "POST", "/api/control", None, r#"{"type":"set_source","source":{"kind":"library","style":"funk","index":0}}"#).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(handle.state().unwrap().source.as_deref(), Some("library:funk:0"));
+    let (code, _) = http(addr, "POST", "/api/control", None, r#"{"type":"set_knob","name":"guidance","value":99}"#).await;
+    assert_eq!(code, 422);
+    let (code, _) = http(addr, "GET", "/api/recordings/..%2Fetc%2Fpasswd", None, "").await;
+    assert!(code == 400 || code == 404);
+    handle.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_osc_sender_sets_a_knob() {
+    // Bind our own OSC port so the test knows it.
+    let handle = session();
+    let mut opts = test_opts(None);
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let osc_addr = probe.local_addr().unwrap();
+    drop(probe);
+    opts.osc_bind = Some(osc_addr);
+    serve_with(opts, handle.clone()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let packet = rosc::encoder::encode(&rosc::OscPacket::Message(rosc::OscMessage { addr: "/demon/knob/ode_noise".into(), args: vec![rosc::OscType::Float(0.35)] })).unwrap();
+    sender.send_to(&packet, osc_addr).unwrap();
+    sender.send_to(b"garbage that is not OSC", osc_addr).unwrap();
+    let bundle = rosc::encoder::encode(&rosc::OscPacket::Bundle(rosc::OscBundle {
+        timetag: rosc::OscTime { seconds: 0, fractional: 1 },
+        content: vec![rosc::OscPacket::Message(rosc::OscMessage { addr: "/demon/prompt".into(), args: vec![rosc::OscType::String("techno".into())] })],
+    }))
+    .unwrap();
+    sender.send_to(&bundle, osc_addr).unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        let st = handle.state().unwrap();
+        if (st.targets["ode_noise"] - 0.35).abs() < 1e-6 && st.prompt == "techno" {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "OSC knob and prompt reached the session: {:?}", handle.state().map(|s| (s.targets["ode_noise"], s.prompt)));
+    handle.stop().unwrap();
+}
+
+fn sse_json(body: &str) -> Value {
+    let json_part = body.split("\r\n\r\n").nth(1).unwrap_or(body);
+    if let Some(d) = json_part.lines().filter_map(|l| l.strip_prefix("data:")).find(|d| !d.trim().is_empty()) {
+        return serde_json::from_str(d.trim()).unwrap();
+    }
+    // Plain JSON (possibly chunked): take the first {...} line.
+    let line = json_part.lines().find(|l| l.trim_start().starts_with('{')).unwrap_or("{}");
+    serde_json::from_str(line.trim()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_lists_tools_and_sets_a_knob() {
+    let handle = session();
+    let addr = serve_with(test_opts(None), handle.clone()).await;
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}});
+    let (code, body) = http(addr, "POST", "/mcp", None, &init.to_string()).await;
+    assert_eq!(code, 200, "{body}");
+    let session_id = body.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("mcp-session-id:").map(|s| s.trim().to_string()));
+    let sid_header = |s: &Option<String>| s.clone().unwrap_or_default();
+    let post = |body: Value| {
+        let sid = sid_header(&session_id);
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let b = body.to_string();
+            let extra = if sid.is_empty() { String::new() } else { format!("Mcp-Session-Id: {sid}\r\nMcp-Protocol-Version: 2025-06-18\r\n") };
+            let req = format!("POST /mcp HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}", b.len());
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.unwrap();
+            String::from_utf8_lossy(&out).to_string()
+        }
+    };
+    post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+    let raw = post(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})).await;
+    let tools = sse_json(&raw);
+    assert!(tools["result"]["tools"].is_array(), "{raw}");
+    let names: Vec<String> = tools["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect();
+    for want in ["state", "list_knobs", "get_knob", "set_knob", "set_knobs", "set_prompt", "set_prompt_blend", "set_curve", "set_depth", "list_loras", "enable_lora", "disable_lora", "set_source", "start_recording", "stop_recording", "render_offline"] {
+        assert!(names.iter().any(|n| n == want), "missing tool {want}: {names:?}");
+    }
+    let r = sse_json(&post(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "set_knob", "arguments": {"name": "velocity_scale", "value": 0.6}}})).await);
+    assert_eq!(r["result"]["isError"], json!(false), "{r}");
+    assert_eq!(handle.state().unwrap().targets["velocity_scale"], 0.6);
+    let r = sse_json(&post(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "set_knob", "arguments": {"name": "wobble", "value": 0.6}}})).await);
+    assert_eq!(r["result"]["isError"], json!(true), "{r}");
+    let _ = SourceSpec::None;
+    handle.stop().unwrap();
+}
