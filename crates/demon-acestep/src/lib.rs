@@ -28,6 +28,7 @@
 pub mod condition;
 pub mod config;
 pub mod conv;
+pub mod cpu;
 pub mod debug;
 pub mod dit;
 pub mod error;

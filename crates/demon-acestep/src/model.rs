@@ -361,7 +361,11 @@ impl AceStepDenoiser {
             .iter()
             .filter(|o| o.id != info.id)
             .any(|o| o.path.file_stem() == info.path.file_stem());
-        if clash { format!("{stem}#{}", info.id) } else { stem }
+        if clash {
+            format!("{stem}#{}", info.id)
+        } else {
+            stem
+        }
     }
 }
 
@@ -785,7 +789,11 @@ impl Conditioner for AceStepConditioner {
     }
 
     /// The timbre token from `reference` (its first 30 s) instead of the silence latent.
-    fn condition_with_timbre(&mut self, prompt: &Prompt, reference: &Tensor) -> demon_engine::Result<Conditioning> {
+    fn condition_with_timbre(
+        &mut self,
+        prompt: &Prompt,
+        reference: &Tensor,
+    ) -> demon_engine::Result<Conditioning> {
         let saved = self.timbre.clone();
         self.set_reference_timbre(Some(reference))?;
         let c = self.condition_for(prompt, self.task);

@@ -10,17 +10,20 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use crate::config::VaeConfig;
-use crate::conv::TimeConv;
+use crate::conv::{FusedResidual, TimeConv, set_len};
+use crate::cpu::{self, SnakeParams};
 use crate::error::{AceStepError, Result};
 use crate::nn::TensorSource;
 
 /// Snake: `x + 1/(β + 1e−9) · sin²(α·x)` with `α = exp(alpha)`, `β = exp(beta)` per channel.
-/// A single-pass CPU kernel: the composed version makes five passes over the largest tensors
-/// of the whole pipeline.
+/// On the CPU a single-pass vectorised kernel ([`SnakeParams`]; the composed version makes five
+/// passes over the largest tensors of the whole pipeline); on other devices composed candle ops.
 #[derive(Clone, Debug)]
 pub struct Snake {
-    alpha: Vec<f32>,
-    inv_beta: Vec<f32>,
+    params: SnakeParams,
+    /// `[1, C, 1]` `α` and `1/(β + 1e−9)` for the composed (non-CPU) path.
+    alpha: Tensor,
+    inv_beta: Tensor,
     /// `[L, C]` input (the CPU fast path) instead of `[B, C, L]`.
     time_major: bool,
 }
@@ -35,15 +38,29 @@ impl Snake {
             .tensor(&format!("{name}.beta"), &[1, channels, 1])?
             .flatten_all()?
             .to_vec1()?;
-        Ok(Self {
+        let params = SnakeParams {
             alpha: a.iter().map(|v| v.exp()).collect(),
             inv_beta: b.iter().map(|v| 1.0 / (v.exp() + 1e-9)).collect(),
+        };
+        let dev = src.device();
+        Ok(Self {
+            alpha: Tensor::from_slice(&params.alpha, (1, channels, 1), dev)?,
+            inv_beta: Tensor::from_slice(&params.inv_beta, (1, channels, 1), dev)?,
+            params,
             time_major,
         })
     }
 
+    pub fn params(&self) -> &SnakeParams {
+        &self.params
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.contiguous()?.apply_op1_no_bwd(self)?)
+        if x.device().is_cpu() {
+            return Ok(x.contiguous()?.apply_op1_no_bwd(self)?);
+        }
+        let s = x.broadcast_mul(&self.alpha)?.sin()?.sqr()?;
+        Ok((x + s.broadcast_mul(&self.inv_beta)?)?)
     }
 }
 
@@ -65,64 +82,35 @@ impl CustomOp1 for Snake {
             .ok_or_else(|| candle_core::Error::Msg("snake1d: input is not contiguous".into()))?;
         let data = &data[start..end];
         let dims = layout.shape().dims();
-        let (c, l) = match (dims, self.time_major) {
-            ([_, c, l], false) => (*c, *l),
-            ([_, c], true) => (*c, *c),
-            _ => candle_core::bail!("snake1d: unexpected input shape {dims:?}"),
-        };
-        if c != self.alpha.len() {
-            candle_core::bail!("snake1d: {c} channels, parameters for {}", self.alpha.len())
-        }
+        let c = self.params.channels();
         let mut out = vec![0f32; data.len()];
-        if data.is_empty() || l == 0 {
-            return Ok((CpuStorage::F32(out), layout.shape().clone()));
-        }
-        if self.time_major {
-            // [L, C]: rows are time steps, the channel is the position within a row.
-            let rows = data.len() / c;
-            let threads = std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(rows.max(1));
-            let per = rows.div_ceil(threads.max(1)).max(1);
-            std::thread::scope(|scope| {
-                for (dst, src) in out.chunks_mut(per * c).zip(data.chunks(per * c)) {
-                    scope.spawn(move || {
-                        for (d, s) in dst.chunks_mut(c).zip(src.chunks(c)) {
-                            for (((o, &x), &a), &ib) in
-                                d.iter_mut().zip(s).zip(&self.alpha).zip(&self.inv_beta)
-                            {
-                                let sn = (a * x).sin();
-                                *o = x + ib * (sn * sn);
-                            }
-                        }
-                    });
-                }
-            });
-            return Ok((CpuStorage::F32(out), layout.shape().clone()));
-        }
-        let rows = data.len() / l.max(1);
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(rows.max(1));
-        let per = rows.div_ceil(threads.max(1)).max(1);
-        std::thread::scope(|scope| {
-            for (chunk_idx, (dst, src)) in out
-                .chunks_mut(per * l)
-                .zip(data.chunks(per * l))
-                .enumerate()
-            {
-                scope.spawn(move || {
-                    for (r, (d, s)) in dst.chunks_mut(l).zip(src.chunks(l)).enumerate() {
-                        let ch = (chunk_idx * per + r) % c;
-                        let (a, ib) = (self.alpha[ch], self.inv_beta[ch]);
-                        for (o, &x) in d.iter_mut().zip(s) {
-                            let sn = (a * x).sin();
-                            *o = x + ib * (sn * sn);
-                        }
-                    }
+        match (dims, self.time_major) {
+            ([_, ch], true) if *ch == c => {
+                // [L, C]: rows are time steps, the channel is the position within a row.
+                let p = &self.params;
+                cpu::for_each_part(&mut out, c, |off, dst| {
+                    p.apply(dst, &data[off..off + dst.len()]);
                 });
             }
-        });
+            ([_, ch, l], false) if *ch == c => {
+                // [B, C, L]: one channel per row of L values.
+                let (l, p) = (*l, &self.params);
+                cpu::for_each_tile(
+                    &mut out,
+                    l.max(1),
+                    || (),
+                    |row, dst, _| {
+                        let ch = row % c;
+                        let src = &data[row * l..row * l + dst.len()];
+                        cpu::snake_channel(dst, src, p.alpha[ch], p.inv_beta[ch]);
+                    },
+                );
+            }
+            _ => candle_core::bail!(
+                "snake1d: input shape {dims:?} does not match {c} channels (time-major: {})",
+                self.time_major
+            ),
+        }
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -135,15 +123,18 @@ fn fold_weight_norm(src: &dyn TensorSource, name: &str, v_shape: &[usize]) -> Re
     Ok(v.broadcast_mul(&g.broadcast_div(&norm)?)?)
 }
 
-/// A weight-normalised Conv1d: channel-major on candle, or time-major GEMMs on the CPU.
+/// A weight-normalised Conv1d: channel-major on candle, or a time-major window GEMM on the CPU
+/// (only one of the two weight copies is kept).
 #[derive(Clone, Debug)]
-pub struct Conv {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    padding: usize,
-    stride: usize,
-    dilation: usize,
-    time: Option<TimeConv>,
+pub enum Conv {
+    Candle {
+        weight: Tensor,
+        bias: Option<Tensor>,
+        padding: usize,
+        stride: usize,
+        dilation: usize,
+    },
+    Time(TimeConv),
 }
 
 /// Conv hyper-parameters `(kernel, stride, padding, dilation)`.
@@ -170,48 +161,62 @@ impl Conv {
         } else {
             None
         };
-        let time = if time_major {
-            Some(TimeConv::conv(
+        if time_major {
+            return Ok(Self::Time(TimeConv::conv(
                 &weight,
                 bias.as_ref(),
                 spec.stride,
                 spec.dilation,
                 spec.padding,
-            )?)
-        } else {
-            None
-        };
-        Ok(Self {
+            )?));
+        }
+        Ok(Self::Candle {
             weight,
             bias: bias.map(|b| b.reshape((1, cout, 1))).transpose()?,
             padding: spec.padding,
             stride: spec.stride,
             dilation: spec.dilation,
-            time,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(t) = &self.time {
-            return t.forward(x);
+        match self {
+            Self::Time(t) => t.forward(x),
+            Self::Candle {
+                weight,
+                bias,
+                padding,
+                stride,
+                dilation,
+            } => {
+                let y = x.conv1d(weight, *padding, *stride, *dilation, 1)?;
+                Ok(match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                })
+            }
         }
-        let y = x.conv1d(&self.weight, self.padding, self.stride, self.dilation, 1)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+    }
+
+    fn time(&self) -> Result<&TimeConv> {
+        match self {
+            Self::Time(t) => Ok(t),
+            Self::Candle { .. } => Err(AceStepError::input("conv was loaded channel-major")),
+        }
     }
 }
 
-/// A weight-normalised ConvTranspose1d (kernel 2s, stride s, padding ⌈s/2⌉), run with padding 0
-/// and trimmed.
+/// A weight-normalised ConvTranspose1d (kernel 2s, stride s, padding ⌈s/2⌉). On candle it runs
+/// with padding 0 and is trimmed; on the CPU it is a time-major window GEMM.
 #[derive(Clone, Debug)]
-pub struct ConvTranspose {
-    weight: Tensor,
-    bias: Tensor,
-    stride: usize,
-    padding: usize,
-    time: Option<TimeConv>,
+pub enum ConvTranspose {
+    Candle {
+        weight: Tensor,
+        bias: Tensor,
+        stride: usize,
+        padding: usize,
+    },
+    Time(TimeConv),
 }
 
 impl ConvTranspose {
@@ -226,50 +231,64 @@ impl ConvTranspose {
         let weight = fold_weight_norm(src, name, &[cin, cout, 2 * stride])?;
         let bias = src.tensor(&format!("{name}.bias"), &[cout])?;
         let padding = stride.div_ceil(2);
-        let time = if time_major {
-            Some(TimeConv::conv_transpose(
+        if time_major {
+            return Ok(Self::Time(TimeConv::conv_transpose(
                 &weight,
                 Some(&bias),
                 stride,
                 padding,
-            )?)
-        } else {
-            None
-        };
-        Ok(Self {
+            )?));
+        }
+        Ok(Self::Candle {
             weight,
             bias: bias.reshape((1, cout, 1))?,
             stride,
             padding,
-            time,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(t) = &self.time {
-            return t.forward(x);
-        }
+        let (weight, bias, stride, padding) = match self {
+            Self::Time(t) => return t.forward(x),
+            Self::Candle {
+                weight,
+                bias,
+                stride,
+                padding,
+            } => (weight, bias, *stride, *padding),
+        };
         // One batch item at a time: candle 0.11.1's padding-0 (col2im) transposed convolution
         // gives wrong values for items after the first of a batch.
         let mut items = Vec::with_capacity(x.dim(0)?);
         for i in 0..x.dim(0)? {
             let y = x
                 .narrow(0, i, 1)?
-                .conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?;
+                .conv_transpose1d(weight, 0, 0, stride, 1, 1)?;
             let full = y.dim(2)?;
-            items.push(y.narrow(2, self.padding, full - 2 * self.padding)?);
+            items.push(y.narrow(2, padding, full - 2 * padding)?);
         }
-        Ok(Tensor::cat(&items, 0)?.broadcast_add(&self.bias)?)
+        Ok(Tensor::cat(&items, 0)?.broadcast_add(bias)?)
+    }
+
+    fn time(&self) -> Result<&TimeConv> {
+        match self {
+            Self::Time(t) => Ok(t),
+            Self::Candle { .. } => Err(AceStepError::input("conv was loaded channel-major")),
+        }
     }
 }
 
-/// `x + conv2(snake2(conv1(snake1(x))))`, conv1 kernel 7 with dilation d.
+/// `x + conv2(snake2(conv1(snake1(x))))`, conv1 kernel 7 with dilation d: composed candle ops, or
+/// on the CPU one fused time-major kernel.
 #[derive(Clone, Debug)]
-pub struct ResidualUnit {
-    snake1: Snake,
-    conv1: Conv,
-    snake2: Snake,
-    conv2: Conv,
+pub enum ResidualUnit {
+    Candle {
+        snake1: Snake,
+        conv1: Conv,
+        snake2: Snake,
+        conv2: Conv,
+    },
+    Time(FusedResidual),
 }
 
 impl ResidualUnit {
@@ -292,18 +311,54 @@ impl ResidualUnit {
             padding: 0,
             dilation: 1,
         };
-        Ok(Self {
-            snake1: Snake::load(src, &format!("{name}.snake1"), c, tm)?,
-            conv1: Conv::load(src, &format!("{name}.conv1"), (c, c), k7, true, tm)?,
-            snake2: Snake::load(src, &format!("{name}.snake2"), c, tm)?,
-            conv2: Conv::load(src, &format!("{name}.conv2"), (c, c), k1, true, tm)?,
+        let snake1 = Snake::load(src, &format!("{name}.snake1"), c, tm)?;
+        let conv1 = Conv::load(src, &format!("{name}.conv1"), (c, c), k7, true, tm)?;
+        let snake2 = Snake::load(src, &format!("{name}.snake2"), c, tm)?;
+        let conv2 = Conv::load(src, &format!("{name}.conv2"), (c, c), k1, true, tm)?;
+        if tm {
+            return Ok(Self::Time(FusedResidual {
+                snake1: snake1.params,
+                conv1: conv1.time()?.clone(),
+                snake2: snake2.params,
+                conv2: conv2.time()?.clone(),
+            }));
+        }
+        Ok(Self::Candle {
+            snake1,
+            conv1,
+            snake2,
+            conv2,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.conv1.forward(&self.snake1.forward(x)?)?;
-        let y = self.conv2.forward(&self.snake2.forward(&y)?)?;
-        Ok((x + y)?)
+        match self {
+            Self::Candle {
+                snake1,
+                conv1,
+                snake2,
+                conv2,
+            } => {
+                let y = conv1.forward(&snake1.forward(x)?)?;
+                let y = conv2.forward(&snake2.forward(&y)?)?;
+                Ok((x + y)?)
+            }
+            Self::Time(f) => {
+                let (l, _) = x.dims2()?;
+                let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                let mut out = Vec::new();
+                f.forward_into(&xv, l, &mut out)?;
+                Ok(Tensor::from_vec(out, x.dims(), x.device())?)
+            }
+        }
+    }
+
+    /// Time-major `x` `[l, C]` → `out` (the CPU path).
+    fn forward_time(&self, x: &[f32], l: usize, out: &mut Vec<f32>) -> Result<()> {
+        match self {
+            Self::Time(f) => f.forward_into(x, l, out),
+            Self::Candle { .. } => Err(AceStepError::input("residual unit loaded channel-major")),
+        }
     }
 }
 
@@ -332,13 +387,24 @@ struct EncoderBlock {
     conv: Conv,
 }
 
-/// Run `f` on each batch item in time-major layout: `[B, C, L]` → per item `[L, C]` → back.
-fn per_item_time_major(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
-    let b = x.dim(0)?;
+/// Run `f` on each batch item in time-major layout: `[B, C, L]` → per item `[L, C]` values →
+/// `[L_out, C_out]` values → `[B, C_out, L_out]`.
+fn per_item_time_major(
+    x: &Tensor,
+    c_out: usize,
+    f: impl Fn(&[f32], usize) -> Result<Vec<f32>>,
+) -> Result<Tensor> {
+    let (b, _, l) = x.dims3()?;
     let mut outs = Vec::with_capacity(b);
     for i in 0..b {
-        let item = x.get(i)?.t()?.contiguous()?;
-        outs.push(f(&item)?.t()?.contiguous()?);
+        let item: Vec<f32> = x.get(i)?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+        let y = f(&item, l)?;
+        let l_out = y.len() / c_out.max(1);
+        outs.push(
+            Tensor::from_vec(y, (l_out, c_out), x.device())?
+                .t()?
+                .contiguous()?,
+        );
     }
     Ok(Tensor::stack(&outs, 0)?)
 }
@@ -417,9 +483,34 @@ impl VaeDecoder {
         self.conv2.forward(&self.snake1.forward(&h)?)
     }
 
+    /// Time-major latents `[l, C]` → audio `[l·hop, channels]`, on two ping-pong buffers (the
+    /// largest activations, `[L·hop/2, 128]`, are hundreds of MB for a long window).
+    fn run_time(&self, x: &[f32], l: usize) -> Result<Vec<f32>> {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut l = self.conv1.time()?.forward_into(x, l, None, &mut a)?;
+        for blk in &self.blocks {
+            l = blk
+                .conv_t
+                .time()?
+                .forward_into(&a, l, Some(&blk.snake.params), &mut b)?;
+            std::mem::swap(&mut a, &mut b);
+            for r in &blk.res {
+                r.forward_time(&a, l, &mut b)?;
+                std::mem::swap(&mut a, &mut b);
+            }
+        }
+        drop(b);
+        let mut out = Vec::new();
+        self.conv2
+            .time()?
+            .forward_into(&a, l, Some(&self.snake1.params), &mut out)?;
+        Ok(out)
+    }
+
     pub fn forward(&self, latents: &Tensor) -> Result<Tensor> {
         if self.time_major {
-            per_item_time_major(latents, |x| self.run(x))
+            let c_out = self.conv2.time()?.out_channels();
+            per_item_time_major(latents, c_out, |x, l| self.run_time(x, l))
         } else {
             self.run(latents)
         }
@@ -515,10 +606,35 @@ impl VaeEncoder {
         self.conv2.forward(&self.snake1.forward(&h)?)
     }
 
+    /// Time-major audio `[l, channels]` → moments `[l/hop, 2·latent]`.
+    fn run_time(&self, x: &[f32], l: usize) -> Result<Vec<f32>> {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut l = self.conv1.time()?.forward_into(x, l, None, &mut a)?;
+        for blk in &self.blocks {
+            for r in &blk.res {
+                r.forward_time(&a, l, &mut b)?;
+                std::mem::swap(&mut a, &mut b);
+            }
+            l = blk
+                .conv
+                .time()?
+                .forward_into(&a, l, Some(&blk.snake.params), &mut b)?;
+            std::mem::swap(&mut a, &mut b);
+        }
+        drop(b);
+        let mut out = Vec::new();
+        self.conv2
+            .time()?
+            .forward_into(&a, l, Some(&self.snake1.params), &mut out)?;
+        set_len(&mut a, 0);
+        Ok(out)
+    }
+
     /// The posterior mean.
     pub fn forward(&self, audio: &Tensor) -> Result<Tensor> {
         if self.time_major {
-            let h = per_item_time_major(audio, |x| self.run(x))?;
+            let c_out = self.conv2.time()?.out_channels();
+            let h = per_item_time_major(audio, c_out, |x, l| self.run_time(x, l))?;
             Ok(h.narrow(1, 0, self.latent_channels)?)
         } else {
             Ok(self.run(audio)?.narrow(1, 0, self.latent_channels)?)
@@ -548,10 +664,16 @@ mod tests {
             seed: 5,
             device: Device::Cpu,
         };
-        let lat = demon_engine::rng::normal_tensor(7, demon_engine::rng::NoiseStream::Initial, 2 * 4, 9, &Device::Cpu)
-            .unwrap()
-            .reshape((2, 4, 9))
-            .unwrap();
+        let lat = demon_engine::rng::normal_tensor(
+            7,
+            demon_engine::rng::NoiseStream::Initial,
+            2 * 4,
+            9,
+            &Device::Cpu,
+        )
+        .unwrap()
+        .reshape((2, 4, 9))
+        .unwrap();
         let a = VaeDecoder::load_with_layout(&src, &cfg, true)
             .unwrap()
             .forward(&lat)
@@ -589,7 +711,14 @@ mod tests {
             .unwrap();
         // The two layouts take different (equally valid) f32 summation orders; compare relative
         // to the output's scale.
-        let scale = e1.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+        let scale = e1
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1.0);
         assert!(d / scale < 1e-5, "encoder {d} (scale {scale})");
     }
 }
