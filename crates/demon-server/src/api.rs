@@ -35,6 +35,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/control", post(control))
         .route("/api/source", post(upload_source))
         .route("/api/recordings/{name}", get(recording))
+        .route("/api/loop.wav", get(loop_wav))
         .nest_service("/mcp", mcp_service)
         .layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_token))
         .layer(DefaultBodyLimit::max(app.opts.limits.max_binary_bytes))
@@ -146,6 +147,20 @@ async fn upload_source(State(app): State<Arc<App>>, Query(q): Query<UploadQuery>
     match source_from_bytes(&app, 0, name.clone(), body.to_vec()).await {
         Ok((tick, ms)) => Json(json!({"ok": true, "tick": tick, "latency_ms": ms, "source": name})).into_response(),
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, "bad_upload", e),
+    }
+}
+
+/// What the loop holds right now, as a 32-bit float WAV.
+async fn loop_wav(State(app): State<Arc<App>>) -> Response {
+    let h = app.handle.clone();
+    let sr = h.sample_rate();
+    match tokio::task::spawn_blocking(move || h.loop_audio(Duration::from_secs(10))).await {
+        Ok(Ok((_, buf))) => {
+            let audio = demon_engine::Audio { sample_rate: sr, channels: buf.to_vec() };
+            let bytes = demon_audio::wav_bytes(&audio, demon_audio::WavFormat::Float32, None);
+            ([(header::CONTENT_TYPE, "audio/wav")], bytes).into_response()
+        }
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the session did not answer"),
     }
 }
 
