@@ -76,7 +76,10 @@ function log(kind, text) {
   li.className = kind;
   const t = document.createElement('time');
   t.textContent = new Date().toLocaleTimeString();
-  li.append(t, text);
+  const msg = document.createElement('span');
+  msg.className = 'msg';
+  msg.textContent = text;
+  li.append(t, ' ', msg);
   const list = $('log');
   list.prepend(li);
   while (list.children.length > 200) list.lastChild.remove();
@@ -831,7 +834,7 @@ async function toggleRecord() {
 
 // ---------------------------------------------------------------- canvases
 
-const dirty = { wave: true, curve: true };
+const dirty = { wave: true, curve: true, hover: false };
 
 function sizeCanvas(cv) {
   const dpr = devicePixelRatio || 1;
@@ -892,16 +895,9 @@ function drawWave() {
       g.fillStyle = fresh > 0 ? `rgb(${255}, ${Math.round(91 + 130 * (1 - fresh))}, ${Math.round(55 + 120 * (1 - fresh))})` : '#c9854a';
       const y0 = h / 2 - hi * (h / 2) * 0.95, y1 = h / 2 - lo * (h / 2) * 0.95;
       g.fillRect(px, y0, 1, Math.max(1, y1 - y0));
-      if (fresh > 0) dirty.wave = true;
+      if (fresh > 0) dirty.wave = true; // keep fading the flash of fresh patches
     }
   }
-  // playhead and decode lead
-  const p = currentPos() / S.rate;
-  g.fillStyle = '#3fd0c955';
-  g.fillRect(x((p + S.leadMs / 1000) % songS), 0, 1, h);
-  g.fillStyle = '#ffffff';
-  g.fillRect(x(p) - 1, 0, 2, h);
-  $('pos').textContent = `${p.toFixed(2)} s`;
   if (hoverX != null) {
     g.fillStyle = '#7d8491';
     g.font = `${10 * devicePixelRatio}px monospace`;
@@ -920,12 +916,16 @@ function setupWave() {
   });
   cv.addEventListener('pointermove', (e) => {
     hoverX = px(e);
+    dirty.hover = true;
     if (drag) {
       drag.x1 = px(e);
       drag.band = Math.abs(drag.x1 - drag.x0) > 4 * devicePixelRatio;
     }
   });
-  cv.addEventListener('pointerleave', () => (hoverX = null));
+  cv.addEventListener('pointerleave', () => {
+    hoverX = null;
+    dirty.wave = true;
+  });
   cv.addEventListener('pointerup', (e) => {
     if (!drag) return;
     const w = cv.width;
@@ -1100,9 +1100,6 @@ function drawCurve() {
     g.fillStyle = '#7d8491';
     g.fillText('draw here', w / 2 - 25 * devicePixelRatio, h / 2);
   }
-  const p = currentPos() / S.rate;
-  g.fillStyle = '#ffffffaa';
-  g.fillRect(((p / (S.songSeconds || 1)) * w) | 0, 0, 1, h);
 }
 
 function setupCurve() {
@@ -1413,20 +1410,50 @@ function wire() {
 
 // ---------------------------------------------------------------- loops
 
-let lastDraw = 0;
+// Canvases are redrawn only when their content changes (and at most 10 / 4 times a second);
+// the playheads are thin overlays moved by CSS transforms, which costs next to nothing.
+const lastDraw = { wave: 0, curve: 0, pos: 0, ph: 0 };
+const widths = new Map(); // canvas wrapper → CSS width (read once per resize, not per frame)
+const resizer = new ResizeObserver((entries) => {
+  for (const e of entries) widths.set(e.target, e.contentRect.width);
+  dirty.wave = dirty.curve = true;
+});
+for (const w of document.querySelectorAll('.canvas-wrap')) resizer.observe(w);
+let lastPosText = '';
 function frame(now) {
   requestAnimationFrame(frame);
-  if (document.hidden || now - lastDraw < 33) return; // ~30 fps is plenty for an overview
-  lastDraw = now;
-  if (dirty.wave || (ctx && ctx.state === 'running') || drag || hoverX != null) {
+  if (document.hidden) return;
+  if ((dirty.wave && now - lastDraw.wave >= 100) || drag || (hoverX != null && dirty.hover)) {
     dirty.wave = false;
+    dirty.hover = false;
+    lastDraw.wave = now;
     drawWave();
   }
-  if (dirty.curve || draft || (ctx && ctx.state === 'running')) {
+  if (dirty.curve && (draft || now - lastDraw.curve >= 250)) {
     dirty.curve = false;
+    lastDraw.curve = now;
     drawCurve();
   }
-  if (S.recording) $('rec').textContent = `● Rec ${((performance.now() - S.recStarted) / 1000).toFixed(0)} s`;
+  if (now - lastDraw.ph < 30) return; // playheads at ~30 fps
+  lastDraw.ph = now;
+  const songS = S.songSeconds || 1;
+  const p = currentPos() / S.rate;
+  const place = (el, s) => {
+    const x = ((s / songS) * (widths.get(el.parentElement) || 0)).toFixed(1);
+    if (el.dataset.x !== x) {
+      el.dataset.x = x;
+      el.style.transform = `translateX(${x}px)`;
+    }
+  };
+  place($('wave-ph'), p);
+  place($('wave-lead'), (p + S.leadMs / 1000) % songS);
+  place($('curve-ph'), p);
+  if (now - lastDraw.pos >= 100) {
+    lastDraw.pos = now;
+    const t = `${p.toFixed(2)} s`;
+    if (t !== lastPosText) $('pos').textContent = lastPosText = t;
+    if (S.recording) $('rec').textContent = `● Rec ${((performance.now() - S.recStarted) / 1000).toFixed(0)} s`;
+  }
 }
 
 // Keep the local playhead on the server's: the engine decodes ahead of *its* playhead.
@@ -1471,6 +1498,7 @@ Object.assign(demon, {
   },
   request,
   state: () => S,
+  audioContext: () => ctx,
 });
 
 wire();
