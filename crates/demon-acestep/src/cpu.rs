@@ -101,47 +101,35 @@ pub enum Rhs {
 /// When the shapes disagree or a view reaches outside its slice (a programming error inside this
 /// crate; user input is validated before it reaches a kernel).
 pub fn matmul(dst: MatMut<'_>, a: Mat<'_>, b: &[f32], rhs: Rhs, accumulate: bool) {
-    matmul_par(dst, a, b, rhs, accumulate, Parallelism::None);
-}
-
-/// [`matmul`] letting `gemm` split the work over `threads` (its own threading; use for single
-/// large products).
-pub fn matmul_threads(
-    dst: MatMut<'_>,
-    a: Mat<'_>,
-    b: &[f32],
-    rhs: Rhs,
-    accumulate: bool,
-    threads: usize,
-) {
-    let par = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
+    let (k, n) = (a.cols, dst.cols);
+    let b = match rhs {
+        Rhs::KxN => Mat::dense(b, k, n),
+        Rhs::NxK => Mat::dense(b, n, k),
     };
-    matmul_par(dst, a, b, rhs, accumulate, par);
+    gemm_view(dst, a, b, rhs, accumulate, 1.0);
 }
 
-fn matmul_par(
-    dst: MatMut<'_>,
-    a: Mat<'_>,
-    b: &[f32],
-    rhs: Rhs,
-    accumulate: bool,
-    par: Parallelism,
-) {
+/// `dst (+)= scale · a · b` on one thread, with `b` a strided view: `[K, N]` for [`Rhs::KxN`],
+/// `[N, K]` (used transposed) for [`Rhs::NxK`].
+///
+/// # Panics
+/// As [`matmul`].
+pub fn gemm_view(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, rhs: Rhs, accumulate: bool, scale: f32) {
     let (m, k, n) = (a.rows, a.cols, dst.cols);
+    let (bk, bn) = match rhs {
+        Rhs::KxN => (b.rows, b.cols),
+        Rhs::NxK => (b.cols, b.rows),
+    };
     assert_eq!(dst.rows, m, "matmul: dst has {} rows, lhs {m}", dst.rows);
+    assert_eq!(
+        (bk, bn),
+        (k, n),
+        "matmul: rhs is {bk}×{bn}, expected {k}×{n}"
+    );
     assert!(dst.row_stride >= n, "matmul: dst rows overlap");
     assert!(
-        a.in_bounds() && dst.in_bounds(),
+        a.in_bounds() && b.in_bounds() && dst.in_bounds(),
         "matmul: view out of bounds"
-    );
-    assert!(
-        b.len() >= k * n,
-        "matmul: rhs has {} values, needs {}",
-        b.len(),
-        k * n
     );
     if m == 0 || n == 0 {
         return;
@@ -155,15 +143,15 @@ fn matmul_par(
         return;
     }
     let (rhs_cs, rhs_rs) = match rhs {
-        Rhs::KxN => (1isize, n as isize),
-        Rhs::NxK => (k as isize, 1isize),
+        Rhs::KxN => (1isize, b.row_stride as isize),
+        Rhs::NxK => (b.row_stride as isize, 1isize),
     };
     // SAFETY: the asserts above establish that every element gemm addresses is inside its slice:
-    // lhs element (i, p) at i·row_stride + p ≤ (m−1)·row_stride + k − 1 < a.data.len(); dst
-    // element (i, j) likewise inside dst.data, whose rows do not overlap (row_stride ≥ n), so the
-    // only writes go to distinct elements of the exclusively borrowed dst; rhs element (p, j)
-    // at p·rhs_rs + j·rhs_cs ≤ k·n − 1 < b.len(). The lhs and rhs slices are shared borrows that
-    // cannot alias the mutable dst.
+    // lhs element (i, p) at i·row_stride + p ≤ (m−1)·row_stride + k − 1 < a.data.len(); rhs
+    // element (p, j) likewise inside b.data for either layout; dst element (i, j) inside
+    // dst.data, whose rows do not overlap (row_stride ≥ n), so gemm only writes distinct
+    // elements of the exclusively borrowed dst. The lhs and rhs are shared borrows that cannot
+    // alias the mutable dst. `Parallelism::None`: gemm spawns no threads.
     unsafe {
         gemm(
             m,
@@ -176,17 +164,46 @@ fn matmul_par(
             a.data.as_ptr(),
             1,
             a.row_stride as isize,
-            b.as_ptr(),
+            b.data.as_ptr(),
             rhs_cs,
             rhs_rs,
             1.0,
-            1.0,
+            scale,
             false,
             false,
             false,
-            par,
+            Parallelism::None,
         );
     }
+}
+
+/// `dst (+)= x · Wᵀ` for a PyTorch-layout weight `w` `[n, k]`, `x` dense `[m, k]`, `dst` dense
+/// `[m, n]`, with the rows split over the worker threads (one single-threaded GEMM per part:
+/// on the 2-core machine this keeps both cores busy for the 125–750-row products of the DiT,
+/// where `gemm`'s own threading often does not). The split depends only on `m`, so a row's
+/// result does not depend on anything but its own input.
+pub fn linear_rows(
+    dst: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+) {
+    assert_eq!(dst.len(), m * n, "linear_rows: output size");
+    assert_eq!(x.len(), m * k, "linear_rows: input size");
+    assert_eq!(w.len(), n * k, "linear_rows: weight size");
+    let parts = threads().min(m.div_ceil(16)).max(1);
+    let per = m.div_ceil(parts).max(1);
+    for_each_tile(
+        dst,
+        per * n,
+        || (),
+        |i, d, _| {
+            let rows = d.len() / n.max(1);
+            let a = Mat::dense(&x[i * per * k..(i * per + rows) * k], rows, k);
+            matmul(MatMut::dense(d, rows, n), a, w, Rhs::NxK, accumulate);
+        },
+    );
 }
 
 /// Split `out` into tiles of `tile_len` values and run `f(tile_index, tile, scratch)` on every
@@ -411,6 +428,217 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     acc.iter().sum::<f32>() + s
+}
+
+/// `eˣ` for the softmax and SiLU: `2ⁿ·e^r` with `n = round(x·log₂e)`, `|r| ≤ ln2/2`, and a
+/// degree-7 Taylor polynomial (relative error < 1e−8 before rounding); 0 below −87.3 (where f32
+/// leaves the normal range; the true value is < 1.2e−38) and clamped at 88.7. Branch-free.
+#[inline(always)]
+pub fn exp_approx(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let xc = x.clamp(-87.3, 88.7);
+    let n = (xc * std::f32::consts::LOG2_E).round_ties_even();
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.3 { 0.0 } else { p * scale }
+}
+
+/// Sum with 16 independent partial sums (vectorisable; fixed order, so deterministic).
+#[inline(always)]
+fn sum16(a: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0f32; L];
+    let (ac, ar) = a.split_at(a.len() / L * L);
+    for x in ac.chunks_exact(L) {
+        for i in 0..L {
+            acc[i] += f(x[i]);
+        }
+    }
+    let mut s = 0f32;
+    for &x in ar {
+        s += f(x);
+    }
+    acc.iter().sum::<f32>() + s
+}
+
+/// Row-wise softmax of attention scores in place: `rows` `[n, cols]` for query positions
+/// `q0 .. q0 + n` against keys `k0 .. k0 + cols`. With `window`, only keys with `|i − j| ≤ w`
+/// take part and every other entry becomes exactly 0 (what the reference's `finfo.min` additive
+/// mask gives after `exp`); `bias` (indexed by key) is added first (key padding).
+pub struct Softmax<'a> {
+    pub rows: &'a mut [f32],
+    pub cols: usize,
+    pub q0: usize,
+    pub k0: usize,
+    pub window: Option<usize>,
+    pub bias: Option<&'a [f32]>,
+}
+
+impl Softmax<'_> {
+    pub fn run(self) {
+        pulp::Arch::new().dispatch(self);
+    }
+}
+
+impl WithSimd for Softmax<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let cols = self.cols;
+        if cols == 0 {
+            return;
+        }
+        for (r, row) in self.rows.chunks_exact_mut(cols).enumerate() {
+            let i = self.q0 + r;
+            let (mut lo, mut hi) = (0, cols);
+            if let Some(w) = self.window {
+                lo = (i.saturating_sub(w)).saturating_sub(self.k0).min(cols);
+                hi = (i + w + 1).saturating_sub(self.k0).min(cols);
+            }
+            if lo >= hi {
+                // No visible key: uniform, as a fully masked reference row.
+                row.fill(1.0 / cols as f32);
+                continue;
+            }
+            row[..lo].fill(0.0);
+            row[hi..].fill(0.0);
+            let band = &mut row[lo..hi];
+            if let Some(b) = self.bias {
+                for (v, &bv) in band.iter_mut().zip(&b[self.k0 + lo..self.k0 + hi]) {
+                    *v += bv;
+                }
+            }
+            let m = band.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            for v in band.iter_mut() {
+                *v = exp_approx(*v - m);
+            }
+            let inv = 1.0 / sum16(band, |v| v);
+            for v in band.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+/// RMSNorm of every row of `src` `[n, C]` into `dst`: `x / sqrt(mean(x²) + ε) · w`, then with
+/// `modulation = (scale, shift)` the AdaLN `· (1 + scale) + shift`.
+pub struct RmsRows<'a> {
+    pub dst: &'a mut [f32],
+    pub src: &'a [f32],
+    pub weight: &'a [f32],
+    pub eps: f32,
+    /// `(1 + scale, shift)`, each `[C]`.
+    pub modulation: Option<(&'a [f32], &'a [f32])>,
+}
+
+impl RmsRows<'_> {
+    pub fn run(self) {
+        pulp::Arch::new().dispatch(self);
+    }
+}
+
+impl WithSimd for RmsRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let c = self.weight.len();
+        for (o, x) in self.dst.chunks_exact_mut(c).zip(self.src.chunks_exact(c)) {
+            let inv = 1.0 / (sum16(x, |v| v * v) / c as f32 + self.eps).sqrt();
+            for ((o, &x), &w) in o.iter_mut().zip(x).zip(self.weight) {
+                *o = x * inv * w;
+            }
+            if let Some((scale1, shift)) = self.modulation {
+                for ((o, &s), &b) in o.iter_mut().zip(scale1).zip(shift) {
+                    *o = *o * s + b;
+                }
+            }
+        }
+    }
+}
+
+/// Per-head RMSNorm (weight `[D]`) of `x` `[n, heads·D]` in place, then, with `rope`, rotary
+/// embedding `x·cos + rotate_half(x)·sin` (`rotate_half(x) = [−x₂, x₁]`) with tables `[n, D]`.
+pub struct HeadNormRope<'a> {
+    pub x: &'a mut [f32],
+    pub heads: usize,
+    pub head_dim: usize,
+    pub weight: &'a [f32],
+    pub eps: f32,
+    pub rope: Option<(&'a [f32], &'a [f32])>,
+}
+
+impl HeadNormRope<'_> {
+    pub fn run(self) {
+        pulp::Arch::new().dispatch(self);
+    }
+}
+
+impl WithSimd for HeadNormRope<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let d = self.head_dim;
+        let half = d / 2;
+        let mut tmp = vec![0f32; d];
+        for (r, row) in self.x.chunks_exact_mut(self.heads * d).enumerate() {
+            for head in row.chunks_exact_mut(d) {
+                let inv = 1.0 / (sum16(head, |v| v * v) / d as f32 + self.eps).sqrt();
+                for (v, &w) in head.iter_mut().zip(self.weight) {
+                    *v = *v * inv * w;
+                }
+                if let Some((cos, sin)) = self.rope {
+                    let (c, s) = (&cos[r * d..(r + 1) * d], &sin[r * d..(r + 1) * d]);
+                    tmp.copy_from_slice(head);
+                    for i in 0..half {
+                        head[i] = tmp[i] * c[i] - tmp[i + half] * s[i];
+                    }
+                    for i in half..d {
+                        head[i] = tmp[i] * c[i] + tmp[i - half] * s[i];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `g = silu(g) · u` element-wise (the SwiGLU MLP's gate).
+pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+    struct Op<'a>(&'a mut [f32], &'a [f32]);
+    impl WithSimd for Op<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, _simd: S) {
+            for (g, &u) in self.0.iter_mut().zip(self.1) {
+                *g = *g / (1.0 + exp_approx(-*g)) * u;
+            }
+        }
+    }
+    pulp::Arch::new().dispatch(Op(g, u));
+}
+
+/// `x += a · gate` row-wise (`gate` `[C]`, `x`/`a` `[n, C]`): the gated residual of AdaLN.
+pub fn add_gated(x: &mut [f32], a: &[f32], gate: &[f32]) {
+    struct Op<'a>(&'a mut [f32], &'a [f32], &'a [f32]);
+    impl WithSimd for Op<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, _simd: S) {
+            let c = self.2.len();
+            for (x, a) in self.0.chunks_exact_mut(c).zip(self.1.chunks_exact(c)) {
+                for ((x, &a), &g) in x.iter_mut().zip(a).zip(self.2) {
+                    *x += a * g;
+                }
+            }
+        }
+    }
+    pulp::Arch::new().dispatch(Op(x, a, gate));
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::DitConfig;
+use crate::dit_cpu::WorkspaceSlot;
 use crate::error::{AceStepError, Result};
 use crate::nn::{
     Attention, Linear, MASKED, Mask, Mlp, RmsNorm, TensorSource, attention, rope_tables,
@@ -109,6 +110,8 @@ pub struct Dit {
     pub scale_shift_table: Tensor,
     pub cfg: DitConfig,
     cache: HashMap<u64, Arc<CrossKv>>,
+    /// Buffers of the CPU row forward, reused between calls.
+    pub(crate) workspace: WorkspaceSlot,
 }
 
 impl Dit {
@@ -178,6 +181,7 @@ impl Dit {
             scale_shift_table: src.tensor("decoder.scale_shift_table", &[1, 2, h])?,
             cfg: cfg.clone(),
             cache: HashMap::new(),
+            workspace: WorkspaceSlot::default(),
         })
     }
 
@@ -279,7 +283,8 @@ impl Dit {
     }
 
     /// One row: `x` `[1, T, C]`, context `[1, T, Cc]`, timestep `t`, `t − r`, cross K/V →
-    /// velocity `[1, T, C]`.
+    /// velocity `[1, T, C]`. On the CPU this runs the fused kernels of `dit_cpu.rs`; elsewhere
+    /// (and in [`Dit::forward_row_candle`]) composed candle ops.
     pub fn forward_row(
         &self,
         x: &Tensor,
@@ -288,8 +293,23 @@ impl Dit {
         t_minus_r: f32,
         kv: &CrossKv,
     ) -> Result<Tensor> {
+        self.check_row(x, context, kv)?;
+        if self.device().is_cpu() {
+            return self.forward_row_cpu(x, context, t, t_minus_r, kv);
+        }
+        self.forward_row_candle(x, context, t, t_minus_r, kv)
+    }
+
+    /// The timestep terms of both embedders, summed: (`temb` `[1, H]`, `proj` `[1, 6, H]`).
+    pub(crate) fn time_terms(&self, t: f32, t_minus_r: f32) -> Result<(Tensor, Tensor)> {
+        let dev = self.device();
+        let (temb_t, proj_t) = self.time_embed.forward(t, dev)?;
+        let (temb_r, proj_r) = self.time_embed_r.forward(t_minus_r, dev)?;
+        Ok(((temb_t + temb_r)?, (proj_t + proj_r)?))
+    }
+
+    fn check_row(&self, x: &Tensor, context: &Tensor, kv: &CrossKv) -> Result<()> {
         let cfg = &self.cfg;
-        let dev = self.device().clone();
         let (b, frames, c) = x.dims3()?;
         let cc = context.dim(2)?;
         if b != 1
@@ -313,13 +333,25 @@ impl Dit {
                 "cross K/V computed for a different DiT",
             ));
         }
-        let p = cfg.patch_size;
+        Ok(())
+    }
 
-        // Timesteps: both embedders, summed.
-        let (temb_t, proj_t) = self.time_embed.forward(t, &dev)?;
-        let (temb_r, proj_r) = self.time_embed_r.forward(t_minus_r, &dev)?;
-        let temb = (temb_t + temb_r)?; // [1, H]
-        let proj = (proj_t + proj_r)?; // [1, 6, H]
+    /// [`Dit::forward_row`] as composed candle ops (any device; the reference the CPU kernels
+    /// are tested against).
+    pub fn forward_row_candle(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        t: f32,
+        t_minus_r: f32,
+        kv: &CrossKv,
+    ) -> Result<Tensor> {
+        self.check_row(x, context, kv)?;
+        let cfg = &self.cfg;
+        let dev = self.device().clone();
+        let (_, frames, c) = x.dims3()?;
+        let p = cfg.patch_size;
+        let (temb, proj) = self.time_terms(t, t_minus_r)?; // [1, H], [1, 6, H]
 
         // [context | x], zero-pad T to a multiple of the patch, patchify.
         let mut hs = Tensor::cat(&[context, x], 2)?;

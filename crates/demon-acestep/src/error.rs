@@ -65,6 +65,10 @@ pub enum AceStepError {
     /// A tensor operation failed.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
+
+    /// An engine-side call (`Denoiser`, `Conditioning`) failed, e.g. inside the benchmark.
+    #[error("{0}")]
+    Engine(#[from] demon_engine::EngineError),
 }
 
 impl AceStepError {
@@ -98,6 +102,7 @@ impl From<AceStepError> for demon_engine::EngineError {
     fn from(e: AceStepError) -> Self {
         match e {
             AceStepError::Candle(c) => demon_engine::EngineError::Tensor(c),
+            AceStepError::Engine(e) => e,
             other => demon_engine::EngineError::Backend(other.to_string()),
         }
     }

@@ -25,12 +25,14 @@
 //! # Ok::<(), demon_acestep::AceStepError>(())
 //! ```
 
+pub mod bench;
 pub mod condition;
 pub mod config;
 pub mod conv;
 pub mod cpu;
 pub mod debug;
 pub mod dit;
+pub mod dit_cpu;
 pub mod error;
 pub mod fsq;
 pub mod lora;

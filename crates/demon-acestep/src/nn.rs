@@ -8,6 +8,7 @@
 //! deterministic random values ([`RandomSource`], for full-size benchmarks without files).
 
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 use crate::config::StackConfig;
 use crate::error::Result;
@@ -56,17 +57,26 @@ impl TensorSource for RandomSource {
             shape.first().copied().unwrap_or(1)
         };
         let bound = (3.0 / fan_in.max(1) as f32).sqrt();
-        let mut state = self.seed ^ fnv1a(name);
-        let mut values = Vec::with_capacity(n);
-        for _ in 0..n {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let u = (z >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
-            values.push((2.0 * u - 1.0) * bound);
-        }
+        let state = self.seed ^ fnv1a(name);
+        // Value i comes from the counter state + (i + 1)·γ (SplitMix64), so chunks can be filled
+        // in parallel with exactly the values a sequential loop gives (full-size models have
+        // billions of parameters).
+        let mut values = vec![0f32; n];
+        const CHUNK: usize = 1 << 16;
+        values
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, out)| {
+                for (j, v) in out.iter_mut().enumerate() {
+                    let i = (c * CHUNK + j) as u64;
+                    let mut z = state.wrapping_add((i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                    z ^= z >> 31;
+                    let u = (z >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+                    *v = (2.0 * u - 1.0) * bound;
+                }
+            });
         Ok(Tensor::from_vec(values, shape, &self.device)?)
     }
     fn has(&self, _name: &str) -> bool {
@@ -588,6 +598,34 @@ impl EncoderStack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parallel random source gives the values of the sequential SplitMix64 loop.
+    #[test]
+    fn random_source_is_the_sequential_stream() {
+        let src = RandomSource {
+            seed: 7,
+            device: Device::Cpu,
+        };
+        let n = 70_000 * 2 + 13;
+        let got: Vec<f32> = src
+            .tensor("w", &[2, n / 2])
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let bound = (3.0 / (n / 2) as f32).sqrt();
+        let mut state = 7u64 ^ fnv1a("w");
+        for (i, g) in got.iter().enumerate() {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let u = (z >> 40) as f32 / (1u64 << 24) as f32;
+            assert_eq!(*g, (2.0 * u - 1.0) * bound, "value {i}");
+        }
+    }
 
     /// The fused band/causal softmax equals the additive-mask reference formulation.
     #[test]

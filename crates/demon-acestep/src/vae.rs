@@ -375,10 +375,44 @@ fn residual_units(
     ])
 }
 
-struct DecoderBlock {
+/// One decoder block: Snake → ConvTranspose (kernel 2s, stride s) → three residual units
+/// (dilations 1, 3, 9).
+pub struct DecoderBlock {
     snake: Snake,
     conv_t: ConvTranspose,
     res: [ResidualUnit; 3],
+}
+
+impl DecoderBlock {
+    /// Block `name` (e.g. `decoder.block.3`) mapping `cin` → `cout` channels with stride `s`.
+    pub fn load(
+        src: &dyn TensorSource,
+        name: &str,
+        (cin, cout): (usize, usize),
+        s: usize,
+        tm: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            snake: Snake::load(src, &format!("{name}.snake1"), cin, tm)?,
+            conv_t: ConvTranspose::load(src, &format!("{name}.conv_t1"), cin, cout, s, tm)?,
+            res: residual_units(src, name, cout, tm)?,
+        })
+    }
+
+    /// Time-major `a` `[l, Cin]` → `a` `[l·s, Cout]` (CPU layout), using `b` as the second
+    /// buffer. Returns the new length.
+    pub fn forward_time(&self, a: &mut Vec<f32>, b: &mut Vec<f32>, l: usize) -> Result<usize> {
+        let l = self
+            .conv_t
+            .time()?
+            .forward_into(a, l, Some(&self.snake.params), b)?;
+        std::mem::swap(a, b);
+        for r in &self.res {
+            r.forward_time(a, l, b)?;
+            std::mem::swap(a, b);
+        }
+        Ok(l)
+    }
 }
 
 struct EncoderBlock {
@@ -436,12 +470,13 @@ impl VaeDecoder {
         let mut blocks = Vec::with_capacity(n);
         for (i, &s) in strides.iter().enumerate() {
             let (cin, cout) = (ch * mults[n - i], ch * mults[n - i - 1]);
-            let name = format!("decoder.block.{i}");
-            blocks.push(DecoderBlock {
-                snake: Snake::load(src, &format!("{name}.snake1"), cin, tm)?,
-                conv_t: ConvTranspose::load(src, &format!("{name}.conv_t1"), cin, cout, s, tm)?,
-                res: residual_units(src, &name, cout, tm)?,
-            });
+            blocks.push(DecoderBlock::load(
+                src,
+                &format!("decoder.block.{i}"),
+                (cin, cout),
+                s,
+                tm,
+            )?);
         }
         let k7 = ConvSpec {
             k: 7,
@@ -489,15 +524,7 @@ impl VaeDecoder {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         let mut l = self.conv1.time()?.forward_into(x, l, None, &mut a)?;
         for blk in &self.blocks {
-            l = blk
-                .conv_t
-                .time()?
-                .forward_into(&a, l, Some(&blk.snake.params), &mut b)?;
-            std::mem::swap(&mut a, &mut b);
-            for r in &blk.res {
-                r.forward_time(&a, l, &mut b)?;
-                std::mem::swap(&mut a, &mut b);
-            }
+            l = blk.forward_time(&mut a, &mut b, l)?;
         }
         drop(b);
         let mut out = Vec::new();

@@ -1,0 +1,608 @@
+//! Model-side benchmark for `demon bench --backend acestep` (issue #6): the machine's f32 matmul
+//! rate, one DiT step per model size × song length × batch, the VAE decode time per second of
+//! audio, the achieved share of the matmul rate ("roofline share"), and a check that every row's
+//! velocity is byte-identical whatever batch it runs in.
+//!
+//! ```no_run
+//! use demon_acestep::bench::{ModelBenchConfig, model_bench};
+//! let report = model_bench(&ModelBenchConfig::default(), &mut |m| eprintln!("{m}"))?;
+//! println!("{}", serde_json::to_string_pretty(&report).unwrap());
+//! # Ok::<(), demon_acestep::AceStepError>(())
+//! ```
+//!
+//! FLOPs are counted by [`dit_step_flops`] and [`vae_decode_flops`]: matrix products and
+//! convolutions only, a multiply-add counted as 2 FLOPs, and only the work the model needs (a
+//! sliding-window layer's attention counts the keys inside the band). Element-wise work (norms,
+//! Snake, softmax) is not counted: it is what the kernels should hide, so it lowers the share.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use demon_engine::{Conditioning, DenoiseBatch, Denoiser};
+use serde::Serialize;
+
+use crate::config::{DitConfig, VaeConfig};
+use crate::error::{AceStepError, Result};
+use crate::model::{AceStepCodec, AceStepConfig, AceStepDenoiser};
+use crate::weights::ModelFiles;
+
+/// A published model size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelSize {
+    #[serde(rename = "turbo-2b")]
+    /// 2B turbo (`acestep-v15-turbo`).
+    Turbo2b,
+    /// 5B XL turbo (`acestep-v15-xl-turbo`).
+    XlTurbo,
+}
+
+impl ModelSize {
+    /// The report key: `turbo-2b` or `xl-turbo`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Turbo2b => "turbo-2b",
+            Self::XlTurbo => "xl-turbo",
+        }
+    }
+
+    pub fn dit_config(self) -> DitConfig {
+        match self {
+            Self::Turbo2b => DitConfig::turbo_2b(),
+            Self::XlTurbo => DitConfig::xl_turbo(),
+        }
+    }
+
+    /// The DiT folder of the original layout (for real weights).
+    pub fn variant(self) -> &'static str {
+        match self {
+            Self::Turbo2b => "acestep-v15-turbo",
+            Self::XlTurbo => "acestep-v15-xl-turbo",
+        }
+    }
+}
+
+impl std::str::FromStr for ModelSize {
+    type Err = AceStepError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "turbo-2b" | "2b" | "turbo" => Ok(Self::Turbo2b),
+            "xl-turbo" | "xl" | "5b" => Ok(Self::XlTurbo),
+            other => Err(AceStepError::input(format!(
+                "model size `{other}`: use turbo-2b or xl-turbo"
+            ))),
+        }
+    }
+}
+
+/// One measured DiT configuration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DitCase {
+    pub size: ModelSize,
+    /// Song length in seconds (25 latent frames per second).
+    pub seconds: u32,
+    /// Rows per `velocity` call.
+    pub batch: usize,
+}
+
+/// What [`model_bench`] measures.
+#[derive(Clone, Debug)]
+pub struct ModelBenchConfig {
+    /// Weights folder (`AceStep::load_variant`); `None` for random weights of the published
+    /// shapes (no files needed).
+    pub weights: Option<PathBuf>,
+    /// DiT steps to time. Cases of one size share one model instance.
+    pub dit_cases: Vec<DitCase>,
+    /// Audio seconds of the VAE decode (0 skips it).
+    pub vae_seconds: f32,
+    /// Timed repetitions per case after one warm-up call; the best is reported.
+    pub repeats: usize,
+    /// Packed conditioning length (text + lyric + timbre tokens); acestep.md §7 uses 400.
+    pub enc_len: usize,
+    /// Compare every row's output bytes across the batch sizes it was measured in.
+    pub check_rows: bool,
+    /// Device; `Device::Cpu` unless built with the `cuda` feature.
+    pub device: Device,
+    pub seed: u64,
+}
+
+impl Default for ModelBenchConfig {
+    /// The subset a 2-core CPU finishes in minutes: 2B at 10 s for batches 1, 2, 4, 8 and at
+    /// 60 s for batch 1; XL at 10 s batch 1; a 10 s VAE decode; best of 2.
+    fn default() -> Self {
+        let mut dit_cases: Vec<DitCase> = [1, 2, 4, 8]
+            .into_iter()
+            .map(|batch| DitCase {
+                size: ModelSize::Turbo2b,
+                seconds: 10,
+                batch,
+            })
+            .collect();
+        dit_cases.push(DitCase {
+            size: ModelSize::Turbo2b,
+            seconds: 60,
+            batch: 1,
+        });
+        dit_cases.push(DitCase {
+            size: ModelSize::XlTurbo,
+            seconds: 10,
+            batch: 1,
+        });
+        Self {
+            weights: None,
+            dit_cases,
+            vae_seconds: 10.0,
+            repeats: 2,
+            enc_len: 400,
+            check_rows: true,
+            device: Device::Cpu,
+            seed: 0,
+        }
+    }
+}
+
+impl ModelBenchConfig {
+    /// Every size × {10, 60, 240} s × batch {1, 2, 4, 8} (for a GPU; hours on a 2-core CPU).
+    pub fn full() -> Self {
+        let mut dit_cases = Vec::new();
+        for size in [ModelSize::Turbo2b, ModelSize::XlTurbo] {
+            for seconds in [10, 60, 240] {
+                for batch in [1, 2, 4, 8] {
+                    dit_cases.push(DitCase {
+                        size,
+                        seconds,
+                        batch,
+                    });
+                }
+            }
+        }
+        Self {
+            dit_cases,
+            ..Self::default()
+        }
+    }
+
+    /// The cases of `sizes` × `seconds` × `batches`.
+    pub fn with_cases(sizes: &[ModelSize], seconds: &[u32], batches: &[usize]) -> Self {
+        let mut dit_cases = Vec::new();
+        for &size in sizes {
+            for &s in seconds {
+                for &batch in batches {
+                    dit_cases.push(DitCase {
+                        size,
+                        seconds: s,
+                        batch,
+                    });
+                }
+            }
+        }
+        Self {
+            dit_cases,
+            ..Self::default()
+        }
+    }
+}
+
+/// Per size → song seconds → batch, e.g. `dit_step_ms["turbo-2b"]["60"]["1"]`.
+pub type CaseMap<T> = BTreeMap<String, BTreeMap<String, BTreeMap<String, T>>>;
+
+/// The outcome of the per-row byte comparison.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RowCheck {
+    /// `false` when no row ran in more than one batch size.
+    pub checked: bool,
+    /// Every compared row had the same bytes in every batch.
+    pub identical: bool,
+    /// Row outputs compared against the same row's first output.
+    pub rows_compared: usize,
+    /// Differing values over all compared rows (0 when identical).
+    pub differing_values: usize,
+}
+
+/// What [`model_bench`] returns; serialised into `demon bench --json`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ModelBenchReport {
+    /// Best of several large f32 matmuls on this device (GFLOP/s).
+    pub matmul_gflops: f64,
+    /// One denoiser step (`Denoiser::velocity` on a batch), best of the repeats, in ms.
+    pub dit_step_ms: CaseMap<f64>,
+    /// Process CPU time (all threads, user + system) during that best step, in ms: about
+    /// `threads × dit_step_ms` on an idle machine, less when other processes took cores.
+    pub dit_step_cpu_ms: CaseMap<f64>,
+    /// FLOPs of one step of that case (see [`dit_step_flops`]), in GFLOP.
+    pub dit_step_gflop: CaseMap<f64>,
+    /// Achieved rate ÷ `matmul_gflops`, per case.
+    pub dit_roofline_share_by_case: CaseMap<f64>,
+    /// The headline share: 2B, 60 s, batch 1 when measured, else the measured case with the
+    /// most FLOPs.
+    pub dit_roofline_share: f64,
+    /// Which case `dit_roofline_share` is.
+    pub dit_roofline_case: Option<DitCase>,
+    /// VAE decode wall time per second of audio (ms); `None` when not measured.
+    pub vae_decode_ms_per_audio_second: Option<f64>,
+    pub vae_decode_seconds: f32,
+    pub vae_decode_gflop: f64,
+    pub vae_roofline_share: Option<f64>,
+    /// Per-row outputs byte-identical across batch sizes.
+    pub rows_identical_across_batches: bool,
+    pub row_check: RowCheck,
+    /// Wall time to build each model instance (s), by size (and `vae`).
+    pub load_seconds: BTreeMap<String, f64>,
+    pub device: String,
+    pub threads: usize,
+    /// `random` or the weights folder.
+    pub weights: String,
+    pub repeats: usize,
+    pub enc_len: usize,
+}
+
+/// FLOPs of one DiT step for one row of `frames` latent frames and a packed conditioning of
+/// `enc_len` tokens (cross-attention keys/values are cached per conditioning, so not counted):
+///
+/// per layer, with `S = ⌈frames/patch⌉`, `H` hidden, `Q = heads·D`, `KV = kv_heads·D`, `I` MLP:
+/// `2S(H·Q + 2H·KV + Q·H)` self projections + `4·Q·Σᵢ keysᵢ` self attention (`keysᵢ = S`, or
+/// the `|i − j| ≤ window` band on sliding layers) + `2S(H·Q + Q·H) + 4·S·L·Q` cross attention +
+/// `6·S·H·I` MLP; plus the patch convs `2S·(patch·Cin)·H + 2S·H·(patch·C)`. The timestep
+/// embedders (< 0.1 GFLOP) are left out.
+pub fn dit_step_flops(cfg: &DitConfig, frames: usize, enc_len: usize) -> f64 {
+    let s = frames.div_ceil(cfg.patch_size.max(1));
+    let sf = s as f64;
+    let h = cfg.hidden_size as f64;
+    let q = (cfg.num_attention_heads * cfg.head_dim) as f64;
+    let kv = (cfg.num_key_value_heads * cfg.head_dim) as f64;
+    let i = cfg.intermediate_size as f64;
+    let l = enc_len as f64;
+    let w = cfg.sliding_window;
+    let band_keys: f64 = (0..s)
+        .map(|r| ((r + w + 1).min(s) - r.saturating_sub(w)) as f64)
+        .sum();
+    let full_keys = sf * sf;
+    let mut total = 0.0;
+    for layer in 0..cfg.num_hidden_layers {
+        let sliding = cfg
+            .sliding_layers
+            .get(layer)
+            .copied()
+            .unwrap_or(layer % 2 == 0);
+        let keys = if sliding { band_keys } else { full_keys };
+        total += 2.0 * sf * (h * q + 2.0 * h * kv + q * h)
+            + 4.0 * q * keys
+            + 2.0 * sf * (h * q + q * h)
+            + 4.0 * sf * l * q
+            + 6.0 * sf * h * i;
+    }
+    total
+        + 2.0 * sf * (cfg.patch_size * cfg.in_channels) as f64 * h
+        + 2.0 * sf * h * (cfg.patch_size * cfg.audio_acoustic_hidden_dim) as f64
+}
+
+/// FLOPs of a VAE decode of `frames` latent frames: every convolution counts
+/// `2·Cin·Cout·k·L_in` (transposed: every input sample meets every tap) or `2·Cin·Cout·k·L_out`
+/// (forward); Snake and the residual additions are not counted.
+pub fn vae_decode_flops(cfg: &VaeConfig, frames: usize) -> f64 {
+    let ch = cfg.decoder_channels as f64;
+    let mut mults = vec![1usize];
+    mults.extend(&cfg.channel_multiples);
+    let n = cfg.downsampling_ratios.len();
+    let mut len = frames as f64;
+    let top = ch * mults[n] as f64;
+    let mut f = 2.0 * top * cfg.decoder_input_channels as f64 * 7.0 * len;
+    for (b, &s) in cfg.downsampling_ratios.iter().rev().enumerate() {
+        let cin = ch * mults[n - b] as f64;
+        let cout = ch * mults[n - b - 1] as f64;
+        f += 2.0 * cin * cout * (2 * s) as f64 * len;
+        len *= s as f64;
+        // Three residual units: kernel-7 conv + kernel-1 conv.
+        f += 3.0 * (2.0 * cout * cout * 7.0 * len + 2.0 * cout * cout * len);
+    }
+    f + 2.0 * ch * cfg.audio_channels as f64 * 7.0 * len
+}
+
+/// Best of `repeats` runs of a `[m, k] × [k, n]` f32 matmul on `device`, in GFLOP/s.
+pub fn matmul_rate(
+    device: &Device,
+    (m, k, n): (usize, usize, usize),
+    repeats: usize,
+) -> Result<f64> {
+    let a = Tensor::randn(0f32, 1.0, (m, k), device)?;
+    let b = Tensor::randn(0f32, 1.0, (k, n), device)?;
+    a.matmul(&b)?.sum_all()?.to_scalar::<f32>()?; // warm-up (and, on a GPU, synchronise)
+    let mut best = f64::MAX;
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        let c = a.matmul(&b)?;
+        sync(&c)?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+}
+
+/// The machine's f32 matmul rate: the best of a square power-of-two, a square
+/// non-power-of-two and the XL MLP's shape at 60 s.
+pub fn machine_matmul_gflops(device: &Device, repeats: usize) -> Result<f64> {
+    let mut best = 0f64;
+    for shape in [(2048, 2048, 2048), (3000, 3000, 3000), (750, 2560, 9728)] {
+        best = best.max(matmul_rate(device, shape, repeats)?);
+    }
+    Ok(best)
+}
+
+/// CPU time of this process so far (user + system, all threads), from `/proc/self/stat`
+/// (Linux; `None` elsewhere).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start at state (field 3);
+    // utime and stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Wait until `t` is computed (GPU kernels run asynchronously).
+fn sync(t: &Tensor) -> Result<()> {
+    if !t.device().is_cpu() {
+        t.flatten_all()?
+            .narrow(0, 0, 1)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+    }
+    Ok(())
+}
+
+fn bits(t: &Tensor) -> Result<Vec<u32>> {
+    Ok(t.flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f32::to_bits)
+        .collect())
+}
+
+fn insert<T>(map: &mut CaseMap<T>, case: &DitCase, v: T) {
+    map.entry(case.size.key().to_string())
+        .or_default()
+        .entry(case.seconds.to_string())
+        .or_default()
+        .insert(case.batch.to_string(), v);
+}
+
+/// The files of `size` under `dir`: the original layout's DiT folder of that size, or (2B only)
+/// whatever `dir` is (a diffusers folder or a DiT folder).
+fn discover(dir: &std::path::Path, size: ModelSize) -> Result<ModelFiles> {
+    match ModelFiles::discover(dir, Some(size.variant())) {
+        Ok(f) => Ok(f),
+        Err(e) if size == ModelSize::XlTurbo => Err(e),
+        Err(_) => ModelFiles::discover(dir, None),
+    }
+}
+
+/// Run the benchmark. `log` receives one line per step of progress.
+pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<ModelBenchReport> {
+    let dev = &cfg.device;
+    let mut report = ModelBenchReport {
+        device: format!("{dev:?}"),
+        threads: crate::cpu::threads(),
+        weights: cfg
+            .weights
+            .as_ref()
+            .map_or("random".to_string(), |p| p.display().to_string()),
+        repeats: cfg.repeats.max(1),
+        enc_len: cfg.enc_len,
+        vae_decode_seconds: cfg.vae_seconds,
+        ..Default::default()
+    };
+    report.matmul_gflops = machine_matmul_gflops(dev, 3)?;
+    log(&format!(
+        "f32 matmul: {:.1} GFLOP/s ({} threads)",
+        report.matmul_gflops, report.threads
+    ));
+
+    let mut sizes: Vec<ModelSize> = cfg.dit_cases.iter().map(|c| c.size).collect();
+    sizes.sort();
+    sizes.dedup();
+    let mut row_check = RowCheck::default();
+    let mut measured: Vec<(DitCase, f64, f64)> = Vec::new();
+    for size in sizes {
+        let t = Instant::now();
+        let mut den = match &cfg.weights {
+            None => AceStepDenoiser::random(&size.dit_config(), cfg.seed, dev)?,
+            Some(dir) => {
+                let files = discover(dir, size)?;
+                let config = AceStepConfig::from_files(&files)?;
+                AceStepDenoiser::from_source(&files.open_dit(dev)?, &config.dit)?
+            }
+        };
+        let load = t.elapsed().as_secs_f64();
+        report.load_seconds.insert(size.key().into(), load);
+        log(&format!("{}: model ready in {load:.1} s", size.key()));
+        let dcfg = den.config().clone();
+        let mut cases: Vec<&DitCase> = cfg.dit_cases.iter().filter(|c| c.size == size).collect();
+        cases.sort_by_key(|c| (c.seconds, c.batch));
+        let max_batch = cases.iter().map(|c| c.batch).max().unwrap_or(1);
+        let conds: Vec<Conditioning> = (0..max_batch)
+            .map(|i| {
+                let states = Tensor::randn(
+                    0f32,
+                    1.0,
+                    (1, cfg.enc_len + i, dcfg.encoder.hidden_size),
+                    dev,
+                )?;
+                Ok(Conditioning::new(states)?)
+            })
+            .collect::<Result<_>>()?;
+        let mut seconds_done: Option<u32> = None;
+        let mut rows: Vec<(Tensor, Tensor)> = Vec::new();
+        // Row i's first output bytes, per song length.
+        let mut first_out: Vec<Option<Vec<u32>>> = Vec::new();
+        for case in cases {
+            let frames = case.seconds as usize * 25;
+            if seconds_done != Some(case.seconds) {
+                seconds_done = Some(case.seconds);
+                rows = (0..max_batch)
+                    .map(|_| {
+                        Ok((
+                            Tensor::randn(
+                                0f32,
+                                1.0,
+                                (1, frames, dcfg.audio_acoustic_hidden_dim),
+                                dev,
+                            )?,
+                            Tensor::randn(0f32, 1.0, (1, frames, den.context_channels()), dev)?,
+                        ))
+                    })
+                    .collect::<Result<_>>()?;
+                first_out = vec![None; max_batch];
+            }
+            let b = case.batch;
+            let x = Tensor::cat(&rows[..b].iter().map(|r| &r.0).collect::<Vec<_>>(), 0)?;
+            let batch = DenoiseBatch {
+                x,
+                t: (0..b).map(|i| 1.0 - 0.1 * i as f32).collect(),
+                conditions: conds[..b].iter().collect(),
+                contexts: rows[..b].iter().map(|r| &r.1).collect(),
+            };
+            // Warm-up: fills the cross K/V cache and the workspace, as in steady state.
+            let out = den.velocity(&batch)?;
+            sync(&out)?;
+            let (mut best, mut best_cpu) = (f64::MAX, f64::NAN);
+            for _ in 0..cfg.repeats.max(1) {
+                let c0 = process_cpu_seconds();
+                let t = Instant::now();
+                let v = den.velocity(&batch)?;
+                sync(&v)?;
+                let e = t.elapsed().as_secs_f64();
+                if e < best {
+                    best = e;
+                    best_cpu = process_cpu_seconds()
+                        .zip(c0)
+                        .map_or(f64::NAN, |(a, b)| a - b);
+                }
+            }
+            if cfg.check_rows {
+                for (i, slot) in first_out.iter_mut().enumerate().take(b) {
+                    let got = bits(&out.narrow(0, i, 1)?)?;
+                    match slot {
+                        None => *slot = Some(got),
+                        Some(want) => {
+                            row_check.checked = true;
+                            row_check.rows_compared += 1;
+                            row_check.differing_values +=
+                                want.iter().zip(&got).filter(|(a, b)| a != b).count();
+                        }
+                    }
+                }
+            }
+            let flops = b as f64 * dit_step_flops(&dcfg, frames, cfg.enc_len);
+            let share = flops / best / 1e9 / report.matmul_gflops;
+            insert(&mut report.dit_step_ms, case, best * 1e3);
+            insert(&mut report.dit_step_cpu_ms, case, best_cpu * 1e3);
+            insert(&mut report.dit_step_gflop, case, flops / 1e9);
+            insert(&mut report.dit_roofline_share_by_case, case, share);
+            log(&format!(
+                "{} {} s batch {b}: {:.0} ms per step ({:.1} GFLOP/s, {:.0}% of matmul; process CPU {:.0} ms)",
+                size.key(),
+                case.seconds,
+                best * 1e3,
+                flops / best / 1e9,
+                100.0 * share,
+                best_cpu * 1e3
+            ));
+            measured.push((case.clone(), flops, share));
+        }
+        drop(den);
+    }
+    let headline = DitCase {
+        size: ModelSize::Turbo2b,
+        seconds: 60,
+        batch: 1,
+    };
+    let pick = measured.iter().find(|m| m.0 == headline).or_else(|| {
+        measured
+            .iter()
+            .max_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
+    });
+    if let Some((case, _, share)) = pick {
+        report.dit_roofline_case = Some(case.clone());
+        report.dit_roofline_share = *share;
+    }
+    row_check.identical = row_check.differing_values == 0;
+    report.rows_identical_across_batches = row_check.checked && row_check.identical;
+    report.row_check = row_check;
+
+    if cfg.vae_seconds > 0.0 {
+        let t = Instant::now();
+        let codec = match &cfg.weights {
+            None => AceStepCodec::random(&VaeConfig::acestep(), cfg.seed + 1, dev, false)?,
+            Some(dir) => {
+                let files = discover(dir, ModelSize::Turbo2b)?;
+                let config = AceStepConfig::from_files(&files)?;
+                AceStepCodec::from_source(&files.open_vae(dev)?, &config.vae, false)?
+            }
+        };
+        report
+            .load_seconds
+            .insert("vae".into(), t.elapsed().as_secs_f64());
+        let vcfg = codec.config().clone();
+        let frames =
+            (cfg.vae_seconds * vcfg.sampling_rate as f32 / vcfg.hop() as f32).round() as usize;
+        let lat = Tensor::randn(
+            0f32,
+            1.0,
+            (1, vcfg.decoder_input_channels, frames.max(1)),
+            dev,
+        )?;
+        let mut best = f64::MAX;
+        for r in 0..cfg.repeats.max(1) {
+            let t = Instant::now();
+            let audio = codec.decode_raw(&lat)?;
+            sync(&audio)?;
+            let e = t.elapsed().as_secs_f64();
+            // On a GPU the first call also compiles kernels: keep it out when there are repeats.
+            if r > 0 || cfg.repeats <= 1 || dev.is_cpu() {
+                best = best.min(e);
+            }
+        }
+        let flops = vae_decode_flops(&vcfg, frames);
+        let audio_s = frames as f64 * vcfg.hop() as f64 / vcfg.sampling_rate as f64;
+        report.vae_decode_gflop = flops / 1e9;
+        report.vae_decode_ms_per_audio_second = Some(best * 1e3 / audio_s);
+        let share = flops / best / 1e9 / report.matmul_gflops;
+        report.vae_roofline_share = Some(share);
+        log(&format!(
+            "VAE decode {audio_s:.1} s: {:.2} s ({:.1} GFLOP/s, {:.0}% of matmul)",
+            best,
+            flops / best / 1e9,
+            100.0 * share
+        ));
+    }
+    Ok(report)
+}
+
+/// A device from a command-line spelling: `cpu`, `cuda` or `cuda:N`. CUDA needs the `cuda`
+/// feature; without it the error says how to build with it.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal: usize = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| AceStepError::input(format!("device `{s}`: bad ordinal")))?,
+                None => 0,
+            };
+            if cfg!(feature = "cuda") {
+                Ok(Device::new_cuda(ordinal)?)
+            } else {
+                Err(AceStepError::input(format!(
+                    "device `{s}`: this binary was built without CUDA (build with `--features cuda`, docs/performance.md)"
+                )))
+            }
+        }
+        other => Err(AceStepError::input(format!(
+            "device `{other}`: use cpu, cuda or cuda:N"
+        ))),
+    }
+}
