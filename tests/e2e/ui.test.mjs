@@ -25,6 +25,8 @@ const TIMEOUT_S = Number(process.env.E2E_TIMEOUT_S || 170);
 const SONG_SECONDS = 20;
 
 let server = null;
+let server2 = null;
+let bin = null;
 let context = null;
 let page = null;
 const pageErrors = [];
@@ -99,6 +101,7 @@ function freePort() {
 async function cleanup() {
   if (context) await context.close().catch(() => {});
   context = null;
+  if (server2 && server2.exitCode === null) server2.kill('SIGKILL');
   if (server && server.exitCode === null) {
     server.kill('SIGTERM');
     await new Promise((r) => {
@@ -121,7 +124,7 @@ async function main() {
     cleanup().finally(() => process.exit(1));
   }, TIMEOUT_S * 1000);
 
-  const bin = findBinary();
+  bin = findBinary();
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
   let pageBase = base;
@@ -241,8 +244,8 @@ async function main() {
   // A knob moved with the mouse on its fader: the server's state follows, then the sound. The
   // worklet measures how far the slices move its buffer (RMS against a remembered copy): while
   // nothing changes, re-patches only add f16 rounding noise; after the change they carry new audio.
-  const settle = async (what) => {
-    // Wait (up to 40 s) for a window of 15 slices that leaves the buffer as it was.
+  const settle = async (what, timeoutMs = 40000) => {
+    // Wait for a window of 15 slices that leaves the buffer as it was.
     let last;
     await waitFor(what, async () => {
       await demon(() => window.demon.mark());
@@ -250,14 +253,22 @@ async function main() {
       await page.waitForFunction((s) => window.demon.slicesReceived >= s + 15, s, { timeout: 20000 });
       last = await demon(() => window.demon.diffSinceMark());
       return last.rms < 1e-3;
-    }, 40000, 0);
+    }, timeoutMs, 0);
     return last;
   };
   let knobValue;
   let before;
   let quiet;
-  await check('moving the velocity_scale fader with the mouse changes /api/state', async () => {
+  await check("the worklet's buffer equals the server's loop (/api/loop.wav) to f16 precision", async () => {
     quiet = await settle('a quiet loop (slices that only re-patch the same audio)');
+    const c = await demon(() => window.demon.compareWithServer());
+    assert(c.otherLen === c.len, `same length (${c.len} vs ${c.otherLen})`);
+    // f16 keeps 11 significant bits: |error| <= 2^-12 relative; samples here stay below 2.
+    assert(c.max <= 2 ** -10 && c.over === 0, `largest difference ${c.max} within f16 rounding`);
+    return `quiet loop (15 slices moved it by RMS ${quiet.rms.toExponential(2)}); worklet vs server: RMS ${c.rms.toExponential(2)}, max ${c.max.toExponential(2)} over ${c.len} samples (fetch ${c.fetchMs.toFixed(0)} ms)`;
+  });
+
+  await check('moving the velocity_scale fader with the mouse changes /api/state', async () => {
     const st = await state();
     const old = st.targets.velocity_scale;
     const slider = page.locator('.fader[data-knob="velocity_scale"] input[type=range]');
@@ -296,6 +307,27 @@ async function main() {
     return `${after.s - before.s} slices, tick ${before.tick} → ${after.tick}; buffer RMS change ${d.rms.toExponential(2)} (quiet loop: ${quiet.rms.toExponential(2)}), ${d.changed} of ${d.len} samples changed; hash ${before.c.hash} → ${c.hash}`;
   });
 
+  await check("after the change settles, the worklet's buffer still equals the server's loop", async () => {
+    // The slices since the change added large deltas; any error in applying them (a wrong f16
+    // decode, a dropped or misplaced slice) would now show far above f16 rounding.
+    //
+    // Known server issue (reported to the lead): the server patches its own loop with 25 ms
+    // crossfades at both edges of a window but sends clients the window's raw audio, so where
+    // no later window covers an edge (the first and last 25 ms of the song) the two copies keep
+    // differing after a change. Those 1200 samples at each end are reported apart and only
+    // asserted with E2E_STRICT_EDGES=1 (use it once the server sends crossfaded slices).
+    // The whole loop is regenerated once the decode target has gone round it (about one song
+    // length of session time).
+    const q = await settle('the loop to settle after the change', 90000);
+    const c = await demon(() => window.demon.compareWithServer(1200));
+    const where = `stretches [start, length] ${JSON.stringify(c.runs)}; recent slices [start, n]: ${JSON.stringify(await demon(() => window.demon.recentSlices.slice(-8)))}`;
+    assert(c.otherLen === c.len, `same length (${c.len} vs ${c.otherLen})`);
+    assert(c.max <= 2 ** -10 && c.over === 0, `largest difference ${c.max} within f16 rounding (${c.over} samples off by more than 1e-3; ${where})`);
+    if (process.env.E2E_STRICT_EDGES) assert(c.edgeOver === 0, `the song's first and last 25 ms match too (${c.edgeOver} samples off, max ${c.edgeMax}; ${where})`);
+    const edges = c.edgeOver ? `; KNOWN SERVER ISSUE: ${c.edgeOver} samples in the song's first/last 25 ms differ by up to ${c.edgeMax.toFixed(3)} (raw slices vs crossfaded loop), stretches ${JSON.stringify(c.runs)}` : '; the song edges match too';
+    return `settled (RMS ${q.rms.toExponential(2)} per 15 slices); worklet vs server inside the song: RMS ${c.rms.toExponential(2)}, max ${c.max.toExponential(2)}${edges}`;
+  });
+
   await check('keyboard: End and Shift+← on the focused denoise fader', async () => {
     const slider = page.locator('.fader[data-knob="denoise"] input[type=range]');
     await slider.focus();
@@ -307,6 +339,20 @@ async function main() {
       return Math.abs(x.targets.denoise - 0.9) < 1e-9 ? x : null;
     }, 10000);
     return `denoise → 1 → ${s.targets.denoise}`;
+  });
+
+  await check('LoRA fader: End on the focused lora:funk fader sets the adapter strength', async () => {
+    const slider = page.locator('.fader[data-knob="lora:funk"] input[type=range]');
+    await slider.scrollIntoViewIfNeeded();
+    await slider.focus();
+    await page.keyboard.press('End');
+    const st = await waitFor('lora:funk = 2 in /api/state', async () => {
+      const x = await state();
+      return x.targets['lora:funk'] === 2 ? x : null;
+    }, 10000);
+    await page.keyboard.press('Home');
+    await waitFor('lora:funk = 0', async () => (await state()).targets['lora:funk'] === 0, 10000);
+    return `lora:funk → 2 → 0 (adapters: ${st.adapters.map((a) => a.id).join(', ')})`;
   });
 
   await check('echo: a change from another client (REST) moves the fader', async () => {
@@ -377,7 +423,15 @@ async function main() {
     await page.evaluate(() => document.activeElement && document.activeElement.blur());
     await page.keyboard.press('c');
     await waitFor('the band cleared', async () => (await state()).loop_band === null, 10000);
-    return `band [${band[0].toFixed(2)}, ${band[1].toFixed(2)}] s, worklet at ${p.toFixed(2)} s, then cleared`;
+    // A click (no drag) seeks both the worklet and the session.
+    await page.mouse.click(box.x + box.width * 0.75, box.y + box.height / 2);
+    const seek = await waitFor('the session playhead near 15 s', async () => {
+      const x = (await state()).playhead_seconds;
+      return x >= 14.8 && x < 17.5 ? x : null;
+    }, 5000, 50);
+    const wp = await demon(() => window.demon.position);
+    assert(wp >= 14.8 && wp < 17.5, `the worklet jumped there too (${wp})`);
+    return `band [${band[0].toFixed(2)}, ${band[1].toFixed(2)}] s, worklet at ${p.toFixed(2)} s, then cleared; click at 75 % → session ${seek.toFixed(2)} s, worklet ${wp.toFixed(2)} s`;
   });
 
   await check('record and download a WAV', async () => {
@@ -396,17 +450,163 @@ async function main() {
     return `${href}: ${bytes.length} bytes`;
   });
 
+  await check('prompts: Enter sends A and B, key 3 sets the blend to ½', async () => {
+    await page.fill('#prompt-a', 'deep techno, rolling bass');
+    await page.fill('#prompt-b', 'ambient pads');
+    await page.focus('#prompt-a');
+    await page.keyboard.press('Enter');
+    const st = await waitFor('the prompts in /api/state', async () => {
+      const x = await state();
+      return x.prompt === 'deep techno, rolling bass' && x.prompt_b === 'ambient pads' ? x : null;
+    }, 10000);
+    await page.evaluate(() => document.activeElement && document.activeElement.blur());
+    await page.keyboard.press('3');
+    const b = await waitFor('blend 0.5', async () => ((await state()).targets.blend === 0.5 ? 0.5 : null), 10000);
+    return `prompt "${st.prompt}", prompt_b "${st.prompt_b}", blend ${b}`;
+  });
+
+  await check('Space stops and restarts the session and the audio', async () => {
+    await page.keyboard.press('Space');
+    await waitFor('stopped', async () => !(await state()).playing && (await demon(() => window.demon.audioState)) === 'suspended', 10000);
+    await page.keyboard.press('Space');
+    await waitFor('playing', async () => (await state()).playing && (await demon(() => window.demon.audioState)) === 'running', 10000);
+    const s1 = await demon(() => window.demon.slicesReceived);
+    await waitFor('slices after restarting', async () => (await demon(() => window.demon.slicesReceived)) >= s1 + 3, 20000);
+    return 'playing → stopped (context suspended) → playing (running), slices flow again';
+  });
+
+  await check('source: a library song, then an uploaded WAV (waveform drawn), then a bad upload is refused', async () => {
+    await page.selectOption('#library', 'library:funk:1');
+    await page.click('#load-library');
+    const lib = await waitFor('the library source', async () => {
+      const x = (await state()).source;
+      return x && x.includes('funk') ? x : null;
+    }, 20000);
+    // A song-length WAV (48 kHz stereo 16-bit): plucked notes of an arpeggio, so the loop keeps
+    // its length (a shorter source would shorten the song).
+    const n = SONG_SECONDS * 48000;
+    const wav = Buffer.alloc(44 + n * 4);
+    wav.write('RIFF', 0);
+    wav.writeUInt32LE(36 + n * 4, 4);
+    wav.write('WAVEfmt ', 8);
+    wav.writeUInt32LE(16, 16);
+    wav.writeUInt16LE(1, 20);
+    wav.writeUInt16LE(2, 22);
+    wav.writeUInt32LE(48000, 24);
+    wav.writeUInt32LE(48000 * 4, 28);
+    wav.writeUInt16LE(4, 32);
+    wav.writeUInt16LE(16, 34);
+    wav.write('data', 36);
+    wav.writeUInt32LE(n * 4, 40);
+    for (let i = 0; i < n; i++) {
+      const note = Math.floor(i / 12000), t = (i % 12000) / 48000;
+      const f = 110 * 2 ** ([0, 3, 7, 10, 12, 10, 7, 3][note % 8] / 12);
+      const v = Math.round(Math.sin(2 * Math.PI * f * t) * Math.exp(-t * 6) * 16000);
+      wav.writeInt16LE(v, 44 + 4 * i);
+      wav.writeInt16LE(v, 46 + 4 * i);
+    }
+    await page.setInputFiles('#upload', { name: 'tone.wav', mimeType: 'audio/wav', buffer: wav });
+    await waitFor('the upload as the source', async () => (await state()).source === 'tone.wav', 30000);
+    const info = await waitFor('the upload message', async () => {
+      const t = await page.locator('#upload-info').textContent();
+      return t.includes('now the source') ? t : null;
+    }, 10000);
+    const lit = await page.evaluate(() => {
+      const cv = document.getElementById('upload-wave');
+      const d = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
+      let n = 0;
+      for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i + 1] > 120 && d[i + 2] < 120) n++; // the orange trace
+      return n;
+    });
+    assert(lit > 1000, `the upload's waveform is drawn (${lit} orange pixels)`);
+    const s1 = await demon(() => window.demon.slicesReceived);
+    await page.setInputFiles('#upload', { name: 'junk.wav', mimeType: 'audio/wav', buffer: Buffer.from('this is not audio at all, just text pretending to be a wav file') });
+    const err = await waitFor('the bad upload error', async () => {
+      const t = await page.locator('#log li.error .msg').first().textContent();
+      return t.includes('bad_upload') ? t : null;
+    }, 10000);
+    assert((await state()).source === 'tone.wav', 'the old source stays');
+    await waitFor('slices after the bad upload', async () => (await demon(() => window.demon.slicesReceived)) >= s1 + 3, 20000);
+    return `library → ${lib}; upload → tone.wav ("${info}", ${lit} waveform pixels); junk.wav → "${err}"`;
+  });
+
+  await check('MIDI learn: L arms the server and the browser; a CC then drives the knob', async () => {
+    await page.click('.fader[data-knob="feedback"] button.learn');
+    await waitFor('the server learn reply', async () => {
+      const t = await page.locator('#log li .msg').allTextContents();
+      return t.some((x) => x.includes('server MIDI learn armed for feedback'));
+    }, 10000);
+    await demon(() => window.demon.midiMessage([0xb3, 21, 10])); // channel 4, CC 21: learned
+    const map = await demon(() => window.demon.midiMappings());
+    assert(map['3/21'] === 'feedback', `mapping ch 4 CC 21 → feedback (${JSON.stringify(map)})`);
+    const saved = await page.evaluate(() => localStorage.getItem('demon.midi.v1'));
+    assert(saved && saved.includes('feedback'), 'saved in localStorage');
+    await demon(() => window.demon.midiMessage([0xb3, 21, 127]));
+    await waitFor('feedback = 1 from the CC', async () => (await state()).targets.feedback === 1, 10000);
+    return `mapping ${JSON.stringify(map)} saved; CC 127 → feedback 1`;
+  });
+
+  await check('curve presets: sine on guidance, and a loop band for the picture', async () => {
+    await page.click('#curve-tabs button[data-curve="guidance"]');
+    await page.click('#curve-sine');
+    const c = await waitFor('a sine guidance curve', async () => ((await state()).curves || {}).guidance, 10000);
+    assert(c.type === 'sine' && c.cycles === 4 && c.min === 1 && c.max === 10, `sine spec (${JSON.stringify(c)})`);
+    const r = await api('/api/control', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ type: 'set_loop_band', start_s: 6, end_s: 14 }) });
+    assert(r.status === 200, 'band set over REST');
+    await waitFor('the band shown', async () => (await page.locator('#band-info').textContent()).includes('6.00'), 10000);
+    return `guidance ${JSON.stringify(c)}; band 6–14 s echoed into the page`;
+  });
+
+  await check('with --token: the page opened as /?token=T works, requests without it get 401', async () => {
+    const port2 = await freePort();
+    const token = 'e2e-token-0123456789';
+    const base2 = `http://127.0.0.1:${port2}`;
+    let log2 = '';
+    server2 = spawn(bin, ['serve', '--song-seconds', '4', '--port', String(port2), '--no-midi', '--no-osc', '--token', token, '--recordings-dir', path.join(tmp, 'rec2')], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, XDG_CONFIG_HOME: path.join(tmp, 'config2') },
+    });
+    server2.stdout.on('data', (d) => (log2 += d));
+    server2.stderr.on('data', (d) => (log2 += d));
+    await waitFor('the second server', async () => {
+      if (server2.exitCode !== null) throw new Error(`second server exited: ${log2}`);
+      const r = await fetch(`${base2}/api/health?token=${token}`).catch(() => null);
+      return r && r.status === 200;
+    }, 90000, 250);
+    for (const p of ['/', '/app.js', '/worklet.js', '/style.css', '/api/state']) {
+      const r = await fetch(base2 + p);
+      assert(r.status === 401, `${p} without the token: ${r.status}`);
+    }
+    const page2 = await context.newPage();
+    page2.on('pageerror', (e) => pageErrors.push(`token page: ${e.message}`));
+    await page2.goto(`${base2}/?token=${token}`);
+    await page2.waitForFunction(() => window.demon && window.demon.ready, null, { timeout: 30000 });
+    await page2.waitForFunction(() => window.demon.slicesReceived >= 3, null, { timeout: 30000 });
+    const r = await page2.evaluate(() => ({
+      styled: getComputedStyle(document.body).backgroundColor,
+      slices: window.demon.slicesReceived,
+      errors: window.demon.errors,
+      library: document.querySelectorAll('#library option[value^="library:"]').length,
+    }));
+    assert(r.styled === 'rgb(12, 13, 16)', `the stylesheet loaded with the token (${r.styled})`);
+    assert(r.errors.length === 0, `no errors (${r.errors})`);
+    await page2.close();
+    server2.kill('SIGTERM');
+    return `401 without the token for /, assets and REST; with it: styled page, ${r.slices} slices, ${r.library} library songs`;
+  });
+
   await check('no uncaught errors in the page', async () => {
     assert(pageErrors.length === 0, `page errors: ${pageErrors.join(' | ')}`);
     const errs = await demon(() => window.demon.errors);
-    // The only error the performer saw is the one provoked above.
-    assert(errs.length === 1 && errs[0].includes('no_such_knob'), `errors shown: ${JSON.stringify(errs)}`);
-    return `errors shown to the performer: ${errs.length} (the provoked one)`;
+    // The performer saw exactly the errors provoked above.
+    assert(errs.length === 2 && errs[0].includes('no_such_knob') && errs[1].includes('bad_upload'), `errors shown: ${JSON.stringify(errs)}`);
+    return `errors shown to the performer: ${errs.length} (the provoked ones)`;
   });
 
   const shot = path.join(HERE, 'screenshot.png');
   await page.evaluate(() => window.scrollTo(0, 0));
-  await page.screenshot({ path: shot });
+  await new Promise((r) => setTimeout(r, 400)); // let the canvases repaint
+  await page.screenshot({ path: shot, fullPage: true });
   say(`screenshot: ${path.relative(ROOT, shot)}`);
 
   clearTimeout(watchdog);

@@ -56,6 +56,7 @@ const demon = {
   framesApplied: 0, // all frames the worklet applied (including full buffers)
   framesReceived: 0, // binary frames received from the socket
   lastSliceTick: -1,
+  recentSlices: [], // [start, n] of the last 32 slices
   lastFrame: null,
   lastStats: null,
   lastReply: null,
@@ -71,7 +72,16 @@ window.demon = demon;
 // ---------------------------------------------------------------- log and errors
 
 let toastTimer = 0;
+let lastLog = { text: null, li: null, n: 0 };
 function log(kind, text) {
+  const list = $('log');
+  if (text === lastLog.text && lastLog.li && lastLog.li.parentElement === list) {
+    // The same message again (a failing tick repeats its notice): count it instead of flooding.
+    lastLog.n++;
+    lastLog.li.querySelector('.count').textContent = ` ×${lastLog.n}`;
+    lastLog.li.querySelector('time').textContent = new Date().toLocaleTimeString();
+    return;
+  }
   const li = document.createElement('li');
   li.className = kind;
   const t = document.createElement('time');
@@ -79,13 +89,15 @@ function log(kind, text) {
   const msg = document.createElement('span');
   msg.className = 'msg';
   msg.textContent = text;
-  li.append(t, ' ', msg);
-  const list = $('log');
+  const count = document.createElement('b');
+  count.className = 'count';
+  li.append(t, ' ', msg, count);
+  lastLog = { text, li, n: 1 };
   list.prepend(li);
   while (list.children.length > 200) list.lastChild.remove();
   if (kind === 'error' || kind === 'notice') {
     const toast = $('toast');
-    toast.textContent = text;
+    toast.textContent = text.split('\n')[0]; // the first line (notices may carry a backtrace)
     toast.className = `toast ${kind === 'notice' ? 'notice' : ''}`;
     clearTimeout(toastTimer);
     toastTimer = setTimeout(() => toast.classList.add('hidden'), kind === 'error' ? 7000 : 4000);
@@ -151,7 +163,12 @@ function onWorklet(m) {
       demon.slicesReceived = m.slices;
       demon.framesApplied = m.frames;
       demon.lastFrame = m;
-      if (m.kind !== 0) demon.lastSliceTick = m.tick;
+      if (m.kind !== 0) {
+        demon.lastSliceTick = m.tick;
+        demon.recentSlices.push([m.start, m.n]);
+        if (demon.recentSlices.length > 32) demon.recentSlices.shift();
+      }
+      else if (m.len !== S.samples) songLength(m.len); // a source of another length
       $('r-slices').textContent = m.slices;
       break;
     case 'peaks': {
@@ -176,6 +193,7 @@ function onWorklet(m) {
       break;
     case 'mark':
     case 'diff':
+    case 'compare':
     case 'checksum': {
       const w = checksumWaiters.get(m.id);
       if (w) {
@@ -194,12 +212,12 @@ function onWorklet(m) {
 }
 
 // Ask the worklet something about its buffer (test hooks): checksum, mark, diff.
-function askWorklet(type, extra) {
+function askWorklet(type, extra, transfer) {
   if (!node) return Promise.reject(new Error('no audio worklet'));
   const id = ++checksumId;
   return new Promise((resolve) => {
     checksumWaiters.set(id, resolve);
-    toWorklet(Object.assign({ type, id }, extra));
+    toWorklet(Object.assign({ type, id }, extra), transfer);
   });
 }
 const checksum = (start, n) => askWorklet('checksum', { start, n });
@@ -207,6 +225,8 @@ const checksum = (start, n) => askWorklet('checksum', { start, n });
 async function setPlaying(on, fromServer = false) {
   S.playing = on;
   toWorklet({ type: 'playing', playing: on });
+  // Tell the session first: resume() can wait for a user gesture in some browsers.
+  if (!fromServer) control({ type: 'set_playing', playing: on });
   if (ctx) {
     try {
       if (on) await ctx.resume();
@@ -215,7 +235,6 @@ async function setPlaying(on, fromServer = false) {
       showError(`audio: ${e.message}`);
     }
   }
-  if (!fromServer) control({ type: 'set_playing', playing: on });
   updatePlayButton();
 }
 
@@ -400,6 +419,14 @@ function onReady(m) {
   updatePlayButton();
 }
 
+function songLength(samples) {
+  S.samples = samples;
+  S.songSeconds = samples / S.rate;
+  if (S.band && S.band[1] > S.songSeconds) setBand(null);
+  $('loop-info').textContent = `${S.songSeconds.toFixed(2)} s · ${S.rate} Hz · 2 ch`;
+  dirty.wave = dirty.curve = true;
+}
+
 function applyState(st) {
   const targets = st.targets || {};
   const effective = st.knobs || {};
@@ -481,7 +508,7 @@ function makeFader(spec) {
   el.title = `${spec.help}\nrange ${spec.min} … ${spec.max}, default ${spec.default}${spec.slewed ? ', slew-limited' : ''}; ${spec.class.replace(/_/g, ' ')}`;
   const name = document.createElement('span');
   name.className = 'name';
-  name.textContent = spec.name.replace(/^lora:/, '');
+  name.textContent = spec.name.replace(/^lora:/, '').replace(/^ch_g(\d)$/, 'g$1');
   const val = document.createElement('input');
   val.className = 'val';
   val.type = 'text';
@@ -744,6 +771,7 @@ function loadLibrarySource() {
   control({ type: 'set_source', source: { kind: 'library', style: item.style, index: item.index } }).then((r) => r && log('info', `source: ${item.id}`));
 }
 
+let lastUpload = null; // the last upload the server accepted (its preview comes back after a rejected one)
 async function uploadFile(file) {
   if (!file) return;
   if (file.size > MAX_UPLOAD) return showError(`${file.name} is ${(file.size / 1048576).toFixed(1)} MiB; uploads are limited to 64 MiB`);
@@ -757,10 +785,21 @@ async function uploadFile(file) {
   try {
     const r = await done;
     $('upload-info').textContent = `${file.name}: now the source`;
+    lastUpload = { bytes, name: file.name };
     log('info', `uploaded ${r.source}`);
   } catch (e) {
-    $('upload-info').textContent = `${file.name}: rejected`;
+    $('upload-info').textContent = `${file.name}: rejected${lastUpload ? `; ${lastUpload.name} stays` : ''}`;
+    if (lastUpload) drawUploadWave(lastUpload.bytes.slice(0), lastUpload.name);
   }
+}
+
+function uploadHint() {
+  const cv = $('upload-wave');
+  const g = sizeCanvas(cv);
+  g.clearRect(0, 0, cv.width, cv.height);
+  g.fillStyle = '#7d8491';
+  g.font = `${10 * devicePixelRatio}px monospace`;
+  g.fillText('drop an audio file on this panel, or choose one: its waveform shows here', 6 * devicePixelRatio, cv.height / 2 + 3 * devicePixelRatio);
 }
 
 async function drawUploadWave(bytes, name) {
@@ -1377,6 +1416,18 @@ function wire() {
     uploadFile(e.target.files[0]);
     e.target.value = '';
   });
+  const drop = $('source-panel');
+  drop.addEventListener('dragover', (e) => {
+    e.preventDefault();
+    drop.classList.add('drop');
+  });
+  drop.addEventListener('dragleave', () => drop.classList.remove('drop'));
+  drop.addEventListener('drop', (e) => {
+    e.preventDefault();
+    drop.classList.remove('drop');
+    if (e.dataTransfer.files.length) uploadFile(e.dataTransfer.files[0]);
+  });
+  uploadHint();
   $('curve-clear').addEventListener('click', () => curveSel && sendCurve(curveSel, null));
   $('curve-ramp-up').addEventListener('click', () => {
     const [lo, hi] = curveRange(curveSel);
@@ -1476,11 +1527,49 @@ async function syncPlayhead() {
   if (st.playing !== S.playing) setPlaying(st.playing, true);
 }
 
+// A 16-bit PCM or 32-bit float WAV into planar stereo Float32Arrays (for the hooks below).
+function parseWav(buf) {
+  const dv = new DataView(buf);
+  const tag = (o) => String.fromCharCode(dv.getUint8(o), dv.getUint8(o + 1), dv.getUint8(o + 2), dv.getUint8(o + 3));
+  if (tag(0) !== 'RIFF' || tag(8) !== 'WAVE') throw new Error('not a WAV file');
+  let fmt = null;
+  for (let o = 12; o + 8 <= buf.byteLength; ) {
+    const id = tag(o), size = dv.getUint32(o + 4, true), body = o + 8;
+    if (id === 'fmt ') fmt = { format: dv.getUint16(body, true), channels: dv.getUint16(body + 2, true), bits: dv.getUint16(body + 14, true) };
+    if (id === 'data' && fmt) {
+      const ch = fmt.channels, bytes = fmt.bits / 8, n = Math.floor(size / (ch * bytes));
+      const L = new Float32Array(n), R = new Float32Array(n);
+      for (let i = 0; i < n; i++) {
+        const at = (c) => body + (i * ch + Math.min(c, ch - 1)) * bytes;
+        if (fmt.bits === 32) {
+          L[i] = dv.getFloat32(at(0), true);
+          R[i] = dv.getFloat32(at(1), true);
+        } else {
+          L[i] = dv.getInt16(at(0), true) / 32768;
+          R[i] = dv.getInt16(at(1), true) / 32768;
+        }
+      }
+      return { L, R };
+    }
+    o = body + size + (size & 1);
+  }
+  throw new Error('WAV without a data chunk');
+}
+
 // ---------------------------------------------------------------- test hooks
 
 Object.assign(demon, {
   checksum,
   mark: () => askWorklet('mark'),
+  // Compare the worklet's buffer with the server's loop right now (GET /api/loop.wav, float WAV).
+  async compareWithServer(edge = 0) {
+    const t0 = performance.now();
+    const r = await fetch(withToken('/api/loop.wav'));
+    if (!r.ok) throw new Error(`/api/loop.wav: ${r.status}`);
+    const { L, R } = parseWav(await r.arrayBuffer());
+    const fetchMs = performance.now() - t0;
+    return Object.assign(await askWorklet('compare', { L, R, edge }, [L.buffer, R.buffer]), { fetchMs });
+  },
   diffSinceMark: () => askWorklet('diff'),
   // Drive a knob through its fader, as a performer would (input + change events).
   setKnob(name, value) {
@@ -1499,6 +1588,9 @@ Object.assign(demon, {
   request,
   state: () => S,
   audioContext: () => ctx,
+  // A MIDI message as Web MIDI would deliver it (tests; also handy without a controller).
+  midiMessage: (bytes) => onMidi({ data: Uint8Array.from(bytes) }),
+  midiMappings: () => Object.assign({}, midiMap),
 });
 
 wire();
