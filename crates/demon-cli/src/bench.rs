@@ -25,6 +25,9 @@ pub struct BenchArgs {
     pub ticks: usize,
     #[arg(long, default_value = "house")]
     pub prompt: String,
+    /// Measurements to run (comma separated): render, ticks, propagation, decode.
+    #[arg(long, value_delimiter = ',', default_value = "render,ticks,propagation,decode")]
+    pub only: Vec<String>,
     #[command(flatten)]
     pub backend: BackendArgs,
 }
@@ -43,6 +46,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         depths: args.depths.clone(),
         measure_ticks: args.ticks,
         prompt: Prompt::tags(args.prompt.clone()),
+        sections: args.only.clone(),
         ..Default::default()
     };
     let quiet = args.json;
@@ -56,10 +60,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!("backend {}, {:.0} s songs, {} steps", report.backend, report.song_seconds, report.steps);
-    println!(
-        "offline render: {} takes at depth {}: {:.1}x real time",
-        report.render_takes, report.render_depth, report.render_realtime_ratio
-    );
+    if let Some(r) = report.render_realtime_ratio {
+        println!("offline render: {} takes at depth {}: {r:.1}x real time", report.render_takes, report.render_depth);
+    }
     println!("{:>6} {:>10} {:>10} {:>10} {:>10}", "depth", "tick ms", "model ms", "gen/s", "overhead");
     for (d, t) in &report.tick_ms {
         println!(
@@ -90,10 +93,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             p.convergence_ms.map_or("-".into(), |v| format!("{v:.0}"))
         );
     }
-    println!(
-        "receptive field: {} frames before, {} after; full decode {:.1} ms",
-        report.receptive_field_frames.before, report.receptive_field_frames.after, report.full_decode_ms
-    );
+    if let (Some(f), Some(ms)) = (report.receptive_field_frames, report.full_decode_ms) {
+        println!("receptive field: {} frames before, {} after; full decode {ms:.1} ms", f.before, f.after);
+    }
     for (k, ms) in &report.windowed_decode_ms {
         println!("keep {k} s: windowed decode {ms:.2} ms, speedup {:.1}x", report.windowed_decode_speedup[k]);
     }

@@ -159,18 +159,28 @@ pub fn run(args: RenderArgs) -> Result<()> {
     let paths = output_paths(&args.out, takes.len());
     let format = if args.float { WavFormat::Float32 } else { WavFormat::Pcm16 };
     for (take, path) in takes.iter().zip(&paths) {
+        // Like ACE-Step upstream: scale down only when the peak exceeds full scale.
+        let mut audio = take.audio.clone();
+        let peak = audio.peak();
+        if peak > 1.0 {
+            let g = 0.99 / peak;
+            audio.channels.iter_mut().flatten().for_each(|x| *x *= g);
+            if !args.quiet {
+                eprintln!("note: peak {peak:.2} exceeds full scale; {} scaled by {g:.3}", path.display());
+            }
+        }
         let (_, t, c) = take.latent.dims3()?;
         let values: Vec<f32> = take.latent.flatten_all()?.to_vec1()?;
         let latent = EmbeddedLatent { backend: backend.name.clone(), frames: t, channels: c, values };
-        demon_audio::write_wav(path, &take.audio, format, Some(&latent))?;
+        demon_audio::write_wav(path, &audio, format, Some(&latent))?;
         if !args.quiet {
             eprintln!(
                 "wrote {} ({:.1} s, seed {}, peak {:.2}, rms {:.3})",
                 path.display(),
-                take.audio.seconds(),
+                audio.seconds(),
                 take.seed,
-                take.audio.peak(),
-                take.audio.rms()
+                audio.peak(),
+                audio.rms()
             );
         }
     }

@@ -60,6 +60,8 @@ pub struct BenchConfig {
     pub render_takes: usize,
     pub render_depth: usize,
     pub prompt: Prompt,
+    /// Which measurements to run: "render", "ticks", "propagation", "decode".
+    pub sections: Vec<String>,
 }
 
 impl Default for BenchConfig {
@@ -73,6 +75,7 @@ impl Default for BenchConfig {
             render_takes: 4,
             render_depth: 4,
             prompt: Prompt::tags("house"),
+            sections: ["render", "ticks", "propagation", "decode"].map(String::from).to_vec(),
         }
     }
 }
@@ -94,7 +97,7 @@ pub struct BenchReport {
     pub song_seconds: f64,
     pub steps: usize,
     /// Audio seconds rendered per wall second (offline render of `render_takes` songs).
-    pub render_realtime_ratio: f64,
+    pub render_realtime_ratio: Option<f64>,
     pub render_takes: usize,
     pub render_depth: usize,
     /// Mean wall time per tick, keyed by depth.
@@ -119,8 +122,8 @@ pub struct BenchReport {
     pub per_slot_queue_wait_ticks: BTreeMap<String, f64>,
     /// Per control class, at the default live depth (4).
     pub propagation: BTreeMap<String, Propagation>,
-    pub receptive_field_frames: ReceptiveField,
-    pub full_decode_ms: f64,
+    pub receptive_field_frames: Option<ReceptiveField>,
+    pub full_decode_ms: Option<f64>,
     /// Windowed decode time per tick, keyed by keep window in seconds.
     pub windowed_decode_ms: BTreeMap<String, f64>,
     /// Full decode time / windowed decode time, keyed by keep window in seconds.
@@ -255,8 +258,14 @@ fn per_slot_convergence(backend: &mut BackendSet, cfg: &BenchConfig, depth: usiz
 
 /// Full versus windowed decode of the same latent.
 fn decode_costs(codec: &mut dyn Codec, latent: &Tensor, field: ReceptiveField, keeps_s: &[f64]) -> Result<(f64, BTreeMap<String, f64>), RenderError> {
+    // Warm once; repeat only what is quick (a full-size VAE decode takes a minute on a CPU).
     let time = |f: &mut dyn FnMut() -> Result<(), RenderError>, reps: usize| -> Result<f64, RenderError> {
+        let t0 = Instant::now();
         f()?;
+        let first = t0.elapsed().as_secs_f64();
+        if first > 2.0 {
+            return Ok(first * 1000.0);
+        }
         let t0 = Instant::now();
         for _ in 0..reps {
             f()?;
@@ -278,7 +287,12 @@ fn decode_costs(codec: &mut dyn Codec, latent: &Tensor, field: ReceptiveField, k
 /// Run every measurement.
 pub fn run(backend: &mut BackendSet, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Result<BenchReport, RenderError> {
     let frames = (cfg.seconds * 25.0).round() as usize;
-    log(&format!("render: {} takes of {:.0} s at depth {}", cfg.render_takes, cfg.seconds, cfg.render_depth));
+    let wants = |s: &str| cfg.sections.iter().any(|x| x == s);
+    for s in &cfg.sections {
+        if !["render", "ticks", "propagation", "decode"].contains(&s.as_str()) {
+            return Err(RenderError::Invalid(format!("unknown bench section `{s}` (render, ticks, propagation, decode)")));
+        }
+    }
     let spec = RenderSpec {
         prompt: cfg.prompt.clone(),
         frames,
@@ -287,14 +301,20 @@ pub fn run(backend: &mut BackendSet, cfg: &BenchConfig, log: &mut dyn FnMut(&str
         takes: cfg.render_takes,
         ..Default::default()
     };
-    // Warm caches (library, tables) so the figure is the steady cost.
-    render(backend, &RenderSpec { frames: 50, takes: 1, ..spec.clone() }, None, &mut |_, _| {})?;
-    let t0 = Instant::now();
-    let takes = render(backend, &spec, None, &mut |_, _| {})?;
-    let render_realtime_ratio = cfg.seconds * takes.len() as f64 / t0.elapsed().as_secs_f64();
+    let mut render_realtime_ratio = None;
+    let mut decode_latent = None;
+    if wants("render") {
+        log(&format!("render: {} takes of {:.0} s at depth {}", cfg.render_takes, cfg.seconds, cfg.render_depth));
+        // Warm caches (library, tables) so the figure is the steady cost.
+        render(backend, &RenderSpec { frames: 50, takes: 1, ..spec.clone() }, None, &mut |_, _| {})?;
+        let t0 = Instant::now();
+        let takes = render(backend, &spec, None, &mut |_, _| {})?;
+        render_realtime_ratio = Some(cfg.seconds * takes.len() as f64 / t0.elapsed().as_secs_f64());
+        decode_latent = takes.into_iter().next().map(|t| t.latent);
+    }
 
     let (mut tick_ms, mut gen_per_s, mut model_ms, mut overhead) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-    for &d in &cfg.depths {
+    for &d in cfg.depths.iter().filter(|_| wants("ticks")) {
         log(&format!("steady state at depth {d}"));
         let (tick, gps, model) = steady_state(backend, cfg, d)?;
         tick_ms.insert(d.to_string(), tick);
@@ -307,7 +327,7 @@ pub fn run(backend: &mut BackendSet, cfg: &BenchConfig, log: &mut dyn FnMut(&str
 
     let (mut onset, mut coverage, mut conv, mut wait) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     let (mut conv_min, mut conv_max) = (BTreeMap::new(), BTreeMap::new());
-    for &d in &[1usize, 4, 8] {
+    for &d in [1usize, 4, 8].iter().filter(|_| wants("propagation")) {
         log(&format!("propagation at depth {d}"));
         let (o, c) = shared_lane_onset(backend, cfg, d)?;
         onset.insert(d.to_string(), o);
@@ -374,12 +394,23 @@ pub fn run(backend: &mut BackendSet, cfg: &BenchConfig, log: &mut dyn FnMut(&str
         },
     );
 
-    log("receptive field and decode");
-    let probes = probe_latents(200, backend.codec.latent_channels(), backend.codec.device())?;
-    let field = measure_receptive_field(backend.codec.as_mut(), &probes, 9, 6, 60, 1e-6)?;
-    let latent = takes[0].latent.clone();
-    let (full_decode_ms, windowed_decode_ms) = decode_costs(backend.codec.as_mut(), &latent, field, &cfg.keep_windows_s)?;
-    let windowed_decode_speedup = windowed_decode_ms.iter().map(|(k, v)| (k.clone(), full_decode_ms / v)).collect();
+    let (mut field, mut full_decode_ms, mut windowed_decode_ms, mut windowed_decode_speedup) =
+        (None, None, BTreeMap::new(), BTreeMap::new());
+    if wants("decode") {
+        log("receptive field and decode");
+        let c = backend.codec.latent_channels();
+        let probes = probe_latents(120, c, backend.codec.device())?;
+        let f = measure_receptive_field(backend.codec.as_mut(), &probes, 9, 3, 48, 1e-6)?;
+        let latent = match decode_latent {
+            Some(l) => l,
+            None => probe_latent(frames, c, 9, backend.codec.device())?,
+        };
+        let (full, windowed) = decode_costs(backend.codec.as_mut(), &latent, f, &cfg.keep_windows_s)?;
+        windowed_decode_speedup = windowed.iter().map(|(k, v)| (k.clone(), full / v)).collect();
+        windowed_decode_ms = windowed;
+        full_decode_ms = Some(full);
+        field = Some(f);
+    }
 
     Ok(BenchReport {
         backend: backend.name.clone(),
