@@ -307,25 +307,46 @@ async function main() {
     return `${after.s - before.s} slices, tick ${before.tick} → ${after.tick}; buffer RMS change ${d.rms.toExponential(2)} (quiet loop: ${quiet.rms.toExponential(2)}), ${d.changed} of ${d.len} samples changed; hash ${before.c.hash} → ${c.hash}`;
   });
 
-  await check("after the change settles, the worklet's buffer still equals the server's loop", async () => {
-    // The slices since the change added large deltas; any error in applying them (a wrong f16
-    // decode, a dropped or misplaced slice) would now show far above f16 rounding.
+  await check("after the change (session paused), the worklet's buffer equals the server's loop outside patch crossfades", async () => {
+    // The slices since the change carried large deltas: an error in applying them (f16 decode,
+    // a dropped or misplaced slice, a wrong wrap) would show far above f16 rounding. Stopping
+    // the session freezes both copies, so they can be compared at one instant.
     //
-    // Known server issue (reported to the lead): the server patches its own loop with 25 ms
-    // crossfades at both edges of a window but sends clients the window's raw audio, so where
-    // no later window covers an edge (the first and last 25 ms of the song) the two copies keep
-    // differing after a change. Those 1200 samples at each end are reported apart and only
-    // asserted with E2E_STRICT_EDGES=1 (use it once the server sends crossfaded slices).
-    // The whole loop is regenerated once the decode target has gone round it (about one song
-    // length of session time).
-    const q = await settle('the loop to settle after the change', 90000);
-    const c = await demon(() => window.demon.compareWithServer(1200));
-    const where = `stretches [start, length] ${JSON.stringify(c.runs)}; recent slices [start, n]: ${JSON.stringify(await demon(() => window.demon.recentSlices.slice(-8)))}`;
-    assert(c.otherLen === c.len, `same length (${c.len} vs ${c.otherLen})`);
-    assert(c.max <= 2 ** -10 && c.over === 0, `largest difference ${c.max} within f16 rounding (${c.over} samples off by more than 1e-3; ${where})`);
-    if (process.env.E2E_STRICT_EDGES) assert(c.edgeOver === 0, `the song's first and last 25 ms match too (${c.edgeOver} samples off, max ${c.edgeMax}; ${where})`);
-    const edges = c.edgeOver ? `; KNOWN SERVER ISSUE: ${c.edgeOver} samples in the song's first/last 25 ms differ by up to ${c.edgeMax.toFixed(3)} (raw slices vs crossfaded loop), stretches ${JSON.stringify(c.runs)}` : '; the song edges match too';
-    return `settled (RMS ${q.rms.toExponential(2)} per 15 slices); worklet vs server inside the song: RMS ${c.rms.toExponential(2)}, max ${c.max.toExponential(2)}${edges}`;
+    // Known server issue (reported to the lead): the server blends each new window into its own
+    // loop with 25 ms crossfades at both edges (LoopBuffer::patch) but sends clients the window's
+    // raw audio, so right after a change the two copies differ in the first and last 1200
+    // samples of patches (and the client hears hard edges there). Those zones are counted apart
+    // and only asserted with E2E_STRICT_EDGES=1 (use it once the server sends crossfaded slices).
+    await page.click('#play');
+    await waitFor('the session stopped', async () => !(await state()).playing, 10000);
+    let quiet;
+    await waitFor('no more slices while stopped', async () => {
+      await demon(() => window.demon.mark());
+      const a = await demon(() => window.demon.slicesReceived);
+      await new Promise((r) => setTimeout(r, 800));
+      quiet = await demon(() => window.demon.diffSinceMark());
+      return (await demon(() => window.demon.slicesReceived)) === a && quiet.rms === 0;
+    }, 20000, 0);
+    const slices = await demon(() => window.demon.recentSlices);
+    const len = SONG_SECONDS * 48000;
+    const zones = [];
+    for (const [start, n] of slices) {
+      const xf = Math.max(1, Math.min(1200, Math.floor(n / 4))); // LoopBuffer::patch's fade
+      zones.push([start, start + xf], [start + n - xf, start + n]);
+    }
+    const c = await page.evaluate((z) => window.demon.compareWithServer(z), zones);
+    assert(c.zoneSamples > 0, 'the crossfade zones reached the worklet');
+    await page.click('#play');
+    await waitFor('playing again', async () => (await state()).playing && (await demon(() => window.demon.audioState)) === 'running', 10000);
+    const near = c.runs.length ? slices.filter(([a]) => Math.abs(a - c.runs[0][0]) < 40000).map(([a]) => a) : [];
+    const where = `stretches [start, length, in a crossfade zone] ${JSON.stringify(c.runs)}; slices received starting near the first: ${near.join(' ')}; ${slices.length} slices, ${await demon(() => window.demon.framesReceived)} frames`;
+    assert(c.otherLen === c.len && c.len === len, `same length (${c.len} vs ${c.otherLen})`);
+    assert(c.max <= 2 ** -10 && c.over === 0, `outside crossfade zones the largest difference ${c.max} is within f16 rounding (${c.over} samples off by more than 1e-3; ${where})`);
+    if (process.env.E2E_STRICT_EDGES) assert(c.zoneOver === 0, `crossfade zones match too (${c.zoneOver} samples off, max ${c.zoneMax}; ${where})`);
+    const known = c.zoneOver
+      ? `; KNOWN SERVER ISSUE: ${c.zoneOver} samples inside patch crossfade zones differ by up to ${c.zoneMax.toFixed(3)} (raw slices vs crossfaded loop), e.g. ${JSON.stringify(c.runs.slice(0, 4))}`
+      : '; crossfade zones match too';
+    return `${slices.length} slices so far; outside the ${c.zoneSamples} samples of patch crossfade zones: RMS ${c.rms.toExponential(2)}, max ${c.max.toExponential(2)} over ${c.len - c.zoneSamples} samples${known}`;
   });
 
   await check('keyboard: End and Shift+← on the focused denoise fader', async () => {

@@ -56,7 +56,7 @@ const demon = {
   framesApplied: 0, // all frames the worklet applied (including full buffers)
   framesReceived: 0, // binary frames received from the socket
   lastSliceTick: -1,
-  recentSlices: [], // [start, n] of the last 32 slices
+  recentSlices: [], // [start, n] of the slices received (the last 10000 or more)
   lastFrame: null,
   lastStats: null,
   lastReply: null,
@@ -166,7 +166,7 @@ function onWorklet(m) {
       if (m.kind !== 0) {
         demon.lastSliceTick = m.tick;
         demon.recentSlices.push([m.start, m.n]);
-        if (demon.recentSlices.length > 32) demon.recentSlices.shift();
+        if (demon.recentSlices.length > 20000) demon.recentSlices.splice(0, 10000);
       }
       else if (m.len !== S.samples) songLength(m.len); // a source of another length
       $('r-slices').textContent = m.slices;
@@ -1562,13 +1562,14 @@ Object.assign(demon, {
   checksum,
   mark: () => askWorklet('mark'),
   // Compare the worklet's buffer with the server's loop right now (GET /api/loop.wav, float WAV).
-  async compareWithServer(edge = 0) {
+  // `zones`: sample ranges counted apart (see worklet.js).
+  async compareWithServer(zones = []) {
     const t0 = performance.now();
     const r = await fetch(withToken('/api/loop.wav'));
     if (!r.ok) throw new Error(`/api/loop.wav: ${r.status}`);
     const { L, R } = parseWav(await r.arrayBuffer());
     const fetchMs = performance.now() - t0;
-    return Object.assign(await askWorklet('compare', { L, R, edge }, [L.buffer, R.buffer]), { fetchMs });
+    return Object.assign(await askWorklet('compare', { L, R, zones }, [L.buffer, R.buffer]), { fetchMs });
   },
   diffSinceMark: () => askWorklet('diff'),
   // Drive a knob through its fader, as a performer would (input + change events).

@@ -17,7 +17,7 @@
 //                      {type:'rate', sourceRate}       the server's sample rate (resampled linearly)
 //                      {type:'checksum', id, start?, n?}
 //                      {type:'mark', id} / {type:'diff', id}   remember the buffer / compare with it
-//                      {type:'compare', id, L, R, edge}   compare with other planar channels
+//                      {type:'compare', id, L, R, zones}  compare with other planar channels
 // Messages out:        {type:'frame', ...header, slices, frames}   after each applied frame
 //                      {type:'peaks', first, data}     waveform columns changed by a frame
 //                      {type:'pos', pos, slices, frames}           about every 20 ms
@@ -91,7 +91,7 @@ class LoopPlayer extends AudioWorkletProcessor {
         this.port.postMessage(Object.assign({ type: 'diff', id: m.id }, this.diff()));
         break;
       case 'compare': // compare with planar channels the caller got elsewhere (the server's loop)
-        this.port.postMessage(Object.assign({ type: 'compare', id: m.id }, this.compare(m.L, m.R, m.edge || 0)));
+        this.port.postMessage(Object.assign({ type: 'compare', id: m.id }, this.compare(m.L, m.R, m.zones || [])));
         break;
       case 'checksum':
         this.port.postMessage(Object.assign({ type: 'checksum', id: m.id }, this.checksum(m.start, m.n)));
@@ -238,32 +238,35 @@ class LoopPlayer extends AudioWorkletProcessor {
     return { rms: Math.sqrt(sq / (2 * Math.max(1, len))), max, changed, len };
   }
 
-  // `edge` samples at both ends of the loop are reported apart (edgeOver, edgeMax).
-  compare(L2, R2, edge) {
+  // Compare with other planar channels. Samples inside `zones` ([start, end) ranges, wrapping)
+  // are counted apart (zoneOver, zoneMax); `runs` lists the first stretches that differ.
+  compare(L2, R2, zones) {
     const len = this.len;
     if (!L2 || !R2 || L2.length !== len || R2.length !== len) return { rms: NaN, max: NaN, over: NaN, len, otherLen: L2 ? L2.length : 0 };
-    let sq = 0, inner = 0, max = 0, over = 0, edgeOver = 0, edgeMax = 0;
-    const runs = []; // [start, length] of stretches that differ by more than 1e-3 (first 16)
+    const mask = new Uint8Array(len);
+    for (const [a, b] of zones) for (let i = a; i < b; i++) mask[((i % len) + len) % len] = 1;
+    let sq = 0, inner = 0, max = 0, over = 0, zoneOver = 0, zoneMax = 0;
+    const runs = []; // [start, length, inZone] of stretches that differ by more than 1e-3 (first 16)
     let run = null;
     for (let i = 0; i < len; i++) {
       const a = Math.abs(this.L[i] - L2[i]), b = Math.abs(this.R[i] - R2[i]);
       const d = a > b ? a : b;
-      if (i < edge || i >= len - edge) {
-        if (d > edgeMax) edgeMax = d;
-        if (d > 1e-3) edgeOver++;
+      if (mask[i]) {
+        if (d > zoneMax) zoneMax = d;
+        if (d > 1e-3) zoneOver++;
       } else {
         sq += a * a + b * b;
         inner++;
         if (d > max) max = d;
+        if (d > 1e-3) over++;
       }
       if (d > 1e-3) {
-        if (!(i < edge || i >= len - edge)) over++;
         if (run && i - (run[0] + run[1]) < 64) run[1] = i + 1 - run[0];
-        else if (runs.length < 16) runs.push((run = [i, 1]));
+        else if (runs.length < 16) runs.push((run = [i, 1, mask[i]]));
         else run = null;
       }
     }
-    return { rms: Math.sqrt(sq / (2 * Math.max(1, inner))), max, over, edgeMax, edgeOver, edge, runs, len, otherLen: len };
+    return { rms: Math.sqrt(sq / (2 * Math.max(1, inner))), max, over, zoneMax, zoneOver, zoneSamples: len - inner, runs, len, otherLen: len };
   }
 
   process(inputs, outputs) {
