@@ -8,6 +8,10 @@ if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
   echo "e2e: ${CHROMIUM:-/usr/bin/chromium} not found (apt-get install chromium)" >&2
   exit 1
 fi
+if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)'; then
+  echo "e2e: needs Node.js 20 or newer (playwright-core 1.65); found $(node --version)" >&2
+  exit 1
+fi
 # playwright-core only: it never downloads browsers.
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
 node worklet.test.mjs
