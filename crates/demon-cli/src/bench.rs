@@ -25,6 +25,9 @@ pub struct BenchArgs {
     pub ticks: usize,
     #[arg(long, default_value = "house")]
     pub prompt: String,
+    /// Also draw tick time and generations per second against depth to this PNG.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     /// Measurements to run (comma separated): render, ticks, propagation, decode.
     #[arg(long, value_delimiter = ',', default_value = "render,ticks,propagation,decode")]
     pub only: Vec<String>,
@@ -55,6 +58,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
             eprintln!("… {m}");
         }
     })?;
+    if let Some(p) = &args.plot {
+        let pts = |m: &std::collections::BTreeMap<String, f64>| -> Vec<(f64, f64)> {
+            let mut v: Vec<(f64, f64)> = m.iter().filter_map(|(k, x)| k.parse::<f64>().ok().map(|d| (d, *x))).collect();
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            v
+        };
+        let caption = format!("{} BACKEND, {:.0} S SONGS, {} STEPS", report.backend.to_uppercase(), report.song_seconds, report.steps);
+        crate::plot::write_depth_plot(p, &pts(&report.tick_ms), &pts(&report.gen_per_s), &caption)?;
+        if !args.json {
+            eprintln!("wrote the plot to {}", p.display());
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

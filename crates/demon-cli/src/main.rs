@@ -6,6 +6,7 @@
 mod backends;
 mod bench;
 mod perform;
+mod plot;
 mod render;
 mod serve;
 mod tools;
@@ -44,6 +45,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // candle's element-wise thread pool spins; the engine's small per-slot ops are faster on one
+    // thread (model matmuls do not use that pool). Respect an explicit setting.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: set before any other thread exists.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Render(args) => render::run(*args),

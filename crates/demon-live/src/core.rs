@@ -161,6 +161,9 @@ pub struct LiveCore {
     generations: u64,
     context_cache: Option<(u64, usize, u64, Tensor)>,
     source_version: u64,
+    /// Bumped when the song's length or window changes: generations started before are not
+    /// this song's and are dropped when they finish.
+    song_epoch: u64,
     lane: SharedLane,
     hop: usize,
     pub probe: Arc<SessionProbe>,
@@ -285,6 +288,7 @@ impl LiveCore {
             generations: 0,
             context_cache: None,
             source_version: 0,
+            song_epoch: 0,
             lane: SharedLane::default(),
             hop,
             probe: Arc::new(SessionProbe::default()),
@@ -341,6 +345,7 @@ impl LiveCore {
     }
 
     fn resize_song(&mut self, frames: usize) {
+        self.song_epoch += 1;
         self.song_frames = frames;
         let max_window = (self.cfg.window_seconds * 25.0).round() as usize;
         self.window_frames = if max_window > 0 && frames > max_window { max_window } else { frames };
@@ -663,7 +668,7 @@ impl LiveCore {
         let seed = self.knobs.get("seed") as u64;
         let mut r = SlotRequest::new(conditions[0].conditioning.clone(), context, t, seed);
         r.conditions = conditions;
-        r.tag = self.chunk_offset as u64;
+        r.tag = self.generation_tag();
         r.schedule.steps = self.knobs.get("steps") as usize;
         r.schedule.shift = self.knobs.get("shift") as f32;
         r.solver = self.solver;
@@ -672,7 +677,8 @@ impl LiveCore {
         // Feedback: earlier outputs mixed into the source (or standing in for a missing one).
         let feedback = self.knobs.get("feedback") as f32;
         let tap = (self.knobs.get("feedback_depth") as usize).clamp(1, 8) - 1;
-        let fed = match (feedback > 0.0, self.history.get(tap)) {
+        let tap_latent = self.history.get(tap).filter(|h| h.dims() == [1, t, self.backend.denoiser.latent_channels()]);
+        let fed = match (feedback > 0.0, tap_latent) {
             (true, Some(h)) => match &src_chunk {
                 Some(s) => Some(((s * (1.0 - feedback as f64)).and_then(|a| a + (h * feedback as f64)?)).map_err(|e| e.to_string())?),
                 None => Some(h.clone()),
@@ -687,6 +693,11 @@ impl LiveCore {
             r.x0_target_curve = self.curve("x0_target", t).map(|c| c.clamped(0.0, 1.0));
         }
         Ok(r)
+    }
+
+    /// Which song (epoch) and chunk a request belongs to: `epoch << 32 | chunk offset`.
+    fn generation_tag(&self) -> u64 {
+        (self.song_epoch << 32) | self.chunk_offset as u64
     }
 
     /// Run one tick. `clock` overrides the decode lead (replays use the recorded one).
@@ -742,8 +753,8 @@ impl LiveCore {
         let mut finished = 0;
         for f in report.finished {
             self.generations += 1;
-            if f.tag as usize != self.chunk_offset {
-                continue; // generated for a chunk the window has left
+            if f.tag != self.generation_tag() {
+                continue; // generated for another song length or a chunk the window has left
             }
             finished += 1;
             self.history.push_front(f.latent.clone());
@@ -769,7 +780,14 @@ impl LiveCore {
             } else {
                 let chunk = (self.chunk_offset, self.window_frames);
                 if let Some(w) = self.decoder.update_chunk(self.backend.codec.as_mut(), &latent, chunk, self.version, target, region, &mut self.buffer).map_err(|e| e.to_string())? {
-                    patches.push(((w.start_frame * hop) as u64, Arc::new(w.audio)));
+                    // Clients get exactly what the loop holds now (the crossfaded patch), so
+                    // their copy matches the server's, edges included.
+                    let start = w.start_frame * hop;
+                    let n = w.frames * hop;
+                    let len = self.buffer.len();
+                    let held: Vec<Vec<f32>> =
+                        self.buffer.channels().iter().map(|c| (0..n).map(|i| c[(start + i) % len]).collect()).collect();
+                    patches.push((start as u64, Arc::new(held)));
                 }
             }
             self.buffer_filled = true;

@@ -139,7 +139,7 @@ impl LoopBuffer {
                     1.0
                 };
                 let j = (start + i) % len;
-                ch[j] = ch[j] + (s - ch[j]) * w;
+                ch[j] = if w == 1.0 { *s } else { ch[j] + (s - ch[j]) * w };
             }
         }
     }

@@ -195,6 +195,7 @@ fn run(
     let mut script = std::mem::take(&mut opts.script).into_iter().peekable();
     let mut clock = std::mem::take(&mut opts.clock).into_iter().peekable();
     let mut stop = false;
+    let mut last_error: Option<String> = None;
     let started_gen_time = Instant::now();
 
     let record = |writer: &mut Option<SessionWriter>, line: SessionLine| -> Result<(), String> {
@@ -268,10 +269,17 @@ fn run(
             lead = clock.next().map(|(_, _, l)| l);
         }
         let out = match core.tick(lead) {
-            Ok(o) => o,
+            Ok(o) => {
+                last_error = None;
+                o
+            }
             Err(e) => {
-                // A failing tick leaves the ring untouched; report it and keep playing.
-                bus.publish(Event::Notice { message: format!("tick {tick} failed: {e}") });
+                // A failing tick leaves the ring untouched; report it (once until it changes)
+                // and keep the session alive for the controls that can fix it.
+                if last_error.as_ref() != Some(&e) {
+                    bus.publish(Event::Notice { message: format!("tick {tick} failed: {e}") });
+                    last_error = Some(e);
+                }
                 std::thread::sleep(tick_period);
                 continue;
             }
