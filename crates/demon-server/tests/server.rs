@@ -75,48 +75,83 @@ fn test_opts(token: Option<&str>) -> ServerOptions {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn next_json(ws: &mut Ws, want: &str) -> Value {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("timed out").expect("closed").unwrap();
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if v["type"] == want {
-                return v;
+/// A test client that keeps the text messages it passed over while waiting for another: the
+/// echo of a change (sent by the session's forwarder) and the reply to it (sent by the
+/// connection) travel on different paths, so either may arrive first.
+struct Client {
+    ws: Ws,
+    passed_over: Vec<Value>,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
+        Client { ws, passed_over: Vec::new() }
+    }
+
+    /// The next frame of any kind; panics after 30 s without one or when the connection ends.
+    async fn next_message(&mut self) -> Message {
+        tokio::time::timeout(Duration::from_secs(30), self.ws.next()).await.expect("timed out").expect("closed").unwrap()
+    }
+
+    /// The first text message (seen before or arriving within 30 s) that `want` accepts.
+    async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.passed_over.iter().position(&want) {
+            return self.passed_over.remove(i);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+                .expect("closed")
+                .unwrap();
+            if let Message::Text(t) = m {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if want(&v) {
+                    return v;
+                }
+                if v["type"] != "stats" {
+                    self.passed_over.push(v);
+                }
             }
         }
     }
-}
 
-async fn next_reply(ws: &mut Ws, id: i64) -> Value {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("timed out").expect("closed").unwrap();
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if v["id"] == json!(id) && (v["type"] == "reply" || v["type"] == "error" || v["type"] == "pong") {
-                return v;
-            }
-        }
+    async fn next_json(&mut self, kind: &str) -> Value {
+        self.wait_for(kind, |v| v["type"] == kind).await
     }
-}
 
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+    async fn next_reply(&mut self, id: i64) -> Value {
+        self.wait_for(&format!("the reply to {id}"), |v| {
+            v["id"] == json!(id) && (v["type"] == "reply" || v["type"] == "error" || v["type"] == "pong")
+        })
+        .await
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.ws.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_protocol_end_to_end() {
     let handle = session();
     let addr = serve_with(test_opts(None), handle.clone()).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
+    let mut ws = Client::connect(addr).await;
 
     // Handshake: ready, then the full buffer.
-    let ready = next_json(&mut ws, "ready").await;
+    let ready = ws.next_json("ready").await;
     assert_eq!(ready["sample_rate"], 48_000);
     assert_eq!(ready["samples"], 8 * 48_000);
     assert!(ready["knobs"].as_array().unwrap().iter().any(|k| k["name"] == "denoise"));
     let mut buffer = [Vec::new(), Vec::new()];
     let full = loop {
-        if let Message::Binary(b) = ws.next().await.unwrap().unwrap() {
+        if let Message::Binary(b) = ws.next_message().await {
             break b;
         }
     };
@@ -127,7 +162,7 @@ async fn websocket_protocol_end_to_end() {
     let mut deltas = 0;
     let mut last_tick = 0;
     while deltas < 6 {
-        let m = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.unwrap().unwrap().unwrap();
+        let m = ws.next_message().await;
         if let Message::Binary(b) = m {
             let h: FrameHeader = apply_frame(&mut buffer, &b).expect("valid frame");
             if h.kind == KIND_DELTA {
@@ -150,11 +185,11 @@ async fn websocket_protocol_end_to_end() {
     assert!(agree * 10 >= buffer[0].len() * 9, "client copy agrees on {agree}/{}", buffer[0].len());
 
     // Control replies and echoes.
-    send(&mut ws, json!({"id": 1, "type": "control", "message": {"type": "set_knob", "name": "velocity_scale", "value": 1.4}})).await;
-    let r = next_reply(&mut ws, 1).await;
+    ws.send(json!({"id": 1, "type": "control", "message": {"type": "set_knob", "name": "velocity_scale", "value": 1.4}})).await;
+    let r = ws.next_reply(1).await;
     assert_eq!(r["type"], "reply", "{r}");
     assert!(r["latency_ms"].as_f64().unwrap() >= 0.0);
-    let echo = next_json(&mut ws, "applied").await;
+    let echo = ws.next_json("applied").await;
     assert_eq!(echo["message"]["name"], "velocity_scale");
 
     // Errors, each answered while the connection and the session carry on.
@@ -168,33 +203,33 @@ async fn websocket_protocol_end_to_end() {
     ];
     for (m, code) in bad {
         let id = m["id"].as_i64().unwrap();
-        send(&mut ws, m).await;
-        let r = next_reply(&mut ws, id).await;
+        ws.send(m).await;
+        let r = ws.next_reply(id).await;
         assert_eq!(r["type"], "error", "{r}");
         assert_eq!(r["code"], code, "{r}");
         assert!(!r["error"].as_str().unwrap().is_empty());
     }
     // Malformed JSON (including a NaN, which JSON cannot carry) and an oversized frame.
-    ws.send(Message::Text("{\"type\": \"control\", \"message\": {\"type\": \"set_knob\", \"name\": \"denoise\", \"value\": NaN}}".into())).await.unwrap();
-    let r = next_json(&mut ws, "error").await;
+    ws.send_raw(Message::Text("{\"type\": \"control\", \"message\": {\"type\": \"set_knob\", \"name\": \"denoise\", \"value\": NaN}}".into())).await;
+    let r = ws.next_json("error").await;
     assert_eq!(r["code"], "bad_json");
-    ws.send(Message::Text("x".repeat(70 * 1024).into())).await.unwrap();
-    let r = next_json(&mut ws, "error").await;
+    ws.send_raw(Message::Text("x".repeat(70 * 1024).into())).await;
+    let r = ws.next_json("error").await;
     assert_eq!(r["code"], "too_large");
     // A bad upload: decoded and rejected; the old source keeps playing.
     let before = handle.state().unwrap().source.clone();
-    send(&mut ws, json!({"id": 8, "type": "upload", "name": "song.mp3"})).await;
-    ws.send(Message::Binary(b"this is not an mp3 at all".to_vec().into())).await.unwrap();
-    let r = next_reply(&mut ws, 8).await;
+    ws.send(json!({"id": 8, "type": "upload", "name": "song.mp3"})).await;
+    ws.send_raw(Message::Binary(b"this is not an mp3 at all".to_vec().into())).await;
+    let r = ws.next_reply(8).await;
     assert_eq!(r["code"], "bad_upload", "{r}");
     assert_eq!(handle.state().unwrap().source, before);
     // A binary frame nobody asked for.
-    ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
-    assert_eq!(next_json(&mut ws, "error").await["code"], "bad_message");
+    ws.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
+    assert_eq!(ws.next_json("error").await["code"], "bad_message");
 
     // Still alive: ping, and slices keep coming.
-    send(&mut ws, json!({"id": 9, "type": "ping"})).await;
-    assert_eq!(next_reply(&mut ws, 9).await["type"], "pong");
+    ws.send(json!({"id": 9, "type": "ping"})).await;
+    assert_eq!(ws.next_reply(9).await["type"], "pong");
     let tick_before = handle.state().unwrap().tick;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(handle.state().unwrap().tick > tick_before, "the session kept ticking");
@@ -202,9 +237,9 @@ async fn websocket_protocol_end_to_end() {
     // A good upload (a real WAV) replaces the source.
     let audio = demon_engine::Audio::new(44_100, vec![vec![0.1; 44_100 * 2]]).unwrap();
     let wav = demon_audio::wav_bytes(&audio, demon_audio::WavFormat::Pcm16, None);
-    send(&mut ws, json!({"id": 10, "type": "upload", "name": "tone.wav"})).await;
-    ws.send(Message::Binary(wav.into())).await.unwrap();
-    let r = next_reply(&mut ws, 10).await;
+    ws.send(json!({"id": 10, "type": "upload", "name": "tone.wav"})).await;
+    ws.send_raw(Message::Binary(wav.into())).await;
+    let r = ws.next_reply(10).await;
     assert_eq!(r["type"], "reply", "{r}");
     assert_eq!(handle.state().unwrap().source.as_deref(), Some("tone.wav"));
     handle.stop().unwrap();
@@ -214,19 +249,19 @@ async fn websocket_protocol_end_to_end() {
 async fn other_clients_see_echoes_and_are_unaffected_by_bad_input() {
     let handle = session();
     let addr = serve_with(test_opts(None), handle.clone()).await;
-    let (mut a, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
-    let (mut b, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
-    next_json(&mut a, "ready").await;
-    next_json(&mut b, "ready").await;
+    let mut a = Client::connect(addr).await;
+    let mut b = Client::connect(addr).await;
+    a.next_json("ready").await;
+    b.next_json("ready").await;
     // A floods garbage; B keeps working and sees A's good change echoed.
     for _ in 0..20 {
-        a.send(Message::Text("{not json".into())).await.unwrap();
+        a.send_raw(Message::Text("{not json".into())).await;
     }
-    send(&mut a, json!({"id": 1, "type": "control", "message": {"type": "set_knob", "name": "ode_noise", "value": 0.3}})).await;
-    let echo = next_json(&mut b, "applied").await;
+    a.send(json!({"id": 1, "type": "control", "message": {"type": "set_knob", "name": "ode_noise", "value": 0.3}})).await;
+    let echo = b.next_json("applied").await;
     assert_eq!(echo["message"]["name"], "ode_noise");
-    send(&mut b, json!({"id": 2, "type": "ping"})).await;
-    assert_eq!(next_reply(&mut b, 2).await["type"], "pong");
+    b.send(json!({"id": 2, "type": "ping"})).await;
+    assert_eq!(b.next_reply(2).await["type"], "pong");
     handle.stop().unwrap();
 }
 
