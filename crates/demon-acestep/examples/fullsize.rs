@@ -10,9 +10,11 @@
 //! ```
 //! Options: `--sizes a,b`, `--seconds 10,60,240`, `--batches 1,2,4,8` (their product replaces
 //! the default cases), `--vae-seconds S` (0 skips), `--repeats N`, `--enc-len L`, `--weights DIR`,
-//! `--device cpu|cuda[:N]`, `--json`.
+//! `--device cpu|cuda[:N]`, `--matmul f32|bf16|f16` (GPU products), `--json`.
 
-use demon_acestep::bench::{ModelBenchConfig, ModelSize, model_bench, parse_device};
+use demon_acestep::bench::{
+    ModelBenchConfig, ModelSize, model_bench, parse_device, parse_matmul_dtype,
+};
 
 fn list<T: std::str::FromStr>(v: &str) -> Result<Vec<T>, String> {
     v.split(',')
@@ -52,6 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--enc-len" => cfg.enc_len = val()?.parse()?,
             "--weights" => cfg.weights = Some(val()?.into()),
             "--device" => cfg.device = parse_device(&val()?)?,
+            "--matmul" => cfg.matmul_dtype = parse_matmul_dtype(&val()?)?,
             "--json" => json = true,
             other => {
                 return Err(format!("unknown option `{other}` (see the example's docs)").into());

@@ -105,6 +105,9 @@ pub struct ModelBenchConfig {
     pub check_rows: bool,
     /// Device; `Device::Cpu` unless built with the `cuda` feature.
     pub device: Device,
+    /// GPU mixed precision of the DiT's products ([`AceStepDenoiser::set_matmul_dtype`]);
+    /// `None`: f32. Ignored by the CPU kernels.
+    pub matmul_dtype: Option<DType>,
     pub seed: u64,
 }
 
@@ -138,6 +141,7 @@ impl Default for ModelBenchConfig {
             enc_len: 400,
             check_rows: true,
             device: Device::Cpu,
+            matmul_dtype: None,
             seed: 0,
         }
     }
@@ -234,6 +238,8 @@ pub struct ModelBenchReport {
     pub threads: usize,
     /// `random` or the weights folder.
     pub weights: String,
+    /// Dtype of the DiT's matrix products (`F32` unless set for a GPU).
+    pub matmul_dtype: String,
     pub repeats: usize,
     pub enc_len: usize,
 }
@@ -391,6 +397,7 @@ pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<
             .map_or("random".to_string(), |p| p.display().to_string()),
         repeats: cfg.repeats.max(1),
         enc_len: cfg.enc_len,
+        matmul_dtype: format!("{:?}", cfg.matmul_dtype.unwrap_or(DType::F32)),
         vae_decode_seconds: cfg.vae_seconds,
         ..Default::default()
     };
@@ -415,6 +422,7 @@ pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<
                 AceStepDenoiser::from_source(&files.open_dit(dev)?, &config.dit)?
             }
         };
+        den.set_matmul_dtype(cfg.matmul_dtype)?;
         let load = t.elapsed().as_secs_f64();
         report.load_seconds.insert(size.key().into(), load);
         log(&format!("{}: model ready in {load:.1} s", size.key()));
@@ -579,6 +587,18 @@ pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<
         ));
     }
     Ok(report)
+}
+
+/// A matmul dtype from a command-line spelling: `f32`, `bf16` or `f16`.
+pub fn parse_matmul_dtype(spec: &str) -> Result<Option<DType>> {
+    match spec {
+        "f32" => Ok(None),
+        "bf16" => Ok(Some(DType::BF16)),
+        "f16" => Ok(Some(DType::F16)),
+        other => Err(AceStepError::input(format!(
+            "matmul dtype `{other}`: use f32, bf16 or f16"
+        ))),
+    }
 }
 
 /// A device from a command-line spelling: `cpu`, `cuda` or `cuda:N`. CUDA needs the `cuda`

@@ -123,23 +123,22 @@ impl Dit {
         let stack = cfg.decoder_stack();
         // Conv1d weight [H, in, p] → [H, p, in] → [H, p·in], matching patches reshaped frame-major.
         let w_in = src.tensor("decoder.proj_in.1.weight", &[h, cin, p])?;
-        let proj_in = Linear {
-            weight: w_in
-                .permute((0, 2, 1))?
+        let proj_in = Linear::new(
+            w_in.permute((0, 2, 1))?
                 .contiguous()?
                 .reshape((h, p * cin))?,
-            bias: Some(src.tensor("decoder.proj_in.1.bias", &[h])?),
-        };
+            Some(src.tensor("decoder.proj_in.1.bias", &[h])?),
+        );
         // ConvTranspose1d weight [H, C, p] → [p, C, H] → [p·C, H]; bias repeated per frame.
         let w_out = src.tensor("decoder.proj_out.1.weight", &[h, c, p])?;
         let b_out = src.tensor("decoder.proj_out.1.bias", &[c])?;
-        let proj_out = Linear {
-            weight: w_out
+        let proj_out = Linear::new(
+            w_out
                 .permute((2, 1, 0))?
                 .contiguous()?
                 .reshape((p * c, h))?,
-            bias: Some(b_out.unsqueeze(0)?.repeat((p, 1))?.reshape(p * c)?),
-        };
+            Some(b_out.unsqueeze(0)?.repeat((p, 1))?.reshape(p * c)?),
+        );
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let n = format!("decoder.layers.{i}");
@@ -219,6 +218,35 @@ impl Dit {
             "o_proj" => Some(&mut attn.o_proj),
             _ => None,
         }
+    }
+
+    /// Run the decoder layers' and the condition embedder's matrix products in `dtype` (`BF16`
+    /// or `F16` with f32 accumulation, from weight copies; `None`/`F32`: f32). Meant for GPUs;
+    /// on the CPU the fused path always multiplies in f32 and ignores this. Clears the cross K/V
+    /// cache (the keys/values change with the precision).
+    pub fn set_matmul_dtype(&mut self, dtype: Option<DType>) -> Result<()> {
+        self.condition_embedder.set_matmul_dtype(dtype)?;
+        for layer in &mut self.layers {
+            for attn in [&mut layer.self_attn, &mut layer.cross_attn] {
+                for lin in [
+                    &mut attn.q_proj,
+                    &mut attn.k_proj,
+                    &mut attn.v_proj,
+                    &mut attn.o_proj,
+                ] {
+                    lin.set_matmul_dtype(dtype)?;
+                }
+            }
+            for lin in [
+                &mut layer.mlp.gate_proj,
+                &mut layer.mlp.up_proj,
+                &mut layer.mlp.down_proj,
+            ] {
+                lin.set_matmul_dtype(dtype)?;
+            }
+        }
+        self.clear_cache();
+        Ok(())
     }
 
     /// Forget every cached cross-attention K/V (after a weight change such as a LoRA update).

@@ -146,6 +146,12 @@ impl AceStepDenoiser {
         &self.dit
     }
 
+    /// GPU mixed precision: the DiT's matrix products in `BF16`/`F16` (f32 accumulation; norms,
+    /// softmax and the residual stream stay f32), or f32 with `None`. See [`Dit::set_matmul_dtype`].
+    pub fn set_matmul_dtype(&mut self, dtype: Option<candle_core::DType>) -> Result<()> {
+        self.dit.set_matmul_dtype(dtype)
+    }
+
     pub fn config(&self) -> &DitConfig {
         &self.dit.cfg
     }
@@ -262,7 +268,7 @@ impl AceStepDenoiser {
         }
         for (name, w) in merged {
             if let Some(l) = self.dit.linear_mut(&name) {
-                l.weight = w;
+                l.set_weight(w)?;
             }
         }
         // Cross-attention K/V depend on the (possibly adapted) k/v projections.

@@ -98,6 +98,9 @@ fn fnv1a(s: &str) -> u64 {
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// A bf16/f16 copy of `weight` used for the product (GPU mixed precision: the input is cast
+    /// down, the GEMM accumulates in f32, the output is cast back to f32). `None`: f32 product.
+    pub low: Option<Tensor>,
 }
 
 impl Linear {
@@ -114,7 +117,39 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            low: None,
+        })
+    }
+
+    /// A layer from its parts (f32 product).
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            low: None,
+        }
+    }
+
+    /// Replace the weight (e.g. after a LoRA merge), refreshing the low-precision copy.
+    pub fn set_weight(&mut self, weight: Tensor) -> Result<()> {
+        if let Some(low) = &self.low {
+            self.low = Some(weight.to_dtype(low.dtype())?);
+        }
+        self.weight = weight;
+        Ok(())
+    }
+
+    /// Run the product in `dtype` (`BF16`/`F16`, f32 accumulation) from a weight copy, or in f32
+    /// (`None` or `F32`).
+    pub fn set_matmul_dtype(&mut self, dtype: Option<DType>) -> Result<()> {
+        self.low = match dtype {
+            Some(d) if d != DType::F32 => Some(self.weight.to_dtype(d)?),
+            _ => None,
+        };
+        Ok(())
     }
 
     pub fn out_dim(&self) -> usize {
@@ -124,12 +159,16 @@ impl Linear {
     /// `x` is `[..., in]`. Batched inputs run one matrix product per leading index, so a row's
     /// result never depends on the other rows of the batch.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = match x.dims() {
-            [b1, b2, _, _] => self.weight.broadcast_left((*b1, *b2))?.t()?,
-            [b, _, _] => self.weight.broadcast_left(*b)?.t()?,
-            _ => self.weight.t()?,
+        let (weight, input) = match &self.low {
+            Some(low) => (low, x.to_dtype(low.dtype())?),
+            None => (&self.weight, x.clone()),
         };
-        let y = x.matmul(&w)?;
+        let w = match x.dims() {
+            [b1, b2, _, _] => weight.broadcast_left((*b1, *b2))?.t()?,
+            [b, _, _] => weight.broadcast_left(*b)?.t()?,
+            _ => weight.t()?,
+        };
+        let y = input.matmul(&w)?.to_dtype(x.dtype())?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
