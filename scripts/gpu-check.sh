@@ -13,8 +13,8 @@
 # 4. runs the model benchmark on the GPU (every size × 10/60/240 s × batch 1/2/4/8, VAE decode,
 #    f32 and bf16 products) → model-bench-*.json;
 # 5. runs the engine benchmark `demon bench --backend acestep --random-model turbo-2b --depths
-#    1,4,8 --seconds 60 --steps 8 --json --device cuda` (tick time and generations per second)
-#    when the CLI has a `--device` option, otherwise says what is missing.
+#    1,4,8 --seconds 60 --steps 8 --json --compute cuda` (tick time and generations per second)
+#    and the model section of `demon bench`, with f32 and bf16 products.
 # Goal figures (DEMON on an RTX 5090 with TensorRT): 11.3 generations/s at depth 4, 12.3 at 8.
 #
 # Environment: CUDA_COMPUTE_CAP (override), CARGO_TARGET_DIR, NVCC / CUDA_HOME as for any
@@ -62,27 +62,17 @@ run bash -c "cargo run --release -q -p demon-acestep --features cuda --example f
 
 say "engine benchmark: demon bench (2B turbo, random weights, 60 s songs, 8 steps, D = 1, 4, 8)"
 if ! run cargo build --release -p demon-cli --features cuda; then
-    say "the CLI does not build with --features cuda (demon-cli needs: [features] cuda = [\"demon-acestep/cuda\"])"
+    say "FAILED: the CLI does not build with --features cuda"
     status=1
 else
     demon="${CARGO_TARGET_DIR:-target}/release/demon"
-    if "$demon" bench --help 2>/dev/null | grep -q -- '--device'; then
-        run bash -c "'$demon' bench --backend acestep --random-model turbo-2b --depths 1,4,8 --seconds 60 \
-            --steps 8 --json --device cuda >'$OUT_DIR/demon-bench-f32.json'" || status=1
-        if "$demon" bench --help 2>/dev/null | grep -q -- '--matmul'; then
-            run bash -c "'$demon' bench --backend acestep --random-model turbo-2b --depths 1,4,8 --seconds 60 \
-                --steps 8 --json --device cuda --matmul bf16 >'$OUT_DIR/demon-bench-bf16.json'" || status=1
-        else
-            say "bf16 engine run skipped: demon bench has no --matmul option (AceStepDenoiser::set_matmul_dtype)"
-        fi
-        say "goal: >= 11.3 gen/s at D=4 and >= 12.3 at D=8 (DEMON, RTX 5090, TensorRT)"
-    else
-        say "NOT RUN: \`demon bench\` has no --device option yet. Needed in demon-cli: a \`--device cpu|cuda[:N]\`"
-        say "flag on the backend arguments, parsed with demon_acestep::bench::parse_device and passed to"
-        say "AceStep::random / AceStep::load_variant instead of Device::Cpu (demon-live's bench must keep"
-        say "tensors on the backend's device). Then rerun this script."
-        status=1
-    fi
+    for mm in f32 bf16; do
+        run bash -c "'$demon' bench --backend acestep --random-model turbo-2b --compute cuda --matmul $mm \
+            --only ticks,model --depths 1,4,8 --seconds 60 --steps 8 --ticks 16 \
+            --model-seconds 10,60,240 --model-batches 1,2,4,8 --vae-seconds 10 --json \
+            --plot '$OUT_DIR/depth-$mm.png' >'$OUT_DIR/demon-bench-$mm.json'" || status=1
+    done
+    say "goal: >= 11.3 gen/s at D=4 and >= 12.3 at D=8 (DEMON, RTX 5090, TensorRT)"
 fi
 
 say "results in $OUT_DIR (exit status $status)"

@@ -35,6 +35,34 @@ pub struct BackendArgs {
     /// `turbo-2b` or `xl-turbo`. It makes noise, not music.
     #[arg(long = "random-model", value_name = "SIZE")]
     pub random_model: Option<String>,
+    /// Where ACE-Step computes: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features
+    /// cuda`, see docs/performance.md). Not the audio device (`--device` on serve/perform).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    pub compute: String,
+    /// Precision of the DiT's matrix products on a GPU: `f32`, `bf16` or `f16` (f32
+    /// accumulation; the CPU kernels always multiply in f32).
+    #[arg(long, default_value = "f32")]
+    pub matmul: String,
+}
+
+impl BackendArgs {
+    /// `sketch` or `acestep`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            BackendKind::Sketch => "sketch",
+            BackendKind::Acestep => "acestep",
+        }
+    }
+
+    /// The device named by `--compute`.
+    pub fn device(&self) -> Result<Device> {
+        Ok(demon_acestep::bench::parse_device(&self.compute)?)
+    }
+
+    /// The matmul dtype named by `--matmul` (`None`: f32).
+    pub fn matmul_dtype(&self) -> Result<Option<candle_core::DType>> {
+        Ok(demon_acestep::bench::parse_matmul_dtype(&self.matmul)?)
+    }
 }
 
 /// The sketch backend on the CPU.
@@ -58,6 +86,9 @@ pub fn build(args: &BackendArgs) -> Result<BackendSet> {
             if !args.loras.is_empty() {
                 bail!("the sketch backend has no LoRA adapters; use --backend acestep");
             }
+            if args.compute != "cpu" || args.matmul != "f32" {
+                bail!("--compute and --matmul are for --backend acestep; the sketch backend runs on the CPU");
+            }
             Ok(sketch())
         }
         BackendKind::Acestep if args.random_model.is_some() => {
@@ -70,8 +101,9 @@ pub fn build(args: &BackendArgs) -> Result<BackendSet> {
             if args.weights.is_some() {
                 bail!("--random-model and --weights exclude each other");
             }
-            let model = demon_acestep::AceStep::random(&config, 0, &Device::Cpu)?;
-            let (denoiser, codec, conditioner) = model.into_parts();
+            let model = demon_acestep::AceStep::random(&config, 0, &args.device()?)?;
+            let (mut denoiser, codec, conditioner) = model.into_parts();
+            denoiser.set_matmul_dtype(args.matmul_dtype()?)?;
             Ok(BackendSet { name: "acestep".into(), denoiser: Box::new(denoiser), codec: Box::new(codec), conditioner: Box::new(conditioner) })
         }
         BackendKind::Acestep => {
@@ -79,17 +111,18 @@ pub fn build(args: &BackendArgs) -> Result<BackendSet> {
                 .weights
                 .as_deref()
                 .ok_or_else(|| anyhow!("--backend acestep needs --weights DIR (see README: ACE-Step 1.5)"))?;
-            acestep(dir, args.variant.as_deref(), &args.loras)
+            acestep(dir, args)
         }
     }
 }
 
-fn acestep(dir: &Path, variant: Option<&str>, loras: &[String]) -> Result<BackendSet> {
-    let device = Device::Cpu;
-    let model = demon_acestep::AceStep::load_variant(dir, variant, &device)
+fn acestep(dir: &Path, args: &BackendArgs) -> Result<BackendSet> {
+    let device = args.device()?;
+    let model = demon_acestep::AceStep::load_variant(dir, args.variant.as_deref(), &device)
         .with_context(|| format!("loading ACE-Step weights from `{}`", dir.display()))?;
     let (mut denoiser, codec, conditioner) = model.into_parts();
-    for spec in loras {
+    denoiser.set_matmul_dtype(args.matmul_dtype()?)?;
+    for spec in &args.loras {
         let (path, strength) = match spec.rsplit_once('=') {
             Some((p, s)) => (p, s.parse::<f32>().map_err(|_| anyhow!("--lora `{spec}`: `{s}` is not a strength"))?),
             None => (spec.as_str(), 1.0),

@@ -1,9 +1,14 @@
-//! `demon bench`: the engine's figures, measured on this machine.
+//! `demon bench`: the engine's figures, measured on this machine: offline render speed, tick
+//! time and generations per second against depth, propagation latency per control class and
+//! windowed decode (demon-live's bench), and for ACE-Step the model side (demon-acestep's bench:
+//! matmul rate, DiT step and VAE decode times, their share of the matmul rate).
 
 use anyhow::{Result, bail};
 use clap::Args;
+use demon_acestep::bench::{ModelBenchConfig, ModelSize, model_bench};
 use demon_engine::Prompt;
 use demon_live::bench::{BenchConfig, run as run_bench};
+use serde_json::{Value, json};
 
 use crate::backends::{self, BackendArgs};
 
@@ -28,11 +33,73 @@ pub struct BenchArgs {
     /// Also draw tick time and generations per second against depth to this PNG.
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
-    /// Measurements to run (comma separated): render, ticks, propagation, decode.
-    #[arg(long, value_delimiter = ',', default_value = "render,ticks,propagation,decode")]
-    pub only: Vec<String>,
+    /// Measurements to run (comma separated): render, ticks, propagation, decode, model.
+    /// Default: all but model for the sketch backend; model for ACE-Step (the others take hours
+    /// on a CPU with a full-size model; ask for them by name).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Option<Vec<String>>,
+    /// Model section: sizes (turbo-2b, xl-turbo). With none of --model-sizes, --model-seconds
+    /// and --model-batches the section measures a CPU-sized subset: 2B at 10 s for batches
+    /// 1, 2, 4, 8 and at 60 s for batch 1, XL at 10 s for batch 1.
+    #[arg(long, value_delimiter = ',')]
+    pub model_sizes: Option<Vec<String>>,
+    /// Model section: song lengths in seconds (e.g. 10,60,240).
+    #[arg(long, value_delimiter = ',')]
+    pub model_seconds: Option<Vec<u32>>,
+    /// Model section: rows per DiT call (e.g. 1,2,4,8).
+    #[arg(long, value_delimiter = ',')]
+    pub model_batches: Option<Vec<usize>>,
+    /// Model section: audio seconds of the VAE decode (0 skips it).
+    #[arg(long, default_value_t = 10.0)]
+    pub vae_seconds: f32,
+    /// Model section: timed repetitions per case after a warm-up (the best is reported).
+    #[arg(long, default_value_t = 2)]
+    pub repeats: usize,
     #[command(flatten)]
     pub backend: BackendArgs,
+}
+
+/// The model section's configuration from the command line.
+fn model_config(args: &BenchArgs) -> Result<ModelBenchConfig> {
+    let mut cfg = if args.model_sizes.is_none() && args.model_seconds.is_none() && args.model_batches.is_none() {
+        ModelBenchConfig::default()
+    } else {
+        let sizes = match &args.model_sizes {
+            Some(v) => v.iter().map(|s| s.parse::<ModelSize>()).collect::<Result<Vec<_>, _>>()?,
+            None => vec![ModelSize::Turbo2b],
+        };
+        let seconds = args.model_seconds.clone().unwrap_or_else(|| vec![10]);
+        let batches = args.model_batches.clone().unwrap_or_else(|| vec![1]);
+        if seconds.iter().any(|s| *s == 0 || *s > 600) {
+            bail!("--model-seconds must be in 1..=600");
+        }
+        if batches.iter().any(|b| *b == 0 || *b > demon_engine::MAX_DEPTH) {
+            bail!("--model-batches must be in 1..={}", demon_engine::MAX_DEPTH);
+        }
+        ModelBenchConfig::with_cases(&sizes, &seconds, &batches)
+    };
+    if !(args.vae_seconds.is_finite() && (0.0..=600.0).contains(&args.vae_seconds)) {
+        bail!("--vae-seconds must be in 0..=600, got {}", args.vae_seconds);
+    }
+    if args.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
+    cfg.vae_seconds = args.vae_seconds;
+    cfg.repeats = args.repeats;
+    cfg.weights = args.backend.weights.clone();
+    cfg.device = args.backend.device()?;
+    cfg.matmul_dtype = args.backend.matmul_dtype()?;
+    if let Some(size) = &args.backend.random_model {
+        // `--random-model SIZE` without explicit sizes: measure that size only.
+        if args.model_sizes.is_none() {
+            let size: ModelSize = size.parse()?;
+            cfg.dit_cases.retain(|c| c.size == size);
+            if cfg.dit_cases.is_empty() {
+                cfg.dit_cases = ModelBenchConfig::with_cases(&[size], &[10], &[1]).dit_cases;
+            }
+        }
+    }
+    Ok(cfg)
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -42,37 +109,77 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.depths.is_empty() || args.depths.iter().any(|d| *d == 0 || *d > demon_engine::MAX_DEPTH) {
         bail!("--depths must list depths in 1..={}", demon_engine::MAX_DEPTH);
     }
-    let mut backend = backends::build(&args.backend)?;
-    let cfg = BenchConfig {
-        seconds: args.seconds,
-        steps: args.steps,
-        depths: args.depths.clone(),
-        measure_ticks: args.ticks,
-        prompt: Prompt::tags(args.prompt.clone()),
-        sections: args.only.clone(),
-        ..Default::default()
+    let acestep = args.backend.backend == backends::BackendKind::Acestep;
+    let sections = match &args.only {
+        Some(v) => v.clone(),
+        None if acestep => vec!["model".to_string()],
+        None => ["render", "ticks", "propagation", "decode"].map(String::from).to_vec(),
     };
+    let wants_model = sections.iter().any(|s| s == "model");
+    if wants_model && !acestep {
+        bail!("the model section measures ACE-Step: use --backend acestep (with --weights DIR or --random-model SIZE)");
+    }
+    let engine_sections: Vec<String> = sections.iter().filter(|s| *s != "model").cloned().collect();
     let quiet = args.json;
-    let report = run_bench(&mut backend, &cfg, &mut |m| {
+    let mut log = |m: &str| {
         if !quiet {
             eprintln!("… {m}");
         }
-    })?;
-    if let Some(p) = &args.plot {
-        let pts = |m: &std::collections::BTreeMap<String, f64>| -> Vec<(f64, f64)> {
-            let mut v: Vec<(f64, f64)> = m.iter().filter_map(|(k, x)| k.parse::<f64>().ok().map(|d| (d, *x))).collect();
-            v.sort_by(|a, b| a.0.total_cmp(&b.0));
-            v
+    };
+    // Validate everything before the (long) measurements start.
+    let model_cfg = if wants_model { Some(model_config(&args)?) } else { None };
+    let report = if engine_sections.is_empty() {
+        None
+    } else {
+        let mut backend = backends::build(&args.backend)?;
+        let cfg = BenchConfig {
+            seconds: args.seconds,
+            steps: args.steps,
+            depths: args.depths.clone(),
+            measure_ticks: args.ticks,
+            prompt: Prompt::tags(args.prompt.clone()),
+            sections: engine_sections,
+            ..Default::default()
         };
-        let caption = format!("{} BACKEND, {:.0} S SONGS, {} STEPS", report.backend.to_uppercase(), report.song_seconds, report.steps);
-        crate::plot::write_depth_plot(p, &pts(&report.tick_ms), &pts(&report.gen_per_s), &caption)?;
-        if !args.json {
-            eprintln!("wrote the plot to {}", p.display());
-        }
-    }
+        Some(run_bench(&mut backend, &cfg, &mut log)?)
+    };
+    let model = match &model_cfg {
+        Some(cfg) => Some(model_bench(cfg, &mut log)?),
+        None => None,
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut out = match &report {
+            Some(r) => serde_json::to_value(r)?,
+            None => json!({ "backend": args.backend.backend_name() }),
+        };
+        if let (Some(m), Some(obj)) = (&model, out.as_object_mut()) {
+            obj.insert("matmul_gflops".into(), json!(m.matmul_gflops));
+            obj.insert("dit_step_ms".into(), serde_json::to_value(&m.dit_step_ms)?);
+            obj.insert("dit_roofline_share".into(), json!(m.dit_roofline_share));
+            obj.insert("vae_roofline_share".into(), json!(m.vae_roofline_share));
+            obj.entry("engine_overhead_share").or_insert(Value::Null);
+            obj.insert("model".into(), serde_json::to_value(m)?);
+        }
+        if let Some(p) = &args.plot {
+            if let Some(r) = &report {
+                write_plot(p, r)?;
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
+    }
+    if let Some(m) = &model {
+        print_model(m);
+    }
+    let Some(report) = report else {
+        if args.plot.is_some() {
+            bail!("--plot draws the ticks section; add `ticks` to --only");
+        }
+        return Ok(());
+    };
+    if let Some(p) = &args.plot {
+        write_plot(p, &report)?;
+        eprintln!("wrote the plot to {}", p.display());
     }
     println!("backend {}, {:.0} s songs, {} steps", report.backend, report.song_seconds, report.steps);
     if let Some(r) = report.render_realtime_ratio {
@@ -115,4 +222,46 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("keep {k} s: windowed decode {ms:.2} ms, speedup {:.1}x", report.windowed_decode_speedup[k]);
     }
     Ok(())
+}
+
+fn write_plot(p: &std::path::Path, report: &demon_live::bench::BenchReport) -> Result<()> {
+    if report.tick_ms.is_empty() {
+        bail!("--plot draws the ticks section; add `ticks` to --only");
+    }
+    let pts = |m: &std::collections::BTreeMap<String, f64>| -> Vec<(f64, f64)> {
+        let mut v: Vec<(f64, f64)> = m.iter().filter_map(|(k, x)| k.parse::<f64>().ok().map(|d| (d, *x))).collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v
+    };
+    let caption = format!("{} BACKEND, {:.0} S SONGS, {} STEPS", report.backend.to_uppercase(), report.song_seconds, report.steps);
+    crate::plot::write_depth_plot(p, &pts(&report.tick_ms), &pts(&report.gen_per_s), &caption)
+}
+
+fn print_model(m: &demon_acestep::bench::ModelBenchReport) {
+    println!("f32 matmul: {:.1} GFLOP/s on {} ({} threads, {} weights)", m.matmul_gflops, m.device, m.threads, m.weights);
+    println!("{:>10} {:>8} {:>6} {:>12} {:>10} {:>9}", "model", "seconds", "batch", "DiT step ms", "GFLOP", "share");
+    for (size, by_len) in &m.dit_step_ms {
+        for (len, by_batch) in by_len {
+            for (batch, ms) in by_batch {
+                let get = |c: &demon_acestep::bench::CaseMap<f64>| c.get(size).and_then(|x| x.get(len)).and_then(|x| x.get(batch)).copied();
+                println!(
+                    "{size:>10} {len:>8} {batch:>6} {ms:>12.1} {:>10.1} {:>8.1}%",
+                    get(&m.dit_step_gflop).unwrap_or(f64::NAN),
+                    100.0 * get(&m.dit_roofline_share_by_case).unwrap_or(f64::NAN)
+                );
+            }
+        }
+    }
+    if let Some(c) = &m.dit_roofline_case {
+        println!("DiT roofline share ({} {} s batch {}): {:.1}%", c.size.key(), c.seconds, c.batch, 100.0 * m.dit_roofline_share);
+    }
+    if let (Some(ms), Some(share)) = (m.vae_decode_ms_per_audio_second, m.vae_roofline_share) {
+        println!("VAE decode of {} s: {ms:.0} ms per audio second, {:.1}% of the matmul rate", m.vae_decode_seconds, 100.0 * share);
+    }
+    if m.row_check.checked {
+        println!(
+            "rows byte-identical across batch sizes: {} ({} rows compared)",
+            m.rows_identical_across_batches, m.row_check.rows_compared
+        );
+    }
 }

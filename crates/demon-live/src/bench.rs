@@ -106,8 +106,9 @@ pub struct BenchReport {
     pub gen_per_s: BTreeMap<String, f64>,
     /// Time in the model per tick, keyed by depth.
     pub model_ms: BTreeMap<String, f64>,
-    /// Share of the tick outside the model at the largest depth measured.
-    pub engine_overhead_share: f64,
+    /// Share of the tick outside the model at the largest depth measured (`None` when the
+    /// ticks section did not run).
+    pub engine_overhead_share: Option<f64>,
     pub engine_overhead_share_by_depth: BTreeMap<String, f64>,
     /// Ticks from a shared-lane change to the first in-flight slot that uses it, keyed by depth.
     pub shared_lane_onset_ticks: BTreeMap<String, u64>,
@@ -323,7 +324,7 @@ pub fn run(backend: &mut BackendSet, cfg: &BenchConfig, log: &mut dyn FnMut(&str
         overhead.insert(d.to_string(), ((tick - model) / tick).clamp(0.0, 1.0));
     }
     let max_d = cfg.depths.iter().max().copied().unwrap_or(1).to_string();
-    let engine_overhead_share = overhead.get(&max_d).copied().unwrap_or(0.0);
+    let engine_overhead_share = overhead.get(&max_d).copied();
 
     let (mut onset, mut coverage, mut conv, mut wait) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     let (mut conv_min, mut conv_max) = (BTreeMap::new(), BTreeMap::new());
