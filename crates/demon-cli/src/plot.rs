@@ -166,7 +166,17 @@ fn png_bytes(c: &Canvas) -> Vec<u8> {
 }
 
 fn fmt(v: f64) -> String {
-    if v >= 100.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") }
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else if v >= 0.1 || v == 0.0 {
+        format!("{v:.2}")
+    } else {
+        // Three significant digits for small rates (0.0427 generations/s).
+        let digits = (2 - v.abs().log10().floor() as i32).clamp(3, 8) as usize;
+        format!("{v:.digits$}")
+    }
 }
 
 /// One panel: `points` (depth, value) in the box `[x0, x0 + w] × [y0, y0 + h]`.

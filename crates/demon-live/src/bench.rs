@@ -159,7 +159,9 @@ fn steady_state(backend: &mut BackendSet, cfg: &BenchConfig, depth: usize) -> Re
         pipe.submit(r)?;
         Ok(pipe.tick(timed)?.finished.len())
     };
-    for _ in 0..(cfg.steps + depth) {
+    // One submission per tick: after max(S, D) ticks every slot that can be busy is busy (at
+    // most min(D, S) are, since a generation lasts S ticks).
+    for _ in 0..cfg.steps.max(depth) {
         submit_tick(&mut pipe, &mut timed)?;
     }
     timed.spent = Duration::ZERO;
