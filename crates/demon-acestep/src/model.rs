@@ -713,7 +713,10 @@ impl AceStepConditioner {
                 let v: Vec<u32> = s.bytes().take(max).map(u32::from).collect();
                 if v.is_empty() { vec![0] } else { v }
             };
-            return Ok((bytes(&text, MAX_TEXT_TOKENS), bytes(&lyrics, MAX_LYRIC_TOKENS)));
+            return Ok((
+                bytes(&text, MAX_TEXT_TOKENS),
+                bytes(&lyrics, MAX_LYRIC_TOKENS),
+            ));
         };
         Ok((
             tok.encode(&text, MAX_TEXT_TOKENS)?,

@@ -64,7 +64,12 @@ fn gpu_parity_f32() {
         ("dit_inputs.safetensors", "dit_out"),
         ("dit_inputs_r.safetensors", "dit_out_r"),
     ] {
-        check(&format!("gpu {out}"), &run_dit(&dit, &dev, inp), &r[out], BOUND);
+        check(
+            &format!("gpu {out}"),
+            &run_dit(&dit, &dev, inp),
+            &r[out],
+            BOUND,
+        );
     }
     let vj: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&files.vae_config).unwrap()).unwrap();
@@ -92,10 +97,19 @@ fn gpu_bf16_matmuls_stay_close() {
     let mut dit = Dit::load(&files.open_dit(&dev).unwrap(), &cfg).unwrap();
     dit.set_matmul_dtype(Some(DType::BF16)).unwrap();
     let bf16_out = run_dit(&dit, &dev, "dit_inputs.safetensors");
-    let scale = f32_out.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = f32_out
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     let d = max_abs_diff(&bf16_out, &f32_out);
     println!("PARITY gpu bf16 vs f32: max abs diff {d:.3e} (scale {scale:.3e})");
-    assert!(d <= 5e-2 * scale.max(1.0), "bf16 drifted: {d} at scale {scale}");
+    assert!(
+        d <= 5e-2 * scale.max(1.0),
+        "bf16 drifted: {d} at scale {scale}"
+    );
 }
 
 /// The denoiser contract on the GPU: a row's bits do not depend on the batch.
@@ -142,7 +156,11 @@ fn gpu_rows_are_independent_of_the_batch() {
         let rows: Vec<usize> = (0..b).map(|k| (k + b) % 4).collect();
         let v = run(&mut den, &rows);
         for (k, &i) in rows.iter().enumerate() {
-            assert_eq!(bits(&v.narrow(0, k, 1).unwrap()), alone[i], "batch {b} row {k}");
+            assert_eq!(
+                bits(&v.narrow(0, k, 1).unwrap()),
+                alone[i],
+                "batch {b} row {k}"
+            );
         }
     }
 }

@@ -29,7 +29,13 @@ fn low_precision_matmuls_stay_close_to_f32() {
         dit.forward_row_candle(&x, &ctx, t[0], 0.0, &kv).unwrap()
     };
     let want = run(None);
-    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     for (dtype, rel) in [(DType::BF16, 5e-2f32), (DType::F16, 1e-2)] {
         let got = run(Some(dtype));
         assert_eq!(got.dtype(), DType::F32);

@@ -12,7 +12,7 @@ pub mod resample;
 pub mod wav;
 
 pub use load::{DecodedAudio, LoadLimits, decode_bytes, load_file};
-pub use wav::{EmbeddedLatent, WavFormat, read_embedded_latent, write_wav, wav_bytes};
+pub use wav::{EmbeddedLatent, WavFormat, read_embedded_latent, wav_bytes, write_wav};
 
 use std::path::PathBuf;
 
@@ -20,7 +20,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
     #[error("cannot read `{path}`: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("`{path}` is not a supported audio file ({reason}); use WAV, FLAC, MP3, OGG or AIFF")]
     Unsupported { path: PathBuf, reason: String },
     #[error("`{path}` could not be decoded: {reason}")]
@@ -28,7 +31,11 @@ pub enum AudioError {
     #[error("`{path}` contains no audio")]
     Empty { path: PathBuf },
     #[error("`{path}` is too long: {seconds:.1} s (limit {limit:.0} s)")]
-    TooLong { path: PathBuf, seconds: f64, limit: f64 },
+    TooLong {
+        path: PathBuf,
+        seconds: f64,
+        limit: f64,
+    },
     #[error("cannot write `{path}`: {reason}")]
     Write { path: PathBuf, reason: String },
 }

@@ -30,7 +30,9 @@ pub struct LoadLimits {
 
 impl Default for LoadLimits {
     fn default() -> Self {
-        Self { max_seconds: 30.0 * 60.0 }
+        Self {
+            max_seconds: 30.0 * 60.0,
+        }
     }
 }
 
@@ -47,19 +49,37 @@ impl DecodedAudio {
             let chans: Vec<&Vec<f32>> = if n == 1 {
                 vec![&self.channels[0]]
             } else {
-                self.channels.iter().enumerate().filter(|(i, _)| i % 2 == parity).map(|(_, c)| c).collect()
+                self.channels
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % 2 == parity)
+                    .map(|(_, c)| c)
+                    .collect()
             };
             let k = chans.len().max(1) as f32;
-            (0..self.frames()).map(|i| chans.iter().map(|c| c[i]).sum::<f32>() / k).collect()
+            (0..self.frames())
+                .map(|i| chans.iter().map(|c| c[i]).sum::<f32>() / k)
+                .collect()
         };
-        let chans = [fold(0), fold(1)].map(|c| resample(&c, self.sample_rate, rate).into_iter().map(|v| v.clamp(-1.0, 1.0)).collect());
-        Audio { sample_rate: rate, channels: chans.into() }
+        let chans = [fold(0), fold(1)].map(|c| {
+            resample(&c, self.sample_rate, rate)
+                .into_iter()
+                .map(|v| v.clamp(-1.0, 1.0))
+                .collect()
+        });
+        Audio {
+            sample_rate: rate,
+            channels: chans.into(),
+        }
     }
 }
 
 /// Decode a file.
 pub fn load_file(path: &Path, limits: LoadLimits) -> Result<DecodedAudio> {
-    let file = File::open(path).map_err(|source| AudioError::Io { path: path.to_path_buf(), source })?;
+    let file = File::open(path).map_err(|source| AudioError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut hint = Hint::new();
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
         hint.with_extension(ext);
@@ -73,25 +93,52 @@ pub fn decode_bytes(bytes: Vec<u8>, name: &str, limits: LoadLimits) -> Result<De
     if let Some(ext) = Path::new(name).extension().and_then(|e| e.to_str()) {
         hint.with_extension(ext);
     }
-    decode(Box::new(Cursor::new(bytes)), hint, PathBuf::from(name), limits)
+    decode(
+        Box::new(Cursor::new(bytes)),
+        hint,
+        PathBuf::from(name),
+        limits,
+    )
 }
 
-fn decode(source: Box<dyn MediaSource>, hint: Hint, path: PathBuf, limits: LoadLimits) -> Result<DecodedAudio> {
+fn decode(
+    source: Box<dyn MediaSource>,
+    hint: Hint,
+    path: PathBuf,
+    limits: LoadLimits,
+) -> Result<DecodedAudio> {
     let mss = MediaSourceStream::new(source, Default::default());
     let mut format = symphonia::default::get_probe()
-        .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
-        .map_err(|e| AudioError::Unsupported { path: path.clone(), reason: e.to_string() })?;
+        .probe(
+            &hint,
+            mss,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
+        .map_err(|e| AudioError::Unsupported {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
     let track = format
         .default_track(TrackType::Audio)
-        .ok_or_else(|| AudioError::Unsupported { path: path.clone(), reason: "no audio track".into() })?;
+        .ok_or_else(|| AudioError::Unsupported {
+            path: path.clone(),
+            reason: "no audio track".into(),
+        })?;
     let params = track
         .codec_params
         .as_ref()
         .and_then(|p| p.audio())
-        .ok_or_else(|| AudioError::Unsupported { path: path.clone(), reason: "no audio codec parameters".into() })?;
+        .ok_or_else(|| AudioError::Unsupported {
+            path: path.clone(),
+            reason: "no audio codec parameters".into(),
+        })?;
     let mut decoder = symphonia::default::get_codecs()
         .make_audio_decoder(params, &AudioDecoderOptions::default())
-        .map_err(|e| AudioError::Unsupported { path: path.clone(), reason: e.to_string() })?;
+        .map_err(|e| AudioError::Unsupported {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
     let track_id = track.id;
 
     let mut rate = 0u32;
@@ -102,7 +149,12 @@ fn decode(source: Box<dyn MediaSource>, hint: Hint, path: PathBuf, limits: LoadL
             Ok(Some(p)) => p,
             Ok(None) => break,
             Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(AudioError::Decode { path, reason: e.to_string() }),
+            Err(e) => {
+                return Err(AudioError::Decode {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
         };
         if packet.track_id != track_id {
             continue;
@@ -111,18 +163,29 @@ fn decode(source: Box<dyn MediaSource>, hint: Hint, path: PathBuf, limits: LoadL
             Ok(b) => b,
             // A damaged packet is skipped, as players do.
             Err(SymError::DecodeError(_)) => continue,
-            Err(e) => return Err(AudioError::Decode { path, reason: e.to_string() }),
+            Err(e) => {
+                return Err(AudioError::Decode {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
         };
         let spec = buf.spec();
         let n_ch = spec.channels().count();
         if n_ch == 0 {
-            return Err(AudioError::Decode { path, reason: "a packet with zero channels".into() });
+            return Err(AudioError::Decode {
+                path,
+                reason: "a packet with zero channels".into(),
+            });
         }
         if planar.is_empty() {
             rate = spec.rate();
             planar = vec![Vec::new(); n_ch];
         } else if n_ch != planar.len() || spec.rate() != rate {
-            return Err(AudioError::Decode { path, reason: "the channel layout or rate changes mid-stream".into() });
+            return Err(AudioError::Decode {
+                path,
+                reason: "the channel layout or rate changes mid-stream".into(),
+            });
         }
         interleaved.resize(buf.samples_interleaved(), 0.0);
         buf.copy_to_slice_interleaved(&mut interleaved);
@@ -130,11 +193,18 @@ fn decode(source: Box<dyn MediaSource>, hint: Hint, path: PathBuf, limits: LoadL
             planar[i % n_ch].push(if s.is_finite() { *s } else { 0.0 });
         }
         if rate > 0 && planar[0].len() as f64 / rate as f64 > limits.max_seconds {
-            return Err(AudioError::TooLong { path, seconds: planar[0].len() as f64 / rate as f64, limit: limits.max_seconds });
+            return Err(AudioError::TooLong {
+                path,
+                seconds: planar[0].len() as f64 / rate as f64,
+                limit: limits.max_seconds,
+            });
         }
     }
     if planar.is_empty() || planar[0].is_empty() || rate == 0 {
         return Err(AudioError::Empty { path });
     }
-    Ok(DecodedAudio { sample_rate: rate, channels: planar })
+    Ok(DecodedAudio {
+        sample_rate: rate,
+        channels: planar,
+    })
 }

@@ -27,7 +27,11 @@ pub fn resample(x: &[f32], from: u32, to: u32) -> Vec<f32> {
                     continue;
                 }
                 let arg = std::f64::consts::PI * d * cutoff;
-                let sinc = if arg.abs() < 1e-12 { 1.0 } else { libm::sin(arg) / arg };
+                let sinc = if arg.abs() < 1e-12 {
+                    1.0
+                } else {
+                    libm::sin(arg) / arg
+                };
                 let ph = std::f64::consts::PI * (wpos + 1.0);
                 let win = 0.42 - 0.5 * libm::cos(ph) + 0.08 * libm::cos(2.0 * ph);
                 let h = sinc * win;
@@ -48,7 +52,9 @@ mod tests {
     #[test]
     fn keeps_a_low_sine_and_the_length() {
         let from = 44_100;
-        let x: Vec<f32> = (0..44_100).map(|i| (2.0 * std::f32::consts::PI * 440.0 * i as f32 / from as f32).sin()).collect();
+        let x: Vec<f32> = (0..44_100)
+            .map(|i| (2.0 * std::f32::consts::PI * 440.0 * i as f32 / from as f32).sin())
+            .collect();
         let y = resample(&x, from, 48_000);
         assert_eq!(y.len(), 48_000);
         // Away from the edges the output is the same sine sampled at 48 kHz.

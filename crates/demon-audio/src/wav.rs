@@ -94,14 +94,24 @@ pub fn wav_bytes(audio: &Audio, format: WavFormat, latent: Option<&EmbeddedLaten
 }
 
 /// Write a WAV file.
-pub fn write_wav(path: &Path, audio: &Audio, format: WavFormat, latent: Option<&EmbeddedLatent>) -> Result<()> {
-    std::fs::write(path, wav_bytes(audio, format, latent))
-        .map_err(|e| AudioError::Write { path: path.to_path_buf(), reason: e.to_string() })
+pub fn write_wav(
+    path: &Path,
+    audio: &Audio,
+    format: WavFormat,
+    latent: Option<&EmbeddedLatent>,
+) -> Result<()> {
+    std::fs::write(path, wav_bytes(audio, format, latent)).map_err(|e| AudioError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// The latent embedded in a WAV written by `demon`, if any. Malformed chunks read as `None`.
 pub fn read_embedded_latent(path: &Path) -> Result<Option<EmbeddedLatent>> {
-    let bytes = std::fs::read(path).map_err(|source| AudioError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| AudioError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(parse_embedded_latent(&bytes))
 }
 
@@ -109,7 +119,9 @@ fn parse_embedded_latent(bytes: &[u8]) -> Option<EmbeddedLatent> {
     if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
         return None;
     }
-    let u32_at = |b: &[u8], i: usize| -> Option<u32> { Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?)) };
+    let u32_at = |b: &[u8], i: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?))
+    };
     let mut pos = 12;
     while pos + 8 <= bytes.len() {
         let id = &bytes[pos..pos + 4];
@@ -126,11 +138,19 @@ fn parse_embedded_latent(bytes: &[u8]) -> Option<EmbeddedLatent> {
             let channels = u32_at(body, p + 4)? as usize;
             let n = frames.checked_mul(channels)?;
             let raw = body.get(p + 8..p + 8 + n.checked_mul(4)?)?;
-            let values: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let values: Vec<f32> = raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             if values.iter().any(|v| !v.is_finite()) {
                 return None;
             }
-            return Some(EmbeddedLatent { backend, frames, channels, values });
+            return Some(EmbeddedLatent {
+                backend,
+                frames,
+                channels,
+                values,
+            });
         }
         pos += 8 + len + (len % 2);
     }
@@ -144,8 +164,17 @@ mod tests {
 
     #[test]
     fn round_trips_audio_and_latent() {
-        let audio = Audio::new(48_000, vec![vec![0.0, 0.5, -0.5, 1.0], vec![0.25, -1.0, 0.0, 0.1]]).unwrap();
-        let latent = EmbeddedLatent { backend: "sketch".into(), frames: 2, channels: 3, values: vec![0.1, -0.2, 0.3, 1.0, -1.0, 0.0] };
+        let audio = Audio::new(
+            48_000,
+            vec![vec![0.0, 0.5, -0.5, 1.0], vec![0.25, -1.0, 0.0, 0.1]],
+        )
+        .unwrap();
+        let latent = EmbeddedLatent {
+            backend: "sketch".into(),
+            frames: 2,
+            channels: 3,
+            values: vec![0.1, -0.2, 0.3, 1.0, -1.0, 0.0],
+        };
         let bytes = wav_bytes(&audio, WavFormat::Float32, Some(&latent));
         assert_eq!(parse_embedded_latent(&bytes), Some(latent));
         let back = decode_bytes(bytes, "x.wav", LoadLimits::default()).unwrap();
@@ -160,21 +189,39 @@ mod tests {
 
     #[test]
     fn bad_files_give_named_errors() {
-        let e = decode_bytes(b"this is not audio at all".to_vec(), "notes.txt", LoadLimits::default()).unwrap_err();
+        let e = decode_bytes(
+            b"this is not audio at all".to_vec(),
+            "notes.txt",
+            LoadLimits::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("notes.txt"), "{e}");
-        let empty = wav_bytes(&Audio::new(48_000, vec![vec![], vec![]]).unwrap(), WavFormat::Pcm16, None);
+        let empty = wav_bytes(
+            &Audio::new(48_000, vec![vec![], vec![]]).unwrap(),
+            WavFormat::Pcm16,
+            None,
+        );
         let e = decode_bytes(empty, "empty.wav", LoadLimits::default()).unwrap_err();
         assert!(matches!(e, AudioError::Empty { .. }), "{e}");
-        let long = wav_bytes(&Audio::new(8_000, vec![vec![0.0; 8_000 * 3]]).unwrap(), WavFormat::Pcm16, None);
+        let long = wav_bytes(
+            &Audio::new(8_000, vec![vec![0.0; 8_000 * 3]]).unwrap(),
+            WavFormat::Pcm16,
+            None,
+        );
         let e = decode_bytes(long, "long.wav", LoadLimits { max_seconds: 2.0 }).unwrap_err();
         assert!(matches!(e, AudioError::TooLong { .. }), "{e}");
-        let e = crate::load::load_file(Path::new("/nonexistent/x.wav"), LoadLimits::default()).unwrap_err();
+        let e = crate::load::load_file(Path::new("/nonexistent/x.wav"), LoadLimits::default())
+            .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/x.wav"));
     }
 
     #[test]
     fn mono_and_other_rates_become_48k_stereo() {
-        let mono = wav_bytes(&Audio::new(24_000, vec![vec![0.3; 2400]]).unwrap(), WavFormat::Float32, None);
+        let mono = wav_bytes(
+            &Audio::new(24_000, vec![vec![0.3; 2400]]).unwrap(),
+            WavFormat::Float32,
+            None,
+        );
         let d = decode_bytes(mono, "m.wav", LoadLimits::default()).unwrap();
         let a = d.to_stereo(48_000);
         assert_eq!(a.channels.len(), 2);

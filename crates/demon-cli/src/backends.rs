@@ -81,13 +81,17 @@ pub fn build(args: &BackendArgs) -> Result<BackendSet> {
     match args.backend {
         BackendKind::Sketch => {
             if args.weights.is_some() || args.variant.is_some() || args.random_model.is_some() {
-                bail!("--weights, --variant and --random-model are for --backend acestep; the sketch backend needs no weights");
+                bail!(
+                    "--weights, --variant and --random-model are for --backend acestep; the sketch backend needs no weights"
+                );
             }
             if !args.loras.is_empty() {
                 bail!("the sketch backend has no LoRA adapters; use --backend acestep");
             }
             if args.compute != "cpu" || args.matmul != "f32" {
-                bail!("--compute and --matmul are for --backend acestep; the sketch backend runs on the CPU");
+                bail!(
+                    "--compute and --matmul are for --backend acestep; the sketch backend runs on the CPU"
+                );
             }
             Ok(sketch())
         }
@@ -104,13 +108,17 @@ pub fn build(args: &BackendArgs) -> Result<BackendSet> {
             let model = demon_acestep::AceStep::random(&config, 0, &args.device()?)?;
             let (mut denoiser, codec, conditioner) = model.into_parts();
             denoiser.set_matmul_dtype(args.matmul_dtype()?)?;
-            Ok(BackendSet { name: "acestep".into(), denoiser: Box::new(denoiser), codec: Box::new(codec), conditioner: Box::new(conditioner) })
+            Ok(BackendSet {
+                name: "acestep".into(),
+                denoiser: Box::new(denoiser),
+                codec: Box::new(codec),
+                conditioner: Box::new(conditioner),
+            })
         }
         BackendKind::Acestep => {
-            let dir = args
-                .weights
-                .as_deref()
-                .ok_or_else(|| anyhow!("--backend acestep needs --weights DIR (see README: ACE-Step 1.5)"))?;
+            let dir = args.weights.as_deref().ok_or_else(|| {
+                anyhow!("--backend acestep needs --weights DIR (see README: ACE-Step 1.5)")
+            })?;
             acestep(dir, args)
         }
     }
@@ -124,10 +132,21 @@ fn acestep(dir: &Path, args: &BackendArgs) -> Result<BackendSet> {
     denoiser.set_matmul_dtype(args.matmul_dtype()?)?;
     for spec in &args.loras {
         let (path, strength) = match spec.rsplit_once('=') {
-            Some((p, s)) => (p, s.parse::<f32>().map_err(|_| anyhow!("--lora `{spec}`: `{s}` is not a strength"))?),
+            Some((p, s)) => (
+                p,
+                s.parse::<f32>()
+                    .map_err(|_| anyhow!("--lora `{spec}`: `{s}` is not a strength"))?,
+            ),
             None => (spec.as_str(), 1.0),
         };
-        denoiser.add_lora(Path::new(path), strength).with_context(|| format!("loading LoRA `{path}`"))?;
+        denoiser
+            .add_lora(Path::new(path), strength)
+            .with_context(|| format!("loading LoRA `{path}`"))?;
     }
-    Ok(BackendSet { name: "acestep".into(), denoiser: Box::new(denoiser), codec: Box::new(codec), conditioner: Box::new(conditioner) })
+    Ok(BackendSet {
+        name: "acestep".into(),
+        denoiser: Box::new(denoiser),
+        codec: Box::new(codec),
+        conditioner: Box::new(conditioner),
+    })
 }

@@ -61,11 +61,17 @@ pub struct BenchArgs {
 
 /// The model section's configuration from the command line.
 fn model_config(args: &BenchArgs) -> Result<ModelBenchConfig> {
-    let mut cfg = if args.model_sizes.is_none() && args.model_seconds.is_none() && args.model_batches.is_none() {
+    let mut cfg = if args.model_sizes.is_none()
+        && args.model_seconds.is_none()
+        && args.model_batches.is_none()
+    {
         ModelBenchConfig::default()
     } else {
         let sizes = match &args.model_sizes {
-            Some(v) => v.iter().map(|s| s.parse::<ModelSize>()).collect::<Result<Vec<_>, _>>()?,
+            Some(v) => v
+                .iter()
+                .map(|s| s.parse::<ModelSize>())
+                .collect::<Result<Vec<_>, _>>()?,
             None => vec![ModelSize::Turbo2b],
         };
         let seconds = args.model_seconds.clone().unwrap_or_else(|| vec![10]);
@@ -73,7 +79,10 @@ fn model_config(args: &BenchArgs) -> Result<ModelBenchConfig> {
         if seconds.iter().any(|s| *s == 0 || *s > 600) {
             bail!("--model-seconds must be in 1..=600");
         }
-        if batches.iter().any(|b| *b == 0 || *b > demon_engine::MAX_DEPTH) {
+        if batches
+            .iter()
+            .any(|b| *b == 0 || *b > demon_engine::MAX_DEPTH)
+        {
             bail!("--model-batches must be in 1..={}", demon_engine::MAX_DEPTH);
         }
         ModelBenchConfig::with_cases(&sizes, &seconds, &batches)
@@ -106,18 +115,30 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if !(args.seconds.is_finite() && args.seconds >= 8.0 && args.seconds <= 600.0) {
         bail!("--seconds must be in 8..=600, got {}", args.seconds);
     }
-    if args.depths.is_empty() || args.depths.iter().any(|d| *d == 0 || *d > demon_engine::MAX_DEPTH) {
-        bail!("--depths must list depths in 1..={}", demon_engine::MAX_DEPTH);
+    if args.depths.is_empty()
+        || args
+            .depths
+            .iter()
+            .any(|d| *d == 0 || *d > demon_engine::MAX_DEPTH)
+    {
+        bail!(
+            "--depths must list depths in 1..={}",
+            demon_engine::MAX_DEPTH
+        );
     }
     let acestep = args.backend.backend == backends::BackendKind::Acestep;
     let sections = match &args.only {
         Some(v) => v.clone(),
         None if acestep => vec!["model".to_string()],
-        None => ["render", "ticks", "propagation", "decode"].map(String::from).to_vec(),
+        None => ["render", "ticks", "propagation", "decode"]
+            .map(String::from)
+            .to_vec(),
     };
     let wants_model = sections.iter().any(|s| s == "model");
     if wants_model && !acestep {
-        bail!("the model section measures ACE-Step: use --backend acestep (with --weights DIR or --random-model SIZE)");
+        bail!(
+            "the model section measures ACE-Step: use --backend acestep (with --weights DIR or --random-model SIZE)"
+        );
     }
     let engine_sections: Vec<String> = sections.iter().filter(|s| *s != "model").cloned().collect();
     let quiet = args.json;
@@ -127,7 +148,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     };
     // Validate everything before the (long) measurements start.
-    let model_cfg = if wants_model { Some(model_config(&args)?) } else { None };
+    let model_cfg = if wants_model {
+        Some(model_config(&args)?)
+    } else {
+        None
+    };
     let report = if engine_sections.is_empty() {
         None
     } else {
@@ -181,11 +206,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
         write_plot(p, &report)?;
         eprintln!("wrote the plot to {}", p.display());
     }
-    println!("backend {}, {:.0} s songs, {} steps", report.backend, report.song_seconds, report.steps);
+    println!(
+        "backend {}, {:.0} s songs, {} steps",
+        report.backend, report.song_seconds, report.steps
+    );
     if let Some(r) = report.render_realtime_ratio {
-        println!("offline render: {} takes at depth {}: {r:.1}x real time", report.render_takes, report.render_depth);
+        println!(
+            "offline render: {} takes at depth {}: {r:.1}x real time",
+            report.render_takes, report.render_depth
+        );
     }
-    println!("{:>6} {:>10} {:>10} {:>10} {:>10}", "depth", "tick ms", "model ms", "gen/s", "overhead");
+    println!(
+        "{:>6} {:>10} {:>10} {:>10} {:>10}",
+        "depth", "tick ms", "model ms", "gen/s", "overhead"
+    );
     for (d, t) in &report.tick_ms {
         println!(
             "{:>6} {:>10.2} {:>10.2} {:>10.2} {:>9.1}%",
@@ -216,10 +250,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     if let (Some(f), Some(ms)) = (report.receptive_field_frames, report.full_decode_ms) {
-        println!("receptive field: {} frames before, {} after; full decode {ms:.1} ms", f.before, f.after);
+        println!(
+            "receptive field: {} frames before, {} after; full decode {ms:.1} ms",
+            f.before, f.after
+        );
     }
     for (k, ms) in &report.windowed_decode_ms {
-        println!("keep {k} s: windowed decode {ms:.2} ms, speedup {:.1}x", report.windowed_decode_speedup[k]);
+        println!(
+            "keep {k} s: windowed decode {ms:.2} ms, speedup {:.1}x",
+            report.windowed_decode_speedup[k]
+        );
     }
     Ok(())
 }
@@ -229,21 +269,40 @@ fn write_plot(p: &std::path::Path, report: &demon_live::bench::BenchReport) -> R
         bail!("--plot draws the ticks section; add `ticks` to --only");
     }
     let pts = |m: &std::collections::BTreeMap<String, f64>| -> Vec<(f64, f64)> {
-        let mut v: Vec<(f64, f64)> = m.iter().filter_map(|(k, x)| k.parse::<f64>().ok().map(|d| (d, *x))).collect();
+        let mut v: Vec<(f64, f64)> = m
+            .iter()
+            .filter_map(|(k, x)| k.parse::<f64>().ok().map(|d| (d, *x)))
+            .collect();
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v
     };
-    let caption = format!("{} BACKEND, {:.0} S SONGS, {} STEPS", report.backend.to_uppercase(), report.song_seconds, report.steps);
+    let caption = format!(
+        "{} BACKEND, {:.0} S SONGS, {} STEPS",
+        report.backend.to_uppercase(),
+        report.song_seconds,
+        report.steps
+    );
     crate::plot::write_depth_plot(p, &pts(&report.tick_ms), &pts(&report.gen_per_s), &caption)
 }
 
 fn print_model(m: &demon_acestep::bench::ModelBenchReport) {
-    println!("f32 matmul: {:.1} GFLOP/s on {} ({} threads, {} weights)", m.matmul_gflops, m.device, m.threads, m.weights);
-    println!("{:>10} {:>8} {:>6} {:>12} {:>10} {:>9}", "model", "seconds", "batch", "DiT step ms", "GFLOP", "share");
+    println!(
+        "f32 matmul: {:.1} GFLOP/s on {} ({} threads, {} weights)",
+        m.matmul_gflops, m.device, m.threads, m.weights
+    );
+    println!(
+        "{:>10} {:>8} {:>6} {:>12} {:>10} {:>9}",
+        "model", "seconds", "batch", "DiT step ms", "GFLOP", "share"
+    );
     for (size, by_len) in &m.dit_step_ms {
         for (len, by_batch) in by_len {
             for (batch, ms) in by_batch {
-                let get = |c: &demon_acestep::bench::CaseMap<f64>| c.get(size).and_then(|x| x.get(len)).and_then(|x| x.get(batch)).copied();
+                let get = |c: &demon_acestep::bench::CaseMap<f64>| {
+                    c.get(size)
+                        .and_then(|x| x.get(len))
+                        .and_then(|x| x.get(batch))
+                        .copied()
+                };
                 println!(
                     "{size:>10} {len:>8} {batch:>6} {ms:>12.1} {:>10.1} {:>8.1}%",
                     get(&m.dit_step_gflop).unwrap_or(f64::NAN),
@@ -253,10 +312,20 @@ fn print_model(m: &demon_acestep::bench::ModelBenchReport) {
         }
     }
     if let Some(c) = &m.dit_roofline_case {
-        println!("DiT roofline share ({} {} s batch {}): {:.1}%", c.size.key(), c.seconds, c.batch, 100.0 * m.dit_roofline_share);
+        println!(
+            "DiT roofline share ({} {} s batch {}): {:.1}%",
+            c.size.key(),
+            c.seconds,
+            c.batch,
+            100.0 * m.dit_roofline_share
+        );
     }
     if let (Some(ms), Some(share)) = (m.vae_decode_ms_per_audio_second, m.vae_roofline_share) {
-        println!("VAE decode of {} s: {ms:.0} ms per audio second, {:.1}% of the matmul rate", m.vae_decode_seconds, 100.0 * share);
+        println!(
+            "VAE decode of {} s: {ms:.0} ms per audio second, {:.1}% of the matmul rate",
+            m.vae_decode_seconds,
+            100.0 * share
+        );
     }
     if m.row_check.checked {
         println!(

@@ -16,7 +16,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "demon", version, about = "DEMON in Rust: a real-time streaming diffusion engine for music")]
+#[command(
+    name = "demon",
+    version,
+    about = "DEMON in Rust: a real-time streaming diffusion engine for music"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -64,14 +64,32 @@ impl SessionArgs {
         let cfg_mode: CfgMode = self.cfg_mode.parse()?;
         let mut knobs = BTreeMap::new();
         for k in &self.knobs {
-            let (name, value) = k.split_once('=').ok_or_else(|| anyhow!("--knob `{k}` is not NAME=VALUE"))?;
-            let v: f64 = value.trim().parse().map_err(|_| anyhow!("--knob `{k}`: `{value}` is not a number"))?;
-            knobs.insert(name.trim().to_string(), demon_live::control::check_knob(name.trim(), v).map_err(|e| anyhow!(e))?);
+            let (name, value) = k
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--knob `{k}` is not NAME=VALUE"))?;
+            let v: f64 = value
+                .trim()
+                .parse()
+                .map_err(|_| anyhow!("--knob `{k}`: `{value}` is not a number"))?;
+            knobs.insert(
+                name.trim().to_string(),
+                demon_live::control::check_knob(name.trim(), v).map_err(|e| anyhow!(e))?,
+            );
         }
-        let prompt = Prompt { tags: self.prompt.clone(), bpm: self.bpm, key: self.key.clone(), ..Default::default() };
+        let prompt = Prompt {
+            tags: self.prompt.clone(),
+            bpm: self.bpm,
+            key: self.key.clone(),
+            ..Default::default()
+        };
         prompt.validate()?;
         let source = match &self.source {
-            Some(s) => resolve_source(backend, s, &prompt, (self.song_seconds * 25.0).round() as usize)?,
+            Some(s) => resolve_source(
+                backend,
+                s,
+                &prompt,
+                (self.song_seconds * 25.0).round() as usize,
+            )?,
             None => SourceSpec::None,
         };
         Ok(SessionConfig {
@@ -97,24 +115,39 @@ impl SessionArgs {
 }
 
 /// Turn a file or library source into a latent the runner can take.
-pub fn resolve_source(backend: &mut demon_engine::BackendSet, spec: &str, prompt: &Prompt, frames: usize) -> Result<SourceSpec> {
+pub fn resolve_source(
+    backend: &mut demon_engine::BackendSet,
+    spec: &str,
+    prompt: &Prompt,
+    frames: usize,
+) -> Result<SourceSpec> {
     let latent = load_source(backend, spec, prompt, frames)?;
     latent_spec(spec, &latent).map_err(|e| anyhow!(e))
 }
 
 /// Resolve file and library sources inside script messages.
-fn resolve_script(backend: &mut demon_engine::BackendSet, events: Vec<ScriptEvent>, prompt: &Prompt, frames: usize) -> Result<Vec<ScriptEvent>> {
+fn resolve_script(
+    backend: &mut demon_engine::BackendSet,
+    events: Vec<ScriptEvent>,
+    prompt: &Prompt,
+    frames: usize,
+) -> Result<Vec<ScriptEvent>> {
     events
         .into_iter()
         .map(|mut e| {
             if let ControlMessage::SetSource { source } = &e.message {
                 let text = match source {
                     SourceSpec::File { path } => Some(path.clone()),
-                    SourceSpec::Library { style, index } => Some(format!("library:{style}:{index}")),
+                    SourceSpec::Library { style, index } => {
+                        Some(format!("library:{style}:{index}"))
+                    }
                     _ => None,
                 };
                 if let Some(t) = text {
-                    e.message = ControlMessage::SetSource { source: resolve_source(backend, &t, prompt, frames).with_context(|| format!("script source at {} s", e.at))? };
+                    e.message = ControlMessage::SetSource {
+                        source: resolve_source(backend, &t, prompt, frames)
+                            .with_context(|| format!("script source at {} s", e.at))?,
+                    };
                 }
             }
             Ok(e)
@@ -151,9 +184,19 @@ pub struct PerformArgs {
 pub fn perform(args: PerformArgs) -> Result<()> {
     let mut backend = backends::build(&args.backend)?;
     let config = args.session.config(&mut backend)?;
-    let prompt = Prompt { tags: args.session.prompt.clone(), bpm: args.session.bpm, key: args.session.key.clone(), ..Default::default() };
+    let prompt = Prompt {
+        tags: args.session.prompt.clone(),
+        bpm: args.session.bpm,
+        key: args.session.key.clone(),
+        ..Default::default()
+    };
     let script = read_script(&args.script).map_err(|e| anyhow!(e))?;
-    let script = resolve_script(&mut backend, script, &prompt, (args.session.song_seconds * 25.0).round() as usize)?;
+    let script = resolve_script(
+        &mut backend,
+        script,
+        &prompt,
+        (args.session.song_seconds * 25.0).round() as usize,
+    )?;
     let mut sinks: Vec<Box<dyn AudioSink>> = Vec::new();
     if args.device {
         sinks.push(open_device_or_null()?);
@@ -161,10 +204,26 @@ pub fn perform(args: PerformArgs) -> Result<()> {
         eprintln!("audio: clock-paced null sink (headless; --device plays through the sound card)");
         sinks.push(Box::new(demon_live::sink::NullSink::default()));
     }
-    eprintln!("performing {:.1} s, {} scripted events...", args.seconds, script.len());
-    let summary = demon_live::perform::perform(config, backend, &script, args.seconds, args.record.as_deref(), args.out.as_deref(), !args.fast, sinks)
-        .map_err(|e| anyhow!(e))?;
-    eprintln!("{} ticks, {} generations, {:.1} s played", summary.ticks, summary.generations, summary.played_seconds);
+    eprintln!(
+        "performing {:.1} s, {} scripted events...",
+        args.seconds,
+        script.len()
+    );
+    let summary = demon_live::perform::perform(
+        config,
+        backend,
+        &script,
+        args.seconds,
+        args.record.as_deref(),
+        args.out.as_deref(),
+        !args.fast,
+        sinks,
+    )
+    .map_err(|e| anyhow!(e))?;
+    eprintln!(
+        "{} ticks, {} generations, {:.1} s played",
+        summary.ticks, summary.generations, summary.played_seconds
+    );
     if let Some(r) = &args.record {
         eprintln!("session recorded to {}", r.display());
     }
@@ -202,7 +261,11 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
     let file = read_session(&args.session).map_err(|e| anyhow!(e))?;
     let backend = backends::build(&args.backend)?;
     if file.config.backend != backend.name {
-        bail!("the session was recorded with the `{}` backend; pass --backend {}", file.config.backend, file.config.backend);
+        bail!(
+            "the session was recorded with the `{}` backend; pass --backend {}",
+            file.config.backend,
+            file.config.backend
+        );
     }
     let t0 = std::time::Instant::now();
     let summary = demon_live::perform::replay(&file, backend, &args.out).map_err(|e| anyhow!(e))?;

@@ -15,7 +15,9 @@ struct Canvas {
 
 impl Canvas {
     fn new() -> Self {
-        Self { px: vec![[255, 255, 255]; W * H] }
+        Self {
+            px: vec![[255, 255, 255]; W * H],
+        }
     }
 
     fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
@@ -28,7 +30,10 @@ impl Canvas {
         let n = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
         for i in 0..=n {
             let t = i as f64 / n as f64;
-            let (x, y) = ((x0 + (x1 - x0) * t).round() as i64, (y0 + (y1 - y0) * t).round() as i64);
+            let (x, y) = (
+                (x0 + (x1 - x0) * t).round() as i64,
+                (y0 + (y1 - y0) * t).round() as i64,
+            );
             for dx in -(width / 2)..=(width / 2) {
                 for dy in -(width / 2)..=(width / 2) {
                     self.set(x + dx, y + dy, c);
@@ -56,7 +61,11 @@ impl Canvas {
                     if bits & (0b10000 >> col) != 0 {
                         for sx in 0..2 {
                             for sy in 0..2 {
-                                self.set(x + i as i64 * 12 + col * 2 + sx, y + row as i64 * 2 + sy, c);
+                                self.set(
+                                    x + i as i64 * 12 + col * 2 + sx,
+                                    y + row as i64 * 2 + sy,
+                                    c,
+                                );
                             }
                         }
                     }
@@ -118,7 +127,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -180,7 +193,16 @@ fn fmt(v: f64) -> String {
 }
 
 /// One panel: `points` (depth, value) in the box `[x0, x0 + w] × [y0, y0 + h]`.
-fn panel(c: &mut Canvas, x0: f64, y0: f64, w: f64, h: f64, title: &str, points: &[(f64, f64)], color: [u8; 3]) {
+fn panel(
+    c: &mut Canvas,
+    x0: f64,
+    y0: f64,
+    w: f64,
+    h: f64,
+    title: &str,
+    points: &[(f64, f64)],
+    color: [u8; 3],
+) {
     let grey = [150, 150, 150];
     let black = [20, 20, 20];
     c.text(x0 as i64, (y0 - 34.0) as i64, title, black);
@@ -195,15 +217,30 @@ fn panel(c: &mut Canvas, x0: f64, y0: f64, w: f64, h: f64, title: &str, points: 
     for k in 0..=4 {
         let v = ymax * k as f64 / 4.0;
         let (_, y) = to((0.0, v));
-        c.line((x0 - 4.0, y), (x0 + w, y), if k == 0 { black } else { [225, 225, 225] }, 1);
+        c.line(
+            (x0 - 4.0, y),
+            (x0 + w, y),
+            if k == 0 { black } else { [225, 225, 225] },
+            1,
+        );
         c.text(4.max((x0 - 70.0) as i64), (y - 6.0) as i64, &fmt(v), grey);
     }
     for &(d, _) in points {
         let (x, _) = to((d, 0.0));
         c.line((x, y0 + h), (x, y0 + h + 5.0), black, 1);
-        c.text((x - 5.0) as i64, (y0 + h + 10.0) as i64, &format!("{d}"), black);
+        c.text(
+            (x - 5.0) as i64,
+            (y0 + h + 10.0) as i64,
+            &format!("{d}"),
+            black,
+        );
     }
-    c.text((x0 + w / 2.0 - 30.0) as i64, (y0 + h + 30.0) as i64, "DEPTH", black);
+    c.text(
+        (x0 + w / 2.0 - 30.0) as i64,
+        (y0 + h + 30.0) as i64,
+        "DEPTH",
+        black,
+    );
     for pair in points.windows(2) {
         c.line(to(pair[0]), to(pair[1]), color, 3);
     }
@@ -215,12 +252,36 @@ fn panel(c: &mut Canvas, x0: f64, y0: f64, w: f64, h: f64, title: &str, points: 
 }
 
 /// Write the plot of tick time and generations per second against depth.
-pub fn write_depth_plot(path: &Path, tick_ms: &[(f64, f64)], gen_per_s: &[(f64, f64)], caption: &str) -> Result<()> {
+pub fn write_depth_plot(
+    path: &Path,
+    tick_ms: &[(f64, f64)],
+    gen_per_s: &[(f64, f64)],
+    caption: &str,
+) -> Result<()> {
     let mut c = Canvas::new();
-    panel(&mut c, 90.0, 70.0, 330.0, 260.0, "TICK TIME (MS)", tick_ms, [200, 60, 40]);
-    panel(&mut c, 540.0, 70.0, 330.0, 260.0, "GENERATIONS PER SECOND", gen_per_s, [40, 90, 200]);
+    panel(
+        &mut c,
+        90.0,
+        70.0,
+        330.0,
+        260.0,
+        "TICK TIME (MS)",
+        tick_ms,
+        [200, 60, 40],
+    );
+    panel(
+        &mut c,
+        540.0,
+        70.0,
+        330.0,
+        260.0,
+        "GENERATIONS PER SECOND",
+        gen_per_s,
+        [40, 90, 200],
+    );
     c.text(90, 392, caption, [60, 60, 60]);
-    std::fs::write(path, png_bytes(&c)).with_context(|| format!("writing the plot `{}`", path.display()))
+    std::fs::write(path, png_bytes(&c))
+        .with_context(|| format!("writing the plot `{}`", path.display()))
 }
 
 #[cfg(test)]
@@ -230,7 +291,13 @@ mod tests {
     #[test]
     fn writes_a_valid_png() {
         let p = std::env::temp_dir().join(format!("demon-plot-{}.png", std::process::id()));
-        write_depth_plot(&p, &[(1.0, 5.0), (2.0, 9.0), (4.0, 17.0), (8.0, 33.0)], &[(1.0, 20.0), (2.0, 22.0), (4.0, 24.0), (8.0, 30.0)], "TEST").unwrap();
+        write_depth_plot(
+            &p,
+            &[(1.0, 5.0), (2.0, 9.0), (4.0, 17.0), (8.0, 33.0)],
+            &[(1.0, 20.0), (2.0, 22.0), (4.0, 24.0), (8.0, 30.0)],
+            "TEST",
+        )
+        .unwrap();
         let b = std::fs::read(&p).unwrap();
         assert_eq!(&b[..8], &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A]);
         assert_eq!(&b[12..16], b"IHDR");

@@ -88,14 +88,22 @@ pub struct RenderArgs {
 
 pub fn run(args: RenderArgs) -> Result<()> {
     let mut backend = backends::build(&args.backend)?;
-    let prompt = Prompt { tags: args.prompt.clone(), bpm: args.bpm, key: args.key.clone(), ..Default::default() };
+    let prompt = Prompt {
+        tags: args.prompt.clone(),
+        bpm: args.bpm,
+        key: args.key.clone(),
+        ..Default::default()
+    };
     prompt.validate()?;
     if let Some(s) = args.seconds {
         if !(s.is_finite() && s > 0.0) {
             bail!("--seconds must be a positive number of seconds, got {s}");
         }
         if s > demon_live::render::MAX_SECONDS {
-            bail!("--seconds {s} is longer than the {} s limit", demon_live::render::MAX_SECONDS);
+            bail!(
+                "--seconds {s} is longer than the {} s limit",
+                demon_live::render::MAX_SECONDS
+            );
         }
     }
     let solver: SolverKind = args.solver.parse()?;
@@ -104,15 +112,29 @@ pub fn run(args: RenderArgs) -> Result<()> {
         .curves
         .iter()
         .map(|c| {
-            let (name, spec) = c.split_once('=').ok_or_else(|| anyhow!("--curve `{c}` is not NAME=SPEC"))?;
-            Ok(NamedCurve { name: name.trim().to_string(), spec: CurveSpec::parse(name.trim(), spec)? })
+            let (name, spec) = c
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--curve `{c}` is not NAME=SPEC"))?;
+            Ok(NamedCurve {
+                name: name.trim().to_string(),
+                spec: CurveSpec::parse(name.trim(), spec)?,
+            })
         })
         .collect::<Result<Vec<_>>>()?;
-    let blend = args.blend.as_deref().map(|b| CurveSpec::parse("blend", b)).transpose()?;
+    let blend = args
+        .blend
+        .as_deref()
+        .map(|b| CurveSpec::parse("blend", b))
+        .transpose()?;
 
     let wanted_frames = args.seconds.map(|s| ((s * 25.0).round() as usize).max(1));
     let source = match &args.source {
-        Some(s) => Some(load_source(&mut backend, s, &prompt, wanted_frames.unwrap_or(25 * 30))?),
+        Some(s) => Some(load_source(
+            &mut backend,
+            s,
+            &prompt,
+            wanted_frames.unwrap_or(25 * 30),
+        )?),
         None => None,
     };
     let frames = match (&source, wanted_frames) {
@@ -124,12 +146,19 @@ pub fn run(args: RenderArgs) -> Result<()> {
     let spec = RenderSpec {
         prompt: prompt.clone(),
         negative: args.negative.clone(),
-        prompt_b: args.prompt_b.as_ref().map(|t| Prompt { tags: t.clone(), bpm: prompt.bpm.or(read_bpm(&mut backend, &prompt)), key: args.key.clone(), ..Default::default() }),
+        prompt_b: args.prompt_b.as_ref().map(|t| Prompt {
+            tags: t.clone(),
+            bpm: prompt.bpm.or(read_bpm(&mut backend, &prompt)),
+            key: args.key.clone(),
+            ..Default::default()
+        }),
         blend,
         frames,
         steps: args.steps,
         shift: args.shift,
-        denoise: args.denoise.unwrap_or(if source.is_some() { 0.7 } else { 1.0 }),
+        denoise: args
+            .denoise
+            .unwrap_or(if source.is_some() { 0.7 } else { 1.0 }),
         seed: args.seed,
         depth: args.depth,
         solver,
@@ -138,15 +167,25 @@ pub fn run(args: RenderArgs) -> Result<()> {
         curves,
         takes: args.takes,
         structure_strength: args.structure,
-        dcw: if args.no_dcw { DcwSettings::off() } else { DcwSettings::default() },
+        dcw: if args.no_dcw {
+            DcwSettings::off()
+        } else {
+            DcwSettings::default()
+        },
     };
     spec.validate()?;
 
-    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(1) };
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(1)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} rendering [{bar:32}] {pos}/{len} steps  {elapsed_precise}  {msg}")
-            .map_err(|e| anyhow!("progress bar template: {e}"))?
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} rendering [{bar:32}] {pos}/{len} steps  {elapsed_precise}  {msg}",
+        )
+        .map_err(|e| anyhow!("progress bar template: {e}"))?
+        .progress_chars("=> "),
     );
     bar.set_message(format!("{} take(s), depth {}", spec.takes, spec.depth));
     let started = std::time::Instant::now();
@@ -157,7 +196,11 @@ pub fn run(args: RenderArgs) -> Result<()> {
     bar.finish_and_clear();
 
     let paths = output_paths(&args.out, takes.len());
-    let format = if args.float { WavFormat::Float32 } else { WavFormat::Pcm16 };
+    let format = if args.float {
+        WavFormat::Float32
+    } else {
+        WavFormat::Pcm16
+    };
     for (take, path) in takes.iter().zip(&paths) {
         // Like ACE-Step upstream: scale down only when the peak exceeds full scale.
         let mut audio = take.audio.clone();
@@ -166,12 +209,20 @@ pub fn run(args: RenderArgs) -> Result<()> {
             let g = 0.99 / peak;
             audio.channels.iter_mut().flatten().for_each(|x| *x *= g);
             if !args.quiet {
-                eprintln!("note: peak {peak:.2} exceeds full scale; {} scaled by {g:.3}", path.display());
+                eprintln!(
+                    "note: peak {peak:.2} exceeds full scale; {} scaled by {g:.3}",
+                    path.display()
+                );
             }
         }
         let (_, t, c) = take.latent.dims3()?;
         let values: Vec<f32> = take.latent.flatten_all()?.to_vec1()?;
-        let latent = EmbeddedLatent { backend: backend.name.clone(), frames: t, channels: c, values };
+        let latent = EmbeddedLatent {
+            backend: backend.name.clone(),
+            frames: t,
+            channels: c,
+            values,
+        };
         demon_audio::write_wav(path, &audio, format, Some(&latent))?;
         if !args.quiet {
             eprintln!(
@@ -187,7 +238,10 @@ pub fn run(args: RenderArgs) -> Result<()> {
     if !args.quiet {
         let audio_s = frames as f64 / 25.0 * takes.len() as f64;
         let wall = started.elapsed().as_secs_f64();
-        eprintln!("rendered {audio_s:.1} s of audio in {wall:.2} s ({:.1}x real time)", audio_s / wall);
+        eprintln!(
+            "rendered {audio_s:.1} s of audio in {wall:.2} s ({:.1}x real time)",
+            audio_s / wall
+        );
     }
     Ok(())
 }
@@ -195,7 +249,10 @@ pub fn run(args: RenderArgs) -> Result<()> {
 /// The tempo the backend reads from the prompt, so prompt B plays at the same tempo as A.
 fn read_bpm(backend: &mut BackendSet, prompt: &Prompt) -> Option<f32> {
     if backend.name == "sketch" {
-        return demon_sketch::SketchConditioner::default().read(prompt).ok().map(|c| c.bpm);
+        return demon_sketch::SketchConditioner::default()
+            .read(prompt)
+            .ok()
+            .map(|c| c.bpm);
     }
     None
 }
@@ -208,11 +265,18 @@ pub fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
     let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("render");
     let ext = out.extension().and_then(|s| s.to_str()).unwrap_or("wav");
     let width = n.to_string().len().max(2);
-    (1..=n).map(|k| out.with_file_name(format!("{stem}-{k:0width$}.{ext}"))).collect()
+    (1..=n)
+        .map(|k| out.with_file_name(format!("{stem}-{k:0width$}.{ext}")))
+        .collect()
 }
 
 /// A source latent `[1, T, C]` from a file or the sketch library.
-pub fn load_source(backend: &mut BackendSet, spec: &str, prompt: &Prompt, frames: usize) -> Result<Tensor> {
+pub fn load_source(
+    backend: &mut BackendSet,
+    spec: &str,
+    prompt: &Prompt,
+    frames: usize,
+) -> Result<Tensor> {
     if let Some(rest) = spec.strip_prefix("library:") {
         if backend.name != "sketch" {
             bail!("library sources belong to the sketch backend");
@@ -220,14 +284,26 @@ pub fn load_source(backend: &mut BackendSet, spec: &str, prompt: &Prompt, frames
         let mut parts = rest.split(':');
         let style_name = parts.next().unwrap_or("");
         let index: u64 = match parts.next() {
-            Some(n) => n.parse().map_err(|_| anyhow!("library song number `{n}` is not a number"))?,
+            Some(n) => n
+                .parse()
+                .map_err(|_| anyhow!("library song number `{n}` is not a number"))?,
             None => 0,
         };
         let reading = demon_sketch::style::read_prompt(style_name);
         if reading.unrecognised {
-            bail!("unknown library style `{style_name}` (house, techno, ambient, hip hop, funk, drum and bass)");
+            bail!(
+                "unknown library style `{style_name}` (house, techno, ambient, hip hop, funk, drum and bass)"
+            );
         }
-        let style = demon_sketch::SketchCondition { style_weights: reading.style_weights, bpm: 0.0, tonic: 0, minor: false, brightness: 0.0, energy: 0.0 }.dominant_style();
+        let style = demon_sketch::SketchCondition {
+            style_weights: reading.style_weights,
+            bpm: 0.0,
+            tonic: 0,
+            minor: false,
+            brightness: 0.0,
+            energy: 0.0,
+        }
+        .dominant_style();
         let cond = demon_sketch::SketchConditioner::default().read(prompt)?;
         let song = demon_sketch::composer::compose(demon_sketch::composer::SongSpec {
             style,
@@ -237,17 +313,31 @@ pub fn load_source(backend: &mut BackendSet, spec: &str, prompt: &Prompt, frames
             seed: 1000 + index,
             frames,
         });
-        return Ok(Tensor::from_vec(song.latent, (1, frames, demon_sketch::layout::CHANNELS), backend.codec.device())?);
+        return Ok(Tensor::from_vec(
+            song.latent,
+            (1, frames, demon_sketch::layout::CHANNELS),
+            backend.codec.device(),
+        )?);
     }
     let path = Path::new(spec);
     if let Some(l) = demon_audio::read_embedded_latent(path)? {
-        if l.backend == backend.name && l.channels == backend.codec.latent_channels() && l.frames > 0 {
-            return Ok(Tensor::from_vec(l.values, (1, l.frames, l.channels), backend.codec.device())?);
+        if l.backend == backend.name
+            && l.channels == backend.codec.latent_channels()
+            && l.frames > 0
+        {
+            return Ok(Tensor::from_vec(
+                l.values,
+                (1, l.frames, l.channels),
+                backend.codec.device(),
+            )?);
         }
     }
     let decoded = demon_audio::load_file(path, LoadLimits::default())?;
     let audio = decoded.to_stereo(backend.codec.sample_rate());
-    backend.codec.encode(&audio).with_context(|| format!("encoding source `{spec}`"))
+    backend
+        .codec
+        .encode(&audio)
+        .with_context(|| format!("encoding source `{spec}`"))
 }
 
 /// Crop, or loop, a latent to `frames`.
@@ -270,8 +360,17 @@ mod tests {
 
     #[test]
     fn numbered_outputs() {
-        assert_eq!(output_paths(Path::new("a/x.wav"), 1), vec![PathBuf::from("a/x.wav")]);
-        assert_eq!(output_paths(Path::new("x.wav"), 3)[2], PathBuf::from("x-03.wav"));
-        assert_eq!(output_paths(Path::new("x.wav"), 120)[0], PathBuf::from("x-001.wav"));
+        assert_eq!(
+            output_paths(Path::new("a/x.wav"), 1),
+            vec![PathBuf::from("a/x.wav")]
+        );
+        assert_eq!(
+            output_paths(Path::new("x.wav"), 3)[2],
+            PathBuf::from("x-03.wav")
+        );
+        assert_eq!(
+            output_paths(Path::new("x.wav"), 120)[0],
+            PathBuf::from("x-001.wav")
+        );
     }
 }

@@ -54,17 +54,30 @@ pub struct ServeArgs {
 
 /// A source named on the command line or by an agent, without needing the model: library songs
 /// are composed, files decoded to audio (the runner encodes them).
-fn resolve_source(backend_name: &str, prompt: &Prompt, frames: usize, spec: &str) -> Result<SourceSpec, String> {
+fn resolve_source(
+    backend_name: &str,
+    prompt: &Prompt,
+    frames: usize,
+    spec: &str,
+) -> Result<SourceSpec, String> {
     if spec.starts_with("library:") {
         if backend_name != "sketch" {
             return Err("library sources belong to the sketch backend".into());
         }
         let mut sketch = backends::sketch();
-        return crate::perform::resolve_source(&mut sketch, spec, prompt, frames).map_err(|e| format!("{e:#}"));
+        return crate::perform::resolve_source(&mut sketch, spec, prompt, frames)
+            .map_err(|e| format!("{e:#}"));
     }
-    let decoded = demon_audio::load_file(std::path::Path::new(spec), demon_audio::LoadLimits::default()).map_err(|e| e.to_string())?;
+    let decoded = demon_audio::load_file(
+        std::path::Path::new(spec),
+        demon_audio::LoadLimits::default(),
+    )
+    .map_err(|e| e.to_string())?;
     let audio = decoded.to_stereo(48_000);
-    Ok(SourceSpec::Audio { name: spec.to_string(), channels: audio.channels })
+    Ok(SourceSpec::Audio {
+        name: spec.to_string(),
+        channels: audio.channels,
+    })
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -86,26 +99,54 @@ pub fn serve(args: ServeArgs) -> Result<()> {
 
     let mut backend = backends::build(&args.backend)?;
     if args.backend.backend == BackendKind::Sketch {
-        eprintln!("backend: the built-in sketch (no model weights configured; --backend acestep --weights DIR uses ACE-Step)");
+        eprintln!(
+            "backend: the built-in sketch (no model weights configured; --backend acestep --weights DIR uses ACE-Step)"
+        );
     } else {
         eprintln!("backend: {}", backend.name);
     }
     let config = args.session.config(&mut backend)?;
-    let prompt = Prompt { tags: args.session.prompt.clone(), bpm: args.session.bpm, key: args.session.key.clone(), ..Default::default() };
+    let prompt = Prompt {
+        tags: args.session.prompt.clone(),
+        bpm: args.session.bpm,
+        key: args.session.key.clone(),
+        ..Default::default()
+    };
     let frames = (args.session.song_seconds * 25.0).round() as usize;
     let backend_name = backend.name.clone();
     eprintln!("session: measuring the codec's receptive field...");
     let core = LiveCore::new(config, backend).map_err(|e| anyhow!(e))?;
     let field = core.receptive_field();
-    eprintln!("session: receptive field {} frames before, {} after", field.before, field.after);
-    let sink = if args.device { open_device_or_null()? } else {
-        eprintln!("audio: clock-paced null sink (the browser plays the loop; --device plays here too)");
+    eprintln!(
+        "session: receptive field {} frames before, {} after",
+        field.before, field.after
+    );
+    let sink = if args.device {
+        open_device_or_null()?
+    } else {
+        eprintln!(
+            "audio: clock-paced null sink (the browser plays the loop; --device plays here too)"
+        );
         Box::new(demon_live::sink::NullSink::default()) as Box<dyn demon_live::sink::AudioSink>
     };
-    let handle = start(core, RunOptions { realtime: true, sinks: vec![sink], session_file: args.record.clone(), ..Default::default() }).map_err(|e| anyhow!(e))?;
+    let handle = start(
+        core,
+        RunOptions {
+            realtime: true,
+            sinks: vec![sink],
+            session_file: args.record.clone(),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| anyhow!(e))?;
 
     let library: Vec<String> = if backend_name == "sketch" {
-        demon_sketch::Style::ALL.iter().flat_map(|s| (0..4).map(move |i| format!("library:{}:{i}", s.name().replace(' ', "_")))).collect()
+        demon_sketch::Style::ALL
+            .iter()
+            .flat_map(|s| {
+                (0..4).map(move |i| format!("library:{}:{i}", s.name().replace(' ', "_")))
+            })
+            .collect()
     } else {
         Vec::new()
     };
@@ -114,14 +155,20 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let hooks = Hooks {
         resolve_source: Arc::new(move |spec: &str| resolve_source(&bn, &p2, frames, spec)),
         library,
-        render_offline: Arc::new(move |r: &OfflineRender| render_offline(&backend_name, &recordings, r)),
+        render_offline: Arc::new(move |r: &OfflineRender| {
+            render_offline(&backend_name, &recordings, r)
+        }),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        let addr = demon_server::serve(opts, handle.clone(), hooks, shutdown).await.map_err(|e| anyhow!(e))?;
+        let addr = demon_server::serve(opts, handle.clone(), hooks, shutdown)
+            .await
+            .map_err(|e| anyhow!(e))?;
         eprintln!("serving the performer UI on http://{addr}/ (MCP at /mcp); Ctrl-C stops");
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("stopping...");
@@ -130,7 +177,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     })
 }
 
-fn render_offline(backend_name: &str, dir: &std::path::Path, r: &OfflineRender) -> Result<PathBuf, String> {
+fn render_offline(
+    backend_name: &str,
+    dir: &std::path::Path,
+    r: &OfflineRender,
+) -> Result<PathBuf, String> {
     if backend_name != "sketch" {
         return Err("offline renders from the live server are available with the sketch backend; with ACE-Step use `demon render` (one process holds one model)".into());
     }
@@ -145,10 +196,19 @@ fn render_offline(backend_name: &str, dir: &std::path::Path, r: &OfflineRender) 
         denoise: r.denoise.unwrap_or(1.0),
         ..Default::default()
     };
-    let takes = demon_live::render(&mut backend, &spec, None, &mut |_, _| {}).map_err(|e| e.to_string())?;
+    let takes =
+        demon_live::render(&mut backend, &spec, None, &mut |_, _| {}).map_err(|e| e.to_string())?;
     let take = takes.into_iter().next().ok_or("nothing rendered")?;
-    let path = dir.join(format!("render-{}-{}.wav", spec.seed, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)));
-    demon_audio::write_wav(&path, &take.audio, demon_audio::WavFormat::Pcm16, None).map_err(|e| e.to_string())?;
+    let path = dir.join(format!(
+        "render-{}-{}.wav",
+        spec.seed,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    ));
+    demon_audio::write_wav(&path, &take.audio, demon_audio::WavFormat::Pcm16, None)
+        .map_err(|e| e.to_string())?;
     Ok(path)
 }
 
@@ -169,7 +229,10 @@ pub fn mcp_bridge(args: McpArgs) -> Result<()> {
     if !url.starts_with("http://") {
         bail!("--url must be an http:// address of a running `demon serve`");
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     let mut session: Option<String> = None;
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
@@ -178,7 +241,10 @@ pub fn mcp_bridge(args: McpArgs) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let mut req = agent.post(&url).header("Content-Type", "application/json").header("Accept", "application/json, text/event-stream");
+        let mut req = agent
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream");
         if let Some(s) = &session {
             req = req.header("Mcp-Session-Id", s);
         }
@@ -192,10 +258,18 @@ pub fn mcp_bridge(args: McpArgs) -> Result<()> {
                 continue;
             }
         };
-        if let Some(s) = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+        if let Some(s) = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+        {
             session = Some(s.to_string());
         }
-        let is_sse = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|c| c.contains("text/event-stream"));
+        let is_sse = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.contains("text/event-stream"));
         let mut body = String::new();
         resp.body_mut().as_reader().read_to_string(&mut body)?;
         if is_sse {

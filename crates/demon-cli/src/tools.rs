@@ -38,7 +38,8 @@ pub struct ForwardArgs {
 pub fn inspect(cmd: InspectCommand) -> Result<()> {
     match cmd {
         InspectCommand::Weights { dir } => {
-            let report = demon_acestep::inspect_weights(&dir).with_context(|| format!("inspecting `{}`", dir.display()))?;
+            let report = demon_acestep::inspect_weights(&dir)
+                .with_context(|| format!("inspecting `{}`", dir.display()))?;
             println!("{report}");
             Ok(())
         }

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn demon(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_demon")).args(args).output().expect("run demon")
+    Command::new(env!("CARGO_BIN_EXE_demon"))
+        .args(args)
+        .output()
+        .expect("run demon")
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -15,30 +18,153 @@ fn tmp(name: &str) -> PathBuf {
 
 fn assert_clean_failure(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure for `{needle}`, stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure for `{needle}`, stderr: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     assert!(stderr.contains("error:"), "{stderr}");
-    assert!(stderr.to_lowercase().contains(&needle.to_lowercase()), "`{stderr}` should mention `{needle}`");
+    assert!(
+        stderr.to_lowercase().contains(&needle.to_lowercase()),
+        "`{stderr}` should mention `{needle}`"
+    );
 }
 
 #[test]
 fn bad_input_is_a_clear_error_without_a_panic() {
     let out = tmp("bad.wav");
     let o = out.to_str().unwrap();
-    assert_clean_failure(&demon(&["render", "--seconds", "2", "--curve", "velocity_scale=nan", "--out", o, "-q"]), "not finite");
-    assert_clean_failure(&demon(&["render", "--seconds", "2", "--curve", "velocity_scale=", "--out", o, "-q"]), "empty");
-    assert_clean_failure(&demon(&["render", "--seconds", "2", "--curve", "velocity_scale=raw:1,nan", "--out", o, "-q"]), "velocity_scale");
-    assert_clean_failure(&demon(&["render", "--seconds", "0", "--out", o, "-q"]), "--seconds");
-    assert_clean_failure(&demon(&["render", "--seconds", "100000", "--out", o, "-q"]), "limit");
-    assert_clean_failure(&demon(&["render", "--seconds", "2", "--solver", "rk4", "--out", o, "-q"]), "unknown solver");
-    assert_clean_failure(&demon(&["render", "--seconds", "2", "--cfg-mode", "both", "--out", o, "-q"]), "cfg");
-    assert_clean_failure(&demon(&["render", "--seconds", "2", "--source", "/nonexistent/song.wav", "--out", o, "-q"]), "/nonexistent/song.wav");
+    assert_clean_failure(
+        &demon(&[
+            "render",
+            "--seconds",
+            "2",
+            "--curve",
+            "velocity_scale=nan",
+            "--out",
+            o,
+            "-q",
+        ]),
+        "not finite",
+    );
+    assert_clean_failure(
+        &demon(&[
+            "render",
+            "--seconds",
+            "2",
+            "--curve",
+            "velocity_scale=",
+            "--out",
+            o,
+            "-q",
+        ]),
+        "empty",
+    );
+    assert_clean_failure(
+        &demon(&[
+            "render",
+            "--seconds",
+            "2",
+            "--curve",
+            "velocity_scale=raw:1,nan",
+            "--out",
+            o,
+            "-q",
+        ]),
+        "velocity_scale",
+    );
+    assert_clean_failure(
+        &demon(&["render", "--seconds", "0", "--out", o, "-q"]),
+        "--seconds",
+    );
+    assert_clean_failure(
+        &demon(&["render", "--seconds", "100000", "--out", o, "-q"]),
+        "limit",
+    );
+    assert_clean_failure(
+        &demon(&[
+            "render",
+            "--seconds",
+            "2",
+            "--solver",
+            "rk4",
+            "--out",
+            o,
+            "-q",
+        ]),
+        "unknown solver",
+    );
+    assert_clean_failure(
+        &demon(&[
+            "render",
+            "--seconds",
+            "2",
+            "--cfg-mode",
+            "both",
+            "--out",
+            o,
+            "-q",
+        ]),
+        "cfg",
+    );
+    assert_clean_failure(
+        &demon(&[
+            "render",
+            "--seconds",
+            "2",
+            "--source",
+            "/nonexistent/song.wav",
+            "--out",
+            o,
+            "-q",
+        ]),
+        "/nonexistent/song.wav",
+    );
     let text = tmp("notes.txt");
     std::fs::write(&text, "these are not samples").unwrap();
-    assert_clean_failure(&demon(&["render", "--seconds", "2", "--source", text.to_str().unwrap(), "--out", o, "-q"]), "not a supported audio file");
-    assert_clean_failure(&demon(&["render", "--seconds", "2", "--source", "library:polka", "--out", o, "-q"]), "unknown library style");
-    assert_clean_failure(&demon(&["render", "--seconds", "2", "--key", "Q minor", "--out", o, "-q"]), "key");
-    assert_clean_failure(&demon(&["render", "--seconds", "2", "--depth", "0", "--out", o, "-q"]), "depth");
+    assert_clean_failure(
+        &demon(&[
+            "render",
+            "--seconds",
+            "2",
+            "--source",
+            text.to_str().unwrap(),
+            "--out",
+            o,
+            "-q",
+        ]),
+        "not a supported audio file",
+    );
+    assert_clean_failure(
+        &demon(&[
+            "render",
+            "--seconds",
+            "2",
+            "--source",
+            "library:polka",
+            "--out",
+            o,
+            "-q",
+        ]),
+        "unknown library style",
+    );
+    assert_clean_failure(
+        &demon(&[
+            "render",
+            "--seconds",
+            "2",
+            "--key",
+            "Q minor",
+            "--out",
+            o,
+            "-q",
+        ]),
+        "key",
+    );
+    assert_clean_failure(
+        &demon(&["render", "--seconds", "2", "--depth", "0", "--out", o, "-q"]),
+        "depth",
+    );
     assert!(!out.exists(), "nothing written on failure");
 }
 
@@ -51,11 +177,35 @@ fn takes_are_byte_identical_at_depth_1_and_8() {
     let a = tmp("d1.wav");
     let b = tmp("d8.wav");
     for (path, depth) in [(&a, "1"), (&b, "8")] {
-        let out = demon(&["render", "--prompt", "techno", "--seconds", "6", "--takes", "8", "--depth", depth, "--guidance", "2", "--out", path.to_str().unwrap(), "-q"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = demon(&[
+            "render",
+            "--prompt",
+            "techno",
+            "--seconds",
+            "6",
+            "--takes",
+            "8",
+            "--depth",
+            depth,
+            "--guidance",
+            "2",
+            "--out",
+            path.to_str().unwrap(),
+            "-q",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     for k in 1..=8 {
-        let name = |p: &Path| p.with_file_name(format!("{}-{k:02}.wav", p.file_stem().unwrap().to_str().unwrap()));
+        let name = |p: &Path| {
+            p.with_file_name(format!(
+                "{}-{k:02}.wav",
+                p.file_stem().unwrap().to_str().unwrap()
+            ))
+        };
         let (x, y) = (bytes(&name(&a)), bytes(&name(&b)));
         assert!(x.len() > 6 * 48_000 * 4, "take {k} too short");
         assert!(x == y, "take {k} differs between depth 1 and depth 8");
@@ -66,15 +216,50 @@ fn takes_are_byte_identical_at_depth_1_and_8() {
 fn a_previous_render_is_an_exact_source() {
     let first = tmp("first.wav");
     let again = tmp("again.wav");
-    let o = demon(&["render", "--prompt", "hip hop", "--seconds", "5", "--out", first.to_str().unwrap(), "-q"]);
+    let o = demon(&[
+        "render",
+        "--prompt",
+        "hip hop",
+        "--seconds",
+        "5",
+        "--out",
+        first.to_str().unwrap(),
+        "-q",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Denoise 0 returns the source: the same audio, sample for sample.
-    let o = demon(&["render", "--source", first.to_str().unwrap(), "--denoise", "0", "--out", again.to_str().unwrap(), "-q"]);
+    let o = demon(&[
+        "render",
+        "--source",
+        first.to_str().unwrap(),
+        "--denoise",
+        "0",
+        "--out",
+        again.to_str().unwrap(),
+        "-q",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(bytes(&first), bytes(&again));
     // A library song works as a source too, and partial denoise keeps its length.
     let lib = tmp("lib.wav");
-    let o = demon(&["render", "--prompt", "funk", "--source", "library:funk:2", "--seconds", "4", "--denoise", "0.5", "--curve", "sde_denoise=ramp:0:1", "--solver", "sde", "--out", lib.to_str().unwrap(), "-q"]);
+    let o = demon(&[
+        "render",
+        "--prompt",
+        "funk",
+        "--source",
+        "library:funk:2",
+        "--seconds",
+        "4",
+        "--denoise",
+        "0.5",
+        "--curve",
+        "sde_denoise=ramp:0:1",
+        "--solver",
+        "sde",
+        "--out",
+        lib.to_str().unwrap(),
+        "-q",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(bytes(&lib).len() > 4 * 48_000 * 4);
 }

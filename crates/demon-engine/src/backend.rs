@@ -32,14 +32,22 @@ impl Conditioning {
     pub fn new(states: Tensor) -> Result<Self> {
         let (b, l, _h) = states.dims3()?;
         if b != 1 {
-            return Err(EngineError::shape("conditioning states", "[1, L, H]", format!("{:?}", states.dims())));
+            return Err(EngineError::shape(
+                "conditioning states",
+                "[1, L, H]",
+                format!("{:?}", states.dims()),
+            ));
         }
         let mask = Tensor::ones((1, l), DType::F32, states.device())?;
         Ok(Self::with_mask(states, mask))
     }
 
     pub fn with_mask(states: Tensor, mask: Tensor) -> Self {
-        Self { states, mask, id: NEXT_CONDITIONING_ID.fetch_add(1, Ordering::Relaxed) }
+        Self {
+            states,
+            mask,
+            id: NEXT_CONDITIONING_ID.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -67,7 +75,11 @@ impl Conditioning {
             return Ok(b.clone());
         }
         if a.hidden() != b.hidden() {
-            return Err(EngineError::shape("conditioning width", a.hidden(), b.hidden()));
+            return Err(EngineError::shape(
+                "conditioning width",
+                a.hidden(),
+                b.hidden(),
+            ));
         }
         let l = a.len().max(b.len());
         let (sa, ma) = a.padded_to(l)?;
@@ -84,7 +96,11 @@ impl Conditioning {
             return Ok((self.states.clone(), self.mask.clone()));
         }
         if n > l {
-            return Err(EngineError::shape("conditioning length", format!("<= {l}"), n));
+            return Err(EngineError::shape(
+                "conditioning length",
+                format!("<= {l}"),
+                n,
+            ));
         }
         Ok((
             self.states.pad_with_zeros(1, 0, l - n)?,
@@ -168,13 +184,22 @@ impl Audio {
         }
         let n = channels[0].len();
         if channels.iter().any(|c| c.len() != n) {
-            return Err(EngineError::param("audio", "channels have different lengths"));
+            return Err(EngineError::param(
+                "audio",
+                "channels have different lengths",
+            ));
         }
-        Ok(Self { sample_rate, channels })
+        Ok(Self {
+            sample_rate,
+            channels,
+        })
     }
 
     pub fn silence(sample_rate: u32, channels: usize, frames: usize) -> Self {
-        Self { sample_rate, channels: vec![vec![0.0; frames]; channels] }
+        Self {
+            sample_rate,
+            channels: vec![vec![0.0; frames]; channels],
+        }
     }
 
     /// Samples per channel.
@@ -201,13 +226,21 @@ impl Audio {
 
     /// Largest absolute sample value.
     pub fn peak(&self) -> f32 {
-        self.channels.iter().flatten().fold(0.0f32, |m, x| m.max(x.abs()))
+        self.channels
+            .iter()
+            .flatten()
+            .fold(0.0f32, |m, x| m.max(x.abs()))
     }
 
     /// Root mean square over all channels.
     pub fn rms(&self) -> f32 {
         let n = self.channels.iter().map(|c| c.len()).sum::<usize>().max(1);
-        let s: f64 = self.channels.iter().flatten().map(|x| (*x as f64).powi(2)).sum();
+        let s: f64 = self
+            .channels
+            .iter()
+            .flatten()
+            .map(|x| (*x as f64).powi(2))
+            .sum();
         (s / n as f64).sqrt() as f32
     }
 }
@@ -250,19 +283,28 @@ pub struct Prompt {
 
 impl Prompt {
     pub fn tags(tags: impl Into<String>) -> Self {
-        Self { tags: tags.into(), ..Default::default() }
+        Self {
+            tags: tags.into(),
+            ..Default::default()
+        }
     }
 
     /// Check user-controlled fields.
     pub fn validate(&self) -> Result<()> {
         if let Some(b) = self.bpm {
             if !(b.is_finite() && (20.0..=400.0).contains(&b)) {
-                return Err(EngineError::param("bpm", format!("{b} is outside 20..=400")));
+                return Err(EngineError::param(
+                    "bpm",
+                    format!("{b} is outside 20..=400"),
+                ));
             }
         }
         if let Some(ts) = self.time_signature {
             if !(1..=16).contains(&ts) {
-                return Err(EngineError::param("time_signature", format!("{ts} is outside 1..=16")));
+                return Err(EngineError::param(
+                    "time_signature",
+                    format!("{ts} is outside 1..=16"),
+                ));
             }
         }
         if self.tags.len() > 4096 {
@@ -281,7 +323,11 @@ pub trait Conditioner: Send {
     fn condition(&mut self, prompt: &Prompt) -> Result<Conditioning>;
     /// Encode a prompt with the timbre of `reference` (a `[1, T, C]` latent). Backends without
     /// a timbre input return the plain conditioning.
-    fn condition_with_timbre(&mut self, prompt: &Prompt, reference: &Tensor) -> Result<Conditioning> {
+    fn condition_with_timbre(
+        &mut self,
+        prompt: &Prompt,
+        reference: &Tensor,
+    ) -> Result<Conditioning> {
         let _ = reference;
         self.condition(prompt)
     }
@@ -291,7 +337,12 @@ pub trait Conditioner: Send {
     fn context_channels(&self) -> usize;
     /// `[1, frames, Cc]` context: the neutral context lerped toward the structure of `structure`
     /// (a `[1, frames, C]` latent) by `strength ∈ [0, 1]`; `None` gives the neutral context.
-    fn context(&mut self, structure: Option<&Tensor>, frames: usize, strength: f32) -> Result<Tensor>;
+    fn context(
+        &mut self,
+        structure: Option<&Tensor>,
+        frames: usize,
+        strength: f32,
+    ) -> Result<Tensor>;
     fn name(&self) -> &str {
         "conditioner"
     }

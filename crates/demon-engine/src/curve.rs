@@ -24,7 +24,10 @@ impl Curve {
     /// A constant curve; `name` is used in the error message.
     pub fn scalar(name: &str, value: f32) -> Result<Self> {
         if !value.is_finite() {
-            return Err(EngineError::curve(name, format!("value {value} is not finite")));
+            return Err(EngineError::curve(
+                name,
+                format!("value {value} is not finite"),
+            ));
         }
         Ok(Self::Scalar(value))
     }
@@ -35,7 +38,10 @@ impl Curve {
             return Err(EngineError::curve(name, "curve has no values"));
         }
         if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(EngineError::curve(name, format!("value {v} at index {i} is not finite")));
+            return Err(EngineError::curve(
+                name,
+                format!("value {v} at index {i} is not finite"),
+            ));
         }
         if values.len() == 1 {
             return Ok(Self::Scalar(values[0]));
@@ -185,7 +191,9 @@ impl<'de> Deserialize<'de> for Curve {
 /// Linear interpolation with aligned corners: output frame `i` of `frames` reads the source at
 /// position `i * (n - 1) / (frames - 1)`.
 pub fn resample_aligned(src: &[f32], frames: usize) -> Vec<f32> {
-    (0..frames).map(|i| sample_aligned(src, i, frames)).collect()
+    (0..frames)
+        .map(|i| sample_aligned(src, i, frames))
+        .collect()
 }
 
 fn sample_aligned(src: &[f32], i: usize, frames: usize) -> f32 {
@@ -294,7 +302,10 @@ impl CurveSpec {
         };
         if let Ok(v) = text.parse::<f32>() {
             if !v.is_finite() {
-                return Err(EngineError::curve(name, format!("value {text} is not finite")));
+                return Err(EngineError::curve(
+                    name,
+                    format!("value {text} is not finite"),
+                ));
             }
             return Ok(Self::Constant { value: v });
         }
@@ -320,11 +331,16 @@ impl CurveSpec {
         let spec = match kind {
             "const" | "constant" => {
                 need(1, 1)?;
-                Self::Constant { value: num(args[0])? }
+                Self::Constant {
+                    value: num(args[0])?,
+                }
             }
             "ramp" => {
                 need(2, 2)?;
-                Self::Ramp { start: num(args[0])?, end: num(args[1])? }
+                Self::Ramp {
+                    start: num(args[0])?,
+                    end: num(args[1])?,
+                }
             }
             "sine" => {
                 need(3, 4)?;
@@ -378,7 +394,10 @@ impl CurveSpec {
             if v.is_finite() {
                 Ok(())
             } else {
-                Err(EngineError::curve(name, format!("{what} = {v} is not finite")))
+                Err(EngineError::curve(
+                    name,
+                    format!("{what} = {v} is not finite"),
+                ))
             }
         };
         match self {
@@ -387,18 +406,37 @@ impl CurveSpec {
                 finite("start", *start)?;
                 finite("end", *end)
             }
-            Self::Sine { min, max, cycles, phase } => {
+            Self::Sine {
+                min,
+                max,
+                cycles,
+                phase,
+            } => {
                 finite("min", *min)?;
                 finite("max", *max)?;
                 finite("phase", *phase)?;
                 check_cycles(name, *cycles)
             }
-            Self::Pulse { min, max, cycles, duty } | Self::Square { min, max, cycles, duty } => {
+            Self::Pulse {
+                min,
+                max,
+                cycles,
+                duty,
+            }
+            | Self::Square {
+                min,
+                max,
+                cycles,
+                duty,
+            } => {
                 finite("min", *min)?;
                 finite("max", *max)?;
                 check_cycles(name, *cycles)?;
                 if !(duty.is_finite() && *duty > 0.0 && *duty <= 1.0) {
-                    return Err(EngineError::curve(name, format!("duty {duty} must be in (0, 1]")));
+                    return Err(EngineError::curve(
+                        name,
+                        format!("duty {duty} must be in (0, 1]"),
+                    ));
                 }
                 Ok(())
             }
@@ -424,7 +462,11 @@ impl CurveSpec {
             return Err(EngineError::curve(name, "latent length is zero"));
         }
         let tau = |i: usize| -> f64 {
-            if frames <= 1 { 0.0 } else { i as f64 / (frames - 1) as f64 }
+            if frames <= 1 {
+                0.0
+            } else {
+                i as f64 / (frames - 1) as f64
+            }
         };
         let periodic = |min: f32, max: f32, f: &dyn Fn(f64) -> f64| -> Vec<f32> {
             (0..frames)
@@ -434,23 +476,46 @@ impl CurveSpec {
         let values = match self {
             Self::Constant { value } => return Curve::scalar(name, *value),
             Self::Ramp { start, end } => periodic(*start, *end, &|x| x),
-            Self::Sine { min, max, cycles, phase } => {
+            Self::Sine {
+                min,
+                max,
+                cycles,
+                phase,
+            } => {
                 let (c, p) = (*cycles as f64, *phase as f64);
                 periodic(*min, *max, &move |x| {
                     0.5 + 0.5 * libm::sin(2.0 * std::f64::consts::PI * (c * x + p))
                 })
             }
-            Self::Pulse { min, max, cycles, duty } => {
+            Self::Pulse {
+                min,
+                max,
+                cycles,
+                duty,
+            } => {
                 let (c, d) = (*cycles as f64, *duty as f64);
                 periodic(*min, *max, &move |x| {
                     let ph = (c * x).rem_euclid(1.0);
-                    if ph >= d { 0.0 } else { 1.0 - (2.0 * ph / d - 1.0).abs() }
+                    if ph >= d {
+                        0.0
+                    } else {
+                        1.0 - (2.0 * ph / d - 1.0).abs()
+                    }
                 })
             }
-            Self::Square { min, max, cycles, duty } => {
+            Self::Square {
+                min,
+                max,
+                cycles,
+                duty,
+            } => {
                 let (c, d) = (*cycles as f64, *duty as f64);
                 periodic(*min, *max, &move |x| {
-                    if (c * x).rem_euclid(1.0) < d { 1.0 } else { 0.0 }
+                    if (c * x).rem_euclid(1.0) < d {
+                        1.0
+                    } else {
+                        0.0
+                    }
                 })
             }
             Self::Raw { values } => resample_aligned(values, frames),
@@ -461,7 +526,10 @@ impl CurveSpec {
 
 fn check_cycles(name: &str, cycles: f32) -> Result<()> {
     if !(cycles.is_finite() && (0.0..=10_000.0).contains(&cycles)) {
-        return Err(EngineError::curve(name, format!("cycles {cycles} must be in [0, 10000]")));
+        return Err(EngineError::curve(
+            name,
+            format!("cycles {cycles} must be in [0, 10000]"),
+        ));
     }
     Ok(())
 }
@@ -474,7 +542,9 @@ mod tests {
     fn rejects_nan_inf_and_empty() {
         assert!(Curve::scalar("vs", f32::NAN).is_err());
         assert!(Curve::frames("vs", vec![]).is_err());
-        let e = Curve::frames("vs", vec![0.0, f32::INFINITY]).unwrap_err().to_string();
+        let e = Curve::frames("vs", vec![0.0, f32::INFINITY])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("vs") && e.contains("index 1"), "{e}");
         assert!(CurveSpec::parse("x", "raw:1,nan").is_err());
         assert!(CurveSpec::parse("x", "").is_err());
@@ -496,19 +566,40 @@ mod tests {
 
     #[test]
     fn specs_evaluate_exactly() {
-        let c = CurveSpec::parse("c", "ramp:0:1").unwrap().to_curve("c", 3).unwrap();
+        let c = CurveSpec::parse("c", "ramp:0:1")
+            .unwrap()
+            .to_curve("c", 3)
+            .unwrap();
         assert_eq!(c.to_frames(3), vec![0.0, 0.5, 1.0]);
-        let c = CurveSpec::parse("c", "0.7").unwrap().to_curve("c", 10).unwrap();
+        let c = CurveSpec::parse("c", "0.7")
+            .unwrap()
+            .to_curve("c", 10)
+            .unwrap();
         assert_eq!(c, Curve::Scalar(0.7));
-        let c = CurveSpec::parse("c", "square:0:1:2").unwrap().to_curve("c", 9).unwrap();
-        assert_eq!(c.to_frames(9), vec![1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]);
-        let c = CurveSpec::parse("c", "sine:0:2:1:0.25").unwrap().to_curve("c", 3).unwrap();
+        let c = CurveSpec::parse("c", "square:0:1:2")
+            .unwrap()
+            .to_curve("c", 9)
+            .unwrap();
+        assert_eq!(
+            c.to_frames(9),
+            vec![1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]
+        );
+        let c = CurveSpec::parse("c", "sine:0:2:1:0.25")
+            .unwrap()
+            .to_curve("c", 3)
+            .unwrap();
         let f = c.to_frames(3);
         assert!((f[0] - 2.0).abs() < 1e-6 && f[1].abs() < 1e-6 && (f[2] - 2.0).abs() < 1e-6);
-        let c = CurveSpec::parse("c", "pulse:0:1:1:1").unwrap().to_curve("c", 5).unwrap();
+        let c = CurveSpec::parse("c", "pulse:0:1:1:1")
+            .unwrap()
+            .to_curve("c", 5)
+            .unwrap();
         assert_eq!(c.to_frames(5), vec![0.0, 0.5, 1.0, 0.5, 0.0]);
         let json = r#"{"type":"raw","values":[0,1]}"#;
-        let c = CurveSpec::parse("c", json).unwrap().to_curve("c", 3).unwrap();
+        let c = CurveSpec::parse("c", json)
+            .unwrap()
+            .to_curve("c", 3)
+            .unwrap();
         assert_eq!(c.to_frames(3), vec![0.0, 0.5, 1.0]);
     }
 
@@ -518,7 +609,12 @@ mod tests {
         let s = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<Curve>(&s).unwrap(), c);
         assert!(serde_json::from_str::<Curve>("[]").is_err());
-        let spec = CurveSpec::Sine { min: 0.0, max: 1.0, cycles: 2.0, phase: 0.0 };
+        let spec = CurveSpec::Sine {
+            min: 0.0,
+            max: 1.0,
+            cycles: 2.0,
+            phase: 0.0,
+        };
         let s = serde_json::to_string(&spec).unwrap();
         assert_eq!(serde_json::from_str::<CurveSpec>(&s).unwrap(), spec);
     }

@@ -31,7 +31,10 @@ impl std::str::FromStr for DcwMode {
             "high" => Ok(Self::High),
             "double" => Ok(Self::Double),
             "pix" => Ok(Self::Pix),
-            o => Err(EngineError::param("dcw_mode", format!("unknown mode `{o}` (low, high, double, pix)"))),
+            o => Err(EngineError::param(
+                "dcw_mode",
+                format!("unknown mode `{o}` (low, high, double, pix)"),
+            )),
         }
     }
 }
@@ -61,7 +64,10 @@ impl Default for DcwSettings {
 
 impl DcwSettings {
     pub fn off() -> Self {
-        Self { enabled: false, ..Self::default() }
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
     }
 
     /// True when a step would change anything.
@@ -90,8 +96,15 @@ pub struct ChannelGain {
 
 impl ChannelGain {
     pub fn new(gains: Vec<f32>) -> Result<Self> {
-        if let Some((i, g)) = gains.iter().enumerate().find(|(_, g)| !(g.is_finite() && (0.0..=4.0).contains(*g))) {
-            return Err(EngineError::param("channel_gain", format!("gain {g} of channel {i} is outside [0, 4]")));
+        if let Some((i, g)) = gains
+            .iter()
+            .enumerate()
+            .find(|(_, g)| !(g.is_finite() && (0.0..=4.0).contains(*g)))
+        {
+            return Err(EngineError::param(
+                "channel_gain",
+                format!("gain {g} of channel {i} is outside [0, 4]"),
+            ));
         }
         Ok(Self { gains })
     }
@@ -123,7 +136,11 @@ impl SharedLane {
         self.dcw.validate()?;
         if let Some(g) = &self.channel_gain {
             if g.gains.len() != latent_channels {
-                return Err(EngineError::shape("channel_gain", latent_channels, g.gains.len()));
+                return Err(EngineError::shape(
+                    "channel_gain",
+                    latent_channels,
+                    g.gains.len(),
+                ));
             }
         }
         Ok(())

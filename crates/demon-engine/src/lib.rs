@@ -23,15 +23,23 @@ pub mod schedule;
 pub mod solver;
 pub mod testing;
 
-pub use backend::{AdapterInfo, Adapters, Audio, BackendSet, Codec, Conditioner, Conditioning, DenoiseBatch, Denoiser, Prompt};
+pub use backend::{
+    AdapterInfo, Adapters, Audio, BackendSet, Codec, Conditioner, Conditioning, DenoiseBatch,
+    Denoiser, Prompt,
+};
 pub use curve::{Curve, CurveSpec};
 pub use error::{EngineError, Result};
 pub use lane::{ChannelGain, DcwMode, DcwSettings, SharedLane};
-pub use pipeline::{Finished, PipelineStats, ScheduleMode, SlotView, StreamPipeline, TickReport, MAX_DEPTH};
-pub use request::{
-    CfgMode, LatentMask, SlotCondition, SlotRequest, SolverKind, StepCurves, StepRange, STEP_CURVE_NAMES,
+pub use pipeline::{
+    Finished, MAX_DEPTH, PipelineStats, ScheduleMode, SlotView, StreamPipeline, TickReport,
 };
-pub use receptive::{ReceptiveField, decode_window, measure_receptive_field, probe_latent, probe_latents};
+pub use receptive::{
+    ReceptiveField, decode_window, measure_receptive_field, probe_latent, probe_latents,
+};
+pub use request::{
+    CfgMode, LatentMask, STEP_CURVE_NAMES, SlotCondition, SlotRequest, SolverKind, StepCurves,
+    StepRange,
+};
 pub use schedule::{Schedule, ScheduleCache, ScheduleParams};
 
 /// Latent frames per second of every backend DEMON targets (ACE-Step 1.5 and the sketch).

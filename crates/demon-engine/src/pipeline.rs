@@ -26,7 +26,9 @@ use crate::backend::{DenoiseBatch, Denoiser};
 use crate::curve::Curve;
 use crate::error::{EngineError, Result};
 use crate::lane::SharedLane;
-use crate::request::{CfgMode, DEFAULT_APG_MOMENTUM, SlotCondition, SlotRequest, SolverKind, StepCurves};
+use crate::request::{
+    CfgMode, DEFAULT_APG_MOMENTUM, SlotCondition, SlotRequest, SolverKind, StepCurves,
+};
 use crate::rng::{NoiseStream, normal_tensor};
 use crate::schedule::{Schedule, ScheduleCache, ScheduleParams};
 use crate::solver::{self, Knob};
@@ -173,13 +175,20 @@ impl LaneKnobs {
             c.apg_momentum.is_some(),
             c.cfg_rescale.is_some(),
         ];
-        Ok(Self { set, values: ResolvedCurves::new(c, frames, device)? })
+        Ok(Self {
+            set,
+            values: ResolvedCurves::new(c, frames, device)?,
+        })
     }
 
     /// Lane first, then the slot.
     fn resolve(&self, own: &ResolvedCurves) -> ResolvedCurves {
         let pick = |i: usize, lane: &Option<Knob>, slot: &Option<Knob>| {
-            if self.set[i] { lane.clone() } else { slot.clone() }
+            if self.set[i] {
+                lane.clone()
+            } else {
+                slot.clone()
+            }
         };
         let l = &self.values;
         ResolvedCurves {
@@ -244,7 +253,12 @@ impl StreamPipeline {
 
     /// A ring sized for `denoiser`.
     pub fn for_denoiser(depth: usize, denoiser: &dyn Denoiser) -> Result<Self> {
-        Self::new(depth, denoiser.latent_channels(), denoiser.context_channels(), denoiser.device().clone())
+        Self::new(
+            depth,
+            denoiser.latent_channels(),
+            denoiser.context_channels(),
+            denoiser.device().clone(),
+        )
     }
 
     /// Switch between per-slot schedules and the global-reset comparison mode.
@@ -357,7 +371,11 @@ impl StreamPipeline {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.queue.push_back(Queued { id, request, submitted_tick: self.stats.ticks });
+        self.queue.push_back(Queued {
+            id,
+            request,
+            submitted_tick: self.stats.ticks,
+        });
         self.stats.submitted += 1;
         Ok(id)
     }
@@ -379,7 +397,10 @@ impl StreamPipeline {
     /// (plus one for negatives when guidance needs it), integrate every slot, deliver finished
     /// latents.
     pub fn tick(&mut self, denoiser: &mut dyn Denoiser) -> Result<TickReport> {
-        let mut report = TickReport { tick: self.stats.ticks, ..Default::default() };
+        let mut report = TickReport {
+            tick: self.stats.ticks,
+            ..Default::default()
+        };
         report.started = self.refill()?;
         report.active_slots = self.slots.len();
 
@@ -441,7 +462,9 @@ impl StreamPipeline {
     fn refill(&mut self) -> Result<usize> {
         let mut started = 0;
         while self.slots.len() < self.target_depth {
-            let Some(q) = self.queue.pop_front() else { break };
+            let Some(q) = self.queue.pop_front() else {
+                break;
+            };
             let slot = self.init_slot(q)?;
             self.slots.push(slot);
             started += 1;
@@ -469,7 +492,13 @@ impl StreamPipeline {
             _ => noise.clone(),
         };
         let mask_noise = match &req.latent_mask {
-            Some(_) => Some(normal_tensor(req.seed, NoiseStream::Mask, t, c, &self.device)?),
+            Some(_) => Some(normal_tensor(
+                req.seed,
+                NoiseStream::Mask,
+                t,
+                c,
+                &self.device,
+            )?),
             None => None,
         };
         let mask_knob = match &req.latent_mask {
@@ -532,7 +561,15 @@ impl StreamPipeline {
             } else {
                 Vec::new()
             };
-            pre.push(PreStep { t, x_base, x_model, positives, negatives, cfg, curves });
+            pre.push(PreStep {
+                t,
+                x_base,
+                x_model,
+                positives,
+                negatives,
+                cfg,
+                curves,
+            });
         }
 
         // 2. One batched positive pass, one batched negative pass if any slot needs it.
@@ -590,7 +627,11 @@ impl StreamPipeline {
                 match v_neg_slot {
                     Some(vn) => {
                         let g = p.curves.guidance.clone().unwrap_or(Knob::Scalar(1.0));
-                        let m = p.curves.apg_momentum.clone().unwrap_or(Knob::Scalar(DEFAULT_APG_MOMENTUM as f64));
+                        let m = p
+                            .curves
+                            .apg_momentum
+                            .clone()
+                            .unwrap_or(Knob::Scalar(DEFAULT_APG_MOMENTUM as f64));
                         let vg = solver::apg(&v_pos_slot, &vn, &g, &m, &mut momentum)?;
                         match &p.curves.cfg_rescale {
                             Some(r) => solver::cfg_rescale(&vg, &v_pos_slot, r)?,
@@ -603,7 +644,11 @@ impl StreamPipeline {
                 v_pos_slot
             };
             let x = self.integrate(s, p, &v)?;
-            out.push(SlotUpdate { x, momentum, neg_cached });
+            out.push(SlotUpdate {
+                x,
+                momentum,
+                neg_cached,
+            });
         }
         Ok(out)
     }
@@ -619,7 +664,9 @@ impl StreamPipeline {
         negative: bool,
         report: &mut TickReport,
     ) -> Result<Vec<Tensor>> {
-        let live: Vec<usize> = (0..rows.len()).filter(|&r| pre[rows[r].0].t > 0.0).collect();
+        let live: Vec<usize> = (0..rows.len())
+            .filter(|&r| pre[rows[r].0].t > 0.0)
+            .collect();
         let mut out: Vec<Option<Tensor>> = vec![None; rows.len()];
         if !live.is_empty() {
             let xs: Vec<&Tensor> = live.iter().map(|&r| &pre[rows[r].0].x_model).collect();
@@ -630,12 +677,21 @@ impl StreamPipeline {
             for &r in &live {
                 let (k, c) = rows[r];
                 let s = &self.slots[idx[k]];
-                let conds = if negative { &s.req.negatives } else { &s.req.conditions };
+                let conds = if negative {
+                    &s.req.negatives
+                } else {
+                    &s.req.conditions
+                };
                 conditions.push(&conds[c].conditioning);
                 contexts.push(conds[c].context.as_ref().unwrap_or(&s.req.context));
                 t.push(pre[k].t);
             }
-            let batch = DenoiseBatch { x, t, conditions, contexts };
+            let batch = DenoiseBatch {
+                x,
+                t,
+                conditions,
+                contexts,
+            };
             let v = denoiser.velocity(&batch)?;
             let want = [live.len(), batch.x.dim(1)?, self.latent_channels];
             if v.dims() != want {
@@ -696,7 +752,9 @@ impl StreamPipeline {
             if let (Some(m), Some(k)) = (&req.latent_mask, &s.mask_knob) {
                 x0 = solver::mix(&x0, &m.original, k)?;
             }
-            if let (true, Some(target), Some(curve)) = (curve_x0, &req.x0_target, &req.x0_target_curve) {
+            if let (true, Some(target), Some(curve)) =
+                (curve_x0, &req.x0_target, &req.x0_target_curve)
+            {
                 let progress = s.step as f32 / (passes.saturating_sub(1)).max(1) as f32;
                 let gate0 = req.x0_target_gate;
                 let g = (progress - gate0).max(0.0) / (1.0 - gate0).max(1e-6);
@@ -704,7 +762,9 @@ impl StreamPipeline {
                     let k = Knob::from_curve(curve, frames, &self.device)?.affine(g as f64, 0.0)?;
                     x0 = solver::mix(target, &x0, &k)?;
                 }
-            } else if let (true, Some(target), Some(alpha)) = (scalar_x0, &req.x0_target, &c.x0_target_strength) {
+            } else if let (true, Some(target), Some(alpha)) =
+                (scalar_x0, &req.x0_target, &c.x0_target_strength)
+            {
                 x0 = solver::mix(target, &x0, alpha)?;
             }
             if t_next <= 0.0 {
@@ -776,12 +836,19 @@ fn active_conditions(conds: &[SlotCondition], step: usize, passes: usize) -> Vec
         .filter(|(_, c)| c.step_range.contains(step, passes))
         .map(|(i, _)| i)
         .collect();
-    if active.is_empty() && !conds.is_empty() { vec![0] } else { active }
+    if active.is_empty() && !conds.is_empty() {
+        vec![0]
+    } else {
+        active
+    }
 }
 
 fn check_depth(depth: usize) -> Result<()> {
     if depth == 0 || depth > MAX_DEPTH {
-        return Err(EngineError::param("depth", format!("{depth} is outside 1..={MAX_DEPTH}")));
+        return Err(EngineError::param(
+            "depth",
+            format!("{depth} is outside 1..={MAX_DEPTH}"),
+        ));
     }
     Ok(())
 }

@@ -20,7 +20,10 @@ pub struct ReceptiveField {
 
 impl ReceptiveField {
     pub fn symmetric(m: usize) -> Self {
-        Self { before: m, after: m }
+        Self {
+            before: m,
+            after: m,
+        }
     }
     pub fn max(&self) -> usize {
         self.before.max(self.after)
@@ -46,14 +49,21 @@ pub fn decode_window(
 ) -> Result<Vec<Vec<f32>>> {
     let t = latent.dim(1)?;
     if start + keep > t || keep == 0 {
-        return Err(EngineError::param("window", format!("[{start}, {}) is outside the {t} frames", start + keep)));
+        return Err(EngineError::param(
+            "window",
+            format!("[{start}, {}) is outside the {t} frames", start + keep),
+        ));
     }
     let lo = start.saturating_sub(field.before);
     let hi = (start + keep + field.after).min(t);
     let audio = codec.decode(&latent.narrow(1, lo, hi - lo)?, lo as i64)?;
     let hop = codec.hop_samples();
     let from = (start - lo) * hop;
-    Ok(audio.channels.iter().map(|c| c[from..from + keep * hop].to_vec()).collect())
+    Ok(audio
+        .channels
+        .iter()
+        .map(|c| c[from..from + keep * hop].to_vec())
+        .collect())
 }
 
 /// Measure the smallest margins at which a windowed decode of `keep` frames equals the full
@@ -78,14 +88,19 @@ pub fn measure_receptive_field(
     tolerance: f32,
 ) -> Result<ReceptiveField> {
     let hop = codec.hop_samples();
-    let mut field = ReceptiveField { before: 0, after: 0 };
+    let mut field = ReceptiveField {
+        before: 0,
+        after: 0,
+    };
     let mut fulls = Vec::with_capacity(probes.len());
     for latent in probes {
         let t = latent.dim(1)?;
         if t < keep + 2 * max_margin + 2 {
             return Err(EngineError::param(
                 "probe latent",
-                format!("{t} frames is too short to measure margins up to {max_margin} around {keep} kept frames"),
+                format!(
+                    "{t} frames is too short to measure margins up to {max_margin} around {keep} kept frames"
+                ),
             ));
         }
         let full = codec.decode(latent, 0)?;
@@ -102,11 +117,21 @@ pub fn measure_receptive_field(
         let span = t - keep - 2 * max_margin;
         for k in 0..positions.max(1) {
             let start = max_margin + span * (2 * k + 1) / (2 * positions.max(1));
-            let truth: Vec<Vec<f32>> = full.channels.iter().map(|c| c[start * hop..(start + keep) * hop].to_vec()).collect();
+            let truth: Vec<Vec<f32>> = full
+                .channels
+                .iter()
+                .map(|c| c[start * hop..(start + keep) * hop].to_vec())
+                .collect();
             let mut exact = |f: ReceptiveField| -> Result<bool> {
-                Ok(max_abs_diff(&decode_window(codec, latent, start, keep, f)?, &truth) <= tolerance)
+                Ok(
+                    max_abs_diff(&decode_window(codec, latent, start, keep, f)?, &truth)
+                        <= tolerance,
+                )
             };
-            while !exact(ReceptiveField { before: field.before, after: max_margin })? {
+            while !exact(ReceptiveField {
+                before: field.before,
+                after: max_margin,
+            })? {
                 if field.before >= max_margin {
                     return Err(EngineError::Backend(format!(
                         "windowed decode does not converge to the full decode within {max_margin} frames of margin"
@@ -114,7 +139,10 @@ pub fn measure_receptive_field(
                 }
                 field.before += 1;
             }
-            while !exact(ReceptiveField { before: max_margin, after: field.after })? {
+            while !exact(ReceptiveField {
+                before: max_margin,
+                after: field.after,
+            })? {
                 if field.after >= max_margin {
                     return Err(EngineError::Backend(format!(
                         "windowed decode does not converge to the full decode within {max_margin} frames of margin"
@@ -164,22 +192,42 @@ pub fn perturbation_reach(
             before: (l / hop).saturating_sub(p),
             after: p.saturating_sub(f / hop),
         },
-        _ => ReceptiveField { before: 0, after: 0 },
+        _ => ReceptiveField {
+            before: 0,
+            after: 0,
+        },
     })
 }
 
 /// A seeded standard-normal latent `[1, frames, channels]`: the default receptive-field probe.
-pub fn probe_latent(frames: usize, channels: usize, seed: u64, device: &candle_core::Device) -> Result<Tensor> {
-    crate::rng::normal_tensor(seed, crate::rng::NoiseStream::Custom(0xf1e1d, 0), frames, channels, device)
+pub fn probe_latent(
+    frames: usize,
+    channels: usize,
+    seed: u64,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    crate::rng::normal_tensor(
+        seed,
+        crate::rng::NoiseStream::Custom(0xf1e1d, 0),
+        frames,
+        channels,
+        device,
+    )
 }
 
 /// The standard probe set: a dense Gaussian latent, and two sparse ones (shifted down by 1.5
 /// and 2.5 standard deviations). Dense probes keep every path busy; sparse ones leave long
 /// silences after isolated events, which is where release-style tails (a note ringing on after
 /// it stopped) reach furthest.
-pub fn probe_latents(frames: usize, channels: usize, device: &candle_core::Device) -> Result<Vec<Tensor>> {
+pub fn probe_latents(
+    frames: usize,
+    channels: usize,
+    device: &candle_core::Device,
+) -> Result<Vec<Tensor>> {
     [(1u64, 0.0f64), (2, -1.5), (3, -2.5)]
         .iter()
-        .map(|(seed, shift)| Ok(probe_latent(frames, channels, *seed, device)?.affine(1.0, *shift)?))
+        .map(
+            |(seed, shift)| Ok(probe_latent(frames, channels, *seed, device)?.affine(1.0, *shift)?),
+        )
         .collect()
 }

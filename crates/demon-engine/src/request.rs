@@ -32,7 +32,10 @@ impl std::str::FromStr for SolverKind {
         match s.to_ascii_lowercase().as_str() {
             "ode" => Ok(Self::Ode),
             "sde" => Ok(Self::Sde),
-            other => Err(EngineError::param("solver", format!("unknown solver `{other}` (ode, sde)"))),
+            other => Err(EngineError::param(
+                "solver",
+                format!("unknown solver `{other}` (ode, sde)"),
+            )),
         }
     }
 }
@@ -75,7 +78,10 @@ pub struct StepRange {
 
 impl Default for StepRange {
     fn default() -> Self {
-        Self { start: 0.0, end: 1.0 }
+        Self {
+            start: 0.0,
+            end: 1.0,
+        }
     }
 }
 
@@ -114,16 +120,27 @@ pub struct SlotCondition {
 
 impl SlotCondition {
     pub fn new(conditioning: Conditioning) -> Self {
-        Self { conditioning, weight: None, step_range: StepRange::default(), context: None }
+        Self {
+            conditioning,
+            weight: None,
+            step_range: StepRange::default(),
+            context: None,
+        }
     }
 
     pub fn weighted(conditioning: Conditioning, weight: Curve) -> Self {
-        Self { weight: Some(weight), ..Self::new(conditioning) }
+        Self {
+            weight: Some(weight),
+            ..Self::new(conditioning)
+        }
     }
 
     /// Active only for the schedule fraction `[start, end)`.
     pub fn in_range(conditioning: Conditioning, start: f32, end: f32) -> Self {
-        Self { step_range: StepRange { start, end }, ..Self::new(conditioning) }
+        Self {
+            step_range: StepRange { start, end },
+            ..Self::new(conditioning)
+        }
     }
 
     /// True when this condition changes anything beyond a plain single-condition pass.
@@ -187,7 +204,10 @@ impl StepCurves {
             other => {
                 return Err(EngineError::curve(
                     other,
-                    format!("not a per-step curve (one of {})", STEP_CURVE_NAMES.join(", ")),
+                    format!(
+                        "not a per-step curve (one of {})",
+                        STEP_CURVE_NAMES.join(", ")
+                    ),
                 ));
             }
         })
@@ -205,7 +225,10 @@ impl StepCurves {
             other => {
                 return Err(EngineError::curve(
                     other,
-                    format!("not a per-step curve (one of {})", STEP_CURVE_NAMES.join(", ")),
+                    format!(
+                        "not a per-step curve (one of {})",
+                        STEP_CURVE_NAMES.join(", ")
+                    ),
                 ));
             }
         })
@@ -285,7 +308,9 @@ impl SlotRequest {
 
     /// The clean source: the explicit source, else the mask's original.
     pub fn clean_source(&self) -> Option<&Tensor> {
-        self.source.as_ref().or(self.latent_mask.as_ref().map(|m| &m.original))
+        self.source
+            .as_ref()
+            .or(self.latent_mask.as_ref().map(|m| &m.original))
     }
 
     /// DEMON's "complex features": such slots always integrate through x̂₀.
@@ -302,14 +327,21 @@ impl SlotRequest {
             return Err(EngineError::param("frames", "latent length is zero"));
         }
         if self.conditions.is_empty() {
-            return Err(EngineError::param("conditions", "a request needs at least one condition"));
+            return Err(EngineError::param(
+                "conditions",
+                "a request needs at least one condition",
+            ));
         }
         self.schedule.validate()?;
         self.curves.validate()?;
         let latent = |what: &str, t: &Tensor| -> Result<()> {
             let want = [1, self.frames, latent_channels];
             if t.dims() != want {
-                return Err(EngineError::shape(what, format!("{want:?}"), format!("{:?}", t.dims())));
+                return Err(EngineError::shape(
+                    what,
+                    format!("{want:?}"),
+                    format!("{:?}", t.dims()),
+                ));
             }
             Ok(())
         };
@@ -353,7 +385,10 @@ impl SlotRequest {
             c.check_range("initial_noise_curve", 0.0, 1.0)?;
         }
         if !(self.x0_target_gate.is_finite() && (0.0..=1.0).contains(&self.x0_target_gate)) {
-            return Err(EngineError::param("x0_target_gate", format!("{} is outside [0, 1]", self.x0_target_gate)));
+            return Err(EngineError::param(
+                "x0_target_gate",
+                format!("{} is outside [0, 1]", self.x0_target_gate),
+            ));
         }
         Ok(())
     }

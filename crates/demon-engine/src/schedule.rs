@@ -27,7 +27,11 @@ pub struct ScheduleParams {
 
 impl Default for ScheduleParams {
     fn default() -> Self {
-        Self { steps: 8, shift: 3.0, denoise: 1.0 }
+        Self {
+            steps: 8,
+            shift: 3.0,
+            denoise: 1.0,
+        }
     }
 }
 
@@ -40,7 +44,10 @@ impl ScheduleParams {
             ));
         }
         if !(self.shift.is_finite() && self.shift > 0.0 && self.shift <= 100.0) {
-            return Err(EngineError::param("shift", format!("{} is outside (0, 100]", self.shift)));
+            return Err(EngineError::param(
+                "shift",
+                format!("{} is outside (0, 100]", self.shift),
+            ));
         }
         if !(self.denoise.is_finite() && (0.0..=1.0).contains(&self.denoise)) {
             return Err(EngineError::param(
@@ -62,20 +69,39 @@ pub struct Schedule {
 impl Schedule {
     pub fn new(params: ScheduleParams) -> Result<Self> {
         params.validate()?;
-        let ScheduleParams { steps, shift, denoise } = params;
+        let ScheduleParams {
+            steps,
+            shift,
+            denoise,
+        } = params;
         if denoise <= DENOISE_EPS {
-            return Ok(Self { params, timesteps: vec![0.0, 0.0] });
+            return Ok(Self {
+                params,
+                timesteps: vec![0.0, 0.0],
+            });
         }
         let s = steps as f64;
         // Widen through the shortest decimal form: an f32 of 0.1 must act like the 0.1 a user
         // typed (8 / 0.1 = 80, not 79.99999881 → 79).
         let denoise_f64: f64 = denoise.to_string().parse().unwrap_or(denoise as f64);
-        let t_start = if denoise >= 1.0 { 1.0 } else { s / (s / denoise_f64).floor() };
+        let t_start = if denoise >= 1.0 {
+            1.0
+        } else {
+            s / (s / denoise_f64).floor()
+        };
         let shift = shift as f64;
         let timesteps = (0..=steps)
             .map(|k| {
-                let t = if k == steps { 0.0 } else { t_start * (1.0 - k as f64 / s) };
-                let t = if shift == 1.0 { t } else { shift * t / (1.0 + (shift - 1.0) * t) };
+                let t = if k == steps {
+                    0.0
+                } else {
+                    t_start * (1.0 - k as f64 / s)
+                };
+                let t = if shift == 1.0 {
+                    t
+                } else {
+                    shift * t / (1.0 + (shift - 1.0) * t)
+                };
                 t as f32
             })
             .collect();
@@ -107,7 +133,11 @@ impl ScheduleCache {
     /// Fetch or build. The cache is bounded: a performer sweeping denoise continuously creates
     /// a new key per value, so it is cleared when it grows past a few hundred entries.
     pub fn get(&mut self, params: ScheduleParams) -> Result<Arc<Schedule>> {
-        let key = (params.steps, params.shift.to_bits(), params.denoise.to_bits());
+        let key = (
+            params.steps,
+            params.shift.to_bits(),
+            params.denoise.to_bits(),
+        );
         if let Some(s) = self.map.get(&key) {
             return Ok(s.clone());
         }
@@ -133,19 +163,57 @@ mod tests {
     use super::*;
 
     fn sched(denoise: f32, shift: f32) -> Vec<f32> {
-        Schedule::new(ScheduleParams { steps: 8, shift, denoise }).unwrap().timesteps
+        Schedule::new(ScheduleParams {
+            steps: 8,
+            shift,
+            denoise,
+        })
+        .unwrap()
+        .timesteps
     }
 
     /// The worked examples of demon.md §3.1, to 4 decimals.
     #[test]
     fn reproduces_the_reference_table() {
         let table: [(f32, f32, [f32; 9]); 6] = [
-            (1.0, 3.0, [1.0, 0.9545, 0.9, 0.8333, 0.75, 0.6429, 0.5, 0.3, 0.0]),
-            (1.0, 3.5, [1.0, 0.9608, 0.9130, 0.8537, 0.7778, 0.6774, 0.5385, 0.3333, 0.0]),
-            (0.75, 3.0, [0.9231, 0.8750, 0.8182, 0.75, 0.6667, 0.5625, 0.4286, 0.25, 0.0]),
-            (0.5, 3.0, [0.75, 0.7, 0.6429, 0.5769, 0.5, 0.4091, 0.3, 0.1667, 0.0]),
-            (0.3, 3.0, [0.5714, 0.5250, 0.4737, 0.4167, 0.3529, 0.2812, 0.2, 0.1071, 0.0]),
-            (0.1, 3.0, [0.25, 0.2234, 0.1957, 0.1667, 0.1364, 0.1047, 0.0714, 0.0366, 0.0]),
+            (
+                1.0,
+                3.0,
+                [1.0, 0.9545, 0.9, 0.8333, 0.75, 0.6429, 0.5, 0.3, 0.0],
+            ),
+            (
+                1.0,
+                3.5,
+                [
+                    1.0, 0.9608, 0.9130, 0.8537, 0.7778, 0.6774, 0.5385, 0.3333, 0.0,
+                ],
+            ),
+            (
+                0.75,
+                3.0,
+                [
+                    0.9231, 0.8750, 0.8182, 0.75, 0.6667, 0.5625, 0.4286, 0.25, 0.0,
+                ],
+            ),
+            (
+                0.5,
+                3.0,
+                [0.75, 0.7, 0.6429, 0.5769, 0.5, 0.4091, 0.3, 0.1667, 0.0],
+            ),
+            (
+                0.3,
+                3.0,
+                [
+                    0.5714, 0.5250, 0.4737, 0.4167, 0.3529, 0.2812, 0.2, 0.1071, 0.0,
+                ],
+            ),
+            (
+                0.1,
+                3.0,
+                [
+                    0.25, 0.2234, 0.1957, 0.1667, 0.1364, 0.1047, 0.0714, 0.0366, 0.0,
+                ],
+            ),
         ];
         for (denoise, shift, want) in table {
             let got = sched(denoise, shift);
@@ -163,7 +231,12 @@ mod tests {
     #[test]
     fn always_s_passes_and_identity_for_zero_denoise() {
         for d in [0.05f32, 0.2, 0.33, 0.9, 1.0] {
-            let s = Schedule::new(ScheduleParams { steps: 8, shift: 3.0, denoise: d }).unwrap();
+            let s = Schedule::new(ScheduleParams {
+                steps: 8,
+                shift: 3.0,
+                denoise: d,
+            })
+            .unwrap();
             assert_eq!(s.passes(), 8);
             assert!(s.timesteps.windows(2).all(|w| w[0] > w[1]));
             assert_eq!(*s.timesteps.last().unwrap(), 0.0);
@@ -177,12 +250,30 @@ mod tests {
     #[test]
     fn rejects_bad_params() {
         for p in [
-            ScheduleParams { steps: 0, ..Default::default() },
-            ScheduleParams { steps: 1000, ..Default::default() },
-            ScheduleParams { shift: f32::NAN, ..Default::default() },
-            ScheduleParams { shift: 0.0, ..Default::default() },
-            ScheduleParams { denoise: 1.5, ..Default::default() },
-            ScheduleParams { denoise: f32::NAN, ..Default::default() },
+            ScheduleParams {
+                steps: 0,
+                ..Default::default()
+            },
+            ScheduleParams {
+                steps: 1000,
+                ..Default::default()
+            },
+            ScheduleParams {
+                shift: f32::NAN,
+                ..Default::default()
+            },
+            ScheduleParams {
+                shift: 0.0,
+                ..Default::default()
+            },
+            ScheduleParams {
+                denoise: 1.5,
+                ..Default::default()
+            },
+            ScheduleParams {
+                denoise: f32::NAN,
+                ..Default::default()
+            },
         ] {
             assert!(Schedule::new(p).is_err(), "{p:?}");
         }

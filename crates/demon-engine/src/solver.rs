@@ -107,7 +107,12 @@ pub fn blend_velocities(parts: &[(Tensor, Option<Knob>)]) -> Result<Tensor> {
     }
     let (num, den) = match (num, den) {
         (Some(n), Some(d)) => (n, d),
-        _ => return Err(crate::EngineError::param("conditions", "no velocity to blend")),
+        _ => {
+            return Err(crate::EngineError::param(
+                "conditions",
+                "no velocity to blend",
+            ));
+        }
     };
     Ok(match den {
         Knob::Scalar(d) => num.affine(1.0 / d.max(1e-8), 0.0)?,
@@ -140,7 +145,10 @@ pub fn apg(
     };
     *momentum_buffer = Some(running.clone());
     let norm = norm_over_time(&running)?;
-    let scale = norm.recip()?.affine(APG_NORM_THRESHOLD, 0.0)?.clamp(0f32, 1f32)?;
+    let scale = norm
+        .recip()?
+        .affine(APG_NORM_THRESHOLD, 0.0)?
+        .clamp(0f32, 1f32)?;
     let d = running.broadcast_mul(&scale)?;
 
     let d64 = d.to_dtype(DType::F64)?;
@@ -167,7 +175,11 @@ pub fn cfg_rescale(v_guided: &Tensor, v_pos: &Tensor, rescale: &Knob) -> Result<
 /// Odd lengths are zero-padded, as `pytorch_wavelets` does in "zero" mode.
 pub fn haar_forward(x: &Tensor) -> Result<(Tensor, Tensor)> {
     let (b, t, c) = x.dims3()?;
-    let x = if t % 2 == 1 { x.pad_with_zeros(1, 0, 1)? } else { x.clone() };
+    let x = if t % 2 == 1 {
+        x.pad_with_zeros(1, 0, 1)?
+    } else {
+        x.clone()
+    };
     let half = t.div_ceil(2);
     let x = x.reshape((b, half, 2, c))?;
     let a = x.narrow(2, 0, 1)?;
@@ -211,8 +223,11 @@ pub fn dcw(x_next: &Tensor, y: &Tensor, t: f32, dcw: &DcwSettings) -> Result<Ten
         Ok(match curve {
             Curve::Scalar(v) => Knob::Scalar(*v as f64 * s),
             Curve::Frames(_) => {
-                let v: Vec<f32> =
-                    curve.to_frames(band).iter().map(|x| (*x as f64 * s) as f32).collect();
+                let v: Vec<f32> = curve
+                    .to_frames(band)
+                    .iter()
+                    .map(|x| (*x as f64 * s) as f32)
+                    .collect();
                 Knob::Frames(Tensor::from_vec(v, (1, band, 1, 1), device)?)
             }
         })
@@ -257,7 +272,11 @@ mod tests {
         let d = [-1.0 * s, 7.0 * s];
         let dot = d[0] * 0.6 + d[1] * 0.8;
         let orth = [d[0] - dot * 0.6, d[1] - dot * 0.8];
-        close(&flat(&out), &[(3.0 + orth[0]) as f32, (4.0 + orth[1]) as f32], 1e-5);
+        close(
+            &flat(&out),
+            &[(3.0 + orth[0]) as f32, (4.0 + orth[1]) as f32],
+            1e-5,
+        );
         // The buffer keeps the unclipped running difference.
         close(&flat(buf.as_ref().unwrap()), &[-1.0, 7.0], 0.0);
 
@@ -266,7 +285,11 @@ mod tests {
         let d = [-0.25f64, 1.75];
         let dot = d[0] * 0.6 + d[1] * 0.8;
         let orth = [d[0] - dot * 0.6, d[1] - dot * 0.8];
-        close(&flat(&out2), &[(3.0 + 2.0 * orth[0]) as f32, (4.0 + 2.0 * orth[1]) as f32], 1e-5);
+        close(
+            &flat(&out2),
+            &[(3.0 + 2.0 * orth[0]) as f32, (4.0 + 2.0 * orth[1]) as f32],
+            1e-5,
+        );
 
         // Guidance 1 is the identity; norms are per channel.
         let vp = t3(&[1.0, 0.0, 0.0, 1.0], 2, 2);
@@ -289,9 +312,21 @@ mod tests {
     fn cfg_rescale_hand_computed() {
         let vg = t3(&[6.0, 8.0], 2, 1); // norm 10
         let vp = t3(&[3.0, 4.0], 2, 1); // norm 5
-        close(&flat(&cfg_rescale(&vg, &vp, &Knob::Scalar(1.0)).unwrap()), &[3.0, 4.0], 1e-6);
-        close(&flat(&cfg_rescale(&vg, &vp, &Knob::Scalar(0.0)).unwrap()), &[6.0, 8.0], 0.0);
-        close(&flat(&cfg_rescale(&vg, &vp, &Knob::Scalar(0.5)).unwrap()), &[4.5, 6.0], 1e-6);
+        close(
+            &flat(&cfg_rescale(&vg, &vp, &Knob::Scalar(1.0)).unwrap()),
+            &[3.0, 4.0],
+            1e-6,
+        );
+        close(
+            &flat(&cfg_rescale(&vg, &vp, &Knob::Scalar(0.0)).unwrap()),
+            &[6.0, 8.0],
+            0.0,
+        );
+        close(
+            &flat(&cfg_rescale(&vg, &vp, &Knob::Scalar(0.5)).unwrap()),
+            &[4.5, 6.0],
+            1e-6,
+        );
     }
 
     #[test]
@@ -321,10 +356,16 @@ mod tests {
         let (l, h) = (4.0 * r * 1.05, -2.0 * r * 1.1);
         close(&out, &[((l + h) * r) as f32, ((l - h) * r) as f32], 1e-6);
         // pix: x + s·(x − y).
-        let s = DcwSettings { mode: DcwMode::Pix, ..s };
+        let s = DcwSettings {
+            mode: DcwMode::Pix,
+            ..s
+        };
         close(&flat(&dcw(&x, &y, 0.5, &s).unwrap()), &[1.1, 3.3], 1e-6);
         // disabled or zero: identity.
-        assert_eq!(flat(&dcw(&x, &y, 0.5, &DcwSettings::off()).unwrap()), vec![1.0, 3.0]);
+        assert_eq!(
+            flat(&dcw(&x, &y, 0.5, &DcwSettings::off()).unwrap()),
+            vec![1.0, 3.0]
+        );
         // per-frame scaler on the low band: band length 1 takes the curve's value there.
         let s = DcwSettings {
             enabled: true,

@@ -18,7 +18,12 @@ pub struct PointMassDenoiser {
 
 impl PointMassDenoiser {
     pub fn new(channels: usize, context_channels: usize) -> Self {
-        Self { channels, context_channels, device: Device::Cpu, calls: Vec::new() }
+        Self {
+            channels,
+            context_channels,
+            device: Device::Cpu,
+            calls: Vec::new(),
+        }
     }
 
     /// A conditioning whose point mass sits at `mu`.

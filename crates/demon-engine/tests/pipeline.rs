@@ -43,7 +43,10 @@ impl Denoiser for WobbleDenoiser {
 }
 
 fn wobble() -> WobbleDenoiser {
-    WobbleDenoiser { device: Device::Cpu, calls: Vec::new() }
+    WobbleDenoiser {
+        device: Device::Cpu,
+        calls: Vec::new(),
+    }
 }
 
 fn ctx(v: f32) -> Tensor {
@@ -55,7 +58,13 @@ fn latent(seed: u64) -> Tensor {
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
 }
 
 fn flat(t: &Tensor) -> Vec<f32> {
@@ -73,15 +82,28 @@ fn varied_request(k: u64) -> SlotRequest {
         r.source = Some(latent(k));
     }
     match k % 6 {
-        0 => r.curves.velocity_scale = Some(CurveSpec::parse("vs", "ramp:0.5:1.5").unwrap().to_curve("vs", T).unwrap()),
+        0 => {
+            r.curves.velocity_scale = Some(
+                CurveSpec::parse("vs", "ramp:0.5:1.5")
+                    .unwrap()
+                    .to_curve("vs", T)
+                    .unwrap(),
+            )
+        }
         1 => {
             r.solver = SolverKind::Sde;
-            r.curves.sde_denoise = Some(CurveSpec::parse("s", "sine:0:1:2").unwrap().to_curve("s", T).unwrap());
+            r.curves.sde_denoise = Some(
+                CurveSpec::parse("s", "sine:0:1:2")
+                    .unwrap()
+                    .to_curve("s", T)
+                    .unwrap(),
+            );
         }
         2 => r.curves.ode_noise = Some(Curve::constant(0.3)),
         3 => {
             r.curves.guidance = Some(Curve::constant(2.5));
-            r.negatives.push(SlotCondition::new(PointMassDenoiser::conditioning(0.0)));
+            r.negatives
+                .push(SlotCondition::new(PointMassDenoiser::conditioning(0.0)));
             r.cfg_mode = [CfgMode::Full, CfgMode::Initialize, CfgMode::SelfNoise][(k % 3) as usize];
             r.curves.cfg_rescale = Some(Curve::constant(0.3));
         }
@@ -90,10 +112,19 @@ fn varied_request(k: u64) -> SlotRequest {
             r.curves.x0_target_strength = Some(Curve::constant(0.4));
         }
         _ => {
-            let w = CurveSpec::parse("w", "square:0:1:1").unwrap().to_curve("w", T).unwrap();
-            r.conditions.push(SlotCondition::weighted(PointMassDenoiser::conditioning(0.7), w));
+            let w = CurveSpec::parse("w", "square:0:1:1")
+                .unwrap()
+                .to_curve("w", T)
+                .unwrap();
+            r.conditions.push(SlotCondition::weighted(
+                PointMassDenoiser::conditioning(0.7),
+                w,
+            ));
             r.latent_mask = Some(LatentMask {
-                mask: CurveSpec::parse("m", "ramp:0:1").unwrap().to_curve("m", T).unwrap(),
+                mask: CurveSpec::parse("m", "ramp:0:1")
+                    .unwrap()
+                    .to_curve("m", T)
+                    .unwrap(),
                 original: latent(k + 99),
             });
         }
@@ -122,7 +153,13 @@ fn run_all(depth: usize, requests: &[SlotRequest], lane: &SharedLane) -> Vec<(u6
 #[test]
 fn streaming_is_bit_identical_to_batch_at_every_depth() {
     let requests: Vec<SlotRequest> = (0..30).map(varied_request).collect();
-    for lane in [SharedLane::default(), SharedLane { dcw: DcwSettings::off(), ..Default::default() }] {
+    for lane in [
+        SharedLane::default(),
+        SharedLane {
+            dcw: DcwSettings::off(),
+            ..Default::default()
+        },
+    ] {
         let reference = run_all(1, &requests, &lane);
         assert_eq!(reference.len(), requests.len());
         for depth in 2..=8 {
@@ -162,7 +199,15 @@ fn queue_is_capped_at_depth_and_drops_the_oldest() {
     let mut p = StreamPipeline::for_denoiser(3, &d).unwrap();
     let mut ids = Vec::new();
     for k in 0..5 {
-        ids.push(p.submit(SlotRequest::new(PointMassDenoiser::conditioning(0.0), ctx(0.0), T, k)).unwrap());
+        ids.push(
+            p.submit(SlotRequest::new(
+                PointMassDenoiser::conditioning(0.0),
+                ctx(0.0),
+                T,
+                k,
+            ))
+            .unwrap(),
+        );
     }
     assert_eq!(p.queue_len(), 3);
     assert_eq!(p.stats().dropped_from_queue, 2);
@@ -177,13 +222,25 @@ fn queue_is_capped_at_depth_and_drops_the_oldest() {
 #[test]
 fn shared_lane_reaches_every_slot_on_the_next_tick() {
     for depth in [1usize, 4, 8] {
-        let mut d = ConstantDenoiser { value: 1.0, channels: C, device: Device::Cpu };
+        let mut d = ConstantDenoiser {
+            value: 1.0,
+            channels: C,
+            device: Device::Cpu,
+        };
         let mut p = StreamPipeline::new(depth, C, 0, Device::Cpu).unwrap();
-        let lane = SharedLane { dcw: DcwSettings::off(), ..Default::default() };
+        let lane = SharedLane {
+            dcw: DcwSettings::off(),
+            ..Default::default()
+        };
         p.set_lane(lane.clone()).unwrap();
         let empty_ctx = Tensor::zeros((1, T, 0), candle_core::DType::F32, &Device::Cpu).unwrap();
         let submit = |p: &mut StreamPipeline, k: u64| {
-            let mut r = SlotRequest::new(PointMassDenoiser::conditioning(0.0), empty_ctx.clone(), T, k);
+            let mut r = SlotRequest::new(
+                PointMassDenoiser::conditioning(0.0),
+                empty_ctx.clone(),
+                T,
+                k,
+            );
             r.schedule.steps = 16;
             p.submit(r).unwrap();
         };
@@ -195,10 +252,18 @@ fn shared_lane_reaches_every_slot_on_the_next_tick() {
         let measure = |p: &mut StreamPipeline, d: &mut ConstantDenoiser| -> Vec<f32> {
             let before: Vec<(u64, Vec<f32>, f32, f32)> = p
                 .slots()
-                .map(|s| (s.request_id, flat(s.latent), s.schedule.t(s.step), s.schedule.t(s.step + 1)))
+                .map(|s| {
+                    (
+                        s.request_id,
+                        flat(s.latent),
+                        s.schedule.t(s.step),
+                        s.schedule.t(s.step + 1),
+                    )
+                })
                 .collect();
             p.tick(d).unwrap();
-            let after: Vec<(u64, Vec<f32>)> = p.slots().map(|s| (s.request_id, flat(s.latent))).collect();
+            let after: Vec<(u64, Vec<f32>)> =
+                p.slots().map(|s| (s.request_id, flat(s.latent))).collect();
             before
                 .iter()
                 .filter_map(|(id, x0, t, tn)| {
@@ -210,11 +275,20 @@ fn shared_lane_reaches_every_slot_on_the_next_tick() {
         let old = measure(&mut p, &mut d);
         assert!(old.iter().all(|vs| (vs - 1.0).abs() < 1e-4), "{old:?}");
         let mut lane2 = lane.clone();
-        lane2.set_curve("velocity_scale", Some(Curve::constant(2.0))).unwrap();
+        lane2
+            .set_curve("velocity_scale", Some(Curve::constant(2.0)))
+            .unwrap();
         p.set_lane(lane2).unwrap();
         let new = measure(&mut p, &mut d);
-        assert!(new.len() >= depth - 1, "in-flight slots observed: {}", new.len());
-        assert!(new.iter().all(|vs| (vs - 2.0).abs() < 1e-4), "depth {depth}: {new:?}");
+        assert!(
+            new.len() >= depth - 1,
+            "in-flight slots observed: {}",
+            new.len()
+        );
+        assert!(
+            new.iter().all(|vs| (vs - 2.0).abs() < 1e-4),
+            "depth {depth}: {new:?}"
+        );
     }
 }
 
@@ -224,7 +298,9 @@ fn shared_lane_reaches_every_slot_on_the_next_tick() {
 fn per_slot_completes_every_submission_global_reset_does_not() {
     let run = |mode: ScheduleMode| -> (usize, PipelineStats) {
         let mut d = PointMassDenoiser::new(C, 0);
-        let mut p = StreamPipeline::new(8, C, 0, Device::Cpu).unwrap().with_mode(mode);
+        let mut p = StreamPipeline::new(8, C, 0, Device::Cpu)
+            .unwrap()
+            .with_mode(mode);
         let empty = Tensor::zeros((1, T, 0), candle_core::DType::F32, &Device::Cpu).unwrap();
         let mut done = 0;
         for k in 0..60u64 {
@@ -272,7 +348,13 @@ fn per_frame_source_blending() {
     for f in [0, 3, 4, 11] {
         v[f] = 0.0;
     }
-    let out = flat(&single(base(Some(Curve::frames("sdc", v.clone()).unwrap()), SolverKind::Ode), SharedLane::default()));
+    let out = flat(&single(
+        base(
+            Some(Curve::frames("sdc", v.clone()).unwrap()),
+            SolverKind::Ode,
+        ),
+        SharedLane::default(),
+    ));
     let s = flat(&src);
     for f in 0..T {
         let row = &out[f * C..(f + 1) * C];
@@ -280,12 +362,24 @@ fn per_frame_source_blending() {
         if v[f] == 0.0 {
             assert_eq!(row, srow, "frame {f} pinned to the source");
         } else {
-            assert!(row.iter().zip(srow).any(|(a, b)| (a - b).abs() > 1e-3), "frame {f} generated");
+            assert!(
+                row.iter().zip(srow).any(|(a, b)| (a - b).abs() > 1e-3),
+                "frame {f} generated"
+            );
         }
     }
     // A curve of 1 everywhere is the plain SDE path.
-    for lane in [SharedLane::default(), SharedLane { dcw: DcwSettings::off(), ..Default::default() }] {
-        let a = single(base(Some(Curve::constant(1.0)), SolverKind::Ode), lane.clone());
+    for lane in [
+        SharedLane::default(),
+        SharedLane {
+            dcw: DcwSettings::off(),
+            ..Default::default()
+        },
+    ] {
+        let a = single(
+            base(Some(Curve::constant(1.0)), SolverKind::Ode),
+            lane.clone(),
+        );
         let b = single(base(None, SolverKind::Sde), lane);
         assert_eq!(bits(&a), bits(&b));
     }
@@ -310,9 +404,19 @@ fn denoise_one_ode_reaches_the_point_mass_exactly() {
     // With the exact denoiser of a point mass, Euler ODE lands on it.
     let mut d = PointMassDenoiser::new(C, 0);
     let mut p = StreamPipeline::new(1, C, 0, Device::Cpu).unwrap();
-    p.set_lane(SharedLane { dcw: DcwSettings::off(), ..Default::default() }).unwrap();
+    p.set_lane(SharedLane {
+        dcw: DcwSettings::off(),
+        ..Default::default()
+    })
+    .unwrap();
     let empty = Tensor::zeros((1, T, 0), candle_core::DType::F32, &Device::Cpu).unwrap();
-    p.submit(SlotRequest::new(PointMassDenoiser::conditioning(0.25), empty, T, 1)).unwrap();
+    p.submit(SlotRequest::new(
+        PointMassDenoiser::conditioning(0.25),
+        empty,
+        T,
+        1,
+    ))
+    .unwrap();
     let out = flat(&p.flush(&mut d).unwrap()[0].latent);
     assert!(out.iter().all(|x| (x - 0.25).abs() < 1e-5), "{out:?}");
 }
@@ -324,9 +428,17 @@ fn x0_target_scalar_and_curve_paths() {
     let empty = Tensor::zeros((1, 2, 0), candle_core::DType::F32, &dev).unwrap();
     let target = Tensor::full(10f32, (1, 2, 1), &dev).unwrap();
     let run = |r: SlotRequest| -> Vec<Vec<f32>> {
-        let mut d = ConstantDenoiser { value: 1.0, channels: 1, device: Device::Cpu };
+        let mut d = ConstantDenoiser {
+            value: 1.0,
+            channels: 1,
+            device: Device::Cpu,
+        };
         let mut p = StreamPipeline::new(1, 1, 0, Device::Cpu).unwrap();
-        p.set_lane(SharedLane { dcw: DcwSettings::off(), ..Default::default() }).unwrap();
+        p.set_lane(SharedLane {
+            dcw: DcwSettings::off(),
+            ..Default::default()
+        })
+        .unwrap();
         p.submit(r).unwrap();
         let mut states = Vec::new();
         while !p.is_idle() {
@@ -340,12 +452,22 @@ fn x0_target_scalar_and_curve_paths() {
         states
     };
     let noise0 = flat(&rng::normal_tensor(1, rng::NoiseStream::Initial, 2, 1, &dev).unwrap());
-    let sched = Schedule::new(ScheduleParams { steps: 4, shift: 1.0, denoise: 1.0 }).unwrap().timesteps;
+    let sched = Schedule::new(ScheduleParams {
+        steps: 4,
+        shift: 1.0,
+        denoise: 1.0,
+    })
+    .unwrap()
+    .timesteps;
     assert_eq!(sched, vec![1.0, 0.75, 0.5, 0.25, 0.0]);
 
     // Scalar path: α = 0.5, active from step floor(4/2) = 2 on.
     let mut r = SlotRequest::new(PointMassDenoiser::conditioning(0.0), empty.clone(), 2, 1);
-    r.schedule = ScheduleParams { steps: 4, shift: 1.0, denoise: 1.0 };
+    r.schedule = ScheduleParams {
+        steps: 4,
+        shift: 1.0,
+        denoise: 1.0,
+    };
     r.x0_target = Some(target.clone());
     r.curves.x0_target_strength = Some(Curve::constant(0.5));
     let states = run(r);
@@ -356,14 +478,26 @@ fn x0_target_scalar_and_curve_paths() {
             x += (tn - t) * 1.0;
         } else {
             let x0 = 0.5 * (x - t) + 0.5 * 10.0;
-            x = if tn <= 0.0 { x0 } else { x + (tn - t) * (x - x0) / t };
+            x = if tn <= 0.0 {
+                x0
+            } else {
+                x + (tn - t) * (x - x0) / t
+            };
         }
-        assert!((got[0] as f64 - x).abs() < 1e-5, "step {i}: {} vs {x}", got[0]);
+        assert!(
+            (got[0] as f64 - x).abs() < 1e-5,
+            "step {i}: {} vs {x}",
+            got[0]
+        );
     }
 
     // Curve path with gate 0.5: g = max(0, p − 0.5)/0.5 with p = i/3; per-frame curve (1, 0).
     let mut r = SlotRequest::new(PointMassDenoiser::conditioning(0.0), empty, 2, 1);
-    r.schedule = ScheduleParams { steps: 4, shift: 1.0, denoise: 1.0 };
+    r.schedule = ScheduleParams {
+        steps: 4,
+        shift: 1.0,
+        denoise: 1.0,
+    };
     r.x0_target = Some(target);
     r.x0_target_curve = Some(Curve::frames("c", vec![1.0, 0.0]).unwrap());
     r.x0_target_gate = 0.5;
@@ -375,7 +509,11 @@ fn x0_target_scalar_and_curve_paths() {
         for f in 0..2 {
             let c = [1.0, 0.0][f] * g;
             let x0 = (1.0 - c) * (x[f] - t) + c * 10.0;
-            x[f] = if tn <= 0.0 { x0 } else { x[f] + (tn - t) * (x[f] - x0) / t };
+            x[f] = if tn <= 0.0 {
+                x0
+            } else {
+                x[f] + (tn - t) * (x[f] - x0) / t
+            };
             assert!((got[f] as f64 - x[f]).abs() < 1e-5, "step {i} frame {f}");
         }
     }
@@ -383,12 +521,17 @@ fn x0_target_scalar_and_curve_paths() {
 
 #[test]
 fn guidance_modes_make_the_right_negative_passes() {
-    for (mode, neg_rows) in [(CfgMode::Full, 8), (CfgMode::Initialize, 1), (CfgMode::SelfNoise, 0)] {
+    for (mode, neg_rows) in [
+        (CfgMode::Full, 8),
+        (CfgMode::Initialize, 1),
+        (CfgMode::SelfNoise, 0),
+    ] {
         let mut d = wobble();
         let mut p = StreamPipeline::for_denoiser(1, &d).unwrap();
         let mut r = SlotRequest::new(PointMassDenoiser::conditioning(0.4), ctx(0.0), T, 1);
         r.curves.guidance = Some(Curve::constant(3.0));
-        r.negatives.push(SlotCondition::new(PointMassDenoiser::conditioning(-0.4)));
+        r.negatives
+            .push(SlotCondition::new(PointMassDenoiser::conditioning(-0.4)));
         r.cfg_mode = mode;
         p.submit(r.clone()).unwrap();
         let mut negs = 0;
@@ -437,18 +580,39 @@ fn source_length_change_drains_old_slots_and_drops_stale_requests() {
     let mut d = wobble();
     let mut p = StreamPipeline::for_denoiser(4, &d).unwrap();
     for k in 0..3 {
-        p.submit(SlotRequest::new(PointMassDenoiser::conditioning(0.0), ctx(0.0), T, k)).unwrap();
+        p.submit(SlotRequest::new(
+            PointMassDenoiser::conditioning(0.0),
+            ctx(0.0),
+            T,
+            k,
+        ))
+        .unwrap();
     }
     p.tick(&mut d).unwrap();
-    p.submit(SlotRequest::new(PointMassDenoiser::conditioning(0.0), ctx(0.0), T, 9)).unwrap();
+    p.submit(SlotRequest::new(
+        PointMassDenoiser::conditioning(0.0),
+        ctx(0.0),
+        T,
+        9,
+    ))
+    .unwrap();
     // A request of another length: the queued T-long request is stale and dropped.
     let t2 = T + 4;
-    let r = SlotRequest::new(PointMassDenoiser::conditioning(0.0), Tensor::zeros((1, t2, 1), candle_core::DType::F32, &Device::Cpu).unwrap(), t2, 10);
+    let r = SlotRequest::new(
+        PointMassDenoiser::conditioning(0.0),
+        Tensor::zeros((1, t2, 1), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        t2,
+        10,
+    );
     p.submit(r).unwrap();
     assert_eq!(p.queue_len(), 1);
     let done = p.flush(&mut d).unwrap();
     let lens: Vec<usize> = done.iter().map(|f| f.latent.dim(1).unwrap()).collect();
-    assert_eq!(lens.iter().filter(|l| **l == T).count(), 3, "in-flight old-length slots finish");
+    assert_eq!(
+        lens.iter().filter(|l| **l == T).count(),
+        3,
+        "in-flight old-length slots finish"
+    );
     assert_eq!(lens.iter().filter(|l| **l == t2).count(), 1);
     // While both lengths were in flight, each length had its own batched call.
     assert!(d.calls.iter().any(|(b, _)| *b == 1));
@@ -502,14 +666,20 @@ fn bad_requests_are_rejected_with_named_errors() {
 
 #[test]
 fn channel_gain_scales_only_the_model_input() {
-    let mut lane = SharedLane { dcw: DcwSettings::off(), ..Default::default() };
+    let mut lane = SharedLane {
+        dcw: DcwSettings::off(),
+        ..Default::default()
+    };
     let r = varied_request(2);
     let plain = single(r.clone(), lane.clone());
     lane.channel_gain = Some(ChannelGain::new(vec![1.0, 2.0, 1.0, 0.5]).unwrap());
     let gained = single(r, lane);
     assert_ne!(bits(&plain), bits(&gained));
     // Identity gain is exactly the plain path.
-    let mut lane = SharedLane { dcw: DcwSettings::off(), ..Default::default() };
+    let mut lane = SharedLane {
+        dcw: DcwSettings::off(),
+        ..Default::default()
+    };
     lane.channel_gain = Some(ChannelGain::new(vec![1.0; C]).unwrap());
     assert_eq!(bits(&single(varied_request(2), lane)), bits(&plain));
     assert!(ChannelGain::new(vec![f32::NAN]).is_err());

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use demon_engine::{
-    BackendSet, Codec, Curve, DenoiseBatch, Denoiser, EngineError, Prompt, ReceptiveField, SharedLane, SlotRequest,
-    StreamPipeline, decode_window, measure_receptive_field, probe_latent, probe_latents,
+    BackendSet, Codec, Curve, DenoiseBatch, Denoiser, EngineError, Prompt, ReceptiveField,
+    SharedLane, SlotRequest, StreamPipeline, decode_window, measure_receptive_field, probe_latent,
+    probe_latents,
 };
 use serde::Serialize;
 
@@ -75,7 +76,9 @@ impl Default for BenchConfig {
             render_takes: 4,
             render_depth: 4,
             prompt: Prompt::tags("house"),
-            sections: ["render", "ticks", "propagation", "decode"].map(String::from).to_vec(),
+            sections: ["render", "ticks", "propagation", "decode"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -137,7 +140,13 @@ fn key_f(x: f64) -> String {
 }
 
 /// A request like the live session makes: prompt, context, per-slot seed.
-fn live_request(backend: &mut BackendSet, prompt: &Prompt, frames: usize, steps: usize, seed: u64) -> Result<SlotRequest, RenderError> {
+fn live_request(
+    backend: &mut BackendSet,
+    prompt: &Prompt,
+    frames: usize,
+    steps: usize,
+    seed: u64,
+) -> Result<SlotRequest, RenderError> {
     let cond = backend.conditioner.condition(prompt)?;
     let ctx = backend.conditioner.context(None, frames, 0.0)?;
     let mut r = SlotRequest::new(cond, ctx, frames, seed);
@@ -146,19 +155,28 @@ fn live_request(backend: &mut BackendSet, prompt: &Prompt, frames: usize, steps:
 }
 
 /// Steady-state tick time, throughput and model share at `depth`.
-fn steady_state(backend: &mut BackendSet, cfg: &BenchConfig, depth: usize) -> Result<(f64, f64, f64), RenderError> {
+fn steady_state(
+    backend: &mut BackendSet,
+    cfg: &BenchConfig,
+    depth: usize,
+) -> Result<(f64, f64, f64), RenderError> {
     let frames = (cfg.seconds * 25.0).round() as usize;
     let template = live_request(backend, &cfg.prompt, frames, cfg.steps, 0)?;
     let mut pipe = StreamPipeline::for_denoiser(depth, backend.denoiser.as_ref())?;
-    let mut timed = TimedDenoiser { inner: backend.denoiser.as_mut(), spent: Duration::ZERO, calls: 0 };
-    let mut seed = 0;
-    let mut submit_tick = |pipe: &mut StreamPipeline, timed: &mut TimedDenoiser| -> Result<usize, RenderError> {
-        let mut r = template.clone();
-        r.seed = seed;
-        seed += 1;
-        pipe.submit(r)?;
-        Ok(pipe.tick(timed)?.finished.len())
+    let mut timed = TimedDenoiser {
+        inner: backend.denoiser.as_mut(),
+        spent: Duration::ZERO,
+        calls: 0,
     };
+    let mut seed = 0;
+    let mut submit_tick =
+        |pipe: &mut StreamPipeline, timed: &mut TimedDenoiser| -> Result<usize, RenderError> {
+            let mut r = template.clone();
+            r.seed = seed;
+            seed += 1;
+            pipe.submit(r)?;
+            Ok(pipe.tick(timed)?.finished.len())
+        };
     // One submission per tick: after max(S, D) ticks every slot that can be busy is busy (at
     // most min(D, S) are, since a generation lasts S ticks).
     for _ in 0..cfg.steps.max(depth) {
@@ -183,7 +201,10 @@ fn latents_differ(a: &StreamPipeline, b: &StreamPipeline) -> Result<(usize, usiz
     let mut total = 0;
     for (x, y) in a.slots().zip(b.slots()) {
         total += 1;
-        let d = (x.latent - y.latent)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let d = (x.latent - y.latent)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         if d > 0.0 {
             differ += 1;
         }
@@ -192,14 +213,21 @@ fn latents_differ(a: &StreamPipeline, b: &StreamPipeline) -> Result<(usize, usiz
 }
 
 /// Ticks until a shared-lane change shows in any in-flight slot, and the share it reached.
-fn shared_lane_onset(backend: &mut BackendSet, cfg: &BenchConfig, depth: usize) -> Result<(u64, f64), RenderError> {
+fn shared_lane_onset(
+    backend: &mut BackendSet,
+    cfg: &BenchConfig,
+    depth: usize,
+) -> Result<(u64, f64), RenderError> {
     let frames = 250;
     let template = live_request(backend, &cfg.prompt, frames, cfg.steps, 0)?;
     let mut a = StreamPipeline::for_denoiser(depth, backend.denoiser.as_ref())?;
     let mut b = StreamPipeline::for_denoiser(depth, backend.denoiser.as_ref())?;
     let den = backend.denoiser.as_mut();
     let mut seed = 0;
-    let mut step = |a: &mut StreamPipeline, b: &mut StreamPipeline, den: &mut dyn Denoiser| -> Result<(), RenderError> {
+    let mut step = |a: &mut StreamPipeline,
+                    b: &mut StreamPipeline,
+                    den: &mut dyn Denoiser|
+     -> Result<(), RenderError> {
         let mut r = template.clone();
         r.seed = seed;
         seed += 1;
@@ -228,7 +256,12 @@ fn shared_lane_onset(backend: &mut BackendSet, cfg: &BenchConfig, depth: usize) 
 /// Ticks from a denoise change until the first output generated with the new value, and the
 /// queue wait inside that figure (ticks from the change until a slot starts a request that
 /// carries it), for a change made at tick `phase` of the ring's S-tick cycle.
-fn per_slot_convergence(backend: &mut BackendSet, cfg: &BenchConfig, depth: usize, phase: usize) -> Result<(u64, u64), RenderError> {
+fn per_slot_convergence(
+    backend: &mut BackendSet,
+    cfg: &BenchConfig,
+    depth: usize,
+    phase: usize,
+) -> Result<(u64, u64), RenderError> {
     let frames = 250;
     let template = live_request(backend, &cfg.prompt, frames, cfg.steps, 0)?;
     let mut pipe = StreamPipeline::for_denoiser(depth, backend.denoiser.as_ref())?;
@@ -252,7 +285,11 @@ fn per_slot_convergence(backend: &mut BackendSet, cfg: &BenchConfig, depth: usiz
     for k in 1..=(8 * cfg.steps as u64 + 64) {
         pipe.submit(request(0.5))?;
         let rep = pipe.tick(den)?;
-        if let Some(f) = rep.finished.iter().find(|f| f.submitted_tick >= change_tick) {
+        if let Some(f) = rep
+            .finished
+            .iter()
+            .find(|f| f.submitted_tick >= change_tick)
+        {
             return Ok((k, f.started_tick - change_tick));
         }
     }
@@ -260,40 +297,62 @@ fn per_slot_convergence(backend: &mut BackendSet, cfg: &BenchConfig, depth: usiz
 }
 
 /// Full versus windowed decode of the same latent.
-fn decode_costs(codec: &mut dyn Codec, latent: &Tensor, field: ReceptiveField, keeps_s: &[f64]) -> Result<(f64, BTreeMap<String, f64>), RenderError> {
+fn decode_costs(
+    codec: &mut dyn Codec,
+    latent: &Tensor,
+    field: ReceptiveField,
+    keeps_s: &[f64],
+) -> Result<(f64, BTreeMap<String, f64>), RenderError> {
     // Warm once; repeat only what is quick (a full-size VAE decode takes a minute on a CPU).
-    let time = |f: &mut dyn FnMut() -> Result<(), RenderError>, reps: usize| -> Result<f64, RenderError> {
-        let t0 = Instant::now();
-        f()?;
-        let first = t0.elapsed().as_secs_f64();
-        if first > 2.0 {
-            return Ok(first * 1000.0);
-        }
-        let t0 = Instant::now();
-        for _ in 0..reps {
+    let time =
+        |f: &mut dyn FnMut() -> Result<(), RenderError>, reps: usize| -> Result<f64, RenderError> {
+            let t0 = Instant::now();
             f()?;
-        }
-        Ok(t0.elapsed().as_secs_f64() * 1000.0 / reps as f64)
-    };
-    let full_ms = time(&mut || codec.decode(latent, 0).map(|_| ()).map_err(Into::into), 3)?;
+            let first = t0.elapsed().as_secs_f64();
+            if first > 2.0 {
+                return Ok(first * 1000.0);
+            }
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                f()?;
+            }
+            Ok(t0.elapsed().as_secs_f64() * 1000.0 / reps as f64)
+        };
+    let full_ms = time(
+        &mut || codec.decode(latent, 0).map(|_| ()).map_err(Into::into),
+        3,
+    )?;
     let t = latent.dim(1)?;
     let mut out = BTreeMap::new();
     for &k in keeps_s {
         let keep = ((k * 25.0).round() as usize).clamp(1, t);
         let start = (t - keep) / 2;
-        let ms = time(&mut || decode_window(codec, latent, start, keep, field).map(|_| ()).map_err(Into::into), 10)?;
+        let ms = time(
+            &mut || {
+                decode_window(codec, latent, start, keep, field)
+                    .map(|_| ())
+                    .map_err(Into::into)
+            },
+            10,
+        )?;
         out.insert(key_f(k), ms);
     }
     Ok((full_ms, out))
 }
 
 /// Run every measurement.
-pub fn run(backend: &mut BackendSet, cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> Result<BenchReport, RenderError> {
+pub fn run(
+    backend: &mut BackendSet,
+    cfg: &BenchConfig,
+    log: &mut dyn FnMut(&str),
+) -> Result<BenchReport, RenderError> {
     let frames = (cfg.seconds * 25.0).round() as usize;
     let wants = |s: &str| cfg.sections.iter().any(|x| x == s);
     for s in &cfg.sections {
         if !["render", "ticks", "propagation", "decode"].contains(&s.as_str()) {
-            return Err(RenderError::Invalid(format!("unknown bench section `{s}` (render, ticks, propagation, decode)")));
+            return Err(RenderError::Invalid(format!(
+                "unknown bench section `{s}` (render, ticks, propagation, decode)"
+            )));
         }
     }
     let spec = RenderSpec {
@@ -307,16 +366,33 @@ pub fn run(backend: &mut BackendSet, cfg: &BenchConfig, log: &mut dyn FnMut(&str
     let mut render_realtime_ratio = None;
     let mut decode_latent = None;
     if wants("render") {
-        log(&format!("render: {} takes of {:.0} s at depth {}", cfg.render_takes, cfg.seconds, cfg.render_depth));
+        log(&format!(
+            "render: {} takes of {:.0} s at depth {}",
+            cfg.render_takes, cfg.seconds, cfg.render_depth
+        ));
         // Warm caches (library, tables) so the figure is the steady cost.
-        render(backend, &RenderSpec { frames: 50, takes: 1, ..spec.clone() }, None, &mut |_, _| {})?;
+        render(
+            backend,
+            &RenderSpec {
+                frames: 50,
+                takes: 1,
+                ..spec.clone()
+            },
+            None,
+            &mut |_, _| {},
+        )?;
         let t0 = Instant::now();
         let takes = render(backend, &spec, None, &mut |_, _| {})?;
         render_realtime_ratio = Some(cfg.seconds * takes.len() as f64 / t0.elapsed().as_secs_f64());
         decode_latent = takes.into_iter().next().map(|t| t.latent);
     }
 
-    let (mut tick_ms, mut gen_per_s, mut model_ms, mut overhead) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let (mut tick_ms, mut gen_per_s, mut model_ms, mut overhead) = (
+        BTreeMap::new(),
+        BTreeMap::new(),
+        BTreeMap::new(),
+        BTreeMap::new(),
+    );
     for &d in cfg.depths.iter().filter(|_| wants("ticks")) {
         log(&format!("steady state at depth {d}"));
         let (tick, gps, model) = steady_state(backend, cfg, d)?;
@@ -328,7 +404,12 @@ pub fn run(backend: &mut BackendSet, cfg: &BenchConfig, log: &mut dyn FnMut(&str
     let max_d = cfg.depths.iter().max().copied().unwrap_or(1).to_string();
     let engine_overhead_share = overhead.get(&max_d).copied();
 
-    let (mut onset, mut coverage, mut conv, mut wait) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let (mut onset, mut coverage, mut conv, mut wait) = (
+        BTreeMap::new(),
+        BTreeMap::new(),
+        BTreeMap::new(),
+        BTreeMap::new(),
+    );
     let (mut conv_min, mut conv_max) = (BTreeMap::new(), BTreeMap::new());
     for &d in [1usize, 4, 8].iter().filter(|_| wants("propagation")) {
         log(&format!("propagation at depth {d}"));
@@ -336,13 +417,20 @@ pub fn run(backend: &mut BackendSet, cfg: &BenchConfig, log: &mut dyn FnMut(&str
         onset.insert(d.to_string(), o);
         coverage.insert(d.to_string(), c);
         // The answer depends on where in the ring's cycle the change lands: average all phases.
-        let runs = (0..cfg.steps).map(|p| per_slot_convergence(backend, cfg, d, p)).collect::<Result<Vec<_>, _>>()?;
+        let runs = (0..cfg.steps)
+            .map(|p| per_slot_convergence(backend, cfg, d, p))
+            .collect::<Result<Vec<_>, _>>()?;
         for (k, w) in &runs {
             if *k != w + cfg.steps as u64 {
-                return Err(EngineError::Backend(format!("convergence {k} is not queue wait {w} + S")).into());
+                return Err(EngineError::Backend(format!(
+                    "convergence {k} is not queue wait {w} + S"
+                ))
+                .into());
             }
         }
-        let mean = |f: &dyn Fn(&(u64, u64)) -> u64| runs.iter().map(f).sum::<u64>() as f64 / runs.len() as f64;
+        let mean = |f: &dyn Fn(&(u64, u64)) -> u64| {
+            runs.iter().map(f).sum::<u64>() as f64 / runs.len() as f64
+        };
         conv.insert(d.to_string(), mean(&|r| r.0));
         conv_max.insert(d.to_string(), runs.iter().map(|r| r.0).max().unwrap_or(0));
         conv_min.insert(d.to_string(), runs.iter().map(|r| r.0).min().unwrap_or(0));
@@ -408,8 +496,12 @@ pub fn run(backend: &mut BackendSet, cfg: &BenchConfig, log: &mut dyn FnMut(&str
             Some(l) => l,
             None => probe_latent(frames, c, 9, backend.codec.device())?,
         };
-        let (full, windowed) = decode_costs(backend.codec.as_mut(), &latent, f, &cfg.keep_windows_s)?;
-        windowed_decode_speedup = windowed.iter().map(|(k, v)| (k.clone(), full / v)).collect();
+        let (full, windowed) =
+            decode_costs(backend.codec.as_mut(), &latent, f, &cfg.keep_windows_s)?;
+        windowed_decode_speedup = windowed
+            .iter()
+            .map(|(k, v)| (k.clone(), full / v))
+            .collect();
         windowed_decode_ms = windowed;
         full_decode_ms = Some(full);
         field = Some(f);

@@ -38,15 +38,37 @@ pub struct AudioSlice {
 pub enum Event {
     Audio(AudioSlice),
     /// Knob values after a tick that changed them (coalesced).
-    Params { tick: u64, effective: std::collections::BTreeMap<String, f64>, target: std::collections::BTreeMap<String, f64> },
+    Params {
+        tick: u64,
+        effective: std::collections::BTreeMap<String, f64>,
+        target: std::collections::BTreeMap<String, f64>,
+    },
     /// Tick statistics (coalesced).
-    Stats { tick: u64, tick_ms: f32, decode_ms: f32, gen_per_s: f32, active_slots: usize, queue: usize, lead_ms: f32 },
+    Stats {
+        tick: u64,
+        tick_ms: f32,
+        decode_ms: f32,
+        gen_per_s: f32,
+        active_slots: usize,
+        queue: usize,
+        lead_ms: f32,
+    },
     /// A control message was applied at `tick`; `origin` is the sender's client id.
-    Applied { tick: u64, origin: u64, message: ControlMessage },
+    Applied {
+        tick: u64,
+        origin: u64,
+        message: ControlMessage,
+    },
     /// The whole loop buffer was replaced (new source, first generation): clients re-fetch it.
-    BufferReplaced { tick: u64, samples: u64, version: u64 },
+    BufferReplaced {
+        tick: u64,
+        samples: u64,
+        version: u64,
+    },
     /// Something the performer should know once (no sound card, no MIDI, ...).
-    Notice { message: String },
+    Notice {
+        message: String,
+    },
 }
 
 impl Event {
@@ -80,7 +102,9 @@ struct SubShared {
 /// Why a subscriber stopped receiving.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecvError {
-    #[error("disconnected: the subscriber stopped reading and its queue filled with control events")]
+    #[error(
+        "disconnected: the subscriber stopped reading and its queue filled with control events"
+    )]
     Disconnected,
 }
 
@@ -108,7 +132,11 @@ impl Subscriber {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(RecvError::Disconnected);
         }
-        let (mut q, _) = self.shared.ready.wait_timeout(q, timeout).unwrap_or_else(|e| e.into_inner());
+        let (mut q, _) = self
+            .shared
+            .ready
+            .wait_timeout(q, timeout)
+            .unwrap_or_else(|e| e.into_inner());
         match q.pop_front() {
             Some(e) => Ok(Some(e)),
             None if self.shared.closed.load(Ordering::Acquire) => Err(RecvError::Disconnected),
@@ -145,7 +173,11 @@ pub struct EventBus {
 
 impl EventBus {
     pub fn new(capacity: usize) -> Self {
-        Self { subs: Mutex::new(Vec::new()), capacity: capacity.max(2), next_id: AtomicU64::new(1) }
+        Self {
+            subs: Mutex::new(Vec::new()),
+            capacity: capacity.max(2),
+            next_id: AtomicU64::new(1),
+        }
     }
 
     pub fn subscribe(&self) -> Subscriber {
@@ -156,7 +188,10 @@ impl EventBus {
             closed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
         });
-        self.subs.lock().unwrap_or_else(|e| e.into_inner()).push(shared.clone());
+        self.subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(shared.clone());
         Subscriber { shared }
     }
 
@@ -222,11 +257,22 @@ mod tests {
     use super::*;
 
     fn audio(tick: u64) -> Event {
-        Event::Audio(AudioSlice { start_sample: tick, channels: Arc::new(vec![vec![0.0; 4]; 2]), tick, tick_ms: 0.0, decode_ms: 0.0, generations: 0 })
+        Event::Audio(AudioSlice {
+            start_sample: tick,
+            channels: Arc::new(vec![vec![0.0; 4]; 2]),
+            tick,
+            tick_ms: 0.0,
+            decode_ms: 0.0,
+            generations: 0,
+        })
     }
 
     fn applied(tick: u64) -> Event {
-        Event::Applied { tick, origin: 0, message: ControlMessage::ClearLoopBand }
+        Event::Applied {
+            tick,
+            origin: 0,
+            message: ControlMessage::ClearLoopBand,
+        }
     }
 
     #[test]
@@ -237,14 +283,26 @@ mod tests {
             bus.publish(audio(t));
         }
         // Audio: the oldest were dropped.
-        let got: Vec<u64> = std::iter::from_fn(|| sub.try_recv().unwrap()).map(|e| match e { Event::Audio(a) => a.tick, _ => 99 }).collect();
+        let got: Vec<u64> = std::iter::from_fn(|| sub.try_recv().unwrap())
+            .map(|e| match e {
+                Event::Audio(a) => a.tick,
+                _ => 99,
+            })
+            .collect();
         assert_eq!(got, vec![2, 3, 4]);
         assert_eq!(sub.dropped(), 2);
         // Params coalesce into one queued event.
         for t in 0..4 {
-            bus.publish(Event::Params { tick: t, effective: Default::default(), target: Default::default() });
+            bus.publish(Event::Params {
+                tick: t,
+                effective: Default::default(),
+                target: Default::default(),
+            });
         }
-        assert!(matches!(sub.try_recv().unwrap(), Some(Event::Params { tick: 3, .. })));
+        assert!(matches!(
+            sub.try_recv().unwrap(),
+            Some(Event::Params { tick: 3, .. })
+        ));
         assert!(sub.try_recv().unwrap().is_none());
         // Control events displace audio but are never dropped themselves.
         bus.publish(audio(10));
@@ -253,7 +311,9 @@ mod tests {
         for t in 0..3 {
             bus.publish(applied(t));
         }
-        let kinds: Vec<bool> = std::iter::from_fn(|| sub.try_recv().unwrap()).map(|e| matches!(e, Event::Applied { .. })).collect();
+        let kinds: Vec<bool> = std::iter::from_fn(|| sub.try_recv().unwrap())
+            .map(|e| matches!(e, Event::Applied { .. }))
+            .collect();
         assert_eq!(kinds, vec![true, true, true]);
     }
 
@@ -265,7 +325,10 @@ mod tests {
         let t0 = std::time::Instant::now();
         for t in 0..100 {
             bus.publish(applied(t));
-            assert!(matches!(live.try_recv().unwrap(), Some(Event::Applied { .. })));
+            assert!(matches!(
+                live.try_recv().unwrap(),
+                Some(Event::Applied { .. })
+            ));
         }
         assert!(t0.elapsed() < Duration::from_secs(1));
         assert!(stalled.is_closed());

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use demon_engine::{CfgMode, CurveSpec, DcwMode, SolverKind, STEP_CURVE_NAMES};
+use demon_engine::{CfgMode, CurveSpec, DcwMode, STEP_CURVE_NAMES, SolverKind};
 use serde::{Deserialize, Serialize};
 
 /// How fast a change reaches the output (demon.md §8).
@@ -48,40 +48,292 @@ const fn knob(
     class: PropagationClass,
     help: &'static str,
 ) -> KnobSpec {
-    KnobSpec { name, min, max, default, integer, slewed, class, help }
+    KnobSpec {
+        name,
+        min,
+        max,
+        default,
+        integer,
+        slewed,
+        class,
+        help,
+    }
 }
 
 use PropagationClass::*;
 
 /// Every knob a performer can turn.
 pub const KNOBS: &[KnobSpec] = &[
-    knob("denoise", 0.0, 1.0, 0.7, false, true, PerSlot, "How far each generation departs from the source (0 = the source, 1 = from noise)."),
-    knob("seed", 0.0, 4_294_967_295.0, 42.0, true, false, PerSlot, "Noise seed of new generations."),
-    knob("shift", 1.0, 6.0, 3.0, false, true, PerSlot, "Flow shift of the timestep schedule."),
-    knob("steps", 1.0, 16.0, 8.0, true, false, Structural, "Denoising steps per generation (S)."),
-    knob("depth", 1.0, 8.0, 4.0, true, false, Structural, "Generations in flight (ring depth D)."),
-    knob("feedback", 0.0, 1.0, 0.0, false, true, PerSlot, "Mix earlier outputs back into the source."),
-    knob("feedback_depth", 1.0, 8.0, 1.0, true, false, PerSlot, "Which earlier output feeds back (1 = the newest)."),
-    knob("structure", 0.0, 1.0, 0.0, false, true, PerSlot, "How strongly the source's structure steers generation."),
-    knob("timbre", 0.0, 1.0, 0.0, false, true, PerSlot, "How strongly the source's timbre steers generation."),
-    knob("blend", 0.0, 1.0, 0.0, false, true, PerSlot, "Crossfade from prompt A (0) to prompt B (1)."),
-    knob("velocity_scale", 0.0, 3.0, 1.0, false, true, SharedPerStep, "Velocity multiplier: below 1 keeps the source, above 1 pushes change."),
-    knob("sde_denoise", 0.0, 1.0, 1.0, false, true, SharedPerStep, "SDE source blend: 1 free, 0 pinned to the source (SDE solver)."),
-    knob("ode_noise", 0.0, 2.0, 0.0, false, true, SharedPerStep, "Noise injected after each Euler step."),
-    knob("x0_target_strength", 0.0, 1.0, 0.0, false, true, SharedPerStep, "Pull toward the source in the refinement half."),
-    knob("guidance", 1.0, 10.0, 1.0, false, true, SharedPerStep, "APG guidance away from the negative prompt (1 = off)."),
-    knob("apg_momentum", -1.0, 1.0, -0.75, false, true, SharedPerStep, "APG momentum."),
-    knob("cfg_rescale", 0.0, 1.0, 0.0, false, true, SharedPerStep, "CFG rescale toward the unguided norm."),
-    knob("dcw", 0.0, 0.5, 0.05, false, true, SharedPerStep, "DCW low-band scaler."),
-    knob("dcw_high", 0.0, 0.5, 0.02, false, true, SharedPerStep, "DCW high-band scaler."),
-    knob("ch_g0", 0.0, 3.0, 1.0, false, true, SharedPerStep, "Gain of latent channels 0-7 on the model input."),
-    knob("ch_g1", 0.0, 3.0, 1.0, false, true, SharedPerStep, "Gain of latent channels 8-15."),
-    knob("ch_g2", 0.0, 3.0, 1.0, false, true, SharedPerStep, "Gain of latent channels 16-23."),
-    knob("ch_g3", 0.0, 3.0, 1.0, false, true, SharedPerStep, "Gain of latent channels 24-31."),
-    knob("ch_g4", 0.0, 3.0, 1.0, false, true, SharedPerStep, "Gain of latent channels 32-39."),
-    knob("ch_g5", 0.0, 3.0, 1.0, false, true, SharedPerStep, "Gain of latent channels 40-47."),
-    knob("ch_g6", 0.0, 3.0, 1.0, false, true, SharedPerStep, "Gain of latent channels 48-55."),
-    knob("ch_g7", 0.0, 3.0, 1.0, false, true, SharedPerStep, "Gain of latent channels 56-63."),
+    knob(
+        "denoise",
+        0.0,
+        1.0,
+        0.7,
+        false,
+        true,
+        PerSlot,
+        "How far each generation departs from the source (0 = the source, 1 = from noise).",
+    ),
+    knob(
+        "seed",
+        0.0,
+        4_294_967_295.0,
+        42.0,
+        true,
+        false,
+        PerSlot,
+        "Noise seed of new generations.",
+    ),
+    knob(
+        "shift",
+        1.0,
+        6.0,
+        3.0,
+        false,
+        true,
+        PerSlot,
+        "Flow shift of the timestep schedule.",
+    ),
+    knob(
+        "steps",
+        1.0,
+        16.0,
+        8.0,
+        true,
+        false,
+        Structural,
+        "Denoising steps per generation (S).",
+    ),
+    knob(
+        "depth",
+        1.0,
+        8.0,
+        4.0,
+        true,
+        false,
+        Structural,
+        "Generations in flight (ring depth D).",
+    ),
+    knob(
+        "feedback",
+        0.0,
+        1.0,
+        0.0,
+        false,
+        true,
+        PerSlot,
+        "Mix earlier outputs back into the source.",
+    ),
+    knob(
+        "feedback_depth",
+        1.0,
+        8.0,
+        1.0,
+        true,
+        false,
+        PerSlot,
+        "Which earlier output feeds back (1 = the newest).",
+    ),
+    knob(
+        "structure",
+        0.0,
+        1.0,
+        0.0,
+        false,
+        true,
+        PerSlot,
+        "How strongly the source's structure steers generation.",
+    ),
+    knob(
+        "timbre",
+        0.0,
+        1.0,
+        0.0,
+        false,
+        true,
+        PerSlot,
+        "How strongly the source's timbre steers generation.",
+    ),
+    knob(
+        "blend",
+        0.0,
+        1.0,
+        0.0,
+        false,
+        true,
+        PerSlot,
+        "Crossfade from prompt A (0) to prompt B (1).",
+    ),
+    knob(
+        "velocity_scale",
+        0.0,
+        3.0,
+        1.0,
+        false,
+        true,
+        SharedPerStep,
+        "Velocity multiplier: below 1 keeps the source, above 1 pushes change.",
+    ),
+    knob(
+        "sde_denoise",
+        0.0,
+        1.0,
+        1.0,
+        false,
+        true,
+        SharedPerStep,
+        "SDE source blend: 1 free, 0 pinned to the source (SDE solver).",
+    ),
+    knob(
+        "ode_noise",
+        0.0,
+        2.0,
+        0.0,
+        false,
+        true,
+        SharedPerStep,
+        "Noise injected after each Euler step.",
+    ),
+    knob(
+        "x0_target_strength",
+        0.0,
+        1.0,
+        0.0,
+        false,
+        true,
+        SharedPerStep,
+        "Pull toward the source in the refinement half.",
+    ),
+    knob(
+        "guidance",
+        1.0,
+        10.0,
+        1.0,
+        false,
+        true,
+        SharedPerStep,
+        "APG guidance away from the negative prompt (1 = off).",
+    ),
+    knob(
+        "apg_momentum",
+        -1.0,
+        1.0,
+        -0.75,
+        false,
+        true,
+        SharedPerStep,
+        "APG momentum.",
+    ),
+    knob(
+        "cfg_rescale",
+        0.0,
+        1.0,
+        0.0,
+        false,
+        true,
+        SharedPerStep,
+        "CFG rescale toward the unguided norm.",
+    ),
+    knob(
+        "dcw",
+        0.0,
+        0.5,
+        0.05,
+        false,
+        true,
+        SharedPerStep,
+        "DCW low-band scaler.",
+    ),
+    knob(
+        "dcw_high",
+        0.0,
+        0.5,
+        0.02,
+        false,
+        true,
+        SharedPerStep,
+        "DCW high-band scaler.",
+    ),
+    knob(
+        "ch_g0",
+        0.0,
+        3.0,
+        1.0,
+        false,
+        true,
+        SharedPerStep,
+        "Gain of latent channels 0-7 on the model input.",
+    ),
+    knob(
+        "ch_g1",
+        0.0,
+        3.0,
+        1.0,
+        false,
+        true,
+        SharedPerStep,
+        "Gain of latent channels 8-15.",
+    ),
+    knob(
+        "ch_g2",
+        0.0,
+        3.0,
+        1.0,
+        false,
+        true,
+        SharedPerStep,
+        "Gain of latent channels 16-23.",
+    ),
+    knob(
+        "ch_g3",
+        0.0,
+        3.0,
+        1.0,
+        false,
+        true,
+        SharedPerStep,
+        "Gain of latent channels 24-31.",
+    ),
+    knob(
+        "ch_g4",
+        0.0,
+        3.0,
+        1.0,
+        false,
+        true,
+        SharedPerStep,
+        "Gain of latent channels 32-39.",
+    ),
+    knob(
+        "ch_g5",
+        0.0,
+        3.0,
+        1.0,
+        false,
+        true,
+        SharedPerStep,
+        "Gain of latent channels 40-47.",
+    ),
+    knob(
+        "ch_g6",
+        0.0,
+        3.0,
+        1.0,
+        false,
+        true,
+        SharedPerStep,
+        "Gain of latent channels 48-55.",
+    ),
+    knob(
+        "ch_g7",
+        0.0,
+        3.0,
+        1.0,
+        false,
+        true,
+        SharedPerStep,
+        "Gain of latent channels 56-63.",
+    ),
 ];
 
 /// Per-frame curves a performer can draw: the seven per-step curves plus per-slot ones.
@@ -118,19 +370,35 @@ pub enum SourceSpec {
     /// An audio file, decoded on the sender's side before the message reaches the runner.
     File { path: String },
     /// 48 kHz stereo audio (planar), e.g. an upload.
-    Audio { name: String, channels: Vec<Vec<f32>> },
+    Audio {
+        name: String,
+        channels: Vec<Vec<f32>>,
+    },
     /// A latent `[frames][channels]` (little-endian f32, base64).
-    Latent { name: String, frames: usize, channels: usize, data_b64: String },
+    Latent {
+        name: String,
+        frames: usize,
+        channels: usize,
+        data_b64: String,
+    },
 }
 
 /// Everything a front end can ask of a live session. Applied only between ticks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ControlMessage {
-    SetKnob { name: String, value: f64 },
-    SetKnobs { values: BTreeMap<String, f64> },
+    SetKnob {
+        name: String,
+        value: f64,
+    },
+    SetKnobs {
+        values: BTreeMap<String, f64>,
+    },
     /// A per-frame curve over the song for a curve parameter; `None` removes it.
-    SetCurve { name: String, curve: Option<CurveSpec> },
+    SetCurve {
+        name: String,
+        curve: Option<CurveSpec>,
+    },
     /// Fields left out stay as they are; an empty `prompt_b` or `negative` removes it.
     SetPrompt {
         #[serde(default)]
@@ -144,23 +412,41 @@ pub enum ControlMessage {
         #[serde(default)]
         key: Option<String>,
     },
-    SetSolver { solver: SolverKind },
-    SetCfgMode { mode: CfgMode },
+    SetSolver {
+        solver: SolverKind,
+    },
+    SetCfgMode {
+        mode: CfgMode,
+    },
     SetDcw {
         #[serde(default)]
         enabled: Option<bool>,
         #[serde(default)]
         mode: Option<DcwMode>,
     },
-    SetSource { source: SourceSpec },
+    SetSource {
+        source: SourceSpec,
+    },
     /// LoRA strength (0 disables).
-    SetLora { id: String, strength: f64 },
-    SetLoopBand { start_s: f64, end_s: f64 },
+    SetLora {
+        id: String,
+        strength: f64,
+    },
+    SetLoopBand {
+        start_s: f64,
+        end_s: f64,
+    },
     ClearLoopBand,
-    Seek { seconds: f64 },
-    SetPlaying { playing: bool },
+    Seek {
+        seconds: f64,
+    },
+    SetPlaying {
+        playing: bool,
+    },
     /// Slew rate of slewed knobs in units per second (0 = no slew limiting).
-    SetSlew { per_second: f64 },
+    SetSlew {
+        per_second: f64,
+    },
 }
 
 impl ControlMessage {
@@ -181,10 +467,17 @@ impl ControlMessage {
                     PerSlot
                 }
             }
-            Self::SetPrompt { .. } | Self::SetSolver { .. } | Self::SetCfgMode { .. } | Self::SetSource { .. } => PerSlot,
+            Self::SetPrompt { .. }
+            | Self::SetSolver { .. }
+            | Self::SetCfgMode { .. }
+            | Self::SetSource { .. } => PerSlot,
             Self::SetDcw { .. } => SharedPerStep,
             Self::SetLora { .. } => GlobalWeights,
-            Self::SetLoopBand { .. } | Self::ClearLoopBand | Self::Seek { .. } | Self::SetPlaying { .. } | Self::SetSlew { .. } => Structural,
+            Self::SetLoopBand { .. }
+            | Self::ClearLoopBand
+            | Self::Seek { .. }
+            | Self::SetPlaying { .. }
+            | Self::SetSlew { .. } => Structural,
         }
     }
 }
@@ -192,7 +485,9 @@ impl ControlMessage {
 /// Validate a knob value; returns the value to store (rounded for integer knobs).
 pub fn check_knob(name: &str, value: f64) -> Result<f64, String> {
     if !value.is_finite() {
-        return Err(format!("knob `{name}`: value {value} is not a finite number"));
+        return Err(format!(
+            "knob `{name}`: value {value} is not a finite number"
+        ));
     }
     if let Some(id) = name.strip_prefix(LORA_PREFIX) {
         if id.is_empty() {
@@ -207,7 +502,10 @@ pub fn check_knob(name: &str, value: f64) -> Result<f64, String> {
         format!("unknown knob `{name}` (see list_knobs; LoRA strengths are `lora:<id>`)")
     })?;
     if value < spec.min || value > spec.max {
-        return Err(format!("knob `{name}`: {value} is outside [{}, {}]", spec.min, spec.max));
+        return Err(format!(
+            "knob `{name}`: {value} is outside [{}, {}]",
+            spec.min, spec.max
+        ));
     }
     Ok(if spec.integer { value.round() } else { value })
 }
@@ -224,14 +522,25 @@ pub struct KnobState {
 
 impl Default for KnobState {
     fn default() -> Self {
-        let values: BTreeMap<String, f64> = KNOBS.iter().map(|k| (k.name.to_string(), k.default)).collect();
-        Self { target: values.clone(), effective: values, slew_per_second: 4.0 }
+        let values: BTreeMap<String, f64> = KNOBS
+            .iter()
+            .map(|k| (k.name.to_string(), k.default))
+            .collect();
+        Self {
+            target: values.clone(),
+            effective: values,
+            slew_per_second: 4.0,
+        }
     }
 }
 
 impl KnobState {
     pub fn get(&self, name: &str) -> f64 {
-        self.effective.get(name).copied().or_else(|| knob_spec(name).map(|k| k.default)).unwrap_or(0.0)
+        self.effective
+            .get(name)
+            .copied()
+            .or_else(|| knob_spec(name).map(|k| k.default))
+            .unwrap_or(0.0)
     }
 
     /// Set a target (already validated). Unslewed knobs jump at once.
@@ -255,8 +564,16 @@ impl KnobState {
                 continue;
             }
             let range = knob_spec(name).map_or(2.0, |k| k.max - k.min).max(1e-9);
-            let step = if self.slew_per_second <= 0.0 { f64::INFINITY } else { self.slew_per_second * dt_seconds * range / 1.0 };
-            let next = if (target - cur).abs() <= step { target } else { cur + step * (target - cur).signum() };
+            let step = if self.slew_per_second <= 0.0 {
+                f64::INFINITY
+            } else {
+                self.slew_per_second * dt_seconds * range / 1.0
+            };
+            let next = if (target - cur).abs() <= step {
+                target
+            } else {
+                cur + step * (target - cur).signum()
+            };
             self.effective.insert(name.clone(), next);
             changed = true;
         }
@@ -272,17 +589,28 @@ mod tests {
     fn knob_validation() {
         assert_eq!(check_knob("denoise", 0.5), Ok(0.5));
         assert_eq!(check_knob("steps", 7.6), Ok(8.0));
-        assert!(check_knob("denoise", f64::NAN).unwrap_err().contains("not a finite"));
+        assert!(
+            check_knob("denoise", f64::NAN)
+                .unwrap_err()
+                .contains("not a finite")
+        );
         assert!(check_knob("depth", 9.0).unwrap_err().contains("outside"));
         assert!(check_knob("steps", 0.0).is_err());
-        assert!(check_knob("wobble", 1.0).unwrap_err().contains("unknown knob"));
+        assert!(
+            check_knob("wobble", 1.0)
+                .unwrap_err()
+                .contains("unknown knob")
+        );
         assert!(check_knob("lora:", 1.0).is_err());
         assert_eq!(check_knob("lora:funk", 1.2), Ok(1.2));
     }
 
     #[test]
     fn slew_limits_large_jumps() {
-        let mut s = KnobState { slew_per_second: 2.0, ..Default::default() };
+        let mut s = KnobState {
+            slew_per_second: 2.0,
+            ..Default::default()
+        };
         s.set("denoise", 0.1);
         assert_eq!(s.get("denoise"), 0.7, "slewed knobs start where they were");
         s.advance(0.04); // 2 ranges/s · 0.04 s = 0.08 of the range
@@ -293,19 +621,39 @@ mod tests {
         assert_eq!(s.get("denoise"), 0.1);
         s.set("seed", 7.0);
         assert_eq!(s.get("seed"), 7.0, "discrete knobs jump");
-        let mut s = KnobState { slew_per_second: 0.0, ..Default::default() };
+        let mut s = KnobState {
+            slew_per_second: 0.0,
+            ..Default::default()
+        };
         s.set("denoise", 0.2);
         assert_eq!(s.get("denoise"), 0.2);
     }
 
     #[test]
     fn messages_round_trip_as_json() {
-        let m = ControlMessage::SetCurve { name: "ode_noise".into(), curve: Some(CurveSpec::Ramp { start: 0.0, end: 1.0 }) };
+        let m = ControlMessage::SetCurve {
+            name: "ode_noise".into(),
+            curve: Some(CurveSpec::Ramp {
+                start: 0.0,
+                end: 1.0,
+            }),
+        };
         let s = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<ControlMessage>(&s).unwrap(), m);
-        assert!(serde_json::from_str::<ControlMessage>(r#"{"type":"set_knob","name":"denoise"}"#).is_err());
+        assert!(
+            serde_json::from_str::<ControlMessage>(r#"{"type":"set_knob","name":"denoise"}"#)
+                .is_err()
+        );
         assert!(serde_json::from_str::<ControlMessage>(r#"{"type":"explode"}"#).is_err());
-        let m: ControlMessage = serde_json::from_str(r#"{"type":"set_prompt","prompt":"techno"}"#).unwrap();
-        assert!(matches!(m, ControlMessage::SetPrompt { prompt: Some(_), prompt_b: None, .. }));
+        let m: ControlMessage =
+            serde_json::from_str(r#"{"type":"set_prompt","prompt":"techno"}"#).unwrap();
+        assert!(matches!(
+            m,
+            ControlMessage::SetPrompt {
+                prompt: Some(_),
+                prompt_b: None,
+                ..
+            }
+        ));
     }
 }

@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use demon_engine::{
-    BackendSet, CfgMode, ChannelGain, Conditioning, Curve, CurveSpec, DcwMode, DcwSettings, Prompt, ReceptiveField,
-    SharedLane, SlotCondition, SlotRequest, SolverKind, StreamPipeline, STEP_CURVE_NAMES, measure_receptive_field,
-    probe_latents,
+    BackendSet, CfgMode, ChannelGain, Conditioning, Curve, CurveSpec, DcwMode, DcwSettings, Prompt,
+    ReceptiveField, STEP_CURVE_NAMES, SharedLane, SlotCondition, SlotRequest, SolverKind,
+    StreamPipeline, measure_receptive_field, probe_latents,
 };
 use serde::{Deserialize, Serialize};
 
@@ -175,11 +175,21 @@ fn b64_encode(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for c in bytes.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         s.push(T[(n >> 18) as usize & 63] as char);
         s.push(T[(n >> 12) as usize & 63] as char);
-        s.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        s.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        s.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        s.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     s
 }
@@ -220,9 +230,17 @@ fn b64_decode(s: &str) -> Result<Vec<u8>, String> {
 /// A latent as a `SourceSpec::Latent` (for recordings and the wire).
 pub fn latent_spec(name: &str, latent: &Tensor) -> Result<SourceSpec, String> {
     let (_, frames, channels) = latent.dims3().map_err(|e| e.to_string())?;
-    let v: Vec<f32> = latent.flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
+    let v: Vec<f32> = latent
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .map_err(|e| e.to_string())?;
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    Ok(SourceSpec::Latent { name: name.into(), frames, channels, data_b64: b64_encode(&bytes) })
+    Ok(SourceSpec::Latent {
+        name: name.into(),
+        frames,
+        channels,
+        data_b64: b64_encode(&bytes),
+    })
 }
 
 impl LiveCore {
@@ -230,23 +248,39 @@ impl LiveCore {
     pub fn new(cfg: SessionConfig, mut backend: BackendSet) -> Result<Self, String> {
         backend.validate().map_err(|e| e.to_string())?;
         if cfg.samples_per_tick == 0 || cfg.samples_per_tick > 48_000 {
-            return Err(format!("samples_per_tick {} is outside 1..=48000", cfg.samples_per_tick));
+            return Err(format!(
+                "samples_per_tick {} is outside 1..=48000",
+                cfg.samples_per_tick
+            ));
         }
-        if !(cfg.song_seconds.is_finite() && cfg.song_seconds > 0.0 && cfg.song_seconds <= crate::render::MAX_SECONDS) {
-            return Err(format!("song length {} s is outside (0, {}]", cfg.song_seconds, crate::render::MAX_SECONDS));
+        if !(cfg.song_seconds.is_finite()
+            && cfg.song_seconds > 0.0
+            && cfg.song_seconds <= crate::render::MAX_SECONDS)
+        {
+            return Err(format!(
+                "song length {} s is outside (0, {}]",
+                cfg.song_seconds,
+                crate::render::MAX_SECONDS
+            ));
         }
         let hop = backend.codec.hop_samples();
         let field = match cfg.receptive_field {
             Some(f) => f,
             None => {
                 let c = backend.codec.latent_channels();
-                let probes = probe_latents(100, c, backend.codec.device()).map_err(|e| e.to_string())?;
-                measure_receptive_field(backend.codec.as_mut(), &probes, 9, 3, 32, 1e-6).map_err(|e| e.to_string())?
+                let probes =
+                    probe_latents(100, c, backend.codec.device()).map_err(|e| e.to_string())?;
+                measure_receptive_field(backend.codec.as_mut(), &probes, 9, 3, 32, 1e-6)
+                    .map_err(|e| e.to_string())?
             }
         };
         let depth = cfg.knobs.get("depth").copied().unwrap_or(4.0) as usize;
-        let pipeline = StreamPipeline::for_denoiser(depth.clamp(1, 8), backend.denoiser.as_ref()).map_err(|e| e.to_string())?;
-        let mut knobs = KnobState { slew_per_second: cfg.slew_per_second, ..Default::default() };
+        let pipeline = StreamPipeline::for_denoiser(depth.clamp(1, 8), backend.denoiser.as_ref())
+            .map_err(|e| e.to_string())?;
+        let mut knobs = KnobState {
+            slew_per_second: cfg.slew_per_second,
+            ..Default::default()
+        };
         for (k, v) in &cfg.knobs {
             let v = check_knob(k, *v)?;
             knobs.target.insert(k.clone(), v);
@@ -257,7 +291,12 @@ impl LiveCore {
         let lead_frames = (cfg.lead_seconds * 25.0).round().max(0.0) as u32;
         let sr = backend.codec.sample_rate();
         let mut core = Self {
-            prompt: Prompt { tags: cfg.prompt.clone(), bpm: cfg.bpm, key: cfg.key.clone(), ..Default::default() },
+            prompt: Prompt {
+                tags: cfg.prompt.clone(),
+                bpm: cfg.bpm,
+                key: cfg.key.clone(),
+                ..Default::default()
+            },
             prompt_b: cfg.prompt_b.clone(),
             negative: cfg.negative.clone(),
             solver: cfg.solver,
@@ -348,9 +387,18 @@ impl LiveCore {
         self.song_epoch += 1;
         self.song_frames = frames;
         let max_window = (self.cfg.window_seconds * 25.0).round() as usize;
-        self.window_frames = if max_window > 0 && frames > max_window { max_window } else { frames };
+        self.window_frames = if max_window > 0 && frames > max_window {
+            max_window
+        } else {
+            frames
+        };
         self.chunk_offset = 0;
-        self.decoder = WindowedDecoder::new(self.decoder.field, self.decoder.keep_frames, self.hop, frames);
+        self.decoder = WindowedDecoder::new(
+            self.decoder.field,
+            self.decoder.keep_frames,
+            self.hop,
+            frames,
+        );
         self.buffer = LoopBuffer::new(self.buffer.sample_rate, frames * self.hop);
         self.buffer_filled = false;
         self.history.clear();
@@ -381,34 +429,67 @@ impl LiveCore {
                 if audio.frames() < self.hop {
                     return Err(format!("source `{name}` is shorter than one latent frame"));
                 }
-                let latent = self.backend.codec.encode(&audio).map_err(|e| format!("source `{name}`: {e}"))?;
+                let latent = self
+                    .backend
+                    .codec
+                    .encode(&audio)
+                    .map_err(|e| format!("source `{name}`: {e}"))?;
                 (name.clone(), latent)
             }
-            SourceSpec::Latent { name, frames, channels, data_b64 } => {
+            SourceSpec::Latent {
+                name,
+                frames,
+                channels,
+                data_b64,
+            } => {
                 if *channels != c {
-                    return Err(format!("source `{name}` has {channels} latent channels; this backend uses {c}"));
+                    return Err(format!(
+                        "source `{name}` has {channels} latent channels; this backend uses {c}"
+                    ));
                 }
                 if *frames == 0 || *frames as f64 / 25.0 > crate::render::MAX_SECONDS {
-                    return Err(format!("source `{name}`: {frames} frames is not a usable length"));
+                    return Err(format!(
+                        "source `{name}`: {frames} frames is not a usable length"
+                    ));
                 }
                 let bytes = b64_decode(data_b64).map_err(|e| format!("source `{name}`: {e}"))?;
                 if bytes.len() != frames * channels * 4 {
-                    return Err(format!("source `{name}`: {} bytes for {frames}×{channels} floats", bytes.len()));
+                    return Err(format!(
+                        "source `{name}`: {} bytes for {frames}×{channels} floats",
+                        bytes.len()
+                    ));
                 }
-                let v: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                let v: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
                 if v.iter().any(|x| !x.is_finite()) {
                     return Err(format!("source `{name}` contains non-finite values"));
                 }
-                (name.clone(), Tensor::from_vec(v, (1, *frames, *channels), &device).map_err(|e| e.to_string())?)
+                (
+                    name.clone(),
+                    Tensor::from_vec(v, (1, *frames, *channels), &device)
+                        .map_err(|e| e.to_string())?,
+                )
             }
         };
         let frames = latent.dim(1).map_err(|e| e.to_string())?;
         if frames as f64 / 25.0 > crate::render::MAX_SECONDS {
-            return Err(format!("source `{name}` is longer than {} s", crate::render::MAX_SECONDS));
+            return Err(format!(
+                "source `{name}` is longer than {} s",
+                crate::render::MAX_SECONDS
+            ));
         }
-        let audio = self.backend.codec.decode(&latent, 0).map_err(|e| format!("source `{name}`: {e}"))?;
+        let audio = self
+            .backend
+            .codec
+            .decode(&latent, 0)
+            .map_err(|e| format!("source `{name}`: {e}"))?;
         let previous = (self.source.clone(), self.song_frames);
-        self.source = Some(Source { name: name.clone(), latent: latent.clone() });
+        self.source = Some(Source {
+            name: name.clone(),
+            latent: latent.clone(),
+        });
         self.source_version += 1;
         if let Err(e) = self.rebuild_conds() {
             self.source = previous.0;
@@ -426,27 +507,47 @@ impl LiveCore {
     fn rebuild_conds(&mut self) -> Result<(), String> {
         let cond = &mut self.backend.conditioner;
         let timbre_ref = self.source.as_ref().map(|s| s.latent.clone());
-        let with_timbre = |cond: &mut Box<dyn demon_engine::Conditioner>, p: &Prompt| -> Result<Option<Conditioning>, String> {
+        let with_timbre = |cond: &mut Box<dyn demon_engine::Conditioner>,
+                           p: &Prompt|
+         -> Result<Option<Conditioning>, String> {
             match &timbre_ref {
-                Some(r) => cond.condition_with_timbre(p, r).map(Some).map_err(|e| e.to_string()),
+                Some(r) => cond
+                    .condition_with_timbre(p, r)
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
                 None => Ok(None),
             }
         };
-        let a = cond.condition(&self.prompt).map_err(|e| format!("prompt: {e}"))?;
+        let a = cond
+            .condition(&self.prompt)
+            .map_err(|e| format!("prompt: {e}"))?;
         let a_timbre = with_timbre(cond, &self.prompt)?;
         let b = match &self.prompt_b {
             Some(text) => {
-                let p = Prompt { tags: text.clone(), ..self.prompt.clone() };
+                let p = Prompt {
+                    tags: text.clone(),
+                    ..self.prompt.clone()
+                };
                 let c = cond.condition(&p).map_err(|e| format!("prompt B: {e}"))?;
                 Some((c, with_timbre(cond, &p)?))
             }
             None => None,
         };
         let negative = match &self.negative {
-            Some(text) => cond.condition(&Prompt { tags: text.clone(), ..self.prompt.clone() }).map_err(|e| format!("negative prompt: {e}"))?,
+            Some(text) => cond
+                .condition(&Prompt {
+                    tags: text.clone(),
+                    ..self.prompt.clone()
+                })
+                .map_err(|e| format!("negative prompt: {e}"))?,
             None => cond.null_condition(&a).map_err(|e| e.to_string())?,
         };
-        self.conds = Some(Conds { a, a_timbre, b, negative });
+        self.conds = Some(Conds {
+            a,
+            a_timbre,
+            b,
+            negative,
+        });
         Ok(())
     }
 
@@ -480,11 +581,16 @@ impl LiveCore {
             }
             ControlMessage::SetCurve { name, curve } => {
                 if !CURVE_NAMES.contains(&name.as_str()) {
-                    return Err(format!("`{name}` is not a curve parameter (one of {})", CURVE_NAMES.join(", ")));
+                    return Err(format!(
+                        "`{name}` is not a curve parameter (one of {})",
+                        CURVE_NAMES.join(", ")
+                    ));
                 }
                 match curve {
                     Some(spec) => {
-                        let c = spec.to_curve(name, self.window_frames).map_err(|e| e.to_string())?;
+                        let c = spec
+                            .to_curve(name, self.window_frames)
+                            .map_err(|e| e.to_string())?;
                         check_curve_range(name, &c)?;
                         self.curves.insert(name.clone(), spec.clone());
                     }
@@ -493,8 +599,18 @@ impl LiveCore {
                     }
                 }
             }
-            ControlMessage::SetPrompt { prompt, prompt_b, negative, bpm, key } => {
-                let saved = (self.prompt.clone(), self.prompt_b.clone(), self.negative.clone());
+            ControlMessage::SetPrompt {
+                prompt,
+                prompt_b,
+                negative,
+                bpm,
+                key,
+            } => {
+                let saved = (
+                    self.prompt.clone(),
+                    self.prompt_b.clone(),
+                    self.negative.clone(),
+                );
                 if let Some(p) = prompt {
                     self.prompt.tags = p.clone();
                 }
@@ -505,12 +621,24 @@ impl LiveCore {
                     self.prompt.key = if k.is_empty() { None } else { Some(k.clone()) };
                 }
                 if let Some(b) = prompt_b {
-                    self.prompt_b = if b.trim().is_empty() { None } else { Some(b.clone()) };
+                    self.prompt_b = if b.trim().is_empty() {
+                        None
+                    } else {
+                        Some(b.clone())
+                    };
                 }
                 if let Some(n) = negative {
-                    self.negative = if n.trim().is_empty() { None } else { Some(n.clone()) };
+                    self.negative = if n.trim().is_empty() {
+                        None
+                    } else {
+                        Some(n.clone())
+                    };
                 }
-                let result = self.prompt.validate().map_err(|e| e.to_string()).and_then(|_| self.rebuild_conds());
+                let result = self
+                    .prompt
+                    .validate()
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| self.rebuild_conds());
                 if let Err(e) = result {
                     (self.prompt, self.prompt_b, self.negative) = saved;
                     return Err(e);
@@ -536,10 +664,15 @@ impl LiveCore {
             }
             ControlMessage::SetLoopBand { start_s, end_s } => {
                 if !(start_s.is_finite() && end_s.is_finite() && *start_s >= 0.0) {
-                    return Err(format!("loop band [{start_s}, {end_s}] s is not a range of times"));
+                    return Err(format!(
+                        "loop band [{start_s}, {end_s}] s is not a range of times"
+                    ));
                 }
                 let sr = self.buffer.sample_rate as f64;
-                let band = LoopBand { start: (start_s * sr).round() as usize, end: (end_s * sr).round() as usize };
+                let band = LoopBand {
+                    start: (start_s * sr).round() as usize,
+                    end: (end_s * sr).round() as usize,
+                };
                 self.buffer.set_band(Some(band))?;
             }
             ControlMessage::ClearLoopBand => self.buffer.set_band(None)?,
@@ -547,12 +680,15 @@ impl LiveCore {
                 if !(seconds.is_finite() && *seconds >= 0.0) {
                     return Err(format!("seek to {seconds} s is not a time"));
                 }
-                self.buffer.seek((seconds * self.buffer.sample_rate as f64).round() as usize)?;
+                self.buffer
+                    .seek((seconds * self.buffer.sample_rate as f64).round() as usize)?;
             }
             ControlMessage::SetPlaying { playing } => self.playing = *playing,
             ControlMessage::SetSlew { per_second } => {
                 if !(per_second.is_finite() && (0.0..=1000.0).contains(per_second)) {
-                    return Err(format!("slew rate {per_second} is outside [0, 1000] per second"));
+                    return Err(format!(
+                        "slew rate {per_second} is outside [0, 1000] per second"
+                    ));
                 }
                 self.knobs.slew_per_second = *per_second;
             }
@@ -565,9 +701,16 @@ impl LiveCore {
             Some(a) if a.list().iter().any(|x| x.id == id) => Ok(()),
             Some(a) => Err(format!(
                 "no LoRA adapter `{id}` (known: {})",
-                a.list().iter().map(|x| x.id.clone()).collect::<Vec<_>>().join(", ")
+                a.list()
+                    .iter()
+                    .map(|x| x.id.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
-            None => Err(format!("the {} backend has no LoRA adapters", self.backend.name)),
+            None => Err(format!(
+                "the {} backend has no LoRA adapters",
+                self.backend.name
+            )),
         }
     }
 
@@ -576,14 +719,18 @@ impl LiveCore {
             self.check_lora(id)?;
         }
         if name == "depth" {
-            self.pipeline.set_depth(v as usize).map_err(|e| e.to_string())?;
+            self.pipeline
+                .set_depth(v as usize)
+                .map_err(|e| e.to_string())?;
         }
         self.knobs.set(name, v);
         Ok(())
     }
 
     fn curve(&self, name: &str, frames: usize) -> Option<Curve> {
-        self.curves.get(name).and_then(|s| s.to_curve(name, frames).ok())
+        self.curves
+            .get(name)
+            .and_then(|s| s.to_curve(name, frames).ok())
     }
 
     /// The shared lane from the effective knobs and drawn curves.
@@ -595,19 +742,28 @@ impl LiveCore {
         };
         let mut lane = SharedLane::default();
         lane.curves.velocity_scale = pick("velocity_scale", Some(k("velocity_scale")));
-        lane.curves.sde_denoise = if self.solver == SolverKind::Sde || self.curves.contains_key("sde_denoise") {
-            pick("sde_denoise", Some(k("sde_denoise")))
-        } else {
-            None
-        };
+        lane.curves.sde_denoise =
+            if self.solver == SolverKind::Sde || self.curves.contains_key("sde_denoise") {
+                pick("sde_denoise", Some(k("sde_denoise")))
+            } else {
+                None
+            };
         lane.curves.ode_noise = pick("ode_noise", (k("ode_noise") > 0.0).then(|| k("ode_noise")));
-        lane.curves.x0_target_strength = pick("x0_target_strength", (k("x0_target_strength") > 0.0).then(|| k("x0_target_strength")));
+        lane.curves.x0_target_strength = pick(
+            "x0_target_strength",
+            (k("x0_target_strength") > 0.0).then(|| k("x0_target_strength")),
+        );
         lane.curves.guidance = pick("guidance", (k("guidance") > 1.0).then(|| k("guidance")));
         lane.curves.apg_momentum = pick("apg_momentum", Some(k("apg_momentum")));
-        lane.curves.cfg_rescale = pick("cfg_rescale", (k("cfg_rescale") > 0.0).then(|| k("cfg_rescale")));
+        lane.curves.cfg_rescale = pick(
+            "cfg_rescale",
+            (k("cfg_rescale") > 0.0).then(|| k("cfg_rescale")),
+        );
         let c = self.backend.denoiser.latent_channels();
         let group = c.div_ceil(8).max(1);
-        let gains: Vec<f32> = (0..c).map(|i| k(&format!("ch_g{}", (i / group).min(7)))).collect();
+        let gains: Vec<f32> = (0..c)
+            .map(|i| k(&format!("ch_g{}", (i / group).min(7))))
+            .collect();
         lane.channel_gain = ChannelGain::new(gains).ok().filter(|g| !g.is_identity());
         lane.dcw = DcwSettings {
             enabled: self.dcw_enabled,
@@ -627,12 +783,15 @@ impl LiveCore {
         let conds = self.conds.as_ref().ok_or("conditioning unavailable")?;
         let timbre = self.knobs.get("timbre") as f32;
         let blend = self.knobs.get("blend") as f32;
-        let with_timbre = |plain: &Conditioning, tim: &Option<Conditioning>| -> Result<Conditioning, String> {
-            match tim {
-                Some(tc) if timbre > 0.001 => Conditioning::lerp(plain, tc, timbre.min(1.0)).map_err(|e| e.to_string()),
-                _ => Ok(plain.clone()),
-            }
-        };
+        let with_timbre =
+            |plain: &Conditioning, tim: &Option<Conditioning>| -> Result<Conditioning, String> {
+                match tim {
+                    Some(tc) if timbre > 0.001 => {
+                        Conditioning::lerp(plain, tc, timbre.min(1.0)).map_err(|e| e.to_string())
+                    }
+                    _ => Ok(plain.clone()),
+                }
+            };
         let ca = with_timbre(&conds.a, &conds.a_timbre)?;
         let negative = conds.negative.clone();
         let blend_curve = self.curve("blend", t);
@@ -641,16 +800,25 @@ impl LiveCore {
                 let cb = with_timbre(b, bt)?;
                 let w = curve.clamped(0.0, 1.0);
                 let wa = w.map("blend", |x| 1.0 - x).map_err(|e| e.to_string())?;
-                vec![SlotCondition::weighted(ca, wa), SlotCondition::weighted(cb, w)]
+                vec![
+                    SlotCondition::weighted(ca, wa),
+                    SlotCondition::weighted(cb, w),
+                ]
             }
             (Some((b, bt)), None) if blend > 0.001 => {
                 let cb = with_timbre(b, bt)?;
-                vec![SlotCondition::new(Conditioning::lerp(&ca, &cb, blend.min(1.0)).map_err(|e| e.to_string())?)]
+                vec![SlotCondition::new(
+                    Conditioning::lerp(&ca, &cb, blend.min(1.0)).map_err(|e| e.to_string())?,
+                )]
             }
             _ => vec![SlotCondition::new(ca)],
         };
         let src_chunk = match &self.source {
-            Some(s) => Some(s.latent.narrow(1, self.chunk_offset, t).map_err(|e| e.to_string())?),
+            Some(s) => Some(
+                s.latent
+                    .narrow(1, self.chunk_offset, t)
+                    .map_err(|e| e.to_string())?,
+            ),
             None => None,
         };
         // Structure context, recomputed only when the strength or the source changes.
@@ -659,8 +827,16 @@ impl LiveCore {
         let context = match &self.context_cache {
             Some((s, o, v, ctx)) if (*s, *o, *v) == key => ctx.clone(),
             _ => {
-                let strength = if src_chunk.is_some() { structure as f32 } else { 0.0 };
-                let ctx = self.backend.conditioner.context(src_chunk.as_ref(), t, strength).map_err(|e| e.to_string())?;
+                let strength = if src_chunk.is_some() {
+                    structure as f32
+                } else {
+                    0.0
+                };
+                let ctx = self
+                    .backend
+                    .conditioner
+                    .context(src_chunk.as_ref(), t, strength)
+                    .map_err(|e| e.to_string())?;
                 self.context_cache = Some((key.0, key.1, key.2, ctx.clone()));
                 ctx
             }
@@ -677,15 +853,25 @@ impl LiveCore {
         // Feedback: earlier outputs mixed into the source (or standing in for a missing one).
         let feedback = self.knobs.get("feedback") as f32;
         let tap = (self.knobs.get("feedback_depth") as usize).clamp(1, 8) - 1;
-        let tap_latent = self.history.get(tap).filter(|h| h.dims() == [1, t, self.backend.denoiser.latent_channels()]);
+        let tap_latent = self
+            .history
+            .get(tap)
+            .filter(|h| h.dims() == [1, t, self.backend.denoiser.latent_channels()]);
         let fed = match (feedback > 0.0, tap_latent) {
             (true, Some(h)) => match &src_chunk {
-                Some(s) => Some(((s * (1.0 - feedback as f64)).and_then(|a| a + (h * feedback as f64)?)).map_err(|e| e.to_string())?),
+                Some(s) => Some(
+                    ((s * (1.0 - feedback as f64)).and_then(|a| a + (h * feedback as f64)?))
+                        .map_err(|e| e.to_string())?,
+                ),
                 None => Some(h.clone()),
             },
             _ => src_chunk.clone(),
         };
-        r.schedule.denoise = if fed.is_some() { self.knobs.get("denoise") as f32 } else { 1.0 };
+        r.schedule.denoise = if fed.is_some() {
+            self.knobs.get("denoise") as f32
+        } else {
+            1.0
+        };
         r.source = fed;
         r.x0_target = src_chunk.clone();
         if src_chunk.is_some() {
@@ -716,14 +902,17 @@ impl LiveCore {
         for (id, v) in wanted {
             if self.loras.get(&id) != Some(&v) {
                 if let Some(a) = self.backend.denoiser.adapters() {
-                    a.set_strength(&id, v as f32).map_err(|e| format!("LoRA `{id}`: {e}"))?;
+                    a.set_strength(&id, v as f32)
+                        .map_err(|e| format!("LoRA `{id}`: {e}"))?;
                 }
                 self.loras.insert(id, v);
             }
         }
         let lane = self.build_lane();
         if lane != self.lane {
-            self.pipeline.set_lane(lane.clone()).map_err(|e| e.to_string())?;
+            self.pipeline
+                .set_lane(lane.clone())
+                .map_err(|e| e.to_string())?;
             self.lane = lane;
         }
 
@@ -731,7 +920,10 @@ impl LiveCore {
         let hop = self.hop;
         let playhead = self.buffer.playhead();
         let (region_lo, region_hi) = self.buffer.region();
-        let region = (region_lo / hop, region_hi.div_ceil(hop).min(self.song_frames));
+        let region = (
+            region_lo / hop,
+            region_hi.div_ceil(hop).min(self.song_frames),
+        );
         let lead = lead_override.unwrap_or(self.lead_frames);
         let span = (region.1 - region.0).max(1);
         let target = region.0 + ((playhead / hop).saturating_sub(region.0) + lead as usize) % span;
@@ -749,7 +941,10 @@ impl LiveCore {
             let request = self.build_request()?;
             self.pipeline.submit(request).map_err(|e| e.to_string())?;
         }
-        let report = self.pipeline.tick(self.backend.denoiser.as_mut()).map_err(|e| e.to_string())?;
+        let report = self
+            .pipeline
+            .tick(self.backend.denoiser.as_mut())
+            .map_err(|e| e.to_string())?;
         let mut finished = 0;
         for f in report.finished {
             self.generations += 1;
@@ -769,8 +964,15 @@ impl LiveCore {
         let mut patches = Vec::new();
         let mut replaced = false;
         if let Some(latent) = self.latest.clone() {
-            if !self.buffer_filled && self.source.is_none() && self.window_frames == self.song_frames {
-                let audio = self.backend.codec.decode(&latent, 0).map_err(|e| e.to_string())?;
+            if !self.buffer_filled
+                && self.source.is_none()
+                && self.window_frames == self.song_frames
+            {
+                let audio = self
+                    .backend
+                    .codec
+                    .decode(&latent, 0)
+                    .map_err(|e| e.to_string())?;
                 let mut ch = audio.channels.into_iter();
                 let l = ch.next().unwrap_or_default();
                 let r = ch.next().unwrap_or_else(|| l.clone());
@@ -779,14 +981,30 @@ impl LiveCore {
                 replaced = true;
             } else {
                 let chunk = (self.chunk_offset, self.window_frames);
-                if let Some(w) = self.decoder.update_chunk(self.backend.codec.as_mut(), &latent, chunk, self.version, target, region, &mut self.buffer).map_err(|e| e.to_string())? {
+                if let Some(w) = self
+                    .decoder
+                    .update_chunk(
+                        self.backend.codec.as_mut(),
+                        &latent,
+                        chunk,
+                        self.version,
+                        target,
+                        region,
+                        &mut self.buffer,
+                    )
+                    .map_err(|e| e.to_string())?
+                {
                     // Clients get exactly what the loop holds now (the crossfaded patch), so
                     // their copy matches the server's, edges included.
                     let start = w.start_frame * hop;
                     let n = w.frames * hop;
                     let len = self.buffer.len();
-                    let held: Vec<Vec<f32>> =
-                        self.buffer.channels().iter().map(|c| (0..n).map(|i| c[(start + i) % len]).collect()).collect();
+                    let held: Vec<Vec<f32>> = self
+                        .buffer
+                        .channels()
+                        .iter()
+                        .map(|c| (0..n).map(|i| c[(start + i) % len]).collect())
+                        .collect();
                     patches.push((start as u64, Arc::new(held)));
                 }
             }
@@ -795,7 +1013,11 @@ impl LiveCore {
         let decode_ms = decode_started.elapsed().as_secs_f32() * 1000.0;
         if self.cfg.adaptive_lead {
             let cost = (tick_ms + decode_ms) as f64;
-            self.cost_ema_ms = if self.cost_ema_ms == 0.0 { cost } else { 0.7 * self.cost_ema_ms + 0.3 * cost };
+            self.cost_ema_ms = if self.cost_ema_ms == 0.0 {
+                cost
+            } else {
+                0.7 * self.cost_ema_ms + 0.3 * cost
+            };
             let base = (self.cfg.lead_seconds * 25.0).round() as u32;
             self.lead_frames = base.max((self.cost_ema_ms / 40.0).ceil() as u32 + 1);
         }
@@ -834,7 +1056,12 @@ impl LiveCore {
     /// A snapshot for status endpoints and UIs.
     pub fn state(&mut self) -> SessionState {
         let sr = self.buffer.sample_rate as f64;
-        let adapters = self.backend.denoiser.adapters().map(|a| a.list()).unwrap_or_default();
+        let adapters = self
+            .backend
+            .denoiser
+            .adapters()
+            .map(|a| a.list())
+            .unwrap_or_default();
         SessionState {
             backend: self.backend.name.clone(),
             tick: self.tick,
@@ -855,7 +1082,10 @@ impl LiveCore {
             window_seconds: self.window_frames as f64 / 25.0,
             chunk_offset_seconds: self.chunk_offset as f64 / 25.0,
             playhead_seconds: self.buffer.playhead() as f64 / sr,
-            loop_band: self.buffer.band().map(|b| (b.start as f64 / sr, b.end as f64 / sr)),
+            loop_band: self
+                .buffer
+                .band()
+                .map(|b| (b.start as f64 / sr, b.end as f64 / sr)),
             playing: self.playing,
             depth: self.pipeline.depth(),
             active_slots: self.pipeline.active_slots(),

@@ -30,7 +30,12 @@ pub struct WindowedDecoder {
 
 impl WindowedDecoder {
     pub fn new(field: ReceptiveField, keep_frames: usize, hop: usize, song_frames: usize) -> Self {
-        Self { field, keep_frames: keep_frames.max(1), hop, frame_version: vec![0; song_frames] }
+        Self {
+            field,
+            keep_frames: keep_frames.max(1),
+            hop,
+            frame_version: vec![0; song_frames],
+        }
     }
 
     pub fn song_frames(&self) -> usize {
@@ -44,16 +49,29 @@ impl WindowedDecoder {
 
     /// The first frame, scanning `n` frames from `start` and wrapping inside `[lo, hi)`, that does
     /// not hold `version` yet.
-    pub fn stale_from(&self, start: usize, n: usize, version: u64, (lo, hi): (usize, usize)) -> Option<usize> {
+    pub fn stale_from(
+        &self,
+        start: usize,
+        n: usize,
+        version: u64,
+        (lo, hi): (usize, usize),
+    ) -> Option<usize> {
         let span = hi.saturating_sub(lo);
         if span == 0 || start < lo || start >= hi {
             return None;
         }
-        (0..n.min(span)).map(|i| lo + (start - lo + i) % span).find(|&f| self.frame_version[f] != version)
+        (0..n.min(span))
+            .map(|i| lo + (start - lo + i) % span)
+            .find(|&f| self.frame_version[f] != version)
     }
 
     /// The latent frames `[start − before, start + keep + after)`, gathered cyclically.
-    fn gather(&self, latent: &Tensor, start: usize, keep: usize) -> candle_core::Result<(Tensor, i64)> {
+    fn gather(
+        &self,
+        latent: &Tensor,
+        start: usize,
+        keep: usize,
+    ) -> candle_core::Result<(Tensor, i64)> {
         let t = latent.dim(1)? as i64;
         let lo = start as i64 - self.field.before as i64;
         let hi = (start + keep + self.field.after) as i64;
@@ -69,13 +87,27 @@ impl WindowedDecoder {
     }
 
     /// Decode `keep` frames at `start` of `latent` (`[1, T, C]`).
-    pub fn decode(&self, codec: &mut dyn Codec, latent: &Tensor, start: usize, keep: usize) -> demon_engine::Result<DecodedWindow> {
+    pub fn decode(
+        &self,
+        codec: &mut dyn Codec,
+        latent: &Tensor,
+        start: usize,
+        keep: usize,
+    ) -> demon_engine::Result<DecodedWindow> {
         let (window, first) = self.gather(latent, start, keep)?;
         let audio = codec.decode(&window, first)?;
         let from = self.field.before * self.hop;
         let len = keep * self.hop;
-        let kept = audio.channels.iter().map(|c| c[from..from + len].to_vec()).collect();
-        Ok(DecodedWindow { start_frame: start, frames: keep, audio: kept })
+        let kept = audio
+            .channels
+            .iter()
+            .map(|c| c[from..from + len].to_vec())
+            .collect();
+        Ok(DecodedWindow {
+            start_frame: start,
+            frames: keep,
+            audio: kept,
+        })
     }
 
     /// Bring the frames at the decode target up to `version`: decode the next window starting at
@@ -105,7 +137,11 @@ impl WindowedDecoder {
         if hi <= lo {
             return Ok(None);
         }
-        let target = if target_frame < lo || target_frame >= hi { lo } else { target_frame };
+        let target = if target_frame < lo || target_frame >= hi {
+            lo
+        } else {
+            target_frame
+        };
         let Some(start) = self.stale_from(target, self.keep_frames, version, (lo, hi)) else {
             return Ok(None);
         };

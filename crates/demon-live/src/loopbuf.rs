@@ -26,7 +26,12 @@ pub struct LoopBuffer {
 
 impl LoopBuffer {
     pub fn new(sample_rate: u32, samples: usize) -> Self {
-        Self { sample_rate, channels: [vec![0.0; samples], vec![0.0; samples]], playhead: 0, band: None }
+        Self {
+            sample_rate,
+            channels: [vec![0.0; samples], vec![0.0; samples]],
+            playhead: 0,
+            band: None,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -85,7 +90,10 @@ impl LoopBuffer {
 
     pub fn seek(&mut self, sample: usize) -> Result<(), String> {
         if sample >= self.len() {
-            return Err(format!("seek to sample {sample} is beyond the song ({} samples)", self.len()));
+            return Err(format!(
+                "seek to sample {sample} is beyond the song ({} samples)",
+                self.len()
+            ));
         }
         self.playhead = sample;
         Ok(())
@@ -129,7 +137,11 @@ impl LoopBuffer {
             return;
         }
         let xf = CROSSFADE_SAMPLES.min(n / 4).max(1);
-        for (ch, src) in self.channels.iter_mut().zip(audio.iter().chain(audio.iter())) {
+        for (ch, src) in self
+            .channels
+            .iter_mut()
+            .zip(audio.iter().chain(audio.iter()))
+        {
             for (i, s) in src.iter().enumerate() {
                 let w = if i < xf {
                     (i + 1) as f32 / (xf + 1) as f32
@@ -139,7 +151,11 @@ impl LoopBuffer {
                     1.0
                 };
                 let j = (start + i) % len;
-                ch[j] = if w == 1.0 { *s } else { ch[j] + (s - ch[j]) * w };
+                ch[j] = if w == 1.0 {
+                    *s
+                } else {
+                    ch[j] + (s - ch[j]) * w
+                };
             }
         }
     }
@@ -158,10 +174,18 @@ mod tests {
         assert_eq!(out[0], vec![0.0, 1.0, 2.0, 3.0]);
         b.set_band(Some(LoopBand { start: 2, end: 5 })).unwrap();
         b.read(5, &mut out);
-        assert_eq!(out[0], vec![4.0, 2.0, 3.0, 4.0, 2.0], "inside the band already: plays on, then loops");
+        assert_eq!(
+            out[0],
+            vec![4.0, 2.0, 3.0, 4.0, 2.0],
+            "inside the band already: plays on, then loops"
+        );
         b.set_band(Some(LoopBand { start: 6, end: 8 })).unwrap();
         b.read(3, &mut out);
-        assert_eq!(out[0], vec![6.0, 7.0, 6.0], "outside the new band: jumps to its start");
+        assert_eq!(
+            out[0],
+            vec![6.0, 7.0, 6.0],
+            "outside the new band: jumps to its start"
+        );
         assert!(b.set_band(Some(LoopBand { start: 5, end: 5 })).is_err());
         assert!(b.set_band(Some(LoopBand { start: 0, end: 11 })).is_err());
         assert!(b.seek(10).is_err());

@@ -16,9 +16,21 @@ use crate::sink::{AudioSink, WavRecorder};
 
 /// Convert script times to ticks: an event at `t` seconds applies before the first tick that
 /// starts at or after `t`.
-pub fn script_ticks(events: &[ScriptEvent], samples_per_tick: usize, sample_rate: u32) -> Vec<(u64, crate::control::ControlMessage)> {
+pub fn script_ticks(
+    events: &[ScriptEvent],
+    samples_per_tick: usize,
+    sample_rate: u32,
+) -> Vec<(u64, crate::control::ControlMessage)> {
     let tick_s = samples_per_tick as f64 / sample_rate as f64;
-    events.iter().map(|e| (((e.at / tick_s) - 1e-9).ceil().max(0.0) as u64, e.message.clone())).collect()
+    events
+        .iter()
+        .map(|e| {
+            (
+                ((e.at / tick_s) - 1e-9).ceil().max(0.0) as u64,
+                e.message.clone(),
+            )
+        })
+        .collect()
 }
 
 /// Run a scripted performance for `seconds`.
@@ -34,7 +46,10 @@ pub fn perform(
     mut sinks: Vec<Box<dyn AudioSink>>,
 ) -> Result<SessionSummary, String> {
     if !(seconds.is_finite() && seconds > 0.0 && seconds <= crate::render::MAX_SECONDS) {
-        return Err(format!("performance length {seconds} s is outside (0, {}]", crate::render::MAX_SECONDS));
+        return Err(format!(
+            "performance length {seconds} s is outside (0, {}]",
+            crate::render::MAX_SECONDS
+        ));
     }
     let core = LiveCore::new(config, backend)?;
     let spt = core.config().samples_per_tick;
@@ -55,7 +70,11 @@ pub fn perform(
 }
 
 /// Re-render a recorded session offline to `out_wav`.
-pub fn replay(file: &SessionFile, backend: BackendSet, out_wav: &Path) -> Result<SessionSummary, String> {
+pub fn replay(
+    file: &SessionFile,
+    backend: BackendSet,
+    out_wav: &Path,
+) -> Result<SessionSummary, String> {
     if file.config.backend != backend.name {
         return Err(format!(
             "the session was recorded with the `{}` backend; this replay uses `{}`",

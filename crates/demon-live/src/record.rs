@@ -18,12 +18,24 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SessionLine {
-    Header { version: u32, config: SessionConfig },
+    Header {
+        version: u32,
+        config: SessionConfig,
+    },
     /// A control message applied before tick `tick` ran.
-    Event { tick: u64, message: ControlMessage },
+    Event {
+        tick: u64,
+        message: ControlMessage,
+    },
     /// The clock the runner used at `tick`: where the playhead was and how far ahead it decoded.
-    Clock { tick: u64, playhead: u64, lead_frames: u32 },
-    End { ticks: u64 },
+    Clock {
+        tick: u64,
+        playhead: u64,
+        lead_frames: u32,
+    },
+    End {
+        ticks: u64,
+    },
 }
 
 /// Writes a session file line by line as the performance happens.
@@ -33,9 +45,15 @@ pub struct SessionWriter {
 
 impl SessionWriter {
     pub fn create(path: &Path, config: &SessionConfig) -> Result<Self, String> {
-        let file = std::fs::File::create(path).map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
-        let mut w = Self { out: std::io::BufWriter::new(file) };
-        w.line(&SessionLine::Header { version: FORMAT_VERSION, config: config.clone() })?;
+        let file = std::fs::File::create(path)
+            .map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
+        let mut w = Self {
+            out: std::io::BufWriter::new(file),
+        };
+        w.line(&SessionLine::Header {
+            version: FORMAT_VERSION,
+            config: config.clone(),
+        })?;
         Ok(w)
     }
 
@@ -46,7 +64,9 @@ impl SessionWriter {
 
     pub fn finish(mut self, ticks: u64) -> Result<(), String> {
         self.line(&SessionLine::End { ticks })?;
-        self.out.flush().map_err(|e| format!("writing the session file: {e}"))
+        self.out
+            .flush()
+            .map_err(|e| format!("writing the session file: {e}"))
     }
 }
 
@@ -63,7 +83,8 @@ pub struct SessionFile {
 
 /// Read and check a session file; errors name the line.
 pub fn read_session(path: &Path) -> Result<SessionFile, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     let mut config = None;
     let mut events = Vec::new();
     let mut clock = Vec::new();
@@ -73,32 +94,63 @@ pub fn read_session(path: &Path) -> Result<SessionFile, String> {
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: SessionLine =
-            serde_json::from_str(&line).map_err(|e| format!("`{}` line {}: {e}", path.display(), i + 1))?;
+        let parsed: SessionLine = serde_json::from_str(&line)
+            .map_err(|e| format!("`{}` line {}: {e}", path.display(), i + 1))?;
         match parsed {
             SessionLine::Header { version, config: c } => {
                 if version != FORMAT_VERSION {
-                    return Err(format!("`{}`: session format version {version} is not supported (expected {FORMAT_VERSION})", path.display()));
+                    return Err(format!(
+                        "`{}`: session format version {version} is not supported (expected {FORMAT_VERSION})",
+                        path.display()
+                    ));
                 }
                 if config.is_some() {
-                    return Err(format!("`{}` line {}: a second header", path.display(), i + 1));
+                    return Err(format!(
+                        "`{}` line {}: a second header",
+                        path.display(),
+                        i + 1
+                    ));
                 }
                 config = Some(c);
             }
-            _ if config.is_none() => return Err(format!("`{}` line {}: the header must come first", path.display(), i + 1)),
+            _ if config.is_none() => {
+                return Err(format!(
+                    "`{}` line {}: the header must come first",
+                    path.display(),
+                    i + 1
+                ));
+            }
             SessionLine::Event { tick, message } => {
                 if events.last().is_some_and(|(t, _)| *t > tick) {
-                    return Err(format!("`{}` line {}: events out of tick order", path.display(), i + 1));
+                    return Err(format!(
+                        "`{}` line {}: events out of tick order",
+                        path.display(),
+                        i + 1
+                    ));
                 }
                 events.push((tick, message));
             }
-            SessionLine::Clock { tick, playhead, lead_frames } => clock.push((tick, playhead, lead_frames)),
+            SessionLine::Clock {
+                tick,
+                playhead,
+                lead_frames,
+            } => clock.push((tick, playhead, lead_frames)),
             SessionLine::End { ticks: t } => ticks = Some(t),
         }
     }
     let config = config.ok_or_else(|| format!("`{}` has no header line", path.display()))?;
-    let ticks = ticks.ok_or_else(|| format!("`{}` has no end line (the performance was cut short)", path.display()))?;
-    Ok(SessionFile { config, events, clock, ticks })
+    let ticks = ticks.ok_or_else(|| {
+        format!(
+            "`{}` has no end line (the performance was cut short)",
+            path.display()
+        )
+    })?;
+    Ok(SessionFile {
+        config,
+        events,
+        clock,
+        ticks,
+    })
 }
 
 /// A performance script: control events at times in seconds (JSON lines
@@ -110,16 +162,23 @@ pub struct ScriptEvent {
 }
 
 pub fn read_script(path: &Path) -> Result<Vec<ScriptEvent>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();
         if t.is_empty() || t.starts_with('#') || t.starts_with("//") {
             continue;
         }
-        let ev: ScriptEvent = serde_json::from_str(t).map_err(|e| format!("`{}` line {}: {e}", path.display(), i + 1))?;
+        let ev: ScriptEvent = serde_json::from_str(t)
+            .map_err(|e| format!("`{}` line {}: {e}", path.display(), i + 1))?;
         if !(ev.at.is_finite() && ev.at >= 0.0) {
-            return Err(format!("`{}` line {}: time {} is not a time in seconds", path.display(), i + 1, ev.at));
+            return Err(format!(
+                "`{}` line {}: time {} is not a time in seconds",
+                path.display(),
+                i + 1,
+                ev.at
+            ));
         }
         out.push(ev);
     }

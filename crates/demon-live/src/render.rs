@@ -7,8 +7,9 @@
 
 use candle_core::Tensor;
 use demon_engine::{
-    Audio, BackendSet, CfgMode, Conditioning, Curve, CurveSpec, DcwSettings, EngineError, LatentMask, Prompt,
-    ScheduleParams, SharedLane, SlotCondition, SlotRequest, SolverKind, StreamPipeline, STEP_CURVE_NAMES,
+    Audio, BackendSet, CfgMode, Conditioning, Curve, CurveSpec, DcwSettings, EngineError,
+    LatentMask, Prompt, STEP_CURVE_NAMES, ScheduleParams, SharedLane, SlotCondition, SlotRequest,
+    SolverKind, StreamPipeline,
 };
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +37,14 @@ pub struct NamedCurve {
 }
 
 /// Curve names a render understands beyond the seven per-step curves.
-pub const EXTRA_CURVE_NAMES: [&str; 6] = ["initial_noise", "x0_target", "mask", "blend", "dcw", "dcw_high"];
+pub const EXTRA_CURVE_NAMES: [&str; 6] = [
+    "initial_noise",
+    "x0_target",
+    "mask",
+    "blend",
+    "dcw",
+    "dcw_high",
+];
 
 /// Everything that determines a render.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -101,26 +109,49 @@ impl RenderSpec {
     /// Reject impossible values before any work starts.
     pub fn validate(&self) -> Result<(), RenderError> {
         if self.frames == 0 {
-            return Err(RenderError::Invalid("the song length is zero: give --seconds greater than 0".into()));
+            return Err(RenderError::Invalid(
+                "the song length is zero: give --seconds greater than 0".into(),
+            ));
         }
         let seconds = self.frames as f64 / demon_engine::FRAMES_PER_SECOND;
         if seconds > MAX_SECONDS {
-            return Err(RenderError::Invalid(format!("{seconds:.0} s is longer than the {MAX_SECONDS:.0} s limit")));
+            return Err(RenderError::Invalid(format!(
+                "{seconds:.0} s is longer than the {MAX_SECONDS:.0} s limit"
+            )));
         }
         if self.takes == 0 || self.takes > MAX_TAKES {
-            return Err(RenderError::Invalid(format!("takes must be in 1..={MAX_TAKES}, got {}", self.takes)));
+            return Err(RenderError::Invalid(format!(
+                "takes must be in 1..={MAX_TAKES}, got {}",
+                self.takes
+            )));
         }
-        ScheduleParams { steps: self.steps, shift: self.shift, denoise: self.denoise }.validate()?;
+        ScheduleParams {
+            steps: self.steps,
+            shift: self.shift,
+            denoise: self.denoise,
+        }
+        .validate()?;
         if self.depth == 0 || self.depth > demon_engine::MAX_DEPTH {
-            return Err(EngineError::param("depth", format!("{} is outside 1..={}", self.depth, demon_engine::MAX_DEPTH)).into());
+            return Err(EngineError::param(
+                "depth",
+                format!("{} is outside 1..={}", self.depth, demon_engine::MAX_DEPTH),
+            )
+            .into());
         }
         if let Some(g) = self.guidance {
             if !(g.is_finite() && (0.0..=30.0).contains(&g)) {
-                return Err(EngineError::param("guidance", format!("{g} is outside [0, 30]")).into());
+                return Err(
+                    EngineError::param("guidance", format!("{g} is outside [0, 30]")).into(),
+                );
             }
         }
-        if !(self.structure_strength.is_finite() && (0.0..=1.0).contains(&self.structure_strength)) {
-            return Err(EngineError::param("structure", format!("{} is outside [0, 1]", self.structure_strength)).into());
+        if !(self.structure_strength.is_finite() && (0.0..=1.0).contains(&self.structure_strength))
+        {
+            return Err(EngineError::param(
+                "structure",
+                format!("{} is outside [0, 1]", self.structure_strength),
+            )
+            .into());
         }
         self.prompt.validate()?;
         if let Some(b) = &self.prompt_b {
@@ -128,10 +159,16 @@ impl RenderSpec {
         }
         for c in &self.curves {
             c.spec.validate(&c.name)?;
-            if !STEP_CURVE_NAMES.contains(&c.name.as_str()) && !EXTRA_CURVE_NAMES.contains(&c.name.as_str()) {
+            if !STEP_CURVE_NAMES.contains(&c.name.as_str())
+                && !EXTRA_CURVE_NAMES.contains(&c.name.as_str())
+            {
                 return Err(EngineError::curve(
                     &c.name,
-                    format!("unknown curve name (one of {}, {})", STEP_CURVE_NAMES.join(", "), EXTRA_CURVE_NAMES.join(", ")),
+                    format!(
+                        "unknown curve name (one of {}, {})",
+                        STEP_CURVE_NAMES.join(", "),
+                        EXTRA_CURVE_NAMES.join(", ")
+                    ),
                 )
                 .into());
             }
@@ -154,53 +191,96 @@ pub fn build_requests(
     if let Some(s) = source {
         let want = [1, t, backend.codec.latent_channels()];
         if s.dims() != want {
-            return Err(EngineError::shape("source latent", format!("{want:?}"), format!("{:?}", s.dims())).into());
+            return Err(EngineError::shape(
+                "source latent",
+                format!("{want:?}"),
+                format!("{:?}", s.dims()),
+            )
+            .into());
         }
     }
     let cond_a = backend.conditioner.condition(&spec.prompt)?;
-    let context = backend.conditioner.context(source, t, if source.is_some() { spec.structure_strength } else { 0.0 })?;
-    let mut lane = SharedLane { dcw: spec.dcw.clone(), ..Default::default() };
+    let context = backend.conditioner.context(
+        source,
+        t,
+        if source.is_some() {
+            spec.structure_strength
+        } else {
+            0.0
+        },
+    )?;
+    let mut lane = SharedLane {
+        dcw: spec.dcw.clone(),
+        ..Default::default()
+    };
 
     let mut blend_curve: Option<Curve> = match &spec.blend {
         Some(b) => Some(b.to_curve("blend", t)?),
         None => None,
     };
     let mut template = SlotRequest::new(cond_a.clone(), context, t, spec.seed);
-    template.schedule = ScheduleParams { steps: spec.steps, shift: spec.shift, denoise: spec.denoise };
+    template.schedule = ScheduleParams {
+        steps: spec.steps,
+        shift: spec.shift,
+        denoise: spec.denoise,
+    };
     template.solver = spec.solver;
     template.cfg_mode = spec.cfg_mode;
     template.source = source.cloned();
     for c in &spec.curves {
         let curve = c.spec.to_curve(&c.name, t)?;
-        apply_named_curve(&mut template, &mut lane, &c.name, curve, source, &mut blend_curve)?;
+        apply_named_curve(
+            &mut template,
+            &mut lane,
+            &c.name,
+            curve,
+            source,
+            &mut blend_curve,
+        )?;
     }
     if let Some(p) = &spec.prompt_b {
         let cond_b = backend.conditioner.condition(p)?;
         match blend_curve {
             Some(Curve::Scalar(w)) => {
-                template.conditions = vec![SlotCondition::new(Conditioning::lerp(&cond_a, &cond_b, w.clamp(0.0, 1.0))?)];
+                template.conditions = vec![SlotCondition::new(Conditioning::lerp(
+                    &cond_a,
+                    &cond_b,
+                    w.clamp(0.0, 1.0),
+                )?)];
             }
             Some(curve) => {
                 let w = curve.clamped(0.0, 1.0);
                 let wa = w.map("blend", |x| 1.0 - x)?;
-                template.conditions = vec![SlotCondition::weighted(cond_a.clone(), wa), SlotCondition::weighted(cond_b, w)];
+                template.conditions = vec![
+                    SlotCondition::weighted(cond_a.clone(), wa),
+                    SlotCondition::weighted(cond_b, w),
+                ];
             }
             None => {
-                template.conditions = vec![SlotCondition::new(Conditioning::lerp(&cond_a, &cond_b, 0.5)?)];
+                template.conditions = vec![SlotCondition::new(Conditioning::lerp(
+                    &cond_a, &cond_b, 0.5,
+                )?)];
             }
         }
     } else if blend_curve.is_some() {
-        return Err(RenderError::Invalid("a blend needs a second prompt (--prompt-b)".into()));
+        return Err(RenderError::Invalid(
+            "a blend needs a second prompt (--prompt-b)".into(),
+        ));
     }
     if let Some(g) = spec.guidance {
         template.curves.guidance = Some(Curve::scalar("guidance", g)?);
         let neg = match &spec.negative {
-            Some(text) => backend.conditioner.condition(&Prompt { tags: text.clone(), ..spec.prompt.clone() })?,
+            Some(text) => backend.conditioner.condition(&Prompt {
+                tags: text.clone(),
+                ..spec.prompt.clone()
+            })?,
             None => backend.conditioner.null_condition(&cond_a)?,
         };
         template.negatives = vec![SlotCondition::new(neg)];
     } else if spec.negative.is_some() {
-        return Err(RenderError::Invalid("a negative prompt only acts with guidance: add --guidance (for example 3)".into()));
+        return Err(RenderError::Invalid(
+            "a negative prompt only acts with guidance: add --guidance (for example 3)".into(),
+        ));
     }
     let requests = (0..spec.takes as u64)
         .map(|k| {
@@ -224,7 +304,9 @@ pub fn apply_named_curve(
     blend: &mut Option<Curve>,
 ) -> Result<(), RenderError> {
     let need_source = |what: &str| -> Result<Tensor, RenderError> {
-        source.cloned().ok_or_else(|| RenderError::Invalid(format!("the `{what}` curve needs a source (--source)")))
+        source.cloned().ok_or_else(|| {
+            RenderError::Invalid(format!("the `{what}` curve needs a source (--source)"))
+        })
     };
     match name {
         n if STEP_CURVE_NAMES.contains(&n) => {
@@ -243,7 +325,10 @@ pub fn apply_named_curve(
         }
         "mask" => {
             curve.check_range("mask", 0.0, 1.0)?;
-            req.latent_mask = Some(LatentMask { mask: curve, original: need_source("mask")? });
+            req.latent_mask = Some(LatentMask {
+                mask: curve,
+                original: need_source("mask")?,
+            });
         }
         "blend" => {
             curve.check_range("blend", 0.0, 1.0)?;
@@ -271,7 +356,10 @@ pub fn render(
     let total = passes * requests.len();
     let mut done = 0usize;
     let mut finished = Vec::with_capacity(requests.len());
-    let mut step = |pipe: &mut StreamPipeline, backend: &mut BackendSet, finished: &mut Vec<demon_engine::Finished>| -> Result<(), RenderError> {
+    let mut step = |pipe: &mut StreamPipeline,
+                    backend: &mut BackendSet,
+                    finished: &mut Vec<demon_engine::Finished>|
+     -> Result<(), RenderError> {
         let rep = pipe.tick(backend.denoiser.as_mut())?;
         done += rep.active_slots;
         progress(done.min(total), total);
@@ -292,7 +380,11 @@ pub fn render(
         .into_iter()
         .map(|f| {
             let audio = backend.codec.decode(&f.latent, 0)?;
-            Ok(RenderedTake { seed: f.seed, latent: f.latent, audio })
+            Ok(RenderedTake {
+                seed: f.seed,
+                latent: f.latent,
+                audio,
+            })
         })
         .collect()
 }

@@ -39,15 +39,35 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { realtime: true, sinks: Vec::new(), session_file: None, script: Vec::new(), max_ticks: None, clock: Vec::new(), bus_capacity: 256 }
+        Self {
+            realtime: true,
+            sinks: Vec::new(),
+            session_file: None,
+            script: Vec::new(),
+            max_ticks: None,
+            clock: Vec::new(),
+            bus_capacity: 256,
+        }
     }
 }
 
 enum Command {
-    Control { origin: u64, message: ControlMessage, reply: Option<Sender<Result<u64, String>>> },
-    StartRecording { path: PathBuf, float: bool, reply: Sender<Result<(), String>> },
-    StopRecording { reply: Sender<Result<Option<(PathBuf, f64)>, String>> },
-    LoopAudio { reply: Sender<(u64, Arc<[Vec<f32>; 2]>)> },
+    Control {
+        origin: u64,
+        message: ControlMessage,
+        reply: Option<Sender<Result<u64, String>>>,
+    },
+    StartRecording {
+        path: PathBuf,
+        float: bool,
+        reply: Sender<Result<(), String>>,
+    },
+    StopRecording {
+        reply: Sender<Result<Option<(PathBuf, f64)>, String>>,
+    },
+    LoopAudio {
+        reply: Sender<(u64, Arc<[Vec<f32>; 2]>)>,
+    },
     Stop,
 }
 
@@ -73,13 +93,26 @@ pub struct SessionHandle {
 impl SessionHandle {
     /// Send a control message and wait until the runner applied or rejected it (at most
     /// `timeout`). Returns the tick it was applied before.
-    pub fn control(&self, origin: u64, message: ControlMessage, timeout: Duration) -> Result<u64, String> {
+    pub fn control(
+        &self,
+        origin: u64,
+        message: ControlMessage,
+        timeout: Duration,
+    ) -> Result<u64, String> {
         let (reply, rx) = channel();
         self.tx
-            .try_send(Command::Control { origin, message, reply: Some(reply) })
+            .try_send(Command::Control {
+                origin,
+                message,
+                reply: Some(reply),
+            })
             .map_err(|e| match e {
-                std::sync::mpsc::TrySendError::Full(_) => "the session is busy: too many pending controls".to_string(),
-                std::sync::mpsc::TrySendError::Disconnected(_) => "the session has stopped".to_string(),
+                std::sync::mpsc::TrySendError::Full(_) => {
+                    "the session is busy: too many pending controls".to_string()
+                }
+                std::sync::mpsc::TrySendError::Disconnected(_) => {
+                    "the session has stopped".to_string()
+                }
             })?;
         match rx.recv_timeout(timeout) {
             Ok(r) => r,
@@ -90,7 +123,13 @@ impl SessionHandle {
 
     /// Send without waiting for the reply.
     pub fn send(&self, origin: u64, message: ControlMessage) -> Result<(), String> {
-        self.tx.try_send(Command::Control { origin, message, reply: None }).map_err(|e| e.to_string())
+        self.tx
+            .try_send(Command::Control {
+                origin,
+                message,
+                reply: None,
+            })
+            .map_err(|e| e.to_string())
     }
 
     pub fn subscribe(&self) -> Subscriber {
@@ -110,8 +149,11 @@ impl SessionHandle {
     /// from it, then apply the audio slices of later ticks).
     pub fn loop_audio(&self, timeout: Duration) -> Result<(u64, Arc<[Vec<f32>; 2]>), String> {
         let (reply, rx) = channel();
-        self.tx.try_send(Command::LoopAudio { reply }).map_err(|e| e.to_string())?;
-        rx.recv_timeout(timeout).map_err(|_| "the session did not answer".to_string())
+        self.tx
+            .try_send(Command::LoopAudio { reply })
+            .map_err(|e| e.to_string())?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| "the session did not answer".to_string())
     }
 
     pub fn sample_rate(&self) -> u32 {
@@ -124,15 +166,25 @@ impl SessionHandle {
 
     pub fn start_recording(&self, path: &Path, float: bool) -> Result<(), String> {
         let (reply, rx) = channel();
-        self.tx.try_send(Command::StartRecording { path: path.to_path_buf(), float, reply }).map_err(|e| e.to_string())?;
-        rx.recv_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())?
+        self.tx
+            .try_send(Command::StartRecording {
+                path: path.to_path_buf(),
+                float,
+                reply,
+            })
+            .map_err(|e| e.to_string())?;
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(|e| e.to_string())?
     }
 
     /// Stop recording; returns the file and its length in seconds.
     pub fn stop_recording(&self) -> Result<Option<(PathBuf, f64)>, String> {
         let (reply, rx) = channel();
-        self.tx.try_send(Command::StopRecording { reply }).map_err(|e| e.to_string())?;
-        rx.recv_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())?
+        self.tx
+            .try_send(Command::StopRecording { reply })
+            .map_err(|e| e.to_string())?;
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(|e| e.to_string())?
     }
 
     /// Ask the runner to stop and wait for it.
@@ -145,7 +197,9 @@ impl SessionHandle {
     pub fn join(&self) -> Result<SessionSummary, String> {
         let handle = self.join.lock().unwrap_or_else(|e| e.into_inner()).take();
         match handle {
-            Some(h) => h.join().map_err(|_| "the session runner panicked".to_string())?,
+            Some(h) => h
+                .join()
+                .map_err(|_| "the session runner panicked".to_string())?,
             None => Err("the session was already joined".into()),
         }
     }
@@ -168,13 +222,22 @@ pub fn start(mut core: LiveCore, mut opts: RunOptions) -> Result<SessionHandle, 
         .spawn(move || {
             let result = run(&mut core, &mut opts, rx, writer, &bus2, &state2);
             if let Err(e) = &result {
-                bus2.publish(Event::Notice { message: format!("the session stopped: {e}") });
+                bus2.publish(Event::Notice {
+                    message: format!("the session stopped: {e}"),
+                });
             }
             bus2.close();
             result
         })
         .map_err(|e| format!("cannot start the runner thread: {e}"))?;
-    Ok(SessionHandle { tx, bus, state, probe, join: Arc::new(Mutex::new(Some(join))), sample_rate })
+    Ok(SessionHandle {
+        tx,
+        bus,
+        state,
+        probe,
+        join: Arc::new(Mutex::new(Some(join))),
+        sample_rate,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -217,25 +280,42 @@ fn run(
                 Err(_) => break,
             };
             match cmd {
-                Command::Control { origin, message, reply } => {
+                Command::Control {
+                    origin,
+                    message,
+                    reply,
+                } => {
                     let result = core.apply(&message);
                     if let Ok(recorded) = &result {
-                        record(&mut writer, SessionLine::Event { tick, message: recorded.clone() })?;
+                        record(
+                            &mut writer,
+                            SessionLine::Event {
+                                tick,
+                                message: recorded.clone(),
+                            },
+                        )?;
                         // A reply means the change is visible: refresh the snapshot first.
                         *state.lock().unwrap_or_else(|e| e.into_inner()) = Some(core.state());
-                        bus.publish(Event::Applied { tick, origin, message: echo(recorded) });
+                        bus.publish(Event::Applied {
+                            tick,
+                            origin,
+                            message: echo(recorded),
+                        });
                     }
                     if let Some(r) = reply {
                         let _ = r.send(result.map(|_| tick));
                     }
                 }
                 Command::StartRecording { path, float, reply } => {
-                    let r = WavRecorder::create(&path, core.sample_rate(), float).map(|rec| recorder = Some(rec));
+                    let r = WavRecorder::create(&path, core.sample_rate(), float)
+                        .map(|rec| recorder = Some(rec));
                     let _ = reply.send(r);
                 }
                 Command::StopRecording { reply } => {
                     let r = match recorder.take() {
-                        Some(mut rec) => rec.finish().map(|_| Some((rec.path().to_path_buf(), rec.seconds()))),
+                        Some(mut rec) => rec
+                            .finish()
+                            .map(|_| Some((rec.path().to_path_buf(), rec.seconds()))),
                         None => Ok(None),
                     };
                     let _ = reply.send(r);
@@ -253,10 +333,22 @@ fn run(
             if let Some((_, message)) = script.next() {
                 match core.apply(&message) {
                     Ok(recorded) => {
-                        record(&mut writer, SessionLine::Event { tick, message: recorded.clone() })?;
-                        bus.publish(Event::Applied { tick, origin: 0, message: echo(&recorded) });
+                        record(
+                            &mut writer,
+                            SessionLine::Event {
+                                tick,
+                                message: recorded.clone(),
+                            },
+                        )?;
+                        bus.publish(Event::Applied {
+                            tick,
+                            origin: 0,
+                            message: echo(&recorded),
+                        });
                     }
-                    Err(e) => bus.publish(Event::Notice { message: format!("script event at tick {tick} rejected: {e}") }),
+                    Err(e) => bus.publish(Event::Notice {
+                        message: format!("script event at tick {tick} rejected: {e}"),
+                    }),
                 }
             }
         }
@@ -277,14 +369,23 @@ fn run(
                 // A failing tick leaves the ring untouched; report it (once until it changes)
                 // and keep the session alive for the controls that can fix it.
                 if last_error.as_ref() != Some(&e) {
-                    bus.publish(Event::Notice { message: format!("tick {tick} failed: {e}") });
+                    bus.publish(Event::Notice {
+                        message: format!("tick {tick} failed: {e}"),
+                    });
                     last_error = Some(e);
                 }
                 std::thread::sleep(tick_period);
                 continue;
             }
         };
-        record(&mut writer, SessionLine::Clock { tick: out.tick, playhead: out.playhead, lead_frames: out.lead_frames })?;
+        record(
+            &mut writer,
+            SessionLine::Clock {
+                tick: out.tick,
+                playhead: out.playhead,
+                lead_frames: out.lead_frames,
+            },
+        )?;
 
         // 3. Outputs.
         if !out.played[0].is_empty() {
@@ -298,7 +399,11 @@ fn run(
         }
         let elapsed = started_gen_time.elapsed().as_secs_f32().max(1e-3);
         if out.replaced {
-            bus.publish(Event::BufferReplaced { tick: out.tick, samples: core.buffer().len() as u64, version: core.generations() });
+            bus.publish(Event::BufferReplaced {
+                tick: out.tick,
+                samples: core.buffer().len() as u64,
+                version: core.generations(),
+            });
         }
         for (start, audio) in &out.patches {
             bus.publish(Event::Audio(AudioSlice {
@@ -321,7 +426,11 @@ fn run(
         });
         let st = core.state();
         if out.knobs_changed {
-            bus.publish(Event::Params { tick: out.tick, effective: st.knobs.clone(), target: st.targets.clone() });
+            bus.publish(Event::Params {
+                tick: out.tick,
+                effective: st.knobs.clone(),
+                target: st.targets.clone(),
+            });
         }
         *state.lock().unwrap_or_else(|e| e.into_inner()) = Some(st);
 
@@ -343,21 +452,41 @@ fn run(
     if let Some(w) = writer.take() {
         w.finish(core.tick_index())?;
     }
-    Ok(SessionSummary { ticks: core.tick_index(), generations: core.generations(), played_seconds: played as f64 / sr })
+    Ok(SessionSummary {
+        ticks: core.tick_index(),
+        generations: core.generations(),
+        played_seconds: played as f64 / sr,
+    })
 }
 
 /// What other clients see of an applied message: sources are announced by name, not by their
 /// (large) latent.
 fn echo(m: &ControlMessage) -> ControlMessage {
     match m {
-        ControlMessage::SetSource { source: crate::control::SourceSpec::Latent { name, frames, channels, .. } } => {
-            ControlMessage::SetSource {
-                source: crate::control::SourceSpec::Latent { name: name.clone(), frames: *frames, channels: *channels, data_b64: String::new() },
-            }
-        }
-        ControlMessage::SetSource { source: crate::control::SourceSpec::Audio { name, .. } } => {
-            ControlMessage::SetSource { source: crate::control::SourceSpec::Audio { name: name.clone(), channels: Vec::new() } }
-        }
+        ControlMessage::SetSource {
+            source:
+                crate::control::SourceSpec::Latent {
+                    name,
+                    frames,
+                    channels,
+                    ..
+                },
+        } => ControlMessage::SetSource {
+            source: crate::control::SourceSpec::Latent {
+                name: name.clone(),
+                frames: *frames,
+                channels: *channels,
+                data_b64: String::new(),
+            },
+        },
+        ControlMessage::SetSource {
+            source: crate::control::SourceSpec::Audio { name, .. },
+        } => ControlMessage::SetSource {
+            source: crate::control::SourceSpec::Audio {
+                name: name.clone(),
+                channels: Vec::new(),
+            },
+        },
         other => other.clone(),
     }
 }

@@ -52,8 +52,15 @@ pub struct WavRecorder {
 
 impl WavRecorder {
     pub fn create(path: &Path, sample_rate: u32, float: bool) -> Result<Self, String> {
-        let file = File::create(path).map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
-        let mut rec = Self { path: path.to_path_buf(), out: Some(BufWriter::new(file)), float, frames: 0, sample_rate };
+        let file =
+            File::create(path).map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
+        let mut rec = Self {
+            path: path.to_path_buf(),
+            out: Some(BufWriter::new(file)),
+            float,
+            frames: 0,
+            sample_rate,
+        };
         rec.write_header()?;
         Ok(rec)
     }
@@ -78,7 +85,8 @@ impl WavRecorder {
         h.extend_from_slice(b"data");
         h.extend_from_slice(&data.to_le_bytes());
         out.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-        out.write_all(&h).map_err(|e| format!("writing `{}`: {e}", self.path.display()))?;
+        out.write_all(&h)
+            .map_err(|e| format!("writing `{}`: {e}", self.path.display()))?;
         out.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
         Ok(())
     }
@@ -106,11 +114,14 @@ impl AudioSink for WavRecorder {
                 if float {
                     bytes.extend_from_slice(&s.to_le_bytes());
                 } else {
-                    bytes.extend_from_slice(&((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes());
+                    bytes.extend_from_slice(
+                        &((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes(),
+                    );
                 }
             }
         }
-        out.write_all(&bytes).map_err(|e| format!("writing `{}`: {e}", self.path.display()))?;
+        out.write_all(&bytes)
+            .map_err(|e| format!("writing `{}`: {e}", self.path.display()))?;
         self.frames += block[0].len() as u64;
         Ok(())
     }
@@ -120,7 +131,8 @@ impl AudioSink for WavRecorder {
         }
         self.write_header()?;
         if let Some(mut out) = self.out.take() {
-            out.flush().map_err(|e| format!("writing `{}`: {e}", self.path.display()))?;
+            out.flush()
+                .map_err(|e| format!("writing `{}`: {e}", self.path.display()))?;
         }
         Ok(())
     }
@@ -156,8 +168,12 @@ mod device {
     /// Open the default output device at 48 kHz stereo f32, or explain why not.
     pub fn open_device(sample_rate: u32) -> Result<DeviceSink, String> {
         let host = cpal::default_host();
-        let device = host.default_output_device().ok_or("no audio output device")?;
-        let config = device.default_output_config().map_err(|e| format!("no usable output configuration: {e}"))?;
+        let device = host
+            .default_output_device()
+            .ok_or("no audio output device")?;
+        let config = device
+            .default_output_config()
+            .map_err(|e| format!("no usable output configuration: {e}"))?;
         if config.channels() < 2 {
             return Err("the output device is not stereo".into());
         }
@@ -186,9 +202,18 @@ mod device {
                 None,
             )
             .map_err(|e| format!("cannot open the output stream: {e}"))?;
-        stream.play().map_err(|e| format!("cannot start the output stream: {e}"))?;
-        let name = device.description().map(|d| d.to_string()).unwrap_or_else(|_| "audio device".into());
-        Ok(DeviceSink { producer, _stream: stream, name })
+        stream
+            .play()
+            .map_err(|e| format!("cannot start the output stream: {e}"))?;
+        let name = device
+            .description()
+            .map(|d| d.to_string())
+            .unwrap_or_else(|_| "audio device".into());
+        Ok(DeviceSink {
+            producer,
+            _stream: stream,
+            name,
+        })
     }
 
     impl AudioSink for DeviceSink {

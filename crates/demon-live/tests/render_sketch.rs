@@ -17,7 +17,11 @@ fn sketch() -> BackendSet {
 }
 
 fn spec(prompt: &str, seconds: usize) -> RenderSpec {
-    RenderSpec { prompt: Prompt::tags(prompt), frames: seconds * 25, ..Default::default() }
+    RenderSpec {
+        prompt: Prompt::tags(prompt),
+        frames: seconds * 25,
+        ..Default::default()
+    }
 }
 
 fn latent_vec(t: &Tensor) -> Vec<f32> {
@@ -26,7 +30,9 @@ fn latent_vec(t: &Tensor) -> Vec<f32> {
 
 /// Strength of periodicity of the kick channel at `period` frames (autocorrelation, 0..1).
 fn periodicity(latent: &[f32], frames: usize, period: f64) -> f64 {
-    let k: Vec<f64> = (0..frames).map(|f| ((latent[f * CHANNELS + KICK.onset] + 1.0) / 2.0) as f64).collect();
+    let k: Vec<f64> = (0..frames)
+        .map(|f| ((latent[f * CHANNELS + KICK.onset] + 1.0) / 2.0) as f64)
+        .collect();
     let mean = k.iter().sum::<f64>() / frames as f64;
     let c: Vec<f64> = k.iter().map(|v| v - mean).collect();
     let var: f64 = c.iter().map(|v| v * v).sum::<f64>().max(1e-9);
@@ -37,7 +43,10 @@ fn periodicity(latent: &[f32], frames: usize, period: f64) -> f64 {
 fn spectral_centroid(a: &Audio) -> f64 {
     // Zero-crossing rate is a cheap proxy for brightness.
     let x = &a.channels[0];
-    x.windows(2).filter(|w| (w[0] >= 0.0) != (w[1] >= 0.0)).count() as f64 / x.len() as f64
+    x.windows(2)
+        .filter(|w| (w[0] >= 0.0) != (w[1] >= 0.0))
+        .count() as f64
+        / x.len() as f64
 }
 
 #[test]
@@ -48,7 +57,11 @@ fn every_style_renders_music_and_styles_differ() {
         let takes = render(&mut backend, &spec(style.name(), 20), None, &mut |_, _| {}).unwrap();
         let take = &takes[0];
         let (rms, peak) = (take.audio.rms(), take.audio.peak());
-        println!("{:>14}: rms {rms:.3} peak {peak:.3} zcr {:.4}", style.name(), spectral_centroid(&take.audio));
+        println!(
+            "{:>14}: rms {rms:.3} peak {peak:.3} zcr {:.4}",
+            style.name(),
+            spectral_centroid(&take.audio)
+        );
         assert_eq!(take.audio.frames(), 20 * 48_000);
         assert!(rms > 0.03, "{style:?} is (nearly) silent: rms {rms}");
         assert!(peak < 0.99, "{style:?} clips: peak {peak}");
@@ -67,7 +80,12 @@ fn every_style_renders_music_and_styles_differ() {
         for j in i + 1..results.len() {
             let (a, b) = (&results[i].1, &results[j].1);
             let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
-            assert!(d > 0.15, "{:?} and {:?} are too alike: {d}", results[i].0, results[j].0);
+            assert!(
+                d > 0.15,
+                "{:?} and {:?} are too alike: {d}",
+                results[i].0,
+                results[j].0
+            );
         }
     }
 }
@@ -78,7 +96,10 @@ fn takes_are_identical_at_depth_1_and_8() {
     let mut s = spec("funk, E minor", 8);
     s.takes = 8;
     s.guidance = Some(2.0);
-    s.curves = vec![NamedCurve { name: "ode_noise".into(), spec: CurveSpec::parse("ode_noise", "sine:0:0.4:2").unwrap() }];
+    s.curves = vec![NamedCurve {
+        name: "ode_noise".into(),
+        spec: CurveSpec::parse("ode_noise", "sine:0:0.4:2").unwrap(),
+    }];
     s.depth = 1;
     let a = render(&mut backend, &s, None, &mut |_, _| {}).unwrap();
     s.depth = 8;
@@ -103,8 +124,16 @@ fn share_of_style(latent: &[f32], frames: usize, style: Style, bpm: f32) -> f64 
         let best = lib
             .iter()
             .min_by(|a, b| {
-                let da: f32 = a.latent[f * CHANNELS..(f + 1) * CHANNELS].iter().zip(row).map(|(p, q)| (p - q).powi(2)).sum();
-                let db: f32 = b.latent[f * CHANNELS..(f + 1) * CHANNELS].iter().zip(row).map(|(p, q)| (p - q).powi(2)).sum();
+                let da: f32 = a.latent[f * CHANNELS..(f + 1) * CHANNELS]
+                    .iter()
+                    .zip(row)
+                    .map(|(p, q)| (p - q).powi(2))
+                    .sum();
+                let db: f32 = b.latent[f * CHANNELS..(f + 1) * CHANNELS]
+                    .iter()
+                    .zip(row)
+                    .map(|(p, q)| (p - q).powi(2))
+                    .sum();
                 da.total_cmp(&db)
             })
             .unwrap();
@@ -127,18 +156,29 @@ fn negative_prompt_with_guidance_steers_away() {
     guided.cfg_mode = demon_engine::CfgMode::Full;
     let steered = render(&mut backend, &guided, None, &mut |_, _| {}).unwrap();
     let techno_share = |takes: &[demon_live::RenderedTake]| {
-        takes.iter().map(|t| share_of_style(&latent_vec(&t.latent), 300, Style::Techno, 126.0)).sum::<f64>() / takes.len() as f64
+        takes
+            .iter()
+            .map(|t| share_of_style(&latent_vec(&t.latent), 300, Style::Techno, 126.0))
+            .sum::<f64>()
+            / takes.len() as f64
     };
     let (p, g) = (techno_share(&plain), techno_share(&steered));
     println!("techno share: plain {p:.3}, guided away from techno {g:.3}");
-    assert!(g < p - 0.1, "guidance did not steer away: plain {p:.3}, guided {g:.3}");
+    assert!(
+        g < p - 0.1,
+        "guidance did not steer away: plain {p:.3}, guided {g:.3}"
+    );
 }
 
 #[test]
 fn a_per_frame_blend_changes_style_over_time() {
     let mut backend = sketch();
     let mut s = spec("ambient, A minor, 120 bpm", 16);
-    s.prompt_b = Some(Prompt { tags: "techno".into(), bpm: Some(120.0), ..Default::default() });
+    s.prompt_b = Some(Prompt {
+        tags: "techno".into(),
+        bpm: Some(120.0),
+        ..Default::default()
+    });
     s.blend = Some(CurveSpec::parse("blend", "square:0:1:1").unwrap()); // B (techno) for the first half, then A
     s.takes = 3;
     let takes = render(&mut backend, &s, None, &mut |_, _| {}).unwrap();
@@ -146,7 +186,10 @@ fn a_per_frame_blend_changes_style_over_time() {
         let lat = latent_vec(&t.latent);
         let first = share_of_style(&lat[..200 * CHANNELS], 200, Style::Ambient, 120.0);
         let second = share_of_style(&lat[200 * CHANNELS..], 200, Style::Ambient, 120.0);
-        assert!(second > first + 0.3, "ambient share first half {first:.2}, second half {second:.2}");
+        assert!(
+            second > first + 0.3,
+            "ambient share first half {first:.2}, second half {second:.2}"
+        );
     }
 }
 
@@ -154,16 +197,81 @@ fn a_per_frame_blend_changes_style_over_time() {
 fn render_specs_reject_bad_input() {
     let mut backend = sketch();
     let mut cases: Vec<(RenderSpec, &str)> = Vec::new();
-    cases.push((RenderSpec { frames: 0, ..Default::default() }, "zero"));
-    cases.push((RenderSpec { frames: 25 * 100_000, ..Default::default() }, "limit"));
-    cases.push((RenderSpec { takes: 0, ..Default::default() }, "takes"));
-    cases.push((RenderSpec { denoise: 2.0, ..Default::default() }, "denoise"));
-    cases.push((RenderSpec { guidance: Some(f32::NAN), ..Default::default() }, "guidance"));
-    let raw = CurveSpec::Raw { values: vec![0.5, f32::NAN] };
-    cases.push((RenderSpec { curves: vec![NamedCurve { name: "velocity_scale".into(), spec: raw }], ..Default::default() }, "velocity_scale"));
-    cases.push((RenderSpec { curves: vec![NamedCurve { name: "wobble".into(), spec: CurveSpec::Constant { value: 1.0 } }], ..Default::default() }, "wobble"));
-    cases.push((RenderSpec { curves: vec![NamedCurve { name: "mask".into(), spec: CurveSpec::Constant { value: 1.0 } }], ..Default::default() }, "needs a source"));
-    cases.push((RenderSpec { negative: Some("techno".into()), ..Default::default() }, "guidance"));
+    cases.push((
+        RenderSpec {
+            frames: 0,
+            ..Default::default()
+        },
+        "zero",
+    ));
+    cases.push((
+        RenderSpec {
+            frames: 25 * 100_000,
+            ..Default::default()
+        },
+        "limit",
+    ));
+    cases.push((
+        RenderSpec {
+            takes: 0,
+            ..Default::default()
+        },
+        "takes",
+    ));
+    cases.push((
+        RenderSpec {
+            denoise: 2.0,
+            ..Default::default()
+        },
+        "denoise",
+    ));
+    cases.push((
+        RenderSpec {
+            guidance: Some(f32::NAN),
+            ..Default::default()
+        },
+        "guidance",
+    ));
+    let raw = CurveSpec::Raw {
+        values: vec![0.5, f32::NAN],
+    };
+    cases.push((
+        RenderSpec {
+            curves: vec![NamedCurve {
+                name: "velocity_scale".into(),
+                spec: raw,
+            }],
+            ..Default::default()
+        },
+        "velocity_scale",
+    ));
+    cases.push((
+        RenderSpec {
+            curves: vec![NamedCurve {
+                name: "wobble".into(),
+                spec: CurveSpec::Constant { value: 1.0 },
+            }],
+            ..Default::default()
+        },
+        "wobble",
+    ));
+    cases.push((
+        RenderSpec {
+            curves: vec![NamedCurve {
+                name: "mask".into(),
+                spec: CurveSpec::Constant { value: 1.0 },
+            }],
+            ..Default::default()
+        },
+        "needs a source",
+    ));
+    cases.push((
+        RenderSpec {
+            negative: Some("techno".into()),
+            ..Default::default()
+        },
+        "guidance",
+    ));
     for (s, needle) in cases {
         let e = match render(&mut backend, &s, None, &mut |_, _| {}) {
             Ok(_) => panic!("accepted a bad spec ({needle})"),

@@ -28,12 +28,24 @@ fn sketch() -> BackendSet {
 }
 
 fn config(seconds: f64) -> SessionConfig {
-    SessionConfig { song_seconds: seconds, prompt: "house, 124 bpm".into(), ..Default::default() }
+    SessionConfig {
+        song_seconds: seconds,
+        prompt: "house, 124 bpm".into(),
+        ..Default::default()
+    }
 }
 
 fn library_source(style: &str, frames: usize) -> SourceSpec {
     let song = demon_sketch::composer::compose(demon_sketch::composer::SongSpec {
-        style: demon_sketch::style::read_prompt(style).style_weights.iter().enumerate().fold((0, 0.0), |a, (i, w)| if *w > a.1 { (i, *w) } else { a }).0.try_into().map(|i: usize| demon_sketch::Style::from_index(i).unwrap()).unwrap(),
+        style: demon_sketch::style::read_prompt(style)
+            .style_weights
+            .iter()
+            .enumerate()
+            .fold((0, 0.0), |a, (i, w)| if *w > a.1 { (i, *w) } else { a })
+            .0
+            .try_into()
+            .map(|i: usize| demon_sketch::Style::from_index(i).unwrap())
+            .unwrap(),
         bpm: 124.0,
         tonic: 9,
         minor: true,
@@ -59,7 +71,10 @@ fn ticks_generate_and_play() {
         played.extend_from_slice(&out.played[0]);
     }
     assert!(replaced, "the first generation fills the loop");
-    assert!(patches > 0, "later generations patch windows near the playhead");
+    assert!(
+        patches > 0,
+        "later generations patch windows near the playhead"
+    );
     assert_eq!(played.len(), 40 * 1920);
     let rms = (played.iter().map(|x| x * x).sum::<f32>() / played.len() as f32).sqrt();
     assert!(rms > 0.02, "the loop plays music (rms {rms})");
@@ -90,7 +105,11 @@ fn windowed_patches_equal_the_full_decode_of_the_latent() {
                 let xf = demon_live::loopbuf::CROSSFADE_SAMPLES.min(audio[0].len() / 4);
                 for (ch, a) in audio.iter().enumerate() {
                     let inner = &a[xf..a.len() - xf];
-                    let d = inner.iter().zip(&full.channels[ch][s + xf..s + a.len() - xf]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                    let d = inner
+                        .iter()
+                        .zip(&full.channels[ch][s + xf..s + a.len() - xf])
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0f32, f32::max);
                     assert!(d <= 1e-5, "window at {s}: max diff {d}");
                 }
                 checked += 1;
@@ -120,7 +139,10 @@ impl Denoiser for ProbeDenoiser {
         self.inner.device()
     }
     fn velocity(&mut self, batch: &DenoiseBatch<'_>) -> demon_engine::Result<Tensor> {
-        let before = (self.probe.tick.load(Ordering::Acquire), self.probe.control_version.load(Ordering::Acquire));
+        let before = (
+            self.probe.tick.load(Ordering::Acquire),
+            self.probe.control_version.load(Ordering::Acquire),
+        );
         let v = self.inner.velocity(batch)?;
         std::thread::sleep(Duration::from_micros(300)); // widen the window for a race
         let after = self.probe.control_version.load(Ordering::Acquire);
@@ -134,20 +156,44 @@ impl Denoiser for ProbeDenoiser {
 fn no_control_is_ever_applied_mid_step() {
     let probe = Arc::new(SessionProbe::default());
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let den = ProbeDenoiser { inner: SketchDenoiser::default(), probe: probe.clone(), seen: seen.clone() };
+    let den = ProbeDenoiser {
+        inner: SketchDenoiser::default(),
+        probe: probe.clone(),
+        seen: seen.clone(),
+    };
     let mut cfg = config(4.0);
     cfg.knobs.insert("guidance".into(), 3.0); // two calls per tick: positive and negative
     cfg.cfg_mode = demon_engine::CfgMode::Full;
     let mut core = LiveCore::new(cfg, sketch_with(Box::new(den))).unwrap();
     core.probe = probe.clone();
-    let handle = start(core, RunOptions { realtime: false, max_ticks: Some(60), ..Default::default() }).unwrap();
+    let handle = start(
+        core,
+        RunOptions {
+            realtime: false,
+            max_ticks: Some(60),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let flood = {
         let h = handle.clone();
         std::thread::spawn(move || {
             for i in 0..400 {
                 let v = 0.5 + 0.4 * ((i % 10) as f64 / 10.0);
-                let _ = h.send(1, ControlMessage::SetKnob { name: "velocity_scale".into(), value: v });
-                let _ = h.send(1, ControlMessage::SetKnob { name: "denoise".into(), value: v });
+                let _ = h.send(
+                    1,
+                    ControlMessage::SetKnob {
+                        name: "velocity_scale".into(),
+                        value: v,
+                    },
+                );
+                let _ = h.send(
+                    1,
+                    ControlMessage::SetKnob {
+                        name: "denoise".into(),
+                        value: v,
+                    },
+                );
                 std::thread::sleep(Duration::from_micros(200));
             }
         })
@@ -164,9 +210,15 @@ fn no_control_is_ever_applied_mid_step() {
     let multi = by_tick.values().filter(|v| v.len() > 1).count();
     assert!(multi > 20, "ticks with several model calls: {multi}");
     for (tick, versions) in by_tick {
-        assert!(versions.windows(2).all(|w| w[0] == w[1]), "tick {tick} saw versions {versions:?}");
+        assert!(
+            versions.windows(2).all(|w| w[0] == w[1]),
+            "tick {tick} saw versions {versions:?}"
+        );
     }
-    assert!(probe.control_version.load(Ordering::Acquire) > 10, "controls were applied between ticks");
+    assert!(
+        probe.control_version.load(Ordering::Acquire) > 10,
+        "controls were applied between ticks"
+    );
 }
 
 #[test]
@@ -177,21 +229,130 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
     }
     let before = core.state();
     let bad = vec![
-        (ControlMessage::SetKnob { name: "wobble".into(), value: 1.0 }, "unknown knob"),
-        (ControlMessage::SetKnob { name: "denoise".into(), value: f64::NAN }, "not a finite"),
-        (ControlMessage::SetKnob { name: "depth".into(), value: 9.0 }, "outside"),
-        (ControlMessage::SetKnob { name: "steps".into(), value: 0.0 }, "outside"),
-        (ControlMessage::SetKnob { name: "lora:polka".into(), value: 1.0 }, "no LoRA adapter"),
-        (ControlMessage::SetCurve { name: "velocity_scale".into(), curve: Some(CurveSpec::Raw { values: vec![1.0, f32::NAN] }) }, "not finite"),
-        (ControlMessage::SetCurve { name: "sde_denoise".into(), curve: Some(CurveSpec::Constant { value: 5.0 }) }, "sde_denoise"),
-        (ControlMessage::SetCurve { name: "wobble".into(), curve: None }, "not a curve"),
-        (ControlMessage::SetPrompt { prompt: None, prompt_b: None, negative: None, bpm: Some(1.0e6), key: None }, "bpm"),
-        (ControlMessage::SetPrompt { prompt: None, prompt_b: None, negative: None, bpm: None, key: Some("Q minor".into()) }, "key"),
-        (ControlMessage::SetSource { source: SourceSpec::Latent { name: "x".into(), frames: 10, channels: 3, data_b64: String::new() } }, "latent channels"),
-        (ControlMessage::SetSource { source: SourceSpec::Latent { name: "x".into(), frames: 2, channels: 64, data_b64: "@@@@".into() } }, "base64"),
-        (ControlMessage::SetSource { source: SourceSpec::Audio { name: "empty.wav".into(), channels: vec![vec![], vec![]] } }, "shorter than one latent frame"),
-        (ControlMessage::SetSource { source: SourceSpec::File { path: "x.wav".into() } }, "resolved by the front end"),
-        (ControlMessage::SetLoopBand { start_s: 3.0, end_s: 1.0 }, "empty"),
+        (
+            ControlMessage::SetKnob {
+                name: "wobble".into(),
+                value: 1.0,
+            },
+            "unknown knob",
+        ),
+        (
+            ControlMessage::SetKnob {
+                name: "denoise".into(),
+                value: f64::NAN,
+            },
+            "not a finite",
+        ),
+        (
+            ControlMessage::SetKnob {
+                name: "depth".into(),
+                value: 9.0,
+            },
+            "outside",
+        ),
+        (
+            ControlMessage::SetKnob {
+                name: "steps".into(),
+                value: 0.0,
+            },
+            "outside",
+        ),
+        (
+            ControlMessage::SetKnob {
+                name: "lora:polka".into(),
+                value: 1.0,
+            },
+            "no LoRA adapter",
+        ),
+        (
+            ControlMessage::SetCurve {
+                name: "velocity_scale".into(),
+                curve: Some(CurveSpec::Raw {
+                    values: vec![1.0, f32::NAN],
+                }),
+            },
+            "not finite",
+        ),
+        (
+            ControlMessage::SetCurve {
+                name: "sde_denoise".into(),
+                curve: Some(CurveSpec::Constant { value: 5.0 }),
+            },
+            "sde_denoise",
+        ),
+        (
+            ControlMessage::SetCurve {
+                name: "wobble".into(),
+                curve: None,
+            },
+            "not a curve",
+        ),
+        (
+            ControlMessage::SetPrompt {
+                prompt: None,
+                prompt_b: None,
+                negative: None,
+                bpm: Some(1.0e6),
+                key: None,
+            },
+            "bpm",
+        ),
+        (
+            ControlMessage::SetPrompt {
+                prompt: None,
+                prompt_b: None,
+                negative: None,
+                bpm: None,
+                key: Some("Q minor".into()),
+            },
+            "key",
+        ),
+        (
+            ControlMessage::SetSource {
+                source: SourceSpec::Latent {
+                    name: "x".into(),
+                    frames: 10,
+                    channels: 3,
+                    data_b64: String::new(),
+                },
+            },
+            "latent channels",
+        ),
+        (
+            ControlMessage::SetSource {
+                source: SourceSpec::Latent {
+                    name: "x".into(),
+                    frames: 2,
+                    channels: 64,
+                    data_b64: "@@@@".into(),
+                },
+            },
+            "base64",
+        ),
+        (
+            ControlMessage::SetSource {
+                source: SourceSpec::Audio {
+                    name: "empty.wav".into(),
+                    channels: vec![vec![], vec![]],
+                },
+            },
+            "shorter than one latent frame",
+        ),
+        (
+            ControlMessage::SetSource {
+                source: SourceSpec::File {
+                    path: "x.wav".into(),
+                },
+            },
+            "resolved by the front end",
+        ),
+        (
+            ControlMessage::SetLoopBand {
+                start_s: 3.0,
+                end_s: 1.0,
+            },
+            "empty",
+        ),
         (ControlMessage::Seek { seconds: 1e9 }, "beyond"),
         (ControlMessage::SetSlew { per_second: -1.0 }, "slew"),
     ];
@@ -216,7 +377,16 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
 #[test]
 fn a_stalled_subscriber_does_not_slow_ticks() {
     let core = LiveCore::new(config(4.0), sketch()).unwrap();
-    let handle = start(core, RunOptions { realtime: false, max_ticks: Some(80), bus_capacity: 8, ..Default::default() }).unwrap();
+    let handle = start(
+        core,
+        RunOptions {
+            realtime: false,
+            max_ticks: Some(80),
+            bus_capacity: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let stalled = handle.subscribe();
     let reader = handle.subscribe();
     let t = std::thread::spawn(move || {
@@ -228,8 +398,14 @@ fn a_stalled_subscriber_does_not_slow_ticks() {
     });
     let summary = handle.join().unwrap();
     assert_eq!(summary.ticks, 80, "every tick ran");
-    assert!(stalled.dropped() > 0, "the stalled subscriber lost audio, the runner did not wait");
-    assert!(t.join().unwrap() > 80, "the live reader got every tick's events");
+    assert!(
+        stalled.dropped() > 0,
+        "the stalled subscriber lost audio, the runner did not wait"
+    );
+    assert!(
+        t.join().unwrap() > 80,
+        "the live reader got every tick's events"
+    );
 }
 
 fn performance_script() -> Vec<ScriptEvent> {
@@ -241,40 +417,132 @@ fn performance_script() -> Vec<ScriptEvent> {
         at += 0.11;
     };
     for i in 0..6 {
-        push(SetKnob { name: "velocity_scale".into(), value: 0.6 + 0.1 * i as f64 });
-        push(SetKnob { name: "denoise".into(), value: 0.4 + 0.1 * i as f64 });
+        push(SetKnob {
+            name: "velocity_scale".into(),
+            value: 0.6 + 0.1 * i as f64,
+        });
+        push(SetKnob {
+            name: "denoise".into(),
+            value: 0.4 + 0.1 * i as f64,
+        });
     }
-    push(SetCurve { name: "ode_noise".into(), curve: Some(CurveSpec::Sine { min: 0.0, max: 0.5, cycles: 2.0, phase: 0.0 }) });
-    push(SetKnob { name: "seed".into(), value: 7.0 });
-    push(SetKnob { name: "depth".into(), value: 2.0 });
-    push(SetKnob { name: "steps".into(), value: 6.0 });
-    push(SetPrompt { prompt: Some("techno".into()), prompt_b: Some("ambient".into()), negative: Some("hip hop".into()), bpm: None, key: None });
-    push(SetKnob { name: "blend".into(), value: 0.5 });
-    push(SetKnob { name: "guidance".into(), value: 2.5 });
-    push(SetSolver { solver: demon_engine::SolverKind::Sde });
-    push(SetKnob { name: "sde_denoise".into(), value: 0.8 });
-    push(SetKnob { name: "feedback".into(), value: 0.3 });
-    push(SetKnob { name: "structure".into(), value: 0.4 });
-    push(SetKnob { name: "timbre".into(), value: 0.5 });
-    push(SetKnob { name: "ch_g3".into(), value: 1.5 });
-    push(SetDcw { enabled: Some(true), mode: Some(demon_engine::DcwMode::Low) });
-    push(SetLoopBand { start_s: 1.0, end_s: 3.0 });
+    push(SetCurve {
+        name: "ode_noise".into(),
+        curve: Some(CurveSpec::Sine {
+            min: 0.0,
+            max: 0.5,
+            cycles: 2.0,
+            phase: 0.0,
+        }),
+    });
+    push(SetKnob {
+        name: "seed".into(),
+        value: 7.0,
+    });
+    push(SetKnob {
+        name: "depth".into(),
+        value: 2.0,
+    });
+    push(SetKnob {
+        name: "steps".into(),
+        value: 6.0,
+    });
+    push(SetPrompt {
+        prompt: Some("techno".into()),
+        prompt_b: Some("ambient".into()),
+        negative: Some("hip hop".into()),
+        bpm: None,
+        key: None,
+    });
+    push(SetKnob {
+        name: "blend".into(),
+        value: 0.5,
+    });
+    push(SetKnob {
+        name: "guidance".into(),
+        value: 2.5,
+    });
+    push(SetSolver {
+        solver: demon_engine::SolverKind::Sde,
+    });
+    push(SetKnob {
+        name: "sde_denoise".into(),
+        value: 0.8,
+    });
+    push(SetKnob {
+        name: "feedback".into(),
+        value: 0.3,
+    });
+    push(SetKnob {
+        name: "structure".into(),
+        value: 0.4,
+    });
+    push(SetKnob {
+        name: "timbre".into(),
+        value: 0.5,
+    });
+    push(SetKnob {
+        name: "ch_g3".into(),
+        value: 1.5,
+    });
+    push(SetDcw {
+        enabled: Some(true),
+        mode: Some(demon_engine::DcwMode::Low),
+    });
+    push(SetLoopBand {
+        start_s: 1.0,
+        end_s: 3.0,
+    });
     push(Seek { seconds: 1.5 });
     push(ClearLoopBand);
     push(SetSlew { per_second: 1.0 });
-    push(SetKnob { name: "shift".into(), value: 3.5 });
-    push(SetCfgMode { mode: demon_engine::CfgMode::SelfNoise });
-    push(SetKnob { name: "x0_target_strength".into(), value: 0.3 });
-    push(SetKnob { name: "cfg_rescale".into(), value: 0.2 });
-    push(SetKnob { name: "apg_momentum".into(), value: -0.5 });
-    push(SetKnob { name: "ode_noise".into(), value: 0.2 });
-    push(SetCurve { name: "blend".into(), curve: Some(CurveSpec::Ramp { start: 0.0, end: 1.0 }) });
-    push(SetKnob { name: "depth".into(), value: 4.0 });
-    push(SetSource { source: library_source("funk", 100) });
-    push(SetKnob { name: "denoise".into(), value: 0.6 });
+    push(SetKnob {
+        name: "shift".into(),
+        value: 3.5,
+    });
+    push(SetCfgMode {
+        mode: demon_engine::CfgMode::SelfNoise,
+    });
+    push(SetKnob {
+        name: "x0_target_strength".into(),
+        value: 0.3,
+    });
+    push(SetKnob {
+        name: "cfg_rescale".into(),
+        value: 0.2,
+    });
+    push(SetKnob {
+        name: "apg_momentum".into(),
+        value: -0.5,
+    });
+    push(SetKnob {
+        name: "ode_noise".into(),
+        value: 0.2,
+    });
+    push(SetCurve {
+        name: "blend".into(),
+        curve: Some(CurveSpec::Ramp {
+            start: 0.0,
+            end: 1.0,
+        }),
+    });
+    push(SetKnob {
+        name: "depth".into(),
+        value: 4.0,
+    });
+    push(SetSource {
+        source: library_source("funk", 100),
+    });
+    push(SetKnob {
+        name: "denoise".into(),
+        value: 0.6,
+    });
     push(SetPlaying { playing: false });
     push(SetPlaying { playing: true });
-    push(SetKnob { name: "wobble".into(), value: 1.0 }); // rejected, not recorded
+    push(SetKnob {
+        name: "wobble".into(),
+        value: 1.0,
+    }); // rejected, not recorded
     s
 }
 
@@ -282,17 +550,38 @@ fn performance_script() -> Vec<ScriptEvent> {
 fn a_recorded_performance_replays_byte_identically() {
     let dir = std::env::temp_dir().join(format!("demon-replay-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (session, live, replayed) = (dir.join("s.jsonl"), dir.join("live.wav"), dir.join("replay.wav"));
+    let (session, live, replayed) = (
+        dir.join("s.jsonl"),
+        dir.join("live.wav"),
+        dir.join("replay.wav"),
+    );
     let script = performance_script();
     let mut cfg = config(4.0);
     cfg.source = library_source("house", 100);
-    let summary = demon_live::perform::perform(cfg, sketch(), &script, 6.0, Some(&session), Some(&live), false, Vec::new()).unwrap();
+    let summary = demon_live::perform::perform(
+        cfg,
+        sketch(),
+        &script,
+        6.0,
+        Some(&session),
+        Some(&live),
+        false,
+        Vec::new(),
+    )
+    .unwrap();
     assert_eq!(summary.ticks, 150);
     let file = read_session(&session).unwrap();
-    assert!(file.events.len() >= 35, "events recorded: {}", file.events.len());
+    assert!(
+        file.events.len() >= 35,
+        "events recorded: {}",
+        file.events.len()
+    );
     assert_eq!(file.ticks, 150);
     demon_live::perform::replay(&file, sketch(), &replayed).unwrap();
-    let (a, b) = (std::fs::read(&live).unwrap(), std::fs::read(&replayed).unwrap());
+    let (a, b) = (
+        std::fs::read(&live).unwrap(),
+        std::fs::read(&replayed).unwrap(),
+    );
     // 150 ticks, minus the few the script paused playback for.
     assert!(a.len() > 44 + 140 * 1920 * 4, "{} bytes", a.len());
     assert!(a == b, "live and replay differ");
@@ -301,16 +590,27 @@ fn a_recorded_performance_replays_byte_identically() {
 #[test]
 fn shortening_the_song_with_feedback_on_keeps_the_session_running() {
     let mut core = LiveCore::new(config(8.0), sketch()).unwrap();
-    core.apply(&ControlMessage::SetKnob { name: "feedback".into(), value: 0.5 }).unwrap();
+    core.apply(&ControlMessage::SetKnob {
+        name: "feedback".into(),
+        value: 0.5,
+    })
+    .unwrap();
     for _ in 0..20 {
         core.tick(None).unwrap();
     }
     // A 1.5 s source while generations of the 8 s song are still in flight.
     let tone: Vec<f32> = (0..72_000).map(|i| (i as f32 * 0.05).sin() * 0.3).collect();
-    core.apply(&ControlMessage::SetSource { source: SourceSpec::Audio { name: "tone.wav".into(), channels: vec![tone.clone(), tone] } }).unwrap();
+    core.apply(&ControlMessage::SetSource {
+        source: SourceSpec::Audio {
+            name: "tone.wav".into(),
+            channels: vec![tone.clone(), tone],
+        },
+    })
+    .unwrap();
     let g = core.generations();
     for _ in 0..40 {
-        core.tick(None).expect("ticks keep working after the length change");
+        core.tick(None)
+            .expect("ticks keep working after the length change");
     }
     assert!(core.generations() > g);
     assert_eq!(core.song_frames(), 37);
@@ -324,7 +624,11 @@ fn slices_are_what_the_loop_holds() {
     let mut n = 0;
     for i in 0..80 {
         if i == 40 {
-            core.apply(&ControlMessage::SetKnob { name: "velocity_scale".into(), value: 2.0 }).unwrap();
+            core.apply(&ControlMessage::SetKnob {
+                name: "velocity_scale".into(),
+                value: 2.0,
+            })
+            .unwrap();
         }
         let out = core.tick(None).unwrap();
         let len = core.buffer().len();

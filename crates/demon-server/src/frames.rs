@@ -63,7 +63,14 @@ impl Mirror {
     pub fn full_frame(buffer: &[Vec<f32>; 2], header: FrameHeader) -> (Mirror, Vec<u8>) {
         let n = buffer[0].len();
         let mut out = Vec::with_capacity(HEADER_BYTES + n * 4);
-        FrameHeader { kind: KIND_FULL, channels: 2, start_sample: 0, num_samples: n as u32, ..header }.write(&mut out);
+        FrameHeader {
+            kind: KIND_FULL,
+            channels: 2,
+            start_sample: 0,
+            num_samples: n as u32,
+            ..header
+        }
+        .write(&mut out);
         let mut mirror = [Vec::with_capacity(n), Vec::with_capacity(n)];
         for i in 0..n {
             for c in 0..2 {
@@ -88,11 +95,23 @@ impl Mirror {
     }
 
     /// A delta frame moving the client's copy of `[start, start + n)` (wrapping) to `audio`.
-    pub fn delta_frame(&mut self, start: usize, audio: &[Vec<f32>], header: FrameHeader) -> Vec<u8> {
+    pub fn delta_frame(
+        &mut self,
+        start: usize,
+        audio: &[Vec<f32>],
+        header: FrameHeader,
+    ) -> Vec<u8> {
         let n = audio.first().map_or(0, |c| c.len());
         let len = self.len().max(1);
         let mut out = Vec::with_capacity(HEADER_BYTES + n * 4);
-        FrameHeader { kind: KIND_DELTA, channels: 2, start_sample: start as u32, num_samples: n as u32, ..header }.write(&mut out);
+        FrameHeader {
+            kind: KIND_DELTA,
+            channels: 2,
+            start_sample: start as u32,
+            num_samples: n as u32,
+            ..header
+        }
+        .write(&mut out);
         for i in 0..n {
             let j = (start + i) % len;
             for c in 0..2 {
@@ -114,10 +133,14 @@ pub fn apply_frame(buffer: &mut [Vec<f32>; 2], frame: &[u8]) -> Option<FrameHead
     if body.len() != n * 2 * 2 {
         return None;
     }
-    let val = |k: usize| f16::from_bits(u16::from_le_bytes([body[2 * k], body[2 * k + 1]])).to_f32();
+    let val =
+        |k: usize| f16::from_bits(u16::from_le_bytes([body[2 * k], body[2 * k + 1]])).to_f32();
     match h.kind {
         KIND_FULL => {
-            *buffer = [(0..n).map(|i| val(2 * i)).collect(), (0..n).map(|i| val(2 * i + 1)).collect()];
+            *buffer = [
+                (0..n).map(|i| val(2 * i)).collect(),
+                (0..n).map(|i| val(2 * i + 1)).collect(),
+            ];
         }
         KIND_SLICE | KIND_DELTA => {
             let len = buffer[0].len().max(1);
@@ -143,8 +166,20 @@ mod tests {
 
     #[test]
     fn deltas_keep_client_and_mirror_identical() {
-        let head = FrameHeader { kind: 0, channels: 2, start_sample: 0, num_samples: 0, tick: 1, tick_ms: 2.0, decode_ms: 3.0, generations: 4 };
-        let buf: [Vec<f32>; 2] = [(0..100).map(|i| (i as f32 * 0.1).sin()).collect(), vec![0.25; 100]];
+        let head = FrameHeader {
+            kind: 0,
+            channels: 2,
+            start_sample: 0,
+            num_samples: 0,
+            tick: 1,
+            tick_ms: 2.0,
+            decode_ms: 3.0,
+            generations: 4,
+        };
+        let buf: [Vec<f32>; 2] = [
+            (0..100).map(|i| (i as f32 * 0.1).sin()).collect(),
+            vec![0.25; 100],
+        ];
         let (mut mirror, full) = Mirror::full_frame(&buf, head);
         let mut client = [Vec::new(), Vec::new()];
         assert_eq!(apply_frame(&mut client, &full).unwrap().num_samples, 100);
@@ -152,14 +187,25 @@ mod tests {
         // Many overlapping patches, including one that wraps.
         for k in 0..50 {
             let start = (k * 7) % 100;
-            let patch: Vec<Vec<f32>> = (0..2).map(|c| (0..30).map(|i| ((k * 31 + i + c) as f32 * 0.037).cos() * 0.8).collect()).collect();
+            let patch: Vec<Vec<f32>> = (0..2)
+                .map(|c| {
+                    (0..30)
+                        .map(|i| ((k * 31 + i + c) as f32 * 0.037).cos() * 0.8)
+                        .collect()
+                })
+                .collect();
             let f = mirror.delta_frame(start, &patch, head);
             let h = apply_frame(&mut client, &f).unwrap();
             assert_eq!((h.kind, h.tick, h.tick_ms), (KIND_DELTA, 1, 2.0));
         }
-        assert!(client == *mirror.channels(), "bit-identical after 50 overlapping deltas");
+        assert!(
+            client == *mirror.channels(),
+            "bit-identical after 50 overlapping deltas"
+        );
         // And close to the true audio (f16 precision).
-        let last: Vec<f32> = (0..30).map(|i| ((49 * 31 + i) as f32 * 0.037).cos() * 0.8).collect();
+        let last: Vec<f32> = (0..30)
+            .map(|i| ((49 * 31 + i) as f32 * 0.037).cos() * 0.8)
+            .collect();
         for i in 0..30 {
             assert!((client[0][(49 * 7 % 100 + i) % 100] - last[i]).abs() < 1e-3);
         }

@@ -37,7 +37,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_text_bytes: 64 * 1024, max_binary_bytes: 64 * 1024 * 1024, max_upload_seconds: 1200.0, max_controls_per_second: 200.0 }
+        Self {
+            max_text_bytes: 64 * 1024,
+            max_binary_bytes: 64 * 1024 * 1024,
+            max_upload_seconds: 1200.0,
+            max_controls_per_second: 200.0,
+        }
     }
 }
 
@@ -69,13 +74,20 @@ impl ServerOptions {
 
     /// Refuse to expose the session without a token.
     pub fn check(&self) -> Result<(), String> {
-        let exposed = !self.bind.ip().is_loopback() || self.osc_bind.is_some_and(|o| !o.ip().is_loopback());
+        let exposed =
+            !self.bind.ip().is_loopback() || self.osc_bind.is_some_and(|o| !o.ip().is_loopback());
         match (&self.token, exposed) {
             (None, true) => Err(format!(
                 "refusing to listen on {} without an access token: pass --token TOKEN (every request must then carry it)",
-                if self.bind.ip().is_loopback() { self.osc_bind.map(|o| o.to_string()).unwrap_or_default() } else { self.bind.to_string() }
+                if self.bind.ip().is_loopback() {
+                    self.osc_bind.map(|o| o.to_string()).unwrap_or_default()
+                } else {
+                    self.bind.to_string()
+                }
             )),
-            (Some(t), _) if t.len() < 8 => Err("the access token must be at least 8 characters".into()),
+            (Some(t), _) if t.len() < 8 => {
+                Err("the access token must be at least 8 characters".into())
+            }
             _ => Ok(()),
         }
     }
@@ -137,11 +149,23 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<SocketAddr, String> {
     opts.check()?;
-    std::fs::create_dir_all(&opts.recordings_dir)
-        .map_err(|e| format!("cannot create the recordings folder `{}`: {e}", opts.recordings_dir.display()))?;
+    std::fs::create_dir_all(&opts.recordings_dir).map_err(|e| {
+        format!(
+            "cannot create the recordings folder `{}`: {e}",
+            opts.recordings_dir.display()
+        )
+    })?;
     let midi = Arc::new(midi::MidiState::load(&opts.midi_map));
-    let app = Arc::new(App { handle, opts: opts.clone(), hooks, next_client: AtomicU64::new(1), midi });
-    let listener = tokio::net::TcpListener::bind(opts.bind).await.map_err(|e| format!("cannot listen on {}: {e}", opts.bind))?;
+    let app = Arc::new(App {
+        handle,
+        opts: opts.clone(),
+        hooks,
+        next_client: AtomicU64::new(1),
+        midi,
+    });
+    let listener = tokio::net::TcpListener::bind(opts.bind)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", opts.bind))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     if let Some(osc) = opts.osc_bind {
         let a = app.clone();
@@ -157,7 +181,12 @@ pub async fn serve(
     }
     let router = api::router(app.clone());
     tokio::spawn(async move {
-        let _ = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await;
+        let _ = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
     });
     Ok(addr)
 }

@@ -25,12 +25,23 @@ pub struct MidiState {
 impl MidiState {
     /// Load saved mappings (a missing or unreadable file means none).
     pub fn load(path: &Path) -> Self {
-        let map = std::fs::read_to_string(path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
-        Self { path: path.to_path_buf(), map: Mutex::new(map), learning: Mutex::new(None), status: Mutex::new("MIDI not started".into()) }
+        let map = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        Self {
+            path: path.to_path_buf(),
+            map: Mutex::new(map),
+            learning: Mutex::new(None),
+            status: Mutex::new("MIDI not started".into()),
+        }
     }
 
     pub fn status(&self) -> String {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn set_status(&self, s: String) {
@@ -51,23 +62,39 @@ impl MidiState {
     /// A control change arrived: learn it, or turn it into a knob change.
     pub fn on_cc(&self, channel: u8, cc: u8, value: u8) -> Option<ControlMessage> {
         let key = format!("{}/{}", channel + 1, cc);
-        if let Some(knob) = self.learning.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(knob) = self
+            .learning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
             map.retain(|_, v| *v != knob);
             map.insert(key, knob);
             let _ = self.save(&map);
             return None;
         }
-        let knob = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned()?;
+        let knob = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned()?;
         let (lo, hi) = knob_spec(&knob).map_or((0.0, 2.0), |k| (k.min, k.max));
-        Some(ControlMessage::SetKnob { value: lo + (hi - lo) * value.min(127) as f64 / 127.0, name: knob })
+        Some(ControlMessage::SetKnob {
+            value: lo + (hi - lo) * value.min(127) as f64 / 127.0,
+            name: knob,
+        })
     }
 
     fn save(&self, map: &BTreeMap<String, String>) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(&self.path, serde_json::to_string_pretty(map).unwrap_or_default())
+        std::fs::write(
+            &self.path,
+            serde_json::to_string_pretty(map).unwrap_or_default(),
+        )
     }
 }
 
@@ -95,9 +122,13 @@ pub fn start(app: Arc<App>) {
         let mut names = Vec::new();
         let mut connections = Vec::new();
         for port in ports {
-            let Ok(mut input) = MidiInput::new("demon") else { continue };
+            let Ok(mut input) = MidiInput::new("demon") else {
+                continue;
+            };
             input.ignore(Ignore::All);
-            let name = input.port_name(&port).unwrap_or_else(|_| "MIDI port".into());
+            let name = input
+                .port_name(&port)
+                .unwrap_or_else(|_| "MIDI port".into());
             let app2 = app.clone();
             let handle = app.handle.clone();
             let conn = input.connect(
@@ -143,10 +174,23 @@ mod tests {
         let s = MidiState::load(&path);
         assert!(s.learn("wobble").is_err());
         s.learn("denoise").unwrap();
-        assert_eq!(s.on_cc(0, 21, 64), None, "the first CC is learned, not applied");
-        assert_eq!(s.on_cc(0, 21, 127), Some(ControlMessage::SetKnob { name: "denoise".into(), value: 1.0 }));
+        assert_eq!(
+            s.on_cc(0, 21, 64),
+            None,
+            "the first CC is learned, not applied"
+        );
+        assert_eq!(
+            s.on_cc(0, 21, 127),
+            Some(ControlMessage::SetKnob {
+                name: "denoise".into(),
+                value: 1.0
+            })
+        );
         assert_eq!(s.on_cc(1, 21, 127), None, "other channels are not mapped");
         let again = MidiState::load(&path);
-        assert_eq!(again.mappings().get("1/21").map(String::as_str), Some("denoise"));
+        assert_eq!(
+            again.mappings().get("1/21").map(String::as_str),
+            Some("denoise")
+        );
     }
 }

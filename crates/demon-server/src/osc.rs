@@ -30,7 +30,11 @@ pub fn to_control(m: &OscMessage) -> Result<ControlMessage, String> {
     let one_number = || -> Result<f64, String> {
         match m.args.as_slice() {
             [a] => number(a).ok_or_else(|| format!("{}: the argument must be a number", m.addr)),
-            _ => Err(format!("{}: expects one number, got {} arguments", m.addr, m.args.len())),
+            _ => Err(format!(
+                "{}: expects one number, got {} arguments",
+                m.addr,
+                m.args.len()
+            )),
         }
     };
     let one_string = || -> Result<String, String> {
@@ -41,24 +45,54 @@ pub fn to_control(m: &OscMessage) -> Result<ControlMessage, String> {
     };
     let addr = m.addr.as_str();
     if let Some(name) = addr.strip_prefix("/demon/knob/") {
-        return Ok(ControlMessage::SetKnob { name: name.to_string(), value: one_number()? });
+        return Ok(ControlMessage::SetKnob {
+            name: name.to_string(),
+            value: one_number()?,
+        });
     }
     if let Some(name) = addr.strip_prefix("/demon/curve/") {
         let values = m
             .args
             .iter()
-            .map(|a| number(a).map(|v| v as f32).ok_or_else(|| format!("{addr}: every argument must be a number")))
+            .map(|a| {
+                number(a)
+                    .map(|v| v as f32)
+                    .ok_or_else(|| format!("{addr}: every argument must be a number"))
+            })
             .collect::<Result<Vec<f32>, String>>()?;
         if values.is_empty() {
-            return Ok(ControlMessage::SetCurve { name: name.to_string(), curve: None });
+            return Ok(ControlMessage::SetCurve {
+                name: name.to_string(),
+                curve: None,
+            });
         }
-        return Ok(ControlMessage::SetCurve { name: name.to_string(), curve: Some(CurveSpec::Raw { values }) });
+        return Ok(ControlMessage::SetCurve {
+            name: name.to_string(),
+            curve: Some(CurveSpec::Raw { values }),
+        });
     }
     match addr {
-        "/demon/prompt" => Ok(ControlMessage::SetPrompt { prompt: Some(one_string()?), prompt_b: None, negative: None, bpm: None, key: None }),
-        "/demon/prompt_b" => Ok(ControlMessage::SetPrompt { prompt: None, prompt_b: Some(one_string()?), negative: None, bpm: None, key: None }),
-        "/demon/blend" => Ok(ControlMessage::SetKnob { name: "blend".into(), value: one_number()? }),
-        "/demon/play" => Ok(ControlMessage::SetPlaying { playing: one_number()? != 0.0 }),
+        "/demon/prompt" => Ok(ControlMessage::SetPrompt {
+            prompt: Some(one_string()?),
+            prompt_b: None,
+            negative: None,
+            bpm: None,
+            key: None,
+        }),
+        "/demon/prompt_b" => Ok(ControlMessage::SetPrompt {
+            prompt: None,
+            prompt_b: Some(one_string()?),
+            negative: None,
+            bpm: None,
+            key: None,
+        }),
+        "/demon/blend" => Ok(ControlMessage::SetKnob {
+            name: "blend".into(),
+            value: one_number()?,
+        }),
+        "/demon/play" => Ok(ControlMessage::SetPlaying {
+            playing: one_number()? != 0.0,
+        }),
         other => Err(format!("unknown OSC address `{other}`")),
     }
 }
@@ -87,7 +121,9 @@ pub async fn run(app: Arc<App>, sock: tokio::net::UdpSocket) {
             Ok((_, p)) => flatten(p, &mut msgs),
             Err(e) => {
                 if !reported {
-                    eprintln!("osc: ignoring a malformed packet ({e}); further ones are ignored silently");
+                    eprintln!(
+                        "osc: ignoring a malformed packet ({e}); further ones are ignored silently"
+                    );
                     reported = true;
                 }
                 continue;
@@ -123,20 +159,54 @@ mod tests {
     use super::*;
 
     fn msg(addr: &str, args: Vec<OscType>) -> OscMessage {
-        OscMessage { addr: addr.into(), args }
+        OscMessage {
+            addr: addr.into(),
+            args,
+        }
     }
 
     #[test]
     fn maps_addresses() {
-        assert_eq!(to_control(&msg("/demon/knob/denoise", vec![OscType::Float(0.5)])), Ok(ControlMessage::SetKnob { name: "denoise".into(), value: 0.5 }));
-        assert_eq!(to_control(&msg("/demon/blend", vec![OscType::Int(1)])), Ok(ControlMessage::SetKnob { name: "blend".into(), value: 1.0 }));
-        assert!(matches!(to_control(&msg("/demon/prompt", vec![OscType::String("techno".into())])), Ok(ControlMessage::SetPrompt { prompt: Some(_), .. })));
+        assert_eq!(
+            to_control(&msg("/demon/knob/denoise", vec![OscType::Float(0.5)])),
+            Ok(ControlMessage::SetKnob {
+                name: "denoise".into(),
+                value: 0.5
+            })
+        );
+        assert_eq!(
+            to_control(&msg("/demon/blend", vec![OscType::Int(1)])),
+            Ok(ControlMessage::SetKnob {
+                name: "blend".into(),
+                value: 1.0
+            })
+        );
         assert!(matches!(
-            to_control(&msg("/demon/curve/ode_noise", vec![OscType::Float(0.0), OscType::Float(0.5)])),
-            Ok(ControlMessage::SetCurve { curve: Some(CurveSpec::Raw { .. }), .. })
+            to_control(&msg(
+                "/demon/prompt",
+                vec![OscType::String("techno".into())]
+            )),
+            Ok(ControlMessage::SetPrompt {
+                prompt: Some(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            to_control(&msg(
+                "/demon/curve/ode_noise",
+                vec![OscType::Float(0.0), OscType::Float(0.5)]
+            )),
+            Ok(ControlMessage::SetCurve {
+                curve: Some(CurveSpec::Raw { .. }),
+                ..
+            })
         ));
         assert!(to_control(&msg("/demon/knob/denoise", vec![])).is_err());
         assert!(to_control(&msg("/demon/prompt", vec![OscType::Float(1.0)])).is_err());
-        assert!(to_control(&msg("/elsewhere", vec![])).unwrap_err().contains("unknown OSC address"));
+        assert!(
+            to_control(&msg("/elsewhere", vec![]))
+                .unwrap_err()
+                .contains("unknown OSC address")
+        );
     }
 }

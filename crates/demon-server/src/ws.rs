@@ -24,8 +24,14 @@ use crate::api::{apply_control, knob_catalog, resolve, source_from_bytes};
 use crate::frames::{FrameHeader, Mirror};
 
 pub async fn handler(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
-    let max = app.opts.limits.max_binary_bytes.max(app.opts.limits.max_text_bytes);
-    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| connection(app, socket))
+    let max = app
+        .opts
+        .limits
+        .max_binary_bytes
+        .max(app.opts.limits.max_text_bytes);
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| connection(app, socket))
 }
 
 /// Requests to the forwarder thread.
@@ -34,7 +40,16 @@ enum ForwarderCmd {
 }
 
 fn header(tick: u64, tick_ms: f32, decode_ms: f32, generations: u64) -> FrameHeader {
-    FrameHeader { kind: 0, channels: 2, start_sample: 0, num_samples: 0, tick: tick as u32, tick_ms, decode_ms, generations: generations as u32 }
+    FrameHeader {
+        kind: 0,
+        channels: 2,
+        start_sample: 0,
+        num_samples: 0,
+        tick: tick as u32,
+        tick_ms,
+        decode_ms,
+        generations: generations as u32,
+    }
 }
 
 /// Token bucket for control messages.
@@ -47,7 +62,8 @@ struct RateLimit {
 impl RateLimit {
     fn allow(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_second).min(self.per_second);
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_second)
+            .min(self.per_second);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -59,7 +75,11 @@ impl RateLimit {
 }
 
 fn err(id: &Value, code: &str, msg: impl Into<String>) -> Message {
-    Message::Text(json!({"type": "error", "id": id, "code": code, "error": msg.into()}).to_string().into())
+    Message::Text(
+        json!({"type": "error", "id": id, "code": code, "error": msg.into()})
+            .to_string()
+            .into(),
+    )
 }
 
 fn reply(id: &Value, extra: Value) -> Message {
@@ -88,11 +108,18 @@ async fn connection(app: Arc<App>, socket: WebSocket) {
     // Subscribe before fetching the buffer so no slice falls in between.
     let sub = app.handle.subscribe();
     let handle = app.handle.clone();
-    let initial = tokio::task::spawn_blocking(move || handle.loop_audio(Duration::from_secs(10))).await;
+    let initial =
+        tokio::task::spawn_blocking(move || handle.loop_audio(Duration::from_secs(10))).await;
     let (tick, buffer) = match initial {
         Ok(Ok(x)) => x,
         _ => {
-            let _ = tx.send(err(&Value::Null, "unavailable", "the session did not answer")).await;
+            let _ = tx
+                .send(err(
+                    &Value::Null,
+                    "unavailable",
+                    "the session did not answer",
+                ))
+                .await;
             drop(tx);
             let _ = writer.await;
             return;
@@ -114,7 +141,12 @@ async fn connection(app: Arc<App>, socket: WebSocket) {
         "state": state,
     });
     let (mirror, full) = Mirror::full_frame(&buffer, header(tick, 0.0, 0.0, 0));
-    if tx.send(Message::Text(ready.to_string().into())).await.is_err() || tx.send(Message::Binary(full.into())).await.is_err() {
+    if tx
+        .send(Message::Text(ready.to_string().into()))
+        .await
+        .is_err()
+        || tx.send(Message::Binary(full.into())).await.is_err()
+    {
         return;
     }
 
@@ -178,7 +210,11 @@ async fn connection(app: Arc<App>, socket: WebSocket) {
     }
 
     let limits = app.opts.limits;
-    let mut rate = RateLimit { tokens: limits.max_controls_per_second, per_second: limits.max_controls_per_second, last: Instant::now() };
+    let mut rate = RateLimit {
+        tokens: limits.max_controls_per_second,
+        per_second: limits.max_controls_per_second,
+        last: Instant::now(),
+    };
     let mut pending_upload: Option<(Value, String)> = None;
     while let Some(msg) = stream.next().await {
         let msg = match msg {
@@ -188,17 +224,37 @@ async fn connection(app: Arc<App>, socket: WebSocket) {
         let out = match msg {
             Message::Text(text) => {
                 if text.len() > limits.max_text_bytes {
-                    Some(err(&Value::Null, "too_large", format!("text frames are limited to {} bytes", limits.max_text_bytes)))
+                    Some(err(
+                        &Value::Null,
+                        "too_large",
+                        format!("text frames are limited to {} bytes", limits.max_text_bytes),
+                    ))
                 } else {
-                    handle_text(&app, client_id, &text, &mut rate, &mut pending_upload, &fwd_tx).await
+                    handle_text(
+                        &app,
+                        client_id,
+                        &text,
+                        &mut rate,
+                        &mut pending_upload,
+                        &fwd_tx,
+                    )
+                    .await
                 }
             }
             Message::Binary(bytes) => match pending_upload.take() {
-                Some((id, name)) => Some(match source_from_bytes(&app, client_id, name.clone(), bytes.to_vec()).await {
-                    Ok((tick, ms)) => reply(&id, json!({"tick": tick, "latency_ms": ms, "source": name})),
-                    Err(e) => err(&id, "bad_upload", e),
-                }),
-                None => Some(err(&Value::Null, "bad_message", "a binary frame is only expected after an `upload` request")),
+                Some((id, name)) => Some(
+                    match source_from_bytes(&app, client_id, name.clone(), bytes.to_vec()).await {
+                        Ok((tick, ms)) => {
+                            reply(&id, json!({"tick": tick, "latency_ms": ms, "source": name}))
+                        }
+                        Err(e) => err(&id, "bad_upload", e),
+                    },
+                ),
+                None => Some(err(
+                    &Value::Null,
+                    "bad_message",
+                    "a binary frame is only expected after an `upload` request",
+                )),
             },
             Message::Close(_) => break,
             _ => None,
@@ -230,22 +286,45 @@ async fn handle_text(
         return Some(err(&id, "bad_message", "a request needs a string `type`"));
     };
     match kind {
-        "ping" => Some(Message::Text(json!({"type": "pong", "id": id}).to_string().into())),
-        "get_state" => Some(Message::Text(json!({"type": "state", "id": id, "state": app.handle.state()}).to_string().into())),
+        "ping" => Some(Message::Text(
+            json!({"type": "pong", "id": id}).to_string().into(),
+        )),
+        "get_state" => Some(Message::Text(
+            json!({"type": "state", "id": id, "state": app.handle.state()})
+                .to_string()
+                .into(),
+        )),
         "resync" => {
             let _ = fwd.send(ForwarderCmd::Resync);
             None
         }
         "control" => {
             if !rate.allow() {
-                return Some(err(&id, "rate_limited", format!("more than {} control messages per second", app.opts.limits.max_controls_per_second)));
+                return Some(err(
+                    &id,
+                    "rate_limited",
+                    format!(
+                        "more than {} control messages per second",
+                        app.opts.limits.max_controls_per_second
+                    ),
+                ));
             }
             let Some(m) = v.get("message") else {
-                return Some(err(&id, "bad_message", "a control request needs a `message`"));
+                return Some(err(
+                    &id,
+                    "bad_message",
+                    "a control request needs a `message`",
+                ));
             };
             let message: ControlMessage = match serde_json::from_value(m.clone()) {
                 Ok(m) => m,
-                Err(e) => return Some(err(&id, "bad_message", format!("not a control message: {e}"))),
+                Err(e) => {
+                    return Some(err(
+                        &id,
+                        "bad_message",
+                        format!("not a control message: {e}"),
+                    ));
+                }
             };
             let message = match resolve(app, message) {
                 Ok(m) => m,
@@ -257,7 +336,11 @@ async fn handle_text(
             })
         }
         "upload" => {
-            let name = v.get("name").and_then(Value::as_str).unwrap_or("upload").to_string();
+            let name = v
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("upload")
+                .to_string();
             *pending_upload = Some((id, name));
             None
         }
@@ -266,7 +349,11 @@ async fn handle_text(
             let app2 = app.clone();
             let result = match action {
                 "start" => {
-                    let name = format!("demon-{}-{}.wav", std::process::id(), app.next_client.fetch_add(1, Ordering::Relaxed));
+                    let name = format!(
+                        "demon-{}-{}.wav",
+                        std::process::id(),
+                        app.next_client.fetch_add(1, Ordering::Relaxed)
+                    );
                     let path = app.opts.recordings_dir.join(&name);
                     tokio::task::spawn_blocking(move || app2.handle.start_recording(&path, false))
                         .await
@@ -280,12 +367,18 @@ async fn handle_text(
                     .and_then(|r| r)
                     .map(|r| match r {
                         Some((path, seconds)) => {
-                            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+                            let name = path
+                                .file_name()
+                                .and_then(|n| n.to_str())
+                                .unwrap_or_default()
+                                .to_string();
                             json!({"url": format!("/api/recordings/{name}"), "seconds": seconds})
                         }
                         None => json!({"url": null}),
                     }),
-                other => Err(format!("record action `{other}` is neither `start` nor `stop`")),
+                other => Err(format!(
+                    "record action `{other}` is neither `start` nor `stop`"
+                )),
             };
             Some(match result {
                 Ok(extra) => reply(&id, extra),
@@ -301,6 +394,10 @@ async fn handle_text(
                 Err(e) => err(&id, "rejected", e),
             })
         }
-        other => Some(err(&id, "unknown_type", format!("unknown request type `{other}`"))),
+        other => Some(err(
+            &id,
+            "unknown_type",
+            format!("unknown request type `{other}`"),
+        )),
     }
 }

@@ -29,20 +29,37 @@ fn session() -> SessionHandle {
     let cfg = SessionConfig {
         song_seconds: 8.0,
         prompt: "house, 124 bpm".into(),
-        receptive_field: Some(ReceptiveField { before: 25, after: 1 }),
+        receptive_field: Some(ReceptiveField {
+            before: 25,
+            after: 1,
+        }),
         ..Default::default()
     };
     let core = LiveCore::new(cfg, sketch()).unwrap();
-    start(core, RunOptions { realtime: true, ..Default::default() }).unwrap()
+    start(
+        core,
+        RunOptions {
+            realtime: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn hooks() -> Hooks {
     Hooks {
         resolve_source: Arc::new(|spec: &str| {
-            let style = spec.strip_prefix("library:").ok_or("only library sources in tests")?;
+            let style = spec
+                .strip_prefix("library:")
+                .ok_or("only library sources in tests")?;
             let style = style.split(':').next().unwrap_or("house");
             let r = demon_sketch::style::read_prompt(style);
-            let i = r.style_weights.iter().enumerate().fold((0, 0.0), |a, (i, w)| if *w > a.1 { (i, *w) } else { a }).0;
+            let i = r
+                .style_weights
+                .iter()
+                .enumerate()
+                .fold((0, 0.0), |a, (i, w)| if *w > a.1 { (i, *w) } else { a })
+                .0;
             let song = demon_sketch::composer::compose(demon_sketch::composer::SongSpec {
                 style: demon_sketch::Style::from_index(i).ok_or("bad style")?,
                 bpm: 124.0,
@@ -51,7 +68,9 @@ fn hooks() -> Hooks {
                 seed: 1,
                 frames: 200,
             });
-            let t = candle_core::Tensor::from_vec(song.latent, (1, 200, 64), &candle_core::Device::Cpu).map_err(|e| e.to_string())?;
+            let t =
+                candle_core::Tensor::from_vec(song.latent, (1, 200, 64), &candle_core::Device::Cpu)
+                    .map_err(|e| e.to_string())?;
             demon_live::core::latent_spec(spec, &t)
         }),
         library: vec!["library:funk:0".into()],
@@ -60,7 +79,9 @@ fn hooks() -> Hooks {
 }
 
 async fn serve_with(opts: ServerOptions, handle: SessionHandle) -> SocketAddr {
-    demon_server::serve(opts, handle, hooks(), std::future::pending()).await.unwrap()
+    demon_server::serve(opts, handle, hooks(), std::future::pending())
+        .await
+        .unwrap()
 }
 
 fn test_opts(token: Option<&str>) -> ServerOptions {
@@ -73,7 +94,8 @@ fn test_opts(token: Option<&str>) -> ServerOptions {
     o
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A test client that keeps the text messages it passed over while waiting for another: the
 /// echo of a change (sent by the session's forwarder) and the reply to it (sent by the
@@ -85,13 +107,22 @@ struct Client {
 
 impl Client {
     async fn connect(addr: SocketAddr) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
-        Client { ws, passed_over: Vec::new() }
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        Client {
+            ws,
+            passed_over: Vec::new(),
+        }
     }
 
     /// The next frame of any kind; panics after 30 s without one or when the connection ends.
     async fn next_message(&mut self) -> Message {
-        tokio::time::timeout(Duration::from_secs(30), self.ws.next()).await.expect("timed out").expect("closed").unwrap()
+        tokio::time::timeout(Duration::from_secs(30), self.ws.next())
+            .await
+            .expect("timed out")
+            .expect("closed")
+            .unwrap()
     }
 
     /// The first text message (seen before or arriving within 30 s) that `want` accepts.
@@ -124,13 +155,17 @@ impl Client {
 
     async fn next_reply(&mut self, id: i64) -> Value {
         self.wait_for(&format!("the reply to {id}"), |v| {
-            v["id"] == json!(id) && (v["type"] == "reply" || v["type"] == "error" || v["type"] == "pong")
+            v["id"] == json!(id)
+                && (v["type"] == "reply" || v["type"] == "error" || v["type"] == "pong")
         })
         .await
     }
 
     async fn send(&mut self, v: Value) {
-        self.ws.send(Message::Text(v.to_string().into())).await.unwrap();
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
     }
 
     async fn send_raw(&mut self, m: Message) {
@@ -148,7 +183,13 @@ async fn websocket_protocol_end_to_end() {
     let ready = ws.next_json("ready").await;
     assert_eq!(ready["sample_rate"], 48_000);
     assert_eq!(ready["samples"], 8 * 48_000);
-    assert!(ready["knobs"].as_array().unwrap().iter().any(|k| k["name"] == "denoise"));
+    assert!(
+        ready["knobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["name"] == "denoise")
+    );
     let mut buffer = [Vec::new(), Vec::new()];
     let full = loop {
         if let Message::Binary(b) = ws.next_message().await {
@@ -181,8 +222,16 @@ async fn websocket_protocol_end_to_end() {
     .unwrap();
     // The server may have patched more since; compare where the client is up to date: most
     // samples must agree to f16 precision.
-    let agree = buffer[0].iter().zip(&server[0]).filter(|(a, b)| (*a - *b).abs() < 2e-3).count();
-    assert!(agree * 10 >= buffer[0].len() * 9, "client copy agrees on {agree}/{}", buffer[0].len());
+    let agree = buffer[0]
+        .iter()
+        .zip(&server[0])
+        .filter(|(a, b)| (*a - *b).abs() < 2e-3)
+        .count();
+    assert!(
+        agree * 10 >= buffer[0].len() * 9,
+        "client copy agrees on {agree}/{}",
+        buffer[0].len()
+    );
 
     // Control replies and echoes.
     ws.send(json!({"id": 1, "type": "control", "message": {"type": "set_knob", "name": "velocity_scale", "value": 1.4}})).await;
@@ -194,10 +243,22 @@ async fn websocket_protocol_end_to_end() {
 
     // Errors, each answered while the connection and the session carry on.
     let bad: Vec<(Value, &str)> = vec![
-        (json!({"id": 2, "type": "control", "message": {"type": "set_knob", "name": "wobble", "value": 1}}), "rejected"),
-        (json!({"id": 3, "type": "control", "message": {"type": "set_knob", "name": "denoise", "value": "high"}}), "bad_message"),
-        (json!({"id": 4, "type": "control", "message": {"type": "set_curve", "name": "ode_noise", "curve": {"type": "raw", "values": []}}}), "rejected"),
-        (json!({"id": 5, "type": "control", "message": {"type": "set_knob", "name": "depth", "value": 99}}), "rejected"),
+        (
+            json!({"id": 2, "type": "control", "message": {"type": "set_knob", "name": "wobble", "value": 1}}),
+            "rejected",
+        ),
+        (
+            json!({"id": 3, "type": "control", "message": {"type": "set_knob", "name": "denoise", "value": "high"}}),
+            "bad_message",
+        ),
+        (
+            json!({"id": 4, "type": "control", "message": {"type": "set_curve", "name": "ode_noise", "curve": {"type": "raw", "values": []}}}),
+            "rejected",
+        ),
+        (
+            json!({"id": 5, "type": "control", "message": {"type": "set_knob", "name": "depth", "value": 99}}),
+            "rejected",
+        ),
         (json!({"id": 6, "type": "teleport"}), "unknown_type"),
         (json!({"id": 7, "type": "control"}), "bad_message"),
     ];
@@ -213,13 +274,18 @@ async fn websocket_protocol_end_to_end() {
     ws.send_raw(Message::Text("{\"type\": \"control\", \"message\": {\"type\": \"set_knob\", \"name\": \"denoise\", \"value\": NaN}}".into())).await;
     let r = ws.next_json("error").await;
     assert_eq!(r["code"], "bad_json");
-    ws.send_raw(Message::Text("x".repeat(70 * 1024).into())).await;
+    ws.send_raw(Message::Text("x".repeat(70 * 1024).into()))
+        .await;
     let r = ws.next_json("error").await;
     assert_eq!(r["code"], "too_large");
     // A bad upload: decoded and rejected; the old source keeps playing.
     let before = handle.state().unwrap().source.clone();
-    ws.send(json!({"id": 8, "type": "upload", "name": "song.mp3"})).await;
-    ws.send_raw(Message::Binary(b"this is not an mp3 at all".to_vec().into())).await;
+    ws.send(json!({"id": 8, "type": "upload", "name": "song.mp3"}))
+        .await;
+    ws.send_raw(Message::Binary(
+        b"this is not an mp3 at all".to_vec().into(),
+    ))
+    .await;
     let r = ws.next_reply(8).await;
     assert_eq!(r["code"], "bad_upload", "{r}");
     assert_eq!(handle.state().unwrap().source, before);
@@ -232,12 +298,16 @@ async fn websocket_protocol_end_to_end() {
     assert_eq!(ws.next_reply(9).await["type"], "pong");
     let tick_before = handle.state().unwrap().tick;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(handle.state().unwrap().tick > tick_before, "the session kept ticking");
+    assert!(
+        handle.state().unwrap().tick > tick_before,
+        "the session kept ticking"
+    );
 
     // A good upload (a real WAV) replaces the source.
     let audio = demon_engine::Audio::new(44_100, vec![vec![0.1; 44_100 * 2]]).unwrap();
     let wav = demon_audio::wav_bytes(&audio, demon_audio::WavFormat::Pcm16, None);
-    ws.send(json!({"id": 10, "type": "upload", "name": "tone.wav"})).await;
+    ws.send(json!({"id": 10, "type": "upload", "name": "tone.wav"}))
+        .await;
     ws.send_raw(Message::Binary(wav.into())).await;
     let r = ws.next_reply(10).await;
     assert_eq!(r["type"], "reply", "{r}");
@@ -265,16 +335,31 @@ async fn other_clients_see_echoes_and_are_unaffected_by_bad_input() {
     handle.stop().unwrap();
 }
 
-async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out).to_string();
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (code, text)
 }
 
@@ -291,13 +376,37 @@ async fn tokens_are_required_when_set_and_non_loopback_needs_one() {
     let handle = session();
     let addr = serve_with(test_opts(Some("sesame-open-please")), handle.clone()).await;
     assert_eq!(http(addr, "GET", "/api/state", None, "").await.0, 401);
-    assert_eq!(http(addr, "GET", "/api/state", Some("wrong-token-xxxx"), "").await.0, 401);
-    assert_eq!(http(addr, "GET", "/api/state", Some("sesame-open-please"), "").await.0, 200);
-    assert_eq!(http(addr, "GET", "/api/state?token=sesame-open-please", None, "").await.0, 200);
+    assert_eq!(
+        http(addr, "GET", "/api/state", Some("wrong-token-xxxx"), "")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        http(addr, "GET", "/api/state", Some("sesame-open-please"), "")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        http(addr, "GET", "/api/state?token=sesame-open-please", None, "")
+            .await
+            .0,
+        200
+    );
     assert_eq!(http(addr, "GET", "/", None, "").await.0, 401);
     assert_eq!(http(addr, "POST", "/mcp", None, "{}").await.0, 401);
-    assert!(tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.is_err(), "WebSocket without the token");
-    assert!(tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token=sesame-open-please")).await.is_ok());
+    assert!(
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .is_err(),
+        "WebSocket without the token"
+    );
+    assert!(
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token=sesame-open-please"))
+            .await
+            .is_ok()
+    );
     handle.stop().unwrap();
 }
 
@@ -307,14 +416,41 @@ async fn rest_control_and_knobs() {
     let addr = serve_with(test_opts(None), handle.clone()).await;
     let (code, body) = http(addr, "GET", "/api/knobs", None, "").await;
     assert_eq!(code, 200);
-    assert!(body.contains("\"velocity_scale\"") && body.contains("lora:funk"), "sketch adapters listed");
-    let (code, body) = http(addr, "POST", "/api/control", None, r#"{"type":"set_knob","name":"guidance","value":2.5}"#).await;
+    assert!(
+        body.contains("\"velocity_scale\"") && body.contains("lora:funk"),
+        "sketch adapters listed"
+    );
+    let (code, body) = http(
+        addr,
+        "POST",
+        "/api/control",
+        None,
+        r#"{"type":"set_knob","name":"guidance","value":2.5}"#,
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(handle.state().unwrap().targets["guidance"], 2.5);
-    let (code, body) = http(addr, "POST", "/api/control", None, r#"{"type":"set_source","source":{"kind":"library","style":"funk","index":0}}"#).await;
+    let (code, body) = http(
+        addr,
+        "POST",
+        "/api/control",
+        None,
+        r#"{"type":"set_source","source":{"kind":"library","style":"funk","index":0}}"#,
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(handle.state().unwrap().source.as_deref(), Some("library:funk:0"));
-    let (code, _) = http(addr, "POST", "/api/control", None, r#"{"type":"set_knob","name":"guidance","value":99}"#).await;
+    assert_eq!(
+        handle.state().unwrap().source.as_deref(),
+        Some("library:funk:0")
+    );
+    let (code, _) = http(
+        addr,
+        "POST",
+        "/api/control",
+        None,
+        r#"{"type":"set_knob","name":"guidance","value":99}"#,
+    )
+    .await;
     assert_eq!(code, 422);
     let (code, _) = http(addr, "GET", "/api/recordings/..%2Fetc%2Fpasswd", None, "").await;
     assert!(code == 400 || code == 404);
@@ -333,12 +469,24 @@ async fn an_osc_sender_sets_a_knob() {
     serve_with(opts, handle.clone()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let packet = rosc::encoder::encode(&rosc::OscPacket::Message(rosc::OscMessage { addr: "/demon/knob/ode_noise".into(), args: vec![rosc::OscType::Float(0.35)] })).unwrap();
+    let packet = rosc::encoder::encode(&rosc::OscPacket::Message(rosc::OscMessage {
+        addr: "/demon/knob/ode_noise".into(),
+        args: vec![rosc::OscType::Float(0.35)],
+    }))
+    .unwrap();
     sender.send_to(&packet, osc_addr).unwrap();
-    sender.send_to(b"garbage that is not OSC", osc_addr).unwrap();
+    sender
+        .send_to(b"garbage that is not OSC", osc_addr)
+        .unwrap();
     let bundle = rosc::encoder::encode(&rosc::OscPacket::Bundle(rosc::OscBundle {
-        timetag: rosc::OscTime { seconds: 0, fractional: 1 },
-        content: vec![rosc::OscPacket::Message(rosc::OscMessage { addr: "/demon/prompt".into(), args: vec![rosc::OscType::String("techno".into())] })],
+        timetag: rosc::OscTime {
+            seconds: 0,
+            fractional: 1,
+        },
+        content: vec![rosc::OscPacket::Message(rosc::OscMessage {
+            addr: "/demon/prompt".into(),
+            args: vec![rosc::OscType::String("techno".into())],
+        })],
     }))
     .unwrap();
     sender.send_to(&bundle, osc_addr).unwrap();
@@ -351,17 +499,28 @@ async fn an_osc_sender_sets_a_knob() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(ok, "OSC knob and prompt reached the session: {:?}", handle.state().map(|s| (s.targets["ode_noise"], s.prompt)));
+    assert!(
+        ok,
+        "OSC knob and prompt reached the session: {:?}",
+        handle.state().map(|s| (s.targets["ode_noise"], s.prompt))
+    );
     handle.stop().unwrap();
 }
 
 fn sse_json(body: &str) -> Value {
     let json_part = body.split("\r\n\r\n").nth(1).unwrap_or(body);
-    if let Some(d) = json_part.lines().filter_map(|l| l.strip_prefix("data:")).find(|d| !d.trim().is_empty()) {
+    if let Some(d) = json_part
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .find(|d| !d.trim().is_empty())
+    {
         return serde_json::from_str(d.trim()).unwrap();
     }
     // Plain JSON (possibly chunked): take the first {...} line.
-    let line = json_part.lines().find(|l| l.trim_start().starts_with('{')).unwrap_or("{}");
+    let line = json_part
+        .lines()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or("{}");
     serde_json::from_str(line.trim()).unwrap()
 }
 
@@ -372,7 +531,11 @@ async fn mcp_lists_tools_and_sets_a_knob() {
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}});
     let (code, body) = http(addr, "POST", "/mcp", None, &init.to_string()).await;
     assert_eq!(code, 200, "{body}");
-    let session_id = body.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("mcp-session-id:").map(|s| s.trim().to_string()));
+    let session_id = body.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("mcp-session-id:")
+            .map(|s| s.trim().to_string())
+    });
     let sid_header = |s: &Option<String>| s.clone().unwrap_or_default();
     let post = |body: Value| {
         let sid = sid_header(&session_id);
@@ -380,8 +543,15 @@ async fn mcp_lists_tools_and_sets_a_knob() {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
             let b = body.to_string();
-            let extra = if sid.is_empty() { String::new() } else { format!("Mcp-Session-Id: {sid}\r\nMcp-Protocol-Version: 2025-06-18\r\n") };
-            let req = format!("POST /mcp HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}", b.len());
+            let extra = if sid.is_empty() {
+                String::new()
+            } else {
+                format!("Mcp-Session-Id: {sid}\r\nMcp-Protocol-Version: 2025-06-18\r\n")
+            };
+            let req = format!(
+                "POST /mcp HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                b.len()
+            );
             s.write_all(req.as_bytes()).await.unwrap();
             let mut out = Vec::new();
             s.read_to_end(&mut out).await.unwrap();
@@ -392,9 +562,34 @@ async fn mcp_lists_tools_and_sets_a_knob() {
     let raw = post(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})).await;
     let tools = sse_json(&raw);
     assert!(tools["result"]["tools"].is_array(), "{raw}");
-    let names: Vec<String> = tools["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect();
-    for want in ["state", "list_knobs", "get_knob", "set_knob", "set_knobs", "set_prompt", "set_prompt_blend", "set_curve", "set_depth", "list_loras", "enable_lora", "disable_lora", "set_source", "start_recording", "stop_recording", "render_offline"] {
-        assert!(names.iter().any(|n| n == want), "missing tool {want}: {names:?}");
+    let names: Vec<String> = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "state",
+        "list_knobs",
+        "get_knob",
+        "set_knob",
+        "set_knobs",
+        "set_prompt",
+        "set_prompt_blend",
+        "set_curve",
+        "set_depth",
+        "list_loras",
+        "enable_lora",
+        "disable_lora",
+        "set_source",
+        "start_recording",
+        "stop_recording",
+        "render_offline",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "missing tool {want}: {names:?}"
+        );
     }
     let r = sse_json(&post(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "set_knob", "arguments": {"name": "velocity_scale", "value": 0.6}}})).await);
     assert_eq!(r["result"]["isError"], json!(false), "{r}");

@@ -8,17 +8,42 @@ use demon_sketch::{Style, synth};
 
 fn main() {
     std::fs::create_dir_all("out").expect("out dir");
-    let seconds: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20);
+    let seconds: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     for style in Style::ALL {
-        let spec = SongSpec { style, bpm: style.default_bpm(), tonic: 9, minor: style.default_minor(), seed: 1, frames: seconds * 25 };
+        let spec = SongSpec {
+            style,
+            bpm: style.default_bpm(),
+            tonic: 9,
+            minor: style.default_minor(),
+            seed: 1,
+            frames: seconds * 25,
+        };
         let song = compose(spec);
         let t0 = Instant::now();
         let [l, r] = synth::render(&song.latent, 0);
         let dt = t0.elapsed().as_secs_f64();
         let peak = l.iter().chain(&r).fold(0f32, |m, x| m.max(x.abs()));
-        let rms = (l.iter().chain(&r).map(|x| (x * x) as f64).sum::<f64>() / (2 * l.len()) as f64).sqrt();
-        println!("{:>14}: {} frames, decode {:.3} s ({:.0}x real time), peak {:.3}, rms {:.3} ({:.1} dBFS)", style.name(), song.latent.len() / CHANNELS, dt, seconds as f64 / dt, peak, rms, 20.0 * rms.log10());
-        let spec = hound::WavSpec { channels: 2, sample_rate: SAMPLE_RATE, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let rms =
+            (l.iter().chain(&r).map(|x| (x * x) as f64).sum::<f64>() / (2 * l.len()) as f64).sqrt();
+        println!(
+            "{:>14}: {} frames, decode {:.3} s ({:.0}x real time), peak {:.3}, rms {:.3} ({:.1} dBFS)",
+            style.name(),
+            song.latent.len() / CHANNELS,
+            dt,
+            seconds as f64 / dt,
+            peak,
+            rms,
+            20.0 * rms.log10()
+        );
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: SAMPLE_RATE,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
         let name = format!("out/audition-{}.wav", style.name().replace(' ', "-"));
         let mut w = hound::WavWriter::create(&name, spec).expect("wav");
         for (a, b) in l.iter().zip(&r) {

@@ -44,25 +44,42 @@ impl Codec for SketchCodec {
         if audio.sample_rate != SAMPLE_RATE {
             return Err(EngineError::param(
                 "audio",
-                format!("sketch codec needs {SAMPLE_RATE} Hz audio, got {} Hz", audio.sample_rate),
+                format!(
+                    "sketch codec needs {SAMPLE_RATE} Hz audio, got {} Hz",
+                    audio.sample_rate
+                ),
             ));
         }
         let frames = audio.frames() / HOP;
         if frames == 0 {
-            return Err(EngineError::param("audio", format!("shorter than one latent frame ({HOP} samples)")));
+            return Err(EngineError::param(
+                "audio",
+                format!("shorter than one latent frame ({HOP} samples)"),
+            ));
         }
         let latent = analysis::analyze(&audio.channels);
-        Ok(Tensor::from_vec(latent, (1, frames, CHANNELS), &self.device)?)
+        Ok(Tensor::from_vec(
+            latent,
+            (1, frames, CHANNELS),
+            &self.device,
+        )?)
     }
 
     fn decode(&mut self, latent: &Tensor, first_frame: i64) -> Result<Audio> {
         let (b, n, c) = latent.dims3()?;
         if b != 1 || c != CHANNELS {
-            return Err(EngineError::shape("sketch latent", format!("[1, N, {CHANNELS}]"), format!("{:?}", latent.dims())));
+            return Err(EngineError::shape(
+                "sketch latent",
+                format!("[1, N, {CHANNELS}]"),
+                format!("{:?}", latent.dims()),
+            ));
         }
         let v: Vec<f32> = latent.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(EngineError::param("latent", format!("non-finite value at frame {}", i / CHANNELS)));
+            return Err(EngineError::param(
+                "latent",
+                format!("non-finite value at frame {}", i / CHANNELS),
+            ));
         }
         let [l, r] = synth::render(&v, first_frame);
         debug_assert_eq!(l.len(), n * HOP);

@@ -117,10 +117,23 @@ fn vocabulary(style: Style, d: &mut Dice) -> Vocabulary {
             kick: pat(&[(0, 1.0), (4, 1.0), (8, 1.0), (12, 1.0)]),
             snare: [0.0; 16],
             clap: pat(&[(4, 0.9), (12, 0.9)]),
-            hat: pat(&[(1, 0.3), (3, 0.35), (5, 0.3), (7, 0.35), (9, 0.3), (11, 0.35), (13, 0.3), (15, 0.4)]),
+            hat: pat(&[
+                (1, 0.3),
+                (3, 0.35),
+                (5, 0.3),
+                (7, 0.35),
+                (9, 0.3),
+                (11, 0.35),
+                (13, 0.3),
+                (15, 0.4),
+            ]),
             open_hat: pat(&[(2, 0.8), (6, 0.8), (10, 0.8), (14, 0.8)]),
             bass: pat(&[(2, 1.0), (6, 0.9), (10, 1.0), (14, 0.9)]),
-            stab: if d.chance(0.5) { pat(&[(3, 0.9), (6, 0.7), (11, 0.9)]) } else { pat(&[(2, 0.8), (10, 0.8)]) },
+            stab: if d.chance(0.5) {
+                pat(&[(3, 0.9), (6, 0.7), (11, 0.9)])
+            } else {
+                pat(&[(2, 0.8), (10, 0.8)])
+            },
             lead_density: 0.22,
             sevenths: true,
             bars_per_chord: 1,
@@ -139,10 +152,27 @@ fn vocabulary(style: Style, d: &mut Dice) -> Vocabulary {
         Style::Techno => Vocabulary {
             kick: pat(&[(0, 1.0), (4, 1.0), (8, 1.0), (12, 1.0)]),
             snare: [0.0; 16],
-            clap: if d.chance(0.6) { pat(&[(4, 0.7), (12, 0.7)]) } else { pat(&[(12, 0.6)]) },
+            clap: if d.chance(0.6) {
+                pat(&[(4, 0.7), (12, 0.7)])
+            } else {
+                pat(&[(12, 0.6)])
+            },
             hat: all16(0.35, 0.2),
             open_hat: pat(&[(2, 0.75), (6, 0.75), (10, 0.75), (14, 0.75)]),
-            bass: pat(&[(1, 0.8), (2, 0.9), (3, 0.7), (5, 0.8), (6, 0.9), (7, 0.7), (9, 0.8), (10, 0.9), (11, 0.7), (13, 0.8), (14, 0.9), (15, 0.7)]),
+            bass: pat(&[
+                (1, 0.8),
+                (2, 0.9),
+                (3, 0.7),
+                (5, 0.8),
+                (6, 0.9),
+                (7, 0.7),
+                (9, 0.8),
+                (10, 0.9),
+                (11, 0.7),
+                (13, 0.8),
+                (14, 0.9),
+                (15, 0.7),
+            ]),
             stab: pat(&[(3, 0.7), (10, 0.6)]),
             lead_density: 0.55,
             sevenths: false,
@@ -160,10 +190,18 @@ fn vocabulary(style: Style, d: &mut Dice) -> Vocabulary {
             arrangement: &[Intro, Groove, Drop, Drop, Break, Groove, Drop, Drop],
         },
         Style::Ambient => Vocabulary {
-            kick: if d.chance(0.5) { pat(&[(0, 0.5)]) } else { [0.0; 16] },
+            kick: if d.chance(0.5) {
+                pat(&[(0, 0.5)])
+            } else {
+                [0.0; 16]
+            },
             snare: [0.0; 16],
             clap: [0.0; 16],
-            hat: if d.chance(0.5) { pat(&[(6, 0.15), (14, 0.15)]) } else { [0.0; 16] },
+            hat: if d.chance(0.5) {
+                pat(&[(6, 0.15), (14, 0.15)])
+            } else {
+                [0.0; 16]
+            },
             open_hat: [0.0; 16],
             bass: pat(&[(0, 0.7)]),
             stab: [0.0; 16],
@@ -186,7 +224,16 @@ fn vocabulary(style: Style, d: &mut Dice) -> Vocabulary {
             kick: pat(&[(0, 1.0), (7, 0.7), (10, 0.9)]),
             snare: pat(&[(4, 1.0), (12, 1.0)]),
             clap: [0.0; 16],
-            hat: pat(&[(0, 0.45), (2, 0.3), (4, 0.45), (6, 0.3), (8, 0.45), (10, 0.3), (12, 0.45), (14, 0.35)]),
+            hat: pat(&[
+                (0, 0.45),
+                (2, 0.3),
+                (4, 0.45),
+                (6, 0.3),
+                (8, 0.45),
+                (10, 0.3),
+                (12, 0.45),
+                (14, 0.35),
+            ]),
             open_hat: pat(&[(14, 0.4)]),
             bass: pat(&[(0, 1.0), (7, 0.7), (10, 0.9)]),
             stab: pat(&[(0, 0.7), (6, 0.6), (11, 0.5)]),
@@ -211,7 +258,15 @@ fn vocabulary(style: Style, d: &mut Dice) -> Vocabulary {
             clap: [0.0; 16],
             hat: all16(0.3, 0.5),
             open_hat: pat(&[(14, 0.5)]),
-            bass: pat(&[(0, 1.0), (3, 0.7), (6, 0.8), (8, 0.6), (10, 0.9), (13, 0.7), (15, 0.6)]),
+            bass: pat(&[
+                (0, 1.0),
+                (3, 0.7),
+                (6, 0.8),
+                (8, 0.6),
+                (10, 0.9),
+                (13, 0.7),
+                (15, 0.6),
+            ]),
             stab: pat(&[(2, 0.8), (5, 0.6), (9, 0.8), (13, 0.7)]),
             lead_density: 0.3,
             sevenths: true,
@@ -232,7 +287,16 @@ fn vocabulary(style: Style, d: &mut Dice) -> Vocabulary {
             kick: pat(&[(0, 1.0), (10, 0.95)]),
             snare: pat(&[(4, 1.0), (12, 1.0), (15, 0.2)]),
             clap: [0.0; 16],
-            hat: pat(&[(0, 0.3), (2, 0.45), (4, 0.3), (6, 0.45), (8, 0.3), (10, 0.45), (12, 0.3), (14, 0.45)]),
+            hat: pat(&[
+                (0, 0.3),
+                (2, 0.45),
+                (4, 0.3),
+                (6, 0.45),
+                (8, 0.3),
+                (10, 0.45),
+                (12, 0.3),
+                (14, 0.45),
+            ]),
             open_hat: pat(&[(6, 0.35)]),
             bass: pat(&[(0, 1.0), (10, 0.9)]),
             stab: [0.0; 16],
@@ -256,9 +320,23 @@ fn vocabulary(style: Style, d: &mut Dice) -> Vocabulary {
 
 fn progression(minor: bool, d: &mut Dice) -> [usize; 4] {
     if minor {
-        d.pick(&[[0, 5, 2, 6], [0, 3, 6, 2], [0, 6, 5, 6], [0, 3, 4, 0], [0, 5, 3, 4], [0, 2, 3, 5]])
+        d.pick(&[
+            [0, 5, 2, 6],
+            [0, 3, 6, 2],
+            [0, 6, 5, 6],
+            [0, 3, 4, 0],
+            [0, 5, 3, 4],
+            [0, 2, 3, 5],
+        ])
     } else {
-        d.pick(&[[0, 4, 5, 3], [1, 4, 0, 5], [0, 5, 3, 4], [3, 4, 2, 5], [0, 3, 0, 4], [0, 2, 3, 4]])
+        d.pick(&[
+            [0, 4, 5, 3],
+            [1, 4, 0, 5],
+            [0, 5, 3, 4],
+            [3, 4, 2, 5],
+            [0, 3, 0, 4],
+            [0, 2, 3, 4],
+        ])
     }
 }
 
@@ -266,7 +344,9 @@ fn progression(minor: bool, d: &mut Dice) -> [usize; 4] {
 fn chord_pcs(tonic: u8, minor: bool, degree: usize, seventh: bool) -> Vec<u8> {
     let scale = if minor { &MINOR } else { &MAJOR };
     let n = if seventh { 4 } else { 3 };
-    (0..n).map(|k| (tonic + scale[(degree + 2 * k) % 7]) % 12).collect()
+    (0..n)
+        .map(|k| (tonic + scale[(degree + 2 * k) % 7]) % 12)
+        .collect()
 }
 
 /// Writes one song into a latent.
@@ -309,10 +389,16 @@ impl Writer {
 
 /// Compose one song.
 pub fn compose(spec: SongSpec) -> Song {
-    let mut d = Dice { seed: spec.seed ^ ((spec.style.index() as u64) << 56), n: 0 };
+    let mut d = Dice {
+        seed: spec.seed ^ ((spec.style.index() as u64) << 56),
+        n: 0,
+    };
     let v = vocabulary(spec.style, &mut d);
     let frames = spec.frames;
-    let mut w = Writer { frames, latent: vec![-1.0; frames * CHANNELS] };
+    let mut w = Writer {
+        frames,
+        latent: vec![-1.0; frames * CHANNELS],
+    };
 
     let step_s = 60.0 / spec.bpm as f64 / 4.0;
     let bar_s = step_s * 16.0;
@@ -323,22 +409,32 @@ pub fn compose(spec: SongSpec) -> Song {
     // Sections of 4 bars (8 for slow music) following the style's arrangement from a seeded start.
     let section_bars = if bar_s > 2.6 { 4 } else { 8 };
     let arr_start = (d.next() * v.arrangement.len() as f64) as usize;
-    let section_of = |bar: usize| v.arrangement[(arr_start + bar / section_bars) % v.arrangement.len()];
+    let section_of =
+        |bar: usize| v.arrangement[(arr_start + bar / section_bars) % v.arrangement.len()];
     let brightness_base = d.range(v.brightness.0, v.brightness.1);
     let lead_octave = d.range(-0.6, 0.6) as f32;
     let lead_shape = d.range(-1.0, 1.0) as f32;
     let bass_bright = d.range(0.1, 0.7) as f32;
     let swing_of = |step: usize| if step % 2 == 1 { v.swing * step_s } else { 0.0 };
-    let time_of = |bar: usize, step: usize| bar as f64 * bar_s + step as f64 * step_s + swing_of(step);
+    let time_of =
+        |bar: usize, step: usize| bar as f64 * bar_s + step as f64 * step_s + swing_of(step);
     let frame_of = |t: f64| (t * FPS).floor().max(0.0) as usize;
     let human = |d: &mut Dice, vel: f32| (vel * d.range(0.85, 1.0) as f32).min(1.0);
 
     // A one-bar lead motif of scale offsets relative to the chord root, reused with variation.
     let motif: Vec<(usize, i32, f32)> = (0..16)
         .filter_map(|s| {
-            let p = if s % 4 == 0 { v.lead_density * 1.6 } else { v.lead_density };
+            let p = if s % 4 == 0 {
+                v.lead_density * 1.6
+            } else {
+                v.lead_density
+            };
             if d.chance(p.min(0.95)) {
-                Some((s, d.pick(&[0, 2, 4, 4, 2, 0, 7, 5, 3, 1]), d.range(0.6, 1.0) as f32))
+                Some((
+                    s,
+                    d.pick(&[0, 2, 4, 4, 2, 0, 7, 5, 3, 1]),
+                    d.range(0.6, 1.0) as f32,
+                ))
             } else {
                 None
             }
@@ -351,16 +447,47 @@ pub fn compose(spec: SongSpec) -> Song {
         let chord_deg = prog[(bar / v.bars_per_chord) % 4];
         let chord = chord_pcs(spec.tonic, spec.minor, chord_deg, v.sevenths);
         let root = chord[0];
-        let (f0, f1) = (frame_of(bar as f64 * bar_s), frame_of((bar + 1) as f64 * bar_s));
+        let (f0, f1) = (
+            frame_of(bar as f64 * bar_s),
+            frame_of((bar + 1) as f64 * bar_s),
+        );
         let in_section = (bar % section_bars) as f32 / section_bars as f32;
         let last_bar_of_section = bar % section_bars == section_bars - 1;
 
         // Continuous channels for the whole bar.
         let (pad, bass_lvl, lead_lvl, stab_lvl, drums, bright_add) = match section {
-            Section::Intro => (v.pad_level * 0.7, v.bass_level * 0.6, 0.0, v.stab_level * 0.5, v.drum_level * 0.8, -0.15),
-            Section::Groove => (v.pad_level, v.bass_level, v.lead_level * 0.6, v.stab_level, v.drum_level, 0.0),
-            Section::Break => ((v.pad_level * 1.3).min(1.0), v.bass_level * 0.5, v.lead_level, v.stab_level * 0.4, v.drum_level * 0.5, -0.2 + 0.5 * in_section),
-            Section::Drop => (v.pad_level * 0.9, v.bass_level, v.lead_level, v.stab_level, v.drum_level, 0.15),
+            Section::Intro => (
+                v.pad_level * 0.7,
+                v.bass_level * 0.6,
+                0.0,
+                v.stab_level * 0.5,
+                v.drum_level * 0.8,
+                -0.15,
+            ),
+            Section::Groove => (
+                v.pad_level,
+                v.bass_level,
+                v.lead_level * 0.6,
+                v.stab_level,
+                v.drum_level,
+                0.0,
+            ),
+            Section::Break => (
+                (v.pad_level * 1.3).min(1.0),
+                v.bass_level * 0.5,
+                v.lead_level,
+                v.stab_level * 0.4,
+                v.drum_level * 0.5,
+                -0.2 + 0.5 * in_section,
+            ),
+            Section::Drop => (
+                v.pad_level * 0.9,
+                v.bass_level,
+                v.lead_level,
+                v.stab_level,
+                v.drum_level,
+                0.15,
+            ),
         };
         for f in f0..f1.min(frames) {
             let frac = (f - f0) as f32 / (f1 - f0).max(1) as f32;
@@ -374,9 +501,25 @@ pub fn compose(spec: SongSpec) -> Song {
             w.set(f, BASS_BRIGHT, from_unit(bass_bright));
             w.set(f, LEAD_SHAPE, lead_shape);
             w.set(f, LEAD_OCTAVE, lead_octave);
-            w.set(f, REVERB, from_unit(if section == Section::Break { (v.reverb + 0.2).min(1.0) } else { v.reverb }));
+            w.set(
+                f,
+                REVERB,
+                from_unit(if section == Section::Break {
+                    (v.reverb + 0.2).min(1.0)
+                } else {
+                    v.reverb
+                }),
+            );
             w.set(f, WIDTH, from_unit(v.width));
-            w.set(f, PUMP, from_unit(if section == Section::Break { 0.0 } else { v.pump }));
+            w.set(
+                f,
+                PUMP,
+                from_unit(if section == Section::Break {
+                    0.0
+                } else {
+                    v.pump
+                }),
+            );
             for k in 0..12u8 {
                 w.set(f, CHORD + k as usize, flag(chord.contains(&k)));
             }
@@ -391,7 +534,11 @@ pub fn compose(spec: SongSpec) -> Song {
                 w.onset(KICK, t, human(&mut d, v.kick[s]));
                 drum_hits += 1;
             }
-            let snare = if fill && s >= 13 && d.chance(0.6) { 0.6 } else { v.snare[s] };
+            let snare = if fill && s >= 13 && d.chance(0.6) {
+                0.6
+            } else {
+                v.snare[s]
+            };
             if snare > 0.0 && section != Section::Intro {
                 w.onset(SNARE, t, human(&mut d, snare));
                 drum_hits += 1;
@@ -411,7 +558,12 @@ pub fn compose(spec: SongSpec) -> Song {
         }
 
         // Bass: notes on the pattern, pitch = root, sometimes the fifth or the next chord's root.
-        let next_root = chord_pcs(spec.tonic, spec.minor, prog[((bar + 1) / v.bars_per_chord) % 4], false)[0];
+        let next_root = chord_pcs(
+            spec.tonic,
+            spec.minor,
+            prog[((bar + 1) / v.bars_per_chord) % 4],
+            false,
+        )[0];
         let bass_steps: Vec<usize> = (0..16).filter(|&s| v.bass[s] > 0.0).collect();
         for (i, &s) in bass_steps.iter().enumerate() {
             if section == Section::Intro && s % 4 != 2 && s != 0 {
@@ -425,7 +577,10 @@ pub fn compose(spec: SongSpec) -> Song {
                 root
             };
             let t = time_of(bar, s);
-            let end = bass_steps.get(i + 1).map(|&n| time_of(bar, n)).unwrap_or((bar + 1) as f64 * bar_s);
+            let end = bass_steps
+                .get(i + 1)
+                .map(|&n| time_of(bar, n))
+                .unwrap_or((bar + 1) as f64 * bar_s);
             w.onset(BASS_ON, t, human(&mut d, v.bass[s]));
             w.hold_pc(BASS_PC, pc, frame_of(t), frame_of(end) + 1);
         }
@@ -450,13 +605,20 @@ pub fn compose(spec: SongSpec) -> Song {
                 if bar % 2 == 1 && d.chance(0.25) {
                     continue;
                 }
-                let off = if bar % 4 == 3 && d.chance(0.4) { off + d.pick(&[-1, 1, 2]) } else { off };
+                let off = if bar % 4 == 3 && d.chance(0.4) {
+                    off + d.pick(&[-1, 1, 2])
+                } else {
+                    off
+                };
                 let deg = (root_deg + off).rem_euclid(7) as usize;
                 notes.push((s, (spec.tonic + scale[deg]) % 12, vel));
             }
             for (i, &(s, pc, vel)) in notes.iter().enumerate() {
                 let t = time_of(bar, s);
-                let end = notes.get(i + 1).map(|n| time_of(bar, n.0)).unwrap_or((bar + 1) as f64 * bar_s);
+                let end = notes
+                    .get(i + 1)
+                    .map(|n| time_of(bar, n.0))
+                    .unwrap_or((bar + 1) as f64 * bar_s);
                 w.onset(LEAD_ON, t, human(&mut d, vel));
                 w.hold_pc(LEAD_PC, pc, frame_of(t), frame_of(end) + 1);
             }
@@ -482,7 +644,8 @@ pub fn compose(spec: SongSpec) -> Song {
         }
     }
 
-    let mean = |ch: usize| (0..frames).map(|f| unit(w.get(f, ch))).sum::<f32>() / frames.max(1) as f32;
+    let mean =
+        |ch: usize| (0..frames).map(|f| unit(w.get(f, ch))).sum::<f32>() / frames.max(1) as f32;
     Song {
         spec,
         brightness: 0.5 * (mean(PAD_BRIGHT) + mean(BASS_BRIGHT)),
@@ -496,7 +659,14 @@ mod tests {
     use super::*;
 
     fn spec(style: Style) -> SongSpec {
-        SongSpec { style, bpm: style.default_bpm(), tonic: 9, minor: true, seed: 3, frames: 500 }
+        SongSpec {
+            style,
+            bpm: style.default_bpm(),
+            tonic: 9,
+            minor: true,
+            seed: 3,
+            frames: 500,
+        }
     }
 
     #[test]
@@ -508,16 +678,31 @@ mod tests {
             assert!(a.latent.iter().all(|v| (-1.0..=1.0).contains(v)), "{s:?}");
             assert_eq!(a.latent.len(), 500 * CHANNELS);
         }
-        assert_ne!(compose(spec(Style::House)).latent, compose(SongSpec { seed: 4, ..spec(Style::House) }).latent);
+        assert_ne!(
+            compose(spec(Style::House)).latent,
+            compose(SongSpec {
+                seed: 4,
+                ..spec(Style::House)
+            })
+            .latent
+        );
     }
 
     #[test]
     fn house_has_four_on_the_floor_at_its_tempo() {
-        let s = compose(SongSpec { seed: 11, ..spec(Style::House) });
-        let kicks: Vec<usize> = (0..500).filter(|f| s.latent[f * CHANNELS + KICK.onset] > 0.0).collect();
+        let s = compose(SongSpec {
+            seed: 11,
+            ..spec(Style::House)
+        });
+        let kicks: Vec<usize> = (0..500)
+            .filter(|f| s.latent[f * CHANNELS + KICK.onset] > 0.0)
+            .collect();
         // 124 bpm: a beat every 0.4839 s = 12.1 frames.
         let gaps: Vec<usize> = kicks.windows(2).map(|w| w[1] - w[0]).collect();
-        assert!(gaps.iter().filter(|g| **g == 12 || **g == 13).count() * 10 >= gaps.len() * 8, "{gaps:?}");
+        assert!(
+            gaps.iter().filter(|g| **g == 12 || **g == 13).count() * 10 >= gaps.len() * 8,
+            "{gaps:?}"
+        );
     }
 
     #[test]

@@ -39,7 +39,11 @@ impl SketchCondition {
         let mut w = [0f32; STYLE_COUNT];
         w.copy_from_slice(&values[..STYLE_COUNT]);
         let sum: f32 = w.iter().map(|x| x.max(0.0)).sum();
-        let w = if sum > 0.0 { w.map(|x| x.max(0.0) / sum) } else { [1.0 / STYLE_COUNT as f32; STYLE_COUNT] };
+        let w = if sum > 0.0 {
+            w.map(|x| x.max(0.0) / sum)
+        } else {
+            [1.0 / STYLE_COUNT as f32; STYLE_COUNT]
+        };
         Ok(Self {
             style_weights: w,
             bpm: (values[BPM] * 100.0 * 100.0).round() / 100.0,
@@ -63,7 +67,11 @@ impl SketchCondition {
     }
 
     pub fn to_conditioning(&self, device: &Device) -> Result<Conditioning> {
-        Conditioning::new(Tensor::from_vec(self.to_states(), (1, 1, TOKEN_WIDTH), device)?)
+        Conditioning::new(Tensor::from_vec(
+            self.to_states(),
+            (1, 1, TOKEN_WIDTH),
+            device,
+        )?)
     }
 
     /// The most likely style.
@@ -72,7 +80,10 @@ impl SketchCondition {
             .style_weights
             .iter()
             .enumerate()
-            .fold((0, f32::MIN), |a, (i, w)| if *w > a.1 { (i, *w) } else { a })
+            .fold(
+                (0, f32::MIN),
+                |a, (i, w)| if *w > a.1 { (i, *w) } else { a },
+            )
             .0;
         Style::from_index(i).unwrap_or(Style::House)
     }
@@ -104,7 +115,10 @@ impl SketchConditioner {
         c.bpm = prompt.bpm.or(r.bpm).unwrap_or(dominant.default_bpm());
         let key = match &prompt.key {
             Some(k) => Some(parse_key(k).ok_or_else(|| {
-                EngineError::param("key", format!("`{k}` is not a key (for example \"A minor\", \"F# major\")"))
+                EngineError::param(
+                    "key",
+                    format!("`{k}` is not a key (for example \"A minor\", \"F# major\")"),
+                )
             })?),
             None => r.key,
         };
@@ -140,18 +154,34 @@ impl Conditioner for SketchConditioner {
 
     /// `strength · structure`, zero when neutral: the denoiser favours library material that
     /// correlates with it.
-    fn context(&mut self, structure: Option<&Tensor>, frames: usize, strength: f32) -> Result<Tensor> {
+    fn context(
+        &mut self,
+        structure: Option<&Tensor>,
+        frames: usize,
+        strength: f32,
+    ) -> Result<Tensor> {
         if !(strength.is_finite() && (0.0..=1.0).contains(&strength)) {
-            return Err(EngineError::param("structure_strength", format!("{strength} is outside [0, 1]")));
+            return Err(EngineError::param(
+                "structure_strength",
+                format!("{strength} is outside [0, 1]"),
+            ));
         }
         match structure {
             Some(s) if strength > 0.0 => {
                 if s.dims() != [1, frames, CHANNELS] {
-                    return Err(EngineError::shape("structure latent", format!("[1, {frames}, {CHANNELS}]"), format!("{:?}", s.dims())));
+                    return Err(EngineError::shape(
+                        "structure latent",
+                        format!("[1, {frames}, {CHANNELS}]"),
+                        format!("{:?}", s.dims()),
+                    ));
                 }
                 Ok(s.affine(strength as f64, 0.0)?)
             }
-            _ => Ok(Tensor::zeros((1, frames, CHANNELS), candle_core::DType::F32, &self.device)?),
+            _ => Ok(Tensor::zeros(
+                (1, frames, CHANNELS),
+                candle_core::DType::F32,
+                &self.device,
+            )?),
         }
     }
 

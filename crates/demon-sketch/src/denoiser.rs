@@ -46,7 +46,12 @@ pub struct SketchDenoiser {
 
 impl SketchDenoiser {
     pub fn new(device: Device) -> Self {
-        Self { device, library: HashMap::new(), adapters: [0.0; crate::style::STYLE_COUNT], library_seed: 0x5ce7c4 }
+        Self {
+            device,
+            library: HashMap::new(),
+            adapters: [0.0; crate::style::STYLE_COUNT],
+            library_seed: 0x5ce7c4,
+        }
     }
 
     /// The library for a tempo, key and length (composed once, then cached).
@@ -64,7 +69,9 @@ impl SketchDenoiser {
                     bpm,
                     tonic,
                     minor,
-                    seed: library_seed.wrapping_mul(31).wrapping_add((style.index() * 100 + v) as u64),
+                    seed: library_seed
+                        .wrapping_mul(31)
+                        .wrapping_add((style.index() * 100 + v) as u64),
                     frames,
                 })
             })
@@ -79,7 +86,13 @@ impl SketchDenoiser {
     }
 
     /// `x̂₀` for one row: `x` and `context` are `[T][CHANNELS]`.
-    pub fn posterior_mean(&mut self, x: &[f32], t: f32, cond: &SketchCondition, context: Option<&[f32]>) -> Vec<f32> {
+    pub fn posterior_mean(
+        &mut self,
+        x: &[f32],
+        t: f32,
+        cond: &SketchCondition,
+        context: Option<&[f32]>,
+    ) -> Vec<f32> {
         let frames = x.len() / CHANNELS;
         let songs = self.library(cond.bpm, cond.tonic, cond.minor, frames);
         let a = (1.0 - t) as f64;
@@ -93,7 +106,8 @@ impl SketchDenoiser {
                 if w <= 0.0 {
                     return None;
                 }
-                let mood = cond.brightness as f64 * (s.brightness as f64 - 0.5) + cond.energy as f64 * (s.energy as f64 - 0.5);
+                let mood = cond.brightness as f64 * (s.brightness as f64 - 0.5)
+                    + cond.energy as f64 * (s.energy as f64 - 0.5);
                 Some((w / SONGS_PER_STYLE as f64).ln() + MOOD_KAPPA * mood)
             })
             .collect();
@@ -128,7 +142,9 @@ impl SketchDenoiser {
         let mut x0 = vec![0f32; x.len()];
         let mut w = vec![0f64; live.len()];
         for f in 0..frames {
-            let m = (0..live.len()).map(|k| logits[k * frames + f]).fold(f64::NEG_INFINITY, f64::max);
+            let m = (0..live.len())
+                .map(|k| logits[k * frames + f])
+                .fold(f64::NEG_INFINITY, f64::max);
             let mut z = 0f64;
             for k in 0..live.len() {
                 w[k] = (logits[k * frames + f] - m).exp();
@@ -169,16 +185,31 @@ impl Denoiser for SketchDenoiser {
 
     fn velocity(&mut self, batch: &DenoiseBatch<'_>) -> Result<Tensor> {
         let (b, frames, c) = batch.x.dims3()?;
-        if c != CHANNELS || batch.t.len() != b || batch.conditions.len() != b || batch.contexts.len() != b {
-            return Err(EngineError::shape("sketch batch", format!("[B, T, {CHANNELS}] with B rows of t/conditions/contexts"), format!("{:?}", batch.x.dims())));
+        if c != CHANNELS
+            || batch.t.len() != b
+            || batch.conditions.len() != b
+            || batch.contexts.len() != b
+        {
+            return Err(EngineError::shape(
+                "sketch batch",
+                format!("[B, T, {CHANNELS}] with B rows of t/conditions/contexts"),
+                format!("{:?}", batch.x.dims()),
+            ));
         }
         let xs: Vec<f32> = batch.x.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
         let mut out = Vec::with_capacity(xs.len());
         for i in 0..b {
             let x = &xs[i * frames * CHANNELS..(i + 1) * frames * CHANNELS];
-            let states: Vec<f32> = batch.conditions[i].states.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+            let states: Vec<f32> = batch.conditions[i]
+                .states
+                .to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1()?;
             let cond = SketchCondition::from_states(&states)?;
-            let ctx: Vec<f32> = batch.contexts[i].to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+            let ctx: Vec<f32> = batch.contexts[i]
+                .to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1()?;
             let ctx = (ctx.len() == x.len() && ctx.iter().any(|v| *v != 0.0)).then_some(ctx);
             let t = batch.t[i].max(1e-4);
             let x0 = self.posterior_mean(x, t, &cond, ctx.as_deref());
@@ -205,13 +236,21 @@ impl demon_engine::Adapters for SketchDenoiser {
     fn list(&self) -> Vec<demon_engine::AdapterInfo> {
         Style::ALL
             .iter()
-            .map(|s| demon_engine::AdapterInfo { id: adapter_id(*s), strength: self.adapters[s.index()], rank: 0, targets: SONGS_PER_STYLE })
+            .map(|s| demon_engine::AdapterInfo {
+                id: adapter_id(*s),
+                strength: self.adapters[s.index()],
+                rank: 0,
+                targets: SONGS_PER_STYLE,
+            })
             .collect()
     }
 
     fn set_strength(&mut self, id: &str, strength: f32) -> Result<()> {
         if !(strength.is_finite() && (0.0..=2.0).contains(&strength)) {
-            return Err(EngineError::param("lora", format!("strength {strength} is outside [0, 2]")));
+            return Err(EngineError::param(
+                "lora",
+                format!("strength {strength} is outside [0, 2]"),
+            ));
         }
         let style = Style::ALL
             .iter()

@@ -31,14 +31,38 @@ pub struct OnsetVoice {
     pub phase: usize,
 }
 
-pub const BASS_ON: OnsetVoice = OnsetVoice { onset: 37, phase: 38 };
-pub const LEAD_ON: OnsetVoice = OnsetVoice { onset: 39, phase: 40 };
-pub const KICK: OnsetVoice = OnsetVoice { onset: 41, phase: 42 };
-pub const SNARE: OnsetVoice = OnsetVoice { onset: 43, phase: 44 };
-pub const HAT: OnsetVoice = OnsetVoice { onset: 45, phase: 46 };
-pub const OPEN_HAT: OnsetVoice = OnsetVoice { onset: 47, phase: 48 };
-pub const CLAP: OnsetVoice = OnsetVoice { onset: 49, phase: 50 };
-pub const STAB: OnsetVoice = OnsetVoice { onset: 51, phase: 52 };
+pub const BASS_ON: OnsetVoice = OnsetVoice {
+    onset: 37,
+    phase: 38,
+};
+pub const LEAD_ON: OnsetVoice = OnsetVoice {
+    onset: 39,
+    phase: 40,
+};
+pub const KICK: OnsetVoice = OnsetVoice {
+    onset: 41,
+    phase: 42,
+};
+pub const SNARE: OnsetVoice = OnsetVoice {
+    onset: 43,
+    phase: 44,
+};
+pub const HAT: OnsetVoice = OnsetVoice {
+    onset: 45,
+    phase: 46,
+};
+pub const OPEN_HAT: OnsetVoice = OnsetVoice {
+    onset: 47,
+    phase: 48,
+};
+pub const CLAP: OnsetVoice = OnsetVoice {
+    onset: 49,
+    phase: 50,
+};
+pub const STAB: OnsetVoice = OnsetVoice {
+    onset: 51,
+    phase: 52,
+};
 
 /// The drum voices, in the order the synthesizer renders them.
 pub const DRUMS: [OnsetVoice; 5] = [KICK, SNARE, HAT, OPEN_HAT, CLAP];
@@ -61,7 +85,9 @@ pub const PUMP: usize = 63;
 
 /// Channel names, for inspection and docs.
 pub fn channel_name(c: usize) -> String {
-    const PC: [&str; 12] = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"];
+    const PC: [&str; 12] = [
+        "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B",
+    ];
     match c {
         0..=11 => format!("chord.{}", PC[c]),
         12..=23 => format!("bass.{}", PC[c - 12]),

@@ -15,8 +15,14 @@ pub enum Style {
 pub const STYLE_COUNT: usize = 6;
 
 impl Style {
-    pub const ALL: [Style; STYLE_COUNT] =
-        [Style::House, Style::Techno, Style::Ambient, Style::HipHop, Style::Funk, Style::DrumAndBass];
+    pub const ALL: [Style; STYLE_COUNT] = [
+        Style::House,
+        Style::Techno,
+        Style::Ambient,
+        Style::HipHop,
+        Style::Funk,
+        Style::DrumAndBass,
+    ];
 
     pub fn index(self) -> usize {
         self as usize
@@ -57,12 +63,62 @@ impl Style {
     /// Words that select this style (lower case; matched as whole words or phrases).
     fn keywords(self) -> &'static [&'static str] {
         match self {
-            Style::House => &["house", "deep house", "garage", "disco house", "edm", "dance", "club"],
-            Style::Techno => &["techno", "minimal", "acid", "industrial", "trance", "rave", "warehouse"],
-            Style::Ambient => &["ambient", "drone", "chill", "chillout", "cinematic", "atmospheric", "downtempo", "new age", "meditation", "pad", "pads"],
-            Style::HipHop => &["hip hop", "hip-hop", "hiphop", "rap", "boom bap", "lofi", "lo-fi", "trap", "beats"],
-            Style::Funk => &["funk", "funky", "disco", "soul", "groove", "r&b", "rnb", "jazz funk", "jazz"],
-            Style::DrumAndBass => &["drum and bass", "drum & bass", "drum n bass", "dnb", "d&b", "jungle", "liquid", "breakbeat", "breaks"],
+            Style::House => &[
+                "house",
+                "deep house",
+                "garage",
+                "disco house",
+                "edm",
+                "dance",
+                "club",
+            ],
+            Style::Techno => &[
+                "techno",
+                "minimal",
+                "acid",
+                "industrial",
+                "trance",
+                "rave",
+                "warehouse",
+            ],
+            Style::Ambient => &[
+                "ambient",
+                "drone",
+                "chill",
+                "chillout",
+                "cinematic",
+                "atmospheric",
+                "downtempo",
+                "new age",
+                "meditation",
+                "pad",
+                "pads",
+            ],
+            Style::HipHop => &[
+                "hip hop", "hip-hop", "hiphop", "rap", "boom bap", "lofi", "lo-fi", "trap", "beats",
+            ],
+            Style::Funk => &[
+                "funk",
+                "funky",
+                "disco",
+                "soul",
+                "groove",
+                "r&b",
+                "rnb",
+                "jazz funk",
+                "jazz",
+            ],
+            Style::DrumAndBass => &[
+                "drum and bass",
+                "drum & bass",
+                "drum n bass",
+                "dnb",
+                "d&b",
+                "jungle",
+                "liquid",
+                "breakbeat",
+                "breaks",
+            ],
         }
     }
 }
@@ -85,7 +141,11 @@ pub struct PromptReading {
 
 /// Read style words, mood words, "NNN bpm" and key names from free text.
 pub fn read_prompt(text: &str) -> PromptReading {
-    let lower = format!(" {} ", text.to_lowercase().replace([',', ';', '.', '/', '(', ')', '|'], " "));
+    let lower = format!(
+        " {} ",
+        text.to_lowercase()
+            .replace([',', ';', '.', '/', '(', ')', '|'], " ")
+    );
     let mut hits = [0f32; STYLE_COUNT];
     for s in Style::ALL {
         for kw in s.keywords() {
@@ -101,21 +161,66 @@ pub fn read_prompt(text: &str) -> PromptReading {
     } else {
         hits.map(|h| h / total)
     };
-    let score = |words: &[&str]| words.iter().filter(|w| lower.contains(&format!(" {w} "))).count() as f32;
-    let brightness = (score(&["bright", "shiny", "crisp", "airy", "sparkling", "happy", "uplifting", "euphoric"])
-        - score(&["dark", "warm", "deep", "moody", "muffled", "murky", "sad", "melancholic", "gloomy"]))
+    let score = |words: &[&str]| {
+        words
+            .iter()
+            .filter(|w| lower.contains(&format!(" {w} ")))
+            .count() as f32
+    };
+    let brightness = (score(&[
+        "bright",
+        "shiny",
+        "crisp",
+        "airy",
+        "sparkling",
+        "happy",
+        "uplifting",
+        "euphoric",
+    ]) - score(&[
+        "dark",
+        "warm",
+        "deep",
+        "moody",
+        "muffled",
+        "murky",
+        "sad",
+        "melancholic",
+        "gloomy",
+    ]))
     .clamp(-1.0, 1.0);
-    let energy = (score(&["energetic", "hard", "driving", "aggressive", "intense", "fast", "peak", "banging", "heavy"])
-        - score(&["calm", "soft", "gentle", "mellow", "relaxed", "slow", "sparse", "quiet", "dreamy"]))
+    let energy = (score(&[
+        "energetic",
+        "hard",
+        "driving",
+        "aggressive",
+        "intense",
+        "fast",
+        "peak",
+        "banging",
+        "heavy",
+    ]) - score(&[
+        "calm", "soft", "gentle", "mellow", "relaxed", "slow", "sparse", "quiet", "dreamy",
+    ]))
     .clamp(-1.0, 1.0);
-    PromptReading { style_weights, unrecognised, brightness, energy, bpm: find_bpm(&lower), key: find_key(text) }
+    PromptReading {
+        style_weights,
+        unrecognised,
+        brightness,
+        energy,
+        bpm: find_bpm(&lower),
+        key: find_key(text),
+    }
 }
 
 fn find_bpm(lower: &str) -> Option<f32> {
     let words: Vec<&str> = lower.split_whitespace().collect();
     for (i, w) in words.iter().enumerate() {
         if let Some(num) = w.strip_suffix("bpm") {
-            let num = if num.is_empty() { i.checked_sub(1).map(|j| words[j]).unwrap_or("") } else { num };
+            let num = if num.is_empty() {
+                i.checked_sub(1).map(|j| words[j]).unwrap_or("")
+            } else {
+                num
+            };
             if let Ok(v) = num.parse::<f32>() {
                 if (40.0..=300.0).contains(&v) {
                     return Some(v);
@@ -159,7 +264,10 @@ pub fn parse_key(text: &str) -> Option<(u8, bool)> {
 }
 
 fn find_key(text: &str) -> Option<(u8, bool)> {
-    let words: Vec<&str> = text.split(|c: char| c.is_whitespace() || c == ',').filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| !w.is_empty())
+        .collect();
     for (i, w) in words.iter().enumerate() {
         if let Some(next) = words.get(i + 1) {
             let n = next.to_lowercase();
@@ -181,7 +289,10 @@ mod tests {
     fn reads_styles_moods_tempo_and_key() {
         let r = read_prompt("Deep house, warm pads, 122 BPM, A minor");
         assert!(r.style_weights[Style::House.index()] > 0.4);
-        assert!(r.style_weights[Style::Ambient.index()] > 0.0, "'pads' is an ambient word");
+        assert!(
+            r.style_weights[Style::Ambient.index()] > 0.0,
+            "'pads' is an ambient word"
+        );
         assert_eq!(r.bpm, Some(122.0));
         assert_eq!(r.key, Some((9, true)));
         assert!(r.brightness < 0.0);
@@ -189,7 +300,10 @@ mod tests {
         assert!(r.unrecognised);
         assert!((r.style_weights.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert_eq!(read_prompt("dnb at 174bpm").bpm, Some(174.0));
-        assert_eq!(read_prompt("drum and bass").style_weights[Style::DrumAndBass.index()], 1.0);
+        assert_eq!(
+            read_prompt("drum and bass").style_weights[Style::DrumAndBass.index()],
+            1.0
+        );
     }
 
     #[test]

@@ -62,7 +62,9 @@ fn midi_hz(m: f64) -> f64 {
 
 fn build_tables() -> Tables {
     // Exact sine lookups make every wavetable a sum of table reads: no platform math involved.
-    let base: Vec<f64> = (0..TABLE).map(|i| libm::sin(2.0 * std::f64::consts::PI * i as f64 / TABLE as f64)).collect();
+    let base: Vec<f64> = (0..TABLE)
+        .map(|i| libm::sin(2.0 * std::f64::consts::PI * i as f64 / TABLE as f64))
+        .collect();
     let wave = |shape: Shape, midi: usize| -> Vec<f32> {
         let f = midi_hz(midi as f64);
         let max_k = ((20_000.0 / f).floor() as usize).clamp(1, 64);
@@ -71,13 +73,25 @@ fn build_tables() -> Tables {
             match shape {
                 Shape::Saw => 1.0 / kf,
                 Shape::Dark => {
-                    if k > 8 { 0.0 } else { 1.0 / (kf * kf) }
+                    if k > 8 {
+                        0.0
+                    } else {
+                        1.0 / (kf * kf)
+                    }
                 }
                 Shape::Square => {
-                    if k % 2 == 1 { 1.0 / kf } else { 0.0 }
+                    if k % 2 == 1 {
+                        1.0 / kf
+                    } else {
+                        0.0
+                    }
                 }
                 Shape::Sine => {
-                    if k == 1 { 1.0 } else { 0.0 }
+                    if k == 1 {
+                        1.0
+                    } else {
+                        0.0
+                    }
                 }
                 Shape::Keys => match k {
                     1 => 1.0,
@@ -104,8 +118,17 @@ fn build_tables() -> Tables {
         out.push(out[0]);
         out
     };
-    let shapes = [Shape::Saw, Shape::Dark, Shape::Square, Shape::Sine, Shape::Keys];
-    let waves = shapes.iter().map(|&s| (MIDI_LO..=MIDI_HI).map(|m| wave(s, m)).collect()).collect();
+    let shapes = [
+        Shape::Saw,
+        Shape::Dark,
+        Shape::Square,
+        Shape::Sine,
+        Shape::Keys,
+    ];
+    let waves = shapes
+        .iter()
+        .map(|&s| (MIDI_LO..=MIDI_HI).map(|m| wave(s, m)).collect())
+        .collect();
 
     let noise = |stream: u32, len: usize| -> Vec<f32> {
         let mut v = vec![0f32; len];
@@ -115,11 +138,12 @@ fn build_tables() -> Tables {
     // One-pole filters shape the noise once, at construction.
     let lowpass = |x: &[f32], a: f32| -> Vec<f32> {
         let mut s = 0f32;
-        x.iter().map(|v| {
-            s += a * (v - s);
-            s
-        })
-        .collect()
+        x.iter()
+            .map(|v| {
+                s += a * (v - s);
+                s
+            })
+            .collect()
     };
     let highpass = |x: &[f32], a: f32| -> Vec<f32> {
         let lp = lowpass(x, a);
@@ -143,8 +167,13 @@ fn build_tables() -> Tables {
         .map(|i| {
             let t = i as f64 / SR;
             let (f0, f1, tp) = (170.0, 47.0, 0.028);
-            let ph = 2.0 * std::f64::consts::PI * (f1 * t + (f0 - f1) * tp * (1.0 - libm::exp(-t / tp)));
-            let c = if t < 0.004 { click[i] as f64 * 0.5 * (1.0 - t / 0.004) } else { 0.0 };
+            let ph =
+                2.0 * std::f64::consts::PI * (f1 * t + (f0 - f1) * tp * (1.0 - libm::exp(-t / tp)));
+            let c = if t < 0.004 {
+                click[i] as f64 * 0.5 * (1.0 - t / 0.004)
+            } else {
+                0.0
+            };
             (libm::sin(ph) * kick_env[i] as f64 + c) as f32
         })
         .collect();
@@ -156,7 +185,8 @@ fn build_tables() -> Tables {
     let snare: Vec<f32> = (0..snare_len)
         .map(|i| {
             let t = i as f64 / SR;
-            let tone = 0.6 * libm::sin(2.0 * std::f64::consts::PI * 185.0 * t) + 0.4 * libm::sin(2.0 * std::f64::consts::PI * 330.0 * t);
+            let tone = 0.6 * libm::sin(2.0 * std::f64::consts::PI * 185.0 * t)
+                + 0.4 * libm::sin(2.0 * std::f64::consts::PI * 330.0 * t);
             (tone * tone_env[i] as f64 * 0.7) as f32 + snare_noise[i] * noise_env[i] * 1.1
         })
         .collect();
@@ -164,12 +194,20 @@ fn build_tables() -> Tables {
     let hat_len = (0.12 * SR) as usize;
     let hat_noise = highpass(&noise(3, hat_len), 0.35);
     let hat_env = env(hat_len, 0.0005, 0.03);
-    let hat: Vec<f32> = hat_noise.iter().zip(&hat_env).map(|(n, e)| n * e * 0.9).collect();
+    let hat: Vec<f32> = hat_noise
+        .iter()
+        .zip(&hat_env)
+        .map(|(n, e)| n * e * 0.9)
+        .collect();
 
     let oh_len = (0.45 * SR) as usize;
     let oh_noise = highpass(&noise(4, oh_len), 0.3);
     let oh_env = env(oh_len, 0.001, 0.2);
-    let open_hat: Vec<f32> = oh_noise.iter().zip(&oh_env).map(|(n, e)| n * e * 0.6).collect();
+    let open_hat: Vec<f32> = oh_noise
+        .iter()
+        .zip(&oh_env)
+        .map(|(n, e)| n * e * 0.6)
+        .collect();
 
     let clap_len = (0.32 * SR) as usize;
     let clap_noise = highpass(&lowpass(&noise(5, clap_len), 0.35), 0.08);
@@ -178,7 +216,13 @@ fn build_tables() -> Tables {
             let t = i as f64 / SR;
             let bursts = [0.0, 0.011, 0.022]
                 .iter()
-                .map(|b| if t >= *b { libm::exp(-(t - b) / 0.008) } else { 0.0 })
+                .map(|b| {
+                    if t >= *b {
+                        libm::exp(-(t - b) / 0.008)
+                    } else {
+                        0.0
+                    }
+                })
                 .sum::<f64>();
             let tail = libm::exp(-t / 0.13);
             let fade = ((clap_len - i) as f64 / (0.01 * SR)).min(1.0);
@@ -191,8 +235,13 @@ fn build_tables() -> Tables {
         let seg = REVERB_LEN / REVERB_TAPS;
         let mut taps: Vec<(usize, f32)> = (0..REVERB_TAPS)
             .map(|k| {
-                let off = (uniform(99, NoiseStream::Custom(10, ch), k as u64) * seg as f64) as usize;
-                let sign = if uniform(99, NoiseStream::Custom(11, ch), k as u64) < 0.5 { -1.0 } else { 1.0 };
+                let off =
+                    (uniform(99, NoiseStream::Custom(10, ch), k as u64) * seg as f64) as usize;
+                let sign = if uniform(99, NoiseStream::Custom(11, ch), k as u64) < 0.5 {
+                    -1.0
+                } else {
+                    1.0
+                };
                 let d = (k * seg + off).clamp(240, REVERB_LEN - 1);
                 let g = sign * libm::exp(-4.5 * d as f64 / REVERB_LEN as f64);
                 (d, g as f32)
@@ -207,11 +256,15 @@ fn build_tables() -> Tables {
 
     let note = |attack: f32, decay: f32, sustain: f32, release: f32, seconds: f64| -> Vec<f32> {
         let len = (seconds * SR) as usize;
-        (0..len).map(|tau| note_env(tau, attack, decay, sustain, release, len)).collect()
+        (0..len)
+            .map(|tau| note_env(tau, attack, decay, sustain, release, len))
+            .collect()
     };
     let pump_len = (0.3 * SR) as usize;
     let pump_env = (0..pump_len)
-        .map(|tau| (-(tau as f32) / (0.09 * SR as f32)).exp() * ((pump_len - tau) as f32 / 480.0).min(1.0))
+        .map(|tau| {
+            (-(tau as f32) / (0.09 * SR as f32)).exp() * ((pump_len - tau) as f32 / 480.0).min(1.0)
+        })
         .collect();
     Tables {
         waves,
@@ -267,7 +320,11 @@ fn events(fr: &Frames, voice: OnsetVoice) -> Vec<Event> {
                 return None;
             }
             let offset = ((unit(fr.at(f, voice.phase)) * HOP as f32) as usize).min(HOP - 1);
-            Some(Event { at: f * HOP + offset, amp: amp * amp.sqrt(), frame: f })
+            Some(Event {
+                at: f * HOP + offset,
+                amp: amp * amp.sqrt(),
+                frame: f,
+            })
         })
         .collect()
 }
@@ -282,7 +339,10 @@ impl<'a> Osc<'a> {
     fn new(shape: Shape, midi: f64, detune: f64) -> Osc<'static> {
         let t = tables();
         let m = (midi.round() as usize).clamp(MIDI_LO, MIDI_HI);
-        Osc { table: &t.waves[shape as usize][m - MIDI_LO], inc: midi_hz(midi) * detune / SR }
+        Osc {
+            table: &t.waves[shape as usize][m - MIDI_LO],
+            inc: midi_hz(midi) * detune / SR,
+        }
     }
 
     /// Add `amp(i)·osc` for the `HOP` samples of a frame starting at absolute sample `abs0`.
@@ -294,7 +354,14 @@ impl<'a> Osc<'a> {
     /// Like `add_frame`, also adding a second table read at the same phase (`other`, with its
     /// own amplitude ramp): one phase computation for two waveforms.
     #[inline]
-    fn add_frame_mix(&self, other: Option<&[f32]>, out: &mut [f32], abs0: i64, a: (f32, f32), b: (f32, f32)) {
+    fn add_frame_mix(
+        &self,
+        other: Option<&[f32]>,
+        out: &mut [f32],
+        abs0: i64,
+        a: (f32, f32),
+        b: (f32, f32),
+    ) {
         // The frame's start phase comes from the absolute sample index (f64), so it never
         // depends on where a decode window began; within the frame an f32 accumulator is exact
         // enough.
@@ -403,7 +470,11 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
                     let other = 1 - ch;
                     let dw = (w1 - w0) / HOP as f32;
                     let (head, tail) = tonal.split_at_mut(1);
-                    let (this, that) = if ch == 0 { (&mut head[0], &mut tail[0]) } else { (&mut tail[0], &mut head[0]) };
+                    let (this, that) = if ch == 0 {
+                        (&mut head[0], &mut tail[0])
+                    } else {
+                        (&mut tail[0], &mut head[0])
+                    };
                     let _ = other;
                     for (i, s) in scratch.iter().enumerate() {
                         let w = w0 + dw * i as f32;
@@ -415,7 +486,11 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
             }
         }
     }
-    let pad_mono: Vec<f32> = tonal[0].iter().zip(&tonal[1]).map(|(l, r)| 0.5 * (l + r)).collect();
+    let pad_mono: Vec<f32> = tonal[0]
+        .iter()
+        .zip(&tonal[1])
+        .map(|(l, r)| 0.5 * (l + r))
+        .collect();
 
     // Bass: pitch classes held in the latent, articulated by the bass onsets.
     let bass_env = onset_envelope(&events(&fr, BASS_ON), samples, &t.bass_env);
@@ -430,9 +505,24 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
             }
             let midi = 36.0 + pc as f64;
             let out_span = &mut bass[f * HOP..(f + 1) * HOP];
-            Osc::new(Shape::Sine, midi, 1.0).add_frame(out_span, abs(f), a0 * l0 * 0.7, a1 * l1 * 0.7);
-            Osc::new(Shape::Dark, midi, 1.0).add_frame(out_span, abs(f), a0 * l0 * 0.5 * (1.0 - br0), a1 * l1 * 0.5 * (1.0 - br1));
-            Osc::new(Shape::Saw, midi, 1.0).add_frame(out_span, abs(f), a0 * l0 * 0.35 * br0, a1 * l1 * 0.35 * br1);
+            Osc::new(Shape::Sine, midi, 1.0).add_frame(
+                out_span,
+                abs(f),
+                a0 * l0 * 0.7,
+                a1 * l1 * 0.7,
+            );
+            Osc::new(Shape::Dark, midi, 1.0).add_frame(
+                out_span,
+                abs(f),
+                a0 * l0 * 0.5 * (1.0 - br0),
+                a1 * l1 * 0.5 * (1.0 - br1),
+            );
+            Osc::new(Shape::Saw, midi, 1.0).add_frame(
+                out_span,
+                abs(f),
+                a0 * l0 * 0.35 * br0,
+                a1 * l1 * 0.35 * br1,
+            );
         }
     }
     for (b, e) in bass.iter_mut().zip(&bass_env) {
@@ -447,7 +537,10 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
             continue;
         }
         let (o0, o1) = (unit(fr.at(f, LEAD_OCTAVE)), unit(fr.next(f, LEAD_OCTAVE)));
-        let (s0, s1) = (fr.at(f, LEAD_SHAPE).clamp(-1.0, 1.0), fr.next(f, LEAD_SHAPE).clamp(-1.0, 1.0));
+        let (s0, s1) = (
+            fr.at(f, LEAD_SHAPE).clamp(-1.0, 1.0),
+            fr.next(f, LEAD_SHAPE).clamp(-1.0, 1.0),
+        );
         let mixes = |s: f32| [(-s).max(0.0), 1.0 - s.abs(), s.max(0.0)];
         let (m0, m1) = (mixes(s0), mixes(s1));
         for pc in 0..12 {
@@ -456,12 +549,20 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
                 continue;
             }
             for (reg, r0, r1) in [(72.0, 1.0 - o0, 1.0 - o1), (84.0, o0, o1)] {
-                for (k, shape) in [Shape::Sine, Shape::Square, Shape::Saw].into_iter().enumerate() {
+                for (k, shape) in [Shape::Sine, Shape::Square, Shape::Saw]
+                    .into_iter()
+                    .enumerate()
+                {
                     let (g0, g1) = (a0 * l0 * r0 * m0[k] * 0.22, a1 * l1 * r1 * m1[k] * 0.22);
                     if g0 <= 1e-6 && g1 <= 1e-6 {
                         continue;
                     }
-                    Osc::new(shape, reg + pc as f64, 1.0).add_frame(&mut lead_bus[f * HOP..(f + 1) * HOP], abs(f), g0, g1);
+                    Osc::new(shape, reg + pc as f64, 1.0).add_frame(
+                        &mut lead_bus[f * HOP..(f + 1) * HOP],
+                        abs(f),
+                        g0,
+                        g1,
+                    );
                 }
             }
         }
@@ -483,7 +584,12 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
             if a0 <= 1e-4 && a1 <= 1e-4 {
                 continue;
             }
-            Osc::new(Shape::Keys, 60.0 + pc as f64, 1.0).add_frame(&mut stab[f * HOP..(f + 1) * HOP], abs(f), a0 * a0 * l0 * 0.2, a1 * a1 * l1 * 0.2);
+            Osc::new(Shape::Keys, 60.0 + pc as f64, 1.0).add_frame(
+                &mut stab[f * HOP..(f + 1) * HOP],
+                abs(f),
+                a0 * a0 * l0 * 0.2,
+                a1 * a1 * l1 * 0.2,
+            );
         }
     }
     for (b, e) in stab.iter_mut().zip(&stab_env) {
