@@ -50,6 +50,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::needless_range_loop)] // parallel arrays indexed together
     fn keeps_a_low_sine_and_the_length() {
         let from = 44_100;
         let x: Vec<f32> = (0..44_100)

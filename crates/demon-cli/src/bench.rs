@@ -185,10 +185,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             obj.entry("engine_overhead_share").or_insert(Value::Null);
             obj.insert("model".into(), serde_json::to_value(m)?);
         }
-        if let Some(p) = &args.plot {
-            if let Some(r) = &report {
-                write_plot(p, r)?;
-            }
+        if let Some(p) = &args.plot
+            && let Some(r) = &report
+        {
+            write_plot(p, r)?;
         }
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());

@@ -193,6 +193,7 @@ fn fmt(v: f64) -> String {
 }
 
 /// One panel: `points` (depth, value) in the box `[x0, x0 + w] × [y0, y0 + h]`.
+#[allow(clippy::too_many_arguments)]
 fn panel(
     c: &mut Canvas,
     x0: f64,

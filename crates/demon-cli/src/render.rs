@@ -320,17 +320,16 @@ pub fn load_source(
         )?);
     }
     let path = Path::new(spec);
-    if let Some(l) = demon_audio::read_embedded_latent(path)? {
-        if l.backend == backend.name
-            && l.channels == backend.codec.latent_channels()
-            && l.frames > 0
-        {
-            return Ok(Tensor::from_vec(
-                l.values,
-                (1, l.frames, l.channels),
-                backend.codec.device(),
-            )?);
-        }
+    if let Some(l) = demon_audio::read_embedded_latent(path)?
+        && l.backend == backend.name
+        && l.channels == backend.codec.latent_channels()
+        && l.frames > 0
+    {
+        return Ok(Tensor::from_vec(
+            l.values,
+            (1, l.frames, l.channels),
+            backend.codec.device(),
+        )?);
     }
     let decoded = demon_audio::load_file(path, LoadLimits::default())?;
     let audio = decoded.to_stereo(backend.codec.sample_rate());

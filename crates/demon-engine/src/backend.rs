@@ -291,21 +291,21 @@ impl Prompt {
 
     /// Check user-controlled fields.
     pub fn validate(&self) -> Result<()> {
-        if let Some(b) = self.bpm {
-            if !(b.is_finite() && (20.0..=400.0).contains(&b)) {
-                return Err(EngineError::param(
-                    "bpm",
-                    format!("{b} is outside 20..=400"),
-                ));
-            }
+        if let Some(b) = self.bpm
+            && !(b.is_finite() && (20.0..=400.0).contains(&b))
+        {
+            return Err(EngineError::param(
+                "bpm",
+                format!("{b} is outside 20..=400"),
+            ));
         }
-        if let Some(ts) = self.time_signature {
-            if !(1..=16).contains(&ts) {
-                return Err(EngineError::param(
-                    "time_signature",
-                    format!("{ts} is outside 1..=16"),
-                ));
-            }
+        if let Some(ts) = self.time_signature
+            && !(1..=16).contains(&ts)
+        {
+            return Err(EngineError::param(
+                "time_signature",
+                format!("{ts} is outside 1..=16"),
+            ));
         }
         if self.tags.len() > 4096 {
             return Err(EngineError::param("prompt", "tags longer than 4096 bytes"));
@@ -348,34 +348,6 @@ pub trait Conditioner: Send {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn conditioning_lerp_pads_and_blends() {
-        let d = Device::Cpu;
-        let a = Conditioning::new(Tensor::ones((1, 2, 3), DType::F32, &d).unwrap()).unwrap();
-        let b = Conditioning::new(Tensor::full(3f32, (1, 3, 3), &d).unwrap()).unwrap();
-        let c = Conditioning::lerp(&a, &b, 0.5).unwrap();
-        let v = c.states.to_vec3::<f32>().unwrap();
-        assert_eq!(v[0][0], vec![2.0; 3]);
-        assert_eq!(v[0][2], vec![1.5; 3]);
-        assert_eq!(c.mask.to_vec2::<f32>().unwrap(), vec![vec![1.0; 3]]);
-        assert_ne!(c.id, a.id);
-        assert_eq!(Conditioning::lerp(&a, &b, 0.0).unwrap().id, a.id);
-        assert!(Conditioning::lerp(&a, &b, f32::NAN).is_err());
-    }
-
-    #[test]
-    fn audio_helpers() {
-        let a = Audio::new(48_000, vec![vec![0.5, -1.0], vec![0.0, 0.25]]).unwrap();
-        assert_eq!(a.interleaved(), vec![0.5, 0.0, -1.0, 0.25]);
-        assert_eq!(a.peak(), 1.0);
-        assert!(Audio::new(48_000, vec![vec![0.0], vec![]]).is_err());
-    }
-}
-
 /// The three halves of a backend, owned together by whoever drives the engine (the offline
 /// renderer, the live session's runner thread). The engine itself never names a backend.
 pub struct BackendSet {
@@ -403,5 +375,33 @@ impl BackendSet {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditioning_lerp_pads_and_blends() {
+        let d = Device::Cpu;
+        let a = Conditioning::new(Tensor::ones((1, 2, 3), DType::F32, &d).unwrap()).unwrap();
+        let b = Conditioning::new(Tensor::full(3f32, (1, 3, 3), &d).unwrap()).unwrap();
+        let c = Conditioning::lerp(&a, &b, 0.5).unwrap();
+        let v = c.states.to_vec3::<f32>().unwrap();
+        assert_eq!(v[0][0], vec![2.0; 3]);
+        assert_eq!(v[0][2], vec![1.5; 3]);
+        assert_eq!(c.mask.to_vec2::<f32>().unwrap(), vec![vec![1.0; 3]]);
+        assert_ne!(c.id, a.id);
+        assert_eq!(Conditioning::lerp(&a, &b, 0.0).unwrap().id, a.id);
+        assert!(Conditioning::lerp(&a, &b, f32::NAN).is_err());
+    }
+
+    #[test]
+    fn audio_helpers() {
+        let a = Audio::new(48_000, vec![vec![0.5, -1.0], vec![0.0, 0.25]]).unwrap();
+        assert_eq!(a.interleaved(), vec![0.5, 0.0, -1.0, 0.25]);
+        assert_eq!(a.peak(), 1.0);
+        assert!(Audio::new(48_000, vec![vec![0.0], vec![]]).is_err());
     }
 }

@@ -134,14 +134,14 @@ impl SharedLane {
     pub fn validate(&self, latent_channels: usize) -> Result<()> {
         self.curves.validate()?;
         self.dcw.validate()?;
-        if let Some(g) = &self.channel_gain {
-            if g.gains.len() != latent_channels {
-                return Err(EngineError::shape(
-                    "channel_gain",
-                    latent_channels,
-                    g.gains.len(),
-                ));
-            }
+        if let Some(g) = &self.channel_gain
+            && g.gains.len() != latent_channels
+        {
+            return Err(EngineError::shape(
+                "channel_gain",
+                latent_channels,
+                g.gains.len(),
+            ));
         }
         Ok(())
     }

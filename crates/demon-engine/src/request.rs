@@ -365,14 +365,14 @@ impl SlotRequest {
         }
         for c in self.conditions.iter().chain(&self.negatives) {
             c.step_range.validate()?;
-            if let Some(ctx) = &c.context {
-                if ctx.dims() != want_ctx {
-                    return Err(EngineError::shape(
-                        "condition context",
-                        format!("{want_ctx:?}"),
-                        format!("{:?}", ctx.dims()),
-                    ));
-                }
+            if let Some(ctx) = &c.context
+                && ctx.dims() != want_ctx
+            {
+                return Err(EngineError::shape(
+                    "condition context",
+                    format!("{want_ctx:?}"),
+                    format!("{:?}", ctx.dims()),
+                ));
             }
             if let Some(w) = &c.weight {
                 w.check_range("condition weight", 0.0, 1e6)?;

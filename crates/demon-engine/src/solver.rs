@@ -269,7 +269,7 @@ mod tests {
         let mut buf = None;
         let out = apg(&vp, &vn, &Knob::Scalar(2.0), &Knob::Scalar(-0.75), &mut buf).unwrap();
         let s = 2.5 / 50f64.sqrt();
-        let d = [-1.0 * s, 7.0 * s];
+        let d = [-s, 7.0 * s];
         let dot = d[0] * 0.6 + d[1] * 0.8;
         let orth = [d[0] - dot * 0.6, d[1] - dot * 0.8];
         close(

@@ -78,7 +78,7 @@ fn varied_request(k: u64) -> SlotRequest {
     r.tag = k;
     r.schedule.denoise = [1.0, 0.75, 0.5, 0.3, 0.0][(k % 5) as usize];
     r.schedule.shift = [3.0, 3.5][(k % 2) as usize];
-    if k % 5 != 0 {
+    if !k.is_multiple_of(5) {
         r.source = Some(latent(k));
     }
     match k % 6 {

@@ -216,11 +216,11 @@ impl EventBus {
         for s in subs.iter() {
             let mut q = s.queue.lock().unwrap_or_else(|e| e.into_inner());
             let policy = event.policy();
-            if policy == Policy::Coalesce {
-                if let Some(slot) = q.iter_mut().rev().find(|e| e.same_kind(&event)) {
-                    *slot = event.clone();
-                    continue;
-                }
+            if policy == Policy::Coalesce
+                && let Some(slot) = q.iter_mut().rev().find(|e| e.same_kind(&event))
+            {
+                *slot = event.clone();
+                continue;
             }
             if q.len() >= self.capacity {
                 // Make room: drop the oldest audio slice, then the oldest coalescable event.

@@ -38,6 +38,7 @@ pub struct KnobSpec {
     pub help: &'static str,
 }
 
+#[allow(clippy::too_many_arguments)] // one row of the knob table, all fields positional
 const fn knob(
     name: &'static str,
     min: f64,
@@ -546,7 +547,7 @@ impl KnobState {
     /// Set a target (already validated). Unslewed knobs jump at once.
     pub fn set(&mut self, name: &str, value: f64) {
         self.target.insert(name.to_string(), value);
-        let slewed = knob_spec(name).map_or(true, |k| k.slewed);
+        let slewed = knob_spec(name).is_none_or(|k| k.slewed);
         if !slewed || self.slew_per_second <= 0.0 {
             self.effective.insert(name.to_string(), value);
         } else {

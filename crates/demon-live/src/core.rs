@@ -206,7 +206,7 @@ fn b64_decode(s: &str) -> Result<Vec<u8>, String> {
         } as u32)
     };
     let b = s.trim().as_bytes();
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err("base64 length is not a multiple of 4".into());
     }
     let mut out = Vec::with_capacity(b.len() / 4 * 3);

@@ -62,10 +62,10 @@ impl LoopBuffer {
         if self.playhead >= n {
             self.playhead = 0;
         }
-        if let Some(b) = self.band {
-            if b.end > n {
-                self.band = None;
-            }
+        if let Some(b) = self.band
+            && b.end > n
+        {
+            self.band = None;
         }
     }
 

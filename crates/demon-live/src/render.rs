@@ -138,12 +138,10 @@ impl RenderSpec {
             )
             .into());
         }
-        if let Some(g) = self.guidance {
-            if !(g.is_finite() && (0.0..=30.0).contains(&g)) {
-                return Err(
-                    EngineError::param("guidance", format!("{g} is outside [0, 30]")).into(),
-                );
-            }
+        if let Some(g) = self.guidance
+            && !(g.is_finite() && (0.0..=30.0).contains(&g))
+        {
+            return Err(EngineError::param("guidance", format!("{g} is outside [0, 30]")).into());
         }
         if !(self.structure_strength.is_finite() && (0.0..=1.0).contains(&self.structure_strength))
         {

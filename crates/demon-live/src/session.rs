@@ -66,7 +66,7 @@ enum Command {
         reply: Sender<Result<Option<(PathBuf, f64)>, String>>,
     },
     LoopAudio {
-        reply: Sender<(u64, Arc<[Vec<f32>; 2]>)>,
+        reply: Sender<(u64, LoopSnapshot)>,
     },
     Stop,
 }
@@ -79,6 +79,12 @@ pub struct SessionSummary {
     pub played_seconds: f64,
 }
 
+/// The runner thread; joining it gives the session's summary or its error.
+type RunnerThread = JoinHandle<Result<SessionSummary, String>>;
+
+/// A copy of the whole loop buffer (planar stereo).
+pub type LoopSnapshot = Arc<[Vec<f32>; 2]>;
+
 /// Handle to a running session. Cheap to clone; every clone drives the same session.
 #[derive(Clone)]
 pub struct SessionHandle {
@@ -86,7 +92,7 @@ pub struct SessionHandle {
     bus: Arc<EventBus>,
     state: Arc<Mutex<Option<SessionState>>>,
     probe: Arc<SessionProbe>,
-    join: Arc<Mutex<Option<JoinHandle<Result<SessionSummary, String>>>>>,
+    join: Arc<Mutex<Option<RunnerThread>>>,
     sample_rate: u32,
 }
 
@@ -147,7 +153,7 @@ impl SessionHandle {
 
     /// The whole loop buffer at the next tick boundary, with that tick's index (clients start
     /// from it, then apply the audio slices of later ticks).
-    pub fn loop_audio(&self, timeout: Duration) -> Result<(u64, Arc<[Vec<f32>; 2]>), String> {
+    pub fn loop_audio(&self, timeout: Duration) -> Result<(u64, LoopSnapshot), String> {
         let (reply, rx) = channel();
         self.tx
             .try_send(Command::LoopAudio { reply })

@@ -194,6 +194,7 @@ fn a_per_frame_blend_changes_style_over_time() {
 }
 
 #[test]
+#[allow(clippy::vec_init_then_push)] // one case per statement reads better than one long literal
 fn render_specs_reject_bad_input() {
     let mut backend = sketch();
     let mut cases: Vec<(RenderSpec, &str)> = Vec::new();

@@ -37,15 +37,15 @@ fn config(seconds: f64) -> SessionConfig {
 
 fn library_source(style: &str, frames: usize) -> SourceSpec {
     let song = demon_sketch::composer::compose(demon_sketch::composer::SongSpec {
-        style: demon_sketch::style::read_prompt(style)
-            .style_weights
-            .iter()
-            .enumerate()
-            .fold((0, 0.0), |a, (i, w)| if *w > a.1 { (i, *w) } else { a })
-            .0
-            .try_into()
-            .map(|i: usize| demon_sketch::Style::from_index(i).unwrap())
-            .unwrap(),
+        style: demon_sketch::Style::from_index(
+            demon_sketch::style::read_prompt(style)
+                .style_weights
+                .iter()
+                .enumerate()
+                .fold((0, 0.0), |a, (i, w)| if *w > a.1 { (i, *w) } else { a })
+                .0,
+        )
+        .unwrap(),
         bpm: 124.0,
         tonic: 9,
         minor: true,

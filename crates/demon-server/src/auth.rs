@@ -24,10 +24,9 @@ pub fn request_token(req: &Request) -> Option<String> {
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
+        && let Some(t) = h.strip_prefix("Bearer ")
     {
-        if let Some(t) = h.strip_prefix("Bearer ") {
-            return Some(t.trim().to_string());
-        }
+        return Some(t.trim().to_string());
     }
     req.uri().query().and_then(|q| {
         q.split('&')

@@ -60,6 +60,7 @@ pub struct Mirror {
 
 impl Mirror {
     /// A full-buffer frame; the mirror becomes the f16-rounded buffer.
+    #[allow(clippy::needless_range_loop)] // parallel arrays indexed together
     pub fn full_frame(buffer: &[Vec<f32>; 2], header: FrameHeader) -> (Mirror, Vec<u8>) {
         let n = buffer[0].len();
         let mut out = Vec::with_capacity(HEADER_BYTES + n * 4);
@@ -126,6 +127,7 @@ impl Mirror {
 }
 
 /// Apply a frame to a client-side buffer (what a client does; used by tests).
+#[allow(clippy::needless_range_loop)] // parallel arrays indexed together
 pub fn apply_frame(buffer: &mut [Vec<f32>; 2], frame: &[u8]) -> Option<FrameHeader> {
     let h = FrameHeader::parse(frame)?;
     let n = h.num_samples as usize;

@@ -121,15 +121,21 @@ pub struct OfflineRender {
 }
 
 /// Backend-specific help the server needs without naming a backend.
+/// Turns a source name into something the runner accepts.
+pub type ResolveSource = Arc<dyn Fn(&str) -> Result<SourceSpec, String> + Send + Sync>;
+
+/// Renders a song offline; returns the WAV's path.
+pub type RenderOffline = Arc<dyn Fn(&OfflineRender) -> Result<PathBuf, String> + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Hooks {
     /// Resolve a source name (`library:STYLE[:N]`, or a file path on the server) into something
     /// the runner accepts.
-    pub resolve_source: Arc<dyn Fn(&str) -> Result<SourceSpec, String> + Send + Sync>,
+    pub resolve_source: ResolveSource,
     /// Built-in sources for the source menu.
     pub library: Vec<String>,
     /// Render a song offline (for agents); returns the WAV's path.
-    pub render_offline: Arc<dyn Fn(&OfflineRender) -> Result<PathBuf, String> + Send + Sync>,
+    pub render_offline: RenderOffline,
 }
 
 /// Shared by every request handler.

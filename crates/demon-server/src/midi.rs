@@ -135,12 +135,11 @@ pub fn start(app: Arc<App>) {
                 &port,
                 "demon-in",
                 move |_, msg, _| {
-                    if let [status, cc, value] = msg {
-                        if status & 0xF0 == 0xB0 {
-                            if let Some(m) = app2.midi.on_cc(status & 0x0F, *cc, *value) {
-                                let _ = handle.send(MIDI_ORIGIN, m);
-                            }
-                        }
+                    if let [status, cc, value] = msg
+                        && status & 0xF0 == 0xB0
+                        && let Some(m) = app2.midi.on_cc(status & 0x0F, *cc, *value)
+                    {
+                        let _ = handle.send(MIDI_ORIGIN, m);
                     }
                 },
                 (),

@@ -136,11 +136,11 @@ pub async fn run(app: Arc<App>, sock: tokio::net::UdpSocket) {
                         Ok(c) => c,
                         Err(_) => continue,
                     };
-                    if let Err(e) = apply_control(&app, OSC_ORIGIN, c).await {
-                        if !reported {
-                            eprintln!("osc: {e}");
-                            reported = true;
-                        }
+                    if let Err(e) = apply_control(&app, OSC_ORIGIN, c).await
+                        && !reported
+                    {
+                        eprintln!("osc: {e}");
+                        reported = true;
                     }
                 }
                 Err(e) => {

@@ -259,10 +259,10 @@ async fn connection(app: Arc<App>, socket: WebSocket) {
             Message::Close(_) => break,
             _ => None,
         };
-        if let Some(m) = out {
-            if tx.send(m).await.is_err() {
-                break;
-            }
+        if let Some(m) = out
+            && tx.send(m).await.is_err()
+        {
+            break;
         }
     }
     drop(tx);

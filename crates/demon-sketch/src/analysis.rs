@@ -18,6 +18,7 @@ fn hz_to_pc(hz: f64) -> usize {
 }
 
 /// Analyse 48 kHz audio (`channels` planar) into `[T][CHANNELS]`, T = samples / HOP.
+#[allow(clippy::needless_range_loop)] // parallel arrays indexed together
 pub fn analyze(channels: &[Vec<f32>]) -> Vec<f32> {
     let samples = channels.first().map_or(0, |c| c.len());
     let frames = samples / HOP;
@@ -101,7 +102,7 @@ pub fn analyze(channels: &[Vec<f32>]) -> Vec<f32> {
                     (f == 0 || fl[f] >= fl[f - 1]) && (f + 1 >= fl.len() || fl[f] > fl[f + 1]);
                 let strength = fl[f] / (mean * sensitivity);
                 if local_max && strength > 1.0 {
-                    (strength - 1.0).min(1.0).max(0.4)
+                    (strength - 1.0).clamp(0.4, 1.0)
                 } else {
                     0.0
                 }

@@ -221,10 +221,10 @@ fn find_bpm(lower: &str) -> Option<f32> {
             } else {
                 num
             };
-            if let Ok(v) = num.parse::<f32>() {
-                if (40.0..=300.0).contains(&v) {
-                    return Some(v);
-                }
+            if let Ok(v) = num.parse::<f32>()
+                && (40.0..=300.0).contains(&v)
+            {
+                return Some(v);
             }
         }
     }
@@ -271,10 +271,10 @@ fn find_key(text: &str) -> Option<(u8, bool)> {
     for (i, w) in words.iter().enumerate() {
         if let Some(next) = words.get(i + 1) {
             let n = next.to_lowercase();
-            if n == "minor" || n == "major" || n == "min" || n == "maj" {
-                if let Some(k) = parse_key(&format!("{w} {n}")) {
-                    return Some(k);
-                }
+            if (n == "minor" || n == "major" || n == "min" || n == "maj")
+                && let Some(k) = parse_key(&format!("{w} {n}"))
+            {
+                return Some(k);
             }
         }
     }

@@ -414,6 +414,7 @@ fn onset_envelope(evs: &[Event], samples: usize, shape: &[f32]) -> Vec<f32> {
 
 /// Render `n` frames of latent (`[n][CHANNELS]`) whose first frame has absolute index
 /// `first_frame`. Returns left and right channels, `n · HOP` samples each.
+#[allow(clippy::needless_range_loop)] // parallel arrays indexed together
 pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
     let n = latent.len() / CHANNELS;
     let samples = n * HOP;

@@ -147,6 +147,7 @@ fn analysis_finds_the_rhythm_and_harmony_of_a_render() {
     );
 }
 
+#[allow(clippy::needless_range_loop)] // parallel arrays indexed together
 fn rows_alone_vs_batched(
     den: &mut SketchDenoiser,
     xs: &[Tensor],
