@@ -58,26 +58,26 @@ fn windowed_decode_is_exact_at_the_measured_receptive_field() {
             }
         }
     }
-    // One frame less context before is no longer exact on the probe: the field is tight.
-    let probe = probe_latent(200, CHANNELS, 1, &Device::Cpu).unwrap();
-    let full = codec.decode(&probe, 0).unwrap();
+    // One frame less context before is no longer identical on the probes it was measured with
+    // (the release and reverb tails reach that far, if faintly): the field is tight.
     let short = ReceptiveField {
         before: field.before - 1,
         after: field.after,
     };
-    let errs: Vec<f32> = (60..140)
-        .step_by(10)
-        .map(|s| {
-            let w = decode_window(&mut codec, &probe, s, 9, short).unwrap();
+    let mut errs = Vec::new();
+    for probe in &probes {
+        let full = codec.decode(probe, 0).unwrap();
+        for s in (40..160).step_by(6) {
+            let w = decode_window(&mut codec, probe, s, 9, short).unwrap();
             let truth: Vec<Vec<f32>> = full
                 .channels
                 .iter()
                 .map(|c| c[s * HOP..(s + 9) * HOP].to_vec())
                 .collect();
-            max_abs_diff(&w, &truth)
-        })
-        .collect();
-    assert!(errs.iter().any(|e| *e > 1e-6), "{errs:?}");
+            errs.push(max_abs_diff(&w, &truth));
+        }
+    }
+    assert!(errs.iter().any(|e| *e > 0.0), "{errs:?}");
 }
 
 #[test]
