@@ -134,6 +134,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .map(String::from)
             .to_vec(),
     };
+    const SECTIONS: [&str; 5] = ["render", "ticks", "propagation", "decode", "model"];
+    if let Some(bad) = sections.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        bail!(
+            "unknown bench section `{bad}` (use {})",
+            SECTIONS.join(", ")
+        );
+    }
+    if args.plot.is_some() && !sections.iter().any(|s| s == "ticks") {
+        bail!("--plot draws the ticks section; add `ticks` to --only");
+    }
     let wants_model = sections.iter().any(|s| s == "model");
     if wants_model && !acestep {
         bail!(
@@ -197,9 +207,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         print_model(m);
     }
     let Some(report) = report else {
-        if args.plot.is_some() {
-            bail!("--plot draws the ticks section; add `ticks` to --only");
-        }
         return Ok(());
     };
     if let Some(p) = &args.plot {

@@ -263,3 +263,34 @@ fn a_previous_render_is_an_exact_source() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(bytes(&lib).len() > 4 * 48_000 * 4);
 }
+
+#[test]
+fn bench_options_are_checked_before_measuring() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["bench", "--only", "foo"], "unknown bench section `foo`"),
+        (
+            &["bench", "--only", "decode", "--plot", "x.png"],
+            "--plot draws the ticks section",
+        ),
+        (
+            &["bench", "--only", "model"],
+            "the model section measures ACE-Step",
+        ),
+        (
+            &["bench", "--seconds", "NaN"],
+            "--seconds must be in 8..=600",
+        ),
+        (&["bench", "--depths", "0"], "--depths must list depths"),
+        (
+            &["bench", "--backend", "acestep", "--model-sizes", "huge"],
+            "model size `huge`",
+        ),
+    ];
+    for (args, needle) in cases {
+        assert_clean_failure(&demon(args), needle);
+    }
+    assert_clean_failure(
+        &demon(&["bench", "--compute", "cuda"]),
+        "--compute and --matmul are for --backend acestep",
+    );
+}
