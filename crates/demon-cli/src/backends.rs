@@ -59,9 +59,18 @@ impl BackendArgs {
         Ok(demon_acestep::bench::parse_device(&self.compute)?)
     }
 
-    /// The matmul dtype named by `--matmul` (`None`: f32).
+    /// The matmul dtype named by `--matmul` (`None`: f32). Low precision is a GPU option: the
+    /// CPU kernels multiply in f32, so asking for it on the CPU is an error rather than a
+    /// silent no-op (and a wasted copy of the weights).
     pub fn matmul_dtype(&self) -> Result<Option<candle_core::DType>> {
-        Ok(demon_acestep::bench::parse_matmul_dtype(&self.matmul)?)
+        let dtype = demon_acestep::bench::parse_matmul_dtype(&self.matmul)?;
+        if dtype.is_some() && self.device()?.is_cpu() {
+            bail!(
+                "--matmul {} needs --compute cuda: the CPU kernels multiply in f32",
+                self.matmul
+            );
+        }
+        Ok(dtype)
     }
 }
 

@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Also draw tick time and generations per second against depth to this PNG.
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
+    /// Measure nothing: redraw `--plot` from a report saved with `--json`.
+    #[arg(long, value_name = "REPORT.json", requires = "plot")]
+    pub plot_from: Option<std::path::PathBuf>,
     /// Measurements to run (comma separated): render, ticks, propagation, decode, model.
     /// Default: all but model for the sketch backend; model for ACE-Step (the others take hours
     /// on a CPU with a full-size model; ask for them by name).
@@ -40,7 +43,8 @@ pub struct BenchArgs {
     pub only: Option<Vec<String>>,
     /// Model section: sizes (turbo-2b, xl-turbo). With none of --model-sizes, --model-seconds
     /// and --model-batches the section measures a CPU-sized subset: 2B at 10 s for batches
-    /// 1, 2, 4, 8 and at 60 s for batch 1, XL at 10 s for batch 1.
+    /// 1, 2, 4, 8 and at 60 s for batch 1, XL at 10 s for batch 1 (only the size of
+    /// `--random-model` when it is given).
     #[arg(long, value_delimiter = ',')]
     pub model_sizes: Option<Vec<String>>,
     /// Model section: song lengths in seconds (e.g. 10,60,240).
@@ -93,6 +97,9 @@ fn model_config(args: &BenchArgs) -> Result<ModelBenchConfig> {
     if args.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
+    if args.backend.weights.is_some() && args.backend.random_model.is_some() {
+        bail!("--random-model and --weights exclude each other");
+    }
     cfg.vae_seconds = args.vae_seconds;
     cfg.repeats = args.repeats;
     cfg.weights = args.backend.weights.clone();
@@ -112,6 +119,11 @@ fn model_config(args: &BenchArgs) -> Result<ModelBenchConfig> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let (Some(json), Some(png)) = (&args.plot_from, &args.plot) {
+        plot_from_json(json, png)?;
+        eprintln!("wrote the plot to {}", png.display());
+        return Ok(());
+    }
     if !(args.seconds.is_finite() && args.seconds >= 8.0 && args.seconds <= 600.0) {
         bail!("--seconds must be in 8..=600, got {}", args.seconds);
     }
@@ -272,7 +284,64 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 fn write_plot(p: &std::path::Path, report: &demon_live::bench::BenchReport) -> Result<()> {
-    if report.tick_ms.is_empty() {
+    draw_plot(
+        p,
+        &report.tick_ms,
+        &report.gen_per_s,
+        &report.backend,
+        report.song_seconds,
+        report.steps,
+    )
+}
+
+/// Redraw the plot of a report saved with `--json` (for example one from a GPU machine).
+fn plot_from_json(json_path: &std::path::Path, png: &std::path::Path) -> Result<()> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(json_path)
+        .with_context(|| format!("reading `{}`", json_path.display()))?;
+    let v: Value = serde_json::from_str(&text)
+        .with_context(|| format!("`{}` is not JSON", json_path.display()))?;
+    let series = |key: &str| -> Result<std::collections::BTreeMap<String, f64>> {
+        let obj = v.get(key).and_then(Value::as_object).ok_or_else(|| {
+            anyhow::anyhow!(
+                "`{}` has no `{key}` object (run the ticks section with --json)",
+                json_path.display()
+            )
+        })?;
+        obj.iter()
+            .map(|(k, x)| {
+                x.as_f64()
+                    .filter(|f| f.is_finite())
+                    .map(|f| (k.clone(), f))
+                    .ok_or_else(|| anyhow::anyhow!("`{key}.{k}` is not a finite number"))
+            })
+            .collect()
+    };
+    let backend = v
+        .get("backend")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown");
+    let seconds = v.get("song_seconds").and_then(Value::as_f64).unwrap_or(0.0);
+    let steps = v.get("steps").and_then(Value::as_u64).unwrap_or(0) as usize;
+    draw_plot(
+        png,
+        &series("tick_ms")?,
+        &series("gen_per_s")?,
+        backend,
+        seconds,
+        steps,
+    )
+}
+
+fn draw_plot(
+    p: &std::path::Path,
+    tick_ms: &std::collections::BTreeMap<String, f64>,
+    gen_per_s: &std::collections::BTreeMap<String, f64>,
+    backend: &str,
+    song_seconds: f64,
+    steps: usize,
+) -> Result<()> {
+    if tick_ms.is_empty() {
         bail!("--plot draws the ticks section; add `ticks` to --only");
     }
     let pts = |m: &std::collections::BTreeMap<String, f64>| -> Vec<(f64, f64)> {
@@ -284,12 +353,10 @@ fn write_plot(p: &std::path::Path, report: &demon_live::bench::BenchReport) -> R
         v
     };
     let caption = format!(
-        "{} BACKEND, {:.0} S SONGS, {} STEPS",
-        report.backend.to_uppercase(),
-        report.song_seconds,
-        report.steps
+        "{} BACKEND, {song_seconds:.0} S SONGS, {steps} STEPS",
+        backend.to_uppercase()
     );
-    crate::plot::write_depth_plot(p, &pts(&report.tick_ms), &pts(&report.gen_per_s), &caption)
+    crate::plot::write_depth_plot(p, &pts(tick_ms), &pts(gen_per_s), &caption)
 }
 
 fn print_model(m: &demon_acestep::bench::ModelBenchReport) {

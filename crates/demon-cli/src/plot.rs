@@ -248,7 +248,15 @@ fn panel(
     for &p in points {
         c.dot(to(p), color);
         let (x, y) = to(p);
-        c.text((x + 6.0) as i64, (y - 22.0) as i64, &fmt(p.1), color);
+        let label = fmt(p.1);
+        // Glyphs advance 12 px: a label that would run off the picture goes left of its point.
+        let width = 12.0 * label.chars().count() as f64;
+        let lx = if x + 6.0 + width > W as f64 {
+            x - 6.0 - width
+        } else {
+            x + 6.0
+        };
+        c.text(lx as i64, (y - 22.0) as i64, &label, color);
     }
 }
 

@@ -293,6 +293,14 @@ fn bench_options_are_checked_before_measuring() {
         &demon(&["bench", "--compute", "cuda"]),
         "--compute and --matmul are for --backend acestep",
     );
+    assert_clean_failure(
+        &demon(&["bench", "--backend", "acestep", "--matmul", "bf16"]),
+        "needs --compute cuda",
+    );
+    assert_clean_failure(
+        &demon(&["bench", "--backend", "acestep", "--matmul", "f8"]),
+        "matmul dtype `f8`",
+    );
 }
 
 /// The tiny ACE-Step fixture (random weights in the published layouts) through the whole
