@@ -3,7 +3,7 @@
 use candle_core::{Device, Tensor};
 use demon_engine::{
     Codec, Conditioner, DenoiseBatch, Denoiser, Prompt, ReceptiveField, decode_window,
-    measure_receptive_field, probe_latent, probe_latents, receptive::max_abs_diff,
+    measure_receptive_field, probe_latents, receptive::max_abs_diff,
 };
 use demon_sketch::composer::{SongSpec, compose};
 use demon_sketch::layout::{CHANNELS, HOP};
