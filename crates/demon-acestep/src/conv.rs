@@ -518,18 +518,8 @@ impl FusedResidual {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use candle_core::Device;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Time-major convolutions equal candle's channel-major `conv1d` / `conv_transpose1d`, on
     /// lengths that span several tiles and with 1..6 output channels (dot-product path).
@@ -564,7 +554,7 @@ mod tests {
                     let got = got.t().unwrap().unsqueeze(0).unwrap();
                     let what = format!("l {l} cout {cout} k {k} s {stride} d {dil}");
                     assert_eq!(got.dims(), want.dims(), "{what}");
-                    assert!(max_diff(&got, &want) < 1e-4, "{what}");
+                    assert!(max_abs_diff(&got, &want) < 1e-4, "{what}");
                 }
             }
             for (s, k, pad) in [
@@ -588,7 +578,7 @@ mod tests {
                     .unwrap();
                 let got = got.t().unwrap().unsqueeze(0).unwrap();
                 assert_eq!(got.dims(), want.dims(), "l {l} stride {s} k {k}");
-                assert!(max_diff(&got, &want) < 1e-4, "l {l} stride {s} k {k}");
+                assert!(max_abs_diff(&got, &want) < 1e-4, "l {l} stride {s} k {k}");
             }
         }
     }

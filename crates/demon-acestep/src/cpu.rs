@@ -23,6 +23,17 @@ pub fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
+/// `true` when a `rows × cols` view with `row_stride` addresses only elements of a slice of
+/// `len` (no overflow either).
+fn view_fits(len: usize, rows: usize, cols: usize, row_stride: usize) -> bool {
+    rows == 0
+        || cols == 0
+        || (rows - 1)
+            .checked_mul(row_stride)
+            .and_then(|v| v.checked_add(cols))
+            .is_some_and(|end| end <= len)
+}
+
 /// A row-major f32 matrix view with unit column stride. Rows may overlap (`row_stride < cols`):
 /// that is how a convolution window over a time-major signal is read without an im2col copy.
 #[derive(Clone, Copy, Debug)]
@@ -46,12 +57,7 @@ impl<'a> Mat<'a> {
 
     /// `true` when every element the view addresses lies inside `data`.
     fn in_bounds(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1)
-                .checked_mul(self.row_stride)
-                .and_then(|v| v.checked_add(self.cols))
-                .is_some_and(|end| end <= self.data.len())
+        view_fits(self.data.len(), self.rows, self.cols, self.row_stride)
     }
 }
 
@@ -75,12 +81,7 @@ impl<'a> MatMut<'a> {
     }
 
     fn in_bounds(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1)
-                .checked_mul(self.row_stride)
-                .and_then(|v| v.checked_add(self.cols))
-                .is_some_and(|end| end <= self.data.len())
+        view_fits(self.data.len(), self.rows, self.cols, self.row_stride)
     }
 }
 

@@ -474,6 +474,7 @@ fn head_norm_rope(
 
 #[cfg(test)]
 mod tests {
+    use crate::test_util::{max_abs, max_abs_diff};
     use candle_core::{Device, Tensor};
 
     use crate::config::DitConfig;
@@ -514,21 +515,8 @@ mod tests {
             let a = dit.forward_row_cpu(&x, &ctx, 0.6, 0.0, &kv).unwrap();
             let b = dit.forward_row_candle(&x, &ctx, 0.6, 0.0, &kv).unwrap();
             assert_eq!(a.dims(), b.dims());
-            let d = (&a - &b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let scale = b
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_abs_diff(&a, &b);
+            let scale = max_abs(&b);
             assert!(
                 d <= 1e-5 * scale.max(1.0),
                 "frames {frames}: {d} (scale {scale})"

@@ -44,6 +44,25 @@ pub mod text;
 pub mod vae;
 pub mod weights;
 
+/// Helpers shared by the unit tests of this crate's kernels.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::Tensor;
+
+    /// The largest absolute value of `t`.
+    pub fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .and_then(|a| a.max_all())
+            .and_then(|m| m.to_scalar::<f32>())
+            .expect("max abs of a tensor")
+    }
+
+    /// The largest absolute difference between `a` and `b`.
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        max_abs(&(a - b).expect("same shapes"))
+    }
+}
+
 pub use config::{DitConfig, TextEncoderConfig, VaeConfig};
 pub use debug::{Component, debug_forward};
 pub use error::{AceStepError, Result};

@@ -637,6 +637,7 @@ impl EncoderStack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
 
     /// The parallel random source gives the values of the sequential SplitMix64 loop.
     #[test]
@@ -682,14 +683,7 @@ mod tests {
             let m = band_mask(s, l, window, causal, &dev).unwrap();
             let want = attention(&q, &k, &v, Mask::Additive(&m), 0.5).unwrap();
             let got = attention(&q, &k, &v, fused, 0.5).unwrap();
-            let diff = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&got, &want);
             assert!(diff < 1e-6, "{fused:?}: {diff}");
         }
     }

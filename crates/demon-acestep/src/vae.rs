@@ -673,6 +673,7 @@ impl VaeEncoder {
 mod tests {
     use super::*;
     use crate::nn::RandomSource;
+    use crate::test_util::{max_abs, max_abs_diff};
     use candle_core::Device;
 
     /// The time-major CPU path and candle's channel-major path agree.
@@ -710,14 +711,7 @@ mod tests {
             .forward(&lat)
             .unwrap();
         assert_eq!(a.dims(), &[2, 2, 72]);
-        let d = (&a - &b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&a, &b);
         assert!(d < 1e-4, "decoder {d}");
         let e1 = VaeEncoder::load_with_layout(&src, &cfg, true)
             .unwrap()
@@ -728,24 +722,10 @@ mod tests {
             .forward(&a)
             .unwrap();
         assert_eq!(e1.dims(), &[2, 4, 9]);
-        let d = (&e1 - &e2)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&e1, &e2);
         // The two layouts take different (equally valid) f32 summation orders; compare relative
         // to the output's scale.
-        let scale = e1
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .max(1.0);
+        let scale = max_abs(&e1).max(1.0);
         assert!(d / scale < 1e-5, "encoder {d} (scale {scale})");
     }
 }
