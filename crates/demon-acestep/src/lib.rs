@@ -44,6 +44,14 @@ pub mod text;
 pub mod vae;
 pub mod weights;
 
+pub use config::{DitConfig, TextEncoderConfig, VaeConfig};
+pub use debug::{Component, debug_forward};
+pub use error::{AceStepError, Result};
+pub use lora::LoraInfo;
+pub use model::{AceStep, AceStepCodec, AceStepConditioner, AceStepConfig, AceStepDenoiser};
+pub use text::Task;
+pub use weights::{Layout, WeightsReport, inspect_weights};
+
 /// Helpers shared by the unit tests of this crate's kernels.
 #[cfg(test)]
 pub(crate) mod test_util {
@@ -62,11 +70,3 @@ pub(crate) mod test_util {
         max_abs(&(a - b).expect("same shapes"))
     }
 }
-
-pub use config::{DitConfig, TextEncoderConfig, VaeConfig};
-pub use debug::{Component, debug_forward};
-pub use error::{AceStepError, Result};
-pub use lora::LoraInfo;
-pub use model::{AceStep, AceStepCodec, AceStepConditioner, AceStepConfig, AceStepDenoiser};
-pub use text::Task;
-pub use weights::{Layout, WeightsReport, inspect_weights};
