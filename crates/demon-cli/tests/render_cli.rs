@@ -308,11 +308,11 @@ fn bench_options_are_checked_before_measuring() {
 #[test]
 fn acestep_renders_a_wav_from_either_layout() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../demon-acestep/tests/fixtures");
-    let mut wavs = Vec::new();
-    for layout in ["original", "diffusers"] {
-        let out = tmp(&format!("ace-{layout}.wav"));
+    // One render of 4 s at depth 2 from `layout`, with `extra` flags; returns the WAV's path.
+    let render = |layout: &str, extra: &[&str], name: &str| -> PathBuf {
+        let out = tmp(name);
         let weights = fixtures.join("weights").join(layout);
-        let r = demon(&[
+        let mut args = vec![
             "render",
             "--backend",
             "acestep",
@@ -326,8 +326,15 @@ fn acestep_renders_a_wav_from_either_layout() {
             "2",
             "--out",
             out.to_str().unwrap(),
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let r = demon(&args);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        out
+    };
+    let mut wavs = Vec::new();
+    for layout in ["original", "diffusers"] {
+        let out = render(layout, &[], &format!("ace-{layout}.wav"));
         let audio = demon_audio::load_file(&out, demon_audio::LoadLimits::default()).unwrap();
         // The tiny fixture's VAE runs at 300 Hz (hop 12, 25 latent frames per second); the
         // published one at 48 kHz.
@@ -347,24 +354,7 @@ fn acestep_renders_a_wav_from_either_layout() {
         "the two layouts rendered different files"
     );
     // A LoRA adapter changes the result.
-    let out = tmp("ace-lora.wav");
-    let weights = fixtures.join("weights/original");
-    let lora = fixtures.join("lora/peft");
-    let r = demon(&[
-        "render",
-        "--backend",
-        "acestep",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--lora",
-        &format!("{}=1.5", lora.display()),
-        "--prompt",
-        "synthwave, 110 bpm",
-        "--seconds",
-        "4",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let lora = format!("{}=1.5", fixtures.join("lora/peft").display());
+    let out = render("original", &["--lora", &lora], "ace-lora.wav");
     assert!(bytes(&out) != wavs[0], "the LoRA changed nothing");
 }
