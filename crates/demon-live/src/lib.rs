@@ -9,6 +9,7 @@ pub mod bus;
 pub mod control;
 pub mod core;
 pub mod decode;
+pub mod error;
 pub mod loopbuf;
 pub mod perform;
 pub mod record;
@@ -16,4 +17,5 @@ pub mod render;
 pub mod session;
 pub mod sink;
 
+pub use error::{SessionError, SessionResult};
 pub use render::{NamedCurve, RenderError, RenderSpec, RenderedTake, render};
