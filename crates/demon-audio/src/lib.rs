@@ -7,6 +7,7 @@
 //!
 //! Every failure names the file and the problem; nothing here panics on user input.
 
+pub mod analysis;
 pub mod load;
 pub mod resample;
 pub mod wav;
