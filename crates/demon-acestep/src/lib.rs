@@ -35,6 +35,7 @@ pub mod dit;
 pub mod dit_cpu;
 pub mod error;
 pub mod fsq;
+pub mod gemm;
 pub mod lora;
 pub mod model;
 pub mod nn;
