@@ -19,13 +19,15 @@
 //!   input window is gathered (one pass, no full-size temporary), and the output is produced in
 //!   tiles of rows, spread over the cores, that stay in the L2 cache.
 //!
-//! Every output row's value depends only on the input and the tile size, which is a function of
-//! the shapes, so results are deterministic.
+//! The window-GEMM weights are packed once at load ([`PackedMatrix`]); each tile's product runs
+//! on its worker's thread with no packing of weights. Every output value is one fixed chain of
+//! multiply-adds (`gemm` module docs), so results do not depend on the tiling or the threads.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
-use crate::cpu::{self, Mat, MatMut, Rhs, SnakeParams};
+use crate::cpu::{self, Mat, SnakeParams};
 use crate::error::{AceStepError, Result};
+use crate::gemm::{self, Init, Lhs, Out, PackedMatrix, Precision};
 
 /// Output channels up to which a forward convolution uses vectorised dot products instead of a
 /// GEMM (the VAE's last convolution has 2 output channels).
@@ -52,10 +54,13 @@ fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 /// A convolution in time-major layout: `[L, Cin]` → `[L_out, Cout]`.
 #[derive(Clone, Debug)]
 pub struct TimeConv {
-    /// Window-GEMM weight. Forward: `[k·Cin, Cout]`, row `j·Cin + ci` = `W[co, ci, j]`.
+    /// Window-GEMM weight, packed. Forward: `[k·Cin, Cout]`, row `j·Cin + ci` = `W[co, ci, j]`.
     /// Transposed: `[g·Cin, s·Cout]`, row `b·Cin + ci`, column `r·Cout + co` =
     /// `W[ci, co, r + (g − 1 − b)·s]` (0 past the kernel).
-    w: Vec<f32>,
+    w: PackedMatrix,
+    /// Strided and dilated forward convolutions (not in the Oobleck VAE): one `[Cin, Cout]`
+    /// weight per tap.
+    taps: Vec<PackedMatrix>,
     /// Forward convolutions with at most [`DOT_MAX_COUT`] outputs: the weight as `[Cout, k·Cin]`.
     w_rows: Option<Vec<f32>>,
     bias: Vec<f32>,
@@ -95,6 +100,13 @@ impl TimeConv {
                 }
             }
         }
+        let taps = if stride > 1 && dilation > 1 {
+            w.chunks_exact(cin * cout)
+                .map(|t| PackedMatrix::from_kxn(t, cin, cout, Precision::F32))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let w_rows = (cout <= DOT_MAX_COUT && dilation == 1).then(|| {
             let mut r = Vec::with_capacity(k * cin * cout);
             for co in 0..cout {
@@ -107,7 +119,8 @@ impl TimeConv {
             r
         });
         Ok(Self {
-            w,
+            w: PackedMatrix::from_kxn(&w, k * cin, cout, Precision::F32),
+            taps,
             w_rows,
             bias: bias_vec(bias, cout)?,
             cin,
@@ -153,7 +166,8 @@ impl TimeConv {
             }
         }
         Ok(Self {
-            w,
+            w: PackedMatrix::from_kxn(&w, g * cin, n, Precision::F32),
+            taps: Vec::new(),
             w_rows: None,
             bias: bias_vec(bias, cout)?,
             cin,
@@ -200,17 +214,11 @@ impl TimeConv {
         }
     }
 
-    /// Output rows per tile: about 128 K values of the wider side per tile (L2-resident) when the
-    /// weights are small; at least 512 GEMM rows when they are large, so that the GEMM's packing
-    /// of the weights is amortised; then evened out so every worker gets the same number of
-    /// tiles.
+    /// Output rows per tile: about 128 K values of the wider side per tile (L2-resident), at
+    /// least 64 rows; then evened out so every worker gets the same number of tiles.
     pub fn tile_rows(&self, l_out: usize) -> usize {
         let width = self.cin.max(self.cout).max(1);
-        let gemm_rows = if self.w.len() * 4 > (1 << 21) {
-            512
-        } else {
-            ((1usize << 17) / width).max(64)
-        };
+        let gemm_rows = ((1usize << 17) / width).max(64);
         let rows = if self.transposed {
             gemm_rows * self.stride
         } else {
@@ -280,7 +288,6 @@ impl TimeConv {
         if rows == 0 {
             return;
         }
-        fill_rows(dst, &self.bias);
         // Input rows t0·s − p ..= (t0 + rows − 1)·s − p + (k − 1)·d.
         let count = (rows - 1) * s + (k - 1) * d + 1;
         let start = (t0 * s) as isize - self.padding as isize;
@@ -294,12 +301,22 @@ impl TimeConv {
                 row_stride: s * cin,
             };
             match &self.w_rows {
-                Some(wr) => cpu::dot_rows(dst, cout, a, wr),
-                None => cpu::matmul(MatMut::dense(dst, rows, cout), a, &self.w, Rhs::KxN, true),
+                Some(wr) => {
+                    fill_rows(dst, &self.bias);
+                    cpu::dot_rows(dst, cout, a, wr)
+                }
+                None => gemm::gemm(
+                    Out::dense(dst, rows, cout),
+                    lhs(a),
+                    &self.w,
+                    Init::Bias(&self.bias),
+                    1,
+                ),
             }
         } else if s == 1 {
             // Phase r holds window rows r, r + d, r + 2d, …: output rows t0 + r + d·u read
             // phase rows u .. u + k.
+            fill_rows(dst, &self.bias);
             let phase = sized(&mut scr.phase, count * cin);
             let mut off = 0;
             for r in 0..d.min(rows) {
@@ -309,32 +326,32 @@ impl TimeConv {
                     let src = (r + d * v) * cin;
                     phase[off + v * cin..off + (v + 1) * cin].copy_from_slice(&win[src..src + cin]);
                 }
-                let a = Mat {
+                let a = Lhs {
                     data: &phase[off..off + n_rows * cin],
                     rows: u,
                     cols: k * cin,
                     row_stride: cin,
                 };
-                let out = MatMut {
+                let out = Out {
                     data: &mut dst[r * cout..],
                     rows: u,
                     cols: cout,
                     row_stride: d * cout,
                 };
-                cpu::matmul(out, a, &self.w, Rhs::KxN, true);
+                gemm::gemm(out, a, &self.w, Init::Accumulate, 1);
                 off += n_rows * cin;
             }
         } else {
             // Strided and dilated (not in the Oobleck VAE): one GEMM per tap.
-            for j in 0..k {
-                let a = Mat {
+            fill_rows(dst, &self.bias);
+            for (j, w) in self.taps.iter().enumerate() {
+                let a = Lhs {
                     data: &win[j * d * cin..],
                     rows,
                     cols: cin,
                     row_stride: s * cin,
                 };
-                let w = &self.w[j * cin * cout..(j + 1) * cin * cout];
-                cpu::matmul(MatMut::dense(dst, rows, cout), a, w, Rhs::KxN, true);
+                gemm::gemm(Out::dense(dst, rows, cout), a, w, Init::Accumulate, 1);
             }
         }
     }
@@ -363,15 +380,33 @@ impl TimeConv {
         let n = s * cout;
         let full = sized(&mut scr.full, m * n);
         fill_rows(full, &self.bias);
-        let a = Mat {
+        let a = Lhs {
             data: win,
             rows: m,
             cols: g * cin,
             row_stride: cin,
         };
-        cpu::matmul(MatMut::dense(full, m, n), a, &self.w, Rhs::KxN, true);
+        gemm::gemm(Out::dense(full, m, n), a, &self.w, Init::Accumulate, 1);
         let off = (first - qa * s) * cout;
         dst.copy_from_slice(&full[off..off + rows * cout]);
+    }
+}
+
+fn lhs(m: Mat<'_>) -> Lhs<'_> {
+    Lhs {
+        data: m.data,
+        rows: m.rows,
+        cols: m.cols,
+        row_stride: m.row_stride,
+    }
+}
+
+impl TimeConv {
+    /// Bytes of the packed weights (and the dot-product copy) of this convolution.
+    pub fn weight_bytes(&self) -> usize {
+        self.w.bytes()
+            + self.taps.iter().map(PackedMatrix::bytes).sum::<usize>()
+            + self.w_rows.as_ref().map_or(0, |w| w.len() * 4)
     }
 }
 
@@ -502,12 +537,12 @@ impl FusedResidual {
                     *o = xv + bv;
                 }
             }
-            cpu::matmul(
-                MatMut::dense(dst, n, c),
-                Mat::dense(h, n, c),
+            gemm::gemm(
+                Out::dense(dst, n, c),
+                Lhs::dense(h, n, c),
                 &self.conv2.w,
-                Rhs::KxN,
-                true,
+                Init::Accumulate,
+                1,
             );
             scr.full = hidden;
         });
