@@ -11,8 +11,8 @@ use candle_core::{Device, Tensor};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use demon_acestep::DitConfig;
 use demon_acestep::bench::dit_step_flops;
-use demon_acestep::dit::Dit;
-use demon_acestep::nn::RandomSource;
+use demon_acestep::dit::{Dit, Workspace};
+use demon_acestep::nn::{Params, RandomSource};
 use demon_acestep::vae::DecoderBlock;
 
 fn dit_layer(c: &mut Criterion) {
@@ -40,8 +40,15 @@ fn dit_layer(c: &mut Criterion) {
             dit_step_flops(&cfg, frames, enc_len) as u64
         ));
         let name = if sliding { "sliding" } else { "full" };
+        // One workspace for every iteration, as the denoiser keeps one from step to step.
+        let mut ws = Workspace::default();
         g.bench_function(name, |b| {
-            b.iter(|| black_box(dit.forward_row(&x, &ctx, 0.75, 0.0, &kv).expect("forward")))
+            b.iter(|| {
+                black_box(
+                    dit.forward_row_with(&mut ws, &x, &ctx, 0.75, 0.0, &kv)
+                        .expect("forward"),
+                )
+            })
         });
     }
     g.finish();
@@ -55,7 +62,8 @@ fn vae_block(c: &mut Criterion) {
         seed: 2,
         device: Device::Cpu,
     };
-    let block = DecoderBlock::load(&src, "decoder.block.3", (cin, cout), s, true).expect("block");
+    let scope = Params::new(&src).pp("decoder").pp("block").pp(3);
+    let block = DecoderBlock::load(&scope, (cin, cout), s, true).expect("block");
     let x: Vec<f32> = (0..l * cin)
         .map(|i| ((i % 97) as f32 - 48.0) / 48.0)
         .collect();

@@ -23,9 +23,11 @@ use candle_core::{DType, Device, Tensor};
 use demon_engine::{Conditioning, DenoiseBatch, Denoiser};
 use serde::Serialize;
 
+use crate::codec::AceStepCodec;
 use crate::config::{DitConfig, VaeConfig};
+use crate::denoiser::AceStepDenoiser;
 use crate::error::{AceStepError, Result};
-use crate::model::{AceStepCodec, AceStepConfig, AceStepDenoiser};
+use crate::model::AceStepConfig;
 use crate::weights::ModelFiles;
 
 /// A published model size.

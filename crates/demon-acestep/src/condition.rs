@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 
 use crate::config::DitConfig;
 use crate::error::{AceStepError, Result};
-use crate::nn::{EncoderStack, Linear, TensorSource};
+use crate::nn::{EncoderStack, Linear, Params, TensorSource};
 
 /// The condition encoder's weights (`encoder.*` and `null_condition_emb`).
 pub struct ConditionEncoder {
@@ -25,41 +25,17 @@ impl ConditionEncoder {
     pub fn load(src: &dyn TensorSource, cfg: &DitConfig) -> Result<Self> {
         let e = &cfg.encoder;
         let h = e.hidden_size;
+        let root = Params::new(src);
+        let p = root.pp("encoder");
+        let lyric = p.pp("lyric_encoder");
+        let timbre = p.pp("timbre_encoder");
         Ok(Self {
-            text_projector: Linear::load(
-                src,
-                "encoder.text_projector",
-                h,
-                cfg.text_hidden_dim,
-                false,
-            )?,
-            lyric_embed: Linear::load(
-                src,
-                "encoder.lyric_encoder.embed_tokens",
-                h,
-                cfg.text_hidden_dim,
-                true,
-            )?,
-            lyric_encoder: EncoderStack::load(
-                src,
-                "encoder.lyric_encoder",
-                e,
-                cfg.num_lyric_encoder_hidden_layers,
-            )?,
-            timbre_embed: Linear::load(
-                src,
-                "encoder.timbre_encoder.embed_tokens",
-                h,
-                cfg.timbre_hidden_dim,
-                true,
-            )?,
-            timbre_encoder: EncoderStack::load(
-                src,
-                "encoder.timbre_encoder",
-                e,
-                cfg.num_timbre_encoder_hidden_layers,
-            )?,
-            null_condition_emb: src.tensor("null_condition_emb", &[1, 1, h])?,
+            text_projector: Linear::load(&p.pp("text_projector"), h, cfg.text_hidden_dim, false)?,
+            lyric_embed: Linear::load(&lyric.pp("embed_tokens"), h, cfg.text_hidden_dim, true)?,
+            lyric_encoder: EncoderStack::load(&lyric, e, cfg.num_lyric_encoder_hidden_layers)?,
+            timbre_embed: Linear::load(&timbre.pp("embed_tokens"), h, cfg.timbre_hidden_dim, true)?,
+            timbre_encoder: EncoderStack::load(&timbre, e, cfg.num_timbre_encoder_hidden_layers)?,
+            null_condition_emb: root.get("null_condition_emb", &[1, 1, h])?,
             cfg: cfg.clone(),
         })
     }

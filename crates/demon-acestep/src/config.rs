@@ -1,11 +1,19 @@
 //! Model configurations: the DiT and its condition encoder / audio tokenizer (ACE-Step
 //! `configuration_acestep_v15.py`, acestep.md §3.2), the Qwen3 text encoder (transformers
 //! `Qwen3Config`, acestep.md §1.2) and the Oobleck VAE (diffusers `AutoencoderOobleck`,
-//! acestep.md §1.9). They are parsed from either checkpoint layout, and there are presets for
-//! the published sizes so benchmarks can instantiate full-size models without files.
+//! acestep.md §1.9), with presets for the published sizes so benchmarks can instantiate
+//! full-size models without files.
+//!
+//! Each `config.json` is read through a serde type whose fields are the published keys
+//! (`#[serde(default)]`): a key absent from the file takes the value of the published model
+//! (the preset), a key derived from another (`head_dim`, `in_channels`, the `encoder_*` widths)
+//! follows the key it derives from, and the keys every checkpoint writes (the decoder's sizes)
+//! are required. A JSON `null` counts as absent, as transformers writes it.
 
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{AceStepError, Result};
@@ -143,148 +151,6 @@ impl DitConfig {
         self.fsq_input_levels.iter().product()
     }
 
-    /// Parse the original `acestep-v15-*/config.json` (one flat object for all four parts).
-    pub fn from_original_json(v: &Value, path: &Path) -> Result<Self> {
-        let j = Json { v, path };
-        let hidden = j.usize("hidden_size")?;
-        let layers = j.usize("num_hidden_layers")?;
-        let heads = j.usize("num_attention_heads")?;
-        let kv = j.usize("num_key_value_heads")?;
-        let head_dim = j.usize_or("head_dim", hidden / heads.max(1))?;
-        let rope_theta = j.rope_theta()?;
-        let eps = j.f64_or("rms_norm_eps", 1e-6)?;
-        let window = j.usize_or("sliding_window", 128)?;
-        let encoder = StackConfig {
-            hidden_size: j.usize_or("encoder_hidden_size", hidden)?,
-            intermediate_size: j
-                .usize_or("encoder_intermediate_size", j.usize("intermediate_size")?)?,
-            num_attention_heads: j.usize_or("encoder_num_attention_heads", heads)?,
-            num_key_value_heads: j.usize_or("encoder_num_key_value_heads", kv)?,
-            head_dim: j.usize_or("encoder_head_dim", head_dim)?,
-            rope_theta,
-            rms_norm_eps: eps,
-            sliding_window: window,
-        };
-        let latent = j.usize_or("audio_acoustic_hidden_dim", 64)?;
-        let cfg = Self {
-            hidden_size: hidden,
-            intermediate_size: j.usize("intermediate_size")?,
-            num_hidden_layers: layers,
-            num_attention_heads: heads,
-            num_key_value_heads: kv,
-            head_dim,
-            rope_theta,
-            rms_norm_eps: eps,
-            sliding_window: window,
-            sliding_layers: j.layer_types(layers)?,
-            in_channels: j.usize_or("in_channels", 3 * latent)?,
-            audio_acoustic_hidden_dim: latent,
-            patch_size: j.usize_or("patch_size", 2)?,
-            encoder,
-            text_hidden_dim: j.usize_or("text_hidden_dim", 1024)?,
-            timbre_hidden_dim: j.usize_or("timbre_hidden_dim", latent)?,
-            timbre_fix_frame: j.usize_or("timbre_fix_frame", 750)?,
-            num_lyric_encoder_hidden_layers: j.usize_or("num_lyric_encoder_hidden_layers", 8)?,
-            num_timbre_encoder_hidden_layers: j.usize_or("num_timbre_encoder_hidden_layers", 4)?,
-            num_attention_pooler_hidden_layers: j
-                .usize_or("num_attention_pooler_hidden_layers", 2)?,
-            pool_window_size: j.usize_or("pool_window_size", 5)?,
-            fsq_dim: j.usize_or("fsq_dim", 2048)?,
-            fsq_input_levels: j.usize_list_or("fsq_input_levels", &[8, 8, 8, 5, 5, 5])?,
-            fsq_input_num_quantizers: j.usize_or("fsq_input_num_quantizers", 1)?,
-        };
-        cfg.validate(path)?;
-        Ok(cfg)
-    }
-
-    /// Assemble from the diffusers component configs (`transformer/`, `condition_encoder/`,
-    /// `audio_tokenizer/`). `timbre_fix_frame` comes from the VAE's frame rate (30 s of frames).
-    pub fn from_diffusers_json(
-        transformer: (&Value, &Path),
-        condition: (&Value, &Path),
-        tokenizer: Option<(&Value, &Path)>,
-        timbre_fix_frame: usize,
-    ) -> Result<Self> {
-        let t = Json {
-            v: transformer.0,
-            path: transformer.1,
-        };
-        let c = Json {
-            v: condition.0,
-            path: condition.1,
-        };
-        let hidden = t.usize("hidden_size")?;
-        let layers = t.usize("num_hidden_layers")?;
-        let heads = t.usize("num_attention_heads")?;
-        let head_dim = t.usize_or("head_dim", hidden / heads.max(1))?;
-        let latent = t.usize_or("audio_acoustic_hidden_dim", 64)?;
-        let enc_heads = c.usize_or("num_attention_heads", 16)?;
-        let encoder = StackConfig {
-            hidden_size: c.usize("hidden_size")?,
-            intermediate_size: c.usize("intermediate_size")?,
-            num_attention_heads: enc_heads,
-            num_key_value_heads: c.usize_or("num_key_value_heads", 8)?,
-            head_dim: c.usize_or("head_dim", 128)?,
-            rope_theta: c.rope_theta()?,
-            rms_norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
-            sliding_window: c.usize_or("sliding_window", 128)?,
-        };
-        let t_enc_hidden = t.usize_or("encoder_hidden_size", hidden)?;
-        if t_enc_hidden != encoder.hidden_size {
-            return Err(AceStepError::config(
-                transformer.1,
-                format!(
-                    "encoder_hidden_size {t_enc_hidden} differs from the condition encoder's hidden_size {}",
-                    encoder.hidden_size
-                ),
-            ));
-        }
-        let (levels, nq, window, pooler_layers) = match tokenizer {
-            Some((v, p)) => {
-                let k = Json { v, path: p };
-                (
-                    k.usize_list_or("fsq_input_levels", &[8, 8, 8, 5, 5, 5])?,
-                    k.usize_or("fsq_input_num_quantizers", 1)?,
-                    k.usize_or("pool_window_size", 5)?,
-                    k.usize_or("num_attention_pooler_hidden_layers", 2)?,
-                )
-            }
-            None => (vec![8, 8, 8, 5, 5, 5], 1, 5, 2),
-        };
-        let fsq_dim = match tokenizer {
-            Some((v, p)) => Json { v, path: p }.usize_or("fsq_dim", encoder.hidden_size)?,
-            None => encoder.hidden_size,
-        };
-        let cfg = Self {
-            hidden_size: hidden,
-            intermediate_size: t.usize("intermediate_size")?,
-            num_hidden_layers: layers,
-            num_attention_heads: heads,
-            num_key_value_heads: t.usize_or("num_key_value_heads", 8)?,
-            head_dim,
-            rope_theta: t.rope_theta()?,
-            rms_norm_eps: t.f64_or("rms_norm_eps", 1e-6)?,
-            sliding_window: t.usize_or("sliding_window", 128)?,
-            sliding_layers: t.layer_types(layers)?,
-            in_channels: t.usize_or("in_channels", 3 * latent)?,
-            audio_acoustic_hidden_dim: latent,
-            patch_size: t.usize_or("patch_size", 2)?,
-            encoder,
-            text_hidden_dim: c.usize_or("text_hidden_dim", 1024)?,
-            timbre_hidden_dim: c.usize_or("timbre_hidden_dim", latent)?,
-            timbre_fix_frame,
-            num_lyric_encoder_hidden_layers: c.usize_or("num_lyric_encoder_hidden_layers", 8)?,
-            num_timbre_encoder_hidden_layers: c.usize_or("num_timbre_encoder_hidden_layers", 4)?,
-            num_attention_pooler_hidden_layers: pooler_layers,
-            pool_window_size: window,
-            fsq_dim,
-            fsq_input_levels: levels,
-            fsq_input_num_quantizers: nq,
-        };
-        cfg.validate(transformer.1)?;
-        Ok(cfg)
-    }
-
     /// Reject configurations the forward pass cannot run (zero sizes, inconsistent channels).
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |d: String| Err(AceStepError::config(path, d));
@@ -347,39 +213,361 @@ impl DitConfig {
         Ok(())
     }
 
+    /// Parse the original `acestep-v15-*/config.json` (one flat object for all four parts).
+    pub fn from_original_json(v: &Value, path: &Path) -> Result<Self> {
+        let file: DitFile = parse(v, path)?;
+        let cfg = file.into_config(path)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Assemble from the diffusers component configs: `transformer/` (required), and
+    /// `condition_encoder/` and `audio_tokenizer/` when the folder has them. Without the
+    /// condition encoder's config the encoder stack keeps the published shape at the
+    /// transformer's `encoder_hidden_size` (only the condition encoder reads it; a DiT-only model
+    /// needs nothing else). `timbre_fix_frame` comes from the VAE's frame rate (30 s of frames).
+    pub fn from_diffusers_json(
+        transformer: (&Value, &Path),
+        condition: Option<(&Value, &Path)>,
+        tokenizer: Option<(&Value, &Path)>,
+        timbre_fix_frame: usize,
+    ) -> Result<Self> {
+        let file: DitFile = parse(transformer.0, transformer.1)?;
+        let enc_hidden = file.encoder_hidden_size;
+        let mut cfg = file.into_config(transformer.1)?;
+        cfg.timbre_fix_frame = timbre_fix_frame;
+        if let Some((v, p)) = condition {
+            let c: ConditionEncoderFile = parse(v, p)?;
+            let encoder = c.stack(p)?;
+            if let Some(h) = enc_hidden
+                && h != encoder.hidden_size
+            {
+                return Err(AceStepError::config(
+                    transformer.1,
+                    format!(
+                        "encoder_hidden_size {h} differs from the condition encoder's hidden_size {}",
+                        encoder.hidden_size
+                    ),
+                ));
+            }
+            cfg.encoder = encoder;
+            cfg.text_hidden_dim = c.text_hidden_dim;
+            cfg.timbre_hidden_dim = c.timbre_hidden_dim.unwrap_or(cfg.audio_acoustic_hidden_dim);
+            cfg.num_lyric_encoder_hidden_layers = c.num_lyric_encoder_hidden_layers;
+            cfg.num_timbre_encoder_hidden_layers = c.num_timbre_encoder_hidden_layers;
+        }
+        cfg.fsq_dim = cfg.encoder.hidden_size;
+        if let Some((v, p)) = tokenizer {
+            let k: AudioTokenizerFile = parse(v, p)?;
+            cfg.fsq_input_levels = k.fsq_input_levels;
+            cfg.fsq_input_num_quantizers = k.fsq_input_num_quantizers;
+            cfg.pool_window_size = k.pool_window_size;
+            cfg.num_attention_pooler_hidden_layers = k.num_attention_pooler_hidden_layers;
+            cfg.fsq_dim = k.fsq_dim.unwrap_or(cfg.encoder.hidden_size);
+        }
+        cfg.validate(transformer.1)?;
+        Ok(cfg)
+    }
+
     /// The original-layout `config.json` for this configuration (used by tests and tools).
     pub fn to_original_json(&self) -> Value {
-        serde_json::json!({
-            "model_type": "acestep",
-            "architectures": ["AceStepConditionGenerationModel"],
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "head_dim": self.head_dim,
-            "rope_theta": self.rope_theta,
-            "rms_norm_eps": self.rms_norm_eps,
-            "sliding_window": self.sliding_window,
-            "layer_types": self.sliding_layers.iter().map(|s| if *s { "sliding_attention" } else { "full_attention" }).collect::<Vec<_>>(),
-            "in_channels": self.in_channels,
-            "audio_acoustic_hidden_dim": self.audio_acoustic_hidden_dim,
-            "patch_size": self.patch_size,
-            "encoder_hidden_size": self.encoder.hidden_size,
-            "encoder_intermediate_size": self.encoder.intermediate_size,
-            "encoder_num_attention_heads": self.encoder.num_attention_heads,
-            "encoder_num_key_value_heads": self.encoder.num_key_value_heads,
-            "text_hidden_dim": self.text_hidden_dim,
-            "timbre_hidden_dim": self.timbre_hidden_dim,
-            "timbre_fix_frame": self.timbre_fix_frame,
-            "num_lyric_encoder_hidden_layers": self.num_lyric_encoder_hidden_layers,
-            "num_timbre_encoder_hidden_layers": self.num_timbre_encoder_hidden_layers,
-            "num_attention_pooler_hidden_layers": self.num_attention_pooler_hidden_layers,
-            "pool_window_size": self.pool_window_size,
-            "fsq_dim": self.fsq_dim,
-            "fsq_input_levels": self.fsq_input_levels,
-            "fsq_input_num_quantizers": self.fsq_input_num_quantizers,
+        serde_json::to_value(DitFile::from_config(self)).unwrap_or(Value::Null)
+    }
+}
+
+/// How a layer of the decoder attends (`layer_types` entries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LayerType {
+    SlidingAttention,
+    FullAttention,
+}
+
+/// `rope_parameters` (transformers ≥ 5 writes the RoPE base there instead of `rope_theta`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct RopeParameters {
+    rope_theta: Option<f64>,
+}
+
+/// The RoPE base: `rope_parameters.rope_theta`, else `rope_theta`, else `default`.
+fn rope_base(direct: Option<f64>, params: &Option<RopeParameters>, default: f64) -> f64 {
+    params
+        .as_ref()
+        .and_then(|p| p.rope_theta)
+        .or(direct)
+        .unwrap_or(default)
+}
+
+/// `acestep-v15-*/config.json` (acestep.md §3.2), also the diffusers `transformer/config.json`
+/// (same key names for the decoder; it has none of the encoder keys).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+struct DitFile {
+    model_type: Option<String>,
+    architectures: Option<Vec<String>>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    /// Absent: `hidden_size / num_attention_heads`.
+    head_dim: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rope_theta: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rope_parameters: Option<RopeParameters>,
+    rms_norm_eps: f64,
+    sliding_window: usize,
+    /// Absent: alternating, sliding first.
+    layer_types: Option<Vec<LayerType>>,
+    /// Absent: context (2·latent) + latent.
+    in_channels: Option<usize>,
+    audio_acoustic_hidden_dim: usize,
+    patch_size: usize,
+    /// Absent: the decoder's values.
+    encoder_hidden_size: Option<usize>,
+    encoder_intermediate_size: Option<usize>,
+    encoder_num_attention_heads: Option<usize>,
+    encoder_num_key_value_heads: Option<usize>,
+    encoder_head_dim: Option<usize>,
+    text_hidden_dim: usize,
+    /// Absent: the latent channels.
+    timbre_hidden_dim: Option<usize>,
+    timbre_fix_frame: usize,
+    num_lyric_encoder_hidden_layers: usize,
+    num_timbre_encoder_hidden_layers: usize,
+    num_attention_pooler_hidden_layers: usize,
+    pool_window_size: usize,
+    fsq_dim: usize,
+    fsq_input_levels: Vec<usize>,
+    fsq_input_num_quantizers: usize,
+}
+
+impl Default for DitFile {
+    /// The published 2B turbo values for every key that is not required or derived.
+    fn default() -> Self {
+        let mut f = Self::from_config(&DitConfig::turbo_2b());
+        f.hidden_size = None;
+        f.intermediate_size = None;
+        f.num_hidden_layers = None;
+        f.num_attention_heads = None;
+        f.num_key_value_heads = None;
+        f.head_dim = None;
+        f.rope_theta = None;
+        f.layer_types = None;
+        f.in_channels = None;
+        f.encoder_hidden_size = None;
+        f.encoder_intermediate_size = None;
+        f.encoder_num_attention_heads = None;
+        f.encoder_num_key_value_heads = None;
+        f.encoder_head_dim = None;
+        f.timbre_hidden_dim = None;
+        f
+    }
+}
+
+impl DitFile {
+    fn from_config(c: &DitConfig) -> Self {
+        Self {
+            model_type: Some("acestep".into()),
+            architectures: Some(vec!["AceStepConditionGenerationModel".into()]),
+            hidden_size: Some(c.hidden_size),
+            intermediate_size: Some(c.intermediate_size),
+            num_hidden_layers: Some(c.num_hidden_layers),
+            num_attention_heads: Some(c.num_attention_heads),
+            num_key_value_heads: Some(c.num_key_value_heads),
+            head_dim: Some(c.head_dim),
+            rope_theta: Some(c.rope_theta),
+            rope_parameters: None,
+            rms_norm_eps: c.rms_norm_eps,
+            sliding_window: c.sliding_window,
+            layer_types: Some(
+                c.sliding_layers
+                    .iter()
+                    .map(|&s| {
+                        if s {
+                            LayerType::SlidingAttention
+                        } else {
+                            LayerType::FullAttention
+                        }
+                    })
+                    .collect(),
+            ),
+            in_channels: Some(c.in_channels),
+            audio_acoustic_hidden_dim: c.audio_acoustic_hidden_dim,
+            patch_size: c.patch_size,
+            encoder_hidden_size: Some(c.encoder.hidden_size),
+            encoder_intermediate_size: Some(c.encoder.intermediate_size),
+            encoder_num_attention_heads: Some(c.encoder.num_attention_heads),
+            encoder_num_key_value_heads: Some(c.encoder.num_key_value_heads),
+            encoder_head_dim: Some(c.encoder.head_dim),
+            text_hidden_dim: c.text_hidden_dim,
+            timbre_hidden_dim: Some(c.timbre_hidden_dim),
+            timbre_fix_frame: c.timbre_fix_frame,
+            num_lyric_encoder_hidden_layers: c.num_lyric_encoder_hidden_layers,
+            num_timbre_encoder_hidden_layers: c.num_timbre_encoder_hidden_layers,
+            num_attention_pooler_hidden_layers: c.num_attention_pooler_hidden_layers,
+            pool_window_size: c.pool_window_size,
+            fsq_dim: c.fsq_dim,
+            fsq_input_levels: c.fsq_input_levels.clone(),
+            fsq_input_num_quantizers: c.fsq_input_num_quantizers,
+        }
+    }
+
+    fn into_config(self, path: &Path) -> Result<DitConfig> {
+        let hidden = required(self.hidden_size, "hidden_size", path)?;
+        let intermediate = required(self.intermediate_size, "intermediate_size", path)?;
+        let layers = required(self.num_hidden_layers, "num_hidden_layers", path)?;
+        let heads = required(self.num_attention_heads, "num_attention_heads", path)?;
+        let kv = required(self.num_key_value_heads, "num_key_value_heads", path)?;
+        let head_dim = self.head_dim.unwrap_or(hidden / heads.max(1));
+        let rope_theta = rope_base(
+            self.rope_theta,
+            &self.rope_parameters,
+            DitConfig::turbo_2b().rope_theta,
+        );
+        let sliding_layers = match self.layer_types {
+            None => (0..layers).map(|i| i % 2 == 0).collect(),
+            Some(types) => {
+                if types.len() < layers {
+                    return Err(AceStepError::config(
+                        path,
+                        format!(
+                            "`layer_types` has {} entries for {layers} layers",
+                            types.len()
+                        ),
+                    ));
+                }
+                types
+                    .iter()
+                    .take(layers)
+                    .map(|t| *t == LayerType::SlidingAttention)
+                    .collect()
+            }
+        };
+        let latent = self.audio_acoustic_hidden_dim;
+        let encoder = StackConfig {
+            hidden_size: self.encoder_hidden_size.unwrap_or(hidden),
+            intermediate_size: self.encoder_intermediate_size.unwrap_or(intermediate),
+            num_attention_heads: self.encoder_num_attention_heads.unwrap_or(heads),
+            num_key_value_heads: self.encoder_num_key_value_heads.unwrap_or(kv),
+            head_dim: self.encoder_head_dim.unwrap_or(head_dim),
+            rope_theta,
+            rms_norm_eps: self.rms_norm_eps,
+            sliding_window: self.sliding_window,
+        };
+        Ok(DitConfig {
+            hidden_size: hidden,
+            intermediate_size: intermediate,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv,
+            head_dim,
+            rope_theta,
+            rms_norm_eps: self.rms_norm_eps,
+            sliding_window: self.sliding_window,
+            sliding_layers,
+            in_channels: self.in_channels.unwrap_or(3 * latent),
+            audio_acoustic_hidden_dim: latent,
+            patch_size: self.patch_size,
+            encoder,
+            text_hidden_dim: self.text_hidden_dim,
+            timbre_hidden_dim: self.timbre_hidden_dim.unwrap_or(latent),
+            timbre_fix_frame: self.timbre_fix_frame,
+            num_lyric_encoder_hidden_layers: self.num_lyric_encoder_hidden_layers,
+            num_timbre_encoder_hidden_layers: self.num_timbre_encoder_hidden_layers,
+            num_attention_pooler_hidden_layers: self.num_attention_pooler_hidden_layers,
+            pool_window_size: self.pool_window_size,
+            fsq_dim: self.fsq_dim,
+            fsq_input_levels: self.fsq_input_levels,
+            fsq_input_num_quantizers: self.fsq_input_num_quantizers,
         })
+    }
+}
+
+/// Diffusers `condition_encoder/config.json` (`AceStepConditionEncoder`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+struct ConditionEncoderFile {
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_attention_heads: usize,
+    num_key_value_heads: usize,
+    head_dim: usize,
+    rope_theta: Option<f64>,
+    rope_parameters: Option<RopeParameters>,
+    rms_norm_eps: f64,
+    sliding_window: usize,
+    text_hidden_dim: usize,
+    /// Absent: the latent channels.
+    timbre_hidden_dim: Option<usize>,
+    num_lyric_encoder_hidden_layers: usize,
+    num_timbre_encoder_hidden_layers: usize,
+}
+
+impl Default for ConditionEncoderFile {
+    fn default() -> Self {
+        let c = DitConfig::turbo_2b();
+        Self {
+            hidden_size: None,
+            intermediate_size: None,
+            num_attention_heads: c.encoder.num_attention_heads,
+            num_key_value_heads: c.encoder.num_key_value_heads,
+            head_dim: c.encoder.head_dim,
+            rope_theta: None,
+            rope_parameters: None,
+            rms_norm_eps: c.encoder.rms_norm_eps,
+            sliding_window: c.encoder.sliding_window,
+            text_hidden_dim: c.text_hidden_dim,
+            timbre_hidden_dim: None,
+            num_lyric_encoder_hidden_layers: c.num_lyric_encoder_hidden_layers,
+            num_timbre_encoder_hidden_layers: c.num_timbre_encoder_hidden_layers,
+        }
+    }
+}
+
+impl ConditionEncoderFile {
+    fn stack(&self, path: &Path) -> Result<StackConfig> {
+        Ok(StackConfig {
+            hidden_size: required(self.hidden_size, "hidden_size", path)?,
+            intermediate_size: required(self.intermediate_size, "intermediate_size", path)?,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            rope_theta: rope_base(
+                self.rope_theta,
+                &self.rope_parameters,
+                DitConfig::turbo_2b().encoder.rope_theta,
+            ),
+            rms_norm_eps: self.rms_norm_eps,
+            sliding_window: self.sliding_window,
+        })
+    }
+}
+
+/// Diffusers `audio_tokenizer/config.json` (`AceStepAudioTokenizer`): the FSQ keys.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+struct AudioTokenizerFile {
+    fsq_input_levels: Vec<usize>,
+    fsq_input_num_quantizers: usize,
+    pool_window_size: usize,
+    num_attention_pooler_hidden_layers: usize,
+    /// Absent: the encoder width.
+    fsq_dim: Option<usize>,
+}
+
+impl Default for AudioTokenizerFile {
+    fn default() -> Self {
+        let c = DitConfig::turbo_2b();
+        Self {
+            fsq_input_levels: c.fsq_input_levels,
+            fsq_input_num_quantizers: c.fsq_input_num_quantizers,
+            pool_window_size: c.pool_window_size,
+            num_attention_pooler_hidden_layers: c.num_attention_pooler_hidden_layers,
+            fsq_dim: None,
+        }
     }
 }
 
@@ -414,19 +602,23 @@ impl TextEncoderConfig {
     }
 
     pub fn from_json(v: &Value, path: &Path) -> Result<Self> {
-        let j = Json { v, path };
-        let hidden = j.usize("hidden_size")?;
-        let heads = j.usize("num_attention_heads")?;
+        let f: TextEncoderFile = parse(v, path)?;
+        let hidden = required(f.hidden_size, "hidden_size", path)?;
+        let heads = required(f.num_attention_heads, "num_attention_heads", path)?;
         let cfg = Self {
-            vocab_size: j.usize("vocab_size")?,
+            vocab_size: required(f.vocab_size, "vocab_size", path)?,
             hidden_size: hidden,
-            intermediate_size: j.usize("intermediate_size")?,
-            num_hidden_layers: j.usize("num_hidden_layers")?,
+            intermediate_size: required(f.intermediate_size, "intermediate_size", path)?,
+            num_hidden_layers: required(f.num_hidden_layers, "num_hidden_layers", path)?,
             num_attention_heads: heads,
-            num_key_value_heads: j.usize_or("num_key_value_heads", heads)?,
-            head_dim: j.usize_or("head_dim", hidden / heads.max(1))?,
-            rope_theta: j.rope_theta()?,
-            rms_norm_eps: j.f64_or("rms_norm_eps", 1e-6)?,
+            num_key_value_heads: f.num_key_value_heads.unwrap_or(heads),
+            head_dim: f.head_dim.unwrap_or(hidden / heads.max(1)),
+            rope_theta: rope_base(
+                f.rope_theta,
+                &f.rope_parameters,
+                Self::qwen3_embedding_0_6b().rope_theta,
+            ),
+            rms_norm_eps: f.rms_norm_eps,
         };
         if cfg.num_attention_heads == 0
             || cfg.num_key_value_heads == 0
@@ -460,8 +652,44 @@ impl TextEncoderConfig {
     }
 }
 
+/// A Qwen3 `config.json` (transformers `Qwen3Config`): the keys the text encoder reads.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+struct TextEncoderFile {
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    /// Absent: `num_attention_heads` (no grouping).
+    num_key_value_heads: Option<usize>,
+    /// Absent: `hidden_size / num_attention_heads`.
+    head_dim: Option<usize>,
+    rope_theta: Option<f64>,
+    rope_parameters: Option<RopeParameters>,
+    rms_norm_eps: f64,
+}
+
+impl Default for TextEncoderFile {
+    fn default() -> Self {
+        Self {
+            vocab_size: None,
+            hidden_size: None,
+            intermediate_size: None,
+            num_hidden_layers: None,
+            num_attention_heads: None,
+            num_key_value_heads: None,
+            head_dim: None,
+            rope_theta: None,
+            rope_parameters: None,
+            rms_norm_eps: TextEncoderConfig::qwen3_embedding_0_6b().rms_norm_eps,
+        }
+    }
+}
+
 /// The Oobleck VAE (`vae/config.json`).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default = "VaeConfig::oobleck_class_defaults")]
 pub struct VaeConfig {
     pub encoder_hidden_size: usize,
     /// Encoder strides; the decoder runs them reversed.
@@ -493,17 +721,22 @@ impl VaeConfig {
         self.downsampling_ratios.iter().product()
     }
 
+    /// The defaults of diffusers' `AutoencoderOobleck` class, which a `vae/config.json` omits
+    /// keys of (not ACE-Step's values: those are [`VaeConfig::acestep`]).
+    pub fn oobleck_class_defaults() -> Self {
+        Self {
+            encoder_hidden_size: 128,
+            downsampling_ratios: vec![2, 4, 4, 8, 8],
+            channel_multiples: vec![1, 2, 4, 8, 16],
+            decoder_channels: 128,
+            decoder_input_channels: 64,
+            audio_channels: 2,
+            sampling_rate: 44_100,
+        }
+    }
+
     pub fn from_json(v: &Value, path: &Path) -> Result<Self> {
-        let j = Json { v, path };
-        let cfg = Self {
-            encoder_hidden_size: j.usize_or("encoder_hidden_size", 128)?,
-            downsampling_ratios: j.usize_list_or("downsampling_ratios", &[2, 4, 4, 8, 8])?,
-            channel_multiples: j.usize_list_or("channel_multiples", &[1, 2, 4, 8, 16])?,
-            decoder_channels: j.usize_or("decoder_channels", 128)?,
-            decoder_input_channels: j.usize_or("decoder_input_channels", 64)?,
-            audio_channels: j.usize_or("audio_channels", 2)?,
-            sampling_rate: j.usize_or("sampling_rate", 44_100)? as u32,
-        };
+        let cfg: Self = parse(v, path)?;
         if cfg.downsampling_ratios.is_empty()
             || cfg.downsampling_ratios.len() != cfg.channel_multiples.len()
             || cfg.downsampling_ratios.contains(&0)
@@ -525,94 +758,27 @@ impl VaeConfig {
     }
 }
 
-/// Typed access to a JSON config object, with errors naming the file and the key.
-pub(crate) struct Json<'a> {
-    pub v: &'a Value,
-    pub path: &'a Path,
+/// A key every checkpoint of this kind writes.
+fn required(v: Option<usize>, key: &str, path: &Path) -> Result<usize> {
+    v.ok_or_else(|| AceStepError::config(path, format!("`{key}` is missing")))
 }
 
-impl Json<'_> {
-    fn err(&self, key: &str, what: &str) -> AceStepError {
-        AceStepError::config(self.path, format!("`{key}` {what}"))
-    }
-
-    pub fn usize(&self, key: &str) -> Result<usize> {
-        match self.v.get(key) {
-            Some(x) => x
-                .as_u64()
-                .map(|u| u as usize)
-                .ok_or_else(|| self.err(key, "is not a non-negative integer")),
-            None => Err(self.err(key, "is missing")),
-        }
-    }
-
-    pub fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
-        match self.v.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(_) => self.usize(key),
-        }
-    }
-
-    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
-        match self.v.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(x) => x.as_f64().ok_or_else(|| self.err(key, "is not a number")),
-        }
-    }
-
-    /// `rope_theta`, or `rope_parameters.rope_theta` (transformers ≥ 5 writes the latter).
-    pub fn rope_theta(&self) -> Result<f64> {
-        if let Some(p) = self.v.get("rope_parameters").filter(|p| p.is_object())
-            && let Some(t) = p.get("rope_theta")
-        {
-            return t
-                .as_f64()
-                .ok_or_else(|| self.err("rope_parameters.rope_theta", "is not a number"));
-        }
-        self.f64_or("rope_theta", 1_000_000.0)
-    }
-
-    pub fn usize_list_or(&self, key: &str, default: &[usize]) -> Result<Vec<usize>> {
-        match self.v.get(key) {
-            None | Some(Value::Null) => Ok(default.to_vec()),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|x| {
-                    x.as_u64()
-                        .map(|u| u as usize)
-                        .ok_or_else(|| self.err(key, "has a non-integer entry"))
-                })
+/// Deserialize a config object, `null` values counting as absent; errors name the file and the
+/// key.
+fn parse<T: DeserializeOwned>(v: &Value, path: &Path) -> Result<T> {
+    let v = match v {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, x)| !x.is_null())
+                .map(|(k, x)| (k.clone(), x.clone()))
                 .collect(),
-            Some(_) => Err(self.err(key, "is not a list")),
-        }
-    }
-
-    /// `layer_types` as sliding flags; absent means alternating, sliding first.
-    pub fn layer_types(&self, layers: usize) -> Result<Vec<bool>> {
-        match self.v.get("layer_types") {
-            None | Some(Value::Null) => Ok((0..layers).map(|i| i % 2 == 0).collect()),
-            Some(Value::Array(a)) => {
-                if a.len() < layers {
-                    return Err(self.err(
-                        "layer_types",
-                        &format!("has {} entries for {layers} layers", a.len()),
-                    ));
-                }
-                a.iter()
-                    .take(layers)
-                    .map(|x| match x.as_str() {
-                        Some("sliding_attention") => Ok(true),
-                        Some("full_attention") => Ok(false),
-                        _ => Err(self.err(
-                            "layer_types",
-                            "has an entry that is neither sliding_attention nor full_attention",
-                        )),
-                    })
-                    .collect()
-            }
-            Some(_) => Err(self.err("layer_types", "is not a list")),
-        }
-    }
+        ),
+        _ => return Err(AceStepError::config(path, "not a JSON object")),
+    };
+    serde_path_to_error::deserialize(&v).map_err(|e| {
+        let key = e.path().to_string();
+        AceStepError::config(path, format!("`{key}`: {}", e.inner()))
+    })
 }
 
 /// Read and parse a JSON file, with errors naming it.
@@ -625,4 +791,64 @@ pub(crate) fn read_json(path: &Path) -> Result<Value> {
     }
     let text = std::fs::read_to_string(path).map_err(|e| AceStepError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| AceStepError::invalid(path, format!("bad JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every preset survives a trip through its `config.json`.
+    #[test]
+    fn presets_round_trip_through_config_json() {
+        let p = Path::new("config.json");
+        for cfg in [DitConfig::turbo_2b(), DitConfig::xl_turbo()] {
+            let back = DitConfig::from_original_json(&cfg.to_original_json(), p).unwrap();
+            assert_eq!(back, cfg);
+        }
+    }
+
+    /// Absent keys take the published values, derived keys follow their source, required keys
+    /// are required, and a wrong type names the key.
+    #[test]
+    fn defaults_derivations_and_errors() {
+        let p = Path::new("config.json");
+        let v = serde_json::json!({
+            "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "sliding_window": null,
+            "rope_parameters": {"rope_theta": 10000.0}
+        });
+        let c = DitConfig::from_original_json(&v, p).unwrap();
+        let turbo = DitConfig::turbo_2b();
+        assert_eq!(c.head_dim, 16);
+        assert_eq!(c.encoder.hidden_size, 64);
+        assert_eq!(c.encoder.intermediate_size, 96);
+        assert_eq!(c.sliding_window, turbo.sliding_window);
+        assert_eq!(c.rope_theta, 10000.0);
+        assert_eq!(c.sliding_layers, vec![true, false]);
+        assert_eq!(c.in_channels, 3 * turbo.audio_acoustic_hidden_dim);
+        assert_eq!(c.fsq_input_levels, turbo.fsq_input_levels);
+        let mut missing = v.clone();
+        missing.as_object_mut().unwrap().remove("num_hidden_layers");
+        let e = DitConfig::from_original_json(&missing, p).unwrap_err();
+        assert!(
+            e.to_string().contains("`num_hidden_layers` is missing"),
+            "{e}"
+        );
+        let mut wrong = v.clone();
+        wrong["patch_size"] = serde_json::json!("two");
+        let e = DitConfig::from_original_json(&wrong, p).unwrap_err();
+        assert!(e.to_string().contains("patch_size"), "{e}");
+        let mut bad_layer = v;
+        bad_layer["layer_types"] = serde_json::json!(["sliding_attention", "dense"]);
+        let e = DitConfig::from_original_json(&bad_layer, p).unwrap_err();
+        assert!(e.to_string().contains("layer_types"), "{e}");
+    }
+
+    #[test]
+    fn vae_keys_absent_from_the_file_take_the_class_defaults() {
+        let c = VaeConfig::from_json(&serde_json::json!({"sampling_rate": 48000}), Path::new("v"))
+            .unwrap();
+        assert_eq!(c.sampling_rate, 48_000);
+        assert_eq!(c.downsampling_ratios, vec![2, 4, 4, 8, 8]);
+    }
 }

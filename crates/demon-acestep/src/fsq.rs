@@ -12,7 +12,7 @@ use candle_core::{DType, Tensor};
 
 use crate::config::DitConfig;
 use crate::error::{AceStepError, Result};
-use crate::nn::{EncoderStack, Linear, TensorSource};
+use crate::nn::{EncoderStack, Linear, Params, TensorSource};
 
 /// Finite scalar quantizer (residual, usually one stage).
 pub struct Fsq {
@@ -119,37 +119,26 @@ impl AudioTokenizer {
     pub fn load(src: &dyn TensorSource, cfg: &DitConfig) -> Result<Self> {
         let h = cfg.encoder.hidden_size;
         let d = cfg.fsq_input_levels.len();
+        let p = Params::new(src).pp("tokenizer");
+        let pooler = p.pp("attention_pooler");
+        let q = p.pp("quantizer");
         Ok(Self {
             audio_acoustic_proj: Linear::load(
-                src,
-                "tokenizer.audio_acoustic_proj",
+                &p.pp("audio_acoustic_proj"),
                 h,
                 cfg.audio_acoustic_hidden_dim,
                 true,
             )?,
-            pooler_embed: Linear::load(src, "tokenizer.attention_pooler.embed_tokens", h, h, true)?,
-            special_token: src.tensor("tokenizer.attention_pooler.special_token", &[1, 1, h])?,
+            pooler_embed: Linear::load(&pooler.pp("embed_tokens"), h, h, true)?,
+            special_token: pooler.get("special_token", &[1, 1, h])?,
             pooler: EncoderStack::load(
-                src,
-                "tokenizer.attention_pooler",
+                &pooler,
                 &cfg.encoder,
                 cfg.num_attention_pooler_hidden_layers,
             )?,
             quantizer: Fsq {
-                project_in: Linear::load(
-                    src,
-                    "tokenizer.quantizer.project_in",
-                    d,
-                    cfg.fsq_dim,
-                    true,
-                )?,
-                project_out: Linear::load(
-                    src,
-                    "tokenizer.quantizer.project_out",
-                    cfg.fsq_dim,
-                    d,
-                    true,
-                )?,
+                project_in: Linear::load(&q.pp("project_in"), d, cfg.fsq_dim, true)?,
+                project_out: Linear::load(&q.pp("project_out"), cfg.fsq_dim, d, true)?,
                 levels: cfg.fsq_input_levels.clone(),
                 num_quantizers: cfg.fsq_input_num_quantizers,
             },
@@ -205,22 +194,12 @@ impl AudioDetokenizer {
     pub fn load(src: &dyn TensorSource, cfg: &DitConfig) -> Result<Self> {
         let h = cfg.encoder.hidden_size;
         let w = cfg.pool_window_size;
+        let p = Params::new(src).pp("detokenizer");
         Ok(Self {
-            embed_tokens: Linear::load(src, "detokenizer.embed_tokens", h, h, true)?,
-            special_tokens: src.tensor("detokenizer.special_tokens", &[1, w, h])?,
-            stack: EncoderStack::load(
-                src,
-                "detokenizer",
-                &cfg.encoder,
-                cfg.num_attention_pooler_hidden_layers,
-            )?,
-            proj_out: Linear::load(
-                src,
-                "detokenizer.proj_out",
-                cfg.audio_acoustic_hidden_dim,
-                h,
-                true,
-            )?,
+            embed_tokens: Linear::load(&p.pp("embed_tokens"), h, h, true)?,
+            special_tokens: p.get("special_tokens", &[1, w, h])?,
+            stack: EncoderStack::load(&p, &cfg.encoder, cfg.num_attention_pooler_hidden_layers)?,
+            proj_out: Linear::load(&p.pp("proj_out"), cfg.audio_acoustic_hidden_dim, h, true)?,
             pool_window: w,
         })
     }

@@ -4,16 +4,18 @@
 //! from the notes in `shared/reference/acestep.md` and checked for parity against the reference
 //! classes of the PyPI packages (diffusers, transformers) on tiny random models.
 //!
-//! - [`model`]: [`AceStep`] (load either checkpoint layout, or random weights) and the three
-//!   backend objects implementing demon-engine's traits: [`AceStepDenoiser`] (DiT + LoRA),
-//!   [`AceStepCodec`] (Oobleck VAE), [`AceStepConditioner`] (Qwen3 tokenizer and text encoder,
-//!   condition encoder, FSQ hints, silence latent).
+//! - [`model`]: [`AceStep`] (load either checkpoint layout, or random weights) and
+//!   [`AceStepConfig`]; the three backend objects implementing demon-engine's traits:
+//!   [`denoiser`] ([`AceStepDenoiser`], DiT + LoRA), [`codec`] ([`AceStepCodec`], Oobleck VAE),
+//!   [`conditioner`] ([`AceStepConditioner`]: Qwen3 tokenizer and text encoder, condition
+//!   encoder, FSQ hints, silence latent).
 //! - [`tasks`]: text-to-music, cover and repaint requests; the turbo timestep tables.
 //! - [`weights`]: layouts, memory-mapped safetensors, [`inspect_weights`].
 //! - [`debug`]: [`debug_forward`], the per-component parity harness.
 //! - [`lora`]: PEFT and single-file LoRA adapters.
-//! - Model parts: [`text`], [`condition`], [`fsq`], [`dit`], [`vae`] (with [`conv`], the
-//!   time-major CPU convolutions), [`nn`], [`silence`], [`config`].
+//! - Model parts: [`text`], [`condition`], [`fsq`], [`dit`] (parameters, composed forward, fused
+//!   CPU forward), [`vae`] (with [`conv`], the time-major CPU convolutions), [`nn`], [`params`]
+//!   (parameter sources and the name-prefix helper), [`silence`], [`config`].
 //!
 //! ```no_run
 //! use demon_acestep::{AceStep, inspect_weights};
@@ -26,30 +28,36 @@
 //! ```
 
 pub mod bench;
+pub mod codec;
 pub mod condition;
+pub mod conditioner;
 pub mod config;
 pub mod conv;
 pub mod cpu;
 pub mod debug;
+pub mod denoiser;
 pub mod dit;
-pub mod dit_cpu;
 pub mod error;
 pub mod fsq;
 pub mod gemm;
 pub mod lora;
 pub mod model;
 pub mod nn;
+pub mod params;
 pub mod silence;
 pub mod tasks;
 pub mod text;
 pub mod vae;
 pub mod weights;
 
+pub use codec::AceStepCodec;
+pub use conditioner::AceStepConditioner;
 pub use config::{DitConfig, TextEncoderConfig, VaeConfig};
 pub use debug::{Component, debug_forward};
+pub use denoiser::AceStepDenoiser;
 pub use error::{AceStepError, Result};
 pub use lora::LoraInfo;
-pub use model::{AceStep, AceStepCodec, AceStepConditioner, AceStepConfig, AceStepDenoiser};
+pub use model::{AceStep, AceStepConfig};
 pub use text::Task;
 pub use weights::{Layout, WeightsReport, inspect_weights};
 

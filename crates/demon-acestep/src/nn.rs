@@ -4,94 +4,14 @@
 //! masks, the SwiGLU MLP and the pre-norm encoder layer (lyric, timbre, pooler, detokenizer and,
 //! with a causal mask, the Qwen3 text encoder).
 //!
-//! Parameters come from a [`TensorSource`]: either a checkpoint ([`ComponentWeights`]) or
-//! deterministic random values ([`RandomSource`], for full-size benchmarks without files).
+//! Parameters are read through [`Params`], a [`TensorSource`] under a name prefix (a checkpoint,
+//! or deterministic random values for full-size benchmarks without files).
 
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::config::StackConfig;
 use crate::error::Result;
-use crate::weights::ComponentWeights;
-
-/// Where parameters come from.
-pub trait TensorSource {
-    /// The tensor `name` (original checkpoint naming) with exactly `shape`.
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
-    /// `true` when `name` exists (optional parameters such as biases).
-    fn has(&self, name: &str) -> bool;
-    fn device(&self) -> &Device;
-}
-
-impl TensorSource for ComponentWeights {
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.get(name, shape)
-    }
-    fn has(&self, name: &str) -> bool {
-        self.contains(name)
-    }
-    fn device(&self) -> &Device {
-        ComponentWeights::device(self)
-    }
-}
-
-/// Random parameters for benchmarks: norms are ones, everything else uniform with the variance of
-/// a `1/fan_in` initialisation, from a counter-based generator keyed by the seed and the name.
-pub struct RandomSource {
-    pub seed: u64,
-    pub device: Device,
-}
-
-impl TensorSource for RandomSource {
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let is_norm = name.ends_with("norm.weight")
-            || name.ends_with("layernorm.weight")
-            || name.contains("_norm.");
-        if is_norm {
-            return Ok(Tensor::ones(shape, DType::F32, &self.device)?);
-        }
-        let fan_in = if shape.len() >= 2 {
-            shape[1..].iter().product::<usize>()
-        } else {
-            shape.first().copied().unwrap_or(1)
-        };
-        let bound = (3.0 / fan_in.max(1) as f32).sqrt();
-        let state = self.seed ^ fnv1a(name);
-        // Value i comes from the counter state + (i + 1)·γ (SplitMix64), so chunks can be filled
-        // in parallel with exactly the values a sequential loop gives (full-size models have
-        // billions of parameters).
-        let mut values = vec![0f32; n];
-        const CHUNK: usize = 1 << 16;
-        values
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(c, out)| {
-                for (j, v) in out.iter_mut().enumerate() {
-                    let i = (c * CHUNK + j) as u64;
-                    let mut z = state.wrapping_add((i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                    z ^= z >> 31;
-                    let u = (z >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
-                    *v = (2.0 * u - 1.0) * bound;
-                }
-            });
-        Ok(Tensor::from_vec(values, shape, &self.device)?)
-    }
-    fn has(&self, _name: &str) -> bool {
-        true
-    }
-    fn device(&self) -> &Device {
-        &self.device
-    }
-}
-
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+pub use crate::params::{Params, RandomSource, TensorSource};
 
 /// `y = x·Wᵀ + b` with `W` `[out, in]` as stored by PyTorch.
 #[derive(Clone, Debug)]
@@ -104,16 +24,11 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(
-        src: &dyn TensorSource,
-        name: &str,
-        out_dim: usize,
-        in_dim: usize,
-        bias: bool,
-    ) -> Result<Self> {
-        let weight = src.tensor(&format!("{name}.weight"), &[out_dim, in_dim])?;
+    /// `weight` `[out, in]` and, with `bias`, `bias` `[out]` of scope `p`.
+    pub fn load(p: &Params<'_>, out_dim: usize, in_dim: usize, bias: bool) -> Result<Self> {
+        let weight = p.get("weight", &[out_dim, in_dim])?;
         let bias = if bias {
-            Some(src.tensor(&format!("{name}.bias"), &[out_dim])?)
+            Some(p.get("bias", &[out_dim])?)
         } else {
             None
         };
@@ -184,9 +99,9 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    pub fn load(src: &dyn TensorSource, name: &str, dim: usize, eps: f64) -> Result<Self> {
+    pub fn load(p: &Params<'_>, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: src.tensor(&format!("{name}.weight"), &[dim])?,
+            weight: p.get("weight", &[dim])?,
             eps,
         })
     }
@@ -434,25 +349,19 @@ pub struct Attention {
 
 impl Attention {
     /// `hidden` is the query input width; `kv_in` the key/value input width.
-    pub fn load(
-        src: &dyn TensorSource,
-        name: &str,
-        cfg: &StackConfig,
-        hidden: usize,
-        kv_in: usize,
-    ) -> Result<Self> {
+    pub fn load(p: &Params<'_>, cfg: &StackConfig, hidden: usize, kv_in: usize) -> Result<Self> {
         let (h, kv, d) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
         Ok(Self {
-            q_proj: Linear::load(src, &format!("{name}.q_proj"), h * d, hidden, false)?,
-            k_proj: Linear::load(src, &format!("{name}.k_proj"), kv * d, kv_in, false)?,
-            v_proj: Linear::load(src, &format!("{name}.v_proj"), kv * d, kv_in, false)?,
-            o_proj: Linear::load(src, &format!("{name}.o_proj"), hidden, h * d, false)?,
-            q_norm: RmsNorm::load(src, &format!("{name}.q_norm"), d, cfg.rms_norm_eps)?,
-            k_norm: RmsNorm::load(src, &format!("{name}.k_norm"), d, cfg.rms_norm_eps)?,
+            q_proj: Linear::load(&p.pp("q_proj"), h * d, hidden, false)?,
+            k_proj: Linear::load(&p.pp("k_proj"), kv * d, kv_in, false)?,
+            v_proj: Linear::load(&p.pp("v_proj"), kv * d, kv_in, false)?,
+            o_proj: Linear::load(&p.pp("o_proj"), hidden, h * d, false)?,
+            q_norm: RmsNorm::load(&p.pp("q_norm"), d, cfg.rms_norm_eps)?,
+            k_norm: RmsNorm::load(&p.pp("k_norm"), d, cfg.rms_norm_eps)?,
             heads: h,
             kv_heads: kv,
             head_dim: d,
@@ -507,11 +416,11 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn load(src: &dyn TensorSource, name: &str, hidden: usize, inter: usize) -> Result<Self> {
+    pub fn load(p: &Params<'_>, hidden: usize, inter: usize) -> Result<Self> {
         Ok(Self {
-            gate_proj: Linear::load(src, &format!("{name}.gate_proj"), inter, hidden, false)?,
-            up_proj: Linear::load(src, &format!("{name}.up_proj"), inter, hidden, false)?,
-            down_proj: Linear::load(src, &format!("{name}.down_proj"), hidden, inter, false)?,
+            gate_proj: Linear::load(&p.pp("gate_proj"), inter, hidden, false)?,
+            up_proj: Linear::load(&p.pp("up_proj"), inter, hidden, false)?,
+            down_proj: Linear::load(&p.pp("down_proj"), hidden, inter, false)?,
         })
     }
 
@@ -531,23 +440,14 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    pub fn load(src: &dyn TensorSource, name: &str, cfg: &StackConfig) -> Result<Self> {
+    pub fn load(p: &Params<'_>, cfg: &StackConfig) -> Result<Self> {
         let h = cfg.hidden_size;
+        let eps = cfg.rms_norm_eps;
         Ok(Self {
-            input_layernorm: RmsNorm::load(
-                src,
-                &format!("{name}.input_layernorm"),
-                h,
-                cfg.rms_norm_eps,
-            )?,
-            self_attn: Attention::load(src, &format!("{name}.self_attn"), cfg, h, h)?,
-            post_attention_layernorm: RmsNorm::load(
-                src,
-                &format!("{name}.post_attention_layernorm"),
-                h,
-                cfg.rms_norm_eps,
-            )?,
-            mlp: Mlp::load(src, &format!("{name}.mlp"), h, cfg.intermediate_size)?,
+            input_layernorm: RmsNorm::load(&p.pp("input_layernorm"), h, eps)?,
+            self_attn: Attention::load(&p.pp("self_attn"), cfg, h, h)?,
+            post_attention_layernorm: RmsNorm::load(&p.pp("post_attention_layernorm"), h, eps)?,
+            mlp: Mlp::load(&p.pp("mlp"), h, cfg.intermediate_size)?,
         })
     }
 
@@ -573,23 +473,14 @@ pub struct EncoderStack {
 }
 
 impl EncoderStack {
-    pub fn load(
-        src: &dyn TensorSource,
-        name: &str,
-        cfg: &StackConfig,
-        depth: usize,
-    ) -> Result<Self> {
+    /// `layers.{0..depth}` and `norm` of scope `p`.
+    pub fn load(p: &Params<'_>, cfg: &StackConfig, depth: usize) -> Result<Self> {
         let layers = (0..depth)
-            .map(|i| EncoderLayer::load(src, &format!("{name}.layers.{i}"), cfg))
+            .map(|i| EncoderLayer::load(&p.pp("layers").pp(i), cfg))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             layers,
-            norm: RmsNorm::load(
-                src,
-                &format!("{name}.norm"),
-                cfg.hidden_size,
-                cfg.rms_norm_eps,
-            )?,
+            norm: RmsNorm::load(&p.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?,
             cfg: cfg.clone(),
         })
     }
@@ -638,34 +529,6 @@ impl EncoderStack {
 mod tests {
     use super::*;
     use crate::test_util::max_abs_diff;
-
-    /// The parallel random source gives the values of the sequential SplitMix64 loop.
-    #[test]
-    fn random_source_is_the_sequential_stream() {
-        let src = RandomSource {
-            seed: 7,
-            device: Device::Cpu,
-        };
-        let n = 70_000 * 2 + 13;
-        let got: Vec<f32> = src
-            .tensor("w", &[2, n / 2])
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let bound = (3.0 / (n / 2) as f32).sqrt();
-        let mut state = 7u64 ^ fnv1a("w");
-        for (i, g) in got.iter().enumerate() {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let u = (z >> 40) as f32 / (1u64 << 24) as f32;
-            assert_eq!(*g, (2.0 * u - 1.0) * bound, "value {i}");
-        }
-    }
 
     /// The fused band/causal softmax equals the additive-mask reference formulation.
     #[test]

@@ -8,8 +8,8 @@ use demon_engine::{
     Curve, LatentMask, Prompt, Schedule, ScheduleParams, SlotCondition, SlotRequest,
 };
 
+use crate::conditioner::AceStepConditioner;
 use crate::error::{AceStepError, Result};
-use crate::model::AceStepConditioner;
 use crate::text::Task;
 
 /// Turbo checkpoints run exactly this many steps.

@@ -11,7 +11,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::config::TextEncoderConfig;
 use crate::error::{AceStepError, Result};
-use crate::nn::{EncoderLayer, Mask, RmsNorm, TensorSource, rope_tables};
+use crate::nn::{EncoderLayer, Mask, Params, RmsNorm, TensorSource, rope_tables};
 
 /// Caption tokens kept (upstream `max_length=256`).
 pub const MAX_TEXT_TOKENS: usize = 256;
@@ -150,13 +150,16 @@ impl TextEncoder {
     /// by the weight loader).
     pub fn load(src: &dyn TensorSource, cfg: &TextEncoderConfig) -> Result<Self> {
         let stack = cfg.stack();
+        let p = Params::new(src);
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::load(src, &format!("layers.{i}"), &stack))
+            .map(|i| EncoderLayer::load(&p.pp("layers").pp(i), &stack))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embed_tokens: src.tensor("embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?,
+            embed_tokens: p
+                .pp("embed_tokens")
+                .get("weight", &[cfg.vocab_size, cfg.hidden_size])?,
             layers,
-            norm: RmsNorm::load(src, "norm", cfg.hidden_size, cfg.rms_norm_eps)?,
+            norm: RmsNorm::load(&p.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?,
             cfg: cfg.clone(),
         })
     }

@@ -13,7 +13,7 @@ use crate::config::VaeConfig;
 use crate::conv::{FusedResidual, TimeConv, set_len};
 use crate::cpu::{self, SnakeParams};
 use crate::error::{AceStepError, Result};
-use crate::nn::TensorSource;
+use crate::nn::{Params, TensorSource};
 
 /// Snake: `x + 1/(β + 1e−9) · sin²(α·x)` with `α = exp(alpha)`, `β = exp(beta)` per channel.
 /// On the CPU a single-pass vectorised kernel ([`SnakeParams`]; the composed version makes five
@@ -29,20 +29,17 @@ pub struct Snake {
 }
 
 impl Snake {
-    fn load(src: &dyn TensorSource, name: &str, channels: usize, time_major: bool) -> Result<Self> {
-        let a: Vec<f32> = src
-            .tensor(&format!("{name}.alpha"), &[1, channels, 1])?
+    fn load(p: &Params<'_>, channels: usize, time_major: bool) -> Result<Self> {
+        let a: Vec<f32> = p
+            .get("alpha", &[1, channels, 1])?
             .flatten_all()?
             .to_vec1()?;
-        let b: Vec<f32> = src
-            .tensor(&format!("{name}.beta"), &[1, channels, 1])?
-            .flatten_all()?
-            .to_vec1()?;
+        let b: Vec<f32> = p.get("beta", &[1, channels, 1])?.flatten_all()?.to_vec1()?;
         let params = SnakeParams {
             alpha: a.iter().map(|v| v.exp()).collect(),
             inv_beta: b.iter().map(|v| 1.0 / (v.exp() + 1e-9)).collect(),
         };
-        let dev = src.device();
+        let dev = p.device();
         Ok(Self {
             alpha: Tensor::from_slice(&params.alpha, (1, channels, 1), dev)?,
             inv_beta: Tensor::from_slice(&params.inv_beta, (1, channels, 1), dev)?,
@@ -116,9 +113,9 @@ impl CustomOp1 for Snake {
 }
 
 /// `w = g · v / ‖v‖`, the norm over every dimension but 0.
-fn fold_weight_norm(src: &dyn TensorSource, name: &str, v_shape: &[usize]) -> Result<Tensor> {
-    let v = src.tensor(&format!("{name}.weight_v"), v_shape)?;
-    let g = src.tensor(&format!("{name}.weight_g"), &[v_shape[0], 1, 1])?;
+fn fold_weight_norm(p: &Params<'_>, v_shape: &[usize]) -> Result<Tensor> {
+    let v = p.get("weight_v", v_shape)?;
+    let g = p.get("weight_g", &[v_shape[0], 1, 1])?;
     let norm = v.sqr()?.sum_keepdim((1, 2))?.sqrt()?;
     Ok(v.broadcast_mul(&g.broadcast_div(&norm)?)?)
 }
@@ -148,16 +145,15 @@ struct ConvSpec {
 
 impl Conv {
     fn load(
-        src: &dyn TensorSource,
-        name: &str,
+        p: &Params<'_>,
         (cin, cout): (usize, usize),
         spec: ConvSpec,
         bias: bool,
         time_major: bool,
     ) -> Result<Self> {
-        let weight = fold_weight_norm(src, name, &[cout, cin, spec.k])?;
+        let weight = fold_weight_norm(p, &[cout, cin, spec.k])?;
         let bias = if bias {
-            Some(src.tensor(&format!("{name}.bias"), &[cout])?)
+            Some(p.get("bias", &[cout])?)
         } else {
             None
         };
@@ -221,15 +217,14 @@ pub enum ConvTranspose {
 
 impl ConvTranspose {
     fn load(
-        src: &dyn TensorSource,
-        name: &str,
+        p: &Params<'_>,
         cin: usize,
         cout: usize,
         stride: usize,
         time_major: bool,
     ) -> Result<Self> {
-        let weight = fold_weight_norm(src, name, &[cin, cout, 2 * stride])?;
-        let bias = src.tensor(&format!("{name}.bias"), &[cout])?;
+        let weight = fold_weight_norm(p, &[cin, cout, 2 * stride])?;
+        let bias = p.get("bias", &[cout])?;
         let padding = stride.div_ceil(2);
         if time_major {
             return Ok(Self::Time(TimeConv::conv_transpose(
@@ -292,13 +287,7 @@ pub enum ResidualUnit {
 }
 
 impl ResidualUnit {
-    fn load(
-        src: &dyn TensorSource,
-        name: &str,
-        c: usize,
-        dilation: usize,
-        tm: bool,
-    ) -> Result<Self> {
+    fn load(p: &Params<'_>, c: usize, dilation: usize, tm: bool) -> Result<Self> {
         let k7 = ConvSpec {
             k: 7,
             stride: 1,
@@ -311,10 +300,10 @@ impl ResidualUnit {
             padding: 0,
             dilation: 1,
         };
-        let snake1 = Snake::load(src, &format!("{name}.snake1"), c, tm)?;
-        let conv1 = Conv::load(src, &format!("{name}.conv1"), (c, c), k7, true, tm)?;
-        let snake2 = Snake::load(src, &format!("{name}.snake2"), c, tm)?;
-        let conv2 = Conv::load(src, &format!("{name}.conv2"), (c, c), k1, true, tm)?;
+        let snake1 = Snake::load(&p.pp("snake1"), c, tm)?;
+        let conv1 = Conv::load(&p.pp("conv1"), (c, c), k7, true, tm)?;
+        let snake2 = Snake::load(&p.pp("snake2"), c, tm)?;
+        let conv2 = Conv::load(&p.pp("conv2"), (c, c), k1, true, tm)?;
         if tm {
             return Ok(Self::Time(FusedResidual {
                 snake1: snake1.params,
@@ -362,16 +351,12 @@ impl ResidualUnit {
     }
 }
 
-fn residual_units(
-    src: &dyn TensorSource,
-    name: &str,
-    c: usize,
-    tm: bool,
-) -> Result<[ResidualUnit; 3]> {
+/// `res_unit1..3` of block `p`, dilations 1, 3, 9.
+fn residual_units(p: &Params<'_>, c: usize, tm: bool) -> Result<[ResidualUnit; 3]> {
     Ok([
-        ResidualUnit::load(src, &format!("{name}.res_unit1"), c, 1, tm)?,
-        ResidualUnit::load(src, &format!("{name}.res_unit2"), c, 3, tm)?,
-        ResidualUnit::load(src, &format!("{name}.res_unit3"), c, 9, tm)?,
+        ResidualUnit::load(&p.pp("res_unit1"), c, 1, tm)?,
+        ResidualUnit::load(&p.pp("res_unit2"), c, 3, tm)?,
+        ResidualUnit::load(&p.pp("res_unit3"), c, 9, tm)?,
     ])
 }
 
@@ -384,18 +369,12 @@ pub struct DecoderBlock {
 }
 
 impl DecoderBlock {
-    /// Block `name` (e.g. `decoder.block.3`) mapping `cin` → `cout` channels with stride `s`.
-    pub fn load(
-        src: &dyn TensorSource,
-        name: &str,
-        (cin, cout): (usize, usize),
-        s: usize,
-        tm: bool,
-    ) -> Result<Self> {
+    /// Block `p` (e.g. `decoder.block.3`) mapping `cin` → `cout` channels with stride `s`.
+    pub fn load(p: &Params<'_>, (cin, cout): (usize, usize), s: usize, tm: bool) -> Result<Self> {
         Ok(Self {
-            snake: Snake::load(src, &format!("{name}.snake1"), cin, tm)?,
-            conv_t: ConvTranspose::load(src, &format!("{name}.conv_t1"), cin, cout, s, tm)?,
-            res: residual_units(src, name, cout, tm)?,
+            snake: Snake::load(&p.pp("snake1"), cin, tm)?,
+            conv_t: ConvTranspose::load(&p.pp("conv_t1"), cin, cout, s, tm)?,
+            res: residual_units(p, cout, tm)?,
         })
     }
 
@@ -467,12 +446,12 @@ impl VaeDecoder {
         let n = cfg.downsampling_ratios.len();
         let strides: Vec<usize> = cfg.downsampling_ratios.iter().rev().copied().collect();
         let top = ch * mults[n];
+        let p = Params::new(src).pp("decoder");
         let mut blocks = Vec::with_capacity(n);
         for (i, &s) in strides.iter().enumerate() {
             let (cin, cout) = (ch * mults[n - i], ch * mults[n - i - 1]);
             blocks.push(DecoderBlock::load(
-                src,
-                &format!("decoder.block.{i}"),
+                &p.pp("block").pp(i),
                 (cin, cout),
                 s,
                 tm,
@@ -486,23 +465,15 @@ impl VaeDecoder {
         };
         Ok(Self {
             conv1: Conv::load(
-                src,
-                "decoder.conv1",
+                &p.pp("conv1"),
                 (cfg.decoder_input_channels, top),
                 k7,
                 true,
                 tm,
             )?,
             blocks,
-            snake1: Snake::load(src, "decoder.snake1", ch, tm)?,
-            conv2: Conv::load(
-                src,
-                "decoder.conv2",
-                (ch, cfg.audio_channels),
-                k7,
-                false,
-                tm,
-            )?,
+            snake1: Snake::load(&p.pp("snake1"), ch, tm)?,
+            conv2: Conv::load(&p.pp("conv2"), (ch, cfg.audio_channels), k7, false, tm)?,
             time_major: tm,
         })
     }
@@ -571,10 +542,11 @@ impl VaeEncoder {
         let mults: Vec<usize> = std::iter::once(1)
             .chain(cfg.channel_multiples.iter().copied())
             .collect();
+        let p = Params::new(src).pp("encoder");
         let mut blocks = Vec::with_capacity(cfg.downsampling_ratios.len());
         for (i, &s) in cfg.downsampling_ratios.iter().enumerate() {
             let (cin, cout) = (ch * mults[i], ch * mults[i + 1]);
-            let name = format!("encoder.block.{i}");
+            let block = p.pp("block").pp(i);
             let down = ConvSpec {
                 k: 2 * s,
                 stride: s,
@@ -582,16 +554,15 @@ impl VaeEncoder {
                 dilation: 1,
             };
             blocks.push(EncoderBlock {
-                res: residual_units(src, &name, cin, tm)?,
-                snake: Snake::load(src, &format!("{name}.snake1"), cin, tm)?,
-                conv: Conv::load(src, &format!("{name}.conv1"), (cin, cout), down, true, tm)?,
+                res: residual_units(&block, cin, tm)?,
+                snake: Snake::load(&block.pp("snake1"), cin, tm)?,
+                conv: Conv::load(&block.pp("conv1"), (cin, cout), down, true, tm)?,
             });
         }
         let top = ch * mults[cfg.downsampling_ratios.len()];
         Ok(Self {
             conv1: Conv::load(
-                src,
-                "encoder.conv1",
+                &p.pp("conv1"),
                 (cfg.audio_channels, ch),
                 ConvSpec {
                     k: 7,
@@ -603,10 +574,9 @@ impl VaeEncoder {
                 tm,
             )?,
             blocks,
-            snake1: Snake::load(src, "encoder.snake1", top, tm)?,
+            snake1: Snake::load(&p.pp("snake1"), top, tm)?,
             conv2: Conv::load(
-                src,
-                "encoder.conv2",
+                &p.pp("conv2"),
                 (top, ch),
                 ConvSpec {
                     k: 3,

@@ -1,4 +1,4 @@
-//! The DiT row forward (`dit.rs`, acestep.md §1.8) on the CPU as fused kernels over reused
+//! The DiT row forward (acestep.md §1.8) on the CPU as fused kernels over reused
 //! buffers, instead of one candle op (one allocation and one pass over memory) per elementary
 //! operation:
 //! - every projection is one GEMM straight from the stored `Linear` weight (no copy; LoRA merges
@@ -10,15 +10,13 @@
 //!   the softmax is fused and band-limited;
 //! - the activations live in a workspace kept between calls (no per-step allocation).
 //!
-//! The maths and the order of operations follow the candle path (`Dit::forward_row`), which the
-//! tests compare against; a row's result depends only on that row.
-
-use std::sync::Mutex;
+//! The maths and the order of operations follow the composed candle path (`composed.rs`), which
+//! the tests compare against; a row's result depends only on that row.
 
 use candle_core::{CpuStorage, Storage, Tensor};
 
+use super::layers::{CrossKv, DitWeights};
 use crate::cpu::{self, HeadNormRope, Mat, MatMut, Rhs, RmsRows, Softmax};
-use crate::dit::{CrossKv, Dit};
 use crate::error::{AceStepError, Result};
 use crate::nn::{Linear, RmsNorm};
 
@@ -40,7 +38,8 @@ fn values(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1()?)
 }
 
-/// Buffers of one row forward, kept between calls.
+/// Buffers of one row forward, kept between calls by whoever runs the DiT step after step (the
+/// denoiser), so a step allocates no activations.
 #[derive(Default)]
 pub struct Workspace {
     hs: Vec<f32>,
@@ -57,9 +56,6 @@ pub struct Workspace {
     sin: Vec<f32>,
     rope_len: usize,
 }
-
-/// The workspace slot of a [`Dit`].
-pub type WorkspaceSlot = Mutex<Option<Workspace>>;
 
 fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     if v.len() < n {
@@ -195,229 +191,227 @@ fn attention(out: &mut [f32], q: Heads<'_>, k: Heads<'_>, v: Heads<'_>, spec: At
     );
 }
 
-impl Dit {
-    /// [`Dit::forward_row`] on the CPU: same inputs and result, fused kernels (module docs).
-    pub(crate) fn forward_row_cpu(
-        &self,
-        x: &Tensor,
-        context: &Tensor,
-        t: f32,
-        t_minus_r: f32,
-        kv: &CrossKv,
-    ) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let dev = self.device().clone();
-        let (_, frames, c) = x.dims3()?;
-        let cc = context.dim(2)?;
-        let p = cfg.patch_size;
-        let h = cfg.hidden_size;
-        let (heads, kvh, d) = (
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
-        let (qw, kw) = (heads * d, kvh * d);
-        let inter = cfg.intermediate_size;
-        let eps = cfg.rms_norm_eps as f32;
-        let scale = 1.0 / (d as f32).sqrt();
+/// One row on the CPU: the inputs and result of `composed::forward_row`, from fused kernels (module
+/// docs) over the buffers of `ws`.
+pub fn forward_row(
+    w: &DitWeights,
+    ws: &mut Workspace,
+    x: &Tensor,
+    context: &Tensor,
+    t: f32,
+    t_minus_r: f32,
+    kv: &CrossKv,
+) -> Result<Tensor> {
+    w.check_row(x, context, kv)?;
+    let cfg = &w.cfg;
+    let dev = w.device().clone();
+    let (_, frames, c) = x.dims3()?;
+    let cc = context.dim(2)?;
+    let p = cfg.patch_size;
+    let h = cfg.hidden_size;
+    let (heads, kvh, d) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let (qw, kw) = (heads * d, kvh * d);
+    let inter = cfg.intermediate_size;
+    let eps = cfg.rms_norm_eps as f32;
+    let scale = 1.0 / (d as f32).sqrt();
 
-        let (temb, proj) = self.time_terms(t, t_minus_r)?;
-        let temb = values(&temb)?; // [H]
-        let proj = values(&proj)?; // [6·H]
+    let (temb, proj) = w.time_terms(t, t_minus_r)?;
+    let temb = values(&temb)?; // [H]
+    let proj = values(&proj)?; // [6·H]
 
-        let mut guard = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
-        let ws = guard.get_or_insert_with(Workspace::default);
-
-        // Patches: frame-major within a patch, [context | x] per frame, odd T zero-padded.
-        let padded = frames.div_ceil(p) * p;
-        let s = padded / p;
-        let xv = values(x)?;
-        let cv = values(context)?;
-        let cin = cc + c;
-        {
-            let patches = sized(&mut ws.norm, s * p * cin);
-            patches.fill(0.0);
-            for f in 0..frames {
-                let row = &mut patches[f * cin..(f + 1) * cin];
-                row[..cc].copy_from_slice(&cv[f * cc..(f + 1) * cc]);
-                row[cc..].copy_from_slice(&xv[f * c..(f + 1) * c]);
-            }
+    // Patches: frame-major within a patch, [context | x] per frame, odd T zero-padded.
+    let padded = frames.div_ceil(p) * p;
+    let s = padded / p;
+    let xv = values(x)?;
+    let cv = values(context)?;
+    let cin = cc + c;
+    {
+        let patches = sized(&mut ws.norm, s * p * cin);
+        patches.fill(0.0);
+        for f in 0..frames {
+            let row = &mut patches[f * cin..(f + 1) * cin];
+            row[..cc].copy_from_slice(&cv[f * cc..(f + 1) * cc]);
+            row[cc..].copy_from_slice(&xv[f * c..(f + 1) * c]);
         }
-        sized(&mut ws.hs, s * h);
-        linear(&self.proj_in, &ws.norm, s, &mut ws.hs, false)?;
+    }
+    sized(&mut ws.hs, s * h);
+    linear(&w.proj_in, &ws.norm, s, &mut ws.hs, false)?;
 
-        if ws.rope_len != s {
-            let (cos, sin) = crate::nn::rope_tables(s, d, cfg.rope_theta, &dev)?;
-            ws.cos = values(&cos)?;
-            ws.sin = values(&sin)?;
-            ws.rope_len = s;
-        }
-        let cross_bias: Option<Vec<f32>> = kv.mask.as_ref().map(values).transpose()?;
+    if ws.rope_len != s {
+        let (cos, sin) = crate::nn::rope_tables(s, d, cfg.rope_theta, &dev)?;
+        ws.cos = values(&cos)?;
+        ws.sin = values(&sin)?;
+        ws.rope_len = s;
+    }
+    let cross_bias: Option<Vec<f32>> = kv.mask.as_ref().map(values).transpose()?;
 
-        for (layer, (ck, cvv)) in self.layers.iter().zip(&kv.layers) {
-            let table = values(&layer.scale_shift_table)?;
-            let m: Vec<f32> = table.iter().zip(&proj).map(|(a, b)| a + b).collect();
-            let part = |i: usize| &m[i * h..(i + 1) * h];
-            let one_plus = |v: &[f32]| v.iter().map(|x| x + 1.0).collect::<Vec<f32>>();
-            let (shift, sc1, gate) = (part(0), one_plus(part(1)), part(2));
-            let (c_shift, c_sc1, c_gate) = (part(3), one_plus(part(4)), part(5));
+    for (layer, (ck, cvv)) in w.layers.iter().zip(&kv.layers) {
+        let table = values(&layer.scale_shift_table)?;
+        let m: Vec<f32> = table.iter().zip(&proj).map(|(a, b)| a + b).collect();
+        let part = |i: usize| &m[i * h..(i + 1) * h];
+        let one_plus = |v: &[f32]| v.iter().map(|x| x + 1.0).collect::<Vec<f32>>();
+        let (shift, sc1, gate) = (part(0), one_plus(part(1)), part(2));
+        let (c_shift, c_sc1, c_gate) = (part(3), one_plus(part(4)), part(5));
 
-            // Self-attention.
-            rms_rows(
-                &layer.self_attn_norm,
-                &ws.hs[..s * h],
-                &mut ws.norm,
-                h,
-                Some((&sc1, shift)),
-            )?;
-            let att = &layer.self_attn;
-            sized(&mut ws.q, s * qw);
-            sized(&mut ws.k, s * kw);
-            sized(&mut ws.v, s * kw);
-            linear(&att.q_proj, &ws.norm, s, &mut ws.q, false)?;
-            linear(&att.k_proj, &ws.norm, s, &mut ws.k, false)?;
-            linear(&att.v_proj, &ws.norm, s, &mut ws.v, false)?;
-            head_norm_rope(
-                &att.q_norm,
-                &mut ws.q[..s * qw],
-                heads,
-                d,
-                eps,
-                Some((&ws.cos, &ws.sin)),
-            )?;
-            head_norm_rope(
-                &att.k_norm,
-                &mut ws.k[..s * kw],
-                kvh,
-                d,
-                eps,
-                Some((&ws.cos, &ws.sin)),
-            )?;
-            let window = layer.sliding.then_some(cfg.sliding_window);
-            sized(&mut ws.attn, s * qw);
-            attention(
-                &mut ws.attn,
-                Heads {
-                    data: &ws.q,
-                    rows: s,
-                    dim: d,
-                    head_stride: d,
-                    row_stride: qw,
-                },
-                Heads {
-                    data: &ws.k,
-                    rows: s,
-                    dim: d,
-                    head_stride: d,
-                    row_stride: kw,
-                },
-                Heads {
-                    data: &ws.v,
-                    rows: s,
-                    dim: d,
-                    head_stride: d,
-                    row_stride: kw,
-                },
-                AttnSpec {
-                    heads,
-                    kv_heads: kvh,
-                    window,
-                    bias: None,
-                    scale,
-                },
-            );
-            sized(&mut ws.tmp, s * h);
-            linear(&att.o_proj, &ws.attn, s, &mut ws.tmp, false)?;
-            cpu::add_gated(&mut ws.hs[..s * h], &ws.tmp[..s * h], gate);
-
-            // Cross-attention (cached keys/values `[1, KV, L, D]`; no RoPE, no gate).
-            rms_rows(
-                &layer.cross_attn_norm,
-                &ws.hs[..s * h],
-                &mut ws.norm,
-                h,
-                None,
-            )?;
-            let ca = &layer.cross_attn;
-            linear(&ca.q_proj, &ws.norm, s, &mut ws.q, false)?;
-            head_norm_rope(&ca.q_norm, &mut ws.q[..s * qw], heads, d, eps, None)?;
-            let l = ck.dim(2)?;
-            with_values(ck, |kvals| {
-                with_values(cvv, |vvals| {
-                    attention(
-                        &mut ws.attn,
-                        Heads {
-                            data: &ws.q,
-                            rows: s,
-                            dim: d,
-                            head_stride: d,
-                            row_stride: qw,
-                        },
-                        Heads {
-                            data: kvals,
-                            rows: l,
-                            dim: d,
-                            head_stride: l * d,
-                            row_stride: d,
-                        },
-                        Heads {
-                            data: vvals,
-                            rows: l,
-                            dim: d,
-                            head_stride: l * d,
-                            row_stride: d,
-                        },
-                        AttnSpec {
-                            heads,
-                            kv_heads: kvh,
-                            window: None,
-                            bias: cross_bias.as_deref(),
-                            scale,
-                        },
-                    )
-                })
-            })??;
-            linear(&ca.o_proj, &ws.attn, s, &mut ws.hs, true)?;
-
-            // MLP.
-            rms_rows(
-                &layer.mlp_norm,
-                &ws.hs[..s * h],
-                &mut ws.norm,
-                h,
-                Some((&c_sc1, c_shift)),
-            )?;
-            sized(&mut ws.gate, s * inter);
-            sized(&mut ws.up, s * inter);
-            linear(&layer.mlp.gate_proj, &ws.norm, s, &mut ws.gate, false)?;
-            linear(&layer.mlp.up_proj, &ws.norm, s, &mut ws.up, false)?;
-            {
-                let (g, u) = (&mut ws.gate[..s * inter], &ws.up[..s * inter]);
-                cpu::for_each_part(g, inter, |off, part| {
-                    cpu::silu_mul(part, &u[off..off + part.len()])
-                });
-            }
-            linear(&layer.mlp.down_proj, &ws.gate, s, &mut ws.tmp, false)?;
-            cpu::add_gated(&mut ws.hs[..s * h], &ws.tmp[..s * h], c_gate);
-        }
-
-        // Output: AdaLN from `temb`, then the transposed patch conv as a GEMM.
-        let table = values(&self.scale_shift_table)?;
-        let shift: Vec<f32> = (0..h).map(|i| table[i] + temb[i]).collect();
-        let sc1: Vec<f32> = (0..h).map(|i| table[h + i] + temb[i] + 1.0).collect();
+        // Self-attention.
         rms_rows(
-            &self.norm_out,
+            &layer.self_attn_norm,
             &ws.hs[..s * h],
             &mut ws.norm,
             h,
-            Some((&sc1, &shift)),
+            Some((&sc1, shift)),
         )?;
-        let out_w = p * c;
-        let mut y = vec![0f32; s * out_w];
-        linear(&self.proj_out, &ws.norm, s, &mut y, false)?;
-        y.truncate(frames * c);
-        Ok(Tensor::from_vec(y, (1, frames, c), &dev)?)
+        let att = &layer.self_attn;
+        sized(&mut ws.q, s * qw);
+        sized(&mut ws.k, s * kw);
+        sized(&mut ws.v, s * kw);
+        linear(&att.q_proj, &ws.norm, s, &mut ws.q, false)?;
+        linear(&att.k_proj, &ws.norm, s, &mut ws.k, false)?;
+        linear(&att.v_proj, &ws.norm, s, &mut ws.v, false)?;
+        head_norm_rope(
+            &att.q_norm,
+            &mut ws.q[..s * qw],
+            heads,
+            d,
+            eps,
+            Some((&ws.cos, &ws.sin)),
+        )?;
+        head_norm_rope(
+            &att.k_norm,
+            &mut ws.k[..s * kw],
+            kvh,
+            d,
+            eps,
+            Some((&ws.cos, &ws.sin)),
+        )?;
+        let window = layer.sliding.then_some(cfg.sliding_window);
+        sized(&mut ws.attn, s * qw);
+        attention(
+            &mut ws.attn,
+            Heads {
+                data: &ws.q,
+                rows: s,
+                dim: d,
+                head_stride: d,
+                row_stride: qw,
+            },
+            Heads {
+                data: &ws.k,
+                rows: s,
+                dim: d,
+                head_stride: d,
+                row_stride: kw,
+            },
+            Heads {
+                data: &ws.v,
+                rows: s,
+                dim: d,
+                head_stride: d,
+                row_stride: kw,
+            },
+            AttnSpec {
+                heads,
+                kv_heads: kvh,
+                window,
+                bias: None,
+                scale,
+            },
+        );
+        sized(&mut ws.tmp, s * h);
+        linear(&att.o_proj, &ws.attn, s, &mut ws.tmp, false)?;
+        cpu::add_gated(&mut ws.hs[..s * h], &ws.tmp[..s * h], gate);
+
+        // Cross-attention (cached keys/values `[1, KV, L, D]`; no RoPE, no gate).
+        rms_rows(
+            &layer.cross_attn_norm,
+            &ws.hs[..s * h],
+            &mut ws.norm,
+            h,
+            None,
+        )?;
+        let ca = &layer.cross_attn;
+        linear(&ca.q_proj, &ws.norm, s, &mut ws.q, false)?;
+        head_norm_rope(&ca.q_norm, &mut ws.q[..s * qw], heads, d, eps, None)?;
+        let l = ck.dim(2)?;
+        with_values(ck, |kvals| {
+            with_values(cvv, |vvals| {
+                attention(
+                    &mut ws.attn,
+                    Heads {
+                        data: &ws.q,
+                        rows: s,
+                        dim: d,
+                        head_stride: d,
+                        row_stride: qw,
+                    },
+                    Heads {
+                        data: kvals,
+                        rows: l,
+                        dim: d,
+                        head_stride: l * d,
+                        row_stride: d,
+                    },
+                    Heads {
+                        data: vvals,
+                        rows: l,
+                        dim: d,
+                        head_stride: l * d,
+                        row_stride: d,
+                    },
+                    AttnSpec {
+                        heads,
+                        kv_heads: kvh,
+                        window: None,
+                        bias: cross_bias.as_deref(),
+                        scale,
+                    },
+                )
+            })
+        })??;
+        linear(&ca.o_proj, &ws.attn, s, &mut ws.hs, true)?;
+
+        // MLP.
+        rms_rows(
+            &layer.mlp_norm,
+            &ws.hs[..s * h],
+            &mut ws.norm,
+            h,
+            Some((&c_sc1, c_shift)),
+        )?;
+        sized(&mut ws.gate, s * inter);
+        sized(&mut ws.up, s * inter);
+        linear(&layer.mlp.gate_proj, &ws.norm, s, &mut ws.gate, false)?;
+        linear(&layer.mlp.up_proj, &ws.norm, s, &mut ws.up, false)?;
+        {
+            let (g, u) = (&mut ws.gate[..s * inter], &ws.up[..s * inter]);
+            cpu::for_each_part(g, inter, |off, part| {
+                cpu::silu_mul(part, &u[off..off + part.len()])
+            });
+        }
+        linear(&layer.mlp.down_proj, &ws.gate, s, &mut ws.tmp, false)?;
+        cpu::add_gated(&mut ws.hs[..s * h], &ws.tmp[..s * h], c_gate);
     }
+
+    // Output: AdaLN from `temb`, then the transposed patch conv as a GEMM.
+    let table = values(&w.scale_shift_table)?;
+    let shift: Vec<f32> = (0..h).map(|i| table[i] + temb[i]).collect();
+    let sc1: Vec<f32> = (0..h).map(|i| table[h + i] + temb[i] + 1.0).collect();
+    rms_rows(
+        &w.norm_out,
+        &ws.hs[..s * h],
+        &mut ws.norm,
+        h,
+        Some((&sc1, &shift)),
+    )?;
+    let out_w = p * c;
+    let mut y = vec![0f32; s * out_w];
+    linear(&w.proj_out, &ws.norm, s, &mut y, false)?;
+    y.truncate(frames * c);
+    Ok(Tensor::from_vec(y, (1, frames, c), &dev)?)
 }
 
 /// RMSNorm rows of `x` (`[S, H]` prefix of the buffer) into `out`, split over the cores.
@@ -477,8 +471,9 @@ mod tests {
     use crate::test_util::{max_abs, max_abs_diff};
     use candle_core::{Device, Tensor};
 
+    use super::{Workspace, forward_row};
     use crate::config::DitConfig;
-    use crate::dit::Dit;
+    use crate::dit::{DitWeights, composed};
     use crate::nn::RandomSource;
 
     /// The fused CPU row forward equals the composed candle ops: several query blocks, a band
@@ -498,7 +493,7 @@ mod tests {
         cfg.in_channels = 24;
         cfg.audio_acoustic_hidden_dim = 8;
         cfg.encoder.hidden_size = 32;
-        let dit = Dit::load(
+        let dit = DitWeights::load(
             &RandomSource {
                 seed: 9,
                 device: dev.clone(),
@@ -512,8 +507,9 @@ mod tests {
             let states = Tensor::randn(0f32, 1.0, (1, 7, 32), &dev).unwrap();
             let mask = Tensor::new(&[[1f32, 1., 1., 1., 1., 0., 0.]], &dev).unwrap();
             let kv = dit.cross_kv(&states, padded.then_some(&mask)).unwrap();
-            let a = dit.forward_row_cpu(&x, &ctx, 0.6, 0.0, &kv).unwrap();
-            let b = dit.forward_row_candle(&x, &ctx, 0.6, 0.0, &kv).unwrap();
+            let mut ws = Workspace::default();
+            let a = forward_row(&dit, &mut ws, &x, &ctx, 0.6, 0.0, &kv).unwrap();
+            let b = composed::forward_row(&dit, &x, &ctx, 0.6, 0.0, &kv).unwrap();
             assert_eq!(a.dims(), b.dims());
             let d = max_abs_diff(&a, &b);
             let scale = max_abs(&b);
@@ -522,7 +518,7 @@ mod tests {
                 "frames {frames}: {d} (scale {scale})"
             );
             // Reusing the workspace gives the same bits.
-            let again = dit.forward_row_cpu(&x, &ctx, 0.6, 0.0, &kv).unwrap();
+            let again = forward_row(&dit, &mut ws, &x, &ctx, 0.6, 0.0, &kv).unwrap();
             let bits = |t: &Tensor| -> Vec<u32> {
                 t.flatten_all()
                     .unwrap()

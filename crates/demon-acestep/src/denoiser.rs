@@ -1,0 +1,320 @@
+//! The DiT as demon-engine's `Denoiser` ([`AceStepDenoiser`]), with LoRA management: adapters
+//! are merged into the DiT's linear weights from in-memory copies of the base weights, so a
+//! strength change or a toggle never re-reads the checkpoint, and exposed to the engine through
+//! its `Adapters` trait.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use demon_engine::{DenoiseBatch, Denoiser, EngineError};
+
+use crate::config::DitConfig;
+use crate::dit::{Dit, Workspace};
+use crate::error::{AceStepError, Result};
+use crate::lora::{LoraAdapter, LoraInfo, LoraSlot, merged_weight};
+use crate::nn::{RandomSource, TensorSource};
+
+/// The DiT as a `demon_engine::Denoiser`, with LoRA management.
+pub struct AceStepDenoiser {
+    dit: Dit,
+    /// Buffers of the CPU row forward, reused from step to step.
+    workspace: Workspace,
+    device: Device,
+    loras: Vec<Option<LoraSlot>>,
+    /// Unmerged weights of every module any adapter has touched.
+    base: HashMap<String, Tensor>,
+}
+
+impl AceStepDenoiser {
+    /// Build from any parameter source.
+    pub fn from_source(src: &dyn TensorSource, cfg: &DitConfig) -> Result<Self> {
+        let dit = Dit::load(src, cfg)?;
+        Ok(Self {
+            device: src.device().clone(),
+            dit,
+            workspace: Workspace::default(),
+            loras: Vec::new(),
+            base: HashMap::new(),
+        })
+    }
+
+    /// Random weights (benchmarks): no file is read.
+    pub fn random(cfg: &DitConfig, seed: u64, device: &Device) -> Result<Self> {
+        Self::from_source(
+            &RandomSource {
+                seed,
+                device: device.clone(),
+            },
+            cfg,
+        )
+    }
+
+    pub fn dit(&self) -> &Dit {
+        &self.dit
+    }
+
+    /// GPU mixed precision: the DiT's matrix products in `BF16`/`F16` (f32 accumulation; norms,
+    /// softmax and the residual stream stay f32), or f32 with `None`. See [`Dit::set_matmul_dtype`].
+    pub fn set_matmul_dtype(&mut self, dtype: Option<candle_core::DType>) -> Result<()> {
+        self.dit.set_matmul_dtype(dtype)
+    }
+
+    pub fn config(&self) -> &DitConfig {
+        self.dit.config()
+    }
+
+    /// Load an adapter (PEFT folder or single file) at `strength` and merge it. Returns its id.
+    pub fn add_lora(&mut self, path: &Path, strength: f32) -> Result<usize> {
+        check_strength(path, strength)?;
+        let adapter = LoraAdapter::load(path, &self.device)?;
+        for (name, m) in &adapter.modules {
+            let Some(lin) = self.dit.linear_mut(name) else {
+                return Err(AceStepError::Lora {
+                    path: path.to_path_buf(),
+                    detail: format!("module `{name}` does not exist in this DiT"),
+                });
+            };
+            let (out, inp) = lin.weight.dims2()?;
+            let (r, a_in) = m.a.dims2()?;
+            let (b_out, _) = m.b.dims2()?;
+            if a_in != inp || b_out != out {
+                return Err(AceStepError::Lora {
+                    path: path.to_path_buf(),
+                    detail: format!(
+                        "module `{name}`: lora_B·lora_A is [{b_out}, {a_in}] (rank {r}) but the weight is [{out}, {inp}]"
+                    ),
+                });
+            }
+        }
+        self.loras.push(Some(LoraSlot {
+            adapter,
+            strength,
+            enabled: true,
+        }));
+        self.apply_loras()?;
+        Ok(self.loras.len() - 1)
+    }
+
+    fn slot(&mut self, id: usize) -> Result<&mut LoraSlot> {
+        self.loras
+            .get_mut(id)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| AceStepError::input(format!("no LoRA adapter with id {id}")))
+    }
+
+    /// Change an adapter's strength (re-merged from the in-memory base weights).
+    pub fn set_lora_strength(&mut self, id: usize, strength: f32) -> Result<()> {
+        let path = self.slot(id)?.adapter.path.clone();
+        check_strength(&path, strength)?;
+        self.slot(id)?.strength = strength;
+        self.apply_loras()
+    }
+
+    pub fn set_lora_enabled(&mut self, id: usize, enabled: bool) -> Result<()> {
+        self.slot(id)?.enabled = enabled;
+        self.apply_loras()
+    }
+
+    /// Remove an adapter; its modules return to their base weights.
+    pub fn remove_lora(&mut self, id: usize) -> Result<()> {
+        self.slot(id)?;
+        self.loras[id] = None;
+        self.apply_loras()
+    }
+
+    pub fn loras(&self) -> Vec<LoraInfo> {
+        self.loras
+            .iter()
+            .enumerate()
+            .filter_map(|(id, s)| {
+                s.as_ref().map(|s| LoraInfo {
+                    id,
+                    path: s.adapter.path.clone(),
+                    modules: s.adapter.modules.len(),
+                    strength: s.strength,
+                    enabled: s.enabled,
+                })
+            })
+            .collect()
+    }
+
+    /// Current (merged) weight of a module, for tests and inspection.
+    pub fn module_weight(&mut self, name: &str) -> Option<Tensor> {
+        self.dit.linear_mut(name).map(|l| l.weight.clone())
+    }
+
+    /// Recompute every touched module from its base weight and the enabled adapters.
+    fn apply_loras(&mut self) -> Result<()> {
+        let live: Vec<&LoraSlot> = self.loras.iter().flatten().collect();
+        let mut touched: Vec<String> = self.base.keys().cloned().collect();
+        for s in &live {
+            touched.extend(s.adapter.modules.keys().cloned());
+        }
+        touched.sort();
+        touched.dedup();
+        let mut merged = Vec::with_capacity(touched.len());
+        for name in &touched {
+            let base = match self.base.get(name) {
+                Some(b) => b.clone(),
+                None => {
+                    let w = self
+                        .dit
+                        .linear_mut(name)
+                        .map(|l| l.weight.clone())
+                        .ok_or_else(|| AceStepError::input(format!("module `{name}` vanished")))?;
+                    self.base.insert(name.clone(), w.clone());
+                    w
+                }
+            };
+            let parts: Vec<_> = live
+                .iter()
+                .filter(|s| s.enabled)
+                .filter_map(|s| s.adapter.modules.get(name).map(|m| (m, s.strength)))
+                .collect();
+            merged.push((name.clone(), merged_weight(&base, &parts)?));
+        }
+        for (name, w) in merged {
+            if let Some(l) = self.dit.linear_mut(&name) {
+                l.set_weight(w)?;
+            }
+        }
+        // Cross-attention K/V depend on the (possibly adapted) k/v projections.
+        self.dit.clear_cache();
+        Ok(())
+    }
+}
+
+fn check_strength(path: &Path, s: f32) -> Result<()> {
+    if !(s.is_finite() && (-10.0..=10.0).contains(&s)) {
+        return Err(AceStepError::Lora {
+            path: path.to_path_buf(),
+            detail: format!("strength {s} is outside [-10, 10]"),
+        });
+    }
+    Ok(())
+}
+
+impl Denoiser for AceStepDenoiser {
+    fn latent_channels(&self) -> usize {
+        self.dit.config().audio_acoustic_hidden_dim
+    }
+
+    fn context_channels(&self) -> usize {
+        self.dit.config().context_channels()
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Each row runs alone through the DiT (see `dit/mod.rs`), with its conditioning's cross K/V
+    /// taken from the cache keyed by `Conditioning::id`. Turbo inference feeds `r = t`, so the
+    /// second time embedder sees 0.
+    fn velocity(&mut self, batch: &DenoiseBatch<'_>) -> demon_engine::Result<Tensor> {
+        let b = batch.rows();
+        let (bx, frames, c) = batch.x.dims3()?;
+        if bx != b || batch.conditions.len() != b || batch.contexts.len() != b {
+            return Err(EngineError::shape(
+                "denoise batch rows",
+                b,
+                format!(
+                    "x {bx}, {} conditions, {} contexts",
+                    batch.conditions.len(),
+                    batch.contexts.len()
+                ),
+            ));
+        }
+        if c != self.latent_channels() {
+            return Err(EngineError::shape(
+                "latent channels",
+                self.latent_channels(),
+                c,
+            ));
+        }
+        let mut rows = Vec::with_capacity(b);
+        for i in 0..b {
+            let cond = batch.conditions[i];
+            let ctx = batch.contexts[i];
+            if ctx.dims() != [1, frames, self.context_channels()] {
+                return Err(EngineError::shape(
+                    "context",
+                    format!("[1, {frames}, {}]", self.context_channels()),
+                    format!("{:?}", ctx.dims()),
+                ));
+            }
+            let kv = self
+                .dit
+                .cached_cross_kv(cond.id, &cond.states, Some(&cond.mask))?;
+            let x = batch.x.narrow(0, i, 1)?;
+            rows.push(self.dit.forward_row_with(
+                &mut self.workspace,
+                &x,
+                ctx,
+                batch.t[i],
+                0.0,
+                &kv,
+            )?);
+        }
+        Ok(Tensor::cat(&rows, 0)?)
+    }
+
+    fn name(&self) -> &str {
+        "acestep-dit"
+    }
+
+    fn adapters(&mut self) -> Option<&mut dyn demon_engine::Adapters> {
+        Some(self)
+    }
+}
+
+impl AceStepDenoiser {
+    /// The name an adapter is addressed by: its file or folder stem, made unique with `#id`.
+    fn adapter_name(&self, info: &LoraInfo) -> String {
+        let stem = info
+            .path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("lora")
+            .to_string();
+        let clash = self
+            .loras()
+            .iter()
+            .filter(|o| o.id != info.id)
+            .any(|o| o.path.file_stem() == info.path.file_stem());
+        if clash {
+            format!("{stem}#{}", info.id)
+        } else {
+            stem
+        }
+    }
+}
+
+impl demon_engine::Adapters for AceStepDenoiser {
+    fn list(&self) -> Vec<demon_engine::AdapterInfo> {
+        self.loras()
+            .iter()
+            .map(|l| demon_engine::AdapterInfo {
+                id: self.adapter_name(l),
+                strength: if l.enabled { l.strength } else { 0.0 },
+                rank: 0,
+                targets: l.modules,
+            })
+            .collect()
+    }
+
+    fn set_strength(&mut self, id: &str, strength: f32) -> demon_engine::Result<()> {
+        let info = self
+            .loras()
+            .into_iter()
+            .find(|l| self.adapter_name(l) == id)
+            .ok_or_else(|| EngineError::param("lora", format!("no adapter `{id}`")))?;
+        if strength <= 0.0 {
+            self.set_lora_enabled(info.id, false)?;
+        } else {
+            self.set_lora_strength(info.id, strength)?;
+            self.set_lora_enabled(info.id, true)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! The ACE-Step 1.5 DiT (`AceStepDiTModel` / diffusers `AceStepTransformer1DModel`, acestep.md
+//! §1.8), sized from the config: patch conv in, two timestep embedders (t and t − r), AdaLN with a
+//! 6-way table per layer, self-attention with sliding (`|i − j| ≤ window`, even layers) or full
+//! window, per-head q/k RMSNorm before RoPE, GQA, ungated cross-attention to the packed
+//! conditioning, SwiGLU MLP, adaptive output norm from `temb`, ConvTranspose patch out, odd T
+//! zero-padded then cropped.
+//!
+//! The rooms: [`layers`] holds the parameters and what both forwards share, [`composed`] the
+//! forward as candle ops (any device), [`cpu`] the fused CPU forward; this module is the model
+//! that owns the parameters and the cross-attention cache and picks a forward per device. The
+//! children never import this module, so there is no cycle.
+//!
+//! Implementation choices:
+//! - the patch conv (kernel = stride = patch) and the transposed conv are exact reshapes plus a
+//!   matrix product, so they run as one GEMM each;
+//! - every batch row runs through the network on its own (weights shared). candle folds a batch
+//!   that multiplies the same weight into one larger GEMM, and the GEMM may pick another kernel for
+//!   another row count; running rows one at a time makes a row's result bit-identical whatever
+//!   else is in the batch (the `Denoiser` contract). On a CPU the cost is nil: each row is already
+//!   a `[S, H] × [H, N]` product with hundreds of rows.
+//! - cross-attention keys/values are computed once per conditioning and cached by the caller's key
+//!   (the engine's `Conditioning::id`), as upstream's `EncoderDecoderCache` does across steps.
+
+pub mod composed;
+pub mod cpu;
+pub mod layers;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+pub use cpu::Workspace;
+pub use layers::{CrossKv, DitLayer, DitWeights, TimeEmbedding, timestep_features};
+
+use crate::config::DitConfig;
+use crate::error::{AceStepError, Result};
+use crate::nn::{Linear, TensorSource};
+
+/// The decoder: its parameters and the cross-attention cache of the conditionings it has seen.
+pub struct Dit {
+    pub weights: DitWeights,
+    cache: HashMap<u64, Arc<CrossKv>>,
+}
+
+impl Dit {
+    pub fn load(src: &dyn TensorSource, cfg: &DitConfig) -> Result<Self> {
+        Ok(Self {
+            weights: DitWeights::load(src, cfg)?,
+            cache: HashMap::new(),
+        })
+    }
+
+    pub fn config(&self) -> &DitConfig {
+        &self.weights.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        self.weights.device()
+    }
+
+    /// The linear layer of module `name` (original naming, e.g.
+    /// `decoder.layers.3.cross_attn.v_proj`), for LoRA merging. The caller must
+    /// [`Dit::clear_cache`] after changing a weight the cross K/V depend on.
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        self.weights.linear_mut(name)
+    }
+
+    /// Run the decoder layers' and the condition embedder's matrix products in `dtype` (`BF16`
+    /// or `F16` with f32 accumulation, from weight copies; `None`/`F32`: f32). Meant for GPUs;
+    /// on the CPU the fused path always multiplies in f32 and ignores this. Clears the cross K/V
+    /// cache (the keys/values change with the precision).
+    pub fn set_matmul_dtype(&mut self, dtype: Option<DType>) -> Result<()> {
+        self.weights.set_matmul_dtype(dtype)?;
+        self.clear_cache();
+        Ok(())
+    }
+
+    /// Forget every cached cross-attention K/V (after a weight change such as a LoRA update).
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
+    }
+
+    /// Number of conditionings whose cross-attention K/V are cached.
+    pub fn cached_conditionings(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Cross K/V of `states` `[1, L, H_enc]` with optional `[1, L]` mask, without caching.
+    pub fn cross_kv(&self, states: &Tensor, mask: Option<&Tensor>) -> Result<CrossKv> {
+        self.weights.cross_kv(states, mask)
+    }
+
+    /// Cached cross K/V for conditioning `key` (computed on first use). The cache keeps at most
+    /// 64 conditionings; older entries are dropped wholesale when it overflows.
+    pub fn cached_cross_kv(
+        &mut self,
+        key: u64,
+        states: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Arc<CrossKv>> {
+        if let Some(kv) = self.cache.get(&key) {
+            return Ok(kv.clone());
+        }
+        let kv = Arc::new(self.cross_kv(states, mask)?);
+        if self.cache.len() >= 64 {
+            self.cache.clear();
+        }
+        self.cache.insert(key, kv.clone());
+        Ok(kv)
+    }
+
+    /// One row: `x` `[1, T, C]`, context `[1, T, Cc]`, timestep `t`, `t − r`, cross K/V →
+    /// velocity `[1, T, C]`. On the CPU this runs the fused kernels of [`cpu`] in a fresh
+    /// workspace; [`Dit::forward_row_with`] reuses one.
+    pub fn forward_row(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        t: f32,
+        t_minus_r: f32,
+        kv: &CrossKv,
+    ) -> Result<Tensor> {
+        self.forward_row_with(&mut Workspace::default(), x, context, t, t_minus_r, kv)
+    }
+
+    /// [`Dit::forward_row`] with the CPU buffers of `ws` (kept by the caller between steps;
+    /// unused on other devices, where the composed candle ops run).
+    pub fn forward_row_with(
+        &self,
+        ws: &mut Workspace,
+        x: &Tensor,
+        context: &Tensor,
+        t: f32,
+        t_minus_r: f32,
+        kv: &CrossKv,
+    ) -> Result<Tensor> {
+        if self.device().is_cpu() {
+            return cpu::forward_row(&self.weights, ws, x, context, t, t_minus_r, kv);
+        }
+        composed::forward_row(&self.weights, x, context, t, t_minus_r, kv)
+    }
+
+    /// [`Dit::forward_row`] as composed candle ops on any device (the reference the CPU kernels
+    /// are tested against).
+    pub fn forward_row_candle(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        t: f32,
+        t_minus_r: f32,
+        kv: &CrossKv,
+    ) -> Result<Tensor> {
+        composed::forward_row(&self.weights, x, context, t, t_minus_r, kv)
+    }
+
+    /// Batched forward in the reference's argument layout: `x` `[B, T, C]`, `t`/`r` per row,
+    /// per-row conditioning states `[1, L_i, H_enc]`, `context` `[B, T, Cc]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        t: &[f32],
+        r: &[f32],
+        states: &[Tensor],
+        context: &Tensor,
+    ) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        if t.len() != b || r.len() != b || states.len() != b || context.dim(0)? != b {
+            return Err(AceStepError::input(
+                "batch sizes of x, timestep, timestep_r, states and context differ",
+            ));
+        }
+        let mut ws = Workspace::default();
+        let mut rows = Vec::with_capacity(b);
+        for i in 0..b {
+            let kv = self.cross_kv(&states[i], None)?;
+            rows.push(self.forward_row_with(
+                &mut ws,
+                &x.narrow(0, i, 1)?,
+                &context.narrow(0, i, 1)?,
+                t[i],
+                t[i] - r[i],
+                &kv,
+            )?);
+        }
+        Ok(Tensor::cat(&rows, 0)?)
+    }
+}
