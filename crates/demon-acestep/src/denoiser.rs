@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use demon_engine::{DenoiseBatch, Denoiser, EngineError};
 
 use crate::config::DitConfig;
-use crate::dit::{Dit, Workspace};
+use crate::dit::{Dit, Row, Workspace};
 use crate::error::{AceStepError, Result};
 use crate::lora::{LoraAdapter, LoraInfo, LoraSlot, merged_weight};
 use crate::nn::{RandomSource, TensorSource};
@@ -64,6 +64,17 @@ impl AceStepDenoiser {
         self.dit.config()
     }
 
+    /// The CPU kernels' weight precision, f32 (the default) or bf16 ([`Dit::set_cpu_precision`]).
+    /// Adapters merge into the weights at this precision.
+    pub fn set_cpu_precision(&mut self, precision: crate::gemm::Precision) -> Result<()> {
+        self.dit.set_cpu_precision(precision)
+    }
+
+    /// Bytes held by the DiT's linear-layer weights (the packed panels on the CPU).
+    pub fn linear_weight_bytes(&mut self) -> usize {
+        self.dit.linear_weight_bytes()
+    }
+
     /// Load an adapter (PEFT folder or single file) at `strength` and merge it. Returns its id.
     pub fn add_lora(&mut self, path: &Path, strength: f32) -> Result<usize> {
         check_strength(path, strength)?;
@@ -75,7 +86,7 @@ impl AceStepDenoiser {
                     detail: format!("module `{name}` does not exist in this DiT"),
                 });
             };
-            let (out, inp) = lin.weight.dims2()?;
+            let (out, inp) = lin.dims();
             let (r, a_in) = m.a.dims2()?;
             let (b_out, _) = m.b.dims2()?;
             if a_in != inp || b_out != out {
@@ -141,7 +152,12 @@ impl AceStepDenoiser {
 
     /// Current (merged) weight of a module, for tests and inspection.
     pub fn module_weight(&mut self, name: &str) -> Option<Tensor> {
-        self.dit.linear_mut(name).map(|l| l.weight.clone())
+        self.dit
+            .linear_mut(name)
+            .map(|l| l.weight())
+            .transpose()
+            .ok()
+            .flatten()
     }
 
     /// Recompute every touched module from its base weight and the enabled adapters.
@@ -161,7 +177,8 @@ impl AceStepDenoiser {
                     let w = self
                         .dit
                         .linear_mut(name)
-                        .map(|l| l.weight.clone())
+                        .map(|l| l.weight())
+                        .transpose()?
                         .ok_or_else(|| AceStepError::input(format!("module `{name}` vanished")))?;
                     self.base.insert(name.clone(), w.clone());
                     w
@@ -208,7 +225,9 @@ impl Denoiser for AceStepDenoiser {
         &self.device
     }
 
-    /// Each row runs alone through the DiT (see `dit/mod.rs`), with its conditioning's cross K/V
+    /// The rows run as one batch through the DiT (one product per projection on the CPU; each
+    /// row's result is bit-identical to that row alone, see `dit/mod.rs`), with its
+    /// conditioning's cross K/V
     /// taken from the cache keyed by `Conditioning::id`. Turbo inference feeds `r = t`, so the
     /// second time embedder sees 0.
     fn velocity(&mut self, batch: &DenoiseBatch<'_>) -> demon_engine::Result<Tensor> {
@@ -232,7 +251,8 @@ impl Denoiser for AceStepDenoiser {
                 c,
             ));
         }
-        let mut rows = Vec::with_capacity(b);
+        let mut kvs = Vec::with_capacity(b);
+        let mut xs = Vec::with_capacity(b);
         for i in 0..b {
             let cond = batch.conditions[i];
             let ctx = batch.contexts[i];
@@ -243,20 +263,22 @@ impl Denoiser for AceStepDenoiser {
                     format!("{:?}", ctx.dims()),
                 ));
             }
-            let kv = self
-                .dit
-                .cached_cross_kv(cond.id, &cond.states, Some(&cond.mask))?;
-            let x = batch.x.narrow(0, i, 1)?;
-            rows.push(self.dit.forward_row_with(
-                &mut self.workspace,
-                &x,
-                ctx,
-                batch.t[i],
-                0.0,
-                &kv,
-            )?);
+            kvs.push(
+                self.dit
+                    .cached_cross_kv(cond.id, &cond.states, Some(&cond.mask))?,
+            );
+            xs.push(batch.x.narrow(0, i, 1)?);
         }
-        Ok(Tensor::cat(&rows, 0)?)
+        let rows: Vec<Row<'_>> = (0..b)
+            .map(|i| Row {
+                x: &xs[i],
+                context: batch.contexts[i],
+                t: batch.t[i],
+                t_minus_r: 0.0,
+                kv: &kvs[i],
+            })
+            .collect();
+        Ok(self.dit.forward_batch_with(&mut self.workspace, &rows)?)
     }
 
     fn name(&self) -> &str {

@@ -98,7 +98,7 @@ impl Fsq {
             }
             codes.extend(total);
         }
-        let device = self.project_out.weight.device();
+        let device = self.project_out.device();
         let codes = Tensor::from_vec(codes, (indices.len(), d), device)?;
         self.project_out.forward(&codes)
     }

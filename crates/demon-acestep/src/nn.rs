@@ -9,14 +9,28 @@
 
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor};
 
+use std::sync::Arc;
+
 use crate::config::StackConfig;
 use crate::error::Result;
+use crate::gemm::{self, PackedMatrix, Precision};
 pub use crate::params::{Params, RandomSource, TensorSource};
+
+/// The weight of a [`Linear`].
+#[derive(Clone, Debug)]
+enum Weight {
+    /// `[out, in]` as stored by PyTorch.
+    Tensor(Tensor),
+    /// Packed for the CPU kernels ([`PackedMatrix`], `[in, out]`): the only copy, so a packed
+    /// layer costs no more memory than its tensor did (half with bf16).
+    Packed(Arc<PackedMatrix>),
+}
 
 /// `y = x·Wᵀ + b` with `W` `[out, in]` as stored by PyTorch.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    pub weight: Tensor,
+    weight: Weight,
+    device: Device,
     pub bias: Option<Tensor>,
     /// A bf16/f16 copy of `weight` used for the product (GPU mixed precision: the input is cast
     /// down, the GEMM accumulates in f32, the output is cast back to f32). `None`: f32 product.
@@ -24,7 +38,6 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// `weight` `[out, in]` and, with `bias`, `bias` `[out]` of scope `p`.
     pub fn load(p: &Params<'_>, out_dim: usize, in_dim: usize, bias: bool) -> Result<Self> {
         let weight = p.get("weight", &[out_dim, in_dim])?;
         let bias = if bias {
@@ -32,51 +45,121 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self {
-            weight,
-            bias,
-            low: None,
-        })
+        Ok(Self::new(weight, bias))
     }
 
     /// A layer from its parts (f32 product).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
-            weight,
+            device: weight.device().clone(),
+            weight: Weight::Tensor(weight),
             bias,
             low: None,
         }
     }
 
-    /// Replace the weight (e.g. after a LoRA merge), refreshing the low-precision copy.
+    /// The weight `[out, in]` (f32; rebuilt from the packed copy when packed, bf16 widened).
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            Weight::Tensor(t) => Ok(t.clone()),
+            Weight::Packed(p) => Ok(Tensor::from_vec(p.to_nxk(), (p.n(), p.k()), &self.device)?),
+        }
+    }
+
+    /// `(out, in)`.
+    pub fn dims(&self) -> (usize, usize) {
+        match &self.weight {
+            Weight::Tensor(t) => t.dims2().unwrap_or((0, 0)),
+            Weight::Packed(p) => (p.n(), p.k()),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The packed weight of the CPU kernels, when packed.
+    pub fn packed(&self) -> Option<&PackedMatrix> {
+        match &self.weight {
+            Weight::Packed(p) => Some(p),
+            Weight::Tensor(_) => None,
+        }
+    }
+
+    /// Bytes held by the weight (packed panels, or the tensor's elements).
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            Weight::Packed(p) => p.bytes(),
+            Weight::Tensor(t) => t.elem_count() * t.dtype().size_in_bytes(),
+        }
+    }
+
+    /// Pack the weight for the CPU kernels in `precision`, dropping the tensor (CPU only; a
+    /// packed layer is repacked from its stored values, so f32 → bf16 → f32 keeps bf16 values).
+    pub fn pack(&mut self, precision: Precision) -> Result<()> {
+        if !self.device.is_cpu() {
+            return Err(crate::error::AceStepError::input(
+                "packed weights are for the CPU kernels",
+            ));
+        }
+        let packed = match &self.weight {
+            Weight::Packed(p) if p.precision() == precision => return Ok(()),
+            Weight::Packed(p) => p.with_precision(precision),
+            Weight::Tensor(t) => {
+                let (n, k) = t.dims2()?;
+                let w: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                PackedMatrix::from_nxk(&w, n, k, precision)
+            }
+        };
+        self.weight = Weight::Packed(Arc::new(packed));
+        Ok(())
+    }
+
+    /// Replace the weight (e.g. after a LoRA merge), refreshing the low-precision or packed copy.
     pub fn set_weight(&mut self, weight: Tensor) -> Result<()> {
         if let Some(low) = &self.low {
             self.low = Some(weight.to_dtype(low.dtype())?);
         }
-        self.weight = weight;
+        let precision = self.packed().map(PackedMatrix::precision);
+        self.weight = Weight::Tensor(weight);
+        if let Some(p) = precision {
+            self.pack(p)?;
+        }
         Ok(())
     }
 
-    /// Run the product in `dtype` (`BF16`/`F16`, f32 accumulation) from a weight copy, or in f32
-    /// (`None` or `F32`).
+    /// Run [`Linear::forward`]'s product in `dtype` (`BF16`/`F16`, f32 accumulation) from a
+    /// weight copy, or in f32 (`None` or `F32`). Meant for GPUs; the fused CPU kernels read the
+    /// packed weight, whose precision [`Linear::pack`] sets.
     pub fn set_matmul_dtype(&mut self, dtype: Option<DType>) -> Result<()> {
         self.low = match dtype {
-            Some(d) if d != DType::F32 => Some(self.weight.to_dtype(d)?),
+            Some(d) if d != DType::F32 => Some(self.weight()?.to_dtype(d)?),
             _ => None,
         };
         Ok(())
     }
 
     pub fn out_dim(&self) -> usize {
-        self.weight.dim(0).unwrap_or(0)
+        self.dims().0
     }
 
-    /// `x` is `[..., in]`. Batched inputs run one matrix product per leading index, so a row's
-    /// result never depends on the other rows of the batch.
+    /// `x` is `[..., in]`. Batched inputs run one matrix product per leading index (or, packed,
+    /// one product whose rows are independent), so a row's result never depends on the other
+    /// rows of the batch.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (weight, input) = match &self.low {
-            Some(low) => (low, x.to_dtype(low.dtype())?),
-            None => (&self.weight, x.clone()),
+        let (weight, input) = match (&self.low, &self.weight) {
+            (Some(low), _) => (low, x.to_dtype(low.dtype())?),
+            (None, Weight::Tensor(t)) => (t, x.clone()),
+            (None, Weight::Packed(p)) => {
+                let y = x
+                    .to_dtype(DType::F32)?
+                    .contiguous()?
+                    .apply_op1_no_bwd(&PackedProduct(p))?;
+                return Ok(match &self.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                });
+            }
         };
         let w = match x.dims() {
             [b1, b2, _, _] => weight.broadcast_left((*b1, *b2))?.t()?,
@@ -88,6 +171,47 @@ impl Linear {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+}
+
+/// `x · B` for a packed weight `B` `[K, N]` on the CPU: `[..., K]` → `[..., N]`.
+struct PackedProduct<'a>(&'a PackedMatrix);
+
+impl CustomOp1 for PackedProduct<'_> {
+    fn name(&self) -> &'static str {
+        "packed-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("packed linear: only f32 is supported")
+        };
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("packed linear: input is not contiguous".into())
+        })?;
+        let (k, n) = (self.0.k(), self.0.n());
+        let mut dims = layout.shape().dims().to_vec();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("packed linear: input {dims:?} does not end in {k}");
+        }
+        let x = &data[start..end];
+        let m = x.len() / k.max(1);
+        let mut y = vec![0f32; m * n];
+        gemm::gemm(
+            gemm::Out::dense(&mut y, m, n),
+            gemm::Lhs::dense(x, m, k),
+            self.0,
+            gemm::Init::Zero,
+            crate::cpu::threads(),
+        );
+        if let Some(last) = dims.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 }
 

@@ -1,23 +1,27 @@
-//! The DiT row forward (acestep.md §1.8) on the CPU as fused kernels over reused
+//! The DiT forward (acestep.md §1.8) on the CPU for a whole batch, as fused kernels over reused
 //! buffers, instead of one candle op (one allocation and one pass over memory) per elementary
 //! operation:
-//! - every projection is one GEMM straight from the stored `Linear` weight (no copy; LoRA merges
-//!   are seen because the weight tensor is read at each call), rows split over the cores;
-//! - RMSNorm + AdaLN modulation, per-head q/k RMSNorm + RoPE, SiLU·up and the gated residual
-//!   add are single vectorised passes;
-//! - attention runs per block of queries and per head, and a sliding-window layer only multiplies
-//!   the keys its block can see (`|i − j| ≤ window`: about a third of them for a 60 s song);
-//!   the softmax is fused and band-limited;
+//! - every projection is one GEMM over all the rows of the batch (`[B·S, in]`, stacked along M)
+//!   from the weight packed once at load (`gemm` module: no weight is packed on the forward path;
+//!   LoRA merges repack the changed layer), split over the cores by tiles;
+//! - RMSNorm + AdaLN modulation (per batch row: each row has its own timestep), per-head q/k
+//!   RMSNorm + RoPE, SiLU·up and the gated residual add are single vectorised passes;
+//! - attention runs per batch row, per block of queries and per head, and a sliding-window layer
+//!   only multiplies the keys its block can see (`|i − j| ≤ window`: about a third of them for a
+//!   60 s song); the softmax is fused and band-limited;
 //! - the activations live in a workspace kept between calls (no per-step allocation).
 //!
 //! The maths and the order of operations follow the composed candle path (`composed.rs`), which
-//! the tests compare against; a row's result depends only on that row.
+//! the tests compare against. A row's result depends only on that row: every GEMM output is one
+//! fixed multiply-add chain whatever M or the thread split (`gemm` module docs), and the
+//! attention and element-wise passes work row by row.
 
 use candle_core::{CpuStorage, Storage, Tensor};
 
 use super::layers::{CrossKv, DitWeights};
 use crate::cpu::{self, HeadNormRope, Mat, MatMut, Rhs, RmsRows, Softmax};
 use crate::error::{AceStepError, Result};
+use crate::gemm::{self, Init, Lhs, Out};
 use crate::nn::{Linear, RmsNorm};
 
 /// Call `f` with the f32 values of a contiguous CPU tensor, without copying.
@@ -25,12 +29,12 @@ fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
         return Err(AceStepError::input(
-            "CPU DiT path needs f32 weights on the CPU",
+            "CPU DiT path needs f32 tensors on the CPU",
         ));
     };
     let (a, b) = layout
         .contiguous_offsets()
-        .ok_or_else(|| AceStepError::input("CPU DiT path needs contiguous weights"))?;
+        .ok_or_else(|| AceStepError::input("CPU DiT path needs contiguous tensors"))?;
     Ok(f(&v[a..b]))
 }
 
@@ -38,7 +42,7 @@ fn values(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1()?)
 }
 
-/// Buffers of one row forward, kept between calls by whoever runs the DiT step after step (the
+/// Buffers of one batch forward, kept between calls by whoever runs the DiT step after step (the
 /// denoiser), so a step allocates no activations.
 #[derive(Default)]
 pub struct Workspace {
@@ -64,30 +68,35 @@ fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
-/// `y (+)= x · Wᵀ (+ b)` over `m` rows.
+/// `y (+)= x · Wᵀ (+ b)` over `m` rows, from the packed weight.
 fn linear(lin: &Linear, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) -> Result<()> {
-    let (n, k) = lin.weight.dims2()?;
+    let packed = lin
+        .packed()
+        .ok_or_else(|| AceStepError::input("CPU DiT path needs packed weights"))?;
+    let (k, n) = (packed.k(), packed.n());
     let y = &mut y[..m * n];
-    let with_bias = match (&lin.bias, accumulate) {
-        (Some(b), false) => {
-            let b = values(b)?;
-            crate::conv::fill_rows(y, &b);
-            true
-        }
+    let bias = lin.bias.as_ref().map(values).transpose()?;
+    let init = match (&bias, accumulate) {
+        (Some(b), false) => Init::Bias(b),
         (Some(b), true) => {
-            let b = values(b)?;
             for row in y.chunks_exact_mut(n) {
-                for (v, &bv) in row.iter_mut().zip(&b) {
+                for (v, &bv) in row.iter_mut().zip(b) {
                     *v += bv;
                 }
             }
-            true
+            Init::Accumulate
         }
-        (None, acc) => acc,
+        (None, true) => Init::Accumulate,
+        (None, false) => Init::Zero,
     };
-    with_values(&lin.weight, |w| {
-        cpu::linear_rows(y, &x[..m * k], w, (m, k, n), with_bias)
-    })
+    gemm::gemm(
+        Out::dense(y, m, n),
+        Lhs::dense(&x[..m * k], m, k),
+        packed,
+        init,
+        cpu::threads(),
+    );
+    Ok(())
 }
 
 /// A head-major or token-major set of attention heads: head `h` is the `[rows, dim]` view at
@@ -191,6 +200,42 @@ fn attention(out: &mut [f32], q: Heads<'_>, k: Heads<'_>, v: Heads<'_>, spec: At
     );
 }
 
+/// One row of a batch: `x` `[1, T, C]`, context `[1, T, Cc]`, timestep `t`, `t − r`, cross K/V.
+pub struct Row<'a> {
+    pub x: &'a Tensor,
+    pub context: &'a Tensor,
+    pub t: f32,
+    pub t_minus_r: f32,
+    pub kv: &'a CrossKv,
+}
+
+/// Per-row AdaLN terms of one layer: `shift`, `1 + scale`, `gate` for attention and MLP.
+struct Modulation {
+    shift: Vec<f32>,
+    sc1: Vec<f32>,
+    gate: Vec<f32>,
+    c_shift: Vec<f32>,
+    c_sc1: Vec<f32>,
+    c_gate: Vec<f32>,
+}
+
+impl Modulation {
+    /// `table` `[6·H]` plus the row's timestep projection `proj` `[6·H]`.
+    fn new(table: &[f32], proj: &[f32], h: usize) -> Self {
+        let part =
+            |i: usize| -> Vec<f32> { (i * h..(i + 1) * h).map(|j| table[j] + proj[j]).collect() };
+        let one_plus = |v: Vec<f32>| v.into_iter().map(|x| x + 1.0).collect::<Vec<f32>>();
+        Self {
+            shift: part(0),
+            sc1: one_plus(part(1)),
+            gate: part(2),
+            c_shift: part(3),
+            c_sc1: one_plus(part(4)),
+            c_gate: part(5),
+        }
+    }
+}
+
 /// One row on the CPU: the inputs and result of `composed::forward_row`, from fused kernels (module
 /// docs) over the buffers of `ws`.
 pub fn forward_row(
@@ -202,11 +247,39 @@ pub fn forward_row(
     t_minus_r: f32,
     kv: &CrossKv,
 ) -> Result<Tensor> {
-    w.check_row(x, context, kv)?;
+    forward_batch(
+        w,
+        ws,
+        &[Row {
+            x,
+            context,
+            t,
+            t_minus_r,
+            kv,
+        }],
+    )
+}
+
+/// A batch of rows of equal length `T` on the CPU → velocity `[B, T, C]`; row `i` of the result
+/// is bit-identical to [`forward_row`] of row `i` alone.
+pub fn forward_batch(w: &DitWeights, ws: &mut Workspace, rows: &[Row<'_>]) -> Result<Tensor> {
+    let first = rows
+        .first()
+        .ok_or_else(|| AceStepError::input("DiT batch has no rows"))?;
+    let (_, frames, c) = first.x.dims3()?;
+    for r in rows {
+        w.check_row(r.x, r.context, r.kv)?;
+        if r.x.dim(1)? != frames {
+            return Err(AceStepError::input(format!(
+                "DiT batch rows differ in length: {frames} and {} frames",
+                r.x.dim(1)?
+            )));
+        }
+    }
     let cfg = &w.cfg;
     let dev = w.device().clone();
-    let (_, frames, c) = x.dims3()?;
-    let cc = context.dim(2)?;
+    let b = rows.len();
+    let cc = first.context.dim(2)?;
     let p = cfg.patch_size;
     let h = cfg.hidden_size;
     let (heads, kvh, d) = (
@@ -219,27 +292,37 @@ pub fn forward_row(
     let eps = cfg.rms_norm_eps as f32;
     let scale = 1.0 / (d as f32).sqrt();
 
-    let (temb, proj) = w.time_terms(t, t_minus_r)?;
-    let temb = values(&temb)?; // [H]
-    let proj = values(&proj)?; // [6·H]
+    // Per row: `temb` [H] and the AdaLN projection [6·H] of its timesteps.
+    let mut temb = Vec::with_capacity(b);
+    let mut proj = Vec::with_capacity(b);
+    for r in rows {
+        let (te, pr) = w.time_terms(r.t, r.t_minus_r)?;
+        temb.push(values(&te)?);
+        proj.push(values(&pr)?);
+    }
 
-    // Patches: frame-major within a patch, [context | x] per frame, odd T zero-padded.
+    // Patches: frame-major within a patch, [context | x] per frame, odd T zero-padded; row i
+    // of the batch is rows i·S .. (i + 1)·S of every activation.
     let padded = frames.div_ceil(p) * p;
     let s = padded / p;
-    let xv = values(x)?;
-    let cv = values(context)?;
+    let m = b * s;
     let cin = cc + c;
     {
-        let patches = sized(&mut ws.norm, s * p * cin);
+        let patches = sized(&mut ws.norm, m * p * cin);
         patches.fill(0.0);
-        for f in 0..frames {
-            let row = &mut patches[f * cin..(f + 1) * cin];
-            row[..cc].copy_from_slice(&cv[f * cc..(f + 1) * cc]);
-            row[cc..].copy_from_slice(&xv[f * c..(f + 1) * c]);
+        for (i, r) in rows.iter().enumerate() {
+            let xv = values(r.x)?;
+            let cv = values(r.context)?;
+            let base = i * s * p * cin;
+            for f in 0..frames {
+                let row = &mut patches[base + f * cin..base + (f + 1) * cin];
+                row[..cc].copy_from_slice(&cv[f * cc..(f + 1) * cc]);
+                row[cc..].copy_from_slice(&xv[f * c..(f + 1) * c]);
+            }
         }
     }
-    sized(&mut ws.hs, s * h);
-    linear(&w.proj_in, &ws.norm, s, &mut ws.hs, false)?;
+    sized(&mut ws.hs, m * h);
+    linear(&w.proj_in, &ws.norm, m, &mut ws.hs, false)?;
 
     if ws.rope_len != s {
         let (cos, sin) = crate::nn::rope_tables(s, d, cfg.rope_theta, &dev)?;
@@ -247,184 +330,214 @@ pub fn forward_row(
         ws.sin = values(&sin)?;
         ws.rope_len = s;
     }
-    let cross_bias: Option<Vec<f32>> = kv.mask.as_ref().map(values).transpose()?;
+    let cross_bias: Vec<Option<Vec<f32>>> = rows
+        .iter()
+        .map(|r| r.kv.mask.as_ref().map(values).transpose())
+        .collect::<Result<_>>()?;
 
-    for (layer, (ck, cvv)) in w.layers.iter().zip(&kv.layers) {
+    sized(&mut ws.norm, m * h);
+    for (li, layer) in w.layers.iter().enumerate() {
         let table = values(&layer.scale_shift_table)?;
-        let m: Vec<f32> = table.iter().zip(&proj).map(|(a, b)| a + b).collect();
-        let part = |i: usize| &m[i * h..(i + 1) * h];
-        let one_plus = |v: &[f32]| v.iter().map(|x| x + 1.0).collect::<Vec<f32>>();
-        let (shift, sc1, gate) = (part(0), one_plus(part(1)), part(2));
-        let (c_shift, c_sc1, c_gate) = (part(3), one_plus(part(4)), part(5));
+        let mods: Vec<Modulation> = proj
+            .iter()
+            .map(|pr| Modulation::new(&table, pr, h))
+            .collect();
 
         // Self-attention.
-        rms_rows(
-            &layer.self_attn_norm,
-            &ws.hs[..s * h],
-            &mut ws.norm,
-            h,
-            Some((&sc1, shift)),
-        )?;
+        for (i, md) in mods.iter().enumerate() {
+            rms_rows(
+                &layer.self_attn_norm,
+                &ws.hs[i * s * h..(i + 1) * s * h],
+                &mut ws.norm[i * s * h..(i + 1) * s * h],
+                h,
+                Some((&md.sc1, &md.shift)),
+            )?;
+        }
         let att = &layer.self_attn;
-        sized(&mut ws.q, s * qw);
-        sized(&mut ws.k, s * kw);
-        sized(&mut ws.v, s * kw);
-        linear(&att.q_proj, &ws.norm, s, &mut ws.q, false)?;
-        linear(&att.k_proj, &ws.norm, s, &mut ws.k, false)?;
-        linear(&att.v_proj, &ws.norm, s, &mut ws.v, false)?;
-        head_norm_rope(
-            &att.q_norm,
-            &mut ws.q[..s * qw],
-            heads,
-            d,
-            eps,
-            Some((&ws.cos, &ws.sin)),
-        )?;
-        head_norm_rope(
-            &att.k_norm,
-            &mut ws.k[..s * kw],
-            kvh,
-            d,
-            eps,
-            Some((&ws.cos, &ws.sin)),
-        )?;
-        let window = layer.sliding.then_some(cfg.sliding_window);
-        sized(&mut ws.attn, s * qw);
-        attention(
-            &mut ws.attn,
-            Heads {
-                data: &ws.q,
-                rows: s,
-                dim: d,
-                head_stride: d,
-                row_stride: qw,
-            },
-            Heads {
-                data: &ws.k,
-                rows: s,
-                dim: d,
-                head_stride: d,
-                row_stride: kw,
-            },
-            Heads {
-                data: &ws.v,
-                rows: s,
-                dim: d,
-                head_stride: d,
-                row_stride: kw,
-            },
-            AttnSpec {
+        sized(&mut ws.q, m * qw);
+        sized(&mut ws.k, m * kw);
+        sized(&mut ws.v, m * kw);
+        linear(&att.q_proj, &ws.norm, m, &mut ws.q, false)?;
+        linear(&att.k_proj, &ws.norm, m, &mut ws.k, false)?;
+        linear(&att.v_proj, &ws.norm, m, &mut ws.v, false)?;
+        for i in 0..b {
+            head_norm_rope(
+                &att.q_norm,
+                &mut ws.q[i * s * qw..(i + 1) * s * qw],
                 heads,
-                kv_heads: kvh,
-                window,
-                bias: None,
-                scale,
-            },
-        );
-        sized(&mut ws.tmp, s * h);
-        linear(&att.o_proj, &ws.attn, s, &mut ws.tmp, false)?;
-        cpu::add_gated(&mut ws.hs[..s * h], &ws.tmp[..s * h], gate);
+                d,
+                eps,
+                Some((&ws.cos, &ws.sin)),
+            )?;
+            head_norm_rope(
+                &att.k_norm,
+                &mut ws.k[i * s * kw..(i + 1) * s * kw],
+                kvh,
+                d,
+                eps,
+                Some((&ws.cos, &ws.sin)),
+            )?;
+        }
+        let window = layer.sliding.then_some(cfg.sliding_window);
+        sized(&mut ws.attn, m * qw);
+        for i in 0..b {
+            attention(
+                &mut ws.attn[i * s * qw..(i + 1) * s * qw],
+                Heads {
+                    data: &ws.q[i * s * qw..(i + 1) * s * qw],
+                    rows: s,
+                    dim: d,
+                    head_stride: d,
+                    row_stride: qw,
+                },
+                Heads {
+                    data: &ws.k[i * s * kw..(i + 1) * s * kw],
+                    rows: s,
+                    dim: d,
+                    head_stride: d,
+                    row_stride: kw,
+                },
+                Heads {
+                    data: &ws.v[i * s * kw..(i + 1) * s * kw],
+                    rows: s,
+                    dim: d,
+                    head_stride: d,
+                    row_stride: kw,
+                },
+                AttnSpec {
+                    heads,
+                    kv_heads: kvh,
+                    window,
+                    bias: None,
+                    scale,
+                },
+            );
+        }
+        sized(&mut ws.tmp, m * h);
+        linear(&att.o_proj, &ws.attn, m, &mut ws.tmp, false)?;
+        for (i, md) in mods.iter().enumerate() {
+            let rr = i * s * h..(i + 1) * s * h;
+            cpu::add_gated(&mut ws.hs[rr.clone()], &ws.tmp[rr], &md.gate);
+        }
 
-        // Cross-attention (cached keys/values `[1, KV, L, D]`; no RoPE, no gate).
-        rms_rows(
-            &layer.cross_attn_norm,
-            &ws.hs[..s * h],
-            &mut ws.norm,
-            h,
-            None,
-        )?;
+        // Cross-attention (cached keys/values `[1, KV, L, D]` per row; no RoPE, no gate).
+        for i in 0..b {
+            rms_rows(
+                &layer.cross_attn_norm,
+                &ws.hs[i * s * h..(i + 1) * s * h],
+                &mut ws.norm[i * s * h..(i + 1) * s * h],
+                h,
+                None,
+            )?;
+        }
         let ca = &layer.cross_attn;
-        linear(&ca.q_proj, &ws.norm, s, &mut ws.q, false)?;
-        head_norm_rope(&ca.q_norm, &mut ws.q[..s * qw], heads, d, eps, None)?;
-        let l = ck.dim(2)?;
-        with_values(ck, |kvals| {
-            with_values(cvv, |vvals| {
-                attention(
-                    &mut ws.attn,
-                    Heads {
-                        data: &ws.q,
-                        rows: s,
-                        dim: d,
-                        head_stride: d,
-                        row_stride: qw,
-                    },
-                    Heads {
-                        data: kvals,
-                        rows: l,
-                        dim: d,
-                        head_stride: l * d,
-                        row_stride: d,
-                    },
-                    Heads {
-                        data: vvals,
-                        rows: l,
-                        dim: d,
-                        head_stride: l * d,
-                        row_stride: d,
-                    },
-                    AttnSpec {
-                        heads,
-                        kv_heads: kvh,
-                        window: None,
-                        bias: cross_bias.as_deref(),
-                        scale,
-                    },
-                )
-            })
-        })??;
-        linear(&ca.o_proj, &ws.attn, s, &mut ws.hs, true)?;
+        linear(&ca.q_proj, &ws.norm, m, &mut ws.q, false)?;
+        head_norm_rope(&ca.q_norm, &mut ws.q[..m * qw], heads, d, eps, None)?;
+        for (i, r) in rows.iter().enumerate() {
+            let (ck, cvv) = &r.kv.layers[li];
+            let l = ck.dim(2)?;
+            let q = &ws.q[i * s * qw..(i + 1) * s * qw];
+            let out = &mut ws.attn[i * s * qw..(i + 1) * s * qw];
+            with_values(ck, |kvals| {
+                with_values(cvv, |vvals| {
+                    attention(
+                        out,
+                        Heads {
+                            data: q,
+                            rows: s,
+                            dim: d,
+                            head_stride: d,
+                            row_stride: qw,
+                        },
+                        Heads {
+                            data: kvals,
+                            rows: l,
+                            dim: d,
+                            head_stride: l * d,
+                            row_stride: d,
+                        },
+                        Heads {
+                            data: vvals,
+                            rows: l,
+                            dim: d,
+                            head_stride: l * d,
+                            row_stride: d,
+                        },
+                        AttnSpec {
+                            heads,
+                            kv_heads: kvh,
+                            window: None,
+                            bias: cross_bias[i].as_deref(),
+                            scale,
+                        },
+                    )
+                })
+            })??;
+        }
+        linear(&ca.o_proj, &ws.attn, m, &mut ws.hs, true)?;
 
         // MLP.
-        rms_rows(
-            &layer.mlp_norm,
-            &ws.hs[..s * h],
-            &mut ws.norm,
-            h,
-            Some((&c_sc1, c_shift)),
-        )?;
-        sized(&mut ws.gate, s * inter);
-        sized(&mut ws.up, s * inter);
-        linear(&layer.mlp.gate_proj, &ws.norm, s, &mut ws.gate, false)?;
-        linear(&layer.mlp.up_proj, &ws.norm, s, &mut ws.up, false)?;
+        for (i, md) in mods.iter().enumerate() {
+            rms_rows(
+                &layer.mlp_norm,
+                &ws.hs[i * s * h..(i + 1) * s * h],
+                &mut ws.norm[i * s * h..(i + 1) * s * h],
+                h,
+                Some((&md.c_sc1, &md.c_shift)),
+            )?;
+        }
+        sized(&mut ws.gate, m * inter);
+        sized(&mut ws.up, m * inter);
+        linear(&layer.mlp.gate_proj, &ws.norm, m, &mut ws.gate, false)?;
+        linear(&layer.mlp.up_proj, &ws.norm, m, &mut ws.up, false)?;
         {
-            let (g, u) = (&mut ws.gate[..s * inter], &ws.up[..s * inter]);
+            let (g, u) = (&mut ws.gate[..m * inter], &ws.up[..m * inter]);
             cpu::for_each_part(g, inter, |off, part| {
                 cpu::silu_mul(part, &u[off..off + part.len()])
             });
         }
-        linear(&layer.mlp.down_proj, &ws.gate, s, &mut ws.tmp, false)?;
-        cpu::add_gated(&mut ws.hs[..s * h], &ws.tmp[..s * h], c_gate);
+        linear(&layer.mlp.down_proj, &ws.gate, m, &mut ws.tmp, false)?;
+        for (i, md) in mods.iter().enumerate() {
+            let rr = i * s * h..(i + 1) * s * h;
+            cpu::add_gated(&mut ws.hs[rr.clone()], &ws.tmp[rr], &md.c_gate);
+        }
     }
 
-    // Output: AdaLN from `temb`, then the transposed patch conv as a GEMM.
+    // Output: AdaLN from each row's `temb`, then the transposed patch conv as a GEMM.
     let table = values(&w.scale_shift_table)?;
-    let shift: Vec<f32> = (0..h).map(|i| table[i] + temb[i]).collect();
-    let sc1: Vec<f32> = (0..h).map(|i| table[h + i] + temb[i] + 1.0).collect();
-    rms_rows(
-        &w.norm_out,
-        &ws.hs[..s * h],
-        &mut ws.norm,
-        h,
-        Some((&sc1, &shift)),
-    )?;
+    for (i, te) in temb.iter().enumerate() {
+        let shift: Vec<f32> = (0..h).map(|j| table[j] + te[j]).collect();
+        let sc1: Vec<f32> = (0..h).map(|j| table[h + j] + te[j] + 1.0).collect();
+        rms_rows(
+            &w.norm_out,
+            &ws.hs[i * s * h..(i + 1) * s * h],
+            &mut ws.norm[i * s * h..(i + 1) * s * h],
+            h,
+            Some((&sc1, &shift)),
+        )?;
+    }
     let out_w = p * c;
-    let mut y = vec![0f32; s * out_w];
-    linear(&w.proj_out, &ws.norm, s, &mut y, false)?;
-    y.truncate(frames * c);
-    Ok(Tensor::from_vec(y, (1, frames, c), &dev)?)
+    let mut y = vec![0f32; m * out_w];
+    linear(&w.proj_out, &ws.norm, m, &mut y, false)?;
+    // Row i's padded output is `[S·p, C]`; keep its first `frames` frames.
+    let mut out = Vec::with_capacity(b * frames * c);
+    for i in 0..b {
+        out.extend_from_slice(&y[i * s * out_w..i * s * out_w + frames * c]);
+    }
+    Ok(Tensor::from_vec(out, (b, frames, c), &dev)?)
 }
 
-/// RMSNorm rows of `x` (`[S, H]` prefix of the buffer) into `out`, split over the cores.
+/// RMSNorm rows of `x` (`[S, H]`) into `out` (same length), split over the cores.
 fn rms_rows(
     norm: &RmsNorm,
     x: &[f32],
-    out: &mut Vec<f32>,
+    out: &mut [f32],
     h: usize,
     modulation: Option<(&[f32], &[f32])>,
 ) -> Result<()> {
     let w = values(&norm.weight)?;
     let eps = norm.eps as f32;
-    let dst = sized(out, x.len());
+    let dst = &mut out[..x.len()];
     cpu::for_each_part(dst, h, |off, part| {
         let n = part.len();
         RmsRows {
@@ -439,7 +552,7 @@ fn rms_rows(
     Ok(())
 }
 
-/// Per-head RMSNorm (+ RoPE) of `x` `[S, heads·D]`, split over the cores.
+/// Per-head RMSNorm (+ RoPE, positions from 0) of `x` `[S, heads·D]`, split over the cores.
 fn head_norm_rope(
     norm: &RmsNorm,
     x: &mut [f32],
@@ -471,7 +584,7 @@ mod tests {
     use crate::test_util::{max_abs, max_abs_diff};
     use candle_core::{Device, Tensor};
 
-    use super::{Workspace, forward_row};
+    use super::{Row, Workspace, forward_batch, forward_row};
     use crate::config::DitConfig;
     use crate::dit::{DitWeights, composed};
     use crate::nn::RandomSource;
@@ -529,6 +642,28 @@ mod tests {
                     .collect()
             };
             assert_eq!(bits(&a), bits(&again));
+            // In a batch with other rows (other lengths of conditioning, other timesteps), the
+            // row gives the same bits.
+            let x2 = Tensor::randn(0f32, 1.0, (1, frames, 8), &dev).unwrap();
+            let ctx2 = Tensor::randn(0f32, 1.0, (1, frames, 16), &dev).unwrap();
+            let states2 = Tensor::randn(0f32, 1.0, (1, 4, 32), &dev).unwrap();
+            let kv2 = dit.cross_kv(&states2, None).unwrap();
+            let other = Row {
+                x: &x2,
+                context: &ctx2,
+                t: 0.2,
+                t_minus_r: 0.1,
+                kv: &kv2,
+            };
+            let this = Row {
+                x: &x,
+                context: &ctx,
+                t: 0.6,
+                t_minus_r: 0.0,
+                kv: &kv,
+            };
+            let batch = forward_batch(&dit, &mut ws, &[other, this]).unwrap();
+            assert_eq!(bits(&batch.narrow(0, 1, 1).unwrap()), bits(&a));
         }
     }
 }

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::DitConfig;
 use crate::error::{AceStepError, Result};
+use crate::gemm::{PackedMatrix, Precision};
 use crate::nn::{Attention, Linear, MASKED, Mlp, Params, RmsNorm, TensorSource};
 
 /// Width of the sinusoidal timestep features.
@@ -138,7 +139,7 @@ impl DitWeights {
                 sliding: cfg.sliding_layers.get(i).copied().unwrap_or(i % 2 == 0),
             });
         }
-        Ok(Self {
+        let mut weights = Self {
             proj_in,
             time_embed: TimeEmbedding::load(&dec.pp("time_embed"), h)?,
             time_embed_r: TimeEmbedding::load(&dec.pp("time_embed_r"), h)?,
@@ -153,11 +154,64 @@ impl DitWeights {
             proj_out,
             scale_shift_table: dec.get("scale_shift_table", &[1, 2, h])?,
             cfg: cfg.clone(),
-        })
+        };
+        // On the CPU every projection is packed for the kernels once, here; the packed copy
+        // replaces the tensor.
+        if weights.device().is_cpu() {
+            weights.pack(Precision::F32)?;
+        }
+        Ok(weights)
     }
 
     pub fn device(&self) -> &Device {
         self.scale_shift_table.device()
+    }
+
+    /// Every linear layer: patch convs, condition embedder, timestep embedders, projections.
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v: Vec<&mut Linear> = vec![
+            &mut self.proj_in,
+            &mut self.proj_out,
+            &mut self.condition_embedder,
+        ];
+        for te in [&mut self.time_embed, &mut self.time_embed_r] {
+            v.extend([&mut te.linear_1, &mut te.linear_2, &mut te.time_proj]);
+        }
+        for layer in &mut self.layers {
+            for attn in [&mut layer.self_attn, &mut layer.cross_attn] {
+                v.extend([
+                    &mut attn.q_proj,
+                    &mut attn.k_proj,
+                    &mut attn.v_proj,
+                    &mut attn.o_proj,
+                ]);
+            }
+            v.extend([
+                &mut layer.mlp.gate_proj,
+                &mut layer.mlp.up_proj,
+                &mut layer.mlp.down_proj,
+            ]);
+        }
+        v
+    }
+
+    /// Pack every linear layer for the CPU kernels in `precision` (CPU only; see
+    /// [`Linear::pack`]).
+    pub fn pack(&mut self, precision: Precision) -> Result<()> {
+        for lin in self.linears_mut() {
+            lin.pack(precision)?;
+        }
+        Ok(())
+    }
+
+    /// The precision of the packed weights (`None` when not packed: off the CPU).
+    pub fn cpu_precision(&self) -> Option<Precision> {
+        self.proj_in.packed().map(PackedMatrix::precision)
+    }
+
+    /// Bytes held by the linear layers' weights (the packed panels on the CPU).
+    pub fn linear_weight_bytes(&mut self) -> usize {
+        self.linears_mut().iter().map(|l| l.weight_bytes()).sum()
     }
 
     /// The linear layer of module `name` (original naming, e.g.

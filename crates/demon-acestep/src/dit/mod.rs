@@ -13,11 +13,11 @@
 //! Implementation choices:
 //! - the patch conv (kernel = stride = patch) and the transposed conv are exact reshapes plus a
 //!   matrix product, so they run as one GEMM each;
-//! - every batch row runs through the network on its own (weights shared). candle folds a batch
-//!   that multiplies the same weight into one larger GEMM, and the GEMM may pick another kernel for
-//!   another row count; running rows one at a time makes a row's result bit-identical whatever
-//!   else is in the batch (the `Denoiser` contract). On a CPU the cost is nil: each row is already
-//!   a `[S, H] × [H, N]` product with hundreds of rows.
+//! - a row's result is bit-identical whatever else is in the batch (the `Denoiser` contract). On
+//!   the CPU the whole batch runs as one product per projection (`[B·S, H] × [H, N]`) from weights
+//!   packed once at load, whose every output is one fixed multiply-add chain whatever the row
+//!   count (`gemm` module); elsewhere every row runs through the composed ops on its own (candle
+//!   folds a batch into one larger GEMM, which may pick another kernel for another row count).
 //! - cross-attention keys/values are computed once per conditioning and cached by the caller's key
 //!   (the engine's `Conditioning::id`), as upstream's `EncoderDecoderCache` does across steps.
 
@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-pub use cpu::Workspace;
+pub use cpu::{Row, Workspace};
 pub use layers::{CrossKv, DitLayer, DitWeights, TimeEmbedding, timestep_features};
 
 use crate::config::DitConfig;
@@ -68,7 +68,8 @@ impl Dit {
 
     /// Run the decoder layers' and the condition embedder's matrix products in `dtype` (`BF16`
     /// or `F16` with f32 accumulation, from weight copies; `None`/`F32`: f32). Meant for GPUs;
-    /// on the CPU the fused path always multiplies in f32 and ignores this. Clears the cross K/V
+    /// on the CPU the fused path reads the packed weights and ignores this
+    /// ([`Dit::set_cpu_precision`]). Clears the cross K/V
     /// cache (the keys/values change with the precision).
     pub fn set_matmul_dtype(&mut self, dtype: Option<DType>) -> Result<()> {
         self.weights.set_matmul_dtype(dtype)?;
@@ -139,6 +140,46 @@ impl Dit {
             return cpu::forward_row(&self.weights, ws, x, context, t, t_minus_r, kv);
         }
         composed::forward_row(&self.weights, x, context, t, t_minus_r, kv)
+    }
+
+    /// A batch of rows of equal length → velocity `[B, T, C]`, with the CPU buffers of `ws`. On
+    /// the CPU one fused forward runs every projection once over all rows ([`cpu`]); elsewhere each
+    /// row runs alone through the composed ops. Row `i` of the result is bit-identical to
+    /// [`Dit::forward_row`] of row `i` alone.
+    pub fn forward_batch_with(&self, ws: &mut Workspace, rows: &[Row<'_>]) -> Result<Tensor> {
+        if self.device().is_cpu() {
+            return cpu::forward_batch(&self.weights, ws, rows);
+        }
+        let out = rows
+            .iter()
+            .map(|r| composed::forward_row(&self.weights, r.x, r.context, r.t, r.t_minus_r, r.kv))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&out, 0)?)
+    }
+
+    /// Keep the CPU kernels' weights in `precision` (f32 at load; bf16 halves their memory and
+    /// uses `vdpbf16ps` where the CPU has avx512_bf16). Repacks every linear layer from its stored
+    /// values and clears the cross K/V cache. An error off the CPU (see
+    /// [`Dit::set_matmul_dtype`] for GPUs).
+    pub fn set_cpu_precision(&mut self, precision: crate::gemm::Precision) -> Result<()> {
+        if !self.device().is_cpu() {
+            return Err(AceStepError::input(
+                "the CPU precision is for the CPU kernels; this DiT is on another device",
+            ));
+        }
+        self.weights.pack(precision)?;
+        self.clear_cache();
+        Ok(())
+    }
+
+    /// The precision of the CPU kernels' weights (`None` off the CPU).
+    pub fn cpu_precision(&self) -> Option<crate::gemm::Precision> {
+        self.weights.cpu_precision()
+    }
+
+    /// Bytes held by the linear layers' weights (the packed panels on the CPU).
+    pub fn linear_weight_bytes(&mut self) -> usize {
+        self.weights.linear_weight_bytes()
     }
 
     /// [`Dit::forward_row`] as composed candle ops on any device (the reference the CPU kernels
