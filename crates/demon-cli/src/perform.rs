@@ -197,12 +197,9 @@ pub fn perform(args: PerformArgs) -> Result<()> {
         &prompt,
         (args.session.song_seconds * 25.0).round() as usize,
     )?;
-    let mut sinks: Vec<Box<dyn AudioSink>> = Vec::new();
-    if args.device {
-        sinks.push(open_device_or_null()?);
-    } else {
-        eprintln!("audio: clock-paced null sink (headless; --device plays through the sound card)");
-        sinks.push(Box::new(demon_live::sink::NullSink::default()));
+    let sinks = vec![choose_sink(args.device, "headless")];
+    if let Some(line) = missing_features(false) {
+        eprintln!("{line}");
     }
     eprintln!(
         "performing {:.1} s, {} scripted events...",
@@ -233,18 +230,60 @@ pub fn perform(args: PerformArgs) -> Result<()> {
     Ok(())
 }
 
-/// The system audio device, or the null sink with one message saying why.
-pub fn open_device_or_null() -> Result<Box<dyn AudioSink>> {
+/// The system audio device when `device` is asked for and there is one, else the clock-paced
+/// null sink; one line says which (`headless_note` says who plays the sound instead).
+pub fn choose_sink(device: bool, headless_note: &str) -> Box<dyn AudioSink> {
+    if !device {
+        eprintln!(
+            "audio: clock-paced null sink ({headless_note}; --device plays through the sound card)"
+        );
+        return Box::new(demon_live::sink::NullSink::default());
+    }
+    #[cfg(feature = "device")]
     match demon_live::sink::open_device(48_000) {
         Ok(d) => {
             eprintln!("audio: playing through {}", d.name());
-            Ok(Box::new(d))
+            Box::new(d)
         }
         Err(e) => {
             eprintln!("audio: no sound card ({e}); using the clock-paced null sink");
-            Ok(Box::new(demon_live::sink::NullSink::default()))
+            Box::new(demon_live::sink::NullSink::default())
         }
     }
+    #[cfg(not(feature = "device"))]
+    {
+        eprintln!(
+            "audio: this binary was built without sound-card output; using the clock-paced null sink"
+        );
+        Box::new(demon_live::sink::NullSink::default())
+    }
+}
+
+/// One line naming the optional parts this binary was built without (sound-card output, and
+/// MIDI input when `with_midi`) and how to build them in; `None` when nothing is missing. Both
+/// link ALSA on Linux, which is why the default build leaves them out.
+pub fn missing_features(with_midi: bool) -> Option<String> {
+    let mut missing: Vec<(&str, &str)> = Vec::new();
+    if cfg!(not(feature = "device")) {
+        missing.push(("device", "sound-card output"));
+    }
+    if with_midi && cfg!(not(feature = "midi")) {
+        missing.push(("midi", "MIDI input"));
+    }
+    if missing.is_empty() {
+        return None;
+    }
+    let what: Vec<&str> = missing.iter().map(|m| m.1).collect();
+    let features: Vec<&str> = missing.iter().map(|m| m.0).collect();
+    let (them, features) = match features.as_slice() {
+        [one] => ("it", *one),
+        _ => ("them", "full"),
+    };
+    Some(format!(
+        "build: this binary has no {} (to add {them}: sudo apt-get install pkg-config \
+         libasound2-dev, then build with --features {features})",
+        what.join(" or "),
+    ))
 }
 
 #[derive(Args, Debug)]
@@ -278,4 +317,52 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         summary.played_seconds
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_features;
+
+    #[test]
+    fn the_build_line_names_exactly_what_this_binary_lacks() {
+        let apt = "sudo apt-get install pkg-config libasound2-dev";
+        let with_midi = missing_features(true);
+        match (cfg!(feature = "device"), cfg!(feature = "midi")) {
+            (true, true) => assert_eq!(with_midi, None),
+            (false, false) => {
+                let line = with_midi.expect("both are missing");
+                assert!(
+                    line.contains("no sound-card output or MIDI input"),
+                    "{line}"
+                );
+                assert!(
+                    line.contains(apt) && line.ends_with("--features full)"),
+                    "{line}"
+                );
+            }
+            (false, true) => {
+                let line = with_midi.expect("device output is missing");
+                assert!(
+                    line.contains("no sound-card output (to add it")
+                        && line.ends_with("--features device)")
+                );
+            }
+            (true, false) => {
+                let line = with_midi.expect("MIDI is missing");
+                assert!(
+                    line.contains("no MIDI input (to add it") && line.ends_with("--features midi)")
+                );
+            }
+        }
+        // A command without MIDI (perform) never mentions it.
+        let without_midi = missing_features(false);
+        assert_eq!(without_midi.is_none(), cfg!(feature = "device"));
+        if let Some(line) = without_midi {
+            assert!(!line.contains("MIDI"), "{line}");
+            assert!(
+                line.contains(apt) && line.ends_with("--features device)"),
+                "{line}"
+            );
+        }
+    }
 }

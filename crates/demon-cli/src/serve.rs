@@ -13,7 +13,7 @@ use demon_live::session::{RunOptions, start};
 use demon_server::{Hooks, Limits, OfflineRender, ServerOptions};
 
 use crate::backends::{self, BackendArgs, BackendKind};
-use crate::perform::{SessionArgs, open_device_or_null};
+use crate::perform::{SessionArgs, choose_sink, missing_features};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -121,14 +121,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         "session: receptive field {} frames before, {} after",
         field.before, field.after
     );
-    let sink = if args.device {
-        open_device_or_null()?
-    } else {
-        eprintln!(
-            "audio: clock-paced null sink (the browser plays the loop; --device plays here too)"
-        );
-        Box::new(demon_live::sink::NullSink::default()) as Box<dyn demon_live::sink::AudioSink>
-    };
+    let sink = choose_sink(args.device, "the browser plays the loop");
+    if let Some(line) = missing_features(!args.no_midi) {
+        eprintln!("{line}");
+    }
     let handle = start(
         core,
         RunOptions {

@@ -157,7 +157,7 @@ pub fn start(app: Arc<App>) {
     }
     #[cfg(not(feature = "midi"))]
     {
-        let s = "this binary was built without MIDI support".to_string();
+        let s = "this binary was built without MIDI input (demon-cli --features midi; needs libasound2-dev)".to_string();
         eprintln!("midi: {s}");
         app.midi.set_status(s);
     }
