@@ -116,7 +116,8 @@ pub fn uniform(seed: u64, stream: NoiseStream, index: u64) -> f64 {
 mod tests {
     use super::*;
 
-    /// Known-answer test from the Random123 distribution (kat_vectors, philox4x32_10).
+    /// The published known answers: Random123's `tests/kat_vectors`, the three `philox4x32 10`
+    /// lines (github.com/DEShawResearch/random123, commit 9545ff64, lines 27–29).
     #[test]
     fn philox_known_answers() {
         assert_eq!(
@@ -150,22 +151,66 @@ mod tests {
         assert_ne!(a, c);
     }
 
-    /// Pins the exact values so a change to the generator (which would silently change every
-    /// recorded session) fails loudly.
+    /// Pins the noise itself, so any change to the generator, the stream words or Box–Muller
+    /// (which would silently change every recorded session) fails. The values come from an
+    /// independent oracle, `tools/rng-golden.py`: Philox4x32-10 written in Python from the
+    /// published algorithm (checked there against the Random123 vectors above) and Box–Muller in
+    /// 60-digit arithmetic, rounded once to f32. Odd indices are the sine half of Box–Muller.
     #[test]
     fn golden_values() {
-        let mut v = vec![0f32; 4];
-        fill_normal(7, NoiseStream::Initial, &mut v);
-        let bits: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
-        let mut again = vec![0f32; 4];
-        fill_normal(7, NoiseStream::Initial, &mut again);
-        assert_eq!(v, again);
-        // Recomputed independently from the Philox words and Box–Muller in f64.
-        let r = philox4x32([0, 0, 1, 0], [7, 0]);
-        let u1 = (r[0] as f64 + 1.0) / 4_294_967_296.0;
-        let u2 = r[1] as f64 / 4_294_967_296.0;
-        let z0 = ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32;
-        assert!((f32::from_bits(bits[0]) - z0).abs() <= 1e-6);
+        // (seed, stream, Philox words of block 0, the first 8 normals as f32 bits)
+        let cases: [(u64, NoiseStream, [u32; 4], [u32; 8]); 2] = [
+            (
+                7,
+                NoiseStream::Initial,
+                [0x7eba_ed90, 0x2bf6_d9af, 0x4fac_3b2b, 0x39ac_ec6c],
+                // 0.559921830, 1.04533334, 0.236221082, 1.50953587,
+                // 0.286976692, -0.395832749, -0.415976136, 0.595941232
+                [
+                    0x3f0f_5709,
+                    0x3f85_cd7c,
+                    0x3e71_e3f0,
+                    0x3fc1_3879,
+                    0x3e92_ee9c,
+                    0xbeca_aa97,
+                    0xbed4_fad3,
+                    0x3f18_8f9b,
+                ],
+            ),
+            (
+                0x0123_4567_89ab_cdef,
+                NoiseStream::Sde(3),
+                [0xd26f_1935, 0x93ad_9080, 0x2b42_cdac, 0x2d54_7824],
+                // -0.554493157, -0.290771910, 0.834162659, 1.69116136,
+                // 1.83612401, 0.943712280, 0.958666287, 0.0706567186
+                [
+                    0xbf0d_f343,
+                    0xbe94_e00e,
+                    0x3f55_8baf,
+                    0x3fd8_77fa,
+                    0x3feb_061d,
+                    0x3f71_9721,
+                    0x3f75_6b27,
+                    0x3d90_b478,
+                ],
+            ),
+        ];
+        for (seed, stream, words, normals) in cases {
+            let (s0, s1) = stream.words();
+            let key = [seed as u32, (seed >> 32) as u32];
+            assert_eq!(philox4x32([0, 0, s0, s1], key), words, "{stream:?}");
+            let mut v = [0f32; 8];
+            fill_normal(seed, stream, &mut v);
+            assert_eq!(
+                v.map(f32::to_bits),
+                normals,
+                "seed {seed:#x} {stream:?}: {v:?}"
+            );
+        }
+        assert_eq!(
+            uniform(7, NoiseStream::Initial, 0),
+            0x7eba_ed90 as f64 / 4_294_967_296.0
+        );
     }
 
     #[test]

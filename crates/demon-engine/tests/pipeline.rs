@@ -71,62 +71,211 @@ fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-/// A varied request: denoise, seeds, solver, curves, guidance modes, masks, multi-condition.
+/// What a request of the mix exercises in `StreamPipeline`: the guidance modes and the branches
+/// of the solver step (`integrate`), classified from the request by the engine's own conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Path {
+    CfgFull,
+    CfgInitialize,
+    CfgSelfNoise,
+    /// Euler on the model's velocity (nothing needs x̂₀ yet).
+    OdeVelocity,
+    /// The same with ODE noise injected after the step.
+    OdeVelocityNoise,
+    /// Euler on the velocity rebuilt from x̂₀ (guidance, complex features, scalar x0 target).
+    OdeFromX0,
+    /// The same with ODE noise.
+    OdeFromX0Noise,
+    /// SDE: x̂₀ re-noised with a fresh draw.
+    SdeFresh,
+    /// SDE: x̂₀ re-noised with the latent mask's fixed noise.
+    SdeMaskNoise,
+    /// SDE with the per-frame source blend (mechanism 3).
+    SdeSourceBlend,
+    X0TargetScalar,
+    X0TargetCurve,
+    LatentMask,
+    /// Several weighted conditions, one active for part of the schedule only.
+    MultiCondition,
+    VelocityScaleCurve,
+    CfgRescale,
+    ApgMomentumCurve,
+    /// Denoise 0: the step at t = 0 gives back the source untouched.
+    SourceReturned,
+}
+
+const ALL_PATHS: [Path; 18] = [
+    Path::CfgFull,
+    Path::CfgInitialize,
+    Path::CfgSelfNoise,
+    Path::OdeVelocity,
+    Path::OdeVelocityNoise,
+    Path::OdeFromX0,
+    Path::OdeFromX0Noise,
+    Path::SdeFresh,
+    Path::SdeMaskNoise,
+    Path::SdeSourceBlend,
+    Path::X0TargetScalar,
+    Path::X0TargetCurve,
+    Path::LatentMask,
+    Path::MultiCondition,
+    Path::VelocityScaleCurve,
+    Path::CfgRescale,
+    Path::ApgMomentumCurve,
+    Path::SourceReturned,
+];
+
+/// The paths request `r` takes, by the conditions `StreamPipeline` branches on.
+fn paths(r: &SlotRequest) -> Vec<Path> {
+    if r.schedule.denoise == 0.0 {
+        return vec![Path::SourceReturned];
+    }
+    let mut out = Vec::new();
+    let c = &r.curves;
+    let cfg = c.guidance.is_some() && (r.cfg_mode == CfgMode::SelfNoise || !r.negatives.is_empty());
+    if cfg {
+        out.push(match r.cfg_mode {
+            CfgMode::Full => Path::CfgFull,
+            CfgMode::Initialize => Path::CfgInitialize,
+            CfgMode::SelfNoise => Path::CfgSelfNoise,
+        });
+        if c.cfg_rescale.is_some() {
+            out.push(Path::CfgRescale);
+        }
+        if c.apg_momentum.is_some() {
+            out.push(Path::ApgMomentumCurve);
+        }
+    }
+    let source_blend = c.sde_denoise.is_some() && r.source.is_some();
+    let sde = source_blend || r.solver == SolverKind::Sde;
+    let scalar_x0 = r.x0_target.is_some() && c.x0_target_strength.is_some();
+    let noise = c.ode_noise.is_some();
+    if source_blend {
+        out.push(Path::SdeSourceBlend);
+    } else if sde {
+        out.push(match r.latent_mask {
+            Some(_) => Path::SdeMaskNoise,
+            None => Path::SdeFresh,
+        });
+    } else {
+        // Before the last step; the x0-target scalar switches to x̂₀ in the second half only.
+        if cfg || r.has_complex_features() || scalar_x0 {
+            out.push([Path::OdeFromX0, Path::OdeFromX0Noise][noise as usize]);
+        }
+        if !(cfg || r.has_complex_features()) {
+            out.push([Path::OdeVelocity, Path::OdeVelocityNoise][noise as usize]);
+        }
+    }
+    if r.x0_target.is_some() {
+        if r.x0_target_curve.is_some() {
+            out.push(Path::X0TargetCurve);
+        } else if scalar_x0 {
+            out.push(Path::X0TargetScalar);
+        }
+    }
+    if r.latent_mask.is_some() {
+        out.push(Path::LatentMask);
+    }
+    if r.conditions.len() > 1 {
+        out.push(Path::MultiCondition);
+    }
+    if c.velocity_scale.is_some() {
+        out.push(Path::VelocityScaleCurve);
+    }
+    out
+}
+
+fn curve(spec: &str) -> Curve {
+    CurveSpec::parse("c", spec)
+        .unwrap()
+        .to_curve("c", T)
+        .unwrap()
+}
+
+/// The seed of the request mix (the coverage assertion in the bit-identity test says whether a
+/// mix reaches every path; this one does with 48 requests).
+const MIX_SEED: u64 = 2025;
+
+/// Request `k` of a seeded random mix: denoise, shift, source, solver, guidance mode, x0 target
+/// and the complex features are drawn independently (portable dice from the engine's Philox),
+/// so any combination can meet any other in one batch.
 fn varied_request(k: u64) -> SlotRequest {
-    let cond = PointMassDenoiser::conditioning(0.1 * k as f32 - 0.5);
+    let dice = |axis: u64, n: usize| -> usize {
+        (rng::uniform(MIX_SEED, rng::NoiseStream::Custom(7, k as u32), axis) * n as f64) as usize
+    };
+    let cond = PointMassDenoiser::conditioning(0.1 * (k % 11) as f32 - 0.5);
     let mut r = SlotRequest::new(cond, ctx((k % 3) as f32), T, 1000 + k);
     r.tag = k;
-    r.schedule.denoise = [1.0, 0.75, 0.5, 0.3, 0.0][(k % 5) as usize];
-    r.schedule.shift = [3.0, 3.5][(k % 2) as usize];
-    if !k.is_multiple_of(5) {
+    if dice(0, 5) != 0 {
         r.source = Some(latent(k));
     }
-    match k % 6 {
-        0 => {
-            r.curves.velocity_scale = Some(
-                CurveSpec::parse("vs", "ramp:0.5:1.5")
-                    .unwrap()
-                    .to_curve("vs", T)
-                    .unwrap(),
-            )
-        }
-        1 => {
+    r.schedule.denoise = match (&r.source, dice(1, 6)) {
+        (Some(_), 0) => 0.0,
+        (_, d) => [1.0, 1.0, 0.75, 0.5, 0.3, 1.0][d],
+    };
+    r.schedule.shift = [3.0, 3.5][dice(2, 2)];
+    match dice(3, 4) {
+        0 => {}
+        1 => r.curves.ode_noise = Some(Curve::constant(0.3)),
+        2 => r.solver = SolverKind::Sde,
+        _ => {
             r.solver = SolverKind::Sde;
-            r.curves.sde_denoise = Some(
-                CurveSpec::parse("s", "sine:0:1:2")
-                    .unwrap()
-                    .to_curve("s", T)
-                    .unwrap(),
-            );
+            r.curves.sde_denoise = Some(curve("sine:0:1:2"));
         }
-        2 => r.curves.ode_noise = Some(Curve::constant(0.3)),
-        3 => {
-            r.curves.guidance = Some(Curve::constant(2.5));
+    }
+    // Plain requests are drawn twice as often as each feature, so the simple paths stay common.
+    if let Some(mode) = [
+        None,
+        None,
+        Some(CfgMode::Full),
+        Some(CfgMode::Initialize),
+        Some(CfgMode::SelfNoise),
+    ][dice(4, 5)]
+    {
+        r.cfg_mode = mode;
+        r.curves.guidance = Some(Curve::constant(2.5));
+        if mode != CfgMode::SelfNoise {
             r.negatives
                 .push(SlotCondition::new(PointMassDenoiser::conditioning(0.0)));
-            r.cfg_mode = [CfgMode::Full, CfgMode::Initialize, CfgMode::SelfNoise][(k % 3) as usize];
+        }
+        if dice(5, 2) == 1 {
             r.curves.cfg_rescale = Some(Curve::constant(0.3));
         }
-        4 => {
+        if dice(6, 2) == 1 {
+            r.curves.apg_momentum = Some(curve("ramp:-0.75:0"));
+        }
+    }
+    match dice(7, 4) {
+        0 | 1 => {}
+        2 => {
             r.x0_target = Some(latent(k + 50));
             r.curves.x0_target_strength = Some(Curve::constant(0.4));
         }
         _ => {
-            let w = CurveSpec::parse("w", "square:0:1:1")
-                .unwrap()
-                .to_curve("w", T)
-                .unwrap();
+            r.x0_target = Some(latent(k + 50));
+            r.x0_target_curve = Some(curve("ramp:1:0"));
+            r.x0_target_gate = 0.3;
+        }
+    }
+    match dice(8, 5) {
+        0 | 1 => {}
+        2 => r.curves.velocity_scale = Some(curve("ramp:0.5:1.5")),
+        3 => {
             r.conditions.push(SlotCondition::weighted(
                 PointMassDenoiser::conditioning(0.7),
-                w,
+                curve("square:0:1:1"),
             ));
+            r.conditions.push(SlotCondition::in_range(
+                PointMassDenoiser::conditioning(-0.3),
+                0.5,
+                1.0,
+            ));
+        }
+        _ => {
             r.latent_mask = Some(LatentMask {
-                mask: CurveSpec::parse("m", "ramp:0:1")
-                    .unwrap()
-                    .to_curve("m", T)
-                    .unwrap(),
+                mask: curve("ramp:0:1"),
                 original: latent(k + 99),
-            });
+            })
         }
     }
     r
@@ -152,7 +301,13 @@ fn run_all(depth: usize, requests: &[SlotRequest], lane: &SharedLane) -> Vec<(u6
 
 #[test]
 fn streaming_is_bit_identical_to_batch_at_every_depth() {
-    let requests: Vec<SlotRequest> = (0..30).map(varied_request).collect();
+    let requests: Vec<SlotRequest> = (0..48).map(varied_request).collect();
+    // The mix reaches every guidance mode and every branch of the solver step.
+    let mut seen: Vec<Path> = requests.iter().flat_map(paths).collect();
+    seen.sort();
+    seen.dedup();
+    let missing: Vec<&Path> = ALL_PATHS.iter().filter(|p| !seen.contains(p)).collect();
+    assert!(missing.is_empty(), "the mix never takes {missing:?}");
     for lane in [
         SharedLane::default(),
         SharedLane {
@@ -272,7 +427,9 @@ fn shared_lane_reaches_every_slot_on_the_next_tick() {
                 })
                 .collect()
         };
+        // With 16 steps no slot finishes while measured: every one of the D is seen.
         let old = measure(&mut p, &mut d);
+        assert_eq!(old.len(), depth, "in-flight slots observed");
         assert!(old.iter().all(|vs| (vs - 1.0).abs() < 1e-4), "{old:?}");
         let mut lane2 = lane.clone();
         lane2
@@ -280,10 +437,10 @@ fn shared_lane_reaches_every_slot_on_the_next_tick() {
             .unwrap();
         p.set_lane(lane2).unwrap();
         let new = measure(&mut p, &mut d);
-        assert!(
-            new.len() >= depth - 1,
-            "in-flight slots observed: {}",
-            new.len()
+        assert_eq!(
+            new.len(),
+            depth,
+            "in-flight slots observed after the change"
         );
         assert!(
             new.iter().all(|vs| (vs - 2.0).abs() < 1e-4),
@@ -670,10 +827,14 @@ fn channel_gain_scales_only_the_model_input() {
         dcw: DcwSettings::off(),
         ..Default::default()
     };
-    let r = varied_request(2);
+    // A request of the mix that runs the model (denoise > 0).
+    let r = (0..)
+        .map(varied_request)
+        .find(|r| r.schedule.denoise > 0.0)
+        .unwrap();
     let plain = single(r.clone(), lane.clone());
     lane.channel_gain = Some(ChannelGain::new(vec![1.0, 2.0, 1.0, 0.5]).unwrap());
-    let gained = single(r, lane);
+    let gained = single(r.clone(), lane);
     assert_ne!(bits(&plain), bits(&gained));
     // Identity gain is exactly the plain path.
     let mut lane = SharedLane {
@@ -681,6 +842,6 @@ fn channel_gain_scales_only_the_model_input() {
         ..Default::default()
     };
     lane.channel_gain = Some(ChannelGain::new(vec![1.0; C]).unwrap());
-    assert_eq!(bits(&single(varied_request(2), lane)), bits(&plain));
+    assert_eq!(bits(&single(r, lane)), bits(&plain));
     assert!(ChannelGain::new(vec![f32::NAN]).is_err());
 }
