@@ -149,10 +149,14 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let (bn, p2) = (backend_name.clone(), prompt.clone());
     let recordings = opts.recordings_dir.clone();
     let hooks = Hooks {
-        resolve_source: Arc::new(move |spec: &str| resolve_source(&bn, &p2, frames, spec)),
+        resolve_source: Arc::new(move |spec: &str| {
+            resolve_source(&bn, &p2, frames, spec)
+                .map_err(|problem| demon_live::SessionError::bad_source(spec, problem))
+        }),
         library,
         render_offline: Arc::new(move |r: &OfflineRender| {
             render_offline(&backend_name, &recordings, r)
+                .map_err(|problem| demon_live::SessionError::bad_value("render_offline", problem))
         }),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

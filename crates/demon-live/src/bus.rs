@@ -7,15 +7,22 @@
 //!   and is disconnected.
 //!
 //! Publishing takes each subscriber's queue lock for a push and never waits for a reader.
+//! Readers are threads (`recv_timeout`) or async tasks (`recv`, a future woken by the publisher
+//! through a waker kept in the queue), so a server can forward to many clients without a thread
+//! each and without this crate depending on an async runtime.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::control::ControlMessage;
+use crate::loopbuf::LoopSnapshot;
 
 /// Fresh audio for a region of the loop (what a client patches into its own buffer).
 #[derive(Clone, Debug, Serialize)]
@@ -59,11 +66,14 @@ pub enum Event {
         origin: u64,
         message: ControlMessage,
     },
-    /// The whole loop buffer was replaced (new source, first generation): clients re-fetch it.
+    /// The whole loop buffer was replaced (new source, first generation). `audio` is the new
+    /// loop as a snapshot (shared, not copied: cloning the event clones a pointer).
     BufferReplaced {
         tick: u64,
         samples: u64,
         version: u64,
+        #[serde(skip)]
+        audio: LoopSnapshot,
     },
     /// Something the performer should know once (no sound card, no MIDI, ...).
     Notice {
@@ -91,24 +101,58 @@ enum Policy {
     NeverDrop,
 }
 
+/// A subscriber's queue and the task waiting on it (if it reads asynchronously).
+struct Queue {
+    events: VecDeque<Event>,
+    waker: Option<Waker>,
+}
+
 struct SubShared {
     id: u64,
-    queue: Mutex<VecDeque<Event>>,
+    queue: Mutex<Queue>,
     ready: Condvar,
     closed: AtomicBool,
     dropped: AtomicU64,
+}
+
+impl SubShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Mark closed and wake every reader, blocking or async.
+    fn close(&self) {
+        let waker = {
+            let mut q = self.lock();
+            self.closed.store(true, Ordering::Release);
+            q.waker.take()
+        };
+        self.ready.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn pop(&self, q: &mut Queue) -> Result<Option<Event>, RecvError> {
+        match q.events.pop_front() {
+            Some(e) => Ok(Some(e)),
+            None if self.closed.load(Ordering::Acquire) => Err(RecvError::Disconnected),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Why a subscriber stopped receiving.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecvError {
     #[error(
-        "disconnected: the subscriber stopped reading and its queue filled with control events"
+        "disconnected: the session ended, or the subscriber stopped reading and its queue filled with control events"
     )]
     Disconnected,
 }
 
-/// One consumer of events.
+/// One consumer of events. Read it from a thread ([`recv_timeout`](Self::recv_timeout)) or from
+/// an async task ([`recv`](Self::recv)); the bus needs no runtime for either.
 pub struct Subscriber {
     shared: Arc<SubShared>,
 }
@@ -125,36 +169,58 @@ impl Subscriber {
 
     /// Wait up to `timeout` for the next event.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Event>, RecvError> {
-        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = q.pop_front() {
+        let mut q = self.shared.lock();
+        if let Some(e) = self.shared.pop(&mut q)? {
             return Ok(Some(e));
-        }
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(RecvError::Disconnected);
         }
         let (mut q, _) = self
             .shared
             .ready
             .wait_timeout(q, timeout)
             .unwrap_or_else(|e| e.into_inner());
-        match q.pop_front() {
-            Some(e) => Ok(Some(e)),
-            None if self.shared.closed.load(Ordering::Acquire) => Err(RecvError::Disconnected),
-            None => Ok(None),
-        }
+        self.shared.pop(&mut q)
     }
 
     pub fn try_recv(&self) -> Result<Option<Event>, RecvError> {
-        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        match q.pop_front() {
-            Some(e) => Ok(Some(e)),
-            None if self.shared.closed.load(Ordering::Acquire) => Err(RecvError::Disconnected),
-            None => Ok(None),
-        }
+        let mut q = self.shared.lock();
+        self.shared.pop(&mut q)
+    }
+
+    /// The next event, as a future: it registers its waker in the queue, and the publisher
+    /// wakes it after pushing (no thread waits). Dropping the future loses nothing: an event
+    /// is only taken from the queue when the future completes.
+    pub fn recv(&self) -> Recv<'_> {
+        Recv { sub: self }
     }
 
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
+    }
+}
+
+/// The future of [`Subscriber::recv`].
+pub struct Recv<'a> {
+    sub: &'a Subscriber,
+}
+
+impl Future for Recv<'_> {
+    type Output = Result<Event, RecvError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let shared = &self.sub.shared;
+        let mut q = shared.lock();
+        match shared.pop(&mut q) {
+            Ok(Some(e)) => Poll::Ready(Ok(e)),
+            Err(e) => Poll::Ready(Err(e)),
+            Ok(None) => {
+                // Registered under the queue lock, so a publish cannot slip in between the
+                // check above and the registration.
+                if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    q.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -183,7 +249,10 @@ impl EventBus {
     pub fn subscribe(&self) -> Subscriber {
         let shared = Arc::new(SubShared {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue {
+                events: VecDeque::new(),
+                waker: None,
+            }),
             ready: Condvar::new(),
             closed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
@@ -200,8 +269,7 @@ impl EventBus {
     pub fn close(&self) {
         let subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
         for s in subs.iter() {
-            s.closed.store(true, Ordering::Release);
-            s.ready.notify_all();
+            s.close();
         }
     }
 
@@ -209,35 +277,37 @@ impl EventBus {
         self.subs.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Deliver `event` to every subscriber according to its policy.
+    /// Deliver `event` to every subscriber according to its policy. Never waits for a reader:
+    /// it takes each queue's lock for a push and wakes the reader after releasing it.
     pub fn publish(&self, event: Event) {
         let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
         subs.retain(|s| !s.closed.load(Ordering::Acquire));
+        let policy = event.policy();
         for s in subs.iter() {
-            let mut q = s.queue.lock().unwrap_or_else(|e| e.into_inner());
-            let policy = event.policy();
+            let mut q = s.lock();
             if policy == Policy::Coalesce
-                && let Some(slot) = q.iter_mut().rev().find(|e| e.same_kind(&event))
+                && let Some(slot) = q.events.iter_mut().rev().find(|e| e.same_kind(&event))
             {
                 *slot = event.clone();
                 continue;
             }
-            if q.len() >= self.capacity {
+            if q.events.len() >= self.capacity {
                 // Make room: drop the oldest audio slice, then the oldest coalescable event.
                 let victim = q
+                    .events
                     .iter()
                     .position(|e| e.policy() == Policy::DropOldest)
-                    .or_else(|| q.iter().position(|e| e.policy() == Policy::Coalesce));
+                    .or_else(|| q.events.iter().position(|e| e.policy() == Policy::Coalesce));
                 match victim {
                     Some(i) => {
-                        q.remove(i);
+                        q.events.remove(i);
                         s.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                     None if policy == Policy::NeverDrop => {
                         // Only control events are queued and another must not be lost: the reader
                         // is gone. Disconnect rather than block the runner.
-                        s.closed.store(true, Ordering::Release);
-                        s.ready.notify_all();
+                        drop(q);
+                        s.close();
                         continue;
                     }
                     None => {
@@ -246,9 +316,146 @@ impl EventBus {
                     }
                 }
             }
-            q.push_back(event.clone());
+            q.events.push_back(event.clone());
+            let waker = q.waker.take();
+            drop(q);
             s.ready.notify_one();
+            if let Some(w) = waker {
+                w.wake();
+            }
         }
+    }
+}
+
+/// A one-shot reply from the runner to whoever asked, readable from a thread
+/// ([`ReplyReceiver::recv_timeout`]) or awaited from a task (`ReplyReceiver` is a future): the
+/// runner never waits for the asker, and an async asker holds no thread while it waits.
+pub fn reply_channel<T>() -> (ReplySender<T>, ReplyReceiver<T>) {
+    let shared = Arc::new(ReplyShared {
+        slot: Mutex::new(ReplySlot {
+            value: None,
+            sender_gone: false,
+            waker: None,
+        }),
+        ready: Condvar::new(),
+    });
+    (
+        ReplySender {
+            shared: Some(shared.clone()),
+        },
+        ReplyReceiver { shared },
+    )
+}
+
+struct ReplySlot<T> {
+    value: Option<T>,
+    sender_gone: bool,
+    waker: Option<Waker>,
+}
+
+struct ReplyShared<T> {
+    slot: Mutex<ReplySlot<T>>,
+    ready: Condvar,
+}
+
+impl<T> ReplyShared<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReplySlot<T>> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn finish(&self, value: Option<T>) {
+        let waker = {
+            let mut s = self.lock();
+            if value.is_some() {
+                s.value = value;
+            }
+            s.sender_gone = true;
+            s.waker.take()
+        };
+        self.ready.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// The runner's end of [`reply_channel`]. Dropping it unanswered tells the asker.
+pub struct ReplySender<T> {
+    shared: Option<Arc<ReplyShared<T>>>,
+}
+
+impl<T> ReplySender<T> {
+    /// Answer (never blocks; an asker that gave up simply never reads it).
+    pub fn send(mut self, value: T) {
+        if let Some(s) = self.shared.take() {
+            s.finish(Some(value));
+        }
+    }
+}
+
+impl<T> Drop for ReplySender<T> {
+    fn drop(&mut self) {
+        if let Some(s) = self.shared.take() {
+            s.finish(None);
+        }
+    }
+}
+
+/// Why no reply came.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("no answer in time")]
+    Timeout,
+    #[error("the runner dropped the request without answering (it has stopped)")]
+    Dropped,
+}
+
+/// The asker's end of [`reply_channel`].
+pub struct ReplyReceiver<T> {
+    shared: Arc<ReplyShared<T>>,
+}
+
+impl<T> ReplyReceiver<T> {
+    /// Block this thread until the answer comes, at most `timeout`.
+    pub fn recv_timeout(self, timeout: Duration) -> Result<T, ReplyError> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut s = self.shared.lock();
+        loop {
+            if let Some(v) = s.value.take() {
+                return Ok(v);
+            }
+            if s.sender_gone {
+                return Err(ReplyError::Dropped);
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(ReplyError::Timeout);
+            }
+            s = self
+                .shared
+                .ready
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+impl<T> Future for ReplyReceiver<T> {
+    type Output = Result<T, ReplyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut s = self.shared.lock();
+        if let Some(v) = s.value.take() {
+            return Poll::Ready(Ok(v));
+        }
+        if s.sender_gone {
+            return Poll::Ready(Err(ReplyError::Dropped));
+        }
+        if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            s.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -322,21 +529,157 @@ mod tests {
         let bus = EventBus::new(4);
         let stalled = bus.subscribe();
         let live = bus.subscribe();
-        let t0 = std::time::Instant::now();
+        // Every publish returns at once (this thread is the only one: a publish that waited for
+        // the stalled reader would never return), and the live reader gets every event.
         for t in 0..100 {
             bus.publish(applied(t));
             assert!(matches!(
                 live.try_recv().unwrap(),
-                Some(Event::Applied { .. })
+                Some(Event::Applied { tick, .. }) if tick == t
             ));
         }
-        assert!(t0.elapsed() < Duration::from_secs(1));
         assert!(stalled.is_closed());
         // It still gets what was queued, then learns it was disconnected.
-        for _ in 0..4 {
-            assert!(stalled.try_recv().unwrap().is_some());
+        for t in 0..4 {
+            assert!(matches!(
+                stalled.try_recv().unwrap(),
+                Some(Event::Applied { tick, .. }) if tick == t
+            ));
         }
         assert!(matches!(stalled.try_recv(), Err(RecvError::Disconnected)));
         assert_eq!(bus.subscribers(), 1);
+    }
+
+    /// A minimal executor: polls `f` on this thread, parking between wake-ups, and counts the
+    /// wake-ups (so a test can tell a woken task from a spinning one).
+    fn block_on<F: Future>(f: F) -> (F::Output, usize) {
+        use std::sync::atomic::AtomicUsize;
+        use std::task::Wake;
+        struct Unpark(std::thread::Thread, AtomicUsize);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.1.fetch_add(1, Ordering::SeqCst);
+                self.0.unpark();
+            }
+        }
+        let unpark = Arc::new(Unpark(std::thread::current(), AtomicUsize::new(0)));
+        let waker = Waker::from(unpark.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return (v, unpark.1.load(Ordering::SeqCst));
+            }
+            std::thread::park();
+        }
+    }
+
+    #[test]
+    fn an_async_reader_is_woken_by_publish_and_by_close() {
+        let bus = Arc::new(EventBus::new(8));
+        let sub = bus.subscribe();
+        // Queued already: ready on the first poll, no wake-up needed.
+        bus.publish(applied(1));
+        let (e, wakes) = block_on(sub.recv());
+        assert!(matches!(e, Ok(Event::Applied { tick: 1, .. })));
+        assert_eq!(wakes, 0);
+        // Published later from another thread: the waker registered by the pending poll is
+        // what brings the task back.
+        let publisher = {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                bus.publish(applied(2));
+            })
+        };
+        let (e, wakes) = block_on(sub.recv());
+        assert!(matches!(e, Ok(Event::Applied { tick: 2, .. })));
+        assert!(wakes >= 1, "woken by the publisher");
+        publisher.join().unwrap();
+        // Closing wakes a waiting reader with `Disconnected` once the queue is drained.
+        bus.publish(applied(3));
+        let closer = {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                bus.close();
+            })
+        };
+        assert!(matches!(
+            block_on(sub.recv()).0,
+            Ok(Event::Applied { tick: 3, .. })
+        ));
+        assert_eq!(block_on(sub.recv()).0.unwrap_err(), RecvError::Disconnected);
+        closer.join().unwrap();
+    }
+
+    #[test]
+    fn an_async_reader_keeps_the_policies() {
+        // A reader that polls only after many publishes sees what a blocking one would: the
+        // newest audio, one coalesced stats event, every control event.
+        let bus = EventBus::new(4);
+        let sub = bus.subscribe();
+        for t in 0..10 {
+            bus.publish(audio(t));
+            bus.publish(Event::Stats {
+                tick: t,
+                tick_ms: 0.0,
+                decode_ms: 0.0,
+                gen_per_s: 0.0,
+                active_slots: 0,
+                queue: 0,
+                lead_ms: 0.0,
+            });
+        }
+        bus.publish(applied(7));
+        let mut got = Vec::new();
+        while let Some(e) = sub.try_recv().unwrap() {
+            got.push(e);
+        }
+        let ticks: Vec<String> = got
+            .iter()
+            .map(|e| match e {
+                Event::Audio(a) => format!("a{}", a.tick),
+                Event::Stats { tick, .. } => format!("s{tick}"),
+                Event::Applied { tick, .. } => format!("c{tick}"),
+                _ => "?".into(),
+            })
+            .collect();
+        assert_eq!(ticks, vec!["s9", "a8", "a9", "c7"]);
+        // A future polled while the queue is empty and dropped (a `select!` that took another
+        // branch) takes nothing: the event published after it goes to the next `recv`.
+        {
+            let mut pending = std::pin::pin!(sub.recv());
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(pending.as_mut().poll(&mut cx).is_pending());
+        }
+        bus.publish(applied(8));
+        assert!(matches!(
+            block_on(sub.recv()).0,
+            Ok(Event::Applied { tick: 8, .. })
+        ));
+    }
+
+    #[test]
+    fn replies_reach_threads_and_tasks_and_a_dropped_sender_is_reported() {
+        let (tx, rx) = reply_channel::<u32>();
+        tx.send(5);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(1)), Ok(5));
+        let (tx, rx) = reply_channel::<u32>();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send(6);
+        });
+        let (v, wakes) = block_on(rx);
+        assert_eq!((v, wakes >= 1), (Ok(6), true));
+        t.join().unwrap();
+        let (tx, rx) = reply_channel::<u32>();
+        drop(tx);
+        assert_eq!(block_on(rx).0, Err(ReplyError::Dropped));
+        let (_tx, rx) = reply_channel::<u32>();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_millis(1)),
+            Err(ReplyError::Timeout)
+        );
     }
 }

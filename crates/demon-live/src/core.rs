@@ -998,14 +998,7 @@ impl LiveCore {
                     // their copy matches the server's, edges included.
                     let start = w.start_frame * hop;
                     let n = w.frames * hop;
-                    let len = self.buffer.len();
-                    let held: Vec<Vec<f32>> = self
-                        .buffer
-                        .channels()
-                        .iter()
-                        .map(|c| (0..n).map(|i| c[(start + i) % len]).collect())
-                        .collect();
-                    patches.push((start as u64, Arc::new(held)));
+                    patches.push((start as u64, Arc::new(self.buffer.copy_range(start, n))));
                 }
             }
             self.buffer_filled = true;
@@ -1113,8 +1106,9 @@ fn check_curve_range(name: &str, c: &Curve) -> Result<(), String> {
     c.check_range(name, lo, hi).map_err(|e| e.to_string())
 }
 
-/// What a status endpoint shows.
-#[derive(Clone, Debug, Serialize)]
+/// What a status endpoint shows (and the `state` of the WebSocket protocol, which clients and
+/// the protocol tests read back).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionState {
     pub backend: String,
     pub tick: u64,

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::bus::{AudioSlice, Event, EventBus, Subscriber};
+use crate::SessionError;
+use crate::bus::{AudioSlice, Event, EventBus, ReplyError, ReplyReceiver, ReplySender, Subscriber};
 use crate::control::ControlMessage;
 pub use crate::core::{LiveCore, SessionConfig, SessionProbe, SessionState};
 use crate::record::{SessionLine, SessionWriter};
@@ -66,9 +67,16 @@ enum Command {
         reply: Sender<Result<Option<(PathBuf, f64)>, String>>,
     },
     LoopAudio {
-        reply: Sender<(u64, LoopSnapshot)>,
+        reply: ReplySender<(u64, LoopSnapshot)>,
     },
     Stop,
+}
+
+fn loop_reply_error(e: ReplyError) -> SessionError {
+    match e {
+        ReplyError::Timeout => SessionError::Timeout("the session did not answer".into()),
+        ReplyError::Dropped => SessionError::Stopped(None),
+    }
 }
 
 /// What a finished session reports.
@@ -82,8 +90,7 @@ pub struct SessionSummary {
 /// The runner thread; joining it gives the session's summary or its error.
 type RunnerThread = JoinHandle<Result<SessionSummary, String>>;
 
-/// A copy of the whole loop buffer (planar stereo).
-pub type LoopSnapshot = Arc<[Vec<f32>; 2]>;
+pub use crate::loopbuf::LoopSnapshot;
 
 /// Handle to a running session. Cheap to clone; every clone drives the same session.
 #[derive(Clone)]
@@ -152,14 +159,31 @@ impl SessionHandle {
     }
 
     /// The whole loop buffer at the next tick boundary, with that tick's index (clients start
-    /// from it, then apply the audio slices of later ticks).
-    pub fn loop_audio(&self, timeout: Duration) -> Result<(u64, LoopSnapshot), String> {
-        let (reply, rx) = channel();
+    /// from it, then apply the audio slices of later ticks). The snapshot shares the runner's
+    /// storage: asking costs the runner one pointer copy, whatever the song's length.
+    pub fn loop_audio(&self, timeout: Duration) -> Result<(u64, LoopSnapshot), SessionError> {
+        self.ask_loop_audio()?
+            .recv_timeout(timeout)
+            .map_err(loop_reply_error)
+    }
+
+    /// [`loop_audio`](Self::loop_audio) for async callers: the future holds no thread while the
+    /// runner finishes its tick (wrap it in the caller's own timeout).
+    pub async fn loop_audio_async(&self) -> Result<(u64, LoopSnapshot), SessionError> {
+        self.ask_loop_audio()?.await.map_err(loop_reply_error)
+    }
+
+    fn ask_loop_audio(&self) -> Result<ReplyReceiver<(u64, LoopSnapshot)>, SessionError> {
+        let (reply, rx) = crate::bus::reply_channel();
         self.tx
             .try_send(Command::LoopAudio { reply })
-            .map_err(|e| e.to_string())?;
-        rx.recv_timeout(timeout)
-            .map_err(|_| "the session did not answer".to_string())
+            .map_err(|e| match e {
+                std::sync::mpsc::TrySendError::Full(_) => {
+                    SessionError::Busy("too many pending requests".into())
+                }
+                std::sync::mpsc::TrySendError::Disconnected(_) => SessionError::Stopped(None),
+            })?;
+        Ok(rx)
     }
 
     pub fn sample_rate(&self) -> u32 {
@@ -326,9 +350,7 @@ fn run(
                     };
                     let _ = reply.send(r);
                 }
-                Command::LoopAudio { reply } => {
-                    let _ = reply.send((tick, Arc::new(core.buffer().channels().clone())));
-                }
+                Command::LoopAudio { reply } => reply.send((tick, core.buffer().snapshot())),
                 Command::Stop => stop = true,
             }
         }
@@ -409,6 +431,7 @@ fn run(
                 tick: out.tick,
                 samples: core.buffer().len() as u64,
                 version: core.generations(),
+                audio: core.buffer().snapshot(),
             });
         }
         for (start, audio) in &out.patches {

@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
-use crate::App;
+use crate::protocol::{ApiError, ErrorCode};
+use crate::rest::error_response;
+use crate::service::Service;
 
 /// Compare without leaking the position of the first difference through timing.
 fn same(a: &str, b: &str) -> bool {
@@ -34,13 +35,15 @@ pub fn request_token(req: &Request) -> Option<String> {
     })
 }
 
-pub async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    if let Some(want) = &app.opts.token {
+pub async fn require_token(State(svc): State<Arc<Service>>, req: Request, next: Next) -> Response {
+    if let Some(want) = &svc.options().token {
         match request_token(&req) {
             Some(got) if same(&got, want) => {}
             _ => {
-                return (StatusCode::UNAUTHORIZED, "missing or wrong access token\n")
-                    .into_response();
+                return error_response(ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "missing or wrong access token",
+                ));
             }
         }
     }

@@ -1,55 +1,31 @@
-//! Binary audio frames and the per-client f16 delta mirror (docs/protocol.md).
+//! Binary audio frames (the header is `protocol::FrameHeader`) and the per-client f16 delta
+//! mirror (docs/protocol.md "Deltas keep client and server identical").
 
+use demon_live::loopbuf::LoopSnapshot;
 use half::f16;
 
-/// Frame kinds.
-pub const KIND_FULL: u8 = 0;
-pub const KIND_SLICE: u8 = 1;
-pub const KIND_DELTA: u8 = 2;
-pub const HEADER_BYTES: usize = 28;
+use crate::protocol::{FrameError, FrameHeader, FrameKind, HEADER_BYTES};
 
-/// Header fields of an audio frame.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FrameHeader {
-    pub kind: u8,
-    pub channels: u8,
-    pub start_sample: u32,
-    pub num_samples: u32,
-    pub tick: u32,
+/// What a frame reports besides its samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FrameMeta {
+    pub tick: u64,
     pub tick_ms: f32,
     pub decode_ms: f32,
-    pub generations: u32,
+    pub generations: u64,
 }
 
-impl FrameHeader {
-    pub fn write(&self, out: &mut Vec<u8>) {
-        out.push(self.kind);
-        out.push(self.channels);
-        out.extend_from_slice(&0u16.to_le_bytes());
-        out.extend_from_slice(&self.start_sample.to_le_bytes());
-        out.extend_from_slice(&self.num_samples.to_le_bytes());
-        out.extend_from_slice(&self.tick.to_le_bytes());
-        out.extend_from_slice(&self.tick_ms.to_le_bytes());
-        out.extend_from_slice(&self.decode_ms.to_le_bytes());
-        out.extend_from_slice(&self.generations.to_le_bytes());
-    }
-
-    pub fn parse(b: &[u8]) -> Option<FrameHeader> {
-        if b.len() < HEADER_BYTES {
-            return None;
-        }
-        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let f32_at = |i: usize| f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        Some(FrameHeader {
-            kind: b[0],
-            channels: b[1],
-            start_sample: u32_at(4),
-            num_samples: u32_at(8),
-            tick: u32_at(12),
-            tick_ms: f32_at(16),
-            decode_ms: f32_at(20),
-            generations: u32_at(24),
-        })
+impl FrameMeta {
+    fn header(&self, kind: FrameKind, start: u64, n: u64) -> Result<FrameHeader, FrameError> {
+        FrameHeader::new(
+            kind,
+            start,
+            n,
+            self.tick,
+            self.tick_ms,
+            self.decode_ms,
+            self.generations,
+        )
     }
 }
 
@@ -60,27 +36,25 @@ pub struct Mirror {
 
 impl Mirror {
     /// A full-buffer frame; the mirror becomes the f16-rounded buffer.
-    #[allow(clippy::needless_range_loop)] // parallel arrays indexed together
-    pub fn full_frame(buffer: &[Vec<f32>; 2], header: FrameHeader) -> (Mirror, Vec<u8>) {
-        let n = buffer[0].len();
+    pub fn full_frame(
+        buffer: &LoopSnapshot,
+        meta: FrameMeta,
+    ) -> Result<(Mirror, Vec<u8>), FrameError> {
+        let n = buffer.len();
+        let header = meta.header(FrameKind::Full, 0, n as u64)?;
         let mut out = Vec::with_capacity(HEADER_BYTES + n * 4);
-        FrameHeader {
-            kind: KIND_FULL,
-            channels: 2,
-            start_sample: 0,
-            num_samples: n as u32,
-            ..header
-        }
-        .write(&mut out);
+        header.write(&mut out);
         let mut mirror = [Vec::with_capacity(n), Vec::with_capacity(n)];
-        for i in 0..n {
-            for c in 0..2 {
-                let h = f16::from_f32(buffer[c][i]);
-                out.extend_from_slice(&h.to_bits().to_le_bytes());
-                mirror[c].push(h.to_f32());
+        for (left, right) in buffer.runs(0).zip(buffer.runs(1)) {
+            for (l, r) in left.iter().zip(right) {
+                for (c, v) in [*l, *r].into_iter().enumerate() {
+                    let h = f16::from_f32(v);
+                    out.extend_from_slice(&h.to_bits().to_le_bytes());
+                    mirror[c].push(h.to_f32());
+                }
             }
         }
-        (Mirror { channels: mirror }, out)
+        Ok((Mirror { channels: mirror }, out))
     }
 
     pub fn len(&self) -> usize {
@@ -96,33 +70,33 @@ impl Mirror {
     }
 
     /// A delta frame moving the client's copy of `[start, start + n)` (wrapping) to `audio`.
+    /// On an error the mirror is unchanged (nothing was sent).
     pub fn delta_frame(
         &mut self,
-        start: usize,
+        start: u64,
         audio: &[Vec<f32>],
-        header: FrameHeader,
-    ) -> Vec<u8> {
+        meta: FrameMeta,
+    ) -> Result<Vec<u8>, FrameError> {
         let n = audio.first().map_or(0, |c| c.len());
+        let header = meta.header(FrameKind::Delta, start, n as u64)?;
         let len = self.len().max(1);
         let mut out = Vec::with_capacity(HEADER_BYTES + n * 4);
-        FrameHeader {
-            kind: KIND_DELTA,
-            channels: 2,
-            start_sample: start as u32,
-            num_samples: n as u32,
-            ..header
-        }
-        .write(&mut out);
+        header.write(&mut out);
+        let start = (start % len as u64) as usize;
         for i in 0..n {
             let j = (start + i) % len;
             for c in 0..2 {
                 let src = audio.get(c).or(audio.first()).map_or(0.0, |a| a[i]);
-                let d = f16::from_f32(src - self.channels[c][j]);
+                let held = self.channels[c].get_mut(j);
+                let base = held.as_deref().copied().unwrap_or(0.0);
+                let d = f16::from_f32(src - base);
                 out.extend_from_slice(&d.to_bits().to_le_bytes());
-                self.channels[c][j] += d.to_f32();
+                if let Some(h) = held {
+                    *h += d.to_f32();
+                }
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -138,18 +112,18 @@ pub fn apply_frame(buffer: &mut [Vec<f32>; 2], frame: &[u8]) -> Option<FrameHead
     let val =
         |k: usize| f16::from_bits(u16::from_le_bytes([body[2 * k], body[2 * k + 1]])).to_f32();
     match h.kind {
-        KIND_FULL => {
+        FrameKind::Full => {
             *buffer = [
                 (0..n).map(|i| val(2 * i)).collect(),
                 (0..n).map(|i| val(2 * i + 1)).collect(),
             ];
         }
-        KIND_SLICE | KIND_DELTA => {
+        FrameKind::Slice | FrameKind::Delta => {
             let len = buffer[0].len().max(1);
             for i in 0..n {
                 let j = (h.start_sample as usize + i) % len;
                 for c in 0..2 {
-                    if h.kind == KIND_DELTA {
+                    if h.kind == FrameKind::Delta {
                         buffer[c][j] += val(2 * i + c);
                     } else {
                         buffer[c][j] = val(2 * i + c);
@@ -157,7 +131,6 @@ pub fn apply_frame(buffer: &mut [Vec<f32>; 2], frame: &[u8]) -> Option<FrameHead
                 }
             }
         }
-        _ => return None,
     }
     Some(h)
 }
@@ -168,11 +141,7 @@ mod tests {
 
     #[test]
     fn deltas_keep_client_and_mirror_identical() {
-        let head = FrameHeader {
-            kind: 0,
-            channels: 2,
-            start_sample: 0,
-            num_samples: 0,
+        let meta = FrameMeta {
             tick: 1,
             tick_ms: 2.0,
             decode_ms: 3.0,
@@ -182,7 +151,8 @@ mod tests {
             (0..100).map(|i| (i as f32 * 0.1).sin()).collect(),
             vec![0.25; 100],
         ];
-        let (mut mirror, full) = Mirror::full_frame(&buf, head);
+        let (mut mirror, full) =
+            Mirror::full_frame(&LoopSnapshot::from_planar(&buf), meta).unwrap();
         let mut client = [Vec::new(), Vec::new()];
         assert_eq!(apply_frame(&mut client, &full).unwrap().num_samples, 100);
         assert_eq!(client, *mirror.channels());
@@ -196,9 +166,9 @@ mod tests {
                         .collect()
                 })
                 .collect();
-            let f = mirror.delta_frame(start, &patch, head);
+            let f = mirror.delta_frame(start as u64, &patch, meta).unwrap();
             let h = apply_frame(&mut client, &f).unwrap();
-            assert_eq!((h.kind, h.tick, h.tick_ms), (KIND_DELTA, 1, 2.0));
+            assert_eq!((h.kind, h.tick, h.tick_ms), (FrameKind::Delta, 1, 2.0));
         }
         assert!(
             client == *mirror.channels(),
@@ -212,5 +182,19 @@ mod tests {
             assert!((client[0][(49 * 7 % 100 + i) % 100] - last[i]).abs() < 1e-3);
         }
         assert!(apply_frame(&mut client, &full[..10]).is_none());
+        // A tick past 32 bits is refused and leaves the mirror as it was.
+        let before = mirror.channels().clone();
+        let late = FrameMeta {
+            tick: u32::MAX as u64 + 1,
+            ..meta
+        };
+        assert_eq!(
+            mirror.delta_frame(0, &[vec![9.0; 10], vec![9.0; 10]], late),
+            Err(FrameError {
+                field: "tick",
+                value: u32::MAX as u64 + 1
+            })
+        );
+        assert_eq!(*mirror.channels(), before);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use demon_engine::CurveSpec;
-use demon_live::control::{ControlMessage, SourceSpec};
+use demon_live::control::ControlMessage;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
@@ -13,14 +13,10 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
-use crate::api::{apply_control, knob_catalog, resolve};
-use crate::{App, OfflineRender};
-
-/// Origin id of agent-sent controls in echoes.
-pub const MCP_ORIGIN: u64 = u64::MAX - 3;
+use crate::protocol::{AckBody, ApiError, ErrorBody, ErrorCode};
+use crate::service::{OfflineRender, Origin, Service};
 
 const INSTRUCTIONS: &str = "DEMON is a live music instrument: a diffusion model keeps regenerating a looping song while you \
 turn its knobs. Read `state` and `list_knobs` first. Changes take effect between engine ticks: shared per-step knobs \
@@ -30,7 +26,7 @@ transitions, a new seed for a variation.";
 
 #[derive(Clone)]
 pub struct DemonMcp {
-    app: Arc<App>,
+    svc: Arc<Service>,
     #[allow(dead_code)]
     tool_router: ToolRouter<Self>,
 }
@@ -112,25 +108,32 @@ pub struct SourceArgs {
     pub source: String,
 }
 
-fn text(v: serde_json::Value) -> String {
-    serde_json::to_string_pretty(&v).unwrap_or_default()
+/// A tool's result: the JSON of the same protocol types the other surfaces send.
+type ToolResult = Result<String, String>;
+
+fn json(v: &impl Serialize) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// Success as JSON text, or the error as `{"ok": false, "code", "error"}` (a tool error).
+fn answer<T: Serialize>(r: Result<T, ApiError>) -> ToolResult {
+    r.map(|v| json(&v)).map_err(|e| json(&ErrorBody::from(e)))
 }
 
 impl DemonMcp {
-    async fn control(&self, m: ControlMessage) -> Result<String, String> {
-        let m = resolve(&self.app, m)?;
-        let (tick, ms) = apply_control(&self.app, MCP_ORIGIN, m).await?;
-        Ok(text(
-            json!({"ok": true, "applied_before_tick": tick, "latency_ms": ms}),
-        ))
+    async fn control(&self, m: ControlMessage) -> ToolResult {
+        answer(self.svc.apply(Origin::Mcp, m).await.map(|a| AckBody {
+            ok: true,
+            result: a,
+        }))
     }
 }
 
 #[tool_router]
 impl DemonMcp {
-    pub fn new(app: Arc<App>) -> Self {
+    pub fn new(svc: Arc<Service>) -> Self {
         Self {
-            app,
+            svc,
             tool_router: Self::tool_router(),
         }
     }
@@ -138,32 +141,24 @@ impl DemonMcp {
     #[tool(
         description = "The live session's state: prompts, knob values (effective and target), curves, source, loop band, playhead, tick time, generations per second, adapters."
     )]
-    async fn state(&self) -> Result<String, String> {
-        Ok(text(json!(self.app.handle.state())))
+    async fn state(&self) -> ToolResult {
+        answer(self.svc.state())
     }
 
     #[tool(
         description = "Every knob: name, range, default, propagation class (shared_per_step = heard next tick; per_slot = heard after S ticks; global_weights = LoRA; structural) and what it does musically."
     )]
-    async fn list_knobs(&self) -> Result<String, String> {
-        Ok(text(knob_catalog(&self.app)))
+    async fn list_knobs(&self) -> ToolResult {
+        Ok(json(&self.svc.knobs()))
     }
 
     #[tool(description = "One knob's current effective (slew-limited) value and its target.")]
-    async fn get_knob(&self, Parameters(a): Parameters<KnobName>) -> Result<String, String> {
-        let st = self
-            .app
-            .handle
-            .state()
-            .ok_or("the session has not started")?;
-        let (Some(v), Some(t)) = (st.knobs.get(&a.name), st.targets.get(&a.name)) else {
-            return Err(format!("unknown knob `{}` (see list_knobs)", a.name));
-        };
-        Ok(text(json!({"name": a.name, "value": v, "target": t})))
+    async fn get_knob(&self, Parameters(a): Parameters<KnobName>) -> ToolResult {
+        answer(self.svc.knob(&a.name))
     }
 
     #[tool(description = "Set one knob. Large jumps are slew-limited so they do not click.")]
-    async fn set_knob(&self, Parameters(a): Parameters<KnobValue>) -> Result<String, String> {
+    async fn set_knob(&self, Parameters(a): Parameters<KnobValue>) -> ToolResult {
         self.control(ControlMessage::SetKnob {
             name: a.name,
             value: a.value,
@@ -172,7 +167,7 @@ impl DemonMcp {
     }
 
     #[tool(description = "Set several knobs at once (applied on the same tick; all or nothing).")]
-    async fn set_knobs(&self, Parameters(a): Parameters<KnobValues>) -> Result<String, String> {
+    async fn set_knobs(&self, Parameters(a): Parameters<KnobValues>) -> ToolResult {
         self.control(ControlMessage::SetKnobs { values: a.values })
             .await
     }
@@ -180,7 +175,7 @@ impl DemonMcp {
     #[tool(
         description = "Change prompt A, prompt B, the negative prompt, tempo or key. Omitted fields stay as they are."
     )]
-    async fn set_prompt(&self, Parameters(a): Parameters<PromptArgs>) -> Result<String, String> {
+    async fn set_prompt(&self, Parameters(a): Parameters<PromptArgs>) -> ToolResult {
         self.control(ControlMessage::SetPrompt {
             prompt: a.prompt,
             prompt_b: a.prompt_b,
@@ -194,10 +189,7 @@ impl DemonMcp {
     #[tool(
         description = "Crossfade between prompt A (0) and prompt B (1). Needs a prompt B (set_prompt)."
     )]
-    async fn set_prompt_blend(
-        &self,
-        Parameters(a): Parameters<BlendArgs>,
-    ) -> Result<String, String> {
+    async fn set_prompt_blend(&self, Parameters(a): Parameters<BlendArgs>) -> ToolResult {
         self.control(ControlMessage::SetKnob {
             name: "blend".into(),
             value: a.value,
@@ -208,13 +200,18 @@ impl DemonMcp {
     #[tool(
         description = "Draw a per-frame curve over the song for a curve parameter (e.g. ode_noise rising through the song), or remove it with null."
     )]
-    async fn set_curve(&self, Parameters(a): Parameters<CurveArgs>) -> Result<String, String> {
+    async fn set_curve(&self, Parameters(a): Parameters<CurveArgs>) -> ToolResult {
         let curve = match a.curve {
             None | Some(serde_json::Value::Null) => None,
-            Some(v) => Some(
-                serde_json::from_value::<CurveSpec>(v)
-                    .map_err(|e| format!("not a curve spec: {e}"))?,
-            ),
+            Some(v) => match serde_json::from_value::<CurveSpec>(v) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    return answer::<()>(Err(ApiError::new(
+                        ErrorCode::BadValue,
+                        format!("not a curve spec: {e}"),
+                    )));
+                }
+            },
         };
         self.control(ControlMessage::SetCurve {
             name: a.name,
@@ -226,7 +223,7 @@ impl DemonMcp {
     #[tool(
         description = "Generations in flight (ring depth, 1..=8). In-flight work always finishes."
     )]
-    async fn set_depth(&self, Parameters(a): Parameters<DepthArgs>) -> Result<String, String> {
+    async fn set_depth(&self, Parameters(a): Parameters<DepthArgs>) -> ToolResult {
         self.control(ControlMessage::SetKnob {
             name: "depth".into(),
             value: a.depth as f64,
@@ -235,19 +232,14 @@ impl DemonMcp {
     }
 
     #[tool(description = "Weight adapters (LoRA) the backend has, with their strengths.")]
-    async fn list_loras(&self) -> Result<String, String> {
-        let st = self
-            .app
-            .handle
-            .state()
-            .ok_or("the session has not started")?;
-        Ok(text(json!(st.adapters)))
+    async fn list_loras(&self) -> ToolResult {
+        answer(self.svc.state().map(|s| s.adapters))
     }
 
     #[tool(
         description = "Enable a LoRA adapter at a strength (default 1). Heard from the next model call on."
     )]
-    async fn enable_lora(&self, Parameters(a): Parameters<LoraArgs>) -> Result<String, String> {
+    async fn enable_lora(&self, Parameters(a): Parameters<LoraArgs>) -> ToolResult {
         self.control(ControlMessage::SetLora {
             id: a.id,
             strength: a.strength.unwrap_or(1.0),
@@ -256,7 +248,7 @@ impl DemonMcp {
     }
 
     #[tool(description = "Disable a LoRA adapter.")]
-    async fn disable_lora(&self, Parameters(a): Parameters<LoraArgs>) -> Result<String, String> {
+    async fn disable_lora(&self, Parameters(a): Parameters<LoraArgs>) -> ToolResult {
         self.control(ControlMessage::SetLora {
             id: a.id,
             strength: 0.0,
@@ -267,57 +259,37 @@ impl DemonMcp {
     #[tool(
         description = "Replace the source the engine remixes: `library:STYLE[:N]`, an audio file path on the server, or `none` for text-to-music."
     )]
-    async fn set_source(&self, Parameters(a): Parameters<SourceArgs>) -> Result<String, String> {
-        let source = if a.source == "none" {
-            SourceSpec::None
-        } else {
-            (self.app.hooks.resolve_source)(&a.source)?
+    async fn set_source(&self, Parameters(a): Parameters<SourceArgs>) -> ToolResult {
+        let svc = self.svc.clone();
+        let source = match tokio::task::spawn_blocking(move || svc.source_by_name(&a.source)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return answer::<()>(Err(e)),
+            Err(e) => {
+                return answer::<()>(Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!("internal error: {e}"),
+                )));
+            }
         };
         self.control(ControlMessage::SetSource { source }).await
     }
 
     #[tool(description = "Start recording what is played to a WAV file on the server.")]
-    async fn start_recording(&self) -> Result<String, String> {
-        let name = format!("demon-mcp-{}.wav", std::process::id());
-        let path = self.app.opts.recordings_dir.join(&name);
-        let app = self.app.clone();
-        tokio::task::spawn_blocking(move || app.handle.start_recording(&path, false))
-            .await
-            .map_err(|e| e.to_string())??;
-        Ok(text(json!({"recording": name})))
+    async fn start_recording(&self) -> ToolResult {
+        answer(self.svc.start_recording().await)
     }
 
     #[tool(description = "Stop recording; returns the WAV's download URL and length.")]
-    async fn stop_recording(&self) -> Result<String, String> {
-        let app = self.app.clone();
-        let r = tokio::task::spawn_blocking(move || app.handle.stop_recording())
-            .await
-            .map_err(|e| e.to_string())??;
-        Ok(text(match r {
-            Some((path, seconds)) => {
-                let name = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default()
-                    .to_string();
-                json!({"url": format!("/api/recordings/{name}"), "path": path, "seconds": seconds})
-            }
-            None => json!({"url": null, "note": "no recording was running"}),
-        }))
+    async fn stop_recording(&self) -> ToolResult {
+        answer(self.svc.stop_recording().await)
     }
 
     #[tool(
         description = "Render a separate song offline (not the live loop) from a prompt; returns the WAV path on the server."
     )]
-    async fn render_offline(
-        &self,
-        Parameters(a): Parameters<OfflineRender>,
-    ) -> Result<String, String> {
-        let render = self.app.hooks.render_offline.clone();
-        let path = tokio::task::spawn_blocking(move || render(&a))
-            .await
-            .map_err(|e| e.to_string())??;
-        Ok(text(json!({"path": path})))
+    async fn render_offline(&self, Parameters(a): Parameters<OfflineRender>) -> ToolResult {
+        answer(self.svc.render_offline(a).await)
     }
 }
 
@@ -330,9 +302,9 @@ impl ServerHandler for DemonMcp {
 }
 
 /// The `/mcp` tower service.
-pub fn service(app: Arc<App>) -> StreamableHttpService<DemonMcp, LocalSessionManager> {
+pub fn service(svc: Arc<Service>) -> StreamableHttpService<DemonMcp, LocalSessionManager> {
     StreamableHttpService::new(
-        move || Ok(DemonMcp::new(app.clone())),
+        move || Ok(DemonMcp::new(svc.clone())),
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default(),
     )

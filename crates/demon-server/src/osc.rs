@@ -8,11 +8,8 @@ use demon_engine::CurveSpec;
 use demon_live::control::ControlMessage;
 use rosc::{OscMessage, OscPacket, OscType};
 
-use crate::App;
-use crate::api::apply_control;
-
-/// Origin id of OSC-sent controls in echoes.
-pub const OSC_ORIGIN: u64 = u64::MAX - 1;
+use crate::protocol::{ApiError, ErrorCode};
+use crate::service::{Origin, Service};
 
 fn number(a: &OscType) -> Option<f64> {
     match a {
@@ -25,22 +22,28 @@ fn number(a: &OscType) -> Option<f64> {
     }
 }
 
+fn bad(msg: String) -> ApiError {
+    ApiError::new(ErrorCode::BadMessage, msg)
+}
+
 /// The control message an OSC message asks for.
-pub fn to_control(m: &OscMessage) -> Result<ControlMessage, String> {
-    let one_number = || -> Result<f64, String> {
+pub fn to_control(m: &OscMessage) -> Result<ControlMessage, ApiError> {
+    let one_number = || -> Result<f64, ApiError> {
         match m.args.as_slice() {
-            [a] => number(a).ok_or_else(|| format!("{}: the argument must be a number", m.addr)),
-            _ => Err(format!(
+            [a] => {
+                number(a).ok_or_else(|| bad(format!("{}: the argument must be a number", m.addr)))
+            }
+            _ => Err(bad(format!(
                 "{}: expects one number, got {} arguments",
                 m.addr,
                 m.args.len()
-            )),
+            ))),
         }
     };
-    let one_string = || -> Result<String, String> {
+    let one_string = || -> Result<String, ApiError> {
         match m.args.as_slice() {
             [OscType::String(s)] => Ok(s.clone()),
-            _ => Err(format!("{}: expects one string", m.addr)),
+            _ => Err(bad(format!("{}: expects one string", m.addr))),
         }
     };
     let addr = m.addr.as_str();
@@ -57,9 +60,9 @@ pub fn to_control(m: &OscMessage) -> Result<ControlMessage, String> {
             .map(|a| {
                 number(a)
                     .map(|v| v as f32)
-                    .ok_or_else(|| format!("{addr}: every argument must be a number"))
+                    .ok_or_else(|| bad(format!("{addr}: every argument must be a number")))
             })
-            .collect::<Result<Vec<f32>, String>>()?;
+            .collect::<Result<Vec<f32>, ApiError>>()?;
         if values.is_empty() {
             return Ok(ControlMessage::SetCurve {
                 name: name.to_string(),
@@ -93,7 +96,10 @@ pub fn to_control(m: &OscMessage) -> Result<ControlMessage, String> {
         "/demon/play" => Ok(ControlMessage::SetPlaying {
             playing: one_number()? != 0.0,
         }),
-        other => Err(format!("unknown OSC address `{other}`")),
+        other => Err(ApiError::new(
+            ErrorCode::UnknownType,
+            format!("unknown OSC address `{other}`"),
+        )),
     }
 }
 
@@ -104,13 +110,20 @@ fn flatten(p: OscPacket, out: &mut Vec<OscMessage>) {
     }
 }
 
-/// Listen until the socket fails.
-pub async fn run(app: Arc<App>, sock: tokio::net::UdpSocket) {
+/// Listen until the socket fails. Every message becomes a service call; bad ones are
+/// reported once and never stop anything.
+pub async fn run(svc: Arc<Service>, sock: tokio::net::UdpSocket) {
     if let Ok(addr) = sock.local_addr() {
         eprintln!("osc: listening on udp://{addr}");
     }
     let mut buf = vec![0u8; 65_536];
     let mut reported = false;
+    let mut report = |what: &dyn std::fmt::Display| {
+        if !reported {
+            eprintln!("osc: {what}; further problems are ignored silently");
+            reported = true;
+        }
+    };
     loop {
         let n = match sock.recv_from(&mut buf).await {
             Ok((n, _)) => n,
@@ -120,35 +133,17 @@ pub async fn run(app: Arc<App>, sock: tokio::net::UdpSocket) {
         match rosc::decoder::decode_udp(&buf[..n]) {
             Ok((_, p)) => flatten(p, &mut msgs),
             Err(e) => {
-                if !reported {
-                    eprintln!(
-                        "osc: ignoring a malformed packet ({e}); further ones are ignored silently"
-                    );
-                    reported = true;
-                }
+                report(&format!("ignoring a malformed packet ({e})"));
                 continue;
             }
         }
         for m in msgs {
-            match to_control(&m) {
-                Ok(c) => {
-                    let c = match crate::api::resolve(&app, c) {
-                        Ok(c) => c,
-                        Err(_) => continue,
-                    };
-                    if let Err(e) = apply_control(&app, OSC_ORIGIN, c).await
-                        && !reported
-                    {
-                        eprintln!("osc: {e}");
-                        reported = true;
-                    }
-                }
-                Err(e) => {
-                    if !reported {
-                        eprintln!("osc: {e}");
-                        reported = true;
-                    }
-                }
+            let result = match to_control(&m) {
+                Ok(c) => svc.apply(Origin::Osc, c).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                report(&e);
             }
         }
     }
@@ -206,6 +201,7 @@ mod tests {
         assert!(
             to_control(&msg("/elsewhere", vec![]))
                 .unwrap_err()
+                .message
                 .contains("unknown OSC address")
         );
     }

@@ -1,148 +1,88 @@
 //! The WebSocket protocol (docs/protocol.md): JSON requests with replies and errors, binary
-//! audio frames as f16 deltas against a per-client mirror, echoes of other clients' changes.
+//! audio frames as f16 deltas against a per-client mirror, echoes of every client's changes.
 //!
-//! Each connection has three parts: a reader (this task) that answers requests, a writer task
-//! that owns the socket's sending half, and a forwarder thread that turns session events into
-//! frames. Nothing a client sends can stop the session or another client: bad input gets an
-//! `error` reply and the connection carries on.
+//! Each connection is three async tasks and no thread: a reader (this task) that answers
+//! requests through the service, a writer that owns the socket's sending half, and a forwarder
+//! that awaits session events on the bus (`Subscriber::recv`) and turns them into frames.
+//! Nothing a client sends can stop the session or another client: bad input gets an `error`
+//! reply and the connection carries on.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use demon_live::bus::{Event, RecvError};
-use demon_live::control::ControlMessage;
+use demon_live::bus::{Event, Subscriber};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::App;
-use crate::api::{apply_control, knob_catalog, resolve, source_from_bytes};
-use crate::frames::{FrameHeader, Mirror};
+use crate::frames::{FrameMeta, Mirror};
+use crate::protocol::{
+    ApiError, ClientMessage, ErrorCode, RecordAction, ReplyResult, Request, ServerMessage,
+    parse_client_message,
+};
+use crate::service::{Origin, RateLimit, Service};
 
-pub async fn handler(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
-    let max = app
-        .opts
-        .limits
-        .max_binary_bytes
-        .max(app.opts.limits.max_text_bytes);
+/// Frames queued for one client's socket. Audio slices are skipped (not queued) when fewer
+/// than `AUDIO_HEADROOM` places are left, so replies and control echoes always find room.
+const OUTBOX: usize = 512;
+const AUDIO_HEADROOM: usize = 8;
+/// `stats` go out at most this often.
+const STATS_EVERY: Duration = Duration::from_millis(250);
+
+pub async fn handler(ws: WebSocketUpgrade, State(svc): State<Arc<Service>>) -> Response {
+    let limits = svc.limits();
+    let max = limits.max_binary_bytes.max(limits.max_text_bytes);
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| connection(app, socket))
+        .on_upgrade(move |socket| connection(svc, socket))
 }
 
-/// Requests to the forwarder thread.
-enum ForwarderCmd {
-    Resync,
+fn text(m: &ServerMessage) -> Message {
+    Message::Text(m.to_json().into())
 }
 
-fn header(tick: u64, tick_ms: f32, decode_ms: f32, generations: u64) -> FrameHeader {
-    FrameHeader {
-        kind: 0,
-        channels: 2,
-        start_sample: 0,
-        num_samples: 0,
-        tick: tick as u32,
-        tick_ms,
-        decode_ms,
-        generations: generations as u32,
-    }
-}
-
-/// Token bucket for control messages.
-struct RateLimit {
-    tokens: f64,
-    per_second: f64,
-    last: Instant,
-}
-
-impl RateLimit {
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_second)
-            .min(self.per_second);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-fn err(id: &Value, code: &str, msg: impl Into<String>) -> Message {
-    Message::Text(
-        json!({"type": "error", "id": id, "code": code, "error": msg.into()})
-            .to_string()
-            .into(),
-    )
-}
-
-fn reply(id: &Value, extra: Value) -> Message {
-    let mut v = json!({"type": "reply", "id": id, "ok": true});
-    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
-        for (k, x) in e {
-            o.insert(k.clone(), x.clone());
-        }
-    }
-    Message::Text(v.to_string().into())
-}
-
-async fn connection(app: Arc<App>, socket: WebSocket) {
-    let client_id = app.next_client.fetch_add(1, Ordering::Relaxed);
+async fn connection(svc: Arc<Service>, socket: WebSocket) {
+    let client_id = svc.new_client();
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(512);
+    let (tx, mut rx) = mpsc::channel::<Message>(OUTBOX);
     let writer = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
-            if sink.send(m).await.is_err() {
+            let closing = matches!(m, Message::Close(_));
+            if sink.send(m).await.is_err() || closing {
                 break;
             }
         }
         let _ = sink.close().await;
     });
 
-    // Subscribe before fetching the buffer so no slice falls in between.
-    let sub = app.handle.subscribe();
-    let handle = app.handle.clone();
-    let initial =
-        tokio::task::spawn_blocking(move || handle.loop_audio(Duration::from_secs(10))).await;
-    let (tick, buffer) = match initial {
-        Ok(Ok(x)) => x,
-        _ => {
-            let _ = tx
-                .send(err(
-                    &Value::Null,
-                    "unavailable",
-                    "the session did not answer",
-                ))
-                .await;
+    // Subscribe before taking the loop so no slice falls in between.
+    let sub = svc.subscribe();
+    let start = match svc.loop_snapshot().await {
+        Ok((tick, snapshot)) => svc.ready(client_id, &snapshot).and_then(|ready| {
+            let meta = FrameMeta {
+                tick,
+                ..Default::default()
+            };
+            let (mirror, full) = Mirror::full_frame(&snapshot, meta)
+                .map_err(|e| ApiError::new(ErrorCode::TooLarge, e.to_string()))?;
+            Ok((ready, mirror, full))
+        }),
+        Err(e) => Err(e),
+    };
+    let (ready, mirror, full) = match start {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = tx.send(text(&ServerMessage::error(Value::Null, e))).await;
             drop(tx);
             let _ = writer.await;
             return;
         }
     };
-    let state = app.handle.state();
-    let ready = json!({
-        "type": "ready",
-        "version": 1,
-        "client_id": client_id,
-        "sample_rate": app.handle.sample_rate(),
-        "channels": 2,
-        "samples": buffer[0].len(),
-        "song_seconds": buffer[0].len() as f64 / app.handle.sample_rate() as f64,
-        "backend": state.as_ref().map(|s| s.backend.clone()),
-        "knobs": knob_catalog(&app),
-        "curves": demon_live::control::CURVE_NAMES,
-        "library": app.hooks.library,
-        "state": state,
-    });
-    let (mirror, full) = Mirror::full_frame(&buffer, header(tick, 0.0, 0.0, 0));
     if tx
-        .send(Message::Text(ready.to_string().into()))
+        .send(text(&ServerMessage::Ready(Box::new(ready))))
         .await
         .is_err()
         || tx.send(Message::Binary(full.into())).await.is_err()
@@ -150,254 +90,232 @@ async fn connection(app: Arc<App>, socket: WebSocket) {
         return;
     }
 
-    // Forwarder: session events → frames, on a blocking thread (the bus is synchronous).
-    let (fwd_tx, fwd_rx) = std::sync::mpsc::channel::<ForwarderCmd>();
-    let fwd_out = tx.clone();
-    let fwd_handle = app.handle.clone();
-    let forwarder = std::thread::Builder::new().name(format!("ws-client-{client_id}")).spawn(move || {
-        let mut mirror = mirror;
-        let mut last_stats = Instant::now() - Duration::from_secs(1);
-        loop {
-            let resync = matches!(fwd_rx.try_recv(), Ok(ForwarderCmd::Resync));
-            let event = if resync {
-                Some(Event::BufferReplaced { tick: 0, samples: 0, version: 0 })
-            } else {
-                match sub.recv_timeout(Duration::from_millis(100)) {
-                    Ok(e) => e,
-                    Err(RecvError::Disconnected) => break,
-                }
-            };
-            if fwd_out.is_closed() {
-                break;
-            }
-            let Some(event) = event else { continue };
-            let msg = match event {
-                Event::Audio(slice) => {
-                    // Only touch the mirror for a frame that will be sent: a slow client skips
-                    // slices and catches up with the next delta.
-                    if fwd_out.capacity() < 8 {
-                        continue;
-                    }
-                    let h = header(slice.tick, slice.tick_ms, slice.decode_ms, slice.generations);
-                    Message::Binary(mirror.delta_frame(slice.start_sample as usize, &slice.channels, h).into())
-                }
-                Event::BufferReplaced { .. } => match fwd_handle.loop_audio(Duration::from_secs(10)) {
-                    Ok((tick, buf)) => {
-                        let (m, frame) = Mirror::full_frame(&buf, header(tick, 0.0, 0.0, 0));
-                        mirror = m;
-                        Message::Binary(frame.into())
-                    }
-                    Err(_) => continue,
-                },
-                Event::Stats { tick, tick_ms, decode_ms, gen_per_s, active_slots, queue, lead_ms } => {
-                    if last_stats.elapsed() < Duration::from_millis(250) {
-                        continue;
-                    }
-                    last_stats = Instant::now();
-                    Message::Text(json!({"type": "stats", "tick": tick, "tick_ms": tick_ms, "decode_ms": decode_ms, "gen_per_s": gen_per_s, "active_slots": active_slots, "queue": queue, "lead_ms": lead_ms}).to_string().into())
-                }
-                e @ (Event::Params { .. } | Event::Applied { .. } | Event::Notice { .. }) => {
-                    Message::Text(serde_json::to_string(&e).unwrap_or_default().into())
-                }
-            };
-            if fwd_out.blocking_send(msg).is_err() {
-                break;
-            }
-        }
-    });
-    if forwarder.is_err() {
-        return;
-    }
+    // A resync asked while one is pending is the same resync.
+    let (resync_tx, resync_rx) = mpsc::channel::<()>(1);
+    let forwarder = tokio::spawn(forward(svc.clone(), sub, mirror, tx.clone(), resync_rx));
 
-    let limits = app.opts.limits;
-    let mut rate = RateLimit {
-        tokens: limits.max_controls_per_second,
-        per_second: limits.max_controls_per_second,
-        last: Instant::now(),
-    };
+    let mut rate = RateLimit::new(svc.limits().max_controls_per_second);
     let mut pending_upload: Option<(Value, String)> = None;
     while let Some(msg) = stream.next().await {
-        let msg = match msg {
-            Ok(m) => m,
-            Err(_) => break,
-        };
+        let Ok(msg) = msg else { break };
         let out = match msg {
-            Message::Text(text) => {
-                if text.len() > limits.max_text_bytes {
-                    Some(err(
-                        &Value::Null,
-                        "too_large",
-                        format!("text frames are limited to {} bytes", limits.max_text_bytes),
-                    ))
-                } else {
-                    handle_text(
-                        &app,
-                        client_id,
-                        &text,
-                        &mut rate,
-                        &mut pending_upload,
-                        &fwd_tx,
-                    )
-                    .await
-                }
-            }
-            Message::Binary(bytes) => match pending_upload.take() {
-                Some((id, name)) => Some(
-                    match source_from_bytes(&app, client_id, name.clone(), bytes.to_vec()).await {
-                        Ok((tick, ms)) => {
-                            reply(&id, json!({"tick": tick, "latency_ms": ms, "source": name}))
-                        }
-                        Err(e) => err(&id, "bad_upload", e),
-                    },
-                ),
-                None => Some(err(
-                    &Value::Null,
-                    "bad_message",
-                    "a binary frame is only expected after an `upload` request",
-                )),
+            Message::Text(t) => match svc.check_text_size(t.len(), "text frames") {
+                Err(e) => Some(ServerMessage::error(Value::Null, e)),
+                Ok(()) => match parse_client_message(&t) {
+                    Err((id, e)) => Some(ServerMessage::error(id, e)),
+                    Ok(m) => {
+                        answer(
+                            &svc,
+                            client_id,
+                            m,
+                            &mut rate,
+                            &mut pending_upload,
+                            &resync_tx,
+                        )
+                        .await
+                    }
+                },
             },
+            Message::Binary(bytes) => Some(match pending_upload.take() {
+                Some((id, name)) => {
+                    match svc
+                        .upload(Origin::Client(client_id), name, bytes.to_vec())
+                        .await
+                    {
+                        Ok(ack) => ServerMessage::reply(id, ReplyResult::Applied(ack)),
+                        Err(e) => ServerMessage::error(id, e),
+                    }
+                }
+                None => ServerMessage::error(
+                    Value::Null,
+                    ApiError::new(
+                        ErrorCode::BadMessage,
+                        "a binary frame is only expected after an `upload` request",
+                    ),
+                ),
+            }),
             Message::Close(_) => break,
             _ => None,
         };
         if let Some(m) = out
-            && tx.send(m).await.is_err()
+            && tx.send(text(&m)).await.is_err()
         {
             break;
         }
     }
+    forwarder.abort();
     drop(tx);
     let _ = writer.await;
 }
 
-async fn handle_text(
-    app: &Arc<App>,
+/// The answer to one request (`None`: answered later or not at all, as the protocol says).
+async fn answer(
+    svc: &Arc<Service>,
     client_id: u64,
-    text: &str,
+    m: ClientMessage,
     rate: &mut RateLimit,
     pending_upload: &mut Option<(Value, String)>,
-    fwd: &std::sync::mpsc::Sender<ForwarderCmd>,
-) -> Option<Message> {
-    let v: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(e) => return Some(err(&Value::Null, "bad_json", format!("not JSON: {e}"))),
-    };
-    let id = v.get("id").cloned().unwrap_or(Value::Null);
-    let Some(kind) = v.get("type").and_then(Value::as_str) else {
-        return Some(err(&id, "bad_message", "a request needs a string `type`"));
-    };
-    match kind {
-        "ping" => Some(Message::Text(
-            json!({"type": "pong", "id": id}).to_string().into(),
-        )),
-        "get_state" => Some(Message::Text(
-            json!({"type": "state", "id": id, "state": app.handle.state()})
-                .to_string()
-                .into(),
-        )),
-        "resync" => {
-            let _ = fwd.send(ForwarderCmd::Resync);
-            None
+    resync: &mpsc::Sender<()>,
+) -> Option<ServerMessage> {
+    let id = m.id;
+    let result = match m.request {
+        Request::Ping => return Some(ServerMessage::Pong { id }),
+        Request::GetState => {
+            return Some(match svc.state() {
+                Ok(state) => ServerMessage::State {
+                    id,
+                    state: Box::new(state),
+                },
+                Err(e) => ServerMessage::error(id, e),
+            });
         }
-        "control" => {
-            if !rate.allow() {
-                return Some(err(
-                    &id,
-                    "rate_limited",
-                    format!(
-                        "more than {} control messages per second",
-                        app.opts.limits.max_controls_per_second
-                    ),
-                ));
+        Request::Resync => {
+            let _ = resync.try_send(());
+            return None;
+        }
+        Request::Upload { name } => {
+            *pending_upload = Some((id, name.unwrap_or_else(|| "upload".into())));
+            return None;
+        }
+        Request::Control { message } => match rate.check() {
+            Ok(()) => svc
+                .apply(Origin::Client(client_id), message)
+                .await
+                .map(ReplyResult::Applied),
+            Err(e) => Err(e),
+        },
+        Request::Record {
+            action: RecordAction::Start,
+        } => svc
+            .start_recording()
+            .await
+            .map(ReplyResult::RecordingStarted),
+        Request::Record {
+            action: RecordAction::Stop,
+        } => svc
+            .stop_recording()
+            .await
+            .map(ReplyResult::RecordingStopped),
+        Request::MidiLearn { knob } => svc.midi_learn(&knob).map(ReplyResult::MidiLearn),
+    };
+    Some(match result {
+        Ok(r) => ServerMessage::reply(id, r),
+        Err(e) => ServerMessage::error(id, e),
+    })
+}
+
+/// What the forwarder acts on next.
+enum Next {
+    Resync,
+    Event(Event),
+    /// The bus closed this subscriber: the session ended, or this client fell so far behind
+    /// that its queue filled with control events.
+    Disconnected,
+}
+
+/// Session events → frames for one client, until the client or the session goes.
+async fn forward(
+    svc: Arc<Service>,
+    sub: Subscriber,
+    mut mirror: Mirror,
+    out: mpsc::Sender<Message>,
+    mut resync: mpsc::Receiver<()>,
+) {
+    let mut last_stats: Option<Instant> = None;
+    loop {
+        let next = tokio::select! {
+            biased;
+            r = resync.recv() => match r {
+                Some(()) => Next::Resync,
+                None => return,
+            },
+            e = sub.recv() => match e {
+                Ok(e) => Next::Event(e),
+                Err(_) => Next::Disconnected,
+            },
+        };
+        let msg = match next {
+            Next::Disconnected => {
+                let _ = out
+                    .send(text(&ServerMessage::Notice {
+                        message: "the session's event stream ended for this connection (the session stopped, or the connection fell too far behind); reconnect".into(),
+                    }))
+                    .await;
+                let _ = out
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1011,
+                        reason: "event stream ended".into(),
+                    })))
+                    .await;
+                return;
             }
-            let Some(m) = v.get("message") else {
-                return Some(err(
-                    &id,
-                    "bad_message",
-                    "a control request needs a `message`",
-                ));
-            };
-            let message: ControlMessage = match serde_json::from_value(m.clone()) {
-                Ok(m) => m,
-                Err(e) => {
-                    return Some(err(
-                        &id,
-                        "bad_message",
-                        format!("not a control message: {e}"),
-                    ));
+            Next::Resync => match svc.loop_snapshot().await {
+                Ok((tick, snapshot)) => full_frame(&mut mirror, &snapshot, tick),
+                Err(e) => text(&ServerMessage::error(Value::Null, e)),
+            },
+            Next::Event(Event::BufferReplaced { tick, audio, .. }) => {
+                full_frame(&mut mirror, &audio, tick)
+            }
+            Next::Event(Event::Audio(slice)) => {
+                // Only touch the mirror for a frame that will be sent: a slow client skips
+                // slices and catches up with the next delta.
+                if out.capacity() < AUDIO_HEADROOM {
+                    continue;
                 }
-            };
-            let message = match resolve(app, message) {
-                Ok(m) => m,
-                Err(e) => return Some(err(&id, "rejected", e)),
-            };
-            Some(match apply_control(app, client_id, message).await {
-                Ok((tick, ms)) => reply(&id, json!({"tick": tick, "latency_ms": ms})),
-                Err(e) => err(&id, "rejected", e),
-            })
-        }
-        "upload" => {
-            let name = v
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("upload")
-                .to_string();
-            *pending_upload = Some((id, name));
-            None
-        }
-        "record" => {
-            let action = v.get("action").and_then(Value::as_str).unwrap_or("");
-            let app2 = app.clone();
-            let result = match action {
-                "start" => {
-                    let name = format!(
-                        "demon-{}-{}.wav",
-                        std::process::id(),
-                        app.next_client.fetch_add(1, Ordering::Relaxed)
-                    );
-                    let path = app.opts.recordings_dir.join(&name);
-                    tokio::task::spawn_blocking(move || app2.handle.start_recording(&path, false))
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r)
-                        .map(|_| json!({"recording": name}))
+                let meta = FrameMeta {
+                    tick: slice.tick,
+                    tick_ms: slice.tick_ms,
+                    decode_ms: slice.decode_ms,
+                    generations: slice.generations,
+                };
+                match mirror.delta_frame(slice.start_sample, &slice.channels, meta) {
+                    Ok(frame) => Message::Binary(frame.into()),
+                    Err(e) => frame_error(e),
                 }
-                "stop" => tokio::task::spawn_blocking(move || app2.handle.stop_recording())
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r)
-                    .map(|r| match r {
-                        Some((path, seconds)) => {
-                            let name = path
-                                .file_name()
-                                .and_then(|n| n.to_str())
-                                .unwrap_or_default()
-                                .to_string();
-                            json!({"url": format!("/api/recordings/{name}"), "seconds": seconds})
-                        }
-                        None => json!({"url": null}),
-                    }),
-                other => Err(format!(
-                    "record action `{other}` is neither `start` nor `stop`"
-                )),
-            };
-            Some(match result {
-                Ok(extra) => reply(&id, extra),
-                Err(e) => err(&id, "rejected", e),
-            })
+            }
+            Next::Event(e @ Event::Stats { .. }) => {
+                if last_stats.is_some_and(|t| t.elapsed() < STATS_EVERY) {
+                    continue;
+                }
+                last_stats = Some(Instant::now());
+                match ServerMessage::from_event(&e) {
+                    Some(m) => text(&m),
+                    None => continue,
+                }
+            }
+            Next::Event(e) => match ServerMessage::from_event(&e) {
+                Some(m) => text(&m),
+                None => continue,
+            },
+        };
+        if out.send(msg).await.is_err() {
+            return;
         }
-        "midi_learn" => {
-            let Some(knob) = v.get("knob").and_then(Value::as_str) else {
-                return Some(err(&id, "bad_message", "midi_learn needs a `knob`"));
-            };
-            Some(match app.midi.learn(knob) {
-                Ok(()) => reply(&id, json!({"learning": knob, "midi": app.midi.status()})),
-                Err(e) => err(&id, "rejected", e),
-            })
-        }
-        other => Some(err(
-            &id,
-            "unknown_type",
-            format!("unknown request type `{other}`"),
-        )),
     }
+}
+
+/// A full-buffer frame of `snapshot`; the client's mirror restarts from it.
+fn full_frame(
+    mirror: &mut Mirror,
+    snapshot: &demon_live::loopbuf::LoopSnapshot,
+    tick: u64,
+) -> Message {
+    let meta = FrameMeta {
+        tick,
+        ..Default::default()
+    };
+    match Mirror::full_frame(snapshot, meta) {
+        Ok((m, frame)) => {
+            *mirror = m;
+            Message::Binary(frame.into())
+        }
+        Err(e) => frame_error(e),
+    }
+}
+
+fn frame_error(e: crate::protocol::FrameError) -> Message {
+    text(&ServerMessage::error(
+        Value::Null,
+        ApiError::new(ErrorCode::TooLarge, e.to_string()),
+    ))
 }

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use demon_engine::{BackendSet, ReceptiveField};
+use demon_live::SessionError;
 use demon_live::control::SourceSpec;
 use demon_live::core::{LiveCore, SessionConfig};
 use demon_live::session::{RunOptions, SessionHandle, start};
-use demon_server::frames::{FrameHeader, KIND_DELTA, KIND_FULL, apply_frame};
+use demon_server::frames::apply_frame;
+use demon_server::protocol::{FrameHeader, FrameKind};
 use demon_server::{Hooks, ServerOptions};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -49,9 +51,10 @@ fn session() -> SessionHandle {
 fn hooks() -> Hooks {
     Hooks {
         resolve_source: Arc::new(|spec: &str| {
+            let bad = |p: &str| SessionError::bad_source(spec, p);
             let style = spec
                 .strip_prefix("library:")
-                .ok_or("only library sources in tests")?;
+                .ok_or_else(|| bad("only library sources in tests"))?;
             let style = style.split(':').next().unwrap_or("house");
             let r = demon_sketch::style::read_prompt(style);
             let i = r
@@ -61,7 +64,7 @@ fn hooks() -> Hooks {
                 .fold((0, 0.0), |a, (i, w)| if *w > a.1 { (i, *w) } else { a })
                 .0;
             let song = demon_sketch::composer::compose(demon_sketch::composer::SongSpec {
-                style: demon_sketch::Style::from_index(i).ok_or("bad style")?,
+                style: demon_sketch::Style::from_index(i).ok_or_else(|| bad("bad style"))?,
                 bpm: 124.0,
                 tonic: 9,
                 minor: true,
@@ -70,11 +73,13 @@ fn hooks() -> Hooks {
             });
             let t =
                 candle_core::Tensor::from_vec(song.latent, (1, 200, 64), &candle_core::Device::Cpu)
-                    .map_err(|e| e.to_string())?;
-            demon_live::core::latent_spec(spec, &t)
+                    .map_err(SessionError::from)?;
+            demon_live::core::latent_spec(spec, &t).map_err(|e| bad(&e))
         }),
         library: vec!["library:funk:0".into()],
-        render_offline: Arc::new(|_| Err("not in tests".into())),
+        render_offline: Arc::new(|_| {
+            Err(SessionError::bad_value("render_offline", "not in tests"))
+        }),
     }
 }
 
@@ -196,7 +201,10 @@ async fn websocket_protocol_end_to_end() {
             break b;
         }
     };
-    assert_eq!(apply_frame(&mut buffer, &full).unwrap().kind, KIND_FULL);
+    assert_eq!(
+        apply_frame(&mut buffer, &full).unwrap().kind,
+        FrameKind::Full
+    );
     assert_eq!(buffer[0].len(), 8 * 48_000);
 
     // Slices arrive as deltas and keep the client's copy equal to the server's loop (to f16).
@@ -206,7 +214,7 @@ async fn websocket_protocol_end_to_end() {
         let m = ws.next_message().await;
         if let Message::Binary(b) = m {
             let h: FrameHeader = apply_frame(&mut buffer, &b).expect("valid frame");
-            if h.kind == KIND_DELTA {
+            if h.kind == FrameKind::Delta {
                 deltas += 1;
                 assert!(h.tick >= last_tick);
                 last_tick = h.tick;
@@ -224,7 +232,7 @@ async fn websocket_protocol_end_to_end() {
     // samples must agree to f16 precision.
     let agree = buffer[0]
         .iter()
-        .zip(&server[0])
+        .zip(&server.to_planar()[0])
         .filter(|(a, b)| (*a - *b).abs() < 2e-3)
         .count();
     assert!(
@@ -245,7 +253,7 @@ async fn websocket_protocol_end_to_end() {
     let bad: Vec<(Value, &str)> = vec![
         (
             json!({"id": 2, "type": "control", "message": {"type": "set_knob", "name": "wobble", "value": 1}}),
-            "rejected",
+            "unknown_knob",
         ),
         (
             json!({"id": 3, "type": "control", "message": {"type": "set_knob", "name": "denoise", "value": "high"}}),
@@ -253,14 +261,26 @@ async fn websocket_protocol_end_to_end() {
         ),
         (
             json!({"id": 4, "type": "control", "message": {"type": "set_curve", "name": "ode_noise", "curve": {"type": "raw", "values": []}}}),
-            "rejected",
+            "bad_value",
         ),
         (
             json!({"id": 5, "type": "control", "message": {"type": "set_knob", "name": "depth", "value": 99}}),
-            "rejected",
+            "bad_value",
         ),
         (json!({"id": 6, "type": "teleport"}), "unknown_type"),
         (json!({"id": 7, "type": "control"}), "bad_message"),
+        (
+            json!({"id": 11, "type": "control", "message": {"type": "set_curve", "name": "wobble", "curve": null}}),
+            "unknown_curve",
+        ),
+        (
+            json!({"id": 12, "type": "record", "action": "pause"}),
+            "bad_message",
+        ),
+        (
+            json!({"id": 13, "type": "midi_learn", "knob": "wobble"}),
+            "unknown_knob",
+        ),
     ];
     for (m, code) in bad {
         let id = m["id"].as_i64().unwrap();
@@ -443,17 +463,39 @@ async fn rest_control_and_knobs() {
         handle.state().unwrap().source.as_deref(),
         Some("library:funk:0")
     );
-    let (code, _) = http(
-        addr,
-        "POST",
-        "/api/control",
-        None,
-        r#"{"type":"set_knob","name":"guidance","value":99}"#,
-    )
-    .await;
-    assert_eq!(code, 422);
-    let (code, _) = http(addr, "GET", "/api/recordings/..%2Fetc%2Fpasswd", None, "").await;
-    assert!(code == 400 || code == 404);
+    // Each failure has its own code, and the status that code maps to.
+    for (body, status, code) in [
+        (
+            r#"{"type":"set_knob","name":"guidance","value":99}"#,
+            422,
+            "bad_value",
+        ),
+        (
+            r#"{"type":"set_knob","name":"wobble","value":1}"#,
+            422,
+            "unknown_knob",
+        ),
+        (
+            r#"{"type":"set_knob","name":"guidance"}"#,
+            400,
+            "bad_message",
+        ),
+        (r#"{"type":"set_knob""#, 400, "bad_message"),
+    ] {
+        let (got, text) = http(addr, "POST", "/api/control", None, body).await;
+        assert_eq!(got, status, "{body}: {text}");
+        let json = sse_json(&text);
+        assert_eq!(
+            (json["ok"].as_bool(), json["code"].as_str()),
+            (Some(false), Some(code)),
+            "{text}"
+        );
+    }
+    let (code, text) = http(addr, "POST", "/api/control", None, &"x".repeat(70 * 1024)).await;
+    assert_eq!(code, 413, "{text}");
+    let (code, text) = http(addr, "GET", "/api/recordings/..%2Fetc%2Fpasswd", None, "").await;
+    assert_eq!(code, 404, "{text}");
+    assert_eq!(sse_json(&text)["code"], "not_found");
     handle.stop().unwrap();
 }
 

@@ -1,0 +1,777 @@
+//! The wire protocol of `demon serve` (docs/protocol.md), as types: every message a WebSocket
+//! client sends and receives, the REST replies, the error codes with their HTTP statuses, and
+//! the binary audio frame header. The WebSocket, REST and MCP surfaces build their answers from
+//! these types only, and a test parses every example of docs/protocol.md into them (and back to
+//! the same JSON), so the document and the code cannot drift apart.
+//!
+//! Numbers that the binary header carries in 32 bits are converted with checks: a loop longer
+//! than `u32::MAX` samples, or a tick or generation count past `u32::MAX` (about 5.4 years of
+//! ticks at 25 per second), is a [`FrameError`], never a silently truncated field.
+
+use std::collections::BTreeMap;
+
+use demon_live::SessionError;
+use demon_live::control::{ControlMessage, KnobSpec, PropagationClass};
+use demon_live::core::SessionState;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Version of the WebSocket protocol in `ready`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+// ------------------------------------------------------------------------------------ errors
+
+/// The stable code of every error a client can get, over WebSocket (`error.code`), REST
+/// (`code`, with [`http_status`](Self::http_status)) and MCP (a tool error's `code`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    // The request itself.
+    /// Not JSON.
+    BadJson,
+    /// JSON, but not a request or control message of this protocol (a missing or mistyped
+    /// field, a binary frame nobody asked for).
+    BadMessage,
+    /// A request `type` this server does not know.
+    UnknownType,
+    /// Over a size limit (text frame, control body).
+    TooLarge,
+    /// Over the control rate limit.
+    RateLimited,
+    /// A missing or wrong access token.
+    Unauthorized,
+    // What the session said (`demon_live::SessionError`).
+    BadValue,
+    UnknownKnob,
+    UnknownCurve,
+    UnsupportedByBackend,
+    BadSource,
+    BadUpload,
+    NotFound,
+    Busy,
+    Timeout,
+    Stopped,
+    IoError,
+    BackendError,
+    /// A server bug (a task that panicked); the session carries on.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, in documentation order.
+    pub const ALL: [ErrorCode; 19] = [
+        Self::BadJson,
+        Self::BadMessage,
+        Self::UnknownType,
+        Self::TooLarge,
+        Self::RateLimited,
+        Self::Unauthorized,
+        Self::BadValue,
+        Self::UnknownKnob,
+        Self::UnknownCurve,
+        Self::UnsupportedByBackend,
+        Self::BadSource,
+        Self::BadUpload,
+        Self::NotFound,
+        Self::Busy,
+        Self::Timeout,
+        Self::Stopped,
+        Self::IoError,
+        Self::BackendError,
+        Self::Internal,
+    ];
+
+    /// The HTTP status a REST reply with this code carries. The one place statuses are chosen.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::BadJson | Self::BadMessage | Self::UnknownType => 400,
+            Self::Unauthorized => 401,
+            Self::NotFound => 404,
+            Self::TooLarge => 413,
+            Self::BadValue
+            | Self::UnknownKnob
+            | Self::UnknownCurve
+            | Self::UnsupportedByBackend
+            | Self::BadSource
+            | Self::BadUpload => 422,
+            Self::RateLimited => 429,
+            Self::IoError | Self::BackendError | Self::Internal => 500,
+            // Busy and stopped: the service cannot take it now (retrying later may work).
+            Self::Busy | Self::Stopped => 503,
+            Self::Timeout => 504,
+        }
+    }
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadJson => "bad_json",
+            Self::BadMessage => "bad_message",
+            Self::UnknownType => "unknown_type",
+            Self::TooLarge => "too_large",
+            Self::RateLimited => "rate_limited",
+            Self::Unauthorized => "unauthorized",
+            Self::BadValue => "bad_value",
+            Self::UnknownKnob => "unknown_knob",
+            Self::UnknownCurve => "unknown_curve",
+            Self::UnsupportedByBackend => "unsupported_by_backend",
+            Self::BadSource => "bad_source",
+            Self::BadUpload => "bad_upload",
+            Self::NotFound => "not_found",
+            Self::Busy => "busy",
+            Self::Timeout => "timeout",
+            Self::Stopped => "stopped",
+            Self::IoError => "io_error",
+            Self::BackendError => "backend_error",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl From<&SessionError> for ErrorCode {
+    /// Exhaustive on purpose: a new kind of session error must choose its code here.
+    fn from(e: &SessionError) -> Self {
+        match e {
+            SessionError::BadValue { .. } => Self::BadValue,
+            SessionError::UnknownKnob { .. } => Self::UnknownKnob,
+            SessionError::UnknownCurve { .. } => Self::UnknownCurve,
+            SessionError::UnsupportedByBackend { .. } => Self::UnsupportedByBackend,
+            SessionError::BadSource { .. } => Self::BadSource,
+            SessionError::BadUpload { .. } => Self::BadUpload,
+            SessionError::NotFound { .. } => Self::NotFound,
+            SessionError::Busy(_) => Self::Busy,
+            SessionError::Timeout(_) => Self::Timeout,
+            SessionError::Stopped(_) => Self::Stopped,
+            SessionError::Io { .. } => Self::IoError,
+            SessionError::Backend(_) => Self::BackendError,
+        }
+    }
+}
+
+/// An error as every surface reports it: a code and a sentence naming the problem.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn http_status(&self) -> u16 {
+        self.code.http_status()
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        Self {
+            code: ErrorCode::from(&e),
+            message: e.to_string(),
+        }
+    }
+}
+
+// ----------------------------------------------------------------------- client → server
+
+/// One text frame from a WebSocket client: a request with an optional `id` (any JSON value)
+/// that the answer echoes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientMessage {
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub id: Value,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// What a client asks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Apply a control message; answered by `reply` or `error`.
+    Control { message: ControlMessage },
+    /// Answered by `state`.
+    GetState,
+    /// Answered by `pong`.
+    Ping,
+    /// The next binary frame holds an audio file to make the source; `name` hints the format.
+    Upload {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// Start or stop recording what is played to a WAV.
+    Record { action: RecordAction },
+    /// Map the next MIDI control change the server receives to `knob`.
+    MidiLearn { knob: String },
+    /// Send the whole loop again (a full-buffer frame).
+    Resync,
+}
+
+impl Request {
+    /// Every request `type` (to tell an unknown type from a malformed request).
+    pub const TYPES: [&'static str; 7] = [
+        "control",
+        "get_state",
+        "ping",
+        "upload",
+        "record",
+        "midi_learn",
+        "resync",
+    ];
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordAction {
+    Start,
+    Stop,
+}
+
+/// Parse a client's text frame, telling apart the three ways it can be wrong.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, (Value, ApiError)> {
+    let v: Value = serde_json::from_str(text).map_err(|e| {
+        (
+            Value::Null,
+            ApiError::new(ErrorCode::BadJson, format!("not JSON: {e}")),
+        )
+    })?;
+    let id = v.get("id").cloned().unwrap_or(Value::Null);
+    let Some(kind) = v.get("type").and_then(Value::as_str) else {
+        return Err((
+            id,
+            ApiError::new(ErrorCode::BadMessage, "a request needs a string `type`"),
+        ));
+    };
+    if !Request::TYPES.contains(&kind) {
+        return Err((
+            id,
+            ApiError::new(
+                ErrorCode::UnknownType,
+                format!("unknown request type `{kind}`"),
+            ),
+        ));
+    }
+    let kind = kind.to_string();
+    serde_json::from_value(v).map_err(|e| {
+        (
+            id,
+            ApiError::new(
+                ErrorCode::BadMessage,
+                format!("not a valid `{kind}` request: {e}"),
+            ),
+        )
+    })
+}
+
+// ----------------------------------------------------------------------- server → client
+
+/// Every text frame the server sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// First message of a connection (then one full-buffer frame).
+    Ready(Box<Ready>),
+    Reply(Reply),
+    Error(ErrorReply),
+    /// A change any client (or OSC, MIDI, MCP, REST) made, applied before `tick`.
+    Applied(Applied),
+    /// Tick statistics, about four times a second.
+    Stats(Stats),
+    /// Slew-limited knob values moved.
+    Params(Params),
+    State {
+        #[serde(default)]
+        id: Value,
+        state: Box<SessionState>,
+    },
+    Notice {
+        message: String,
+    },
+    Pong {
+        #[serde(default)]
+        id: Value,
+    },
+}
+
+impl ServerMessage {
+    /// The JSON text of the message. Serialising these types cannot fail (no maps with
+    /// non-string keys, no foreign serialisers); should it ever, the client gets an `error`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(
+                r#"{{"type":"error","id":null,"code":"internal","error":"cannot serialise a reply: {e}"}}"#
+            )
+        })
+    }
+
+    pub fn error(id: Value, e: ApiError) -> Self {
+        Self::Error(ErrorReply {
+            id,
+            code: e.code,
+            error: e.message,
+        })
+    }
+
+    pub fn reply(id: Value, result: ReplyResult) -> Self {
+        Self::Reply(Reply {
+            id,
+            ok: true,
+            result,
+        })
+    }
+}
+
+/// The handshake.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ready {
+    pub version: u32,
+    pub client_id: u64,
+    pub sample_rate: u32,
+    pub channels: u8,
+    /// Samples per channel of the loop.
+    pub samples: u64,
+    pub song_seconds: f64,
+    pub backend: String,
+    pub knobs: Vec<KnobInfo>,
+    pub curves: Vec<String>,
+    /// Built-in sources (`library:STYLE:N`).
+    pub library: Vec<String>,
+    pub state: SessionState,
+}
+
+/// The answer to a request that succeeded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    #[serde(default)]
+    pub id: Value,
+    /// Always true (an `error` is the other answer).
+    pub ok: bool,
+    #[serde(flatten)]
+    pub result: ReplyResult,
+}
+
+/// What a successful request returns, by kind of request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ReplyResult {
+    /// A control (or an upload, which names the new `source`) was applied.
+    Applied(ControlAck),
+    RecordingStarted(RecordingStarted),
+    MidiLearn(MidiLearnReply),
+    RecordingStopped(RecordingStopped),
+}
+
+/// A control message was applied.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ControlAck {
+    /// The tick the change was applied before.
+    pub tick: u64,
+    /// Received → applied, in milliseconds.
+    pub latency_ms: f64,
+    /// For an upload: the new source's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordingStarted {
+    /// The WAV's file name (served at `/api/recordings/NAME` once stopped).
+    pub recording: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordingStopped {
+    /// Where to download the WAV; null when no recording was running.
+    pub url: Option<String>,
+    /// Length of what was recorded.
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MidiLearnReply {
+    /// The knob the next control change will be mapped to.
+    pub learning: String,
+    /// The MIDI system's status ("listening to …", or why there is no MIDI).
+    pub midi: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    #[serde(default)]
+    pub id: Value,
+    pub code: ErrorCode,
+    /// A sentence naming the problem.
+    pub error: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub tick: u64,
+    /// Who sent it: a WebSocket client id, or one of the surface origins
+    /// (REST 0, OSC 2^64−2, MIDI 2^64−3, MCP 2^64−4).
+    pub origin: u64,
+    /// What changed; sources by name only (no audio or latent data).
+    pub message: ControlMessage,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub tick: u64,
+    pub tick_ms: f32,
+    pub decode_ms: f32,
+    pub gen_per_s: f32,
+    pub active_slots: usize,
+    pub queue: usize,
+    pub lead_ms: f32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    pub tick: u64,
+    /// Knob values the engine uses now (slew-limited).
+    pub effective: BTreeMap<String, f64>,
+    /// Knob values requested.
+    pub target: BTreeMap<String, f64>,
+}
+
+impl ServerMessage {
+    /// The JSON message for a session event; `None` for audio, which travels as binary frames.
+    pub fn from_event(e: &demon_live::bus::Event) -> Option<Self> {
+        use demon_live::bus::Event;
+        Some(match e {
+            Event::Audio(_) | Event::BufferReplaced { .. } => return None,
+            Event::Params {
+                tick,
+                effective,
+                target,
+            } => Self::Params(Params {
+                tick: *tick,
+                effective: effective.clone(),
+                target: target.clone(),
+            }),
+            Event::Stats {
+                tick,
+                tick_ms,
+                decode_ms,
+                gen_per_s,
+                active_slots,
+                queue,
+                lead_ms,
+            } => Self::Stats(Stats {
+                tick: *tick,
+                tick_ms: *tick_ms,
+                decode_ms: *decode_ms,
+                gen_per_s: *gen_per_s,
+                active_slots: *active_slots,
+                queue: *queue,
+                lead_ms: *lead_ms,
+            }),
+            Event::Applied {
+                tick,
+                origin,
+                message,
+            } => Self::Applied(Applied {
+                tick: *tick,
+                origin: *origin,
+                message: message.clone(),
+            }),
+            Event::Notice { message } => Self::Notice {
+                message: message.clone(),
+            },
+        })
+    }
+}
+
+// ------------------------------------------------------------------------------------- REST
+
+/// `GET /api/health`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub ok: bool,
+    pub backend: String,
+    pub tick: u64,
+}
+
+/// A successful REST `POST` (`/api/control`, `/api/source`) or MCP control tool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AckBody {
+    /// Always true.
+    pub ok: bool,
+    #[serde(flatten)]
+    pub result: ControlAck,
+}
+
+/// A failed REST request (with the status of its code) or MCP tool call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Always false.
+    pub ok: bool,
+    pub code: ErrorCode,
+    pub error: String,
+}
+
+impl From<ApiError> for ErrorBody {
+    fn from(e: ApiError) -> Self {
+        Self {
+            ok: false,
+            code: e.code,
+            error: e.message,
+        }
+    }
+}
+
+/// One knob of the catalog (`GET /api/knobs`, `ready.knobs`, MCP `list_knobs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KnobInfo {
+    pub name: String,
+    pub min: f64,
+    pub max: f64,
+    pub default: f64,
+    /// Integer-valued knobs round.
+    pub integer: bool,
+    /// Large jumps are spread over time.
+    pub slewed: bool,
+    pub class: PropagationClass,
+    pub help: String,
+}
+
+impl From<&KnobSpec> for KnobInfo {
+    fn from(k: &KnobSpec) -> Self {
+        Self {
+            name: k.name.to_string(),
+            min: k.min,
+            max: k.max,
+            default: k.default,
+            integer: k.integer,
+            slewed: k.slewed,
+            class: k.class,
+            help: k.help.to_string(),
+        }
+    }
+}
+
+/// MCP `get_knob`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KnobReading {
+    pub name: String,
+    /// Effective (slew-limited) value.
+    pub value: f64,
+    /// Requested value.
+    pub target: f64,
+}
+
+/// MCP `render_offline`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RenderDone {
+    /// The WAV's path on the server.
+    pub path: String,
+}
+
+// ----------------------------------------------------------------------- binary frames
+
+/// What an audio frame holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// The whole loop, absolute values.
+    Full = 0,
+    /// A region, absolute values.
+    Slice = 1,
+    /// A region, differences to what the client holds (see `frames::Mirror`).
+    Delta = 2,
+}
+
+impl FrameKind {
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Self::Full),
+            1 => Some(Self::Slice),
+            2 => Some(Self::Delta),
+            _ => None,
+        }
+    }
+}
+
+/// Header bytes before the samples.
+pub const HEADER_BYTES: usize = 28;
+
+/// A field that does not fit the binary header.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("audio frame field `{field}` = {value} does not fit in 32 bits")]
+pub struct FrameError {
+    pub field: &'static str,
+    pub value: u64,
+}
+
+/// The 28-byte little-endian header of an audio frame (docs/protocol.md "Binary audio frames").
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FrameHeader {
+    pub kind: FrameKind,
+    pub channels: u8,
+    pub start_sample: u32,
+    pub num_samples: u32,
+    pub tick: u32,
+    pub tick_ms: f32,
+    pub decode_ms: f32,
+    pub generations: u32,
+}
+
+fn fit(field: &'static str, value: u64) -> Result<u32, FrameError> {
+    u32::try_from(value).map_err(|_| FrameError { field, value })
+}
+
+impl FrameHeader {
+    /// A header with every 64-bit quantity checked against its 32-bit field.
+    pub fn new(
+        kind: FrameKind,
+        start_sample: u64,
+        num_samples: u64,
+        tick: u64,
+        tick_ms: f32,
+        decode_ms: f32,
+        generations: u64,
+    ) -> Result<Self, FrameError> {
+        Ok(Self {
+            kind,
+            channels: 2,
+            start_sample: fit("start_sample", start_sample)?,
+            num_samples: fit("num_samples", num_samples)?,
+            tick: fit("tick", tick)?,
+            tick_ms,
+            decode_ms,
+            generations: fit("generations", generations)?,
+        })
+    }
+
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.push(self.kind as u8);
+        out.push(self.channels);
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&self.start_sample.to_le_bytes());
+        out.extend_from_slice(&self.num_samples.to_le_bytes());
+        out.extend_from_slice(&self.tick.to_le_bytes());
+        out.extend_from_slice(&self.tick_ms.to_le_bytes());
+        out.extend_from_slice(&self.decode_ms.to_le_bytes());
+        out.extend_from_slice(&self.generations.to_le_bytes());
+    }
+
+    /// The header at the start of `b`; `None` when too short or of an unknown kind.
+    pub fn parse(b: &[u8]) -> Option<FrameHeader> {
+        let head = b.get(..HEADER_BYTES)?;
+        let u32_at =
+            |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+        let f32_at =
+            |i: usize| f32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+        Some(FrameHeader {
+            kind: FrameKind::from_byte(head[0])?,
+            channels: head[1],
+            start_sample: u32_at(4),
+            num_samples: u32_at(8),
+            tick: u32_at(12),
+            tick_ms: f32_at(16),
+            decode_ms: f32_at(20),
+            generations: u32_at(24),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_fields_are_checked_not_truncated() {
+        let h = FrameHeader::new(FrameKind::Delta, 7, 9, u32::MAX as u64, 1.5, 2.5, 3).unwrap();
+        let mut b = Vec::new();
+        h.write(&mut b);
+        assert_eq!(b.len(), HEADER_BYTES);
+        assert_eq!(FrameHeader::parse(&b), Some(h));
+        let past = u32::MAX as u64 + 1;
+        for (field, r) in [
+            (
+                "start_sample",
+                FrameHeader::new(FrameKind::Slice, past, 1, 0, 0.0, 0.0, 0),
+            ),
+            (
+                "num_samples",
+                FrameHeader::new(FrameKind::Full, 0, past, 0, 0.0, 0.0, 0),
+            ),
+            (
+                "tick",
+                FrameHeader::new(FrameKind::Delta, 0, 1, past, 0.0, 0.0, 0),
+            ),
+            (
+                "generations",
+                FrameHeader::new(FrameKind::Delta, 0, 1, 0, 0.0, 0.0, past),
+            ),
+        ] {
+            assert_eq!(r, Err(FrameError { field, value: past }));
+        }
+        b[0] = 9;
+        assert_eq!(FrameHeader::parse(&b), None, "unknown kind");
+        assert_eq!(FrameHeader::parse(&b[..27]), None, "short");
+    }
+
+    #[test]
+    fn every_session_error_has_a_code_and_the_codes_are_the_documented_names() {
+        for c in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(c).unwrap(), Value::from(c.as_str()));
+        }
+        // The session's own codes (SessionError::code) are the same strings as ours.
+        for name in SessionError::CODES {
+            assert!(
+                ErrorCode::ALL.iter().any(|c| c.as_str() == name),
+                "{name} has no protocol code"
+            );
+        }
+        let e: ApiError = SessionError::UnknownKnob {
+            name: "wobble".into(),
+        }
+        .into();
+        assert_eq!((e.code, e.http_status()), (ErrorCode::UnknownKnob, 422));
+        let e: ApiError = SessionError::Busy("queue full".into()).into();
+        assert_eq!((e.code, e.http_status()), (ErrorCode::Busy, 503));
+        let e: ApiError = SessionError::Timeout("no tick".into()).into();
+        assert_eq!(e.http_status(), 504);
+    }
+
+    #[test]
+    fn client_messages_are_told_apart_by_what_is_wrong() {
+        let ok = parse_client_message(r#"{"id": 4, "type": "ping"}"#).unwrap();
+        assert_eq!((ok.id, ok.request), (Value::from(4), Request::Ping));
+        let code = |t: &str| parse_client_message(t).unwrap_err().1.code;
+        assert_eq!(code("{nope"), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"id": 1}"#), ErrorCode::BadMessage);
+        assert_eq!(code(r#"{"type": "teleport"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type": "control"}"#), ErrorCode::BadMessage);
+        assert_eq!(
+            code(r#"{"type": "record", "action": "pause"}"#),
+            ErrorCode::BadMessage
+        );
+        let (id, _) =
+            parse_client_message(r#"{"id": "x", "type": "upload", "name": 5}"#).unwrap_err();
+        assert_eq!(
+            id,
+            Value::from("x"),
+            "the id is echoed even when the request is bad"
+        );
+        // Every listed type is a variant (and only those).
+        for t in Request::TYPES {
+            let text = match t {
+                "control" => {
+                    r#"{"type":"control","message":{"type":"clear_loop_band"}}"#.to_string()
+                }
+                "record" => r#"{"type":"record","action":"start"}"#.to_string(),
+                "midi_learn" => r#"{"type":"midi_learn","knob":"denoise"}"#.to_string(),
+                other => format!(r#"{{"type":"{other}"}}"#),
+            };
+            assert!(parse_client_message(&text).is_ok(), "{text}");
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! REST (docs/protocol.md, the table of paths): health, state, the knob catalog, the library,
+//! one control per `POST /api/control`, source uploads, recordings and the loop as a WAV. Each
+//! handler is a call of the service; errors carry the status of their code
+//! (`protocol::ErrorCode::http_status`).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use serde::Deserialize;
+
+use crate::protocol::{AckBody, ApiError, ErrorBody};
+use crate::service::{Origin, Service};
+
+/// An error as a REST response: its code's status and `{"ok": false, "code", "error"}`.
+pub fn error_response(e: ApiError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(ErrorBody::from(e))).into_response()
+}
+
+fn ack(result: Result<crate::protocol::ControlAck, ApiError>) -> Response {
+    match result {
+        Ok(a) => Json(AckBody {
+            ok: true,
+            result: a,
+        })
+        .into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+pub async fn health(State(svc): State<Arc<Service>>) -> Response {
+    Json(svc.health()).into_response()
+}
+
+pub async fn state(State(svc): State<Arc<Service>>) -> Response {
+    match svc.state() {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+pub async fn knobs(State(svc): State<Arc<Service>>) -> Response {
+    Json(svc.knobs()).into_response()
+}
+
+pub async fn library(State(svc): State<Arc<Service>>) -> Response {
+    Json(svc.library()).into_response()
+}
+
+pub async fn control(State(svc): State<Arc<Service>>, body: Bytes) -> Response {
+    let message = match svc.parse_control(&body) {
+        Ok(m) => m,
+        Err(e) => return error_response(e),
+    };
+    ack(svc.apply(Origin::Rest, message).await)
+}
+
+#[derive(Deserialize)]
+pub struct UploadQuery {
+    name: Option<String>,
+}
+
+pub async fn upload_source(
+    State(svc): State<Arc<Service>>,
+    Query(q): Query<UploadQuery>,
+    body: Bytes,
+) -> Response {
+    let name = q.name.unwrap_or_else(|| "upload".into());
+    ack(svc.upload(Origin::Rest, name, body.to_vec()).await)
+}
+
+pub async fn loop_wav(State(svc): State<Arc<Service>>) -> Response {
+    match svc.loop_wav().await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "audio/wav")], bytes).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+pub async fn recording(State(svc): State<Arc<Service>>, Path(name): Path<String>) -> Response {
+    match svc.recording(&name).await {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, "audio/wav"),
+                (header::CONTENT_DISPOSITION, "attachment"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => error_response(e),
+    }
+}

@@ -1,0 +1,505 @@
+//! The service layer: every operation the surfaces (WebSocket, REST, MCP, OSC, MIDI) share, in
+//! one place: apply a control (resolving library and file sources first), decode an upload,
+//! start and stop recordings, hand out the loop, the state, the knob catalog and the library,
+//! render offline, MIDI learn. Limits are enforced here too, so a surface cannot forget one.
+//!
+//! Surfaces turn their input into calls of this module and its answers into their own framing
+//! (`protocol.rs` types); the service talks to the session's runner through its
+//! `SessionHandle`. Nothing here waits on a thread of its own: blocking work (decoding files,
+//! waiting on the runner) runs in the async runtime's blocking pool or as futures.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use demon_live::SessionError;
+use demon_live::bus::Subscriber;
+use demon_live::control::{CURVE_NAMES, ControlMessage, KNOBS, SourceSpec};
+use demon_live::core::SessionState;
+use demon_live::session::{LoopSnapshot, SessionHandle};
+use serde::{Deserialize, Serialize};
+
+use crate::midi_learn::MidiMap;
+use crate::options::{Limits, ServerOptions};
+use crate::protocol::{
+    ApiError, ControlAck, ErrorCode, Health, KnobInfo, KnobReading, MidiLearnReply,
+    PROTOCOL_VERSION, Ready, RecordingStarted, RecordingStopped, RenderDone,
+};
+
+/// Who sent a control (the `origin` of its `applied` echo).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A WebSocket client, by its id (from 1).
+    Client(u64),
+    Rest,
+    Osc,
+    Midi,
+    Mcp,
+}
+
+impl Origin {
+    /// The number in echoes (docs/protocol.md, `applied.origin`).
+    pub fn id(self) -> u64 {
+        match self {
+            Self::Client(id) => id,
+            Self::Rest => 0,
+            Self::Osc => u64::MAX - 1,
+            Self::Midi => u64::MAX - 2,
+            Self::Mcp => u64::MAX - 3,
+        }
+    }
+}
+
+/// An offline render asked for by an agent.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OfflineRender {
+    /// Style words, mood, "124 bpm", "A minor"...
+    pub prompt: String,
+    /// Length in seconds (1..=600).
+    pub seconds: f64,
+    /// Noise seed.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// 1 = from noise; lower keeps more of the live source.
+    #[serde(default)]
+    pub denoise: Option<f32>,
+    /// Use the live session's source.
+    #[serde(default)]
+    pub use_live_source: bool,
+}
+
+/// Turns a source name (`library:STYLE[:N]`, or a file path on the server) into something the
+/// runner accepts. Backend-specific, provided by whoever starts the server.
+pub type ResolveSource = Arc<dyn Fn(&str) -> Result<SourceSpec, SessionError> + Send + Sync>;
+
+/// Renders a song offline; returns the WAV's path.
+pub type RenderOffline = Arc<dyn Fn(&OfflineRender) -> Result<PathBuf, SessionError> + Send + Sync>;
+
+/// Backend-specific help the server needs without naming a backend.
+#[derive(Clone)]
+pub struct Hooks {
+    pub resolve_source: ResolveSource,
+    /// Built-in sources for the source menu.
+    pub library: Vec<String>,
+    pub render_offline: RenderOffline,
+}
+
+/// Token bucket for control messages (one per WebSocket connection).
+pub struct RateLimit {
+    tokens: f64,
+    per_second: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    pub fn new(per_second: f64) -> Self {
+        Self {
+            tokens: per_second,
+            per_second,
+            last: Instant::now(),
+        }
+    }
+
+    /// Take one token, or say why not.
+    pub fn check(&mut self) -> Result<(), ApiError> {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_second)
+            .min(self.per_second);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!("more than {} control messages per second", self.per_second),
+            ))
+        }
+    }
+}
+
+/// The shared operations, with the session handle and the server's options.
+pub struct Service {
+    handle: SessionHandle,
+    opts: ServerOptions,
+    hooks: Hooks,
+    next_client: AtomicU64,
+    next_recording: AtomicU64,
+    midi: MidiMap,
+}
+
+fn internal(e: tokio::task::JoinError) -> ApiError {
+    ApiError::new(ErrorCode::Internal, format!("internal error: {e}"))
+}
+
+/// Until `SessionHandle` reports `SessionError`s (demon-live is switching), its String errors
+/// classified by the sentences it uses.
+fn legacy(e: String) -> ApiError {
+    let code = if e.starts_with("unknown knob") {
+        ErrorCode::UnknownKnob
+    } else if e.contains("is not a curve parameter") {
+        ErrorCode::UnknownCurve
+    } else if e.starts_with("the session is busy") {
+        ErrorCode::Busy
+    } else if e.starts_with("the session has stopped") || e.contains("disconnected") {
+        ErrorCode::Stopped
+    } else if e.starts_with("timed out") {
+        ErrorCode::Timeout
+    } else {
+        ErrorCode::BadValue
+    };
+    ApiError::new(code, e)
+}
+
+impl Service {
+    pub fn new(handle: SessionHandle, opts: ServerOptions, hooks: Hooks) -> Self {
+        let midi = MidiMap::load(&opts.midi_map);
+        Self {
+            handle,
+            opts,
+            hooks,
+            next_client: AtomicU64::new(1),
+            next_recording: AtomicU64::new(1),
+            midi,
+        }
+    }
+
+    pub fn options(&self) -> &ServerOptions {
+        &self.opts
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.opts.limits
+    }
+
+    /// A fresh WebSocket client id.
+    pub fn new_client(&self) -> u64 {
+        self.next_client.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn subscribe(&self) -> Subscriber {
+        self.handle.subscribe()
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.handle.sample_rate()
+    }
+
+    pub fn midi(&self) -> &MidiMap {
+        &self.midi
+    }
+
+    pub fn library(&self) -> &[String] {
+        &self.hooks.library
+    }
+
+    /// The state after the last tick (never waits for the runner).
+    pub fn state(&self) -> Result<SessionState, ApiError> {
+        self.handle
+            .state()
+            .ok_or_else(|| SessionError::Stopped(Some("no state yet".into())).into())
+    }
+
+    pub fn health(&self) -> Health {
+        let st = self.handle.state();
+        Health {
+            ok: st.is_some(),
+            backend: st.as_ref().map(|s| s.backend.clone()).unwrap_or_default(),
+            tick: st.map_or(0, |s| s.tick),
+        }
+    }
+
+    /// The knob catalog plus one `lora:<id>` knob per adapter the backend has.
+    pub fn knobs(&self) -> Vec<KnobInfo> {
+        let mut list: Vec<KnobInfo> = KNOBS.iter().map(KnobInfo::from).collect();
+        if let Some(st) = self.handle.state() {
+            for a in st.adapters {
+                list.push(KnobInfo {
+                    name: format!("{}{}", demon_live::control::LORA_PREFIX, a.id),
+                    min: 0.0,
+                    max: 2.0,
+                    default: 0.0,
+                    integer: false,
+                    slewed: true,
+                    class: demon_live::control::PropagationClass::GlobalWeights,
+                    help: format!("Strength of adapter `{}` (0 = off).", a.id),
+                });
+            }
+        }
+        list
+    }
+
+    /// One knob's effective and target value.
+    pub fn knob(&self, name: &str) -> Result<KnobReading, ApiError> {
+        let st = self.state()?;
+        match (st.knobs.get(name), st.targets.get(name)) {
+            (Some(v), Some(t)) => Ok(KnobReading {
+                name: name.to_string(),
+                value: *v,
+                target: *t,
+            }),
+            _ => Err(SessionError::UnknownKnob { name: name.into() }.into()),
+        }
+    }
+
+    /// The handshake for a client connecting now, whose loop is `snapshot`.
+    pub fn ready(&self, client_id: u64, snapshot: &LoopSnapshot) -> Result<Ready, ApiError> {
+        let state = self.state()?;
+        let sample_rate = self.sample_rate();
+        Ok(Ready {
+            version: PROTOCOL_VERSION,
+            client_id,
+            sample_rate,
+            channels: 2,
+            samples: snapshot.len() as u64,
+            song_seconds: snapshot.len() as f64 / sample_rate as f64,
+            backend: state.backend.clone(),
+            knobs: self.knobs(),
+            curves: CURVE_NAMES.iter().map(|c| c.to_string()).collect(),
+            library: self.hooks.library.clone(),
+            state,
+        })
+    }
+
+    /// Refuse a text body over the limit before parsing it.
+    pub fn check_text_size(&self, bytes: usize, what: &str) -> Result<(), ApiError> {
+        let max = self.opts.limits.max_text_bytes;
+        if bytes > max {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!("{what} are limited to {max} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A control message from JSON bytes (REST bodies), size-checked.
+    pub fn parse_control(&self, body: &[u8]) -> Result<ControlMessage, ApiError> {
+        self.check_text_size(body.len(), "control messages")?;
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(ErrorCode::BadMessage, format!("not a control message: {e}"))
+        })
+    }
+
+    /// A source by the name a person or agent types: `none`, `library:STYLE[:N]` or a file path
+    /// on the server. May decode a file: call it off the async workers.
+    pub fn source_by_name(&self, name: &str) -> Result<SourceSpec, ApiError> {
+        if name == "none" {
+            return Ok(SourceSpec::None);
+        }
+        Ok((self.hooks.resolve_source)(name)?)
+    }
+
+    /// Library and file sources become audio or a latent (the runner takes only those). May
+    /// decode a file: call it off the async workers.
+    fn resolve(&self, message: ControlMessage) -> Result<ControlMessage, ApiError> {
+        let name = match &message {
+            ControlMessage::SetSource {
+                source: SourceSpec::Library { style, index },
+            } => format!("library:{style}:{index}"),
+            ControlMessage::SetSource {
+                source: SourceSpec::File { path },
+            } => path.clone(),
+            _ => return Ok(message),
+        };
+        Ok(ControlMessage::SetSource {
+            source: (self.hooks.resolve_source)(&name)?,
+        })
+    }
+
+    fn needs_resolving(message: &ControlMessage) -> bool {
+        matches!(
+            message,
+            ControlMessage::SetSource {
+                source: SourceSpec::Library { .. } | SourceSpec::File { .. }
+            }
+        )
+    }
+
+    /// Apply one control message: resolve its source if it names one, hand it to the runner,
+    /// wait until it is applied (between two ticks) or refused.
+    pub async fn apply(
+        self: &Arc<Self>,
+        origin: Origin,
+        message: ControlMessage,
+    ) -> Result<ControlAck, ApiError> {
+        let t0 = Instant::now();
+        let message = if Self::needs_resolving(&message) {
+            let svc = self.clone();
+            tokio::task::spawn_blocking(move || svc.resolve(message))
+                .await
+                .map_err(internal)??
+        } else {
+            message
+        };
+        self.control(origin, message, t0).await
+    }
+
+    /// Hand a resolved control to the runner and wait for its answer.
+    async fn control(
+        self: &Arc<Self>,
+        origin: Origin,
+        message: ControlMessage,
+        t0: Instant,
+    ) -> Result<ControlAck, ApiError> {
+        let svc = self.clone();
+        let timeout = self.opts.limits.reply_timeout;
+        let tick =
+            tokio::task::spawn_blocking(move || svc.handle.control(origin.id(), message, timeout))
+                .await
+                .map_err(internal)?
+                .map_err(legacy)?;
+        Ok(ControlAck {
+            tick,
+            latency_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            source: None,
+        })
+    }
+
+    /// Send without waiting for the answer (MIDI's callback thread must not block).
+    pub fn send(&self, origin: Origin, message: ControlMessage) -> Result<(), ApiError> {
+        self.handle.send(origin.id(), message).map_err(legacy)
+    }
+
+    /// Decode an upload completely, then make it the source; a bad file leaves the old source.
+    pub async fn upload(
+        self: &Arc<Self>,
+        origin: Origin,
+        name: String,
+        bytes: Vec<u8>,
+    ) -> Result<ControlAck, ApiError> {
+        let limits = demon_audio::LoadLimits {
+            max_seconds: self.opts.limits.max_upload_seconds,
+        };
+        let sr = self.sample_rate();
+        let upload_name = name.clone();
+        let audio = tokio::task::spawn_blocking(move || {
+            demon_audio::decode_bytes(bytes, &upload_name, limits).map(|d| d.to_stereo(sr))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| SessionError::BadUpload {
+            name: name.clone(),
+            problem: e.to_string(),
+        })?;
+        let source = SourceSpec::Audio {
+            name: name.clone(),
+            channels: audio.channels,
+        };
+        let mut ack = self
+            .control(origin, ControlMessage::SetSource { source }, Instant::now())
+            .await?;
+        ack.source = Some(name);
+        Ok(ack)
+    }
+
+    /// Start recording what is played to a new WAV in the recordings folder.
+    pub async fn start_recording(self: &Arc<Self>) -> Result<RecordingStarted, ApiError> {
+        let name = format!(
+            "demon-{}-{}.wav",
+            std::process::id(),
+            self.next_recording.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = self.opts.recordings_dir.join(&name);
+        let svc = self.clone();
+        tokio::task::spawn_blocking(move || svc.handle.start_recording(&path, false))
+            .await
+            .map_err(internal)?
+            .map_err(legacy)?;
+        Ok(RecordingStarted { recording: name })
+    }
+
+    /// Stop recording; says where to download it (`url` null when nothing was recording).
+    pub async fn stop_recording(self: &Arc<Self>) -> Result<RecordingStopped, ApiError> {
+        let svc = self.clone();
+        let stopped = tokio::task::spawn_blocking(move || svc.handle.stop_recording())
+            .await
+            .map_err(internal)?
+            .map_err(legacy)?;
+        Ok(match stopped {
+            Some((path, seconds)) => RecordingStopped {
+                url: path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(|n| format!("/api/recordings/{n}")),
+                seconds,
+            },
+            None => RecordingStopped {
+                url: None,
+                seconds: 0.0,
+            },
+        })
+    }
+
+    /// The whole loop at the next tick boundary, shared with the runner (no copy).
+    pub async fn loop_snapshot(&self) -> Result<(u64, LoopSnapshot), ApiError> {
+        match tokio::time::timeout(
+            self.opts.limits.reply_timeout,
+            self.handle.loop_audio_async(),
+        )
+        .await
+        {
+            Ok(r) => Ok(r?),
+            Err(_) => {
+                Err(SessionError::Timeout("the session did not hand out its loop".into()).into())
+            }
+        }
+    }
+
+    /// What the loop holds now, as a 32-bit float WAV.
+    pub async fn loop_wav(&self) -> Result<Vec<u8>, ApiError> {
+        let (_, snapshot) = self.loop_snapshot().await?;
+        let sample_rate = self.sample_rate();
+        tokio::task::spawn_blocking(move || {
+            let audio = demon_engine::Audio {
+                sample_rate,
+                channels: snapshot.to_planar().to_vec(),
+            };
+            demon_audio::wav_bytes(&audio, demon_audio::WavFormat::Float32, None)
+        })
+        .await
+        .map_err(internal)
+    }
+
+    /// A finished recording's bytes, by file name (nothing outside the recordings folder).
+    pub async fn recording(&self, name: &str) -> Result<Vec<u8>, ApiError> {
+        let not_found = || -> ApiError {
+            SessionError::NotFound {
+                what: "recording".into(),
+                name: name.into(),
+            }
+            .into()
+        };
+        if name.contains('/')
+            || name.contains('\\')
+            || name.contains("..")
+            || !name.ends_with(".wav")
+        {
+            return Err(not_found());
+        }
+        tokio::fs::read(self.opts.recordings_dir.join(name))
+            .await
+            .map_err(|_| not_found())
+    }
+
+    /// Render a separate song offline (not the live loop).
+    pub async fn render_offline(&self, r: OfflineRender) -> Result<RenderDone, ApiError> {
+        let render = self.hooks.render_offline.clone();
+        let path = tokio::task::spawn_blocking(move || render(&r))
+            .await
+            .map_err(internal)??;
+        Ok(RenderDone {
+            path: path.display().to_string(),
+        })
+    }
+
+    /// Map the next MIDI control change to `knob`.
+    pub fn midi_learn(&self, knob: &str) -> Result<MidiLearnReply, ApiError> {
+        self.midi.learn(knob)?;
+        Ok(MidiLearnReply {
+            learning: knob.to_string(),
+            midi: self.midi.status(),
+        })
+    }
+}
