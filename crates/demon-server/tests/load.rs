@@ -5,6 +5,8 @@
 //! One test in its own binary: the thread count is the process's, so no other test may run
 //! alongside it.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -12,10 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use demon_engine::{BackendSet, ReceptiveField};
 use demon_live::SessionError;
-use demon_live::core::{LiveCore, SessionConfig};
-use demon_live::session::{RunOptions, start};
 use demon_server::frames::apply_frame;
 use demon_server::protocol::FrameKind;
 use demon_server::{Hooks, ServerOptions};
@@ -92,16 +91,6 @@ fn threads() -> usize {
         .unwrap_or(0)
 }
 
-fn sketch() -> BackendSet {
-    let d = candle_core::Device::Cpu;
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(demon_sketch::SketchDenoiser::new(d.clone())),
-        codec: Box::new(demon_sketch::SketchCodec::new(d.clone())),
-        conditioner: Box::new(demon_sketch::SketchConditioner::new(d)),
-    }
-}
-
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// Connect without a name lookup (which would run on a blocking thread of its own).
@@ -134,23 +123,7 @@ async fn until_frame(ws: &mut Ws, kind: FrameKind, buffer: &mut [Vec<f32>; 2]) -
 async fn fifty_clients_need_no_thread_each_and_no_loop_copy_on_the_runner() {
     const CLIENTS: usize = 50;
     let song_seconds = 8.0;
-    let cfg = SessionConfig {
-        song_seconds,
-        prompt: "house, 124 bpm".into(),
-        receptive_field: Some(ReceptiveField {
-            before: 25,
-            after: 1,
-        }),
-        ..Default::default()
-    };
-    let handle = start(
-        LiveCore::new(cfg, sketch()).unwrap(),
-        RunOptions {
-            realtime: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let handle = common::session(song_seconds);
     let mut opts = ServerOptions::loopback(0);
     opts.osc_bind = None;
     opts.midi = false;

@@ -1,15 +1,15 @@
 //! `demon serve` end to end in-process: a real WebSocket client, REST, tokens, OSC and MCP over
 //! HTTP, against a live sketch session.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use demon_engine::{BackendSet, ReceptiveField};
 use demon_live::SessionError;
 use demon_live::control::SourceSpec;
-use demon_live::core::{LiveCore, SessionConfig};
-use demon_live::session::{RunOptions, SessionHandle, start};
+use demon_live::session::SessionHandle;
 use demon_server::frames::apply_frame;
 use demon_server::protocol::{FrameHeader, FrameKind};
 use demon_server::{Hooks, ServerOptions};
@@ -17,35 +17,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-fn sketch() -> BackendSet {
-    let d = candle_core::Device::Cpu;
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(demon_sketch::SketchDenoiser::new(d.clone())),
-        codec: Box::new(demon_sketch::SketchCodec::new(d.clone())),
-        conditioner: Box::new(demon_sketch::SketchConditioner::new(d)),
-    }
-}
-
 fn session() -> SessionHandle {
-    let cfg = SessionConfig {
-        song_seconds: 8.0,
-        prompt: "house, 124 bpm".into(),
-        receptive_field: Some(ReceptiveField {
-            before: 25,
-            after: 1,
-        }),
-        ..Default::default()
-    };
-    let core = LiveCore::new(cfg, sketch()).unwrap();
-    start(
-        core,
-        RunOptions {
-            realtime: true,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    common::session(8.0)
 }
 
 fn hooks() -> Hooks {
