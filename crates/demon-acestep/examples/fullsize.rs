@@ -1,6 +1,6 @@
 //! Full-size cost of ACE-Step 1.5 on this machine through [`demon_acestep::bench::model_bench`]:
 //! the f32 matmul rate, DiT steps (2B turbo / XL turbo, song lengths, batches), a VAE decode,
-//! roofline shares and the per-row byte check. Random weights unless `--weights DIR`.
+//! roofline shares, the per-row byte check and the peak resident memory of each phase. Random weights unless `--weights DIR`.
 //!
 //! ```sh
 //! cargo run --release -p demon-acestep --example fullsize                  # CPU-feasible default
@@ -87,8 +87,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             report
                 .vae_roofline_share
                 .map_or("-".into(), |s| format!("{:.0}%", 100.0 * s)),
-            report.rows_identical_across_batches
+            report
+                .rows_identical_across_batches
+                .map_or("not compared".into(), |b| b.to_string())
         );
+        for (phase, mib) in &report.peak_rss_mib {
+            println!("peak RSS ({phase}): {mib:.0} MiB");
+        }
     }
     Ok(())
 }

@@ -27,7 +27,6 @@ use crate::codec::AceStepCodec;
 use crate::config::{DitConfig, VaeConfig};
 use crate::denoiser::AceStepDenoiser;
 use crate::error::{AceStepError, Result};
-use crate::model::AceStepConfig;
 use crate::weights::ModelFiles;
 
 /// A published model size.
@@ -194,17 +193,30 @@ impl ModelBenchConfig {
 /// Per size → song seconds → batch, e.g. `dit_step_ms["turbo-2b"]["60"]["1"]`.
 pub type CaseMap<T> = BTreeMap<String, BTreeMap<String, BTreeMap<String, T>>>;
 
-/// The outcome of the per-row byte comparison.
+/// The outcome of the per-row byte comparison: each row's output in a batch against the same
+/// row's output in another batch size (or alone, when the bench measured one batch size only).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RowCheck {
-    /// `false` when no row ran in more than one batch size.
+    /// `true` when at least one row was compared.
     pub checked: bool,
-    /// Every compared row had the same bytes in every batch.
-    pub identical: bool,
-    /// Row outputs compared against the same row's first output.
+    /// Every compared row had the same bytes in every batch; `None` when nothing was compared
+    /// (a batch-1-only run has nothing to compare against).
+    pub identical: Option<bool>,
+    /// Row outputs compared against the same row's output in another batch.
     pub rows_compared: usize,
     /// Differing values over all compared rows (0 when identical).
     pub differing_values: usize,
+}
+
+impl RowCheck {
+    /// Count the comparison of one row's output bits against another batch's.
+    fn compare(&mut self, want: &[u32], got: &[u32]) {
+        self.checked = true;
+        self.rows_compared += 1;
+        self.differing_values +=
+            want.iter().zip(got).filter(|(a, b)| a != b).count() + want.len().abs_diff(got.len());
+        self.identical = Some(self.differing_values == 0);
+    }
 }
 
 /// What [`model_bench`] returns; serialised into `demon bench --json`.
@@ -231,11 +243,18 @@ pub struct ModelBenchReport {
     pub vae_decode_seconds: f32,
     pub vae_decode_gflop: f64,
     pub vae_roofline_share: Option<f64>,
-    /// Per-row outputs byte-identical across batch sizes.
-    pub rows_identical_across_batches: bool,
+    /// Per-row outputs byte-identical across batch sizes; `None` when no row was compared.
+    pub rows_identical_across_batches: Option<bool>,
     pub row_check: RowCheck,
     /// Wall time to build each model instance (s), by size (and `vae`).
     pub load_seconds: BTreeMap<String, f64>,
+    /// Peak resident memory of the process while each phase ran (the model instance of a size,
+    /// built and stepped; `vae`: the codec built and decoding), in MiB, from the kernel's
+    /// high-water mark (`VmHWM`), reset before each phase when the kernel allows it.
+    pub peak_rss_mib: BTreeMap<String, f64>,
+    /// `true` when the high-water mark was reset before each phase (so each figure is that
+    /// phase's own peak); `false`: each is the process peak up to the end of that phase.
+    pub peak_rss_per_phase: bool,
     pub device: String,
     pub threads: usize,
     /// `random` or the weights folder.
@@ -349,6 +368,21 @@ pub fn process_cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// Peak resident set size of this process so far in MiB (`VmHWM` of `/proc/self/status`, what
+/// `getrusage`'s `ru_maxrss` reports; Linux, `None` elsewhere).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Reset the peak-RSS high-water mark to the current RSS (writing 5 to `/proc/self/clear_refs`,
+/// Linux ≥ 4.0). Returns whether the kernel took it.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Wait until `t` is computed (GPU kernels run asynchronously).
 fn sync(t: &Tensor) -> Result<()> {
     if !t.device().is_cpu() {
@@ -414,14 +448,15 @@ pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<
     sizes.dedup();
     let mut row_check = RowCheck::default();
     let mut measured: Vec<(DitCase, f64, f64)> = Vec::new();
+    let mut per_phase = true;
     for size in sizes {
+        per_phase &= reset_peak_rss();
         let t = Instant::now();
         let mut den = match &cfg.weights {
             None => AceStepDenoiser::random(&size.dit_config(), cfg.seed, dev)?,
             Some(dir) => {
                 let files = discover(dir, size)?;
-                let config = AceStepConfig::from_files(&files)?;
-                AceStepDenoiser::from_source(&files.open_dit(dev)?, &config.dit)?
+                AceStepDenoiser::from_source(&files.open_dit(dev)?, &files.read_dit_config()?)?
             }
         };
         den.set_matmul_dtype(cfg.matmul_dtype)?;
@@ -492,16 +527,22 @@ pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<
                 }
             }
             if cfg.check_rows {
+                // A batch whose last row no smaller batch ran: run that row alone once, so every
+                // batch size measured compares at least one row (also when it is the only one).
+                if b > 1 && first_out[b - 1].is_none() {
+                    let alone = den.velocity(&DenoiseBatch {
+                        x: rows[b - 1].0.clone(),
+                        t: vec![batch.t[b - 1]],
+                        conditions: vec![&conds[b - 1]],
+                        contexts: vec![&rows[b - 1].1],
+                    })?;
+                    first_out[b - 1] = Some(bits(&alone)?);
+                }
                 for (i, slot) in first_out.iter_mut().enumerate().take(b) {
                     let got = bits(&out.narrow(0, i, 1)?)?;
                     match slot {
                         None => *slot = Some(got),
-                        Some(want) => {
-                            row_check.checked = true;
-                            row_check.rows_compared += 1;
-                            row_check.differing_values +=
-                                want.iter().zip(&got).filter(|(a, b)| a != b).count();
-                        }
+                        Some(want) => row_check.compare(want, &got),
                     }
                 }
             }
@@ -523,6 +564,10 @@ pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<
             measured.push((case.clone(), flops, share));
         }
         drop(den);
+        if let Some(mib) = peak_rss_mib() {
+            report.peak_rss_mib.insert(size.key().into(), mib);
+            log(&format!("{}: peak RSS {mib:.0} MiB", size.key()));
+        }
     }
     let headline = DitCase {
         size: ModelSize::Turbo2b,
@@ -538,18 +583,17 @@ pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<
         report.dit_roofline_case = Some(case.clone());
         report.dit_roofline_share = *share;
     }
-    row_check.identical = row_check.differing_values == 0;
-    report.rows_identical_across_batches = row_check.checked && row_check.identical;
+    report.rows_identical_across_batches = row_check.identical;
     report.row_check = row_check;
 
     if cfg.vae_seconds > 0.0 {
+        per_phase &= reset_peak_rss();
         let t = Instant::now();
         let codec = match &cfg.weights {
             None => AceStepCodec::random(&VaeConfig::acestep(), cfg.seed + 1, dev, false)?,
             Some(dir) => {
                 let files = discover(dir, ModelSize::Turbo2b)?;
-                let config = AceStepConfig::from_files(&files)?;
-                AceStepCodec::from_source(&files.open_vae(dev)?, &config.vae, false)?
+                AceStepCodec::from_source(&files.open_vae(dev)?, &files.read_vae_config()?, false)?
             }
         };
         report
@@ -587,7 +631,13 @@ pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<
             flops / best / 1e9,
             100.0 * share
         ));
+        drop(codec);
+        if let Some(mib) = peak_rss_mib() {
+            report.peak_rss_mib.insert("vae".into(), mib);
+            log(&format!("vae: peak RSS {mib:.0} MiB"));
+        }
     }
+    report.peak_rss_per_phase = per_phase;
     Ok(report)
 }
 

@@ -27,6 +27,7 @@ impl AceStepCodec {
         cfg: &VaeConfig,
         with_encoder: bool,
     ) -> Result<Self> {
+        crate::threads::apply();
         Ok(Self {
             decoder: VaeDecoder::load(src, cfg)?,
             encoder: if with_encoder {

@@ -45,6 +45,7 @@ impl AceStepConditioner {
         silence: Tensor,
         with_fsq: bool,
     ) -> Result<Self> {
+        crate::threads::apply();
         let silence = silence.to_device(dit_src.device())?;
         if silence.rank() != 3
             || silence.dim(2)? != cfg.audio_acoustic_hidden_dim

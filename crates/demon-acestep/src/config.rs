@@ -221,20 +221,30 @@ impl DitConfig {
         Ok(cfg)
     }
 
-    /// Assemble from the diffusers component configs: `transformer/` (required), and
-    /// `condition_encoder/` and `audio_tokenizer/` when the folder has them. Without the
-    /// condition encoder's config the encoder stack keeps the published shape at the
-    /// transformer's `encoder_hidden_size` (only the condition encoder reads it; a DiT-only model
-    /// needs nothing else). `timbre_fix_frame` comes from the VAE's frame rate (30 s of frames).
+    /// Assemble from the diffusers component configs that the folder has: `transformer/`,
+    /// `condition_encoder/`, `audio_tokenizer/`. Without the condition encoder's config the
+    /// encoder stack keeps the published shape at the transformer's `encoder_hidden_size` (only
+    /// the condition encoder reads it; a DiT-only model needs nothing else); without the
+    /// transformer's, the decoder fields are the published 2B's (only the DiT reads them; the
+    /// condition encoder and the FSQ parts need nothing else). `timbre_fix_frame` comes from the
+    /// VAE's frame rate (30 s of frames).
     pub fn from_diffusers_json(
-        transformer: (&Value, &Path),
+        transformer: Option<(&Value, &Path)>,
         condition: Option<(&Value, &Path)>,
         tokenizer: Option<(&Value, &Path)>,
         timbre_fix_frame: usize,
     ) -> Result<Self> {
-        let file: DitFile = parse(transformer.0, transformer.1)?;
-        let enc_hidden = file.encoder_hidden_size;
-        let mut cfg = file.into_config(transformer.1)?;
+        let (mut cfg, enc_hidden, label) = match transformer {
+            Some((v, p)) => {
+                let file: DitFile = parse(v, p)?;
+                let enc_hidden = file.encoder_hidden_size;
+                (file.into_config(p)?, enc_hidden, p)
+            }
+            None => {
+                let label = condition.or(tokenizer).map_or(Path::new("(none)"), |c| c.1);
+                (Self::turbo_2b(), None, label)
+            }
+        };
         cfg.timbre_fix_frame = timbre_fix_frame;
         if let Some((v, p)) = condition {
             let c: ConditionEncoderFile = parse(v, p)?;
@@ -243,7 +253,7 @@ impl DitConfig {
                 && h != encoder.hidden_size
             {
                 return Err(AceStepError::config(
-                    transformer.1,
+                    label,
                     format!(
                         "encoder_hidden_size {h} differs from the condition encoder's hidden_size {}",
                         encoder.hidden_size
@@ -265,7 +275,7 @@ impl DitConfig {
             cfg.num_attention_pooler_hidden_layers = k.num_attention_pooler_hidden_layers;
             cfg.fsq_dim = k.fsq_dim.unwrap_or(cfg.encoder.hidden_size);
         }
-        cfg.validate(transformer.1)?;
+        cfg.validate(label)?;
         Ok(cfg)
     }
 

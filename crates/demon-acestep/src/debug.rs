@@ -1,6 +1,7 @@
 //! The parity harness behind `demon debug forward`: run one component of a weights folder (either
 //! layout) on tensors read from a safetensors file named after the reference forward's arguments,
-//! and save the result as tensor `out`. Only the files the component needs are opened.
+//! and save the result as tensor `out`. Only the files and configs the component needs are read,
+//! so a folder holding just that component works (a diffusers `transformer/` alone for `dit`).
 //!
 //! | component           | inputs                                                                  | `out` |
 //! |---------------------|-------------------------------------------------------------------------|-------|
@@ -22,11 +23,10 @@ use crate::condition::ConditionEncoder;
 use crate::dit::Dit;
 use crate::error::{AceStepError, Result};
 use crate::fsq::{AudioDetokenizer, AudioTokenizer, round_trip};
-use crate::model::AceStepConfig;
 use crate::silence::read_silence_latent;
 use crate::text::TextEncoder;
 use crate::vae::{VaeDecoder, VaeEncoder};
-use crate::weights::{ModelFiles, SafetensorsFile};
+use crate::weights::{Layout, ModelFiles, SafetensorsFile};
 
 /// A component `debug_forward` can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +120,6 @@ pub fn debug_forward(
         tensors,
     };
     let files = ModelFiles::discover(weights_dir, None)?;
-    let cfg = AceStepConfig::from_files(&files)?;
     let out = match component {
         Component::TextEncoder => {
             let ids: Vec<u32> = inp
@@ -130,10 +129,17 @@ pub fn debug_forward(
                 .into_iter()
                 .map(|v| v.max(0.0) as u32)
                 .collect();
-            TextEncoder::load(&files.open_text_encoder(&dev)?, &cfg.text)?.forward(&ids)?
+            files.require("text encoder")?;
+            let cfg = files.read_text_encoder_config()?;
+            TextEncoder::load(&files.open_text_encoder(&dev)?, &cfg)?.forward(&ids)?
         }
         Component::ConditionEncoder => {
-            let ce = ConditionEncoder::load(&files.open_dit(&dev)?, &cfg.dit)?;
+            let need = match files.layout {
+                Layout::Original => "dit",
+                Layout::Diffusers => "condition encoder",
+            };
+            files.require(need)?;
+            let ce = ConditionEncoder::load(&files.open_dit(&dev)?, &files.read_dit_config()?)?;
             let (states, _) = ce.forward(
                 inp.get("text_hidden_states")?,
                 inp.get("text_attention_mask")?,
@@ -144,7 +150,8 @@ pub fn debug_forward(
             states
         }
         Component::Dit => {
-            let dit = Dit::load(&files.open_dit(&dev)?, &cfg.dit)?;
+            files.require("dit")?;
+            let dit = Dit::load(&files.open_dit(&dev)?, &files.read_dit_config()?)?;
             let x = inp.get("hidden_states")?;
             let b = x.dim(0)?;
             let per_row = |name: &str| -> Result<Vec<f32>> {
@@ -166,19 +173,32 @@ pub fn debug_forward(
             dit.forward(x, &t, &r, &states, inp.get("context_latents")?)?
         }
         Component::VaeEncode => {
-            VaeEncoder::load(&files.open_vae(&dev)?, &cfg.vae)?.forward(inp.get("sample")?)?
+            files.require("vae")?;
+            let cfg = files.read_vae_config()?;
+            VaeEncoder::load(&files.open_vae(&dev)?, &cfg)?.forward(inp.get("sample")?)?
         }
         Component::VaeDecode => {
-            VaeDecoder::load(&files.open_vae(&dev)?, &cfg.vae)?.forward(inp.get("latents")?)?
+            files.require("vae")?;
+            let cfg = files.read_vae_config()?;
+            VaeDecoder::load(&files.open_vae(&dev)?, &cfg)?.forward(inp.get("latents")?)?
         }
         Component::FsqRoundtrip => {
+            match files.layout {
+                Layout::Original => files.require("dit")?,
+                Layout::Diffusers => {
+                    for part in ["audio tokenizer", "audio detokenizer", "condition encoder"] {
+                        files.require(part)?;
+                    }
+                }
+            }
+            let cfg = files.read_dit_config()?;
             let w = files.open_dit(&dev)?;
             let silence = match &files.silence_latent {
-                Some(p) => read_silence_latent(p, Some(cfg.dit.audio_acoustic_hidden_dim))?,
+                Some(p) => read_silence_latent(p, Some(cfg.audio_acoustic_hidden_dim))?,
                 None => w.get_any("silence_latent")?,
             };
-            let tok = AudioTokenizer::load(&w, &cfg.dit)?;
-            let detok = AudioDetokenizer::load(&w, &cfg.dit)?;
+            let tok = AudioTokenizer::load(&w, &cfg)?;
+            let detok = AudioDetokenizer::load(&w, &cfg)?;
             round_trip(&tok, &detok, inp.get("hidden_states")?, &silence)?
         }
     };

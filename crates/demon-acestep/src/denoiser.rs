@@ -14,6 +14,7 @@ use crate::dit::{Dit, Row, Workspace};
 use crate::error::{AceStepError, Result};
 use crate::lora::{LoraAdapter, LoraInfo, LoraSlot, merged_weight};
 use crate::nn::{RandomSource, TensorSource};
+use crate::weights::ModelFiles;
 
 /// The DiT as a `demon_engine::Denoiser`, with LoRA management.
 pub struct AceStepDenoiser {
@@ -29,6 +30,7 @@ pub struct AceStepDenoiser {
 impl AceStepDenoiser {
     /// Build from any parameter source.
     pub fn from_source(src: &dyn TensorSource, cfg: &DitConfig) -> Result<Self> {
+        crate::threads::apply();
         let dit = Dit::load(src, cfg)?;
         Ok(Self {
             device: src.device().clone(),
@@ -37,6 +39,15 @@ impl AceStepDenoiser {
             loras: Vec::new(),
             base: HashMap::new(),
         })
+    }
+
+    /// The DiT of the weights folder `dir` alone, reading only its config and weights: a whole
+    /// model folder of either layout, an original DiT folder (`acestep-v15-*/`), or a diffusers
+    /// `transformer/` folder by itself (no condition-encoder config needed).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let files = ModelFiles::discover(dir, None)?;
+        files.require("dit")?;
+        Self::from_source(&files.open_dit(device)?, &files.read_dit_config()?)
     }
 
     /// Random weights (benchmarks): no file is read.
@@ -58,6 +69,12 @@ impl AceStepDenoiser {
     /// softmax and the residual stream stay f32), or f32 with `None`. See [`Dit::set_matmul_dtype`].
     pub fn set_matmul_dtype(&mut self, dtype: Option<candle_core::DType>) -> Result<()> {
         self.dit.set_matmul_dtype(dtype)
+    }
+
+    /// Keep the cross-attention K/V of at most `conditionings` conditionings (64 by default),
+    /// the least recently used evicted first.
+    pub fn set_cache_capacity(&mut self, conditionings: usize) {
+        self.dit.set_cache_capacity(conditionings);
     }
 
     pub fn config(&self) -> &DitConfig {
@@ -226,10 +243,9 @@ impl Denoiser for AceStepDenoiser {
     }
 
     /// The rows run as one batch through the DiT (one product per projection on the CPU; each
-    /// row's result is bit-identical to that row alone, see `dit/mod.rs`), with its
-    /// conditioning's cross K/V
-    /// taken from the cache keyed by `Conditioning::id`. Turbo inference feeds `r = t`, so the
-    /// second time embedder sees 0.
+    /// row's result is bit-identical to that row alone, see `dit/mod.rs`), with each row's
+    /// conditioning's cross K/V taken from the DiT's cache (by content; `Conditioning::id` spares
+    /// re-hashing it). Turbo inference feeds `r = t`, so the second time embedder sees 0.
     fn velocity(&mut self, batch: &DenoiseBatch<'_>) -> demon_engine::Result<Tensor> {
         let b = batch.rows();
         let (bx, frames, c) = batch.x.dims3()?;

@@ -13,6 +13,7 @@
 //! - [`weights`]: layouts, memory-mapped safetensors, [`inspect_weights`].
 //! - [`debug`]: [`debug_forward`], the per-component parity harness.
 //! - [`lora`]: PEFT and single-file LoRA adapters.
+//! - [`threads`]: candle's element-wise pool on one thread, applied by every backend constructor.
 //! - Model parts: [`text`], [`condition`], [`fsq`], [`dit`] (parameters, composed forward, fused
 //!   CPU forward), [`vae`] (with [`conv`], the time-major CPU convolutions), [`nn`], [`params`]
 //!   (parameter sources and the name-prefix helper), [`silence`], [`config`].
@@ -47,6 +48,7 @@ pub mod params;
 pub mod silence;
 pub mod tasks;
 pub mod text;
+pub mod threads;
 pub mod vae;
 pub mod weights;
 

@@ -9,7 +9,7 @@ use candle_core::Device;
 
 use crate::codec::AceStepCodec;
 use crate::conditioner::AceStepConditioner;
-use crate::config::{DitConfig, TextEncoderConfig, VaeConfig, read_json};
+use crate::config::{DitConfig, TextEncoderConfig, VaeConfig};
 use crate::denoiser::AceStepDenoiser;
 use crate::error::{AceStepError, Result};
 use crate::nn::{RandomSource, TensorSource};
@@ -43,40 +43,13 @@ impl AceStepConfig {
         }
     }
 
-    /// Read every config of a resolved weights folder.
+    /// Read every config of a resolved weights folder and check they agree with each other
+    /// (a model of all parts; one part alone needs only its own config:
+    /// [`ModelFiles::read_dit_config`] and its siblings).
     pub fn from_files(files: &ModelFiles) -> Result<Self> {
-        let vae = VaeConfig::from_json(&read_json(&files.vae_config)?, &files.vae_config)?;
-        let te_cfg_path = files.text_encoder_dir.join("config.json");
-        let text = TextEncoderConfig::from_json(&read_json(&te_cfg_path)?, &te_cfg_path)?;
-        let dit = match files.layout {
-            Layout::Original => {
-                DitConfig::from_original_json(&read_json(&files.dit_config)?, &files.dit_config)?
-            }
-            Layout::Diffusers => {
-                let t = read_json(&files.dit_config)?;
-                let (_, cpath) =
-                    files
-                        .condition_encoder
-                        .as_ref()
-                        .ok_or_else(|| AceStepError::MissingFile {
-                            path: files.root.join("condition_encoder"),
-                            what: "condition encoder".into(),
-                        })?;
-                let c = (read_json(cpath)?, cpath.clone());
-                let tok = match &files.audio_tokenizer {
-                    Some((_, p)) => Some((read_json(p)?, p.clone())),
-                    None => None,
-                };
-                // 30 s of latent frames at the VAE's frame rate (750 at 48 kHz / 1920).
-                let fix = (30.0 * vae.sampling_rate as f64 / vae.hop() as f64).ceil() as usize;
-                DitConfig::from_diffusers_json(
-                    (&t, &files.dit_config),
-                    Some((&c.0, c.1.as_path())),
-                    tok.as_ref().map(|(v, p)| (v, p.as_path())),
-                    fix,
-                )?
-            }
-        };
+        let vae = files.read_vae_config()?;
+        let text = files.read_text_encoder_config()?;
+        let dit = files.read_dit_config()?;
         if dit.text_hidden_dim != text.hidden_size {
             return Err(AceStepError::config(
                 &files.dit_config,
@@ -120,7 +93,15 @@ impl AceStep {
     /// [`AceStep::load`] choosing the DiT folder of the original layout
     /// (e.g. `Some("acestep-v15-xl-turbo")`).
     pub fn load_variant(dir: &Path, variant: Option<&str>, device: &Device) -> Result<Self> {
+        crate::threads::apply();
         let files = ModelFiles::discover(dir, variant)?;
+        // Every part first, so a partial folder is refused with what it holds and lacks.
+        for part in files.parts() {
+            // Without the FSQ parts a model still runs (no cover); everything else is needed.
+            if !matches!(part.name, "audio tokenizer" | "audio detokenizer") {
+                files.require(part.name)?;
+            }
+        }
         let config = AceStepConfig::from_files(&files)?;
         let dit_w = files.open_dit(device)?;
         let silence = match &files.silence_latent {
@@ -167,6 +148,7 @@ impl AceStep {
     /// Every part with random weights (no files): for benchmarks at full size. The silence latent
     /// is random too and there is no tokenizer: prompts become their UTF-8 bytes as token ids.
     pub fn random(config: &AceStepConfig, seed: u64, device: &Device) -> Result<Self> {
+        crate::threads::apply();
         let src = RandomSource {
             seed,
             device: device.clone(),

@@ -61,7 +61,7 @@ pub fn text_to_music(
     }
     let cond = c.condition_for(prompt, Task::Text2Music)?;
     let ctx = c.context_from(&c.silence(frames)?, &vec![1.0; frames])?;
-    let mut req = SlotRequest::new(cond, ctx, frames, seed);
+    let mut req = SlotRequest::from_context(cond, ctx, seed)?;
     req.schedule = turbo_params(shift);
     Ok(req)
 }
@@ -146,7 +146,7 @@ pub fn repaint(
     let src = Tensor::cat(&parts, 1)?;
     let ctx = c.context_from(&src, &mask)?;
     let cond = c.condition_for(prompt, Task::Repaint)?;
-    let mut req = SlotRequest::new(cond, ctx, frames, seed);
+    let mut req = SlotRequest::from_context(cond, ctx, seed)?;
     req.schedule = turbo_params(shift);
     if pin_outside {
         let curve =

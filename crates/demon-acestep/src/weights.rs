@@ -18,7 +18,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-use crate::config::read_json;
+use crate::config::{DitConfig, TextEncoderConfig, VaeConfig, read_json};
 use crate::error::{AceStepError, Result};
 
 /// One tensor's place inside a mapped file.
@@ -361,7 +361,9 @@ impl fmt::Display for Layout {
     }
 }
 
-/// Resolved paths of every component of a weights folder.
+/// Resolved paths of every component of a weights folder. A component the folder does not hold
+/// keeps the path where its layout puts it; [`ModelFiles::parts`] says which are present, and
+/// opening an absent one is a [`AceStepError::MissingFile`] naming that path.
 #[derive(Clone, Debug)]
 pub struct ModelFiles {
     pub layout: Layout,
@@ -370,7 +372,8 @@ pub struct ModelFiles {
     pub dit_config: PathBuf,
     /// Original: `model.safetensors` or its index. Diffusers: the transformer weights.
     pub dit_weights: PathBuf,
-    /// Diffusers only: condition encoder, audio tokenizer, detokenizer (weights, config).
+    /// Diffusers only: condition encoder, audio tokenizer, detokenizer (weights, config), when
+    /// present.
     pub condition_encoder: Option<(PathBuf, PathBuf)>,
     pub audio_tokenizer: Option<(PathBuf, PathBuf)>,
     pub audio_detokenizer: Option<(PathBuf, PathBuf)>,
@@ -381,6 +384,17 @@ pub struct ModelFiles {
     pub tokenizer_json: PathBuf,
     pub vae_config: PathBuf,
     pub vae_weights: PathBuf,
+}
+
+/// One part of a weights folder, as [`ModelFiles::parts`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Part {
+    /// `dit`, `condition encoder`, `audio tokenizer`, `audio detokenizer`, `silence latent`,
+    /// `text encoder`, `tokenizer` or `vae`.
+    pub name: &'static str,
+    /// The file that holds it (or would).
+    pub path: PathBuf,
+    pub present: bool,
 }
 
 /// `{dir}/{stem}.safetensors`, or its shard index.
@@ -398,32 +412,51 @@ fn weight_file(dir: &Path, stems: &[&str]) -> Option<PathBuf> {
     None
 }
 
-fn require(p: Option<PathBuf>, dir: &Path, what: &str) -> Result<PathBuf> {
-    p.ok_or_else(|| AceStepError::MissingFile {
-        path: dir.to_path_buf(),
-        what: what.into(),
-    })
+/// The weights file of `dir`, or where the first stem's single file would be.
+fn weight_file_or_default(dir: &Path, stems: &[&str]) -> PathBuf {
+    weight_file(dir, stems).unwrap_or_else(|| dir.join(format!("{}.safetensors", stems[0])))
 }
 
-fn is_acestep_config(path: &Path) -> bool {
+fn read_config(path: &Path) -> Option<Value> {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .is_some_and(|v| {
-            v.get("model_type").and_then(Value::as_str) == Some("acestep")
-                || v.get("architectures")
-                    .and_then(Value::as_array)
-                    .is_some_and(|a| {
-                        a.iter()
-                            .any(|x| x.as_str() == Some("AceStepConditionGenerationModel"))
-                    })
-        })
 }
 
+fn is_acestep_config(path: &Path) -> bool {
+    read_config(path).is_some_and(|v| {
+        v.get("model_type").and_then(Value::as_str) == Some("acestep")
+            || v.get("architectures")
+                .and_then(Value::as_array)
+                .is_some_and(|a| {
+                    a.iter()
+                        .any(|x| x.as_str() == Some("AceStepConditionGenerationModel"))
+                })
+    })
+}
+
+/// A diffusers component config whose `_class_name` is `class`.
+fn is_diffusers_class(path: &Path, class: &str) -> bool {
+    read_config(path).is_some_and(|v| v.get("_class_name").and_then(Value::as_str) == Some(class))
+}
+
+/// Component folders of a diffusers pipeline that exist only in that layout.
+const DIFFUSERS_ONLY: [&str; 5] = [
+    "transformer",
+    "condition_encoder",
+    "audio_tokenizer",
+    "audio_token_detokenizer",
+    "text_encoder",
+];
+
 impl ModelFiles {
-    /// Detect the layout of `dir` and resolve every component. `variant` picks a DiT folder of
-    /// the original layout (`acestep-v15-xl-turbo`); by default `acestep-v15-turbo`, else the
-    /// first `acestep-v15-*` folder in name order.
+    /// Detect the layout of `dir` and resolve every component it holds. `variant` picks a DiT
+    /// folder of the original layout (`acestep-v15-xl-turbo`); by default `acestep-v15-turbo`,
+    /// else the first `acestep-v15-*` folder in name order.
+    ///
+    /// A folder may hold only some components (a diffusers `transformer/` alone, only `vae/`):
+    /// discovery succeeds and each loader asks for what it needs. `dir` may also be a DiT folder
+    /// itself (original `acestep-v15-*/` or diffusers `transformer/`): its parent is the root.
     pub fn discover(dir: &Path, variant: Option<&str>) -> Result<Self> {
         if !dir.is_dir() {
             return Err(AceStepError::MissingFile {
@@ -431,150 +464,257 @@ impl ModelFiles {
                 what: "weights folder".into(),
             });
         }
+        let parent = || dir.parent().unwrap_or(dir).to_path_buf();
         if dir.join("model_index.json").is_file() {
-            return Self::diffusers(dir);
+            return Ok(Self::diffusers(dir, &dir.join("transformer")));
         }
-        // A DiT folder given directly: its siblings hold the VAE and the text encoder.
-        if dir.join("config.json").is_file() && is_acestep_config(&dir.join("config.json")) {
-            let root = dir.parent().unwrap_or(dir).to_path_buf();
-            return Self::original(&root, dir);
+        let own_config = dir.join("config.json");
+        if is_acestep_config(&own_config) {
+            return Ok(Self::original(&parent(), dir));
         }
-        let dit_dir = match variant {
-            Some(v) => {
-                let d = dir.join(v);
-                if !d.is_dir() {
-                    return Err(AceStepError::MissingFile {
-                        path: d,
-                        what: format!("DiT variant `{v}`"),
-                    });
-                }
-                d
+        if is_diffusers_class(&own_config, "AceStepTransformer1DModel") {
+            return Ok(Self::diffusers(&parent(), dir));
+        }
+        if let Some(v) = variant {
+            let d = dir.join(v);
+            if !d.is_dir() {
+                return Err(AceStepError::MissingFile {
+                    path: d,
+                    what: format!("DiT variant `{v}`"),
+                });
             }
-            None => {
-                let preferred = dir.join("acestep-v15-turbo");
-                if preferred.join("config.json").is_file() {
-                    preferred
-                } else {
-                    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-                        .map_err(|e| AceStepError::io(dir, e))?
-                        .filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| {
-                            p.join("config.json").is_file()
-                                && is_acestep_config(&p.join("config.json"))
-                        })
-                        .collect();
-                    found.sort();
-                    match found.into_iter().next() {
-                        Some(d) => d,
-                        None => {
-                            return Err(AceStepError::UnknownLayout {
-                                path: dir.to_path_buf(),
-                                detail: "found neither model_index.json (diffusers layout) nor an acestep-v15-*/ folder \
-                                         whose config.json has model_type \"acestep\" (original layout)"
-                                    .into(),
-                            });
-                        }
-                    }
-                }
-            }
-        };
-        Self::original(dir, &dit_dir)
-    }
-
-    fn original(root: &Path, dit_dir: &Path) -> Result<Self> {
-        let dit_weights = require(
-            weight_file(dit_dir, &["model"]),
-            dit_dir,
-            "model.safetensors (or model.safetensors.index.json)",
-        )?;
-        let silence = dit_dir.join("silence_latent.pt");
-        if !silence.is_file() {
-            return Err(AceStepError::MissingFile {
-                path: silence,
-                what: "silence latent".into(),
-            });
+            return Ok(Self::original(dir, &d));
         }
-        let te = root.join("Qwen3-Embedding-0.6B");
-        let te_weights = require(
-            weight_file(&te, &["model"]),
-            &te,
-            "Qwen3-Embedding-0.6B/model.safetensors",
-        )?;
-        let vae = root.join("vae");
-        let vae_weights = require(
-            weight_file(&vae, &["diffusion_pytorch_model", "model"]),
-            &vae,
-            "vae/diffusion_pytorch_model.safetensors",
-        )?;
-        Ok(Self {
-            layout: Layout::Original,
-            root: root.to_path_buf(),
-            dit_config: dit_dir.join("config.json"),
-            dit_weights,
-            condition_encoder: None,
-            audio_tokenizer: None,
-            audio_detokenizer: None,
-            silence_latent: Some(silence),
-            tokenizer_json: te.join("tokenizer.json"),
-            text_encoder_dir: te.clone(),
-            text_encoder_weights: te_weights,
-            vae_config: vae.join("config.json"),
-            vae_weights,
+        let preferred = dir.join("acestep-v15-turbo");
+        if preferred.join("config.json").is_file() {
+            return Ok(Self::original(dir, &preferred));
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| AceStepError::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_acestep_config(&p.join("config.json")))
+            .collect();
+        found.sort();
+        if let Some(d) = found.into_iter().next() {
+            return Ok(Self::original(dir, &d));
+        }
+        if DIFFUSERS_ONLY.iter().any(|c| dir.join(c).is_dir()) {
+            return Ok(Self::diffusers(dir, &dir.join("transformer")));
+        }
+        if dir.join("Qwen3-Embedding-0.6B").is_dir() || dir.join("vae").is_dir() {
+            // The VAE folder is the same in both layouts; without a DiT, call it original.
+            return Ok(Self::original(dir, &preferred));
+        }
+        Err(AceStepError::UnknownLayout {
+            path: dir.to_path_buf(),
+            detail:
+                "found neither model_index.json or a diffusers component folder (diffusers layout) \
+                     nor an acestep-v15-*/ folder whose config.json has model_type \"acestep\", a \
+                     Qwen3-Embedding-0.6B/ or a vae/ folder (original layout)"
+                    .into(),
         })
     }
 
-    fn diffusers(root: &Path) -> Result<Self> {
-        let comp = |name: &str, stems: &[&str]| -> Result<(PathBuf, PathBuf)> {
-            let d = root.join(name);
-            let w = require(weight_file(&d, stems), &d, &format!("{name}/ weights"))?;
-            Ok((w, d.join("config.json")))
-        };
+    fn original(root: &Path, dit_dir: &Path) -> Self {
+        let te = root.join("Qwen3-Embedding-0.6B");
+        let vae = root.join("vae");
+        Self {
+            layout: Layout::Original,
+            root: root.to_path_buf(),
+            dit_config: dit_dir.join("config.json"),
+            dit_weights: weight_file_or_default(dit_dir, &["model"]),
+            condition_encoder: None,
+            audio_tokenizer: None,
+            audio_detokenizer: None,
+            silence_latent: Some(dit_dir.join("silence_latent.pt")),
+            tokenizer_json: te.join("tokenizer.json"),
+            text_encoder_weights: weight_file_or_default(&te, &["model"]),
+            text_encoder_dir: te,
+            vae_config: vae.join("config.json"),
+            vae_weights: weight_file_or_default(&vae, &["diffusion_pytorch_model", "model"]),
+        }
+    }
+
+    fn diffusers(root: &Path, transformer: &Path) -> Self {
         let optional = |name: &str| -> Option<(PathBuf, PathBuf)> {
             let d = root.join(name);
             weight_file(&d, &["diffusion_pytorch_model", "model"])
                 .map(|w| (w, d.join("config.json")))
         };
-        let (dit_weights, dit_config) = comp("transformer", &["diffusion_pytorch_model", "model"])?;
-        let condition = comp("condition_encoder", &["diffusion_pytorch_model", "model"])?;
-        let (te_weights, _) = comp("text_encoder", &["model", "diffusion_pytorch_model"])?;
-        let (vae_weights, vae_config) = comp("vae", &["diffusion_pytorch_model", "model"])?;
+        let te = root.join("text_encoder");
+        let vae = root.join("vae");
         let tok = [
             root.join("tokenizer/tokenizer.json"),
-            root.join("text_encoder/tokenizer.json"),
+            te.join("tokenizer.json"),
         ]
         .into_iter()
         .find(|p| p.is_file())
         .unwrap_or_else(|| root.join("tokenizer/tokenizer.json"));
-        Ok(Self {
+        Self {
             layout: Layout::Diffusers,
             root: root.to_path_buf(),
-            dit_config,
-            dit_weights,
-            condition_encoder: Some(condition),
+            dit_config: transformer.join("config.json"),
+            dit_weights: weight_file_or_default(transformer, &["diffusion_pytorch_model", "model"]),
+            condition_encoder: optional("condition_encoder"),
             audio_tokenizer: optional("audio_tokenizer"),
             audio_detokenizer: optional("audio_token_detokenizer"),
             silence_latent: None,
-            text_encoder_dir: root.join("text_encoder"),
-            text_encoder_weights: te_weights,
+            text_encoder_weights: weight_file_or_default(
+                &te,
+                &["model", "diffusion_pytorch_model"],
+            ),
+            text_encoder_dir: te,
             tokenizer_json: tok,
-            vae_config,
-            vae_weights,
-        })
+            vae_config: vae.join("config.json"),
+            vae_weights: weight_file_or_default(&vae, &["diffusion_pytorch_model", "model"]),
+        }
+    }
+
+    /// Every part of the layout with its file and whether the folder holds it. Diffusers' audio
+    /// tokenizer/detokenizer and condition encoder are listed under their folders; in the
+    /// original layout they live in the DiT checkpoint.
+    pub fn parts(&self) -> Vec<Part> {
+        let part = |name, path: &Path| Part {
+            name,
+            path: path.to_path_buf(),
+            present: path.is_file(),
+        };
+        let mut v = vec![part("dit", &self.dit_weights)];
+        if self.layout == Layout::Diffusers {
+            for (name, folder, c) in [
+                (
+                    "condition encoder",
+                    "condition_encoder",
+                    &self.condition_encoder,
+                ),
+                ("audio tokenizer", "audio_tokenizer", &self.audio_tokenizer),
+                (
+                    "audio detokenizer",
+                    "audio_token_detokenizer",
+                    &self.audio_detokenizer,
+                ),
+            ] {
+                v.push(match c {
+                    Some((w, _)) => part(name, w),
+                    None => Part {
+                        name,
+                        path: self.root.join(folder),
+                        present: false,
+                    },
+                });
+            }
+        }
+        if let Some(p) = &self.silence_latent {
+            v.push(part("silence latent", p));
+        }
+        v.push(part("text encoder", &self.text_encoder_weights));
+        v.push(part("tokenizer", &self.tokenizer_json));
+        v.push(part("vae", &self.vae_weights));
+        v
+    }
+
+    /// `present: …; missing: …` over [`ModelFiles::parts`].
+    pub fn summary(&self) -> String {
+        let parts = self.parts();
+        let names = |present: bool| -> String {
+            let n: Vec<&str> = parts
+                .iter()
+                .filter(|p| p.present == present)
+                .map(|p| p.name)
+                .collect();
+            if n.is_empty() {
+                "none".into()
+            } else {
+                n.join(", ")
+            }
+        };
+        format!("present: {}; missing: {}", names(true), names(false))
+    }
+
+    /// An error unless part `name` is present, naming its file and what the folder holds.
+    pub fn require(&self, name: &str) -> Result<()> {
+        match self.parts().into_iter().find(|p| p.name == name) {
+            Some(p) if p.present => Ok(()),
+            Some(p) => Err(AceStepError::MissingFile {
+                path: p.path,
+                what: format!("{name} ({} in {})", self.summary(), self.root.display()),
+            }),
+            None => Err(AceStepError::MissingFile {
+                path: self.root.clone(),
+                what: format!("{name} (not part of the {})", self.layout),
+            }),
+        }
+    }
+
+    /// The DiT's configuration. Original: `config.json`. Diffusers: `transformer/config.json`
+    /// with `condition_encoder/` and `audio_tokenizer/` configs when present (a DiT-only folder
+    /// needs neither, a condition encoder alone needs no transformer); `timbre_fix_frame` is 30 s at the VAE's frame rate when `vae/config.json`
+    /// is present, else the published 750.
+    pub fn read_dit_config(&self) -> Result<DitConfig> {
+        match self.layout {
+            Layout::Original => {
+                DitConfig::from_original_json(&read_json(&self.dit_config)?, &self.dit_config)
+            }
+            Layout::Diffusers => {
+                let t = if self.dit_config.is_file() || self.condition_encoder.is_none() {
+                    Some(read_json(&self.dit_config)?)
+                } else {
+                    None
+                };
+                let read = |c: &Option<(PathBuf, PathBuf)>| -> Result<Option<(Value, PathBuf)>> {
+                    match c {
+                        Some((_, p)) => Ok(Some((read_json(p)?, p.clone()))),
+                        None => Ok(None),
+                    }
+                };
+                let cond = read(&self.condition_encoder)?;
+                let tok = read(&self.audio_tokenizer)?;
+                let fix = if self.vae_config.is_file() {
+                    let vae = self.read_vae_config()?;
+                    (30.0 * vae.sampling_rate as f64 / vae.hop() as f64).ceil() as usize
+                } else {
+                    DitConfig::turbo_2b().timbre_fix_frame
+                };
+                DitConfig::from_diffusers_json(
+                    t.as_ref().map(|v| (v, self.dit_config.as_path())),
+                    cond.as_ref().map(|(v, p)| (v, p.as_path())),
+                    tok.as_ref().map(|(v, p)| (v, p.as_path())),
+                    fix,
+                )
+            }
+        }
+    }
+
+    /// The VAE's configuration (`vae/config.json`).
+    pub fn read_vae_config(&self) -> Result<VaeConfig> {
+        VaeConfig::from_json(&read_json(&self.vae_config)?, &self.vae_config)
+    }
+
+    /// The text encoder's configuration (`config.json` beside its weights).
+    pub fn read_text_encoder_config(&self) -> Result<TextEncoderConfig> {
+        let p = self.text_encoder_dir.join("config.json");
+        TextEncoderConfig::from_json(&read_json(&p)?, &p)
     }
 
     /// Open the DiT checkpoint (decoder, condition encoder, tokenizer, detokenizer,
-    /// `null_condition_emb`; diffusers: also `silence_latent`) under original names.
+    /// `null_condition_emb`; diffusers: also `silence_latent`) under original names. Diffusers:
+    /// whichever of those component folders the folder holds.
     pub fn open_dit(&self, device: &Device) -> Result<ComponentWeights> {
         match self.layout {
             Layout::Original => {
                 ComponentWeights::open(&self.dit_weights, device, &|n| Some(n.to_owned()))
             }
             Layout::Diffusers => {
-                let mut w = ComponentWeights::open(&self.dit_weights, device, &|n| {
-                    Some(diffusers_to_original("decoder.", n))
-                })?;
+                // The components the folder holds, under one original-name map; the transformer
+                // (when present) is the label errors name.
+                let mut parts: Vec<ComponentWeights> = Vec::new();
+                if self.dit_weights.is_file() || self.condition_encoder.is_none() {
+                    parts.push(ComponentWeights::open(&self.dit_weights, device, &|n| {
+                        Some(diffusers_to_original("decoder.", n))
+                    })?);
+                }
                 if let Some((p, _)) = &self.condition_encoder {
-                    w.absorb(ComponentWeights::open(p, device, &|n| {
+                    parts.push(ComponentWeights::open(p, device, &|n| {
                         Some(match n {
                             "null_condition_emb" | "silence_latent" => n.to_owned(),
                             _ => diffusers_to_original("encoder.", n),
@@ -582,14 +722,22 @@ impl ModelFiles {
                     })?);
                 }
                 if let Some((p, _)) = &self.audio_tokenizer {
-                    w.absorb(ComponentWeights::open(p, device, &|n| {
+                    parts.push(ComponentWeights::open(p, device, &|n| {
                         Some(diffusers_to_original("tokenizer.", n))
                     })?);
                 }
                 if let Some((p, _)) = &self.audio_detokenizer {
-                    w.absorb(ComponentWeights::open(p, device, &|n| {
+                    parts.push(ComponentWeights::open(p, device, &|n| {
                         Some(diffusers_to_original("detokenizer.", n))
                     })?);
+                }
+                let mut parts = parts.into_iter();
+                let mut w = parts.next().ok_or_else(|| AceStepError::MissingFile {
+                    path: self.dit_weights.clone(),
+                    what: "safetensors weights".into(),
+                })?;
+                for other in parts {
+                    w.absorb(other);
                 }
                 Ok(w)
             }
@@ -657,8 +805,10 @@ pub struct WeightsReport {
     pub root: PathBuf,
     pub layout: Layout,
     pub components: Vec<ComponentReport>,
-    /// Extra facts (silence latent shape, DiT size, missing optional parts).
+    /// Extra facts (silence latent shape, DiT size, missing parts and what they disable).
     pub notes: Vec<String>,
+    /// The parts of the layout the folder does not hold.
+    pub missing: Vec<Part>,
 }
 
 impl fmt::Display for WeightsReport {
@@ -700,7 +850,10 @@ fn group_thousands(n: usize) -> String {
 }
 
 /// Inspect a weights folder without building any model: layout, components found, parameter
-/// counts and dtypes. Fails with a clear error on a missing, truncated or unknown layout.
+/// counts and dtypes, and which parts are missing (a folder holding one component, such as a
+/// diffusers `transformer/` alone, is reported, not refused). Fails with a clear error on a
+/// folder that does not exist, an unknown layout, or a component file that is there but broken
+/// (truncated, bad header).
 pub fn inspect_weights(dir: &Path) -> Result<WeightsReport> {
     let files = ModelFiles::discover(dir, None)?;
     let device = Device::Cpu;
@@ -720,8 +873,10 @@ pub fn inspect_weights(dir: &Path) -> Result<WeightsReport> {
         }
     };
     let all = |n: &str| Some(n.to_owned());
+    let parts = files.parts();
+    let present = |name: &str| parts.iter().any(|p| p.name == name && p.present);
     match files.layout {
-        Layout::Original => {
+        Layout::Original if present("dit") => {
             let w = files.open_dit(&device)?;
             add("dit decoder", &w, "decoder.");
             add("condition encoder", &w, "encoder.");
@@ -737,29 +892,35 @@ pub fn inspect_weights(dir: &Path) -> Result<WeightsReport> {
                 );
             }
         }
+        Layout::Original => {}
         Layout::Diffusers => {
-            add(
-                "transformer",
-                &ComponentWeights::open(&files.dit_weights, &device, &all)?,
-                "",
-            );
+            if present("dit") {
+                add(
+                    "transformer",
+                    &ComponentWeights::open(&files.dit_weights, &device, &all)?,
+                    "",
+                );
+            }
             for (name, c) in [
                 ("condition_encoder", &files.condition_encoder),
                 ("audio_tokenizer", &files.audio_tokenizer),
                 ("audio_detokenizer", &files.audio_detokenizer),
             ] {
-                match c {
-                    Some((p, _)) => add(name, &ComponentWeights::open(p, &device, &all)?, ""),
-                    None => notes.push(format!(
-                        "{name} not found (cover and audio codes unavailable)"
-                    )),
+                if let Some((p, _)) = c {
+                    add(name, &ComponentWeights::open(p, &device, &all)?, "");
                 }
             }
         }
     }
-    add("text_encoder", &files.open_text_encoder(&device)?, "");
-    add("vae", &files.open_vae(&device)?, "");
-    if let Some(p) = &files.silence_latent {
+    if present("text encoder") {
+        add("text_encoder", &files.open_text_encoder(&device)?, "");
+    }
+    if present("vae") {
+        add("vae", &files.open_vae(&device)?, "");
+    }
+    if let Some(p) = &files.silence_latent
+        && p.is_file()
+    {
         let s = crate::silence::read_silence_latent(p, None)?;
         notes.push(format!(
             "silence latent {:?} from {}",
@@ -767,10 +928,21 @@ pub fn inspect_weights(dir: &Path) -> Result<WeightsReport> {
             p.display()
         ));
     }
-    if !files.tokenizer_json.is_file() {
+    let missing: Vec<Part> = parts.into_iter().filter(|p| !p.present).collect();
+    for m in &missing {
+        let consequence = match m.name {
+            "dit" => "no denoiser",
+            "condition encoder" => "no prompt conditioning",
+            "audio tokenizer" | "audio detokenizer" => "cover and audio codes unavailable",
+            "silence latent" => "no text-to-music context",
+            "text encoder" | "tokenizer" => "no prompt encoding",
+            "vae" => "no audio encode/decode",
+            _ => "",
+        };
         notes.push(format!(
-            "tokenizer.json not found at {}",
-            files.tokenizer_json.display()
+            "missing {} at {} ({consequence})",
+            m.name,
+            m.path.display()
         ));
     }
     Ok(WeightsReport {
@@ -778,6 +950,7 @@ pub fn inspect_weights(dir: &Path) -> Result<WeightsReport> {
         layout: files.layout,
         components,
         notes,
+        missing,
     })
 }
 

@@ -401,10 +401,13 @@ fn print_model(m: &demon_acestep::bench::ModelBenchReport) {
             100.0 * share
         );
     }
-    if m.row_check.checked {
+    if let Some(identical) = m.rows_identical_across_batches {
         println!(
-            "rows byte-identical across batch sizes: {} ({} rows compared)",
-            m.rows_identical_across_batches, m.row_check.rows_compared
+            "rows byte-identical across batch sizes: {identical} ({} rows compared)",
+            m.row_check.rows_compared
         );
+    }
+    for (phase, mib) in &m.peak_rss_mib {
+        println!("peak RSS ({phase}): {mib:.0} MiB");
     }
 }

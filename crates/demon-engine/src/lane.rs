@@ -115,16 +115,29 @@ impl ChannelGain {
 }
 
 /// Everything every in-flight slot reads at every step.
+///
+/// **Note: `SharedLane::default()` has DCW on** (double mode, 0.05 low / 0.02 high, DEMON's
+/// default), so a default lane changes every step's result. [`SharedLane::neutral`] is the lane
+/// that changes nothing (no overrides, no channel gain, DCW off).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SharedLane {
     /// Overrides of the slot's own per-step curves; `None` falls back to the slot.
     pub curves: StepCurves,
     pub channel_gain: Option<ChannelGain>,
+    /// On by default (see the type's note).
     pub dcw: DcwSettings,
 }
 
 impl SharedLane {
+    /// No overrides, no channel gain and DCW off: every step is the slot's own.
+    pub fn neutral() -> Self {
+        Self {
+            dcw: DcwSettings::off(),
+            ..Self::default()
+        }
+    }
+
     /// Set (or with `None`, remove) the override for the curve called `name`.
     pub fn set_curve(&mut self, name: &str, value: Option<Curve>) -> Result<()> {
         *self.curves.field_mut(name)? = value;
@@ -144,5 +157,20 @@ impl SharedLane {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default lane has DCW on; the neutral lane changes nothing.
+    #[test]
+    fn default_has_dcw_on_and_neutral_has_it_off() {
+        assert!(SharedLane::default().dcw.is_active());
+        let n = SharedLane::neutral();
+        assert!(!n.dcw.is_active());
+        assert_eq!(n.curves, StepCurves::default());
+        assert!(n.channel_gain.is_none());
     }
 }

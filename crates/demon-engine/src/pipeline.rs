@@ -19,10 +19,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
-use crate::backend::{DenoiseBatch, Denoiser};
+use crate::backend::{Audio, Codec, DenoiseBatch, Denoiser};
 use crate::curve::Curve;
 use crate::error::{EngineError, Result};
 use crate::lane::SharedLane;
@@ -74,6 +75,37 @@ pub struct TickReport {
     pub denoiser_calls: usize,
     /// Slots started from the queue this tick.
     pub started: usize,
+    /// Wall time of this tick inside the `Denoiser` calls, ms. On a GPU this is the time to
+    /// queue the work plus whatever the backend waits for (candle runs kernels asynchronously).
+    pub denoiser_ms: f64,
+    /// Wall time of the engine's own work in this tick (everything but the denoiser calls:
+    /// starting slots, model inputs, velocity blending, guidance, the solver step, committing),
+    /// ms.
+    pub solver_ms: f64,
+    /// Wall time of decoding this tick's finished latents, ms: 0 after [`StreamPipeline::tick`]
+    /// (the pipeline decodes nothing), set by [`TickReport::decode_finished`]; a runtime that
+    /// decodes windows itself may record its own time here.
+    pub decode_ms: f64,
+}
+
+impl TickReport {
+    /// `denoiser_ms + solver_ms + decode_ms`.
+    pub fn total_ms(&self) -> f64 {
+        self.denoiser_ms + self.solver_ms + self.decode_ms
+    }
+
+    /// Decode every latent finished this tick with `codec` (whole latents, in order), adding
+    /// the time to [`TickReport::decode_ms`].
+    pub fn decode_finished(&mut self, codec: &mut dyn Codec) -> Result<Vec<Audio>> {
+        let started = Instant::now();
+        let audio = self
+            .finished
+            .iter()
+            .map(|f| codec.decode(&f.latent, 0))
+            .collect::<Result<Vec<_>>>()?;
+        self.decode_ms += started.elapsed().as_secs_f64() * 1e3;
+        Ok(audio)
+    }
 }
 
 /// Counters since construction.
@@ -397,6 +429,7 @@ impl StreamPipeline {
     /// (plus one for negatives when guidance needs it), integrate every slot, deliver finished
     /// latents.
     pub fn tick(&mut self, denoiser: &mut dyn Denoiser) -> Result<TickReport> {
+        let started = Instant::now();
         let mut report = TickReport {
             tick: self.stats.ticks,
             ..Default::default()
@@ -456,6 +489,7 @@ impl StreamPipeline {
         }
         self.stats.completed += report.finished.len() as u64;
         self.stats.ticks += 1;
+        report.solver_ms = (started.elapsed().as_secs_f64() * 1e3 - report.denoiser_ms).max(0.0);
         Ok(report)
     }
 
@@ -692,7 +726,9 @@ impl StreamPipeline {
                 conditions,
                 contexts,
             };
+            let call = Instant::now();
             let v = denoiser.velocity(&batch)?;
+            report.denoiser_ms += call.elapsed().as_secs_f64() * 1e3;
             let want = [live.len(), batch.x.dim(1)?, self.latent_channels];
             if v.dims() != want {
                 return Err(EngineError::shape(
@@ -851,4 +887,110 @@ fn check_depth(depth: usize) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::backend::Conditioning;
+    use crate::testing::PointMassDenoiser;
+
+    /// A point-mass denoiser that takes at least `delay` per call.
+    struct Slow {
+        inner: PointMassDenoiser,
+        delay: Duration,
+    }
+
+    impl Denoiser for Slow {
+        fn latent_channels(&self) -> usize {
+            self.inner.latent_channels()
+        }
+        fn context_channels(&self) -> usize {
+            self.inner.context_channels()
+        }
+        fn device(&self) -> &Device {
+            self.inner.device()
+        }
+        fn velocity(&mut self, batch: &DenoiseBatch<'_>) -> Result<Tensor> {
+            std::thread::sleep(self.delay);
+            self.inner.velocity(batch)
+        }
+    }
+
+    /// A codec that takes at least `delay` per decode and returns silence.
+    struct SlowCodec {
+        delay: Duration,
+        device: Device,
+    }
+
+    impl Codec for SlowCodec {
+        fn sample_rate(&self) -> u32 {
+            100
+        }
+        fn hop_samples(&self) -> usize {
+            2
+        }
+        fn latent_channels(&self) -> usize {
+            4
+        }
+        fn audio_channels(&self) -> usize {
+            1
+        }
+        fn device(&self) -> &Device {
+            &self.device
+        }
+        fn encode(&mut self, _audio: &Audio) -> Result<Tensor> {
+            Err(EngineError::param(
+                "audio",
+                "this test codec does not encode",
+            ))
+        }
+        fn decode(&mut self, latent: &Tensor, _first_frame: i64) -> Result<Audio> {
+            std::thread::sleep(self.delay);
+            Ok(Audio::silence(100, 1, latent.dim(1)? * 2))
+        }
+    }
+
+    /// The report splits a tick's time into the denoiser calls and the engine's own work, and
+    /// `decode_finished` adds the decode of the finished latents.
+    #[test]
+    fn tick_report_carries_the_ticks_own_timings() {
+        let delay = Duration::from_millis(20);
+        let mut den = Slow {
+            inner: PointMassDenoiser::new(4, 0),
+            delay,
+        };
+        let mut p = StreamPipeline::new(1, 4, 0, Device::Cpu).unwrap();
+        let ctx = Tensor::zeros((1, 6, 0), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let cond: Conditioning = PointMassDenoiser::conditioning(0.5);
+        let mut req = SlotRequest::from_context(cond, ctx, 3).unwrap();
+        req.schedule.steps = 2;
+        p.submit(req).unwrap();
+        let mut codec = SlowCodec {
+            delay,
+            device: Device::Cpu,
+        };
+        let mut reports = Vec::new();
+        while reports.iter().all(|r: &TickReport| r.finished.is_empty()) {
+            let mut r = p.tick(&mut den).unwrap();
+            assert!(
+                r.denoiser_ms >= 20.0 * r.denoiser_calls as f64,
+                "{} ms for {} calls",
+                r.denoiser_ms,
+                r.denoiser_calls
+            );
+            assert!(r.solver_ms >= 0.0 && r.decode_ms == 0.0);
+            let audio = r.decode_finished(&mut codec).unwrap();
+            assert_eq!(audio.len(), r.finished.len());
+            if !r.finished.is_empty() {
+                assert!(r.decode_ms >= 20.0, "{} ms", r.decode_ms);
+                assert_eq!(audio[0].frames(), 12);
+            }
+            assert_eq!(r.total_ms(), r.denoiser_ms + r.solver_ms + r.decode_ms);
+            reports.push(r);
+        }
+        assert!(reports.iter().any(|r| r.denoiser_calls > 0));
+    }
 }

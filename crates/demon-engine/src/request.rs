@@ -284,7 +284,25 @@ pub struct SlotRequest {
 }
 
 impl SlotRequest {
-    /// A plain text-to-latent request.
+    /// A plain text-to-latent request whose latent length is the context's: `context` is
+    /// `[1, T, Cc]`, and `frames = T`.
+    pub fn from_context(conditioning: Conditioning, context: Tensor, seed: u64) -> Result<Self> {
+        let frames = match context.dims() {
+            [1, t, _] if *t > 0 => *t,
+            d => {
+                return Err(EngineError::shape(
+                    "context",
+                    "[1, T, Cc] with T > 0",
+                    format!("{d:?}"),
+                ));
+            }
+        };
+        Ok(Self::new(conditioning, context, frames, seed))
+    }
+
+    /// A plain text-to-latent request of `frames` latent frames; `frames` must be the context's
+    /// length (checked by [`SlotRequest::validate`]). [`SlotRequest::from_context`] takes it from
+    /// the context instead.
     pub fn new(conditioning: Conditioning, context: Tensor, frames: usize, seed: u64) -> Self {
         Self {
             tag: 0,
@@ -391,5 +409,29 @@ impl SlotRequest {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+
+    use super::*;
+
+    #[test]
+    fn from_context_takes_the_frames_from_the_context() {
+        let cond =
+            Conditioning::new(Tensor::ones((1, 2, 3), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let ctx = Tensor::zeros((1, 17, 5), DType::F32, &Device::Cpu).unwrap();
+        let r = SlotRequest::from_context(cond.clone(), ctx, 9).unwrap();
+        assert_eq!((r.frames, r.seed), (17, 9));
+        r.validate(4, 5).unwrap();
+        for bad in [(2, 17, 5), (1, 0, 5)] {
+            let ctx = Tensor::zeros(bad, DType::F32, &Device::Cpu).unwrap();
+            assert!(
+                SlotRequest::from_context(cond.clone(), ctx, 0).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -6,9 +6,10 @@
 //! zero-padded then cropped.
 //!
 //! The rooms: [`layers`] holds the parameters and what both forwards share, [`composed`] the
-//! forward as candle ops (any device), [`cpu`] the fused CPU forward; this module is the model
-//! that owns the parameters and the cross-attention cache and picks a forward per device. The
-//! children never import this module, so there is no cycle.
+//! forward as candle ops (any device), [`cpu`] the fused CPU forward, [`cache`] the
+//! cross-attention keys/values by conditioning content; this module is the model that owns the
+//! parameters and the cache and picks a forward per device. The children never import this
+//! module, so there is no cycle.
 //!
 //! Implementation choices:
 //! - the patch conv (kernel = stride = patch) and the transposed conv are exact reshapes plus a
@@ -18,18 +19,19 @@
 //!   packed once at load, whose every output is one fixed multiply-add chain whatever the row
 //!   count (`gemm` module); elsewhere every row runs through the composed ops on its own (candle
 //!   folds a batch into one larger GEMM, which may pick another kernel for another row count).
-//! - cross-attention keys/values are computed once per conditioning and cached by the caller's key
-//!   (the engine's `Conditioning::id`), as upstream's `EncoderDecoderCache` does across steps.
+//! - cross-attention keys/values are computed once per conditioning content and cached (least
+//!   recently used evicted), as upstream's `EncoderDecoderCache` does across steps.
 
+pub mod cache;
 pub mod composed;
 pub mod cpu;
 pub mod layers;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
+pub use cache::CrossKvCache;
 pub use cpu::{Row, Workspace};
 pub use layers::{CrossKv, DitLayer, DitWeights, TimeEmbedding, timestep_features};
 
@@ -40,14 +42,14 @@ use crate::nn::{Linear, TensorSource};
 /// The decoder: its parameters and the cross-attention cache of the conditionings it has seen.
 pub struct Dit {
     pub weights: DitWeights,
-    cache: HashMap<u64, Arc<CrossKv>>,
+    cache: CrossKvCache,
 }
 
 impl Dit {
     pub fn load(src: &dyn TensorSource, cfg: &DitConfig) -> Result<Self> {
         Ok(Self {
             weights: DitWeights::load(src, cfg)?,
-            cache: HashMap::new(),
+            cache: CrossKvCache::default(),
         })
     }
 
@@ -87,28 +89,30 @@ impl Dit {
         self.cache.len()
     }
 
+    /// Keep the cross K/V of at most `conditionings` conditionings (64 by default), evicting
+    /// the least recently used.
+    pub fn set_cache_capacity(&mut self, conditionings: usize) {
+        self.cache.set_capacity(conditionings);
+    }
+
     /// Cross K/V of `states` `[1, L, H_enc]` with optional `[1, L]` mask, without caching.
     pub fn cross_kv(&self, states: &Tensor, mask: Option<&Tensor>) -> Result<CrossKv> {
         self.weights.cross_kv(states, mask)
     }
 
-    /// Cached cross K/V for conditioning `key` (computed on first use). The cache keeps at most
-    /// 64 conditionings; older entries are dropped wholesale when it overflows.
+    /// Cached cross K/V of the conditioning `states`/`mask` (computed on the first use of that
+    /// content). `id` is the caller's identity of the value (the engine's `Conditioning::id`):
+    /// the content is hashed once per id, and two ids of equal content share one entry. At most
+    /// [`Dit::set_cache_capacity`] conditionings are kept, the least recently used evicted.
     pub fn cached_cross_kv(
         &mut self,
-        key: u64,
+        id: u64,
         states: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Arc<CrossKv>> {
-        if let Some(kv) = self.cache.get(&key) {
-            return Ok(kv.clone());
-        }
-        let kv = Arc::new(self.cross_kv(states, mask)?);
-        if self.cache.len() >= 64 {
-            self.cache.clear();
-        }
-        self.cache.insert(key, kv.clone());
-        Ok(kv)
+        let weights = &self.weights;
+        self.cache
+            .get_or_compute(id, states, mask, || weights.cross_kv(states, mask))
     }
 
     /// One row: `x` `[1, T, C]`, context `[1, T, Cc]`, timestep `t`, `t − r`, cross K/V →
