@@ -14,7 +14,10 @@ fn main() {
             .env_remove("CANDLE_NUM_THREADS")
             .status()
             .expect("run the test without CANDLE_NUM_THREADS");
-        assert!(status.success(), "the check without CANDLE_NUM_THREADS failed");
+        assert!(
+            status.success(),
+            "the check without CANDLE_NUM_THREADS failed"
+        );
         return;
     }
     assert_eq!(
