@@ -79,6 +79,9 @@ pub struct RenderArgs {
     /// Write 32-bit float WAV instead of 16-bit PCM.
     #[arg(long)]
     pub float: bool,
+    /// Gain each take to this integrated loudness (EBU R128 LUFS, e.g. -14) before writing.
+    #[arg(long, value_name = "TARGET", allow_hyphen_values = true)]
+    pub lufs: Option<f64>,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -95,6 +98,9 @@ pub fn run(args: RenderArgs) -> Result<()> {
         ..Default::default()
     };
     prompt.validate()?;
+    if let Some(target) = args.lufs {
+        demon_audio::analysis::gain_to_target(None, target).context("--lufs")?;
+    }
     if let Some(s) = args.seconds {
         if !(s.is_finite() && s > 0.0) {
             bail!("--seconds must be a positive number of seconds, got {s}");
@@ -202,16 +208,33 @@ pub fn run(args: RenderArgs) -> Result<()> {
         WavFormat::Pcm16
     };
     for (take, path) in takes.iter().zip(&paths) {
-        // Like ACE-Step upstream: scale down only when the peak exceeds full scale.
         let mut audio = take.audio.clone();
+        if let Some(target) = args.lufs {
+            let m = demon_audio::analysis::match_loudness(&mut audio, target)?;
+            if !args.quiet {
+                match m.before_lufs {
+                    Some(l) => eprintln!(
+                        "loudness {l:.1} LUFS -> {target:.1} LUFS (gain {:+.1} dB)",
+                        20.0 * m.gain.log10()
+                    ),
+                    None => eprintln!("note: {} is silent; --lufs left it as is", path.display()),
+                }
+            }
+        }
+        // Like ACE-Step upstream: scale down only when the peak exceeds full scale.
         let peak = audio.peak();
         if peak > 1.0 {
             let g = 0.99 / peak;
             audio.channels.iter_mut().flatten().for_each(|x| *x *= g);
             if !args.quiet {
                 eprintln!(
-                    "note: peak {peak:.2} exceeds full scale; {} scaled by {g:.3}",
-                    path.display()
+                    "note: peak {peak:.2} exceeds full scale; {} scaled by {g:.3}{}",
+                    path.display(),
+                    if args.lufs.is_some() {
+                        " (below the --lufs target)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }

@@ -17,8 +17,8 @@ pub const ENVELOPE_FRAME_SECONDS: f64 = 0.04;
 /// semitones down to about 80 Hz.
 pub const CHROMA_FFT_SECONDS: f64 = 0.17;
 /// Frequencies folded into the chromagram.
-const CHROMA_MIN_HZ: f64 = 60.0;
-const CHROMA_MAX_HZ: f64 = 5000.0;
+pub(crate) const CHROMA_MIN_HZ: f64 = 60.0;
+pub(crate) const CHROMA_MAX_HZ: f64 = 5000.0;
 /// Frames quieter than this share of the loudest frame's chroma mass count as silent (all 0).
 const CHROMA_SILENCE: f32 = 1e-4;
 
@@ -76,6 +76,69 @@ pub fn envelope_correlation(a: &Audio, b: &Audio) -> f64 {
 /// between two semitones count little; each class's weights sum to 1, so white noise has a
 /// flat expected chroma.
 pub(crate) fn chroma_mass(audio: &Audio) -> Vec<[f32; 12]> {
+    let (spec, folding) = chroma_spectrogram(audio, CHROMA_MIN_HZ, CHROMA_MAX_HZ);
+    spec.frames.iter().map(|m| fold(m, &folding)).collect()
+}
+
+/// [`chroma_mass`] of the sustained part of the sound only: each bin's magnitude is replaced
+/// by its median over ±[`HARMONIC_HALF_FRAMES`] frames (0.68 s), which keeps held notes and
+/// removes drum hits and other short events (the harmonic half of median-filtering
+/// harmonic/percussive separation, Fitzgerald 2010).
+pub(crate) fn harmonic_chroma_mass(audio: &Audio, min_hz: f64, max_hz: f64) -> Vec<[f32; 12]> {
+    let (spec, folding) = chroma_spectrogram(audio, min_hz, max_hz);
+    let n = spec.frames.len();
+    let top = folding.iter().map(|(k, _, _)| *k + 1).max().unwrap_or(0);
+    let mut window = Vec::with_capacity(2 * HARMONIC_HALF_FRAMES + 1);
+    let mut held = vec![vec![0f32; top]; n];
+    for k in 0..top {
+        for (t, out) in held.iter_mut().enumerate() {
+            let (lo, hi) = (
+                t.saturating_sub(HARMONIC_HALF_FRAMES),
+                (t + HARMONIC_HALF_FRAMES + 1).min(n),
+            );
+            window.clear();
+            window.extend(spec.frames[lo..hi].iter().map(|m| m[k]));
+            let mid = window.len() / 2;
+            out[k] = *window.select_nth_unstable_by(mid, f32::total_cmp).1;
+        }
+    }
+    // Soft mask H²/(H² + P²) against the median across ±HARMONIC_HALF_FRAMES bins: a dense
+    // kick survives the median over time but is broad in frequency, a held note is narrow.
+    spec.frames
+        .iter()
+        .zip(&held)
+        .map(|(m, h)| {
+            let kept: Vec<f32> = (0..top)
+                .map(|k| {
+                    let (lo, hi) = (
+                        k.saturating_sub(HARMONIC_HALF_FRAMES),
+                        (k + HARMONIC_HALF_FRAMES + 1).min(m.len()),
+                    );
+                    let mut w: Vec<f32> = m[lo..hi].to_vec();
+                    let mid = w.len() / 2;
+                    let p = *w.select_nth_unstable_by(mid, f32::total_cmp).1;
+                    let (h2, p2) = (h[k] * h[k], p * p);
+                    if h2 + p2 > 0.0 {
+                        m[k] * h2 / (h2 + p2)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            fold(&kept, &folding)
+        })
+        .collect()
+}
+
+/// Frames either side of the harmonic median filter.
+const HARMONIC_HALF_FRAMES: usize = 8;
+
+/// The chroma STFT of `audio` and its bin → (pitch class, weight) folding.
+fn chroma_spectrogram(
+    audio: &Audio,
+    min_hz: f64,
+    max_hz: f64,
+) -> (Spectrogram, Vec<(usize, usize, f32)>) {
     let rate = audio.sample_rate;
     let x = mono(audio);
     let spec = Spectrogram::new(
@@ -84,11 +147,11 @@ pub(crate) fn chroma_mass(audio: &Audio) -> Vec<[f32; 12]> {
         fft_len_for(rate, CHROMA_FFT_SECONDS),
         hop_samples(rate, ENVELOPE_FRAME_SECONDS),
     );
-    let top = (CHROMA_MAX_HZ.min(rate as f64 / 2.0) / spec.bin_hz) as usize;
+    let top = (max_hz.min(rate as f64 / 2.0) / spec.bin_hz) as usize;
     let bins: Vec<(usize, usize, f32)> = (1..=top)
         .filter_map(|k| {
             let hz = k as f64 * spec.bin_hz;
-            if hz < CHROMA_MIN_HZ {
+            if hz < min_hz {
                 return None;
             }
             let midi = 69.0 + 12.0 * (hz / 440.0).log2();
@@ -104,26 +167,24 @@ pub(crate) fn chroma_mass(audio: &Audio) -> Vec<[f32; 12]> {
     for &(_, pc, w) in &bins {
         per_class[pc] += w;
     }
-    let bins: Vec<(usize, usize, f32)> = bins
+    let folding = bins
         .into_iter()
         .map(|(k, pc, w)| (k, pc, w / per_class[pc].max(1e-12)))
         .collect();
-    spec.frames
-        .iter()
-        .map(|m| {
-            let mut c = [0f32; 12];
-            for &(k, pc, w) in &bins {
-                c[pc] += w * m[k];
-            }
-            c
-        })
-        .collect()
+    (spec, folding)
 }
 
-/// The chromagram of `audio`: one 12-bin chroma vector (0 = C) per 40 ms frame, each scaled so
-/// its largest bin is 1; silent frames are all 0.
-pub fn chromagram(audio: &Audio) -> Vec<[f32; 12]> {
-    let mass = chroma_mass(audio);
+fn fold(magnitudes: &[f32], folding: &[(usize, usize, f32)]) -> [f32; 12] {
+    let mut c = [0f32; 12];
+    for &(k, pc, w) in folding {
+        c[pc] += w * magnitudes[k];
+    }
+    c
+}
+
+/// Each frame scaled so its largest bin is 1; frames with less than [`CHROMA_SILENCE`] of the
+/// loudest frame's mass are all 0.
+pub(crate) fn normalise_frames(mass: Vec<[f32; 12]>) -> Vec<[f32; 12]> {
     let loudest = mass
         .iter()
         .map(|c| c.iter().sum::<f32>())
@@ -139,6 +200,12 @@ pub fn chromagram(audio: &Audio) -> Vec<[f32; 12]> {
             }
         })
         .collect()
+}
+
+/// The chromagram of `audio`: one 12-bin chroma vector (0 = C) per 40 ms frame, each scaled so
+/// its largest bin is 1; silent frames are all 0.
+pub fn chromagram(audio: &Audio) -> Vec<[f32; 12]> {
+    normalise_frames(chroma_mass(audio))
 }
 
 /// Pearson correlation of the chromagrams of `a` and `b`, all 12 bins of all common frames
