@@ -27,6 +27,7 @@ use crate::codec::AceStepCodec;
 use crate::config::{DitConfig, VaeConfig};
 use crate::denoiser::AceStepDenoiser;
 use crate::error::{AceStepError, Result};
+use crate::gemm::Precision;
 use crate::weights::ModelFiles;
 
 /// A published model size.
@@ -109,6 +110,8 @@ pub struct ModelBenchConfig {
     /// GPU mixed precision of the DiT's products ([`AceStepDenoiser::set_matmul_dtype`]);
     /// `None`: f32. Ignored by the CPU kernels.
     pub matmul_dtype: Option<DType>,
+    /// Weight precision of the CPU kernels ([`AceStepDenoiser::set_cpu_precision`]); CPU only.
+    pub cpu_precision: Precision,
     pub seed: u64,
 }
 
@@ -143,6 +146,7 @@ impl Default for ModelBenchConfig {
             check_rows: true,
             device: Device::Cpu,
             matmul_dtype: None,
+            cpu_precision: Precision::F32,
             seed: 0,
         }
     }
@@ -255,6 +259,15 @@ pub struct ModelBenchReport {
     /// `true` when the high-water mark was reset before each phase (so each figure is that
     /// phase's own peak); `false`: each is the process peak up to the end of that phase.
     pub peak_rss_per_phase: bool,
+    /// Bytes held by each DiT's linear-layer weights (by size; on the CPU the packed panels, the
+    /// only copy kept), and by the VAE decoder's convolution weights (`vae`).
+    pub weight_bytes: BTreeMap<String, usize>,
+    /// Weight precision of the CPU kernels (`f32` or `bf16`; `f32` off the CPU).
+    pub cpu_precision: String,
+    /// Instruction set of the CPU GEMM kernels (`Avx512`, `Avx2`, `Portable`) and whether bf16
+    /// products run natively (`vdpbf16ps`).
+    pub cpu_isa: String,
+    pub cpu_bf16_native: bool,
     pub device: String,
     pub threads: usize,
     /// `random` or the weights folder.
@@ -434,6 +447,13 @@ pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<
         repeats: cfg.repeats.max(1),
         enc_len: cfg.enc_len,
         matmul_dtype: format!("{:?}", cfg.matmul_dtype.unwrap_or(DType::F32)),
+        cpu_precision: if dev.is_cpu() {
+            cfg.cpu_precision.name().to_string()
+        } else {
+            "f32".to_string()
+        },
+        cpu_isa: format!("{:?}", crate::gemm::isa()),
+        cpu_bf16_native: crate::gemm::native_bf16(),
         vae_decode_seconds: cfg.vae_seconds,
         ..Default::default()
     };
@@ -460,6 +480,12 @@ pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<
             }
         };
         den.set_matmul_dtype(cfg.matmul_dtype)?;
+        if dev.is_cpu() && cfg.cpu_precision != Precision::F32 {
+            den.set_cpu_precision(cfg.cpu_precision)?;
+        }
+        report
+            .weight_bytes
+            .insert(size.key().into(), den.linear_weight_bytes());
         let load = t.elapsed().as_secs_f64();
         report.load_seconds.insert(size.key().into(), load);
         log(&format!("{}: model ready in {load:.1} s", size.key()));
@@ -599,6 +625,9 @@ pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<
         report
             .load_seconds
             .insert("vae".into(), t.elapsed().as_secs_f64());
+        report
+            .weight_bytes
+            .insert("vae".into(), codec.decoder_weight_bytes());
         let vcfg = codec.config().clone();
         let frames =
             (cfg.vae_seconds * vcfg.sampling_rate as f32 / vcfg.hop() as f32).round() as usize;

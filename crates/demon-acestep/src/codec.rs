@@ -57,6 +57,11 @@ impl AceStepCodec {
         &self.cfg
     }
 
+    /// Bytes of the decoder's convolution weights (the packed panels on the CPU).
+    pub fn decoder_weight_bytes(&self) -> usize {
+        self.decoder.weight_bytes()
+    }
+
     /// Decoder forward on `[B, C, T]` latents (no tiling): `[B, channels, T·hop]`.
     pub fn decode_raw(&self, latents: &Tensor) -> Result<Tensor> {
         self.decoder.forward(latents)

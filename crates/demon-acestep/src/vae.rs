@@ -144,6 +144,14 @@ struct ConvSpec {
 }
 
 impl Conv {
+    /// Bytes of the weights (packed on the CPU).
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Self::Time(t) => t.weight_bytes(),
+            Self::Candle { weight, .. } => weight.elem_count() * 4,
+        }
+    }
+
     fn load(
         p: &Params<'_>,
         (cin, cout): (usize, usize),
@@ -216,6 +224,14 @@ pub enum ConvTranspose {
 }
 
 impl ConvTranspose {
+    /// Bytes of the weights (packed on the CPU).
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Self::Time(t) => t.weight_bytes(),
+            Self::Candle { weight, .. } => weight.elem_count() * 4,
+        }
+    }
+
     fn load(
         p: &Params<'_>,
         cin: usize,
@@ -287,6 +303,14 @@ pub enum ResidualUnit {
 }
 
 impl ResidualUnit {
+    /// Bytes of both convolutions' weights.
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Self::Time(f) => f.conv1.weight_bytes() + f.conv2.weight_bytes(),
+            Self::Candle { conv1, conv2, .. } => conv1.weight_bytes() + conv2.weight_bytes(),
+        }
+    }
+
     fn load(p: &Params<'_>, c: usize, dilation: usize, tm: bool) -> Result<Self> {
         let k7 = ConvSpec {
             k: 7,
@@ -369,6 +393,16 @@ pub struct DecoderBlock {
 }
 
 impl DecoderBlock {
+    /// Bytes of the block's convolution weights.
+    pub fn weight_bytes(&self) -> usize {
+        self.conv_t.weight_bytes()
+            + self
+                .res
+                .iter()
+                .map(ResidualUnit::weight_bytes)
+                .sum::<usize>()
+    }
+
     /// Block `p` (e.g. `decoder.block.3`) mapping `cin` → `cout` channels with stride `s`.
     pub fn load(p: &Params<'_>, (cin, cout): (usize, usize), s: usize, tm: bool) -> Result<Self> {
         Ok(Self {
@@ -432,6 +466,17 @@ pub struct VaeDecoder {
 }
 
 impl VaeDecoder {
+    /// Bytes of every convolution weight (the packed panels on the CPU).
+    pub fn weight_bytes(&self) -> usize {
+        self.conv1.weight_bytes()
+            + self
+                .blocks
+                .iter()
+                .map(DecoderBlock::weight_bytes)
+                .sum::<usize>()
+            + self.conv2.weight_bytes()
+    }
+
     /// On the CPU the decoder runs time-major (faster); elsewhere on candle's convolutions.
     pub fn load(src: &dyn TensorSource, cfg: &VaeConfig) -> Result<Self> {
         Self::load_with_layout(src, cfg, src.device().is_cpu())

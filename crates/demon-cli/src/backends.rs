@@ -43,6 +43,10 @@ pub struct BackendArgs {
     /// accumulation; the CPU kernels always multiply in f32).
     #[arg(long, default_value = "f32")]
     pub matmul: String,
+    /// Weight precision of ACE-Step's CPU kernels: `f32`, or `bf16` (the DiT's weights kept in
+    /// bf16, products summed in f32: half the memory; fast on CPUs with avx512_bf16).
+    #[arg(long = "cpu-precision", default_value = "f32", value_name = "f32|bf16")]
+    pub cpu_precision: String,
 }
 
 impl BackendArgs {
@@ -57,6 +61,30 @@ impl BackendArgs {
     /// The device named by `--compute`.
     pub fn device(&self) -> Result<Device> {
         Ok(demon_acestep::bench::parse_device(&self.compute)?)
+    }
+
+    /// The CPU kernels' precision named by `--cpu-precision` (a CPU option: an error with
+    /// `--compute cuda`, where `--matmul` sets the precision).
+    pub fn cpu_precision(&self) -> Result<demon_acestep::gemm::Precision> {
+        let p: demon_acestep::gemm::Precision =
+            self.cpu_precision.parse().map_err(|e: String| anyhow!(e))?;
+        if p != demon_acestep::gemm::Precision::F32 && !self.device()?.is_cpu() {
+            bail!(
+                "--cpu-precision {} is for --compute cpu; on a GPU use --matmul",
+                self.cpu_precision
+            );
+        }
+        Ok(p)
+    }
+
+    /// Apply `--matmul` and `--cpu-precision` to a denoiser.
+    fn set_precision(&self, denoiser: &mut demon_acestep::AceStepDenoiser) -> Result<()> {
+        denoiser.set_matmul_dtype(self.matmul_dtype()?)?;
+        let p = self.cpu_precision()?;
+        if p != demon_acestep::gemm::Precision::F32 {
+            denoiser.set_cpu_precision(p)?;
+        }
+        Ok(())
     }
 
     /// The matmul dtype named by `--matmul` (`None`: f32). Low precision is a GPU option: the
@@ -102,6 +130,11 @@ pub fn build(args: &BackendArgs) -> Result<BackendSet> {
                     "--compute and --matmul are for --backend acestep; the sketch backend runs on the CPU"
                 );
             }
+            if args.cpu_precision != "f32" {
+                bail!(
+                    "--cpu-precision is for --backend acestep; the sketch backend has no weights"
+                );
+            }
             Ok(sketch())
         }
         BackendKind::Acestep if args.random_model.is_some() => {
@@ -116,7 +149,7 @@ pub fn build(args: &BackendArgs) -> Result<BackendSet> {
             }
             let model = demon_acestep::AceStep::random(&config, 0, &args.device()?)?;
             let (mut denoiser, codec, conditioner) = model.into_parts();
-            denoiser.set_matmul_dtype(args.matmul_dtype()?)?;
+            args.set_precision(&mut denoiser)?;
             Ok(BackendSet {
                 name: "acestep".into(),
                 denoiser: Box::new(denoiser),
@@ -138,7 +171,7 @@ fn acestep(dir: &Path, args: &BackendArgs) -> Result<BackendSet> {
     let model = demon_acestep::AceStep::load_variant(dir, args.variant.as_deref(), &device)
         .with_context(|| format!("loading ACE-Step weights from `{}`", dir.display()))?;
     let (mut denoiser, codec, conditioner) = model.into_parts();
-    denoiser.set_matmul_dtype(args.matmul_dtype()?)?;
+    args.set_precision(&mut denoiser)?;
     for spec in &args.loras {
         let (path, strength) = match spec.rsplit_once('=') {
             Some((p, s)) => (

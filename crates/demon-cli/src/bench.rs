@@ -105,6 +105,7 @@ fn model_config(args: &BenchArgs) -> Result<ModelBenchConfig> {
     cfg.weights = args.backend.weights.clone();
     cfg.device = args.backend.device()?;
     cfg.matmul_dtype = args.backend.matmul_dtype()?;
+    cfg.cpu_precision = args.backend.cpu_precision()?;
     if let Some(size) = &args.backend.random_model {
         // `--random-model SIZE` without explicit sizes: measure that size only.
         if args.model_sizes.is_none() {
@@ -363,6 +364,22 @@ fn print_model(m: &demon_acestep::bench::ModelBenchReport) {
     println!(
         "f32 matmul: {:.1} GFLOP/s on {} ({} threads, {} weights)",
         m.matmul_gflops, m.device, m.threads, m.weights
+    );
+    let weights: Vec<String> = m
+        .weight_bytes
+        .iter()
+        .map(|(k, b)| format!("{k} {:.2} GiB", *b as f64 / (1u64 << 30) as f64))
+        .collect();
+    println!(
+        "CPU kernels: {} ({}{}); weights held: {}",
+        m.cpu_precision,
+        m.cpu_isa,
+        if m.cpu_bf16_native {
+            ", native bf16"
+        } else {
+            ""
+        },
+        weights.join(", ")
     );
     println!(
         "{:>10} {:>8} {:>6} {:>12} {:>10} {:>9}",
