@@ -163,6 +163,69 @@ impl Curve {
     }
 }
 
+/// A pointwise operation combining two curves (see [`Curve::combine`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CurveOp {
+    Add,
+    Multiply,
+    Min,
+    Max,
+}
+
+impl CurveOp {
+    fn apply(self, a: f32, b: f32) -> f32 {
+        match self {
+            Self::Add => a + b,
+            Self::Multiply => a * b,
+            Self::Min => a.min(b),
+            Self::Max => a.max(b),
+        }
+    }
+}
+
+impl Curve {
+    /// `op(self, other)` pointwise. Two scalars give a scalar; otherwise both are resampled
+    /// (linear, aligned corners) to the longer one's length first. A non-finite result (an
+    /// overflow) is an error naming `name`.
+    pub fn combine(&self, name: &str, other: &Curve, op: CurveOp) -> Result<Curve> {
+        match (self, other) {
+            (Self::Scalar(a), Self::Scalar(b)) => Curve::scalar(name, op.apply(*a, *b)),
+            _ => {
+                let n = self.len().max(other.len());
+                let (a, b) = (self.to_frames(n), other.to_frames(n));
+                Curve::frames(
+                    name,
+                    a.iter().zip(&b).map(|(x, y)| op.apply(*x, *y)).collect(),
+                )
+            }
+        }
+    }
+
+    /// `a + (b − a)·t` pointwise (`t = 0` gives `a`, `t = 1` gives `b` exactly), lengths as
+    /// in [`Curve::combine`].
+    pub fn lerp(name: &str, a: &Curve, b: &Curve, t: &Curve) -> Result<Curve> {
+        let one = |x: f32, y: f32, w: f32| {
+            if w == 0.0 {
+                x
+            } else if w == 1.0 {
+                y
+            } else {
+                x + (y - x) * w
+            }
+        };
+        match (a, b, t) {
+            (Self::Scalar(x), Self::Scalar(y), Self::Scalar(w)) => {
+                Curve::scalar(name, one(*x, *y, *w))
+            }
+            _ => {
+                let n = a.len().max(b.len()).max(t.len());
+                let (x, y, w) = (a.to_frames(n), b.to_frames(n), t.to_frames(n));
+                Curve::frames(name, (0..n).map(|i| one(x[i], y[i], w[i])).collect())
+            }
+        }
+    }
+}
+
 impl Serialize for Curve {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         match self {
@@ -263,7 +326,36 @@ pub enum CurveSpec {
     Raw {
         values: Vec<f32>,
     },
+    /// `a + b`.
+    Add {
+        a: Box<CurveSpec>,
+        b: Box<CurveSpec>,
+    },
+    /// `a · b`.
+    Multiply {
+        a: Box<CurveSpec>,
+        b: Box<CurveSpec>,
+    },
+    /// `min(a, b)`.
+    Min {
+        a: Box<CurveSpec>,
+        b: Box<CurveSpec>,
+    },
+    /// `max(a, b)`.
+    Max {
+        a: Box<CurveSpec>,
+        b: Box<CurveSpec>,
+    },
+    /// `a + (b − a)·t`.
+    Lerp {
+        a: Box<CurveSpec>,
+        b: Box<CurveSpec>,
+        t: Box<CurveSpec>,
+    },
 }
+
+/// Deepest nesting of curve maths a spec may have (a leaf shape is depth 1).
+pub const MAX_CURVE_DEPTH: usize = 8;
 
 fn one() -> f32 {
     1.0
@@ -388,8 +480,32 @@ impl CurveSpec {
         Ok(spec)
     }
 
-    /// Check every number is finite and every shape parameter is in range.
+    /// Nesting depth: 1 for a shape, 1 + the deepest operand for curve maths.
+    pub fn depth(&self) -> usize {
+        match self {
+            Self::Add { a, b }
+            | Self::Multiply { a, b }
+            | Self::Min { a, b }
+            | Self::Max { a, b } => 1 + a.depth().max(b.depth()),
+            Self::Lerp { a, b, t } => 1 + a.depth().max(b.depth()).max(t.depth()),
+            _ => 1,
+        }
+    }
+
+    /// Check every number is finite, every shape parameter is in range and curve maths nests
+    /// at most [`MAX_CURVE_DEPTH`] deep.
     pub fn validate(&self, name: &str) -> Result<()> {
+        let depth = self.depth();
+        if depth > MAX_CURVE_DEPTH {
+            return Err(EngineError::curve(
+                name,
+                format!("curve maths nests {depth} deep (at most {MAX_CURVE_DEPTH})"),
+            ));
+        }
+        self.validate_node(name)
+    }
+
+    fn validate_node(&self, name: &str) -> Result<()> {
         let finite = |what: &str, v: f32| -> Result<()> {
             if v.is_finite() {
                 Ok(())
@@ -440,6 +556,18 @@ impl CurveSpec {
                 }
                 Ok(())
             }
+            Self::Add { a, b }
+            | Self::Multiply { a, b }
+            | Self::Min { a, b }
+            | Self::Max { a, b } => {
+                a.validate_node(name)?;
+                b.validate_node(name)
+            }
+            Self::Lerp { a, b, t } => {
+                a.validate_node(name)?;
+                b.validate_node(name)?;
+                t.validate_node(name)
+            }
             Self::Raw { values } => {
                 if values.is_empty() {
                     return Err(EngineError::curve(name, "raw curve has no values"));
@@ -461,6 +589,14 @@ impl CurveSpec {
         if frames == 0 {
             return Err(EngineError::curve(name, "latent length is zero"));
         }
+        self.evaluate(name, frames)
+    }
+
+    fn evaluate(&self, name: &str, frames: usize) -> Result<Curve> {
+        let pair = |a: &CurveSpec, b: &CurveSpec, op: CurveOp| -> Result<Curve> {
+            a.evaluate(name, frames)?
+                .combine(name, &b.evaluate(name, frames)?, op)
+        };
         let tau = |i: usize| -> f64 {
             if frames <= 1 {
                 0.0
@@ -519,6 +655,18 @@ impl CurveSpec {
                 })
             }
             Self::Raw { values } => resample_aligned(values, frames),
+            Self::Add { a, b } => return pair(a, b, CurveOp::Add),
+            Self::Multiply { a, b } => return pair(a, b, CurveOp::Multiply),
+            Self::Min { a, b } => return pair(a, b, CurveOp::Min),
+            Self::Max { a, b } => return pair(a, b, CurveOp::Max),
+            Self::Lerp { a, b, t } => {
+                return Curve::lerp(
+                    name,
+                    &a.evaluate(name, frames)?,
+                    &b.evaluate(name, frames)?,
+                    &t.evaluate(name, frames)?,
+                );
+            }
         };
         Curve::frames(name, values)
     }
@@ -617,5 +765,110 @@ mod tests {
         };
         let s = serde_json::to_string(&spec).unwrap();
         assert_eq!(serde_json::from_str::<CurveSpec>(&s).unwrap(), spec);
+    }
+
+    #[test]
+    fn curve_maths_on_resolved_curves() {
+        let ramp = Curve::frames("c", vec![0.0, 1.0]).unwrap();
+        let three = Curve::frames("c", vec![2.0, 0.0, 2.0]).unwrap();
+        assert_eq!(
+            Curve::constant(0.5)
+                .combine("c", &Curve::constant(2.0), CurveOp::Multiply)
+                .unwrap(),
+            Curve::Scalar(1.0)
+        );
+        // Different lengths meet at the longer one: the ramp becomes (0, 0.5, 1).
+        let sum = ramp.combine("c", &three, CurveOp::Add).unwrap();
+        assert_eq!(sum.to_frames(3), vec![2.0, 0.5, 3.0]);
+        let mn = ramp.combine("c", &three, CurveOp::Min).unwrap();
+        assert_eq!(mn.to_frames(3), vec![0.0, 0.0, 1.0]);
+        let mx = ramp
+            .combine("c", &Curve::constant(0.25), CurveOp::Max)
+            .unwrap();
+        assert_eq!(mx.to_frames(2), vec![0.25, 1.0]);
+        let l = Curve::lerp("c", &Curve::constant(1.0), &three, &ramp).unwrap();
+        assert_eq!(l.to_frames(3), vec![1.0, 0.5, 2.0]);
+        // Overflow is caught, with the curve's name.
+        let big = Curve::constant(f32::MAX);
+        let e = big
+            .combine("vs", &big, CurveOp::Add)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vs") && e.contains("not finite"), "{e}");
+    }
+
+    #[test]
+    fn curve_maths_specs_on_the_wire() {
+        let json = r#"{"type":"add","a":{"type":"ramp","start":0,"end":1},
+                       "b":{"type":"multiply","a":{"type":"constant","value":2},
+                            "b":{"type":"raw","values":[1,0,1]}}}"#;
+        let spec = CurveSpec::parse("c", json).unwrap();
+        assert_eq!(spec.depth(), 3);
+        assert_eq!(
+            spec.to_curve("c", 3).unwrap().to_frames(3),
+            vec![2.0, 0.5, 3.0]
+        );
+        let s = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<CurveSpec>(&s).unwrap(), spec);
+        let lerp = r#"{"type":"lerp","a":{"type":"constant","value":0},
+                       "b":{"type":"constant","value":10},"t":{"type":"ramp","start":0,"end":1}}"#;
+        let c = CurveSpec::parse("c", lerp)
+            .unwrap()
+            .to_curve("c", 5)
+            .unwrap();
+        assert_eq!(c.to_frames(5), vec![0.0, 2.5, 5.0, 7.5, 10.0]);
+        let clip = r#"{"type":"min","a":{"type":"sine","min":0,"max":2},"b":{"type":"constant","value":1}}"#;
+        let c = CurveSpec::parse("c", clip)
+            .unwrap()
+            .to_curve("c", 9)
+            .unwrap();
+        assert!(c.max() <= 1.0 && c.min() >= 0.0);
+        assert_eq!(
+            CurveSpec::parse("c", r#"{"type":"max","a":{"type":"constant","value":3},"b":{"type":"constant","value":4}}"#)
+                .unwrap()
+                .to_curve("c", 10)
+                .unwrap(),
+            Curve::Scalar(4.0)
+        );
+    }
+
+    #[test]
+    fn curve_maths_is_validated() {
+        // A bad leaf anywhere is found, with the curve's name.
+        let bad =
+            r#"{"type":"add","a":{"type":"constant","value":1},"b":{"type":"raw","values":[]}}"#;
+        let e = CurveSpec::parse("gain", bad).unwrap_err().to_string();
+        assert!(e.contains("gain") && e.contains("no values"), "{e}");
+        let bad = r#"{"type":"lerp","a":{"type":"constant","value":1},"b":{"type":"constant","value":1},
+                      "t":{"type":"pulse","duty":0}}"#;
+        assert!(CurveSpec::parse("c", bad).is_err());
+        // A missing operand or an unknown field is a parse error.
+        assert!(
+            CurveSpec::parse("c", r#"{"type":"add","a":{"type":"constant","value":1}}"#).is_err()
+        );
+        assert!(
+            CurveSpec::parse(
+                "c",
+                r#"{"type":"add","a":{"type":"constant","value":1},"b":{"type":"constant","value":1},"c":1}"#
+            )
+            .is_err()
+        );
+        // Nesting is bounded.
+        let mut spec = CurveSpec::Constant { value: 1.0 };
+        for _ in 1..MAX_CURVE_DEPTH {
+            spec = CurveSpec::Add {
+                a: Box::new(spec),
+                b: Box::new(CurveSpec::Constant { value: 0.0 }),
+            };
+        }
+        assert!(spec.to_curve("c", 4).is_ok());
+        let deeper = CurveSpec::Multiply {
+            a: Box::new(spec),
+            b: Box::new(CurveSpec::Constant { value: 1.0 }),
+        };
+        let e = deeper.to_curve("c", 4).unwrap_err().to_string();
+        assert!(e.contains("nests 9 deep"), "{e}");
+        let json = serde_json::to_string(&deeper).unwrap();
+        assert!(CurveSpec::parse("c", &json).is_err());
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::curve::Curve;
 use crate::error::{EngineError, Result};
 use crate::request::StepCurves;
+use crate::wavelet::Wavelet;
 
 /// DCW band selection (demon.md §5.8).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +50,9 @@ pub struct DcwSettings {
     pub scaler: Curve,
     /// High-band scaler of `double`.
     pub high_scaler: Curve,
+    /// The wavelet of the band split (`"haar"`, `"db2"`…`"db8"`, `"sym2"`…`"sym8"`); absent
+    /// on the wire = Haar, DEMON's default.
+    pub wavelet: Wavelet,
 }
 
 impl Default for DcwSettings {
@@ -58,6 +62,7 @@ impl Default for DcwSettings {
             mode: DcwMode::Double,
             scaler: Curve::constant(0.05),
             high_scaler: Curve::constant(0.02),
+            wavelet: Wavelet::Haar,
         }
     }
 }
@@ -112,7 +117,40 @@ impl ChannelGain {
     pub fn is_identity(&self) -> bool {
         self.gains.iter().all(|g| (*g - 1.0).abs() <= 1e-6)
     }
+
+    /// DEMON's layout (demon.md §5.7): `groups.len()` equal groups of consecutive channels
+    /// (8 groups of 8 for a 64-channel latent; the last group takes any remainder), then the
+    /// keystone channels, each `Some(gain)` overwriting its group's value. A gain within 0.01
+    /// of 1 is exactly 1, as DEMON builds no entry for it. Keystones past `channels` are an
+    /// error; gains must lie in [0, 4].
+    pub fn grouped(channels: usize, groups: &[f32], keystones: &[(usize, f32)]) -> Result<Self> {
+        if groups.is_empty() || groups.len() > channels.max(1) {
+            return Err(EngineError::param(
+                "channel_gain",
+                format!("{} groups for {channels} channels", groups.len()),
+            ));
+        }
+        let snap = |g: f32| if (g - 1.0).abs() <= 0.01 { 1.0 } else { g };
+        let per = channels / groups.len();
+        let mut gains: Vec<f32> = (0..channels)
+            .map(|c| snap(groups[(c / per.max(1)).min(groups.len() - 1)]))
+            .collect();
+        for &(ch, g) in keystones {
+            let slot = gains.get_mut(ch).ok_or_else(|| {
+                EngineError::param(
+                    "channel_gain",
+                    format!("keystone channel {ch} is outside 0..{channels}"),
+                )
+            })?;
+            *slot = snap(g);
+        }
+        Self::new(gains)
+    }
 }
+
+/// DEMON's six keystone channels of the ACE-Step latent (demon.md §5.7: an empirical study
+/// found 8 functional groups plus these six).
+pub const KEYSTONE_CHANNELS: [usize; 6] = [13, 14, 19, 23, 29, 56];
 
 /// Everything every in-flight slot reads at every step.
 ///
@@ -172,5 +210,44 @@ mod tests {
         assert!(!n.dcw.is_active());
         assert_eq!(n.curves, StepCurves::default());
         assert!(n.channel_gain.is_none());
+    }
+
+    #[test]
+    fn grouped_gains_and_keystones() {
+        let g = ChannelGain::grouped(64, &[1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5], &[]).unwrap();
+        assert_eq!(g.gains[7], 1.0);
+        assert!(g.gains[8..16].iter().all(|v| *v == 2.0));
+        assert!(g.gains[56..].iter().all(|v| *v == 0.5));
+        // Keystones overwrite their group; 1.005 snaps to exactly 1.
+        let k = ChannelGain::grouped(
+            64,
+            &[2.0; 8],
+            &[(KEYSTONE_CHANNELS[0], 3.0), (KEYSTONE_CHANNELS[5], 1.005)],
+        )
+        .unwrap();
+        assert_eq!(k.gains[13], 3.0);
+        assert_eq!(k.gains[56], 1.0);
+        assert_eq!(k.gains[14], 2.0);
+        assert_eq!(k.gains.iter().filter(|v| **v != 2.0).count(), 2);
+        // An identity layout is the identity.
+        assert!(
+            ChannelGain::grouped(64, &[1.004; 8], &[(13, 0.999)])
+                .unwrap()
+                .is_identity()
+        );
+        // Smaller latents: groups share the channels, the last takes the remainder.
+        let s = ChannelGain::grouped(10, &[1.0, 2.0, 3.0], &[]).unwrap();
+        assert_eq!(
+            s.gains,
+            vec![1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0, 3.0]
+        );
+        // Bad input names the problem.
+        let e = ChannelGain::grouped(8, &[1.0; 8], &[(56, 2.0)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("keystone channel 56"), "{e}");
+        assert!(ChannelGain::grouped(64, &[5.0; 8], &[]).is_err());
+        assert!(ChannelGain::grouped(64, &[f32::NAN; 8], &[]).is_err());
+        assert!(ChannelGain::grouped(64, &[], &[]).is_err());
     }
 }

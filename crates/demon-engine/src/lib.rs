@@ -22,14 +22,15 @@ pub mod rng;
 pub mod schedule;
 pub mod solver;
 pub mod testing;
+pub mod wavelet;
 
 pub use backend::{
     AdapterInfo, Adapters, Audio, BackendSet, Codec, Conditioner, Conditioning, DenoiseBatch,
     Denoiser, Prompt,
 };
-pub use curve::{Curve, CurveSpec};
+pub use curve::{Curve, CurveOp, CurveSpec};
 pub use error::{EngineError, Result};
-pub use lane::{ChannelGain, DcwMode, DcwSettings, SharedLane};
+pub use lane::{ChannelGain, DcwMode, DcwSettings, KEYSTONE_CHANNELS, SharedLane};
 pub use pipeline::{
     Finished, MAX_DEPTH, PipelineStats, ScheduleMode, SlotView, StreamPipeline, TickReport,
 };
@@ -41,6 +42,7 @@ pub use request::{
     StepRange,
 };
 pub use schedule::{Schedule, ScheduleCache, ScheduleParams};
+pub use wavelet::Wavelet;
 
 /// Latent frames per second of every backend DEMON targets (ACE-Step 1.5 and the sketch).
 pub const FRAMES_PER_SECOND: f64 = 25.0;

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::curve::Curve;
 use crate::error::Result;
 use crate::lane::{DcwMode, DcwSettings};
+use crate::wavelet::{Wavelet, dwt_forward, dwt_inverse};
 
 /// APG's norm threshold over the time axis.
 pub const APG_NORM_THRESHOLD: f64 = 2.5;
@@ -201,7 +202,7 @@ pub fn haar_inverse(low: &Tensor, high: &Tensor, t: usize) -> Result<Tensor> {
 /// DCW post-correction of a step's output `x_next` against the clean estimate `y = x − v·t`
 /// at the step's current time `t`.
 ///
-/// The Haar transform is linear, so the band corrections are computed on `d = x_next − y` and
+/// The wavelet transform is linear, so the band corrections are computed on `d = x_next − y` and
 /// only the correction is transformed back: `x_next + IDWT(kₗ·dₗ, kₕ·dₕ)`. This equals
 /// correcting the bands of `x_next` directly, but where the correction is zero `x_next` comes
 /// back bit for bit (no analysis/synthesis rounding).
@@ -217,7 +218,11 @@ pub fn dcw(x_next: &Tensor, y: &Tensor, t: f32, dcw: &DcwSettings) -> Result<Ten
         let s = Knob::from_curve(&dcw.scaler, frames, device)?;
         return Ok((x_next + s.mul(&d)?)?);
     }
-    let (dl, dh) = haar_forward(&d)?;
+    // Haar keeps its own kernels so the default stays bit-identical to earlier releases.
+    let (dl, dh) = match dcw.wavelet {
+        Wavelet::Haar => haar_forward(&d)?,
+        w => dwt_forward(&d, w)?,
+    };
     let band = dl.dim(1)?;
     let scaled = |curve: &Curve, s: f64| -> Result<Knob> {
         Ok(match curve {
@@ -238,7 +243,11 @@ pub fn dcw(x_next: &Tensor, y: &Tensor, t: f32, dcw: &DcwSettings) -> Result<Ten
         DcwMode::Double => (scaled(&dcw.scaler, t)?, scaled(&dcw.high_scaler, 1.0 - t)?),
         DcwMode::Pix => unreachable!("handled above"),
     };
-    let corr = haar_inverse(&low.mul(&dl)?, &high.mul(&dh)?, frames)?;
+    let (cl, ch) = (low.mul(&dl)?, high.mul(&dh)?);
+    let corr = match dcw.wavelet {
+        Wavelet::Haar => haar_inverse(&cl, &ch, frames)?,
+        w => dwt_inverse(&cl, &ch, frames, w)?,
+    };
     Ok((x_next + corr)?)
 }
 
@@ -351,6 +360,7 @@ mod tests {
             mode: DcwMode::Double,
             scaler: Curve::constant(0.1),
             high_scaler: Curve::constant(0.2),
+            wavelet: Wavelet::Haar,
         };
         let out = flat(&dcw(&x, &y, 0.5, &s).unwrap());
         let (l, h) = (4.0 * r * 1.05, -2.0 * r * 1.1);
@@ -372,6 +382,7 @@ mod tests {
             mode: DcwMode::Low,
             scaler: Curve::frames("s", vec![0.2, 0.2]).unwrap(),
             high_scaler: Curve::constant(0.0),
+            wavelet: Wavelet::Haar,
         };
         let out = flat(&dcw(&x, &y, 1.0, &s).unwrap());
         let (l, h) = (4.0 * r * 1.2, -2.0 * r);

@@ -770,6 +770,7 @@ impl LiveCore {
             mode: self.dcw_mode,
             scaler: Curve::constant(k("dcw")),
             high_scaler: Curve::constant(k("dcw_high")),
+            ..DcwSettings::default()
         };
         lane
     }
