@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use demon_engine::{CfgMode, CurveSpec, DcwMode, STEP_CURVE_NAMES, SolverKind};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{SessionError, SessionResult};
+
 /// How fast a change reaches the output (demon.md §8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -484,28 +486,33 @@ impl ControlMessage {
 }
 
 /// Validate a knob value; returns the value to store (rounded for integer knobs).
-pub fn check_knob(name: &str, value: f64) -> Result<f64, String> {
+pub fn check_knob(name: &str, value: f64) -> SessionResult<f64> {
+    let what = || format!("knob `{name}`");
     if !value.is_finite() {
-        return Err(format!(
-            "knob `{name}`: value {value} is not a finite number"
+        return Err(SessionError::bad_value(
+            what(),
+            format!("value {value} is not a finite number"),
         ));
     }
     if let Some(id) = name.strip_prefix(LORA_PREFIX) {
         if id.is_empty() {
-            return Err("knob `lora:`: missing adapter id".into());
+            return Err(SessionError::bad_value(what(), "missing adapter id"));
         }
         if !(0.0..=2.0).contains(&value) {
-            return Err(format!("knob `{name}`: {value} is outside [0, 2]"));
+            return Err(SessionError::bad_value(
+                what(),
+                format!("{value} is outside [0, 2]"),
+            ));
         }
         return Ok(value);
     }
-    let spec = knob_spec(name).ok_or_else(|| {
-        format!("unknown knob `{name}` (see list_knobs; LoRA strengths are `lora:<id>`)")
+    let spec = knob_spec(name).ok_or_else(|| SessionError::UnknownKnob {
+        name: name.to_string(),
     })?;
     if value < spec.min || value > spec.max {
-        return Err(format!(
-            "knob `{name}`: {value} is outside [{}, {}]",
-            spec.min, spec.max
+        return Err(SessionError::bad_value(
+            what(),
+            format!("{value} is outside [{}, {}]", spec.min, spec.max),
         ));
     }
     Ok(if spec.integer { value.round() } else { value })
@@ -590,18 +597,15 @@ mod tests {
     fn knob_validation() {
         assert_eq!(check_knob("denoise", 0.5), Ok(0.5));
         assert_eq!(check_knob("steps", 7.6), Ok(8.0));
-        assert!(
-            check_knob("denoise", f64::NAN)
-                .unwrap_err()
-                .contains("not a finite")
-        );
-        assert!(check_knob("depth", 9.0).unwrap_err().contains("outside"));
+        let e = check_knob("denoise", f64::NAN).unwrap_err();
+        assert_eq!(e.code(), "bad_value");
+        assert!(e.to_string().contains("not a finite"), "{e}");
+        let e = check_knob("depth", 9.0).unwrap_err();
+        assert_eq!(e.to_string(), "knob `depth`: 9 is outside [1, 8]");
         assert!(check_knob("steps", 0.0).is_err());
-        assert!(
-            check_knob("wobble", 1.0)
-                .unwrap_err()
-                .contains("unknown knob")
-        );
+        let e = check_knob("wobble", 1.0).unwrap_err();
+        assert_eq!(e.code(), "unknown_knob");
+        assert!(e.to_string().contains("unknown knob"), "{e}");
         assert!(check_knob("lora:", 1.0).is_err());
         assert_eq!(check_knob("lora:funk", 1.2), Ok(1.2));
     }

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::{CURVE_NAMES, ControlMessage, KnobState, LORA_PREFIX, SourceSpec, check_knob};
 use crate::decode::WindowedDecoder;
+use crate::error::{SessionError, SessionResult};
 use crate::loopbuf::{LoopBand, LoopBuffer};
 
 /// Everything a session starts from (recorded as the header of a session file).
@@ -194,20 +195,28 @@ fn b64_encode(bytes: &[u8]) -> String {
     s
 }
 
-fn b64_decode(s: &str) -> Result<Vec<u8>, String> {
-    let val = |c: u8| -> Result<u32, String> {
+fn b64_decode(s: &str) -> SessionResult<Vec<u8>> {
+    let val = |c: u8| -> SessionResult<u32> {
         Ok(match c {
             b'A'..=b'Z' => c - b'A',
             b'a'..=b'z' => c - b'a' + 26,
             b'0'..=b'9' => c - b'0' + 52,
             b'+' => 62,
             b'/' => 63,
-            _ => return Err(format!("invalid base64 character `{}`", c as char)),
+            _ => {
+                return Err(SessionError::bad_value(
+                    "base64",
+                    format!("invalid character `{}`", c as char),
+                ));
+            }
         } as u32)
     };
     let b = s.trim().as_bytes();
     if !b.len().is_multiple_of(4) {
-        return Err("base64 length is not a multiple of 4".into());
+        return Err(SessionError::bad_value(
+            "base64",
+            "length is not a multiple of 4",
+        ));
     }
     let mut out = Vec::with_capacity(b.len() / 4 * 3);
     for c in b.chunks(4) {
@@ -228,12 +237,9 @@ fn b64_decode(s: &str) -> Result<Vec<u8>, String> {
 }
 
 /// A latent as a `SourceSpec::Latent` (for recordings and the wire).
-pub fn latent_spec(name: &str, latent: &Tensor) -> Result<SourceSpec, String> {
-    let (_, frames, channels) = latent.dims3().map_err(|e| e.to_string())?;
-    let v: Vec<f32> = latent
-        .flatten_all()
-        .and_then(|t| t.to_vec1())
-        .map_err(|e| e.to_string())?;
+pub fn latent_spec(name: &str, latent: &Tensor) -> SessionResult<SourceSpec> {
+    let (_, frames, channels) = latent.dims3()?;
+    let v: Vec<f32> = latent.flatten_all().and_then(|t| t.to_vec1())?;
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
     Ok(SourceSpec::Latent {
         name: name.into(),
@@ -245,22 +251,27 @@ pub fn latent_spec(name: &str, latent: &Tensor) -> Result<SourceSpec, String> {
 
 impl LiveCore {
     /// Build a session; measures the codec's receptive field unless the config gives it.
-    pub fn new(cfg: SessionConfig, mut backend: BackendSet) -> Result<Self, String> {
-        backend.validate().map_err(|e| e.to_string())?;
+    pub fn new(cfg: SessionConfig, mut backend: BackendSet) -> SessionResult<Self> {
+        backend
+            .validate()
+            .map_err(|e| SessionError::engine("backend", e))?;
         if cfg.samples_per_tick == 0 || cfg.samples_per_tick > 48_000 {
-            return Err(format!(
-                "samples_per_tick {} is outside 1..=48000",
-                cfg.samples_per_tick
+            return Err(SessionError::bad_value(
+                "samples_per_tick",
+                format!("{} is outside 1..=48000", cfg.samples_per_tick),
             ));
         }
         if !(cfg.song_seconds.is_finite()
             && cfg.song_seconds > 0.0
             && cfg.song_seconds <= crate::render::MAX_SECONDS)
         {
-            return Err(format!(
-                "song length {} s is outside (0, {}]",
-                cfg.song_seconds,
-                crate::render::MAX_SECONDS
+            return Err(SessionError::bad_value(
+                "song length",
+                format!(
+                    "{} s is outside (0, {}]",
+                    cfg.song_seconds,
+                    crate::render::MAX_SECONDS
+                ),
             ));
         }
         let hop = backend.codec.hop_samples();
@@ -268,15 +279,12 @@ impl LiveCore {
             Some(f) => f,
             None => {
                 let c = backend.codec.latent_channels();
-                let probes =
-                    probe_latents(100, c, backend.codec.device()).map_err(|e| e.to_string())?;
-                measure_receptive_field(backend.codec.as_mut(), &probes, 9, 3, 32, 1e-6)
-                    .map_err(|e| e.to_string())?
+                let probes = probe_latents(100, c, backend.codec.device())?;
+                measure_receptive_field(backend.codec.as_mut(), &probes, 9, 3, 32, 1e-6)?
             }
         };
         let depth = cfg.knobs.get("depth").copied().unwrap_or(4.0) as usize;
-        let pipeline = StreamPipeline::for_denoiser(depth.clamp(1, 8), backend.denoiser.as_ref())
-            .map_err(|e| e.to_string())?;
+        let pipeline = StreamPipeline::for_denoiser(depth.clamp(1, 8), backend.denoiser.as_ref())?;
         let mut knobs = KnobState {
             slew_per_second: cfg.slew_per_second,
             ..Default::default()
@@ -334,7 +342,7 @@ impl LiveCore {
             last_tick_ms: 0.0,
             last_decode_ms: 0.0,
         };
-        core.prompt.validate().map_err(|e| e.to_string())?;
+        core.prompt.validate()?;
         core.cfg.receptive_field = Some(field);
         let source = core.cfg.source.clone();
         if source != SourceSpec::None {
@@ -408,7 +416,7 @@ impl LiveCore {
 
     /// Decode a source spec into a latent and make it the session's source; the loop buffer
     /// starts as the source's own audio. On error nothing changes.
-    fn set_source(&mut self, spec: &SourceSpec) -> Result<SourceSpec, String> {
+    fn set_source(&mut self, spec: &SourceSpec) -> SessionResult<SourceSpec> {
         let c = self.backend.codec.latent_channels();
         let device = self.backend.codec.device().clone();
         let (name, latent) = match spec {
@@ -420,20 +428,32 @@ impl LiveCore {
                 self.rebuild_conds()?;
                 return Ok(SourceSpec::None);
             }
-            SourceSpec::Library { .. } | SourceSpec::File { .. } => {
-                return Err("library and file sources are resolved by the front end before they reach the session".into());
+            SourceSpec::Library { style, index } => {
+                return Err(SessionError::bad_source(
+                    format!("library:{style}:{index}"),
+                    "library and file sources are resolved by the front end before they reach the session",
+                ));
+            }
+            SourceSpec::File { path } => {
+                return Err(SessionError::bad_source(
+                    path.clone(),
+                    "library and file sources are resolved by the front end before they reach the session",
+                ));
             }
             SourceSpec::Audio { name, channels } => {
                 let audio = demon_engine::Audio::new(self.buffer.sample_rate, channels.clone())
-                    .map_err(|e| format!("source `{name}`: {e}"))?;
+                    .map_err(|e| SessionError::bad_source(name.clone(), e))?;
                 if audio.frames() < self.hop {
-                    return Err(format!("source `{name}` is shorter than one latent frame"));
+                    return Err(SessionError::bad_source(
+                        name.clone(),
+                        "shorter than one latent frame",
+                    ));
                 }
                 let latent = self
                     .backend
                     .codec
                     .encode(&audio)
-                    .map_err(|e| format!("source `{name}`: {e}"))?;
+                    .map_err(|e| SessionError::bad_source(name.clone(), e))?;
                 (name.clone(), latent)
             }
             SourceSpec::Latent {
@@ -443,20 +463,23 @@ impl LiveCore {
                 data_b64,
             } => {
                 if *channels != c {
-                    return Err(format!(
-                        "source `{name}` has {channels} latent channels; this backend uses {c}"
+                    return Err(SessionError::bad_source(
+                        name.clone(),
+                        format!("has {channels} latent channels; this backend uses {c}"),
                     ));
                 }
                 if *frames == 0 || *frames as f64 / 25.0 > crate::render::MAX_SECONDS {
-                    return Err(format!(
-                        "source `{name}`: {frames} frames is not a usable length"
+                    return Err(SessionError::bad_source(
+                        name.clone(),
+                        format!("{frames} frames is not a usable length"),
                     ));
                 }
-                let bytes = b64_decode(data_b64).map_err(|e| format!("source `{name}`: {e}"))?;
+                let bytes =
+                    b64_decode(data_b64).map_err(|e| SessionError::bad_source(name.clone(), e))?;
                 if bytes.len() != frames * channels * 4 {
-                    return Err(format!(
-                        "source `{name}`: {} bytes for {frames}×{channels} floats",
-                        bytes.len()
+                    return Err(SessionError::bad_source(
+                        name.clone(),
+                        format!("{} bytes for {frames}×{channels} floats", bytes.len()),
                     ));
                 }
                 let v: Vec<f32> = bytes
@@ -464,27 +487,29 @@ impl LiveCore {
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                     .collect();
                 if v.iter().any(|x| !x.is_finite()) {
-                    return Err(format!("source `{name}` contains non-finite values"));
+                    return Err(SessionError::bad_source(
+                        name.clone(),
+                        "contains non-finite values",
+                    ));
                 }
                 (
                     name.clone(),
-                    Tensor::from_vec(v, (1, *frames, *channels), &device)
-                        .map_err(|e| e.to_string())?,
+                    Tensor::from_vec(v, (1, *frames, *channels), &device)?,
                 )
             }
         };
-        let frames = latent.dim(1).map_err(|e| e.to_string())?;
+        let frames = latent.dim(1)?;
         if frames as f64 / 25.0 > crate::render::MAX_SECONDS {
-            return Err(format!(
-                "source `{name}` is longer than {} s",
-                crate::render::MAX_SECONDS
+            return Err(SessionError::bad_source(
+                name,
+                format!("longer than {} s", crate::render::MAX_SECONDS),
             ));
         }
         let audio = self
             .backend
             .codec
             .decode(&latent, 0)
-            .map_err(|e| format!("source `{name}`: {e}"))?;
+            .map_err(|e| SessionError::bad_source(name.clone(), e))?;
         let previous = (self.source.clone(), self.song_frames);
         self.source = Some(Source {
             name: name.clone(),
@@ -504,23 +529,23 @@ impl LiveCore {
         latent_spec(&name, &latent)
     }
 
-    fn rebuild_conds(&mut self) -> Result<(), String> {
+    fn rebuild_conds(&mut self) -> SessionResult<()> {
         let cond = &mut self.backend.conditioner;
         let timbre_ref = self.source.as_ref().map(|s| s.latent.clone());
         let with_timbre = |cond: &mut Box<dyn demon_engine::Conditioner>,
                            p: &Prompt|
-         -> Result<Option<Conditioning>, String> {
+         -> SessionResult<Option<Conditioning>> {
             match &timbre_ref {
                 Some(r) => cond
                     .condition_with_timbre(p, r)
                     .map(Some)
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| SessionError::engine("timbre", e)),
                 None => Ok(None),
             }
         };
         let a = cond
             .condition(&self.prompt)
-            .map_err(|e| format!("prompt: {e}"))?;
+            .map_err(|e| SessionError::engine("prompt", e))?;
         let a_timbre = with_timbre(cond, &self.prompt)?;
         let b = match &self.prompt_b {
             Some(text) => {
@@ -528,7 +553,9 @@ impl LiveCore {
                     tags: text.clone(),
                     ..self.prompt.clone()
                 };
-                let c = cond.condition(&p).map_err(|e| format!("prompt B: {e}"))?;
+                let c = cond
+                    .condition(&p)
+                    .map_err(|e| SessionError::engine("prompt B", e))?;
                 Some((c, with_timbre(cond, &p)?))
             }
             None => None,
@@ -539,8 +566,8 @@ impl LiveCore {
                     tags: text.clone(),
                     ..self.prompt.clone()
                 })
-                .map_err(|e| format!("negative prompt: {e}"))?,
-            None => cond.null_condition(&a).map_err(|e| e.to_string())?,
+                .map_err(|e| SessionError::engine("negative prompt", e))?,
+            None => cond.null_condition(&a)?,
         };
         self.conds = Some(Conds {
             a,
@@ -553,13 +580,13 @@ impl LiveCore {
 
     /// Apply one control message between ticks. Returns the message as it should be recorded
     /// (sources resolved to latents). On error the session is unchanged.
-    pub fn apply(&mut self, msg: &ControlMessage) -> Result<ControlMessage, String> {
+    pub fn apply(&mut self, msg: &ControlMessage) -> SessionResult<ControlMessage> {
         let recorded = self.apply_inner(msg)?;
         self.probe.control_version.fetch_add(1, Ordering::AcqRel);
         Ok(recorded)
     }
 
-    fn apply_inner(&mut self, msg: &ControlMessage) -> Result<ControlMessage, String> {
+    fn apply_inner(&mut self, msg: &ControlMessage) -> SessionResult<ControlMessage> {
         match msg {
             ControlMessage::SetKnob { name, value } => {
                 let v = check_knob(name, *value)?;
@@ -581,16 +608,14 @@ impl LiveCore {
             }
             ControlMessage::SetCurve { name, curve } => {
                 if !CURVE_NAMES.contains(&name.as_str()) {
-                    return Err(format!(
-                        "`{name}` is not a curve parameter (one of {})",
-                        CURVE_NAMES.join(", ")
-                    ));
+                    return Err(SessionError::UnknownCurve {
+                        name: name.clone(),
+                        known: CURVE_NAMES.join(", "),
+                    });
                 }
                 match curve {
                     Some(spec) => {
-                        let c = spec
-                            .to_curve(name, self.window_frames)
-                            .map_err(|e| e.to_string())?;
+                        let c = spec.to_curve(name, self.window_frames)?;
                         check_curve_range(name, &c)?;
                         self.curves.insert(name.clone(), spec.clone());
                     }
@@ -637,7 +662,7 @@ impl LiveCore {
                 let result = self
                     .prompt
                     .validate()
-                    .map_err(|e| e.to_string())
+                    .map_err(SessionError::from)
                     .and_then(|_| self.rebuild_conds());
                 if let Err(e) = result {
                     (self.prompt, self.prompt_b, self.negative) = saved;
@@ -664,8 +689,9 @@ impl LiveCore {
             }
             ControlMessage::SetLoopBand { start_s, end_s } => {
                 if !(start_s.is_finite() && end_s.is_finite() && *start_s >= 0.0) {
-                    return Err(format!(
-                        "loop band [{start_s}, {end_s}] s is not a range of times"
+                    return Err(SessionError::bad_value(
+                        "loop band",
+                        format!("[{start_s}, {end_s}] s is not a range of times"),
                     ));
                 }
                 let sr = self.buffer.sample_rate as f64;
@@ -678,7 +704,10 @@ impl LiveCore {
             ControlMessage::ClearLoopBand => self.buffer.set_band(None)?,
             ControlMessage::Seek { seconds } => {
                 if !(seconds.is_finite() && *seconds >= 0.0) {
-                    return Err(format!("seek to {seconds} s is not a time"));
+                    return Err(SessionError::bad_value(
+                        "seek",
+                        format!("{seconds} s is not a time"),
+                    ));
                 }
                 self.buffer
                     .seek((seconds * self.buffer.sample_rate as f64).round() as usize)?;
@@ -686,8 +715,9 @@ impl LiveCore {
             ControlMessage::SetPlaying { playing } => self.playing = *playing,
             ControlMessage::SetSlew { per_second } => {
                 if !(per_second.is_finite() && (0.0..=1000.0).contains(per_second)) {
-                    return Err(format!(
-                        "slew rate {per_second} is outside [0, 1000] per second"
+                    return Err(SessionError::bad_value(
+                        "slew rate",
+                        format!("{per_second} is outside [0, 1000] per second"),
                     ));
                 }
                 self.knobs.slew_per_second = *per_second;
@@ -696,32 +726,26 @@ impl LiveCore {
         Ok(msg.clone())
     }
 
-    fn check_lora(&mut self, id: &str) -> Result<(), String> {
+    fn check_lora(&mut self, id: &str) -> SessionResult<()> {
         match self.backend.denoiser.adapters() {
             Some(a) if a.list().iter().any(|x| x.id == id) => Ok(()),
-            Some(a) => Err(format!(
-                "no LoRA adapter `{id}` (known: {})",
-                a.list()
-                    .iter()
-                    .map(|x| x.id.clone())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-            None => Err(format!(
-                "the {} backend has no LoRA adapters",
-                self.backend.name
-            )),
+            Some(_) => Err(SessionError::NotFound {
+                what: "LoRA adapter".into(),
+                name: id.to_string(),
+            }),
+            None => Err(SessionError::UnsupportedByBackend {
+                backend: self.backend.name.clone(),
+                what: "LoRA adapters".into(),
+            }),
         }
     }
 
-    fn set_knob(&mut self, name: &str, v: f64) -> Result<(), String> {
+    fn set_knob(&mut self, name: &str, v: f64) -> SessionResult<()> {
         if let Some(id) = name.strip_prefix(LORA_PREFIX) {
             self.check_lora(id)?;
         }
         if name == "depth" {
-            self.pipeline
-                .set_depth(v as usize)
-                .map_err(|e| e.to_string())?;
+            self.pipeline.set_depth(v as usize)?;
         }
         self.knobs.set(name, v);
         Ok(())
@@ -776,23 +800,25 @@ impl LiveCore {
     }
 
     /// The slot request for this tick, from the current controls.
-    fn build_request(&mut self) -> Result<SlotRequest, String> {
+    fn build_request(&mut self) -> SessionResult<SlotRequest> {
         if self.conds.is_none() {
             self.rebuild_conds()?;
         }
         let t = self.window_frames;
-        let conds = self.conds.as_ref().ok_or("conditioning unavailable")?;
+        let conds = self
+            .conds
+            .as_ref()
+            .ok_or_else(|| SessionError::backend("conditioning unavailable"))?;
         let timbre = self.knobs.get("timbre") as f32;
         let blend = self.knobs.get("blend") as f32;
-        let with_timbre =
-            |plain: &Conditioning, tim: &Option<Conditioning>| -> Result<Conditioning, String> {
-                match tim {
-                    Some(tc) if timbre > 0.001 => {
-                        Conditioning::lerp(plain, tc, timbre.min(1.0)).map_err(|e| e.to_string())
-                    }
-                    _ => Ok(plain.clone()),
-                }
-            };
+        let with_timbre = |plain: &Conditioning,
+                           tim: &Option<Conditioning>|
+         -> SessionResult<Conditioning> {
+            match tim {
+                Some(tc) if timbre > 0.001 => Ok(Conditioning::lerp(plain, tc, timbre.min(1.0))?),
+                _ => Ok(plain.clone()),
+            }
+        };
         let ca = with_timbre(&conds.a, &conds.a_timbre)?;
         let negative = conds.negative.clone();
         let blend_curve = self.curve("blend", t);
@@ -800,7 +826,7 @@ impl LiveCore {
             (Some((b, bt)), Some(curve)) => {
                 let cb = with_timbre(b, bt)?;
                 let w = curve.clamped(0.0, 1.0);
-                let wa = w.map("blend", |x| 1.0 - x).map_err(|e| e.to_string())?;
+                let wa = w.map("blend", |x| 1.0 - x)?;
                 vec![
                     SlotCondition::weighted(ca, wa),
                     SlotCondition::weighted(cb, w),
@@ -808,18 +834,16 @@ impl LiveCore {
             }
             (Some((b, bt)), None) if blend > 0.001 => {
                 let cb = with_timbre(b, bt)?;
-                vec![SlotCondition::new(
-                    Conditioning::lerp(&ca, &cb, blend.min(1.0)).map_err(|e| e.to_string())?,
-                )]
+                vec![SlotCondition::new(Conditioning::lerp(
+                    &ca,
+                    &cb,
+                    blend.min(1.0),
+                )?)]
             }
             _ => vec![SlotCondition::new(ca)],
         };
         let src_chunk = match &self.source {
-            Some(s) => Some(
-                s.latent
-                    .narrow(1, self.chunk_offset, t)
-                    .map_err(|e| e.to_string())?,
-            ),
+            Some(s) => Some(s.latent.narrow(1, self.chunk_offset, t)?),
             None => None,
         };
         // Structure context, recomputed only when the strength or the source changes.
@@ -836,8 +860,7 @@ impl LiveCore {
                 let ctx = self
                     .backend
                     .conditioner
-                    .context(src_chunk.as_ref(), t, strength)
-                    .map_err(|e| e.to_string())?;
+                    .context(src_chunk.as_ref(), t, strength)?;
                 self.context_cache = Some((key.0, key.1, key.2, ctx.clone()));
                 ctx
             }
@@ -860,10 +883,9 @@ impl LiveCore {
             .filter(|h| h.dims() == [1, t, self.backend.denoiser.latent_channels()]);
         let fed = match (feedback > 0.0, tap_latent) {
             (true, Some(h)) => match &src_chunk {
-                Some(s) => Some(
-                    ((s * (1.0 - feedback as f64)).and_then(|a| a + (h * feedback as f64)?))
-                        .map_err(|e| e.to_string())?,
-                ),
+                Some(s) => {
+                    Some((s * (1.0 - feedback as f64)).and_then(|a| a + (h * feedback as f64)?)?)
+                }
                 None => Some(h.clone()),
             },
             _ => src_chunk.clone(),
@@ -888,7 +910,7 @@ impl LiveCore {
     }
 
     /// Run one tick. `clock` overrides the decode lead (replays use the recorded one).
-    pub fn tick(&mut self, lead_override: Option<u32>) -> Result<TickOutput, String> {
+    pub fn tick(&mut self, lead_override: Option<u32>) -> SessionResult<TickOutput> {
         let started = Instant::now();
         let dt = self.cfg.samples_per_tick as f64 / self.buffer.sample_rate as f64;
         let knobs_changed = self.knobs.advance(dt);
@@ -904,16 +926,14 @@ impl LiveCore {
             if self.loras.get(&id) != Some(&v) {
                 if let Some(a) = self.backend.denoiser.adapters() {
                     a.set_strength(&id, v as f32)
-                        .map_err(|e| format!("LoRA `{id}`: {e}"))?;
+                        .map_err(|e| SessionError::engine(&format!("LoRA `{id}`"), e))?;
                 }
                 self.loras.insert(id, v);
             }
         }
         let lane = self.build_lane();
         if lane != self.lane {
-            self.pipeline
-                .set_lane(lane.clone())
-                .map_err(|e| e.to_string())?;
+            self.pipeline.set_lane(lane.clone())?;
             self.lane = lane;
         }
 
@@ -940,12 +960,9 @@ impl LiveCore {
 
         if self.playing || self.latest.is_none() {
             let request = self.build_request()?;
-            self.pipeline.submit(request).map_err(|e| e.to_string())?;
+            self.pipeline.submit(request)?;
         }
-        let report = self
-            .pipeline
-            .tick(self.backend.denoiser.as_mut())
-            .map_err(|e| e.to_string())?;
+        let report = self.pipeline.tick(self.backend.denoiser.as_mut())?;
         let mut finished = 0;
         for f in report.finished {
             self.generations += 1;
@@ -969,11 +986,7 @@ impl LiveCore {
                 && self.source.is_none()
                 && self.window_frames == self.song_frames
             {
-                let audio = self
-                    .backend
-                    .codec
-                    .decode(&latent, 0)
-                    .map_err(|e| e.to_string())?;
+                let audio = self.backend.codec.decode(&latent, 0)?;
                 let mut ch = audio.channels.into_iter();
                 let l = ch.next().unwrap_or_default();
                 let r = ch.next().unwrap_or_else(|| l.clone());
@@ -982,19 +995,15 @@ impl LiveCore {
                 replaced = true;
             } else {
                 let chunk = (self.chunk_offset, self.window_frames);
-                if let Some(w) = self
-                    .decoder
-                    .update_chunk(
-                        self.backend.codec.as_mut(),
-                        &latent,
-                        chunk,
-                        self.version,
-                        target,
-                        region,
-                        &mut self.buffer,
-                    )
-                    .map_err(|e| e.to_string())?
-                {
+                if let Some(w) = self.decoder.update_chunk(
+                    self.backend.codec.as_mut(),
+                    &latent,
+                    chunk,
+                    self.version,
+                    target,
+                    region,
+                    &mut self.buffer,
+                )? {
                     // Clients get exactly what the loop holds now (the crossfaded patch), so
                     // their copy matches the server's, edges included.
                     let start = w.start_frame * hop;
@@ -1095,16 +1104,16 @@ impl LiveCore {
     }
 }
 
-fn check_curve_range(name: &str, c: &Curve) -> Result<(), String> {
+fn check_curve_range(name: &str, c: &Curve) -> SessionResult<()> {
     let (lo, hi) = match name {
         n if STEP_CURVE_NAMES.contains(&n) => {
             let mut probe = demon_engine::StepCurves::default();
-            *probe.field_mut(n).map_err(|e| e.to_string())? = Some(c.clone());
-            return probe.validate().map_err(|e| e.to_string());
+            *probe.field_mut(n)? = Some(c.clone());
+            return Ok(probe.validate()?);
         }
         _ => (0.0, 1.0),
     };
-    c.check_range(name, lo, hi).map_err(|e| e.to_string())
+    Ok(c.check_range(name, lo, hi)?)
 }
 
 /// What a status endpoint shows (and the `state` of the WebSocket protocol, which clients and

@@ -122,8 +122,36 @@ impl From<candle_core::Error> for SessionError {
 }
 
 impl From<demon_engine::EngineError> for SessionError {
+    /// The engine's parameter and curve refusals are bad values (the message names the field);
+    /// shape, tensor and backend failures are backend errors.
     fn from(e: demon_engine::EngineError) -> Self {
-        Self::Backend(e.to_string())
+        use demon_engine::EngineError as E;
+        match e {
+            E::InvalidCurve { name, reason } => Self::BadValue {
+                what: format!("invalid curve `{name}`"),
+                problem: reason,
+            },
+            E::InvalidParameter { name, reason } => Self::BadValue {
+                what: format!("invalid value for `{name}`"),
+                problem: reason,
+            },
+            other => Self::Backend(other.to_string()),
+        }
+    }
+}
+
+impl SessionError {
+    /// An engine error met while doing `what`: refusals stay bad values (prefixed with `what`),
+    /// failures become backend errors.
+    pub fn engine(what: &str, e: demon_engine::EngineError) -> Self {
+        match Self::from(e) {
+            Self::BadValue { what: w, problem } => Self::BadValue {
+                what: format!("{what}: {w}"),
+                problem,
+            },
+            Self::Backend(m) => Self::Backend(format!("{what}: {m}")),
+            other => other,
+        }
     }
 }
 

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{SessionError, SessionResult};
+
 /// Crossfade length at each edge of a patch: 25 ms at 48 kHz, or a quarter of the patch.
 pub const CROSSFADE_SAMPLES: usize = 1200;
 
@@ -269,14 +271,17 @@ impl LoopBuffer {
     }
 
     /// Set or clear the loop band; the playhead jumps into a band it is outside of.
-    pub fn set_band(&mut self, band: Option<LoopBand>) -> Result<(), String> {
+    pub fn set_band(&mut self, band: Option<LoopBand>) -> SessionResult<()> {
         if let Some(b) = band {
             if b.start >= b.end || b.end > self.len() {
-                return Err(format!(
-                    "loop band [{}, {}) samples is empty or beyond the song ({} samples)",
-                    b.start,
-                    b.end,
-                    self.len()
+                return Err(SessionError::bad_value(
+                    "loop band",
+                    format!(
+                        "[{}, {}) samples is empty or beyond the song ({} samples)",
+                        b.start,
+                        b.end,
+                        self.len()
+                    ),
                 ));
             }
             if self.playhead < b.start || self.playhead >= b.end {
@@ -287,11 +292,14 @@ impl LoopBuffer {
         Ok(())
     }
 
-    pub fn seek(&mut self, sample: usize) -> Result<(), String> {
+    pub fn seek(&mut self, sample: usize) -> SessionResult<()> {
         if sample >= self.len() {
-            return Err(format!(
-                "seek to sample {sample} is beyond the song ({} samples)",
-                self.len()
+            return Err(SessionError::bad_value(
+                "seek",
+                format!(
+                    "sample {sample} is beyond the song ({} samples)",
+                    self.len()
+                ),
             ));
         }
         self.playhead = sample;

@@ -10,6 +10,7 @@ use std::path::Path;
 use demon_engine::BackendSet;
 
 use crate::core::{LiveCore, SessionConfig};
+use crate::error::{SessionError, SessionResult};
 use crate::record::{ScriptEvent, SessionFile};
 use crate::session::{RunOptions, SessionSummary, start};
 use crate::sink::{AudioSink, WavRecorder};
@@ -44,11 +45,11 @@ pub fn perform(
     out_wav: Option<&Path>,
     realtime: bool,
     mut sinks: Vec<Box<dyn AudioSink>>,
-) -> Result<SessionSummary, String> {
+) -> SessionResult<SessionSummary> {
     if !(seconds.is_finite() && seconds > 0.0 && seconds <= crate::render::MAX_SECONDS) {
-        return Err(format!(
-            "performance length {seconds} s is outside (0, {}]",
-            crate::render::MAX_SECONDS
+        return Err(SessionError::bad_value(
+            "performance length",
+            format!("{seconds} s is outside (0, {}]", crate::render::MAX_SECONDS),
         ));
     }
     let core = LiveCore::new(config, backend)?;
@@ -74,12 +75,15 @@ pub fn replay(
     file: &SessionFile,
     backend: BackendSet,
     out_wav: &Path,
-) -> Result<SessionSummary, String> {
+) -> SessionResult<SessionSummary> {
     if file.config.backend != backend.name {
-        return Err(format!(
-            "the session was recorded with the `{}` backend; this replay uses `{}`",
-            file.config.backend, backend.name
-        ));
+        return Err(SessionError::UnsupportedByBackend {
+            backend: backend.name.clone(),
+            what: format!(
+                "a session recorded with the `{}` backend",
+                file.config.backend
+            ),
+        });
     }
     let core = LiveCore::new(file.config.clone(), backend)?;
     let sr = core.sample_rate();

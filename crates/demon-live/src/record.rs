@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::ControlMessage;
 use crate::core::SessionConfig;
+use crate::error::{SessionError, SessionResult};
 
 /// Version of the session-file format.
 pub const FORMAT_VERSION: u32 = 1;
@@ -41,14 +42,15 @@ pub enum SessionLine {
 /// Writes a session file line by line as the performance happens.
 pub struct SessionWriter {
     out: std::io::BufWriter<std::fs::File>,
+    path: std::path::PathBuf,
 }
 
 impl SessionWriter {
-    pub fn create(path: &Path, config: &SessionConfig) -> Result<Self, String> {
-        let file = std::fs::File::create(path)
-            .map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
+    pub fn create(path: &Path, config: &SessionConfig) -> SessionResult<Self> {
+        let file = std::fs::File::create(path).map_err(|e| SessionError::io(path, e))?;
         let mut w = Self {
             out: std::io::BufWriter::new(file),
+            path: path.to_path_buf(),
         };
         w.line(&SessionLine::Header {
             version: FORMAT_VERSION,
@@ -57,16 +59,16 @@ impl SessionWriter {
         Ok(w)
     }
 
-    pub fn line(&mut self, line: &SessionLine) -> Result<(), String> {
-        let s = serde_json::to_string(line).map_err(|e| e.to_string())?;
-        writeln!(self.out, "{s}").map_err(|e| format!("writing the session file: {e}"))
+    pub fn line(&mut self, line: &SessionLine) -> SessionResult<()> {
+        let s = serde_json::to_string(line).map_err(|e| SessionError::io(&self.path, e))?;
+        writeln!(self.out, "{s}").map_err(|e| SessionError::io(&self.path, e))
     }
 
-    pub fn finish(mut self, ticks: u64) -> Result<(), String> {
+    pub fn finish(mut self, ticks: u64) -> SessionResult<()> {
         self.line(&SessionLine::End { ticks })?;
         self.out
             .flush()
-            .map_err(|e| format!("writing the session file: {e}"))
+            .map_err(|e| SessionError::io(&self.path, e))
     }
 }
 
@@ -82,51 +84,41 @@ pub struct SessionFile {
 }
 
 /// Read and check a session file; errors name the line.
-pub fn read_session(path: &Path) -> Result<SessionFile, String> {
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+pub fn read_session(path: &Path) -> SessionResult<SessionFile> {
+    let file = std::fs::File::open(path).map_err(|e| SessionError::io(path, e))?;
+    let at = |i: usize| format!("`{}` line {}", path.display(), i + 1);
     let mut config = None;
     let mut events = Vec::new();
     let mut clock = Vec::new();
     let mut ticks = None;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| format!("`{}` line {}: {e}", path.display(), i + 1))?;
+        let line = line.map_err(|e| SessionError::io(path, format!("line {}: {e}", i + 1)))?;
         if line.trim().is_empty() {
             continue;
         }
         let parsed: SessionLine = serde_json::from_str(&line)
-            .map_err(|e| format!("`{}` line {}: {e}", path.display(), i + 1))?;
+            .map_err(|e| SessionError::bad_value(at(i), e.to_string()))?;
         match parsed {
             SessionLine::Header { version, config: c } => {
                 if version != FORMAT_VERSION {
-                    return Err(format!(
-                        "`{}`: session format version {version} is not supported (expected {FORMAT_VERSION})",
-                        path.display()
+                    return Err(SessionError::bad_value(
+                        format!("`{}`", path.display()),
+                        format!(
+                            "session format version {version} is not supported (expected {FORMAT_VERSION})"
+                        ),
                     ));
                 }
                 if config.is_some() {
-                    return Err(format!(
-                        "`{}` line {}: a second header",
-                        path.display(),
-                        i + 1
-                    ));
+                    return Err(SessionError::bad_value(at(i), "a second header"));
                 }
                 config = Some(c);
             }
             _ if config.is_none() => {
-                return Err(format!(
-                    "`{}` line {}: the header must come first",
-                    path.display(),
-                    i + 1
-                ));
+                return Err(SessionError::bad_value(at(i), "the header must come first"));
             }
             SessionLine::Event { tick, message } => {
                 if events.last().is_some_and(|(t, _)| *t > tick) {
-                    return Err(format!(
-                        "`{}` line {}: events out of tick order",
-                        path.display(),
-                        i + 1
-                    ));
+                    return Err(SessionError::bad_value(at(i), "events out of tick order"));
                 }
                 events.push((tick, message));
             }
@@ -138,12 +130,10 @@ pub fn read_session(path: &Path) -> Result<SessionFile, String> {
             SessionLine::End { ticks: t } => ticks = Some(t),
         }
     }
-    let config = config.ok_or_else(|| format!("`{}` has no header line", path.display()))?;
+    let whole = || format!("`{}`", path.display());
+    let config = config.ok_or_else(|| SessionError::bad_value(whole(), "no header line"))?;
     let ticks = ticks.ok_or_else(|| {
-        format!(
-            "`{}` has no end line (the performance was cut short)",
-            path.display()
-        )
+        SessionError::bad_value(whole(), "no end line (the performance was cut short)")
     })?;
     Ok(SessionFile {
         config,
@@ -161,23 +151,21 @@ pub struct ScriptEvent {
     pub message: ControlMessage,
 }
 
-pub fn read_script(path: &Path) -> Result<Vec<ScriptEvent>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+pub fn read_script(path: &Path) -> SessionResult<Vec<ScriptEvent>> {
+    let text = std::fs::read_to_string(path).map_err(|e| SessionError::io(path, e))?;
+    let at = |i: usize| format!("`{}` line {}", path.display(), i + 1);
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();
         if t.is_empty() || t.starts_with('#') || t.starts_with("//") {
             continue;
         }
-        let ev: ScriptEvent = serde_json::from_str(t)
-            .map_err(|e| format!("`{}` line {}: {e}", path.display(), i + 1))?;
+        let ev: ScriptEvent =
+            serde_json::from_str(t).map_err(|e| SessionError::bad_value(at(i), e.to_string()))?;
         if !(ev.at.is_finite() && ev.at >= 0.0) {
-            return Err(format!(
-                "`{}` line {}: time {} is not a time in seconds",
-                path.display(),
-                i + 1,
-                ev.at
+            return Err(SessionError::bad_value(
+                at(i),
+                format!("time {} is not a time in seconds", ev.at),
             ));
         }
         out.push(ev);

@@ -8,15 +8,17 @@
 //! and every applied event, stamped with its tick, to the session file when recording.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, channel, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError, channel, sync_channel,
+};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::SessionError;
 use crate::bus::{AudioSlice, Event, EventBus, ReplyError, ReplyReceiver, ReplySender, Subscriber};
 use crate::control::ControlMessage;
 pub use crate::core::{LiveCore, SessionConfig, SessionProbe, SessionState};
+use crate::error::{SessionError, SessionResult};
 use crate::record::{SessionLine, SessionWriter};
 use crate::sink::{AudioSink, WavRecorder};
 
@@ -56,15 +58,15 @@ enum Command {
     Control {
         origin: u64,
         message: ControlMessage,
-        reply: Option<Sender<Result<u64, String>>>,
+        reply: Option<Sender<SessionResult<u64>>>,
     },
     StartRecording {
         path: PathBuf,
         float: bool,
-        reply: Sender<Result<(), String>>,
+        reply: Sender<SessionResult<()>>,
     },
     StopRecording {
-        reply: Sender<Result<Option<(PathBuf, f64)>, String>>,
+        reply: Sender<SessionResult<Option<(PathBuf, f64)>>>,
     },
     LoopAudio {
         reply: ReplySender<(u64, LoopSnapshot)>,
@@ -88,7 +90,7 @@ pub struct SessionSummary {
 }
 
 /// The runner thread; joining it gives the session's summary or its error.
-type RunnerThread = JoinHandle<Result<SessionSummary, String>>;
+type RunnerThread = JoinHandle<SessionResult<SessionSummary>>;
 
 pub use crate::loopbuf::LoopSnapshot;
 
@@ -111,38 +113,39 @@ impl SessionHandle {
         origin: u64,
         message: ControlMessage,
         timeout: Duration,
-    ) -> Result<u64, String> {
+    ) -> SessionResult<u64> {
         let (reply, rx) = channel();
-        self.tx
-            .try_send(Command::Control {
-                origin,
-                message,
-                reply: Some(reply),
-            })
-            .map_err(|e| match e {
-                std::sync::mpsc::TrySendError::Full(_) => {
-                    "the session is busy: too many pending controls".to_string()
-                }
-                std::sync::mpsc::TrySendError::Disconnected(_) => {
-                    "the session has stopped".to_string()
-                }
-            })?;
-        match rx.recv_timeout(timeout) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => Err("timed out waiting for the next tick".into()),
-            Err(RecvTimeoutError::Disconnected) => Err("the session has stopped".into()),
-        }
+        self.command(Command::Control {
+            origin,
+            message,
+            reply: Some(reply),
+        })?;
+        Self::wait(rx, timeout, "waiting for the next tick")?
     }
 
     /// Send without waiting for the reply.
-    pub fn send(&self, origin: u64, message: ControlMessage) -> Result<(), String> {
-        self.tx
-            .try_send(Command::Control {
-                origin,
-                message,
-                reply: None,
-            })
-            .map_err(|e| e.to_string())
+    pub fn send(&self, origin: u64, message: ControlMessage) -> SessionResult<()> {
+        self.command(Command::Control {
+            origin,
+            message,
+            reply: None,
+        })
+    }
+
+    /// Queue a command for the runner: `busy` when its queue is full, `stopped` when it ended.
+    fn command(&self, cmd: Command) -> SessionResult<()> {
+        self.tx.try_send(cmd).map_err(|e| match e {
+            TrySendError::Full(_) => SessionError::Busy("too many pending controls".into()),
+            TrySendError::Disconnected(_) => SessionError::Stopped(None),
+        })
+    }
+
+    /// The runner's answer, or `timeout` / `stopped`.
+    fn wait<T>(rx: Receiver<T>, timeout: Duration, waiting_for: &str) -> SessionResult<T> {
+        rx.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => SessionError::Timeout(waiting_for.to_string()),
+            RecvTimeoutError::Disconnected => SessionError::Stopped(None),
+        })
     }
 
     pub fn subscribe(&self) -> Subscriber {
@@ -161,7 +164,7 @@ impl SessionHandle {
     /// The whole loop buffer at the next tick boundary, with that tick's index (clients start
     /// from it, then apply the audio slices of later ticks). The snapshot shares the runner's
     /// storage: asking costs the runner one pointer copy, whatever the song's length.
-    pub fn loop_audio(&self, timeout: Duration) -> Result<(u64, LoopSnapshot), SessionError> {
+    pub fn loop_audio(&self, timeout: Duration) -> SessionResult<(u64, LoopSnapshot)> {
         self.ask_loop_audio()?
             .recv_timeout(timeout)
             .map_err(loop_reply_error)
@@ -169,20 +172,13 @@ impl SessionHandle {
 
     /// [`loop_audio`](Self::loop_audio) for async callers: the future holds no thread while the
     /// runner finishes its tick (wrap it in the caller's own timeout).
-    pub async fn loop_audio_async(&self) -> Result<(u64, LoopSnapshot), SessionError> {
+    pub async fn loop_audio_async(&self) -> SessionResult<(u64, LoopSnapshot)> {
         self.ask_loop_audio()?.await.map_err(loop_reply_error)
     }
 
-    fn ask_loop_audio(&self) -> Result<ReplyReceiver<(u64, LoopSnapshot)>, SessionError> {
+    fn ask_loop_audio(&self) -> SessionResult<ReplyReceiver<(u64, LoopSnapshot)>> {
         let (reply, rx) = crate::bus::reply_channel();
-        self.tx
-            .try_send(Command::LoopAudio { reply })
-            .map_err(|e| match e {
-                std::sync::mpsc::TrySendError::Full(_) => {
-                    SessionError::Busy("too many pending requests".into())
-                }
-                std::sync::mpsc::TrySendError::Disconnected(_) => SessionError::Stopped(None),
-            })?;
+        self.command(Command::LoopAudio { reply })?;
         Ok(rx)
     }
 
@@ -194,49 +190,45 @@ impl SessionHandle {
         &self.probe
     }
 
-    pub fn start_recording(&self, path: &Path, float: bool) -> Result<(), String> {
+    pub fn start_recording(&self, path: &Path, float: bool) -> SessionResult<()> {
         let (reply, rx) = channel();
-        self.tx
-            .try_send(Command::StartRecording {
-                path: path.to_path_buf(),
-                float,
-                reply,
-            })
-            .map_err(|e| e.to_string())?;
-        rx.recv_timeout(Duration::from_secs(10))
-            .map_err(|e| e.to_string())?
+        self.command(Command::StartRecording {
+            path: path.to_path_buf(),
+            float,
+            reply,
+        })?;
+        Self::wait(rx, Duration::from_secs(10), "the recording to start")?
     }
 
     /// Stop recording; returns the file and its length in seconds.
-    pub fn stop_recording(&self) -> Result<Option<(PathBuf, f64)>, String> {
+    pub fn stop_recording(&self) -> SessionResult<Option<(PathBuf, f64)>> {
         let (reply, rx) = channel();
-        self.tx
-            .try_send(Command::StopRecording { reply })
-            .map_err(|e| e.to_string())?;
-        rx.recv_timeout(Duration::from_secs(10))
-            .map_err(|e| e.to_string())?
+        self.command(Command::StopRecording { reply })?;
+        Self::wait(rx, Duration::from_secs(10), "the recording to stop")?
     }
 
     /// Ask the runner to stop and wait for it.
-    pub fn stop(&self) -> Result<SessionSummary, String> {
+    pub fn stop(&self) -> SessionResult<SessionSummary> {
         let _ = self.tx.try_send(Command::Stop);
         self.join()
     }
 
     /// Wait for the runner to end (after `max_ticks`, or `stop`).
-    pub fn join(&self) -> Result<SessionSummary, String> {
+    pub fn join(&self) -> SessionResult<SessionSummary> {
         let handle = self.join.lock().unwrap_or_else(|e| e.into_inner()).take();
         match handle {
             Some(h) => h
                 .join()
-                .map_err(|_| "the session runner panicked".to_string())?,
-            None => Err("the session was already joined".into()),
+                .map_err(|_| SessionError::Stopped(Some("the session runner panicked".into())))?,
+            None => Err(SessionError::Stopped(Some(
+                "the session was already joined".into(),
+            ))),
         }
     }
 }
 
 /// Start the runner thread.
-pub fn start(mut core: LiveCore, mut opts: RunOptions) -> Result<SessionHandle, String> {
+pub fn start(mut core: LiveCore, mut opts: RunOptions) -> SessionResult<SessionHandle> {
     let (tx, rx) = sync_channel::<Command>(1024);
     let bus = Arc::new(EventBus::new(opts.bus_capacity));
     let state = Arc::new(Mutex::new(Some(core.state())));
@@ -259,7 +251,7 @@ pub fn start(mut core: LiveCore, mut opts: RunOptions) -> Result<SessionHandle, 
             bus2.close();
             result
         })
-        .map_err(|e| format!("cannot start the runner thread: {e}"))?;
+        .map_err(|e| SessionError::Backend(format!("cannot start the runner thread: {e}")))?;
     Ok(SessionHandle {
         tx,
         bus,
@@ -278,7 +270,7 @@ fn run(
     mut writer: Option<SessionWriter>,
     bus: &EventBus,
     state: &Mutex<Option<SessionState>>,
-) -> Result<SessionSummary, String> {
+) -> SessionResult<SessionSummary> {
     let spt = core.config().samples_per_tick;
     let sr = core.sample_rate() as f64;
     let tick_period = Duration::from_secs_f64(spt as f64 / sr);
@@ -288,10 +280,10 @@ fn run(
     let mut script = std::mem::take(&mut opts.script).into_iter().peekable();
     let mut clock = std::mem::take(&mut opts.clock).into_iter().peekable();
     let mut stop = false;
-    let mut last_error: Option<String> = None;
+    let mut last_error: Option<SessionError> = None;
     let started_gen_time = Instant::now();
 
-    let record = |writer: &mut Option<SessionWriter>, line: SessionLine| -> Result<(), String> {
+    let record = |writer: &mut Option<SessionWriter>, line: SessionLine| -> SessionResult<()> {
         match writer.as_mut() {
             Some(w) => w.line(&line),
             None => Ok(()),

@@ -9,12 +9,14 @@ use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::error::{SessionError, SessionResult};
+
 /// A consumer of played audio blocks (planar stereo).
 pub trait AudioSink: Send {
     fn name(&self) -> &str;
-    fn play(&mut self, block: &[Vec<f32>; 2]) -> Result<(), String>;
+    fn play(&mut self, block: &[Vec<f32>; 2]) -> SessionResult<()>;
     /// Finish (close files); called once at the end.
-    fn finish(&mut self) -> Result<(), String> {
+    fn finish(&mut self) -> SessionResult<()> {
         Ok(())
     }
     /// Samples that can be queued before `play` would have to wait (device sinks); `None` for
@@ -35,7 +37,7 @@ impl AudioSink for NullSink {
     fn name(&self) -> &str {
         "null"
     }
-    fn play(&mut self, block: &[Vec<f32>; 2]) -> Result<(), String> {
+    fn play(&mut self, block: &[Vec<f32>; 2]) -> SessionResult<()> {
         self.samples += block[0].len() as u64;
         Ok(())
     }
@@ -51,9 +53,8 @@ pub struct WavRecorder {
 }
 
 impl WavRecorder {
-    pub fn create(path: &Path, sample_rate: u32, float: bool) -> Result<Self, String> {
-        let file =
-            File::create(path).map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
+    pub fn create(path: &Path, sample_rate: u32, float: bool) -> SessionResult<Self> {
+        let file = File::create(path).map_err(|e| SessionError::io(path, e))?;
         let mut rec = Self {
             path: path.to_path_buf(),
             out: Some(BufWriter::new(file)),
@@ -65,12 +66,12 @@ impl WavRecorder {
         Ok(rec)
     }
 
-    fn write_header(&mut self) -> Result<(), String> {
+    fn write_header(&mut self) -> SessionResult<()> {
         let (bits, tag): (u16, u16) = if self.float { (32, 3) } else { (16, 1) };
         let block = 2 * bits as u32 / 8;
         let data = (self.frames * block as u64).min(u32::MAX as u64 - 64) as u32;
         let sr = self.sample_rate;
-        let out = self.out.as_mut().ok_or("recorder already finished")?;
+        let out = self.out.as_mut().ok_or_else(|| finished(&self.path))?;
         let mut h = Vec::with_capacity(44);
         h.extend_from_slice(b"RIFF");
         h.extend_from_slice(&(36 + data).to_le_bytes());
@@ -84,10 +85,10 @@ impl WavRecorder {
         h.extend_from_slice(&bits.to_le_bytes());
         h.extend_from_slice(b"data");
         h.extend_from_slice(&data.to_le_bytes());
-        out.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-        out.write_all(&h)
-            .map_err(|e| format!("writing `{}`: {e}", self.path.display()))?;
-        out.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+        let io = |e| SessionError::io(&self.path, e);
+        out.seek(SeekFrom::Start(0)).map_err(io)?;
+        out.write_all(&h).map_err(io)?;
+        out.seek(SeekFrom::End(0)).map_err(io)?;
         Ok(())
     }
 
@@ -104,9 +105,9 @@ impl AudioSink for WavRecorder {
     fn name(&self) -> &str {
         "wav"
     }
-    fn play(&mut self, block: &[Vec<f32>; 2]) -> Result<(), String> {
+    fn play(&mut self, block: &[Vec<f32>; 2]) -> SessionResult<()> {
         let float = self.float;
-        let out = self.out.as_mut().ok_or("recorder already finished")?;
+        let out = self.out.as_mut().ok_or_else(|| finished(&self.path))?;
         let mut bytes = Vec::with_capacity(block[0].len() * 8);
         for i in 0..block[0].len() {
             for ch in block {
@@ -121,21 +122,24 @@ impl AudioSink for WavRecorder {
             }
         }
         out.write_all(&bytes)
-            .map_err(|e| format!("writing `{}`: {e}", self.path.display()))?;
+            .map_err(|e| SessionError::io(&self.path, e))?;
         self.frames += block[0].len() as u64;
         Ok(())
     }
-    fn finish(&mut self) -> Result<(), String> {
+    fn finish(&mut self) -> SessionResult<()> {
         if self.out.is_none() {
             return Ok(());
         }
         self.write_header()?;
         if let Some(mut out) = self.out.take() {
-            out.flush()
-                .map_err(|e| format!("writing `{}`: {e}", self.path.display()))?;
+            out.flush().map_err(|e| SessionError::io(&self.path, e))?;
         }
         Ok(())
     }
+}
+
+fn finished(path: &Path) -> SessionError {
+    SessionError::io(path, "the recorder is already finished")
 }
 
 impl Drop for WavRecorder {
@@ -154,6 +158,14 @@ mod device {
     use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 
     use super::AudioSink;
+    use crate::error::{SessionError, SessionResult};
+
+    fn device_error(problem: impl std::fmt::Display) -> SessionError {
+        SessionError::Io {
+            path: "audio device".into(),
+            problem: problem.to_string(),
+        }
+    }
 
     /// Plays through the default output device.
     pub struct DeviceSink {
@@ -166,16 +178,16 @@ mod device {
     unsafe impl Send for DeviceSink {}
 
     /// Open the default output device at 48 kHz stereo f32, or explain why not.
-    pub fn open_device(sample_rate: u32) -> Result<DeviceSink, String> {
+    pub fn open_device(sample_rate: u32) -> SessionResult<DeviceSink> {
         let host = cpal::default_host();
         let device = host
             .default_output_device()
-            .ok_or("no audio output device")?;
+            .ok_or_else(|| device_error("no audio output device"))?;
         let config = device
             .default_output_config()
-            .map_err(|e| format!("no usable output configuration: {e}"))?;
+            .map_err(|e| device_error(format!("no usable output configuration: {e}")))?;
         if config.channels() < 2 {
-            return Err("the output device is not stereo".into());
+            return Err(device_error("the output device is not stereo"));
         }
         let mut stream_config: cpal::StreamConfig = config.into();
         stream_config.sample_rate = sample_rate;
@@ -201,10 +213,10 @@ mod device {
                 |_err| {},
                 None,
             )
-            .map_err(|e| format!("cannot open the output stream: {e}"))?;
+            .map_err(|e| device_error(format!("cannot open the output stream: {e}")))?;
         stream
             .play()
-            .map_err(|e| format!("cannot start the output stream: {e}"))?;
+            .map_err(|e| device_error(format!("cannot start the output stream: {e}")))?;
         let name = device
             .description()
             .map(|d| d.to_string())
@@ -220,7 +232,7 @@ mod device {
         fn name(&self) -> &str {
             &self.name
         }
-        fn play(&mut self, block: &[Vec<f32>; 2]) -> Result<(), String> {
+        fn play(&mut self, block: &[Vec<f32>; 2]) -> SessionResult<()> {
             let n = block[0].len();
             let mut written = 0;
             // Wait (off the audio thread) until the device has consumed enough.

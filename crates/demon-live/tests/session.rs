@@ -235,6 +235,7 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
                 value: 1.0,
             },
             "unknown knob",
+            "unknown_knob",
         ),
         (
             ControlMessage::SetKnob {
@@ -242,6 +243,7 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
                 value: f64::NAN,
             },
             "not a finite",
+            "bad_value",
         ),
         (
             ControlMessage::SetKnob {
@@ -249,6 +251,7 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
                 value: 9.0,
             },
             "outside",
+            "bad_value",
         ),
         (
             ControlMessage::SetKnob {
@@ -256,6 +259,7 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
                 value: 0.0,
             },
             "outside",
+            "bad_value",
         ),
         (
             ControlMessage::SetKnob {
@@ -263,6 +267,7 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
                 value: 1.0,
             },
             "no LoRA adapter",
+            "not_found",
         ),
         (
             ControlMessage::SetCurve {
@@ -272,6 +277,7 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
                 }),
             },
             "not finite",
+            "bad_value",
         ),
         (
             ControlMessage::SetCurve {
@@ -279,6 +285,7 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
                 curve: Some(CurveSpec::Constant { value: 5.0 }),
             },
             "sde_denoise",
+            "bad_value",
         ),
         (
             ControlMessage::SetCurve {
@@ -286,6 +293,7 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
                 curve: None,
             },
             "not a curve",
+            "unknown_curve",
         ),
         (
             ControlMessage::SetPrompt {
@@ -296,6 +304,7 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
                 key: None,
             },
             "bpm",
+            "bad_value",
         ),
         (
             ControlMessage::SetPrompt {
@@ -306,6 +315,7 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
                 key: Some("Q minor".into()),
             },
             "key",
+            "bad_value",
         ),
         (
             ControlMessage::SetSource {
@@ -317,6 +327,7 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
                 },
             },
             "latent channels",
+            "bad_source",
         ),
         (
             ControlMessage::SetSource {
@@ -328,6 +339,7 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
                 },
             },
             "base64",
+            "bad_source",
         ),
         (
             ControlMessage::SetSource {
@@ -337,6 +349,7 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
                 },
             },
             "shorter than one latent frame",
+            "bad_source",
         ),
         (
             ControlMessage::SetSource {
@@ -345,6 +358,7 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
                 },
             },
             "resolved by the front end",
+            "bad_source",
         ),
         (
             ControlMessage::SetLoopBand {
@@ -352,13 +366,22 @@ fn bad_controls_are_rejected_and_the_session_keeps_playing() {
                 end_s: 1.0,
             },
             "empty",
+            "bad_value",
         ),
-        (ControlMessage::Seek { seconds: 1e9 }, "beyond"),
-        (ControlMessage::SetSlew { per_second: -1.0 }, "slew"),
+        (ControlMessage::Seek { seconds: 1e9 }, "beyond", "bad_value"),
+        (
+            ControlMessage::SetSlew { per_second: -1.0 },
+            "slew",
+            "bad_value",
+        ),
     ];
-    for (m, needle) in bad {
+    for (m, needle, code) in bad {
         let e = core.apply(&m).expect_err(&format!("{m:?} was accepted"));
-        assert!(e.contains(needle), "`{e}` should mention `{needle}`");
+        assert!(
+            e.to_string().contains(needle),
+            "`{e}` should mention `{needle}`"
+        );
+        assert_eq!(e.code(), code, "{e}");
     }
     let after = core.state();
     assert_eq!(before.knobs, after.knobs);

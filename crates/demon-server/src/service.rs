@@ -133,25 +133,6 @@ fn internal(e: tokio::task::JoinError) -> ApiError {
     ApiError::new(ErrorCode::Internal, format!("internal error: {e}"))
 }
 
-/// Until `SessionHandle` reports `SessionError`s (demon-live is switching), its String errors
-/// classified by the sentences it uses.
-fn legacy(e: String) -> ApiError {
-    let code = if e.starts_with("unknown knob") {
-        ErrorCode::UnknownKnob
-    } else if e.contains("is not a curve parameter") {
-        ErrorCode::UnknownCurve
-    } else if e.starts_with("the session is busy") {
-        ErrorCode::Busy
-    } else if e.starts_with("the session has stopped") || e.contains("disconnected") {
-        ErrorCode::Stopped
-    } else if e.starts_with("timed out") {
-        ErrorCode::Timeout
-    } else {
-        ErrorCode::BadValue
-    };
-    ApiError::new(code, e)
-}
-
 impl Service {
     pub fn new(handle: SessionHandle, opts: ServerOptions, hooks: Hooks) -> Self {
         let midi = MidiMap::load(&opts.midi_map);
@@ -348,8 +329,7 @@ impl Service {
         let tick =
             tokio::task::spawn_blocking(move || svc.handle.control(origin.id(), message, timeout))
                 .await
-                .map_err(internal)?
-                .map_err(legacy)?;
+                .map_err(internal)??;
         Ok(ControlAck {
             tick,
             latency_ms: t0.elapsed().as_secs_f64() * 1000.0,
@@ -359,7 +339,7 @@ impl Service {
 
     /// Send without waiting for the answer (MIDI's callback thread must not block).
     pub fn send(&self, origin: Origin, message: ControlMessage) -> Result<(), ApiError> {
-        self.handle.send(origin.id(), message).map_err(legacy)
+        Ok(self.handle.send(origin.id(), message)?)
     }
 
     /// Decode an upload completely, then make it the source; a bad file leaves the old source.
@@ -405,8 +385,7 @@ impl Service {
         let svc = self.clone();
         tokio::task::spawn_blocking(move || svc.handle.start_recording(&path, false))
             .await
-            .map_err(internal)?
-            .map_err(legacy)?;
+            .map_err(internal)??;
         Ok(RecordingStarted { recording: name })
     }
 
@@ -415,8 +394,7 @@ impl Service {
         let svc = self.clone();
         let stopped = tokio::task::spawn_blocking(move || svc.handle.stop_recording())
             .await
-            .map_err(internal)?
-            .map_err(legacy)?;
+            .map_err(internal)??;
         Ok(match stopped {
             Some((path, seconds)) => RecordingStopped {
                 url: path

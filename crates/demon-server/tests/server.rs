@@ -47,7 +47,7 @@ fn hooks() -> Hooks {
             let t =
                 candle_core::Tensor::from_vec(song.latent, (1, 200, 64), &candle_core::Device::Cpu)
                     .map_err(SessionError::from)?;
-            demon_live::core::latent_spec(spec, &t).map_err(|e| bad(&e))
+            demon_live::core::latent_spec(spec, &t)
         }),
         library: vec!["library:funk:0".into()],
         render_offline: Arc::new(|_| {
