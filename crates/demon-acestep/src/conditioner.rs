@@ -3,9 +3,17 @@
 //! timbre, caption), the FSQ tokenizer/detokenizer for structure hints, and the silence latent.
 //!
 //! Context layout (acestep.md §8 item 3): `[hint (C) | chunk mask (C)]`, `Cc = 2C = 128`.
+//!
+//! References: the timbre token comes from a reference latent of its own (upstream's
+//! `refer_audio`, §1.4), the structure context from the FSQ hint of another (§2.5); either may be
+//! the playing source or a separate piece of audio, of any length. The prompt's bpm, key, time
+//! signature, duration, lyrics and language go into the caption and lyric prompts (§1.2–§1.3), and
+//! its task (`Prompt::task`, else [`AceStepConditioner::task`]) picks the instruction.
 
 use candle_core::Tensor;
 use demon_engine::{Conditioner, Conditioning, EngineError, Prompt};
+
+use crate::dit::cache::ContentKey;
 
 use crate::condition::ConditionEncoder;
 use crate::config::{DitConfig, TextEncoderConfig};
@@ -28,8 +36,12 @@ pub struct AceStepConditioner {
     silence: Tensor,
     /// Timbre token `[1, 1, H]` in use: the silence latent's (computed once) or a reference's.
     timbre: Option<Tensor>,
-    /// Task whose instruction `Conditioner::condition` writes into the prompt.
+    /// Task whose instruction `Conditioner::condition` writes into the prompt when the prompt
+    /// names none (`Prompt::task`).
     pub task: Task,
+    /// The last structure reference's FSQ hint, `[1, T, C]`, by content (a hint costs a
+    /// tokenizer and a detokenizer pass; a live session asks for the same one every submission).
+    hint_memo: Option<(ContentKey, Tensor)>,
     cfg: DitConfig,
 }
 
@@ -74,6 +86,7 @@ impl AceStepConditioner {
             silence,
             timbre: None,
             task: Task::Text2Music,
+            hint_memo: None,
             cfg: cfg.clone(),
         })
     }
@@ -120,29 +133,45 @@ impl AceStepConditioner {
         Ok(t)
     }
 
-    /// Use the timbre of reference latents `[1, T, C]` (first 30 s, repeated when shorter), or
-    /// go back to the silence latent's with `None`.
+    /// Use the timbre of the reference latent `[1, T, C]` (any length; see
+    /// [`AceStepConditioner::timbre_input`]), or go back to the silence latent's with `None`.
     pub fn set_reference_timbre(&mut self, latent: Option<&Tensor>) -> Result<()> {
         self.timbre = match latent {
             None => None,
-            Some(l) => {
-                let (b, t, c) = l.dims3()?;
-                if b != 1 || t == 0 || c != self.cfg.timbre_hidden_dim {
-                    return Err(AceStepError::input(format!(
-                        "reference latent must be [1, T, {}]",
-                        self.cfg.timbre_hidden_dim
-                    )));
-                }
-                let fix = self.cfg.timbre_fix_frame;
-                let x = if t >= fix {
-                    l.narrow(1, 0, fix)?
-                } else {
-                    l.repeat((1, fix.div_ceil(t), 1))?.narrow(1, 0, fix)?
-                };
-                Some(self.encoder.encode_timbre(&x)?)
-            }
+            Some(l) => Some(self.encoder.encode_timbre(&self.timbre_input(l)?)?),
         };
         Ok(())
+    }
+
+    /// The timbre encoder's input `[1, timbre_fix_frame, C]` (30 s) from a reference `[1, T, C]`:
+    /// upstream repeats the clip to at least 30 s and joins three 10 s slices from its front,
+    /// middle and back, drawn at random; here the slices are fixed (the start of the front third,
+    /// the centre of the middle third, the end of the back third), so a reference always gives
+    /// the same token. Exactly 30 s gives the clip itself.
+    pub fn timbre_input(&self, latent: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = latent.dims3()?;
+        if b != 1 || t == 0 || c != self.cfg.timbre_hidden_dim {
+            return Err(AceStepError::input(format!(
+                "reference latent must be [1, T, {}] with T > 0, got {:?}",
+                self.cfg.timbre_hidden_dim,
+                latent.dims()
+            )));
+        }
+        let fix = self.cfg.timbre_fix_frame;
+        let x = if t >= fix {
+            latent.clone()
+        } else {
+            latent.repeat((1, fix.div_ceil(t), 1))?
+        };
+        let n = x.dim(1)?;
+        let seg = fix / 3;
+        let last = fix - 2 * seg;
+        let third = n / 3;
+        let front = x.narrow(1, 0, seg)?;
+        // n ≥ fix, so each third holds at least one slice.
+        let middle = x.narrow(1, third + (third - seg) / 2, seg)?;
+        let back = x.narrow(1, n - last, last)?;
+        Ok(Tensor::cat(&[&front, &middle, &back], 1)?)
     }
 
     /// Token ids of the caption and lyric prompts for `prompt` under `task`. A random-weight
@@ -200,6 +229,40 @@ impl AceStepConditioner {
         round_trip(tok, detok, latent, &self.silence)
     }
 
+    /// The structure hint `[1, frames, C]` of a reference latent `[1, T, C]` of any length: the
+    /// FSQ round trip of its first `frames` frames, padded with silence when it is shorter
+    /// (upstream crops or pads a cover hint the same way). The last reference's hint is kept, so
+    /// asking again for the same one costs nothing.
+    pub fn structure_hint(&mut self, latent: &Tensor, frames: usize) -> Result<Tensor> {
+        let c = self.cfg.audio_acoustic_hidden_dim;
+        let t = match latent.dims() {
+            [1, t, cc] if *cc == c && *t > 0 => *t,
+            d => {
+                return Err(AceStepError::input(format!(
+                    "structure latent must be [1, T, {c}] with T > 0, got {d:?}"
+                )));
+            }
+        };
+        if frames == 0 {
+            return Err(AceStepError::input("latent length is zero"));
+        }
+        let used = latent.narrow(1, 0, t.min(frames))?;
+        let key = ContentKey::of(&used, None)?;
+        if let Some((k, hint)) = &self.hint_memo
+            && *k == key
+            && hint.dim(1)? == frames
+        {
+            return Ok(hint.clone());
+        }
+        let mut hint = self.fsq_hint(&used)?;
+        if t < frames {
+            let fill = self.silence(frames)?.narrow(1, t, frames - t)?;
+            hint = Tensor::cat(&[&hint, &fill], 1)?;
+        }
+        self.hint_memo = Some((key, hint.clone()));
+        Ok(hint)
+    }
+
     /// 25 Hz hint `[1, frames, C]` from 5 Hz audio codes (e.g. from the 5 Hz LM): symmetric FSQ
     /// decode, detokenizer, then cropped or padded with silence to `frames` (acestep.md §1.6).
     pub fn hint_from_codes(&self, codes: &[i64], frames: usize) -> Result<Tensor> {
@@ -243,19 +306,23 @@ impl AceStepConditioner {
 }
 
 impl Conditioner for AceStepConditioner {
+    /// The prompt's task when it names one, else [`AceStepConditioner::task`].
     fn condition(&mut self, prompt: &Prompt) -> demon_engine::Result<Conditioning> {
-        Ok(self.condition_for(prompt, self.task)?)
+        let task = prompt.task.map(Task::from).unwrap_or(self.task);
+        Ok(self.condition_for(prompt, task)?)
     }
 
-    /// The timbre token from `reference` (its first 30 s) instead of the silence latent.
+    /// The timbre token of `reference` (any length, [`AceStepConditioner::timbre_input`])
+    /// instead of the one in use; the one in use is kept for later calls.
     fn condition_with_timbre(
         &mut self,
         prompt: &Prompt,
         reference: &Tensor,
     ) -> demon_engine::Result<Conditioning> {
+        let task = prompt.task.map(Task::from).unwrap_or(self.task);
         let saved = self.timbre.clone();
         self.set_reference_timbre(Some(reference))?;
-        let c = self.condition_for(prompt, self.task);
+        let c = self.condition_for(prompt, task);
         self.timbre = saved;
         Ok(c?)
     }
@@ -275,8 +342,9 @@ impl Conditioner for AceStepConditioner {
         self.cfg.context_channels()
     }
 
-    /// `[lerp(silence[:T], fsq_hint(structure), strength) | ones]`; `None` gives the neutral
-    /// `[silence[:T] | ones]`.
+    /// `[lerp(silence[:T], hint, strength) | ones]` with the hint of
+    /// [`AceStepConditioner::structure_hint`] (a structure of any length); `None` gives the
+    /// neutral `[silence[:T] | ones]`.
     fn context(
         &mut self,
         structure: Option<&Tensor>,
@@ -295,14 +363,7 @@ impl Conditioner for AceStepConditioner {
         let silence = self.silence(frames)?;
         let src = match structure {
             Some(s) if strength > 0.0 => {
-                if s.dims() != [1, frames, self.cfg.audio_acoustic_hidden_dim] {
-                    return Err(EngineError::shape(
-                        "structure latent",
-                        format!("[1, {frames}, {}]", self.cfg.audio_acoustic_hidden_dim),
-                        format!("{:?}", s.dims()),
-                    ));
-                }
-                let hint = self.fsq_hint(s)?;
+                let hint = self.structure_hint(s, frames)?;
                 if strength >= 1.0 {
                     hint
                 } else {

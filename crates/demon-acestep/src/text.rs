@@ -26,6 +26,16 @@ pub enum Task {
     Repaint,
 }
 
+impl From<demon_engine::GenerationTask> for Task {
+    fn from(t: demon_engine::GenerationTask) -> Self {
+        match t {
+            demon_engine::GenerationTask::TextToMusic => Task::Text2Music,
+            demon_engine::GenerationTask::Cover => Task::Cover,
+            demon_engine::GenerationTask::Repaint => Task::Repaint,
+        }
+    }
+}
+
 impl Task {
     /// Upstream `TASK_INSTRUCTIONS` (acestep.md §1.2).
     pub fn instruction(self) -> &'static str {
@@ -209,6 +219,7 @@ mod tests {
             time_signature: Some(4),
             language: None,
             duration_s: Some(12.9),
+            task: None,
         };
         let (t, l) = format_prompt(&p, Task::Text2Music);
         assert_eq!(

@@ -134,7 +134,14 @@ fn repaint_context_and_structure_context() {
     let want = ((cond.silence(12).unwrap() * 0.5).unwrap() + (hint * 0.5).unwrap()).unwrap();
     assert!(max_abs_diff(&half.narrow(2, 0, 8).unwrap(), &want) < 1e-6);
     assert!(cond.context(Some(&source), 12, 1.5).is_err());
-    assert!(cond.context(Some(&source), 11, 1.0).is_err());
+    // A structure of another length than the song (a separate reference, issue 12) is cropped
+    // (or padded with silence) to the song's frames instead of refused.
+    let cropped = cond.context(Some(&source), 11, 1.0).unwrap();
+    assert_eq!(cropped.dims(), &[1, 11, 16]);
+    assert_eq!(
+        bits(&cropped.narrow(2, 0, 8).unwrap()),
+        bits(&cond.fsq_hint(&source.narrow(1, 0, 11).unwrap()).unwrap())
+    );
     // Audio codes (5 Hz) → hint: the reference detokenizer output of the same codes.
     let r = load("reference.safetensors");
     let codes: Vec<i64> = ids(&r["fsq_indices"]).into_iter().map(i64::from).collect();

@@ -265,6 +265,21 @@ pub trait Codec: Send {
     }
 }
 
+/// What a generation does with its source, for backends whose conditioning depends on it
+/// (ACE-Step writes another instruction into the prompt for each task, acestep.md §1.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GenerationTask {
+    /// A new song from the text (the source, if any, is only blended by the engine).
+    #[default]
+    TextToMusic,
+    /// A new rendition of the source's structure (DEMON's live loop plays this task, with
+    /// `[Instrumental]` lyrics, whenever a source is playing).
+    Cover,
+    /// Regenerate a region of the source.
+    Repaint,
+}
+
 /// What a performer asks for.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -279,6 +294,11 @@ pub struct Prompt {
     pub language: Option<String>,
     /// Song length the prompt describes.
     pub duration_s: Option<f32>,
+    /// The task the conditioning is for; `None` leaves it to the conditioner (ACE-Step's
+    /// conditioner has its own default, text-to-music). A front end that plays a source sets
+    /// `Cover` (DEMON's live loop does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<GenerationTask>,
 }
 
 impl Prompt {
@@ -313,6 +333,16 @@ impl Prompt {
         if self.lyrics.len() > 65536 {
             return Err(EngineError::param("lyrics", "longer than 65536 bytes"));
         }
+        if let Some(l) = &self.language
+            && l.len() > 64
+        {
+            return Err(EngineError::param("language", "longer than 64 bytes"));
+        }
+        if let Some(k) = &self.key
+            && k.len() > 64
+        {
+            return Err(EngineError::param("key", "longer than 64 bytes"));
+        }
         Ok(())
     }
 }
@@ -321,8 +351,9 @@ impl Prompt {
 pub trait Conditioner: Send {
     /// Encode a prompt.
     fn condition(&mut self, prompt: &Prompt) -> Result<Conditioning>;
-    /// Encode a prompt with the timbre of `reference` (a `[1, T, C]` latent). Backends without
-    /// a timbre input return the plain conditioning.
+    /// Encode a prompt with the timbre of `reference` (a `[1, T, C]` latent of any length, a
+    /// separate reference or the playing source). Backends without a timbre input return the
+    /// plain conditioning.
     fn condition_with_timbre(
         &mut self,
         prompt: &Prompt,
@@ -336,7 +367,10 @@ pub trait Conditioner: Send {
     /// Channels of the context tensor.
     fn context_channels(&self) -> usize;
     /// `[1, frames, Cc]` context: the neutral context lerped toward the structure of `structure`
-    /// (a `[1, frames, C]` latent) by `strength ∈ [0, 1]`; `None` gives the neutral context.
+    /// by `strength ∈ [0, 1]`; `None` gives the neutral context. `structure` is a `[1, T, C]`
+    /// latent (the playing source, or a separate structure reference); backends say what they do
+    /// when `T ≠ frames` (ACE-Step crops it or pads it with silence, as upstream does with a
+    /// cover hint).
     fn context(
         &mut self,
         structure: Option<&Tensor>,

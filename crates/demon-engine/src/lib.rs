@@ -26,7 +26,7 @@ pub mod wavelet;
 
 pub use backend::{
     AdapterInfo, Adapters, Audio, BackendSet, Codec, Conditioner, Conditioning, DenoiseBatch,
-    Denoiser, Prompt,
+    Denoiser, GenerationTask, Prompt,
 };
 pub use curve::{Curve, CurveOp, CurveSpec};
 pub use error::{EngineError, Result};

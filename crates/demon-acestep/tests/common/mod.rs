@@ -75,6 +75,7 @@ pub fn fixture_prompt() -> demon_engine::Prompt {
         time_signature: Some(p["timesignature"].as_u64().unwrap() as u32),
         language: Some(p["language"].as_str().unwrap().into()),
         duration_s: Some(p["duration"].as_f64().unwrap() as f32),
+        task: None,
     }
 }
 
