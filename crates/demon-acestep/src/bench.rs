@@ -534,6 +534,7 @@ pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<
                 t: (0..b).map(|i| 1.0 - 0.1 * i as f32).collect(),
                 conditions: conds[..b].iter().collect(),
                 contexts: rows[..b].iter().map(|r| &r.1).collect(),
+                sources: Vec::new(),
             };
             // Warm-up: fills the cross K/V cache and the workspace, as in steady state.
             let out = den.velocity(&batch)?;

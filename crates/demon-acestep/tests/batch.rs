@@ -36,6 +36,7 @@ fn rows_are_independent_of_the_batch() {
                     t: vec![ts[i]],
                     conditions: vec![&conds[i]],
                     contexts: vec![&ctxs[i]],
+                    sources: Vec::new(),
                 })
                 .unwrap();
             bits(&v)
@@ -50,6 +51,7 @@ fn rows_are_independent_of_the_batch() {
             t: rows.iter().map(|&i| ts[i]).collect(),
             conditions: rows.iter().map(|&i| &conds[i]).collect(),
             contexts: rows.iter().map(|&i| &ctxs[i]).collect(),
+            sources: Vec::new(),
         };
         let v = den.velocity(&batch).unwrap();
         for (k, &i) in rows.iter().enumerate() {

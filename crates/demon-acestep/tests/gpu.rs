@@ -148,6 +148,7 @@ fn gpu_rows_are_independent_of_the_batch() {
             t: rows.iter().map(|&i| 1.0 - 0.2 * i as f32).collect(),
             conditions: rows.iter().map(|&i| &conds[i]).collect(),
             contexts: rows.iter().map(|&i| &ctxs[i]).collect(),
+            sources: Vec::new(),
         })
         .unwrap()
     };

@@ -51,6 +51,7 @@ fn both_layouts_give_byte_identical_outputs() {
             t: vec![0.75],
             conditions: vec![&ca],
             contexts: vec![&ctx_a],
+            sources: Vec::new(),
         })
         .unwrap();
     let vb = b
@@ -60,6 +61,7 @@ fn both_layouts_give_byte_identical_outputs() {
             t: vec![0.75],
             conditions: vec![&cb],
             contexts: vec![&ctx_b],
+            sources: Vec::new(),
         })
         .unwrap();
     assert_eq!(bits(&va), bits(&vb), "velocity");

@@ -117,6 +117,7 @@ fn strength_changes_never_reread_base_weights() {
                 t: vec![0.5],
                 conditions: vec![&cond],
                 contexts: vec![&ctx],
+                sources: Vec::new(),
             })
             .unwrap(),
         )

@@ -63,6 +63,7 @@ fn cover_switches_conditions_part_way() {
                 t: vec![ts[k]],
                 conditions: vec![c],
                 contexts: vec![ctx],
+                sources: Vec::new(),
             })
             .unwrap();
         let next = if k + 1 < 8 { ts[k + 1] } else { 0.0 };

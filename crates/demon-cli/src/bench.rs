@@ -36,9 +36,11 @@ pub struct BenchArgs {
     /// Measure nothing: redraw `--plot` from a report saved with `--json`.
     #[arg(long, value_name = "REPORT.json", requires = "plot")]
     pub plot_from: Option<std::path::PathBuf>,
-    /// Measurements to run (comma separated): render, ticks, propagation, decode, model.
-    /// Default: all but model for the sketch backend; model for ACE-Step (the others take hours
-    /// on a CPU with a full-size model; ask for them by name).
+    /// Measurements to run (comma separated): render, ticks, propagation, decode, model,
+    /// denoise_curve. Default: render, ticks, propagation and decode for the sketch backend;
+    /// model for ACE-Step (the others take hours on a CPU with a full-size model; ask for them
+    /// by name). denoise_curve (similarity to the source against denoise 0, 0.1, …, 1 for a
+    /// library song, a re-encoded render and a sox recording) runs only when asked for.
     #[arg(long, value_delimiter = ',')]
     pub only: Option<Vec<String>>,
     /// Model section: sizes (turbo-2b, xl-turbo). With none of --model-sizes, --model-seconds
@@ -147,7 +149,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .map(String::from)
             .to_vec(),
     };
-    const SECTIONS: [&str; 5] = ["render", "ticks", "propagation", "decode", "model"];
+    const SECTIONS: [&str; 6] = [
+        "render",
+        "ticks",
+        "propagation",
+        "decode",
+        "model",
+        "denoise_curve",
+    ];
     if let Some(bad) = sections.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
         bail!(
             "unknown bench section `{bad}` (use {})",
@@ -163,7 +172,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "the model section measures ACE-Step: use --backend acestep (with --weights DIR or --random-model SIZE)"
         );
     }
-    let engine_sections: Vec<String> = sections.iter().filter(|s| *s != "model").cloned().collect();
+    let wants_curve = sections.iter().any(|s| s == "denoise_curve");
+    let engine_sections: Vec<String> = sections
+        .iter()
+        .filter(|s| *s != "model" && *s != "denoise_curve")
+        .cloned()
+        .collect();
     let quiet = args.json;
     let mut log = |m: &str| {
         if !quiet {
@@ -195,6 +209,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(cfg) => Some(model_bench(cfg, &mut log)?),
         None => None,
     };
+    let curve = if wants_curve {
+        Some(denoise_curves(&args, &mut log)?)
+    } else {
+        None
+    };
     if args.json {
         let mut out = match &report {
             Some(r) => serde_json::to_value(r)?,
@@ -208,6 +227,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             obj.entry("engine_overhead_share").or_insert(Value::Null);
             obj.insert("model".into(), serde_json::to_value(m)?);
         }
+        if let (Some(c), Some(obj)) = (&curve, out.as_object_mut()) {
+            obj.insert("denoise_curve".into(), serde_json::to_value(c)?);
+        }
         if let Some(p) = &args.plot
             && let Some(r) = &report
         {
@@ -218,6 +240,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if let Some(m) = &model {
         print_model(m);
+    }
+    if let Some(c) = &curve {
+        print_curves(c);
     }
     let Some(report) = report else {
         return Ok(());
@@ -282,6 +307,79 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The sox recording of the denoise curve (`make-sox-groove.sh` beside it made it).
+const SOX_GROOVE: &[u8] = include_bytes!("../../demon-sketch/tests/fixtures/sox-groove.flac");
+
+/// The denoise-curve section: a library song (sketch only), a re-encoded render of another
+/// prompt and a sox recording, each re-generated at denoise 0, 0.1, …, 1 with the bench's
+/// prompt and steps.
+fn denoise_curves(
+    args: &BenchArgs,
+    log: &mut dyn FnMut(&str),
+) -> Result<demon_live::denoise_curve::CurveReport> {
+    use demon_live::denoise_curve as dc;
+    let mut backend = backends::build(&args.backend)?;
+    let defaults = dc::CurveConfig::default();
+    let cfg = dc::CurveConfig {
+        spec: demon_live::RenderSpec {
+            prompt: Prompt::tags(args.prompt.clone()),
+            steps: args.steps,
+            ..defaults.spec
+        },
+        ..defaults
+    };
+    let mut sources = Vec::new();
+    if backend.name == "sketch" {
+        let cond = demon_sketch::SketchConditioner::default().read(&cfg.spec.prompt)?;
+        let style = cond.dominant_style();
+        let latent =
+            demon_sketch::SketchDenoiser::default().library_song(&cond, style, 1, cfg.frames)?;
+        let name = format!("library song {} #1", style.name());
+        sources.push(dc::latent_source(&mut backend, &name, latent)?);
+    }
+    sources.push(dc::rendered_source(&mut backend, "funk", 77, cfg.frames)?);
+    let recording = demon_audio::decode_bytes(
+        SOX_GROOVE.to_vec(),
+        "sox-groove.flac",
+        demon_audio::LoadLimits::default(),
+    )?
+    .to_stereo(backend.codec.sample_rate());
+    sources.push(dc::recorded_source(
+        &mut backend,
+        "sox recording (sox-groove.flac)",
+        &recording,
+        cfg.frames,
+    )?);
+    Ok(dc::run(&mut backend, &sources, &cfg, log)?)
+}
+
+fn print_curves(r: &demon_live::denoise_curve::CurveReport) {
+    println!(
+        "denoise curve: \"{}\", {} steps, {} takes per point, {:.0} s sources; correlation with the source (envelope / chroma)",
+        r.config.spec.prompt.tags,
+        r.config.spec.steps,
+        r.config.spec.takes,
+        r.config.frames as f64 / demon_live::denoise_curve::FRAMES_PER_SECOND
+    );
+    for c in &r.curves {
+        println!(
+            "  {} (codec round trip {:.2} / {:.2}):",
+            c.source, c.codec_envelope_correlation, c.codec_chroma_correlation
+        );
+        let row: Vec<String> = c
+            .points
+            .iter()
+            .map(|p| {
+                format!(
+                    "{:.1}: {:.2}/{:.2}",
+                    p.denoise, p.envelope_correlation, p.chroma_correlation
+                )
+            })
+            .collect();
+        println!("    {}", row.join("  "));
+    }
 }
 
 fn write_plot(p: &std::path::Path, report: &demon_live::bench::BenchReport) -> Result<()> {

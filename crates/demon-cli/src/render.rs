@@ -325,6 +325,7 @@ pub fn load_source(
             minor: false,
             brightness: 0.0,
             energy: 0.0,
+            timbre: None,
         }
         .dominant_style();
         let cond = demon_sketch::SketchConditioner::default().read(prompt)?;

@@ -119,11 +119,21 @@ pub struct DenoiseBatch<'a> {
     pub conditions: Vec<&'a Conditioning>,
     /// `[1, T, Cc]` structural context of each row (for ACE-Step: hint ‖ chunk mask).
     pub contexts: Vec<&'a Tensor>,
+    /// `[1, T, C]` clean source latent each row's trajectory started from (partial denoising:
+    /// `x_{t₀} = t₀·ε + (1 − t₀)·source`), `None` for a row that started from pure noise. Models
+    /// may use it as data (the sketch's source-edit mixture; ACE-Step's cover input); most
+    /// ignore it. Empty means no row has a source (callers that build batches by hand).
+    pub sources: Vec<Option<&'a Tensor>>,
 }
 
 impl DenoiseBatch<'_> {
     pub fn rows(&self) -> usize {
         self.t.len()
+    }
+
+    /// The source of row `i`, if it has one.
+    pub fn source(&self, i: usize) -> Option<&Tensor> {
+        self.sources.get(i).copied().flatten()
     }
 }
 

@@ -153,6 +153,9 @@ struct Slot {
     own: ResolvedCurves,
     submitted_tick: u64,
     started_tick: u64,
+    /// The initial state holds the clean source (`t₀·ε + (1 − t₀)·source` with t₀ < 1, or the
+    /// initial-noise curve's mix): the denoiser is told so through `DenoiseBatch::sources`.
+    from_source: bool,
 }
 
 /// The seven per-step curves as knobs (converted once).
@@ -516,14 +519,17 @@ impl StreamPipeline {
         let schedule = self.schedules.get(params)?;
         let (t, c) = (req.frames, self.latent_channels);
         let noise = normal_tensor(req.seed, NoiseStream::Initial, t, c, &self.device)?;
-        let x = match (req.clean_source(), &req.initial_noise_curve) {
-            (Some(src), Some(curve)) => {
-                solver::mix(&noise, src, &Knob::from_curve(curve, t, &self.device)?)?
-            }
-            (Some(src), None) if params.denoise < 1.0 => {
-                solver::renoise(src, &noise, schedule.t_start())?
-            }
-            _ => noise.clone(),
+        let (x, from_source) = match (req.clean_source(), &req.initial_noise_curve) {
+            (Some(src), Some(curve)) => (
+                solver::mix(&noise, src, &Knob::from_curve(curve, t, &self.device)?)?,
+                true,
+            ),
+            (Some(src), None) if params.denoise < 1.0 => (
+                solver::renoise(src, &noise, schedule.t_start())?,
+                // At t₀ = 1 (a denoise that rounds to the full schedule) the state is pure noise.
+                schedule.t_start() < 1.0,
+            ),
+            _ => (noise.clone(), false),
         };
         let mask_noise = match &req.latent_mask {
             Some(_) => Some(normal_tensor(
@@ -554,6 +560,7 @@ impl StreamPipeline {
             own,
             submitted_tick: q.submitted_tick,
             started_tick: self.stats.ticks,
+            from_source,
         })
     }
 
@@ -708,6 +715,7 @@ impl StreamPipeline {
             let mut conditions = Vec::with_capacity(live.len());
             let mut contexts = Vec::with_capacity(live.len());
             let mut t = Vec::with_capacity(live.len());
+            let mut sources = Vec::with_capacity(live.len());
             for &r in &live {
                 let (k, c) = rows[r];
                 let s = &self.slots[idx[k]];
@@ -719,12 +727,14 @@ impl StreamPipeline {
                 conditions.push(&conds[c].conditioning);
                 contexts.push(conds[c].context.as_ref().unwrap_or(&s.req.context));
                 t.push(pre[k].t);
+                sources.push(s.req.clean_source().filter(|_| s.from_source));
             }
             let batch = DenoiseBatch {
                 x,
                 t,
                 conditions,
                 contexts,
+                sources,
             };
             let call = Instant::now();
             let v = denoiser.velocity(&batch)?;

@@ -9,6 +9,7 @@ pub mod bus;
 pub mod control;
 pub mod core;
 pub mod decode;
+pub mod denoise_curve;
 pub mod error;
 pub mod loopbuf;
 pub mod perform;

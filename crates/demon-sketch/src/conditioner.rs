@@ -1,23 +1,114 @@
-//! `SketchConditioner`: prompt → conditioning for the sketch denoiser.
+//! `SketchConditioner`: prompt → conditioning for the sketch denoiser, and a reference's
+//! structure → context.
 //!
 //! The conditioning is one token of [`TOKEN_WIDTH`] numbers: the style probabilities, tempo,
-//! key and mood preferences. Lerping two conditionings (the engine's prompt crossfade) mixes the
-//! style priors, which is exactly a prompt blend for a mixture model.
+//! key and mood preferences, and an optional timbre: the voice parameters of a reference (the
+//! time means of its [`TIMBRE_CHANNELS`]: levels, brightness, lead waveform, reverb, width,
+//! pump), stored premultiplied by their weight. Lerping two conditionings (the engine's prompt
+//! crossfade, the live session's timbre fader) mixes the style priors, which is exactly a prompt
+//! blend for a mixture model, and scales the timbre's weight, which is exactly a timbre fader:
+//! the denoiser plays its library with the voice moved that far toward the reference's.
+//!
+//! The context is the structure of a reference: its rhythm and harmony channels
+//! ([`STRUCTURE_CHANNELS`]: chord, bass and lead pitch classes, note and drum onsets), looped
+//! to the song's length and scaled by the strength; the denoiser favours library material that
+//! agrees with it (DEMON's structure hint, ACE-Step's FSQ hint of the reference).
 
 use candle_core::{Device, Tensor};
 use demon_engine::{Conditioner, Conditioning, EngineError, Prompt, Result};
 
-use crate::layout::CHANNELS;
+use crate::layout::*;
 use crate::style::{STYLE_COUNT, Style, parse_key, read_prompt};
 
+/// The latent channels that describe a voice rather than notes and rhythm.
+pub const TIMBRE_CHANNELS: [usize; 11] = [
+    PAD_LEVEL,
+    BASS_LEVEL,
+    LEAD_LEVEL,
+    DRUM_LEVEL,
+    PAD_BRIGHT,
+    BASS_BRIGHT,
+    LEAD_SHAPE,
+    STAB_LEVEL,
+    REVERB,
+    WIDTH,
+    PUMP,
+];
+
+/// The latent channels that carry rhythm and harmony: the structure a reference lends.
+pub const STRUCTURE_CHANNELS: [usize; 44] = structure_channels();
+
+const fn structure_channels() -> [usize; 44] {
+    let mut out = [0usize; 44];
+    let mut i = 0;
+    while i < LEAD_OCTAVE {
+        out[i] = i; // chord, bass and lead pitch classes
+        i += 1;
+    }
+    let onsets = [
+        BASS_ON.onset,
+        LEAD_ON.onset,
+        KICK.onset,
+        SNARE.onset,
+        HAT.onset,
+        OPEN_HAT.onset,
+        CLAP.onset,
+        STAB.onset,
+    ];
+    let mut k = 0;
+    while k < onsets.len() {
+        out[i + k] = onsets[k];
+        k += 1;
+    }
+    out
+}
+
 /// Width of the conditioning token.
-pub const TOKEN_WIDTH: usize = 16;
+pub const TOKEN_WIDTH: usize = TIMBRE_VALUES + TIMBRE_CHANNELS.len();
 const BPM: usize = STYLE_COUNT;
 const TONIC: usize = STYLE_COUNT + 1;
 const MINOR: usize = STYLE_COUNT + 2;
 const BRIGHT: usize = STYLE_COUNT + 3;
 const ENERGY: usize = STYLE_COUNT + 4;
 const VALID: usize = STYLE_COUNT + 5;
+/// Weight of the timbre (0 = none).
+const TIMBRE_WEIGHT: usize = STYLE_COUNT + 6;
+/// First of the timbre values (weight × reference mean per timbre channel).
+const TIMBRE_VALUES: usize = 16;
+
+/// A reference's voice and how strongly it applies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timbre {
+    /// In (0, 1].
+    pub weight: f32,
+    /// Time mean of each of the reference's [`TIMBRE_CHANNELS`].
+    pub voice: [f32; TIMBRE_CHANNELS.len()],
+}
+
+impl Timbre {
+    /// The voice of a `[T][CHANNELS]` latent, at full weight.
+    pub fn of_latent(latent: &[f32]) -> Result<Self> {
+        let frames = latent.len() / CHANNELS;
+        if frames == 0 || !latent.len().is_multiple_of(CHANNELS) {
+            return Err(EngineError::param(
+                "timbre reference",
+                format!(
+                    "needs [T, {CHANNELS}] with T ≥ 1, got {} values",
+                    latent.len()
+                ),
+            ));
+        }
+        let mut voice = [0f32; TIMBRE_CHANNELS.len()];
+        for (v, &c) in voice.iter_mut().zip(&TIMBRE_CHANNELS) {
+            let sum: f64 = (0..frames).map(|f| latent[f * CHANNELS + c] as f64).sum();
+            *v = (sum / frames as f64) as f32;
+        }
+        if voice.iter().any(|v| !v.is_finite()) {
+            return Err(EngineError::param("timbre reference", "non-finite values"));
+        }
+        Ok(Self { weight: 1.0, voice })
+    }
+}
 
 /// The decoded meaning of a sketch conditioning.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,12 +119,14 @@ pub struct SketchCondition {
     pub minor: bool,
     pub brightness: f32,
     pub energy: f32,
+    /// A reference's voice, when the conditioning carries one.
+    pub timbre: Option<Timbre>,
 }
 
 impl SketchCondition {
     /// Read the conditioning the way the denoiser does.
     pub fn from_states(values: &[f32]) -> Result<Self> {
-        if values.len() < TOKEN_WIDTH || values[VALID] < 0.5 {
+        if values.len() < TIMBRE_VALUES || values[VALID] < 0.5 {
             return Err(EngineError::Backend("not a sketch conditioning".into()));
         }
         let mut w = [0f32; STYLE_COUNT];
@@ -51,6 +144,19 @@ impl SketchCondition {
             minor: values[MINOR] >= 0.5,
             brightness: values[BRIGHT].clamp(-1.0, 1.0),
             energy: values[ENERGY].clamp(-1.0, 1.0),
+            timbre: match values.get(TIMBRE_WEIGHT) {
+                Some(&w) if w > 0.0 && values.len() >= TOKEN_WIDTH => {
+                    let mut voice = [0f32; TIMBRE_CHANNELS.len()];
+                    for (i, v) in voice.iter_mut().enumerate() {
+                        *v = (values[TIMBRE_VALUES + i] / w).clamp(-1.0, 1.0);
+                    }
+                    Some(Timbre {
+                        weight: w.min(1.0),
+                        voice,
+                    })
+                }
+                _ => None,
+            },
         })
     }
 
@@ -63,6 +169,12 @@ impl SketchCondition {
         v[BRIGHT] = self.brightness;
         v[ENERGY] = self.energy;
         v[VALID] = 1.0;
+        if let Some(t) = &self.timbre {
+            v[TIMBRE_WEIGHT] = t.weight;
+            for (i, x) in t.voice.iter().enumerate() {
+                v[TIMBRE_VALUES + i] = t.weight * x;
+            }
+        }
         v
     }
 
@@ -110,6 +222,7 @@ impl SketchConditioner {
             minor: true,
             brightness: r.brightness,
             energy: r.energy,
+            timbre: None,
         };
         let dominant = c.dominant_style();
         c.bpm = prompt.bpm.or(r.bpm).unwrap_or(dominant.default_bpm());
@@ -138,7 +251,32 @@ impl Conditioner for SketchConditioner {
         self.read(prompt)?.to_conditioning(&self.device)
     }
 
-    /// Uniform over styles, same tempo and key: "any music".
+    /// The prompt's conditioning with the voice of `reference` (`[1, T, C]`) at full weight;
+    /// the engine's lerp toward it from the plain conditioning is the timbre strength.
+    fn condition_with_timbre(
+        &mut self,
+        prompt: &Prompt,
+        reference: &Tensor,
+    ) -> Result<Conditioning> {
+        let (b, _, c) = reference.dims3()?;
+        if b != 1 || c != CHANNELS {
+            return Err(EngineError::shape(
+                "timbre reference latent",
+                format!("[1, T, {CHANNELS}]"),
+                format!("{:?}", reference.dims()),
+            ));
+        }
+        let values: Vec<f32> = reference
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?;
+        let mut cond = self.read(prompt)?;
+        cond.timbre = Some(Timbre::of_latent(&values)?);
+        cond.to_conditioning(&self.device)
+    }
+
+    /// Uniform over styles, same tempo, key and voice: "any music" (played with the same
+    /// timbre, so guidance steers the style and leaves the voice alone).
     fn null_condition(&mut self, like: &Conditioning) -> Result<Conditioning> {
         let v: Vec<f32> = like.states.flatten_all()?.to_vec1()?;
         let mut c = SketchCondition::from_states(&v)?;
@@ -152,8 +290,9 @@ impl Conditioner for SketchConditioner {
         CHANNELS
     }
 
-    /// `strength · structure`, zero when neutral: the denoiser favours library material that
-    /// correlates with it.
+    /// `strength ·` the rhythm and harmony channels of `structure` (`[1, T, C]`, any T ≥ 1,
+    /// looped to `frames`), zero elsewhere and when neutral: the denoiser favours library
+    /// material that agrees with it.
     fn context(
         &mut self,
         structure: Option<&Tensor>,
@@ -168,14 +307,23 @@ impl Conditioner for SketchConditioner {
         }
         match structure {
             Some(s) if strength > 0.0 => {
-                if s.dims() != [1, frames, CHANNELS] {
+                let (b, n, c) = s.dims3()?;
+                if b != 1 || c != CHANNELS || n == 0 {
                     return Err(EngineError::shape(
                         "structure latent",
-                        format!("[1, {frames}, {CHANNELS}]"),
+                        format!("[1, T ≥ 1, {CHANNELS}]"),
                         format!("{:?}", s.dims()),
                     ));
                 }
-                Ok(s.affine(strength as f64, 0.0)?)
+                let values: Vec<f32> = s.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+                let mut ctx = vec![0f32; frames * CHANNELS];
+                for f in 0..frames {
+                    let from = (f % n) * CHANNELS;
+                    for &ch in &STRUCTURE_CHANNELS {
+                        ctx[f * CHANNELS + ch] = strength * values[from + ch];
+                    }
+                }
+                Ok(Tensor::from_vec(ctx, (1, frames, CHANNELS), &self.device)?)
             }
             _ => Ok(Tensor::zeros(
                 (1, frames, CHANNELS),

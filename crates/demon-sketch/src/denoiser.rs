@@ -1,12 +1,30 @@
-//! `SketchDenoiser`: the exact (closed-form) optimal denoiser over the composer's library.
+//! `SketchDenoiser`: the exact (closed-form) optimal denoiser of the sketch's data model.
 //!
-//! Under flow matching, `x_t = t·ε + (1 − t)·x₀`. If x₀ is drawn from a finite library
-//! {y_j} with prior π_j, the posterior is `p(j | x_t) ∝ π_j · N(x_t; (1 − t)·y_j, t²·I)` and the
-//! optimal prediction is `x̂₀ = Σ_j p(j | x_t)·y_j`, `v = (x_t − x̂₀)/t`. The sketch evaluates
-//! this per local window of frames: frame f's posterior uses the squared distances of the
-//! frames within ±`window` of f only, so different bars can come from different songs (a patch
-//! mixture rather than whole-song memorisation). Priors come from the prompt (style
-//! probabilities, mood); the context adds a structure affinity `β·⟨context, y_j⟩`.
+//! Under flow matching, `x_t = t·ε + a·x₀` with `a = 1 − t`, and the optimal prediction is the
+//! posterior mean `x̂₀ = E[x₀ | x_t]`, `v = (x_t − x̂₀)/t`. The data model has two forms:
+//!
+//! - **Library model** (a row that starts from noise). x₀ is one of the composer's library songs
+//!   {y_j} with prior π_j: `p(j | x_t) ∝ π_j · N(x_t; a·y_j, t²·I)`, `x̂₀ = Σ_j p(j | x_t)·y_j`.
+//! - **Source-edit model** (a row that starts from a source `s`, `DenoiseBatch::sources`). x₀ is
+//!   the source in which each cell (one of [`PART_COUNT`] parts of the frame, chords, bass,
+//!   lead, drums, stabs, space, over [`CELL_FRAMES`] frames) is independently rewritten, with
+//!   prior probability q = [`REWRITE_PRIOR`], by the same cell of one library song y_j. Given j
+//!   the cells are independent, so
+//!   `p(j | x_t) ∝ π_j · Π_c [(1 − q)·N(x_c; a·s_c, t²) + q·N(x_c; a·y_jc, t²)]` and
+//!   `x̂₀_c = Σ_j p(j | x_t)·[s_c + ρ_jc·(y_jc − s_c)]`, where `ρ_jc = q·N(x_c; a·y_jc, t²) /
+//!   [(1 − q)·N(x_c; a·s_c, t²) + q·N(x_c; a·y_jc, t²)]` is the posterior probability that cell
+//!   c was rewritten. A cell is rewritten only once the noise hides how it differs from the
+//!   library, so small denoise keeps the source's own groove, harmony and tempo, and each step
+//!   of denoise hands more cells to the prompt's library: similarity to the source falls
+//!   gradually (`demon bench --only denoise_curve`). Without this the source, unless it is a
+//!   library song, is no component of the mixture and even denoise 0.05 snaps to the library.
+//!
+//! Both are evaluated per local window: frame f's posterior over j uses the frames within
+//! ±[`WINDOW`] of f only, so different bars can come from different songs (a patch mixture
+//! rather than whole-song memorisation). Priors come from the prompt (style probabilities,
+//! mood) and the style adapters; the context adds a structure affinity `β·⟨context, y_j⟩`
+//! per frame; a timbre in the conditioning moves every library song's voice channels toward
+//! the reference's (the library played with that voice).
 //!
 //! Every row of a batch is computed on its own, on the CPU, in a fixed order: results never
 //! depend on the batch.
@@ -18,7 +36,7 @@ use candle_core::{Device, Tensor};
 use demon_engine::{DenoiseBatch, Denoiser, EngineError, Result};
 
 use crate::composer::{Song, SongSpec, compose};
-use crate::conditioner::SketchCondition;
+use crate::conditioner::{SketchCondition, TIMBRE_CHANNELS, Timbre};
 use crate::layout::CHANNELS;
 use crate::style::Style;
 
@@ -26,10 +44,59 @@ use crate::style::Style;
 pub const SONGS_PER_STYLE: usize = 6;
 /// Half-width of the posterior window in frames (±0.64 s).
 pub const WINDOW: usize = 16;
-/// Weight of the structure affinity.
-const STRUCTURE_BETA: f64 = 0.004;
+/// Weight of the structure affinity, nats per unit of `⟨context, y⟩` in a frame: at strength 1
+/// a window's choice of song follows the reference's rhythm and harmony firmly (tens of nats),
+/// at small strengths it only leans.
+const STRUCTURE_BETA: f64 = 0.02;
 /// Weight of the mood preferences in the prior (nats per unit).
 const MOOD_KAPPA: f64 = 2.5;
+/// Source-edit model: prior probability that a cell of the source is rewritten by the library.
+/// With [`CELL_FRAMES`] it sets the shape of the denoise curve (`demon bench --only
+/// denoise_curve`): higher rewrites sooner and leaves less of the source near denoise 1.
+pub const REWRITE_PRIOR: f64 = 0.8;
+
+/// The parts of a frame that the source-edit model keeps or rewrites as a whole: pad chords
+/// (with the pad's level and brightness), bass, lead, drums (with their level and the pump),
+/// stabs, and the space (reverb, width).
+pub const PART_COUNT: usize = 6;
+/// Frames per cell of the source-edit model (80 ms): a cell is one part over this many frames.
+/// Longer cells hold the source to higher noise levels (their differences are larger).
+pub const CELL_FRAMES: usize = 2;
+/// The part of each latent channel.
+pub const PART_OF: [u8; CHANNELS] = part_map();
+
+const fn part_map() -> [u8; CHANNELS] {
+    use crate::layout::*;
+    let mut m = [0u8; CHANNELS];
+    let mut c = 0;
+    while c < CHANNELS {
+        m[c] = if c < BASS_PC || c == PAD_LEVEL || c == PAD_BRIGHT {
+            0
+        } else if c < LEAD_PC
+            || c == BASS_ON.onset
+            || c == BASS_ON.phase
+            || c == BASS_LEVEL
+            || c == BASS_BRIGHT
+        {
+            1
+        } else if c <= LEAD_OCTAVE
+            || c == LEAD_ON.onset
+            || c == LEAD_ON.phase
+            || c == LEAD_LEVEL
+            || c == LEAD_SHAPE
+        {
+            2
+        } else if (c >= KICK.onset && c <= CLAP.phase) || c == DRUM_LEVEL || c == PUMP {
+            3
+        } else if c == STAB.onset || c == STAB.phase || c == STAB_LEVEL {
+            4
+        } else {
+            5
+        };
+        c += 1;
+    }
+    m
+}
 
 type LibraryKey = (u32, u8, bool, usize);
 
@@ -85,7 +152,37 @@ impl SketchDenoiser {
         songs
     }
 
-    /// `x̂₀` for one row: `x` and `context` are `[T][CHANNELS]`.
+    /// Song `index` (0..[`SONGS_PER_STYLE`]) of `style` in the library at the tempo and key of
+    /// `cond`, as a `[1, frames, C]` latent: a source the library model holds exactly.
+    pub fn library_song(
+        &mut self,
+        cond: &SketchCondition,
+        style: Style,
+        index: usize,
+        frames: usize,
+    ) -> Result<Tensor> {
+        if index >= SONGS_PER_STYLE || frames == 0 {
+            return Err(EngineError::param(
+                "library song",
+                format!("song {index} of {frames} frames (songs 0..{SONGS_PER_STYLE}, frames ≥ 1)"),
+            ));
+        }
+        let songs = self.library(cond.bpm, cond.tonic, cond.minor, frames);
+        let song = songs
+            .iter()
+            .filter(|s| s.spec.style == style)
+            .nth(index)
+            .ok_or_else(|| {
+                EngineError::Backend(format!("the library has no {style:?} #{index}"))
+            })?;
+        Ok(Tensor::from_vec(
+            song.latent.clone(),
+            (1, frames, CHANNELS),
+            &self.device,
+        )?)
+    }
+
+    /// `x̂₀` for one row of the library model: `x` and `context` are `[T][CHANNELS]`.
     pub fn posterior_mean(
         &mut self,
         x: &[f32],
@@ -93,10 +190,21 @@ impl SketchDenoiser {
         cond: &SketchCondition,
         context: Option<&[f32]>,
     ) -> Vec<f32> {
+        self.posterior_mean_from(x, t, cond, context, None)
+    }
+
+    /// `x̂₀` for one row; with `source` (`[T][CHANNELS]`, the clean latent the row started
+    /// from) under the source-edit model, without it under the library model.
+    pub fn posterior_mean_from(
+        &mut self,
+        x: &[f32],
+        t: f32,
+        cond: &SketchCondition,
+        context: Option<&[f32]>,
+        source: Option<&[f32]>,
+    ) -> Vec<f32> {
         let frames = x.len() / CHANNELS;
         let songs = self.library(cond.bpm, cond.tonic, cond.minor, frames);
-        let a = (1.0 - t) as f64;
-        let inv = 1.0 / (2.0 * (t as f64).max(1e-4).powi(2));
         // Log prior per song; songs of styles the prompt excludes are skipped entirely.
         let priors: Vec<Option<f64>> = songs
             .iter()
@@ -111,59 +219,216 @@ impl SketchDenoiser {
                 Some((w / SONGS_PER_STYLE as f64).ln() + MOOD_KAPPA * mood)
             })
             .collect();
-        let live: Vec<usize> = (0..songs.len()).filter(|&j| priors[j].is_some()).collect();
-        // Windowed log-likelihoods via prefix sums of per-frame scores.
-        let mut logits = vec![0f64; live.len() * frames];
-        let mut prefix = vec![0f64; frames + 1];
-        for (k, &j) in live.iter().enumerate() {
-            let y = &songs[j].latent;
-            for f in 0..frames {
-                let row = f * CHANNELS;
-                let mut d = 0f32;
-                let mut h = 0f32;
-                for c in 0..CHANNELS {
-                    let e = x[row + c] - a as f32 * y[row + c];
-                    d += e * e;
-                }
-                if let Some(ctx) = context {
-                    for c in 0..CHANNELS {
-                        h += ctx[row + c] * y[row + c];
-                    }
-                }
-                prefix[f + 1] = prefix[f] - d as f64 * inv + STRUCTURE_BETA * h as f64;
+        let live: Vec<(usize, f64)> = priors
+            .iter()
+            .enumerate()
+            .filter_map(|(j, p)| p.map(|p| (j, p)))
+            .collect();
+        // A timbre moves each song's voice channels toward the reference's by its weight
+        // (keeping the song's own movement around its mean): the library played with that voice.
+        let voiced: Option<Vec<Vec<f32>>> = cond.timbre.as_ref().map(|tim| {
+            live.iter()
+                .map(|&(j, _)| voiced_latent(&songs[j].latent, tim))
+                .collect()
+        });
+        let songs: Vec<&[f32]> = match &voiced {
+            Some(v) => v.iter().map(|y| &y[..]).collect(),
+            None => live.iter().map(|&(j, _)| &songs[j].latent[..]).collect(),
+        };
+        let priors: Vec<f64> = live.iter().map(|&(_, p)| p).collect();
+        match source {
+            Some(src) if src.len() == x.len() => {
+                source_edit_mean(x, t, &songs, &priors, context, src)
             }
-            let prior = priors[j].unwrap_or(f64::NEG_INFINITY);
-            for f in 0..frames {
-                let lo = f.saturating_sub(WINDOW);
-                let hi = (f + WINDOW + 1).min(frames);
-                logits[k * frames + f] = prior + prefix[hi] - prefix[lo];
-            }
+            _ => library_mean(x, t, &songs, &priors, context),
         }
-        let mut x0 = vec![0f32; x.len()];
-        let mut w = vec![0f64; live.len()];
-        for f in 0..frames {
-            let m = (0..live.len())
-                .map(|k| logits[k * frames + f])
-                .fold(f64::NEG_INFINITY, f64::max);
-            let mut z = 0f64;
-            for k in 0..live.len() {
-                w[k] = (logits[k * frames + f] - m).exp();
-                z += w[k];
-            }
-            let row = f * CHANNELS;
-            for (k, &j) in live.iter().enumerate() {
-                let wk = (w[k] / z) as f32;
-                if wk < 1e-7 {
-                    continue;
-                }
-                let y = &songs[j].latent[row..row + CHANNELS];
-                for c in 0..CHANNELS {
-                    x0[row + c] += wk * y[c];
-                }
-            }
-        }
-        x0
     }
+}
+
+/// `y` (`[T][CHANNELS]`) with each timbre channel shifted by `weight · (voice − its time mean)`,
+/// clamped to the latent range.
+fn voiced_latent(y: &[f32], timbre: &Timbre) -> Vec<f32> {
+    let frames = y.len() / CHANNELS;
+    let mut out = y.to_vec();
+    for (&c, &target) in TIMBRE_CHANNELS.iter().zip(&timbre.voice) {
+        let mean = (0..frames).map(|f| y[f * CHANNELS + c] as f64).sum::<f64>() / frames as f64;
+        let shift = timbre.weight * (target - mean as f32);
+        for f in 0..frames {
+            let v = &mut out[f * CHANNELS + c];
+            *v = (*v + shift).clamp(-1.0, 1.0);
+        }
+    }
+    out
+}
+
+/// Per-frame structure affinity `⟨context, y⟩` of one frame.
+#[inline]
+fn affinity(context: Option<&[f32]>, y: &[f32], row: usize) -> f32 {
+    let mut h = 0f32;
+    if let Some(ctx) = context {
+        for c in 0..CHANNELS {
+            h += ctx[row + c] * y[row + c];
+        }
+    }
+    h
+}
+
+/// Frame `f`'s window posterior over the songs from the per-frame score prefix sums
+/// (`logits[k·frames + f]` = prior + the window's summed scores), normalised into `w`.
+fn window_weights(logits: &[f64], songs: usize, frames: usize, f: usize, w: &mut [f64]) {
+    let m = (0..songs)
+        .map(|k| logits[k * frames + f])
+        .fold(f64::NEG_INFINITY, f64::max);
+    let mut z = 0f64;
+    for k in 0..songs {
+        w[k] = (logits[k * frames + f] - m).exp();
+        z += w[k];
+    }
+    for v in w.iter_mut() {
+        *v /= z;
+    }
+}
+
+/// `out[i]` = `prior` + the sum of the scores (as `prefix` sums) of units `i ± half`.
+fn window_logits(prefix: &[f64], prior: f64, half: usize, out: &mut [f64]) {
+    let n = out.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        let lo = i.saturating_sub(half);
+        let hi = (i + half + 1).min(n);
+        *o = prior + prefix[hi] - prefix[lo];
+    }
+}
+
+/// The library model: x₀ is one of the library songs (per window), `x̂₀ = Σ_j p(j | x_t)·y_j`.
+fn library_mean(
+    x: &[f32],
+    t: f32,
+    songs: &[&[f32]],
+    priors: &[f64],
+    context: Option<&[f32]>,
+) -> Vec<f32> {
+    let frames = x.len() / CHANNELS;
+    let a = (1.0 - t) as f64;
+    let inv = 1.0 / (2.0 * (t as f64).max(1e-4).powi(2));
+    // Windowed log-likelihoods via prefix sums of per-frame scores.
+    let mut logits = vec![0f64; songs.len() * frames];
+    let mut prefix = vec![0f64; frames + 1];
+    for (k, y) in songs.iter().enumerate() {
+        for f in 0..frames {
+            let row = f * CHANNELS;
+            let mut d = 0f32;
+            for c in 0..CHANNELS {
+                let e = x[row + c] - a as f32 * y[row + c];
+                d += e * e;
+            }
+            let h = affinity(context, y, row);
+            prefix[f + 1] = prefix[f] - d as f64 * inv + STRUCTURE_BETA * h as f64;
+        }
+        window_logits(
+            &prefix,
+            priors[k],
+            WINDOW,
+            &mut logits[k * frames..(k + 1) * frames],
+        );
+    }
+    let mut x0 = vec![0f32; x.len()];
+    let mut w = vec![0f64; songs.len()];
+    for f in 0..frames {
+        window_weights(&logits, songs.len(), frames, f, &mut w);
+        let row = f * CHANNELS;
+        for (k, y) in songs.iter().enumerate() {
+            let wk = w[k] as f32;
+            if wk < 1e-7 {
+                continue;
+            }
+            let y = &y[row..row + CHANNELS];
+            for c in 0..CHANNELS {
+                x0[row + c] += wk * y[c];
+            }
+        }
+    }
+    x0
+}
+
+/// The source-edit model (module docs): `x̂₀_c = Σ_j p(j | x_t)·[s_c + ρ_jc·(y_jc − s_c)]`.
+fn source_edit_mean(
+    x: &[f32],
+    t: f32,
+    songs: &[&[f32]],
+    priors: &[f64],
+    context: Option<&[f32]>,
+    src: &[f32],
+) -> Vec<f32> {
+    let frames = x.len() / CHANNELS;
+    let a = (1.0 - t) as f64;
+    let inv = 1.0 / (2.0 * (t as f64).max(1e-4).powi(2));
+    let cf = CELL_FRAMES;
+    let (log_keep, log_rewrite) = ((1.0 - REWRITE_PRIOR).ln(), REWRITE_PRIOR.ln());
+    let blocks = frames.div_ceil(cf);
+    let cells = blocks * PART_COUNT;
+    // Squared distance of x_t to the noised source, per cell.
+    let mut d_src = vec![0f64; cells];
+    for f in 0..frames {
+        let row = f * CHANNELS;
+        let base = (f / cf) * PART_COUNT;
+        for c in 0..CHANNELS {
+            let e = x[row + c] as f64 - a * src[row + c] as f64;
+            d_src[base + PART_OF[c] as usize] += e * e;
+        }
+    }
+    let mut rewrite = vec![0f32; songs.len() * cells];
+    let mut logits = vec![0f64; songs.len() * blocks];
+    let mut prefix = vec![0f64; blocks + 1];
+    let mut d = vec![0f64; cells];
+    let mut h = vec![0f64; blocks];
+    for (k, y) in songs.iter().enumerate() {
+        d.fill(0.0);
+        h.fill(0.0);
+        for f in 0..frames {
+            let row = f * CHANNELS;
+            let base = (f / cf) * PART_COUNT;
+            for c in 0..CHANNELS {
+                let e = x[row + c] as f64 - a * y[row + c] as f64;
+                d[base + PART_OF[c] as usize] += e * e;
+            }
+            h[f / cf] += affinity(context, y, row) as f64;
+        }
+        for b in 0..blocks {
+            let mut score = 0f64;
+            for g in 0..PART_COUNT {
+                let i = b * PART_COUNT + g;
+                let keep = log_keep - d_src[i] * inv;
+                let new = log_rewrite - d[i] * inv;
+                let m = keep.max(new);
+                let cell = m + ((keep - m).exp() + (new - m).exp()).ln();
+                rewrite[k * cells + i] = (new - cell).exp() as f32;
+                score += cell;
+            }
+            prefix[b + 1] = prefix[b] + score + STRUCTURE_BETA * h[b];
+        }
+        let out = &mut logits[k * blocks..(k + 1) * blocks];
+        window_logits(&prefix, priors[k], WINDOW / cf, out);
+    }
+    let mut x0 = vec![0f32; x.len()];
+    let mut w = vec![0f64; songs.len()];
+    let mut acc = [0f64; CHANNELS];
+    for f in 0..frames {
+        let b = f / cf;
+        window_weights(&logits, songs.len(), blocks, b, &mut w);
+        let row = f * CHANNELS;
+        acc.fill(0.0);
+        for (k, y) in songs.iter().enumerate() {
+            let rho = &rewrite[k * cells + b * PART_COUNT..k * cells + (b + 1) * PART_COUNT];
+            for (c, a) in acc.iter_mut().enumerate() {
+                let wr = w[k] * rho[PART_OF[c] as usize] as f64;
+                *a += wr * (y[row + c] - src[row + c]) as f64;
+            }
+        }
+        for c in 0..CHANNELS {
+            x0[row + c] = (src[row + c] as f64 + acc[c]) as f32;
+        }
+    }
+    x0
 }
 
 impl Default for SketchDenoiser {
@@ -189,10 +454,11 @@ impl Denoiser for SketchDenoiser {
             || batch.t.len() != b
             || batch.conditions.len() != b
             || batch.contexts.len() != b
+            || !(batch.sources.is_empty() || batch.sources.len() == b)
         {
             return Err(EngineError::shape(
                 "sketch batch",
-                format!("[B, T, {CHANNELS}] with B rows of t/conditions/contexts"),
+                format!("[B, T, {CHANNELS}] with B rows of t/conditions/contexts (and sources)"),
                 format!("{:?}", batch.x.dims()),
             ));
         }
@@ -211,8 +477,21 @@ impl Denoiser for SketchDenoiser {
                 .flatten_all()?
                 .to_vec1()?;
             let ctx = (ctx.len() == x.len() && ctx.iter().any(|v| *v != 0.0)).then_some(ctx);
+            let src: Option<Vec<f32>> = match batch.source(i) {
+                Some(s) if s.dims() == [1, frames, CHANNELS] => {
+                    Some(s.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?)
+                }
+                Some(s) => {
+                    return Err(EngineError::shape(
+                        "sketch source",
+                        format!("[1, {frames}, {CHANNELS}]"),
+                        format!("{:?}", s.dims()),
+                    ));
+                }
+                None => None,
+            };
             let t = batch.t[i].max(1e-4);
-            let x0 = self.posterior_mean(x, t, &cond, ctx.as_deref());
+            let x0 = self.posterior_mean_from(x, t, &cond, ctx.as_deref(), src.as_deref());
             out.extend(x.iter().zip(&x0).map(|(xv, x0v)| (xv - x0v) / t));
         }
         Ok(Tensor::from_vec(out, (b, frames, CHANNELS), &self.device)?)
