@@ -121,6 +121,7 @@ fn main() -> Result<()> {
             t: inp.t[..b].to_vec(),
             conditions: conds[..b].iter().collect(),
             contexts: contexts[..b].iter().collect(),
+            sources: Vec::new(),
         };
         Ok(den.velocity(&batch)?)
     };

@@ -562,6 +562,7 @@ pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<
                         t: vec![batch.t[b - 1]],
                         conditions: vec![&conds[b - 1]],
                         contexts: vec![&rows[b - 1].1],
+                        sources: Vec::new(),
                     })?;
                     first_out[b - 1] = Some(bits(&alone)?);
                 }

@@ -160,6 +160,7 @@ fn a_denoiser_loads_from_a_bare_transformer_folder() {
         t: vec![0.7],
         conditions: vec![&cond],
         contexts: vec![&ctx],
+        sources: Vec::new(),
     };
     let a = alone.velocity(&batch).unwrap();
     let b = whole.velocity(&batch).unwrap();
