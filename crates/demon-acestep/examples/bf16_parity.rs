@@ -37,6 +37,7 @@ fn main() -> Result<()> {
             t: vec![0.8],
             conditions: vec![&cond],
             contexts: vec![&ctx],
+            sources: Vec::new(),
         };
         den.velocity(&batch)?; // warm-up (cross K/V, workspace)
         let t = Instant::now();
