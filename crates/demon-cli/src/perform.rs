@@ -240,7 +240,7 @@ pub fn choose_sink(device: bool, headless_note: &str) -> Box<dyn AudioSink> {
         return Box::new(demon_live::sink::NullSink::default());
     }
     #[cfg(feature = "device")]
-    match demon_live::sink::open_device(48_000) {
+    match demon_live::sink::device::open_device(48_000) {
         Ok(d) => {
             eprintln!("audio: playing through {}", d.name());
             Box::new(d)

@@ -149,10 +149,7 @@ impl Drop for WavRecorder {
 }
 
 #[cfg(feature = "audio-device")]
-pub use device::{DeviceSink, open_device};
-
-#[cfg(feature = "audio-device")]
-mod device {
+pub mod device {
     //! The system output device through cpal, fed by a wait-free SPSC ring.
 
     use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};

@@ -12,7 +12,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::{NR, Precision, bf16_value};
+use super::layout::{NR, Precision, bf16_value};
 
 /// An instruction set for the kernels, ordered from the least to the most capable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -28,53 +28,20 @@
 //!   `M·K·N` multiply-adds).
 
 mod kernels;
+mod layout;
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use half::bf16;
-
 pub use kernels::Isa;
+pub use layout::{NR, Precision, bf16_bits, bf16_value};
 
-/// Columns per packed panel (two 16-lane AVX-512 vectors).
-pub const NR: usize = 32;
 /// Depth of one K block: a `[KC][32]` f32 micro-panel of `B` is 64 KiB (L2-resident; 512 measured
 /// ≈ 10 % faster than 256 and 128 on the development machine's Zen 4, fewer round trips of `C`).
 const KC: usize = 512;
 /// Strips of `MR` rows per tile: a tile's packed `A` block is `MC·KC` values (≤ 384 KiB, L2).
 const STRIPS_PER_TILE: usize = 16;
-
-/// Storage precision of a packed weight.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Precision {
-    /// f32 weights, f32 products.
-    #[default]
-    F32,
-    /// bf16 weights and bf16-rounded activations, products summed in f32 (`vdpbf16ps` on CPUs
-    /// with avx512_bf16; a portable loop elsewhere).
-    Bf16,
-}
-
-impl Precision {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "f32",
-            Self::Bf16 => "bf16",
-        }
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" => Ok(Self::F32),
-            "bf16" => Ok(Self::Bf16),
-            other => Err(format!("CPU precision `{other}`: use f32 or bf16")),
-        }
-    }
-}
 
 #[derive(Clone, Debug)]
 enum Panels {
@@ -89,18 +56,6 @@ pub struct PackedMatrix {
     k: usize,
     n: usize,
     panels: Panels,
-}
-
-/// f32 → bf16 bits, round to nearest even (NaN stays NaN).
-#[inline(always)]
-pub fn bf16_bits(x: f32) -> u16 {
-    bf16::from_f32(x).to_bits()
-}
-
-/// bf16 bits → f32 (exact).
-#[inline(always)]
-pub fn bf16_value(b: u16) -> f32 {
-    f32::from_bits((b as u32) << 16)
 }
 
 impl PackedMatrix {
