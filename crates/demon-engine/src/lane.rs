@@ -6,6 +6,7 @@
 //! value: the pipeline holds one snapshot and swaps it whole between ticks, so a tick can never
 //! see half an update.
 
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::curve::Curve;
@@ -93,10 +94,18 @@ impl DcwSettings {
 }
 
 /// Per-channel gain applied to the model input only (integration never sees it, so it does not
-/// compound across steps).
+/// compound across steps), optionally shaped over the song by a per-frame `amount`.
+///
+/// With an amount `a(f)` the gain of channel `c` at frame `f` is `a(f)·g_c + (1 − a(f))`: the
+/// gains where `a = 1`, exactly 1 (the plain input) where `a = 0`. Both ends are exact in f32
+/// (`1·g + 0 = g`, `0·g + 1 = 1`), so a frame at amount 0 feeds the model the very same input
+/// as no channel gain at all.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChannelGain {
     pub gains: Vec<f32>,
+    /// Per-frame (or scalar) amount in `[0, 1]`; absent = 1 everywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Curve>,
 }
 
 impl ChannelGain {
@@ -111,11 +120,37 @@ impl ChannelGain {
                 format!("gain {g} of channel {i} is outside [0, 4]"),
             ));
         }
-        Ok(Self { gains })
+        Ok(Self {
+            gains,
+            amount: None,
+        })
+    }
+
+    /// Shape the gains over the song: `amount` per frame in `[0, 1]` (see the type's docs).
+    pub fn with_amount(mut self, amount: Curve) -> Result<Self> {
+        amount.check_range("channel_gain_amount", 0.0, 1.0)?;
+        self.amount = Some(amount);
+        Ok(self)
     }
 
     pub fn is_identity(&self) -> bool {
         self.gains.iter().all(|g| (*g - 1.0).abs() <= 1e-6)
+            || self.amount.as_ref().is_some_and(Curve::is_zero)
+    }
+
+    /// The gain the model input is multiplied by, for latents of `frames` frames: `[1, 1, C]`
+    /// when the amount is absent or a scalar, `[1, T, C]` when it varies per frame.
+    pub fn to_tensor(&self, frames: usize, device: &Device) -> Result<Tensor> {
+        let c = self.gains.len();
+        let mix = |a: f32| -> Vec<f32> { self.gains.iter().map(|g| a * g + (1.0 - a)).collect() };
+        Ok(match &self.amount {
+            None => Tensor::from_vec(self.gains.clone(), (1, 1, c), device)?,
+            Some(Curve::Scalar(a)) => Tensor::from_vec(mix(*a), (1, 1, c), device)?,
+            Some(curve) => {
+                let values: Vec<f32> = curve.to_frames(frames).into_iter().flat_map(mix).collect();
+                Tensor::from_vec(values, (1, frames, c), device)?
+            }
+        })
     }
 
     /// DEMON's layout (demon.md §5.7): `groups.len()` equal groups of consecutive channels
@@ -185,14 +220,17 @@ impl SharedLane {
     pub fn validate(&self, latent_channels: usize) -> Result<()> {
         self.curves.validate()?;
         self.dcw.validate()?;
-        if let Some(g) = &self.channel_gain
-            && g.gains.len() != latent_channels
-        {
-            return Err(EngineError::shape(
-                "channel_gain",
-                latent_channels,
-                g.gains.len(),
-            ));
+        if let Some(g) = &self.channel_gain {
+            if g.gains.len() != latent_channels {
+                return Err(EngineError::shape(
+                    "channel_gain",
+                    latent_channels,
+                    g.gains.len(),
+                ));
+            }
+            if let Some(a) = &g.amount {
+                a.check_range("channel_gain_amount", 0.0, 1.0)?;
+            }
         }
         Ok(())
     }

@@ -192,15 +192,19 @@ impl ResolvedCurves {
     }
 }
 
-/// Lane overrides with a flag per field: `Some(None)` means "overridden to absent/zero".
+/// Lane overrides with a flag per field: `Some(None)` means "overridden to absent/zero"; and
+/// the channel gain as the model input's multiplier at this latent length.
 #[derive(Default, Clone)]
 struct LaneKnobs {
     set: [bool; 7],
     values: ResolvedCurves,
+    /// `[1, 1, C]` or, with a per-frame amount, `[1, T, C]`; `None` for no (identity) gain.
+    channel_gain: Option<Tensor>,
 }
 
 impl LaneKnobs {
-    fn new(c: &StepCurves, frames: usize, device: &Device) -> Result<Self> {
+    fn new(lane: &SharedLane, frames: usize, device: &Device) -> Result<Self> {
+        let c = &lane.curves;
         let set = [
             c.velocity_scale.is_some(),
             c.sde_denoise.is_some(),
@@ -210,9 +214,14 @@ impl LaneKnobs {
             c.apg_momentum.is_some(),
             c.cfg_rescale.is_some(),
         ];
+        let channel_gain = match &lane.channel_gain {
+            Some(g) if !g.is_identity() => Some(g.to_tensor(frames, device)?),
+            _ => None,
+        };
         Ok(Self {
             set,
             values: ResolvedCurves::new(c, frames, device)?,
+            channel_gain,
         })
     }
 
@@ -249,7 +258,6 @@ pub struct StreamPipeline {
     queue: VecDeque<Queued>,
     lane: SharedLane,
     lane_knobs: HashMap<usize, LaneKnobs>,
-    channel_gain: Option<Tensor>,
     schedules: ScheduleCache,
     global_schedule: Option<ScheduleParams>,
     newest_frames: Option<usize>,
@@ -277,7 +285,6 @@ impl StreamPipeline {
             queue: VecDeque::new(),
             lane: SharedLane::default(),
             lane_knobs: HashMap::new(),
-            channel_gain: None,
             schedules: ScheduleCache::default(),
             global_schedule: None,
             newest_frames: None,
@@ -354,14 +361,6 @@ impl StreamPipeline {
     /// Replace the shared lane; every in-flight slot reads it from the next tick on.
     pub fn set_lane(&mut self, lane: SharedLane) -> Result<()> {
         lane.validate(self.latent_channels)?;
-        self.channel_gain = match &lane.channel_gain {
-            Some(g) if !g.is_identity() => Some(Tensor::from_vec(
-                g.gains.clone(),
-                (1, 1, self.latent_channels),
-                &self.device,
-            )?),
-            _ => None,
-        };
         self.lane = lane;
         self.lane_knobs.clear();
         Ok(())
@@ -453,7 +452,7 @@ impl StreamPipeline {
             let lane = match self.lane_knobs.get(frames) {
                 Some(l) => l.clone(),
                 None => {
-                    let l = LaneKnobs::new(&self.lane.curves, *frames, &self.device)?;
+                    let l = LaneKnobs::new(&self.lane, *frames, &self.device)?;
                     self.lane_knobs.insert(*frames, l.clone());
                     l
                 }
@@ -584,7 +583,7 @@ impl StreamPipeline {
                 }
                 _ => s.x.clone(),
             };
-            let x_model = match &self.channel_gain {
+            let x_model = match &lane.channel_gain {
                 Some(g) => x_base.broadcast_mul(g)?,
                 None => x_base.clone(),
             };

@@ -845,3 +845,73 @@ fn channel_gain_scales_only_the_model_input() {
     assert_eq!(bits(&single(r, lane)), bits(&plain));
     assert!(ChannelGain::new(vec![f32::NAN]).is_err());
 }
+
+/// Per-frame channel gain: an amount curve shapes the gain over the song. The test model is
+/// frame-local (every frame's velocity depends on that frame alone), so frames at amount 0 come
+/// out bit for bit as with no gain, frames at amount 1 bit for bit as with the plain gains, and
+/// the rest differ from both; streaming stays bit-identical to one-at-a-time at every depth.
+#[test]
+fn per_frame_channel_gain_is_exact_where_the_amount_is_zero_or_one() {
+    let gains = vec![1.0, 2.0, 0.25, 0.5];
+    let lane_with = |g: Option<ChannelGain>| SharedLane {
+        dcw: DcwSettings::off(),
+        channel_gain: g,
+        ..Default::default()
+    };
+    // Frames 0-3 at 0, 4-7 at 1, 8-11 in between (a raw curve of exactly T values).
+    let amount: Vec<f32> = (0..T)
+        .map(|f| match f {
+            0..4 => 0.0,
+            4..8 => 1.0,
+            _ => 0.5,
+        })
+        .collect();
+    let shaped = ChannelGain::new(gains.clone())
+        .unwrap()
+        .with_amount(Curve::frames("amount", amount).unwrap())
+        .unwrap();
+    let mut r = SlotRequest::new(PointMassDenoiser::conditioning(0.3), ctx(0.5), T, 77);
+    r.source = Some(latent(3));
+    r.schedule.denoise = 0.75;
+    let frames = |t: &Tensor, a: usize, b: usize| bits(&t.narrow(1, a, b - a).unwrap());
+    let plain = single(r.clone(), lane_with(None));
+    let full = single(
+        r.clone(),
+        lane_with(Some(ChannelGain::new(gains.clone()).unwrap())),
+    );
+    let got = single(r.clone(), lane_with(Some(shaped.clone())));
+    assert_eq!(frames(&got, 0, 4), frames(&plain, 0, 4));
+    assert_eq!(frames(&got, 4, 8), frames(&full, 4, 8));
+    assert_ne!(frames(&got, 8, 12), frames(&plain, 8, 12));
+    assert_ne!(frames(&got, 8, 12), frames(&full, 8, 12));
+    // A scalar amount of 1 is the plain gains; of 0, no gain at all.
+    let scalar = |a: f32| {
+        ChannelGain::new(gains.clone())
+            .unwrap()
+            .with_amount(Curve::constant(a))
+            .unwrap()
+    };
+    assert_eq!(
+        bits(&single(r.clone(), lane_with(Some(scalar(1.0))))),
+        bits(&full)
+    );
+    assert!(scalar(0.0).is_identity());
+    assert_eq!(
+        bits(&single(r.clone(), lane_with(Some(scalar(0.0))))),
+        bits(&plain)
+    );
+    // Out-of-range amounts are refused with the parameter named.
+    let e = ChannelGain::new(gains.clone())
+        .unwrap()
+        .with_amount(Curve::constant(1.5))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("channel_gain_amount"), "{e}");
+    // Streaming = one at a time with the shaped gain on the lane.
+    let requests: Vec<SlotRequest> = (0..24).map(varied_request).collect();
+    let lane = lane_with(Some(shaped));
+    let reference = run_all(1, &requests, &lane);
+    for depth in [3, 8] {
+        assert_eq!(run_all(depth, &requests, &lane), reference, "depth {depth}");
+    }
+}
