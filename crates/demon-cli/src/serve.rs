@@ -25,6 +25,14 @@ pub struct ServeArgs {
     /// Access token every request must carry (required to bind a non-loopback address).
     #[arg(long, env = "DEMON_TOKEN")]
     pub token: Option<String>,
+    /// Another `Host` name clients may reach the server by without a token (repeatable);
+    /// loopback names and the bound address are always accepted.
+    #[arg(long = "allow-host")]
+    pub allow_host: Vec<String>,
+    /// A web page origin (`https://app.example`) other than the server's own that may use it
+    /// from a browser (repeatable).
+    #[arg(long = "allow-origin")]
+    pub allow_origin: Vec<String>,
     /// OSC UDP port (on loopback unless --osc-bind says otherwise).
     #[arg(long = "osc-port", default_value_t = 7879)]
     pub osc_port: u16,
@@ -85,6 +93,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let mut opts = ServerOptions::loopback(args.port);
     opts.bind = bind;
     opts.token = args.token.clone();
+    opts.allow_hosts = args.allow_host.clone();
+    opts.allow_origins = args.allow_origin.clone();
     opts.osc_bind = (!args.no_osc).then(|| SocketAddr::new(args.osc_bind, args.osc_port));
     opts.midi = !args.no_midi;
     if let Some(m) = &args.midi_map {

@@ -81,6 +81,23 @@ fn loop_reply_error(e: ReplyError) -> SessionError {
     }
 }
 
+/// What went wrong in a running session, for health endpoints: `None` fields are healthy.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SessionHealth {
+    /// The error of the latest tick while ticks fail (cleared by the next good tick).
+    pub tick_error: Option<String>,
+    /// Why the session file or the WAV recording was stopped (a failed write); the session
+    /// itself kept playing.
+    pub recording_error: Option<String>,
+}
+
+impl SessionHealth {
+    /// Ticks run (a failed recording does not make the session unhealthy, only that recording).
+    pub fn ok(&self) -> bool {
+        self.tick_error.is_none()
+    }
+}
+
 /// What a finished session reports.
 #[derive(Clone, Debug)]
 pub struct SessionSummary {
@@ -101,6 +118,7 @@ pub struct SessionHandle {
     bus: Arc<EventBus>,
     state: Arc<Mutex<Option<SessionState>>>,
     probe: Arc<SessionProbe>,
+    health: Arc<Mutex<SessionHealth>>,
     join: Arc<Mutex<Option<RunnerThread>>>,
     sample_rate: u32,
 }
@@ -190,6 +208,14 @@ impl SessionHandle {
         &self.probe
     }
 
+    /// Failing ticks and failed recordings, as the runner last saw them.
+    pub fn health(&self) -> SessionHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn start_recording(&self, path: &Path, float: bool) -> SessionResult<()> {
         let (reply, rx) = channel();
         self.command(Command::StartRecording {
@@ -238,11 +264,17 @@ pub fn start(mut core: LiveCore, mut opts: RunOptions) -> SessionResult<SessionH
         None => None,
     };
     let sample_rate = core.sample_rate();
-    let (bus2, state2) = (bus.clone(), state.clone());
+    let health = Arc::new(Mutex::new(SessionHealth::default()));
+    let (bus2, state2, health2) = (bus.clone(), state.clone(), health.clone());
     let join = std::thread::Builder::new()
         .name("demon-runner".into())
         .spawn(move || {
-            let result = run(&mut core, &mut opts, rx, writer, &bus2, &state2);
+            let shared = Shared {
+                bus: &bus2,
+                state: &state2,
+                health: &health2,
+            };
+            let result = run(&mut core, &mut opts, rx, writer, shared);
             if let Err(e) = &result {
                 bus2.publish(Event::Notice {
                     message: format!("the session stopped: {e}"),
@@ -257,23 +289,112 @@ pub fn start(mut core: LiveCore, mut opts: RunOptions) -> SessionResult<SessionH
         bus,
         state,
         probe,
+        health,
         join: Arc::new(Mutex::new(Some(join))),
         sample_rate,
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the runner shares with the handles.
+struct Shared<'a> {
+    bus: &'a EventBus,
+    state: &'a Mutex<Option<SessionState>>,
+    health: &'a Mutex<SessionHealth>,
+}
+
+impl Shared<'_> {
+    fn health(&self, change: impl FnOnce(&mut SessionHealth)) {
+        change(&mut self.health.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Say it on stderr and to every client.
+    fn announce(&self, message: String) {
+        eprintln!("demon: {message}");
+        self.bus.publish(Event::Notice { message });
+    }
+
+    fn refresh_state(&self, core: &mut LiveCore) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(core.state());
+    }
+}
+
+/// An applied control a failing tick may take back, with the message that restores what it
+/// replaced.
+struct Undo {
+    tick: u64,
+    applied: ControlMessage,
+    restore: ControlMessage,
+}
+
+/// How many recent controls a failing tick may take back, and for how long after they were
+/// applied (seconds of session time): older ones have proven harmless.
+const UNDO_CONTROLS: usize = 32;
+const UNDO_SECONDS: f64 = 10.0;
+
+/// The message that restores what `msg` is about to change, from the state before it: knobs,
+/// curves, LoRA strengths and the solver modes (the controls a tick can fail on). Prompts,
+/// sources and transport are checked in full when applied and are not taken back.
+fn restore_message(msg: &ControlMessage, before: &SessionState) -> Option<ControlMessage> {
+    let target = |name: &str| before.targets.get(name).copied();
+    Some(match msg {
+        ControlMessage::SetKnob { name, .. } => ControlMessage::SetKnob {
+            name: name.clone(),
+            value: target(name)?,
+        },
+        ControlMessage::SetKnobs { values } => ControlMessage::SetKnobs {
+            values: values
+                .keys()
+                .map(|k| target(k).map(|v| (k.clone(), v)))
+                .collect::<Option<_>>()?,
+        },
+        ControlMessage::SetLora { id, .. } => ControlMessage::SetLora {
+            id: id.clone(),
+            strength: target(&format!("{}{id}", crate::control::LORA_PREFIX)).unwrap_or(0.0),
+        },
+        ControlMessage::SetCurve { name, .. } => ControlMessage::SetCurve {
+            name: name.clone(),
+            curve: before.curves.get(name).cloned(),
+        },
+        ControlMessage::SetSolver { .. } => ControlMessage::SetSolver {
+            solver: before.solver,
+        },
+        ControlMessage::SetCfgMode { .. } => ControlMessage::SetCfgMode {
+            mode: before.cfg_mode,
+        },
+        ControlMessage::SetDcw { .. } => ControlMessage::SetDcw {
+            enabled: Some(before.dcw_enabled),
+            mode: Some(before.dcw_mode),
+        },
+        _ => return None,
+    })
+}
+
+/// A control as one short line for notices.
+fn describe(m: &ControlMessage) -> String {
+    let mut s = serde_json::to_string(&echo(m)).unwrap_or_else(|_| "a control".into());
+    if s.len() > 160 {
+        let cut = (0..=160)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
 fn run(
     core: &mut LiveCore,
     opts: &mut RunOptions,
     rx: Receiver<Command>,
     mut writer: Option<SessionWriter>,
-    bus: &EventBus,
-    state: &Mutex<Option<SessionState>>,
+    shared: Shared<'_>,
 ) -> SessionResult<SessionSummary> {
+    let bus = shared.bus;
     let spt = core.config().samples_per_tick;
     let sr = core.sample_rate() as f64;
     let tick_period = Duration::from_secs_f64(spt as f64 / sr);
+    let undo_ticks = (UNDO_SECONDS * sr / spt as f64).ceil() as u64;
     let origin_time = Instant::now();
     let mut recorder: Option<WavRecorder> = None;
     let mut played = 0u64;
@@ -281,15 +402,18 @@ fn run(
     let mut clock = std::mem::take(&mut opts.clock).into_iter().peekable();
     let mut stop = false;
     let mut last_error: Option<SessionError> = None;
+    let mut undo: std::collections::VecDeque<Undo> = std::collections::VecDeque::new();
     let started_gen_time = Instant::now();
 
-    let record = |writer: &mut Option<SessionWriter>, line: SessionLine| -> SessionResult<()> {
-        match writer.as_mut() {
-            Some(w) => w.line(&line),
-            None => Ok(()),
+    // A failed write stops that recording, never the session: drop the writer, say why.
+    let record = |writer: &mut Option<SessionWriter>, line: SessionLine| {
+        if let Some(Err(e)) = writer.as_mut().map(|w| w.line(&line)) {
+            *writer = None;
+            let why = format!("the session file stopped recording: {e}");
+            shared.health(|h| h.recording_error = Some(why.clone()));
+            shared.announce(format!("{why}; the session keeps playing"));
         }
     };
-
     loop {
         let tick = core.tick_index();
         if opts.max_ticks.is_some_and(|m| tick >= m) || stop {
@@ -307,6 +431,12 @@ fn run(
                     message,
                     reply,
                 } => {
+                    let restore = shared
+                        .state
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                        .and_then(|st| restore_message(&message, st));
                     let result = core.apply(&message);
                     if let Ok(recorded) = &result {
                         record(
@@ -315,9 +445,19 @@ fn run(
                                 tick,
                                 message: recorded.clone(),
                             },
-                        )?;
+                        );
+                        if let Some(restore) = restore {
+                            undo.push_back(Undo {
+                                tick,
+                                applied: recorded.clone(),
+                                restore,
+                            });
+                            if undo.len() > UNDO_CONTROLS {
+                                undo.pop_front();
+                            }
+                        }
                         // A reply means the change is visible: refresh the snapshot first.
-                        *state.lock().unwrap_or_else(|e| e.into_inner()) = Some(core.state());
+                        shared.refresh_state(core);
                         bus.publish(Event::Applied {
                             tick,
                             origin,
@@ -359,7 +499,7 @@ fn run(
                                 tick,
                                 message: recorded.clone(),
                             },
-                        )?;
+                        );
                         bus.publish(Event::Applied {
                             tick,
                             origin: 0,
@@ -382,17 +522,48 @@ fn run(
         }
         let out = match core.tick(lead) {
             Ok(o) => {
-                last_error = None;
+                if let Some(e) = last_error.take() {
+                    shared.health(|h| h.tick_error = None);
+                    shared.announce(format!("ticks run again (the last failure was: {e})"));
+                }
+                while undo.front().is_some_and(|u| u.tick + undo_ticks < tick) {
+                    undo.pop_front();
+                }
                 o
             }
             Err(e) => {
-                // A failing tick leaves the ring untouched; report it (once until it changes)
-                // and keep the session alive for the controls that can fix it.
+                // A failing tick leaves the ring untouched. Report it once (until the error
+                // changes), then take back the newest recent control, one per failing tick,
+                // until ticks run again; with nothing left to take back, retry once per tick
+                // period so the controls that can fix it still arrive.
                 if last_error.as_ref() != Some(&e) {
-                    bus.publish(Event::Notice {
-                        message: format!("tick {tick} failed: {e}"),
+                    let what = format!("tick {tick} failed: {e}");
+                    shared.health(|h| h.tick_error = Some(what.clone()));
+                    shared.announce(what);
+                    last_error = Some(e.clone());
+                }
+                if let Some(u) = undo.pop_back()
+                    && let Ok(recorded) = core.apply(&u.restore)
+                {
+                    record(
+                        &mut writer,
+                        SessionLine::Event {
+                            tick,
+                            message: recorded.clone(),
+                        },
+                    );
+                    shared.refresh_state(core);
+                    bus.publish(Event::Applied {
+                        tick,
+                        origin: 0,
+                        message: echo(&recorded),
                     });
-                    last_error = Some(e);
+                    shared.announce(format!(
+                        "took back {} (applied at tick {}): ticks failed after it ({e})",
+                        describe(&u.applied),
+                        u.tick
+                    ));
+                    continue;
                 }
                 std::thread::sleep(tick_period);
                 continue;
@@ -405,15 +576,18 @@ fn run(
                 playhead: out.playhead,
                 lead_frames: out.lead_frames,
             },
-        )?;
+        );
 
         // 3. Outputs.
         if !out.played[0].is_empty() {
             for s in opts.sinks.iter_mut() {
                 s.play(&out.played)?;
             }
-            if let Some(r) = recorder.as_mut() {
-                r.play(&out.played)?;
+            if let Some(Err(e)) = recorder.as_mut().map(|r| r.play(&out.played)) {
+                recorder = None;
+                let why = format!("the WAV recording stopped: {e}");
+                shared.health(|h| h.recording_error = Some(why.clone()));
+                shared.announce(format!("{why}; the session keeps playing"));
             }
             played += out.played[0].len() as u64;
         }
@@ -453,7 +627,7 @@ fn run(
                 target: st.targets.clone(),
             });
         }
-        *state.lock().unwrap_or_else(|e| e.into_inner()) = Some(st);
+        *shared.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(st);
 
         // 4. Pacing: the clock-paced null sink.
         if opts.realtime {
@@ -470,8 +644,11 @@ fn run(
     if let Some(mut r) = recorder.take() {
         r.finish()?;
     }
-    if let Some(w) = writer.take() {
-        w.finish(core.tick_index())?;
+    if let Some(w) = writer.take()
+        && let Err(e) = w.finish(core.tick_index())
+    {
+        shared.health(|h| h.recording_error = Some(e.to_string()));
+        return Err(e);
     }
     Ok(SessionSummary {
         ticks: core.tick_index(),

@@ -42,7 +42,7 @@ use demon_live::session::SessionHandle;
 pub use options::{Limits, ServerOptions, default_midi_map};
 pub use service::{Hooks, OfflineRender, Service};
 
-/// Every route, behind the token check.
+/// Every route, behind the Host, Origin, body-type and token checks ([`auth::guard`]).
 pub fn router(svc: Arc<Service>) -> Router {
     let mcp_service = mcp::service(svc.clone());
     Router::new()
@@ -62,7 +62,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .nest_service("/mcp", mcp_service)
         .layer(axum::middleware::from_fn_with_state(
             svc.clone(),
-            auth::require_token,
+            auth::guard,
         ))
         .layer(DefaultBodyLimit::max(svc.limits().max_binary_bytes))
         .with_state(svc)
@@ -75,6 +75,7 @@ pub async fn serve(
     hooks: Hooks,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<SocketAddr, String> {
+    let mut opts = opts;
     opts.check()?;
     std::fs::create_dir_all(&opts.recordings_dir).map_err(|e| {
         format!(
@@ -82,11 +83,13 @@ pub async fn serve(
             opts.recordings_dir.display()
         )
     })?;
-    let svc = Arc::new(Service::new(handle, opts.clone(), hooks));
     let listener = tokio::net::TcpListener::bind(opts.bind)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", opts.bind))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // The address actually bound (port 0 picks one): the Host check accepts it.
+    opts.bind = addr;
+    let svc = Arc::new(Service::new(handle, opts.clone(), hooks));
     if let Some(osc) = opts.osc_bind {
         match tokio::net::UdpSocket::bind(osc).await {
             Ok(sock) => {

@@ -306,6 +306,8 @@ pub fn service(svc: Arc<Service>) -> StreamableHttpService<DemonMcp, LocalSessio
     StreamableHttpService::new(
         move || Ok(DemonMcp::new(svc.clone())),
         Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
+        // Hosts and origins are checked for every route alike by `auth::guard`, token-aware;
+        // rmcp's own loopback-only host list would refuse remote clients that carry the token.
+        StreamableHttpServerConfig::default().disable_allowed_hosts(),
     )
 }

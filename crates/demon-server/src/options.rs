@@ -37,6 +37,11 @@ impl Default for Limits {
 pub struct ServerOptions {
     pub bind: SocketAddr,
     pub token: Option<String>,
+    /// Extra `Host` names accepted without a token (`--allow-host`); loopback names and the
+    /// bound address always are.
+    pub allow_hosts: Vec<String>,
+    /// Browser origins other than the server's own that may use it (`--allow-origin`).
+    pub allow_origins: Vec<String>,
     /// OSC listener address; `None` disables OSC.
     pub osc_bind: Option<SocketAddr>,
     pub midi: bool,
@@ -50,6 +55,8 @@ impl ServerOptions {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], port)),
             token: None,
+            allow_hosts: Vec::new(),
+            allow_origins: Vec::new(),
             osc_bind: Some(SocketAddr::from(([127, 0, 0, 1], port.wrapping_add(1)))),
             midi: true,
             midi_map: default_midi_map(),

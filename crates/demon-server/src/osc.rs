@@ -1,6 +1,8 @@
 //! OSC over UDP (docs/protocol.md "OSC"): `/demon/knob/<name> f`, `/demon/prompt s`,
 //! `/demon/prompt_b s`, `/demon/blend f`, `/demon/curve/<name> f…`, `/demon/play i`.
-//! Bad packets are counted and reported once; they never stop anything.
+//! Bad packets are counted and reported once; they never stop anything. Bundles nest at most
+//! [`MAX_BUNDLE_DEPTH`] levels: the depth is measured without recursion before `rosc` (whose
+//! decoder recurses once per level) sees the packet, so no packet can overflow a worker's stack.
 
 use std::sync::Arc;
 
@@ -103,6 +105,60 @@ pub fn to_control(m: &OscMessage) -> Result<ControlMessage, ApiError> {
     }
 }
 
+/// How deep bundles may nest. Real senders nest one or two levels; the limit only has to keep
+/// the recursive decoder far from a worker's stack size (2 000 levels overflowed 2 MiB).
+pub const MAX_BUNDLE_DEPTH: usize = 16;
+
+const BUNDLE_TAG: &[u8; 8] = b"#bundle\0";
+
+/// The deepest bundle nesting in a packet, measured with an explicit stack (no recursion), and
+/// stopping as soon as it passes `limit`. Malformed tails end the scan: the decoder refuses them.
+/// A bundle is `#bundle\0`, an 8-byte time tag, then elements of `[size: u32 BE][bytes]`.
+pub fn bundle_depth(packet: &[u8], limit: usize) -> usize {
+    if !packet.starts_with(BUNDLE_TAG) {
+        return 0;
+    }
+    // The unread elements of each open bundle, innermost last.
+    let mut open: Vec<&[u8]> = vec![packet.get(16..).unwrap_or_default()];
+    let mut deepest = 1;
+    while let Some(rest) = open.last_mut() {
+        if rest.len() < 4 {
+            open.pop();
+            continue;
+        }
+        let size = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let Some(element) = rest.get(4..4 + size) else {
+            open.pop();
+            continue;
+        };
+        *rest = &rest[4 + size..];
+        if element.starts_with(BUNDLE_TAG) {
+            open.push(element.get(16..).unwrap_or_default());
+            deepest = deepest.max(open.len());
+            if deepest > limit {
+                return deepest;
+            }
+        }
+    }
+    deepest
+}
+
+/// Decode one UDP packet into its messages, refusing bundles nested deeper than
+/// [`MAX_BUNDLE_DEPTH`].
+pub fn decode(packet: &[u8]) -> Result<Vec<OscMessage>, ApiError> {
+    let depth = bundle_depth(packet, MAX_BUNDLE_DEPTH);
+    if depth > MAX_BUNDLE_DEPTH {
+        return Err(bad(format!(
+            "bundles nested more than {MAX_BUNDLE_DEPTH} levels deep"
+        )));
+    }
+    let (_, p) =
+        rosc::decoder::decode_udp(packet).map_err(|e| bad(format!("a malformed packet ({e})")))?;
+    let mut msgs = Vec::new();
+    flatten(p, &mut msgs);
+    Ok(msgs)
+}
+
 fn flatten(p: OscPacket, out: &mut Vec<OscMessage>) {
     match p {
         OscPacket::Message(m) => out.push(m),
@@ -129,14 +185,13 @@ pub async fn run(svc: Arc<Service>, sock: tokio::net::UdpSocket) {
             Ok((n, _)) => n,
             Err(_) => continue,
         };
-        let mut msgs = Vec::new();
-        match rosc::decoder::decode_udp(&buf[..n]) {
-            Ok((_, p)) => flatten(p, &mut msgs),
+        let msgs = match decode(&buf[..n]) {
+            Ok(m) => m,
             Err(e) => {
-                report(&format!("ignoring a malformed packet ({e})"));
+                report(&format!("ignoring a packet: {}", e.message));
                 continue;
             }
-        }
+        };
         for m in msgs {
             let result = match to_control(&m) {
                 Ok(c) => svc.apply(Origin::Osc, c).await.map(|_| ()),
@@ -158,6 +213,49 @@ mod tests {
             addr: addr.into(),
             args,
         }
+    }
+
+    /// A packet of `levels` bundles, each holding the next; the innermost holds one message.
+    pub(crate) fn nested_bundles(levels: usize) -> Vec<u8> {
+        let mut p = rosc::encoder::encode(&OscPacket::Message(msg(
+            "/demon/knob/denoise",
+            vec![OscType::Float(0.5)],
+        )))
+        .unwrap();
+        for _ in 0..levels {
+            let mut b = BUNDLE_TAG.to_vec();
+            b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]);
+            b.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            b.extend_from_slice(&p);
+            p = b;
+        }
+        p
+    }
+
+    #[test]
+    fn bundle_depth_is_measured_and_deep_packets_are_refused() {
+        assert_eq!(bundle_depth(&nested_bundles(0), 16), 0);
+        assert_eq!(bundle_depth(&nested_bundles(1), 16), 1);
+        assert_eq!(bundle_depth(&nested_bundles(16), 16), 16);
+        // The scan stops just past the limit.
+        assert_eq!(bundle_depth(&nested_bundles(10_000), 16), 17);
+        assert_eq!(decode(&nested_bundles(16)).unwrap().len(), 1);
+        for levels in [17, 2_200, 10_000] {
+            let e = decode(&nested_bundles(levels)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadMessage);
+            assert!(e.message.contains("nested more than 16"), "{}", e.message);
+        }
+        // Truncated and lying sizes end the scan instead of reading out of bounds.
+        let mut p = nested_bundles(3);
+        p.truncate(30);
+        assert!(bundle_depth(&p, 16) <= 3);
+        // (rosc keeps the complete elements of a cut bundle: here none.)
+        assert!(decode(&p).map_or(true, |m| m.is_empty()));
+        let mut lying = BUNDLE_TAG.to_vec();
+        lying.extend_from_slice(&[0; 8]);
+        lying.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(bundle_depth(&lying, 16), 1);
+        assert!(decode(&lying).map_or(true, |m| m.is_empty()));
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub enum ErrorCode {
     RateLimited,
     /// A missing or wrong access token.
     Unauthorized,
+    /// A `Host` or browser `Origin` this server does not accept.
+    Forbidden,
+    /// A state-changing request whose body is not of the type the route takes.
+    UnsupportedMediaType,
     // What the session said (`demon_live::SessionError`).
     BadValue,
     UnknownKnob,
@@ -59,13 +63,15 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         Self::BadJson,
         Self::BadMessage,
         Self::UnknownType,
         Self::TooLarge,
         Self::RateLimited,
         Self::Unauthorized,
+        Self::Forbidden,
+        Self::UnsupportedMediaType,
         Self::BadValue,
         Self::UnknownKnob,
         Self::UnknownCurve,
@@ -86,6 +92,8 @@ impl ErrorCode {
         match self {
             Self::BadJson | Self::BadMessage | Self::UnknownType => 400,
             Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::UnsupportedMediaType => 415,
             Self::NotFound => 404,
             Self::TooLarge => 413,
             Self::BadValue
@@ -111,6 +119,8 @@ impl ErrorCode {
             Self::TooLarge => "too_large",
             Self::RateLimited => "rate_limited",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BadValue => "bad_value",
             Self::UnknownKnob => "unknown_knob",
             Self::UnknownCurve => "unknown_curve",
@@ -493,9 +503,16 @@ impl ServerMessage {
 /// `GET /api/health`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Health {
+    /// False while ticks fail (then `error` says why).
     pub ok: bool,
     pub backend: String,
     pub tick: u64,
+    /// Why ticks fail, while they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why the session file or WAV recording stopped (a failed write); the session plays on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_error: Option<String>,
 }
 
 /// A successful REST `POST` (`/api/control`, `/api/source`) or MCP control tool.

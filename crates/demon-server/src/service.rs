@@ -184,10 +184,13 @@ impl Service {
 
     pub fn health(&self) -> Health {
         let st = self.handle.state();
+        let h = self.handle.health();
         Health {
-            ok: st.is_some(),
+            ok: st.is_some() && h.ok(),
             backend: st.as_ref().map(|s| s.backend.clone()).unwrap_or_default(),
             tick: st.map_or(0, |s| s.tick),
+            error: h.tick_error,
+            recording_error: h.recording_error,
         }
     }
 

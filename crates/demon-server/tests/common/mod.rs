@@ -17,6 +17,17 @@ fn sketch() -> BackendSet {
 /// A session of `song_seconds` paced to the wall clock (a fixed receptive field skips the
 /// start-up measurement).
 pub fn session(song_seconds: f64) -> SessionHandle {
+    session_with(
+        song_seconds,
+        RunOptions {
+            realtime: true,
+            ..Default::default()
+        },
+    )
+}
+
+/// [`session`] with other run options (a session file, ...).
+pub fn session_with(song_seconds: f64, opts: RunOptions) -> SessionHandle {
     let cfg = SessionConfig {
         song_seconds,
         prompt: "house, 124 bpm".into(),
@@ -27,12 +38,5 @@ pub fn session(song_seconds: f64) -> SessionHandle {
         ..Default::default()
     };
     let core = LiveCore::new(cfg, sketch()).unwrap();
-    start(
-        core,
-        RunOptions {
-            realtime: true,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    start(core, opts).unwrap()
 }

@@ -1,0 +1,325 @@
+//! Issue 15: nothing stops the session. A failing tick is reported once and the control that
+//! made ticks fail is taken back; a failed session-file write stops the recording, not the
+//! session; random valid controls never leave the session stuck (D4).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use demon_engine::{BackendSet, DenoiseBatch, Denoiser, EngineError};
+use demon_live::bus::Event;
+use demon_live::control::{ControlMessage, KNOBS};
+use demon_live::core::{LiveCore, SessionConfig};
+use demon_live::session::{RunOptions, SessionHandle, start};
+use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
+
+/// The sketch model, failing whenever its input holds a value larger than `limit` (as a real
+/// model failing on out-of-range activations would): a channel gain of 3 on noise gets there.
+struct Fragile {
+    inner: SketchDenoiser,
+    limit: f32,
+    /// Fail every call while set.
+    broken: Arc<AtomicBool>,
+}
+
+impl Denoiser for Fragile {
+    fn latent_channels(&self) -> usize {
+        self.inner.latent_channels()
+    }
+    fn context_channels(&self) -> usize {
+        self.inner.context_channels()
+    }
+    fn device(&self) -> &candle_core::Device {
+        self.inner.device()
+    }
+    fn velocity(&mut self, batch: &DenoiseBatch<'_>) -> demon_engine::Result<Tensor> {
+        if self.broken.load(Ordering::Acquire) {
+            return Err(EngineError::Backend("the model is broken".into()));
+        }
+        let peak = batch.x.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        if peak > self.limit {
+            return Err(EngineError::Backend(format!(
+                "input peak {peak:.1} over {}",
+                self.limit
+            )));
+        }
+        self.inner.velocity(batch)
+    }
+}
+
+fn backend(denoiser: Box<dyn Denoiser>) -> BackendSet {
+    let d = candle_core::Device::Cpu;
+    BackendSet {
+        name: "sketch".into(),
+        denoiser,
+        codec: Box::new(SketchCodec::new(d.clone())),
+        conditioner: Box::new(SketchConditioner::new(d)),
+    }
+}
+
+fn config(seconds: f64) -> SessionConfig {
+    SessionConfig {
+        song_seconds: seconds,
+        prompt: "house, 124 bpm".into(),
+        receptive_field: Some(demon_engine::ReceptiveField {
+            before: 25,
+            after: 1,
+        }),
+        ..Default::default()
+    }
+}
+
+fn run(core: LiveCore, session_file: Option<std::path::PathBuf>) -> SessionHandle {
+    start(
+        core,
+        RunOptions {
+            realtime: false,
+            session_file,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Notices (as text) seen within `wait`, until `done` accepts the list so far.
+fn notices_until(
+    sub: &demon_live::bus::Subscriber,
+    wait: Duration,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + wait;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline && !done(&seen) {
+        if let Ok(Some(Event::Notice { message })) = sub.recv_timeout(Duration::from_millis(50)) {
+            seen.push(message);
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_failing_tick_is_reported_once_and_the_control_behind_it_is_taken_back() {
+    let fragile = Fragile {
+        inner: SketchDenoiser::default(),
+        limit: 8.0,
+        broken: Arc::default(),
+    };
+    let handle = run(
+        LiveCore::new(config(4.0), backend(Box::new(fragile))).unwrap(),
+        None,
+    );
+    let sub = handle.subscribe();
+    let t = Duration::from_secs(10);
+    handle
+        .control(0, ControlMessage::SetSlew { per_second: 1000.0 }, t)
+        .unwrap();
+    let gains: BTreeMap<String, f64> = (0..8).map(|i| (format!("ch_g{i}"), 3.0)).collect();
+    handle
+        .control(0, ControlMessage::SetKnobs { values: gains }, t)
+        .unwrap();
+    let notices = notices_until(&sub, Duration::from_secs(60), |n| {
+        n.iter().any(|m| m.starts_with("ticks run again"))
+    });
+    let failed: Vec<_> = notices.iter().filter(|m| m.contains("failed: ")).collect();
+    assert_eq!(failed.len(), 1, "reported once: {notices:?}");
+    assert!(failed[0].contains("input peak"), "{}", failed[0]);
+    assert!(
+        notices
+            .iter()
+            .any(|m| m.starts_with("took back") && m.contains("ch_g0")),
+        "the gain change was taken back: {notices:?}"
+    );
+    assert!(
+        notices.iter().any(|m| m.starts_with("ticks run again")),
+        "{notices:?}"
+    );
+    let st = handle.state().unwrap();
+    assert_eq!(
+        st.targets["ch_g0"], 1.0,
+        "the gains are back where they were"
+    );
+    assert_eq!(handle.health().tick_error, None);
+    let tick = st.tick;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(handle.state().unwrap().tick > tick, "ticks run");
+    handle.stop().unwrap();
+}
+
+#[test]
+fn failing_ticks_show_in_health_until_they_run_again() {
+    // Every call fails while `broken`: nothing to take back, so the error stays (reported
+    // once) and the runner keeps answering controls.
+    let broken = Arc::new(AtomicBool::new(false));
+    let fragile = Fragile {
+        inner: SketchDenoiser::default(),
+        limit: f32::INFINITY,
+        broken: broken.clone(),
+    };
+    let handle = run(
+        LiveCore::new(config(4.0), backend(Box::new(fragile))).unwrap(),
+        None,
+    );
+    let sub = handle.subscribe();
+    broken.store(true, Ordering::Release);
+    let notices = notices_until(&sub, Duration::from_secs(2), |_| false);
+    assert_eq!(
+        notices.iter().filter(|m| m.contains("failed: ")).count(),
+        1,
+        "{notices:?}"
+    );
+    let h = handle.health();
+    assert!(!h.ok());
+    assert!(
+        h.tick_error
+            .as_deref()
+            .is_some_and(|e| e.contains("broken")),
+        "{h:?}"
+    );
+    assert!(
+        handle
+            .control(
+                0,
+                ControlMessage::SetKnob {
+                    name: "guidance".into(),
+                    value: 2.0
+                },
+                Duration::from_secs(5)
+            )
+            .is_ok(),
+        "controls are still answered"
+    );
+    broken.store(false, Ordering::Release);
+    let notices = notices_until(&sub, Duration::from_secs(30), |n| {
+        n.iter().any(|m| m.starts_with("ticks run again"))
+    });
+    assert!(
+        notices.iter().any(|m| m.starts_with("ticks run again")),
+        "{notices:?}"
+    );
+    assert_eq!(handle.health().tick_error, None);
+    handle.stop().unwrap();
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_stops_the_session_file_not_the_session() {
+    let core = LiveCore::new(config(4.0), backend(Box::new(SketchDenoiser::default()))).unwrap();
+    let handle = run(core, Some("/dev/full".into()));
+    let sub = handle.subscribe();
+    let notices = notices_until(&sub, Duration::from_secs(60), |n| !n.is_empty());
+    assert!(
+        notices
+            .iter()
+            .any(|m| m.contains("session file stopped recording") && m.contains("keeps playing")),
+        "{notices:?}"
+    );
+    let h = handle.health();
+    assert!(h.ok(), "{h:?}");
+    assert!(
+        h.recording_error
+            .as_deref()
+            .is_some_and(|e| e.contains("/dev/full")),
+        "{h:?}"
+    );
+    let tick = handle.state().unwrap().tick;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(handle.state().unwrap().tick > tick, "ticks run");
+    assert!(
+        handle
+            .control(
+                0,
+                ControlMessage::SetKnob {
+                    name: "guidance".into(),
+                    value: 2.0
+                },
+                Duration::from_secs(5)
+            )
+            .is_ok()
+    );
+    handle.stop().expect("the session ends cleanly");
+}
+
+/// xorshift64*: a seeded stream for the soak.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A random control the session must accept.
+fn random_control(rng: &mut Rng) -> ControlMessage {
+    let k = &KNOBS[rng.next() as usize % KNOBS.len()];
+    let mut v = k.min + rng.unit() * (k.max - k.min);
+    if k.integer {
+        v = v.round();
+    }
+    match rng.next() % 10 {
+        0 => ControlMessage::SetCurve {
+            name: "x0_target_strength".into(),
+            curve: rng
+                .next()
+                .is_multiple_of(2)
+                .then(|| demon_engine::CurveSpec::Raw {
+                    values: (0..8).map(|_| rng.unit() as f32).collect(),
+                }),
+        },
+        1 => ControlMessage::SetKnob {
+            name: "x0_target_strength".into(),
+            value: rng.unit(),
+        },
+        2 => ControlMessage::SetPlaying {
+            playing: !rng.next().is_multiple_of(4),
+        },
+        _ => ControlMessage::SetKnob {
+            name: k.name.into(),
+            value: v,
+        },
+    }
+}
+
+/// D4: random valid controls (x0_target_strength among them) applied between ticks; every tick
+/// must succeed. `DEMON_SOAK_CONTROLS` raises the count (default 1 000).
+#[test]
+fn random_valid_controls_never_make_ticks_fail() {
+    let n: usize = std::env::var("DEMON_SOAK_CONTROLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000);
+    let mut cfg = config(4.0);
+    cfg.knobs.insert("steps".into(), 2.0);
+    let mut core = LiveCore::new(cfg, backend(Box::new(SketchDenoiser::default()))).unwrap();
+    let tone: Vec<f32> = (0..192_000)
+        .map(|i| (i as f32 * 0.03).sin() * 0.3)
+        .collect();
+    core.apply(&ControlMessage::SetSource {
+        source: demon_live::control::SourceSpec::Audio {
+            name: "tone.wav".into(),
+            channels: vec![tone.clone(), tone],
+        },
+    })
+    .unwrap();
+    let mut rng = Rng(0x5eed_d4d4);
+    let mut applied = Vec::new();
+    for i in 0..n {
+        let c = random_control(&mut rng);
+        if core.apply(&c).is_ok() {
+            applied.push(c);
+        }
+        if i.is_multiple_of(4)
+            && let Err(e) = core.tick(None)
+        {
+            let recent: Vec<_> = applied.iter().rev().take(8).collect();
+            panic!("tick after control {i} failed: {e}; latest controls: {recent:?}");
+        }
+    }
+    assert!(applied.len() > n / 2, "{} of {n} applied", applied.len());
+}
