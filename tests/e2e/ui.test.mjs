@@ -307,16 +307,14 @@ async function main() {
     return `${after.s - before.s} slices, tick ${before.tick} → ${after.tick}; buffer RMS change ${d.rms.toExponential(2)} (quiet loop: ${quiet.rms.toExponential(2)}), ${d.changed} of ${d.len} samples changed; hash ${before.c.hash} → ${c.hash}`;
   });
 
-  await check("after the change (session paused), the worklet's buffer equals the server's loop outside patch crossfades", async () => {
+  await check("after the change (session paused), the worklet's buffer equals the server's loop, patch crossfades included", async () => {
     // The slices since the change carried large deltas: an error in applying them (f16 decode,
     // a dropped or misplaced slice, a wrong wrap) would show far above f16 rounding. Stopping
     // the session freezes both copies, so they can be compared at one instant.
     //
-    // Known server issue (reported to the lead): the server blends each new window into its own
-    // loop with 25 ms crossfades at both edges (LoopBuffer::patch) but sends clients the window's
-    // raw audio, so right after a change the two copies differ in the first and last 1200
-    // samples of patches (and the client hears hard edges there). Those zones are counted apart
-    // and only asserted with E2E_STRICT_EDGES=1 (use it once the server sends crossfaded slices).
+    // The server blends each new window into its loop with 25 ms crossfades at both edges
+    // (LoopBuffer::patch) and sends clients that crossfaded content, so the crossfade zones of
+    // patches must match too; they are counted apart so a failure says where it is.
     await page.click('#play');
     await waitFor('the session stopped', async () => !(await state()).playing, 10000);
     let quiet;
@@ -342,11 +340,8 @@ async function main() {
     const where = `stretches [start, length, in a crossfade zone] ${JSON.stringify(c.runs)}; slices received starting near the first: ${near.join(' ')}; ${slices.length} slices, ${await demon(() => window.demon.framesReceived)} frames`;
     assert(c.otherLen === c.len && c.len === len, `same length (${c.len} vs ${c.otherLen})`);
     assert(c.max <= 2 ** -10 && c.over === 0, `outside crossfade zones the largest difference ${c.max} is within f16 rounding (${c.over} samples off by more than 1e-3; ${where})`);
-    if (process.env.E2E_STRICT_EDGES) assert(c.zoneOver === 0, `crossfade zones match too (${c.zoneOver} samples off, max ${c.zoneMax}; ${where})`);
-    const known = c.zoneOver
-      ? `; KNOWN SERVER ISSUE: ${c.zoneOver} samples inside patch crossfade zones differ by up to ${c.zoneMax.toFixed(3)} (raw slices vs crossfaded loop), e.g. ${JSON.stringify(c.runs.slice(0, 4))}`
-      : '; crossfade zones match too';
-    return `${slices.length} slices so far; outside the ${c.zoneSamples} samples of patch crossfade zones: RMS ${c.rms.toExponential(2)}, max ${c.max.toExponential(2)} over ${c.len - c.zoneSamples} samples${known}`;
+    assert(c.zoneMax <= 2 ** -10 && c.zoneOver === 0, `inside the crossfade zones too the largest difference ${c.zoneMax} is within f16 rounding (${c.zoneOver} samples off by more than 1e-3; ${where})`);
+    return `${slices.length} slices so far; outside the ${c.zoneSamples} samples of patch crossfade zones: RMS ${c.rms.toExponential(2)}, max ${c.max.toExponential(2)} over ${c.len - c.zoneSamples} samples; inside them: max ${c.zoneMax.toExponential(2)}`;
   });
 
   await check('keyboard: End and Shift+← on the focused denoise fader', async () => {
