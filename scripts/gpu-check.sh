@@ -49,7 +49,11 @@ if ! run cargo build --release -p demon-acestep --features cuda --tests --exampl
 fi
 
 say "GPU tests"
+<<<<<<< HEAD
 run cargo test --release -p demon-acestep --features cuda --test gpu -- --ignored --nocapture --test-threads 1 || status=1
+=======
+run cargo test --release -p demon-acestep --features cuda --test gpu -- --include-ignored --nocapture --test-threads 1 || status=1
+>>>>>>> d80edb0 (WIP gpu: uncommitted changes (bench sync, profile counts, all_valid blends, docs))
 # The CPU-side suite must still pass with the feature on.
 run cargo test --release -p demon-acestep --features cuda || status=1
 

@@ -235,6 +235,9 @@ pub struct ModelBenchReport {
     pub dit_step_cpu_ms: CaseMap<f64>,
     /// FLOPs of one step of that case (see [`dit_step_flops`]), in GFLOP.
     pub dit_step_gflop: CaseMap<f64>,
+    /// Tensors candle created during one step (kernel outputs and views: an upper bound of the
+    /// kernel launches; few on the CPU's fused path, every op on the composed GPU path).
+    pub dit_step_tensor_ops: CaseMap<usize>,
     /// Achieved rate ÷ `matmul_gflops`, per case.
     pub dit_roofline_share_by_case: CaseMap<f64>,
     /// The headline share: 2B, 60 s, batch 1 when measured, else the measured case with the
@@ -398,13 +401,7 @@ pub fn reset_peak_rss() -> bool {
 
 /// Wait until `t` is computed (GPU kernels run asynchronously).
 fn sync(t: &Tensor) -> Result<()> {
-    if !t.device().is_cpu() {
-        t.flatten_all()?
-            .narrow(0, 0, 1)?
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?;
-    }
-    Ok(())
+    Ok(t.device().synchronize()?)
 }
 
 fn bits(t: &Tensor) -> Result<Vec<u32>> {
@@ -540,12 +537,17 @@ pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<
             let out = den.velocity(&batch)?;
             sync(&out)?;
             let (mut best, mut best_cpu) = (f64::MAX, f64::NAN);
-            for _ in 0..cfg.repeats.max(1) {
+            for rep in 0..cfg.repeats.max(1) {
                 let c0 = process_cpu_seconds();
+                let ops0 = crate::dit::composed::profile::tensor_serial();
                 let t = Instant::now();
                 let v = den.velocity(&batch)?;
                 sync(&v)?;
                 let e = t.elapsed().as_secs_f64();
+                if rep == 0 {
+                    let ops = crate::dit::composed::profile::tensor_serial() - ops0;
+                    insert(&mut report.dit_step_tensor_ops, case, ops);
+                }
                 if e < best {
                     best = e;
                     best_cpu = process_cpu_seconds()
@@ -684,8 +686,9 @@ pub fn parse_matmul_dtype(spec: &str) -> Result<Option<DType>> {
     }
 }
 
-/// A device from a command-line spelling: `cpu`, `cuda` or `cuda:N`. CUDA needs the `cuda`
-/// feature; without it the error says how to build with it.
+/// A device from a command-line spelling: `cpu`, `cuda` or `cuda:N`. Without the `cuda` feature
+/// the error says how to get a CUDA build; with it, a device that cannot be opened (no driver, no
+/// GPU) is [`AceStepError::NoCudaDevice`], one line without a backtrace.
 pub fn parse_device(spec: &str) -> Result<Device> {
     match spec {
         "cpu" => Ok(Device::Cpu),
@@ -696,16 +699,27 @@ pub fn parse_device(spec: &str) -> Result<Device> {
                     .map_err(|_| AceStepError::input(format!("device `{s}`: bad ordinal")))?,
                 None => 0,
             };
-            if cfg!(feature = "cuda") {
-                Ok(Device::new_cuda(ordinal)?)
-            } else {
-                Err(AceStepError::input(format!(
-                    "device `{s}`: this binary was built without CUDA (build with `--features cuda`, docs/performance.md)"
-                )))
+            if !cfg!(feature = "cuda") {
+                return Err(AceStepError::input(format!(
+                    "device `{s}`: this binary was built without CUDA. Build one with `cargo build --release -p demon-cli --features cuda` (needs nvcc and cuBLAS), or without a CUDA toolkit with `scripts/gpu-bundle.sh` (docs/performance.md, \"GPU\")"
+                )));
             }
+            Device::new_cuda(ordinal).map_err(|e| AceStepError::NoCudaDevice {
+                ordinal,
+                detail: without_backtrace(&e),
+            })
         }
         other => Err(AceStepError::input(format!(
             "device `{other}`: use cpu, cuda or cuda:N"
         ))),
+    }
+}
+
+/// The message of a candle error without the backtrace candle attaches when `RUST_BACKTRACE` is
+/// set.
+fn without_backtrace(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(inner),
+        other => other.to_string(),
     }
 }

@@ -335,7 +335,7 @@ impl Conditioner for AceStepConditioner {
             .null_condition_emb
             .broadcast_as((1, l, h))?
             .contiguous()?;
-        Ok(Conditioning::with_mask(states, like.mask.clone()))
+        Ok(Conditioning::with_mask_of(states, like))
     }
 
     fn context_channels(&self) -> usize {

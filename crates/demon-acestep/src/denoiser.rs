@@ -10,6 +10,7 @@ use candle_core::{Device, Tensor};
 use demon_engine::{DenoiseBatch, Denoiser, EngineError};
 
 use crate::config::DitConfig;
+use crate::dit::composed::Tables;
 use crate::dit::{Dit, Row, Workspace};
 use crate::error::{AceStepError, Result};
 use crate::lora::{LoraAdapter, LoraInfo, LoraSlot, merged_weight};
@@ -21,6 +22,8 @@ pub struct AceStepDenoiser {
     dit: Dit,
     /// Buffers of the CPU row forward, reused from step to step.
     workspace: Workspace,
+    /// What the composed (GPU) forward keeps between steps.
+    tables: Tables,
     device: Device,
     loras: Vec<Option<LoraSlot>>,
     /// Unmerged weights of every module any adapter has touched.
@@ -36,6 +39,7 @@ impl AceStepDenoiser {
             device: src.device().clone(),
             dit,
             workspace: Workspace::default(),
+            tables: Tables::default(),
             loras: Vec::new(),
             base: HashMap::new(),
         })
@@ -85,6 +89,11 @@ impl AceStepDenoiser {
     /// Adapters merge into the weights at this precision.
     pub fn set_cpu_precision(&mut self, precision: crate::gemm::Precision) -> Result<()> {
         self.dit.set_cpu_precision(precision)
+    }
+
+    /// Run the composed path, the one a GPU runs, on the CPU too ([`Dit::set_composed`]).
+    pub fn set_composed(&mut self, on: bool) {
+        self.dit.set_composed(on);
     }
 
     /// Bytes held by the DiT's linear-layer weights (the packed panels on the CPU).
@@ -242,10 +251,12 @@ impl Denoiser for AceStepDenoiser {
         &self.device
     }
 
-    /// The rows run as one batch through the DiT (one product per projection on the CPU; each
-    /// row's result is bit-identical to that row alone, see `dit/mod.rs`), with each row's
-    /// conditioning's cross K/V taken from the DiT's cache (by content; `Conditioning::id` spares
-    /// re-hashing it). Turbo inference feeds `r = t`, so the second time embedder sees 0.
+    /// The rows run as one batch through the DiT: on the CPU the fused kernels (one product per
+    /// projection; each row's result is bit-identical to that row alone), elsewhere the composed
+    /// ops (`dit/composed.rs`; see `dit/mod.rs` on row independence). Each row's cross K/V come
+    /// from the DiT's cache (by content on the CPU, where `Conditioning::id` spares re-hashing
+    /// it; by `Conditioning::id` elsewhere). Turbo inference feeds `r = t`, so the second time
+    /// embedder sees 0. Nothing is read back from a GPU.
     fn velocity(&mut self, batch: &DenoiseBatch<'_>) -> demon_engine::Result<Tensor> {
         let b = batch.rows();
         let (bx, frames, c) = batch.x.dims3()?;
@@ -279,10 +290,8 @@ impl Denoiser for AceStepDenoiser {
                     format!("{:?}", ctx.dims()),
                 ));
             }
-            kvs.push(
-                self.dit
-                    .cached_cross_kv(cond.id, &cond.states, Some(&cond.mask))?,
-            );
+            let mask = (!cond.all_valid()).then_some(&cond.mask);
+            kvs.push(self.dit.cached_cross_kv(cond.id, &cond.states, mask)?);
             xs.push(batch.x.narrow(0, i, 1)?);
         }
         let rows: Vec<Row<'_>> = (0..b)
@@ -294,7 +303,10 @@ impl Denoiser for AceStepDenoiser {
                 kv: &kvs[i],
             })
             .collect();
-        Ok(self.dit.forward_batch_with(&mut self.workspace, &rows)?)
+        if self.dit.fused() {
+            return Ok(self.dit.forward_batch_with(&mut self.workspace, &rows)?);
+        }
+        Ok(self.dit.forward_batch_composed(&mut self.tables, &rows)?)
     }
 
     fn name(&self) -> &str {

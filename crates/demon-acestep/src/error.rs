@@ -62,13 +62,26 @@ pub enum AceStepError {
     #[error("invalid input: {0}")]
     Input(String),
 
-    /// A tensor operation failed.
+    /// A tensor operation failed. (Not a `#[source]`: candle's CUDA errors are transparent, so
+    /// the chain would print the same message twice.)
     #[error("tensor error: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+
+    /// `cuda:N` was asked for but cannot be opened: no driver, no GPU, or a bad ordinal.
+    #[error(
+        "no CUDA device: cuda:{ordinal} cannot be opened ({detail}); check that the NVIDIA driver is loaded and the GPU is visible (`nvidia-smi`)"
+    )]
+    NoCudaDevice { ordinal: usize, detail: String },
 
     /// An engine-side call (`Denoiser`, `Conditioning`) failed, e.g. inside the benchmark.
     #[error("{0}")]
     Engine(#[from] demon_engine::EngineError),
+}
+
+impl From<candle_core::Error> for AceStepError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Candle(e)
+    }
 }
 
 impl AceStepError {

@@ -1,13 +1,16 @@
-//! Building blocks shared by every ACE-Step stack, written on plain candle-core ops:
-//! linear layers, RMSNorm, rotary embeddings with the half-split `rotate_half` layout (Qwen3 /
+//! Building blocks shared by every ACE-Step stack, written on candle ops: linear layers, RMSNorm,
+//! rotary embeddings with the half-split `rotate_half` layout (Qwen3 /
 //! `modeling_acestep_v15_turbo.py`, acestep.md §1.3), grouped-query attention with additive
 //! masks, the SwiGLU MLP and the pre-norm encoder layer (lyric, timbre, pooler, detokenizer and,
 //! with a causal mask, the Qwen3 text encoder).
 //!
+//! RMSNorm, softmax and RoPE are candle-nn's fused kernels (one pass each, on the CPU and on CUDA)
+//! rather than chains of element-wise ops: on a GPU every op is a kernel launch.
+//!
 //! Parameters are read through [`Params`], a [`TensorSource`] under a name prefix (a checkpoint,
 //! or deterministic random values for full-size benchmarks without files).
 
-use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
 use std::sync::Arc;
 
@@ -19,7 +22,8 @@ pub use crate::params::{Params, RandomSource, TensorSource};
 /// The weight of a [`Linear`].
 #[derive(Clone, Debug)]
 enum Weight {
-    /// `[out, in]` as stored by PyTorch.
+    /// `[out, in]` as stored by PyTorch, in the product's dtype (off the CPU, bf16/f16 after
+    /// [`Linear::set_matmul_dtype`]: the only copy on the device).
     Tensor(Tensor),
     /// Packed for the CPU kernels ([`PackedMatrix`], `[in, out]`): the only copy, so a packed
     /// layer costs no more memory than its tensor did (half with bf16).
@@ -32,8 +36,9 @@ pub struct Linear {
     weight: Weight,
     device: Device,
     pub bias: Option<Tensor>,
-    /// A bf16/f16 copy of `weight` used for the product (GPU mixed precision: the input is cast
-    /// down, the GEMM accumulates in f32, the output is cast back to f32). `None`: f32 product.
+    /// A bf16/f16 copy of a packed (CPU) weight for the composed path's product (the input is
+    /// cast down, the GEMM accumulates in f32, the output is cast back). `None`: the weight's own
+    /// dtype. Off the CPU the weight tensor itself is converted instead.
     pub low: Option<Tensor>,
 }
 
@@ -61,7 +66,7 @@ impl Linear {
     /// The weight `[out, in]` (f32; rebuilt from the packed copy when packed, bf16 widened).
     pub fn weight(&self) -> Result<Tensor> {
         match &self.weight {
-            Weight::Tensor(t) => Ok(t.clone()),
+            Weight::Tensor(t) => Ok(t.to_dtype(DType::F32)?),
             Weight::Packed(p) => Ok(Tensor::from_vec(p.to_nxk(), (p.n(), p.k()), &self.device)?),
         }
     }
@@ -107,7 +112,7 @@ impl Linear {
             Weight::Packed(p) => p.with_precision(precision),
             Weight::Tensor(t) => {
                 let (n, k) = t.dims2()?;
-                let w: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                let w: Vec<f32> = demon_engine::host::flat(&t.to_dtype(DType::F32)?)?;
                 PackedMatrix::from_nxk(&w, n, k, precision)
             }
         };
@@ -121,6 +126,10 @@ impl Linear {
             self.low = Some(weight.to_dtype(low.dtype())?);
         }
         let precision = self.packed().map(PackedMatrix::precision);
+        let weight = match &self.weight {
+            Weight::Tensor(t) if t.dtype() != weight.dtype() => weight.to_dtype(t.dtype())?,
+            _ => weight,
+        };
         self.weight = Weight::Tensor(weight);
         if let Some(p) = precision {
             self.pack(p)?;
@@ -128,15 +137,38 @@ impl Linear {
         Ok(())
     }
 
-    /// Run [`Linear::forward`]'s product in `dtype` (`BF16`/`F16`, f32 accumulation) from a
-    /// weight copy, or in f32 (`None` or `F32`). Meant for GPUs; the fused CPU kernels read the
-    /// packed weight, whose precision [`Linear::pack`] sets.
+    /// Run [`Linear::forward`]'s product in `dtype` (`BF16`/`F16`, f32 accumulation), or in f32
+    /// (`None` or `F32`). Off the CPU the weight itself is converted, so it is resident once, in
+    /// that dtype, and no product casts it (back to f32 it keeps the rounded values). A packed
+    /// (CPU) weight gets a low-precision copy for the composed path; the fused CPU kernels read
+    /// the packed weight, whose precision [`Linear::pack`] sets.
     pub fn set_matmul_dtype(&mut self, dtype: Option<DType>) -> Result<()> {
-        self.low = match dtype {
-            Some(d) if d != DType::F32 => Some(self.weight()?.to_dtype(d)?),
-            _ => None,
-        };
+        let d = dtype.unwrap_or(DType::F32);
+        match &self.weight {
+            Weight::Tensor(t) => {
+                if t.dtype() != d {
+                    self.weight = Weight::Tensor(t.to_dtype(d)?);
+                }
+                self.low = None;
+            }
+            Weight::Packed(_) => {
+                self.low = if d == DType::F32 {
+                    None
+                } else {
+                    Some(self.weight()?.to_dtype(d)?)
+                };
+            }
+        }
         Ok(())
+    }
+
+    /// The dtype the product runs in.
+    pub fn matmul_dtype(&self) -> DType {
+        match (&self.low, &self.weight) {
+            (Some(low), _) => low.dtype(),
+            (None, Weight::Tensor(t)) => t.dtype(),
+            (None, Weight::Packed(_)) => DType::F32,
+        }
     }
 
     pub fn out_dim(&self) -> usize {
@@ -149,7 +181,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (weight, input) = match (&self.low, &self.weight) {
             (Some(low), _) => (low, x.to_dtype(low.dtype())?),
-            (None, Weight::Tensor(t)) => (t, x.clone()),
+            (None, Weight::Tensor(t)) => (t, x.to_dtype(t.dtype())?),
             (None, Weight::Packed(p)) => {
                 let y = x
                     .to_dtype(DType::F32)?
@@ -230,15 +262,20 @@ impl RmsNorm {
         })
     }
 
+    /// candle-nn's fused RMSNorm (f32 accumulation) over the last dimension of `x`, in `x`'s
+    /// dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(rms_normalize(x, self.eps)?.broadcast_mul(&self.weight)?)
+        let w = if self.weight.dtype() == x.dtype() {
+            self.weight.clone()
+        } else {
+            self.weight.to_dtype(x.dtype())?
+        };
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            &w,
+            self.eps as f32,
+        )?)
     }
-}
-
-/// `x / sqrt(mean(x²) + ε)` over the last dimension (no weight).
-pub fn rms_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
-    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?)
 }
 
 /// Rotary tables `[S, D]` for positions `0..len`: `cos`/`sin` of `pos·θ^(−2i/D)`, with the
@@ -270,21 +307,52 @@ pub fn rope_tables(
     ))
 }
 
-/// Apply RoPE to `[B, H, S, D]`: `x·cos + rotate_half(x)·sin`, `rotate_half(x) = [−x₂, x₁]`.
-pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+/// Rotary tables for positions `0..len` in candle-nn's layout: `cos`/`sin` `[S, D/2]` of
+/// `pos·θ^(−2i/D)` (the half that [`rope_tables`] repeats), f32.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    pub cos: Tensor,
+    pub sin: Tensor,
 }
 
-/// Softmax over the last dimension (max-subtracted).
+impl Rope {
+    pub fn new(len: usize, head_dim: usize, theta: f64, device: &Device) -> Result<Self> {
+        let (cos, sin) = rope_tables(len, head_dim, theta, device)?;
+        let half = head_dim / 2;
+        Ok(Self {
+            cos: cos.narrow(1, 0, half)?.contiguous()?,
+            sin: sin.narrow(1, 0, half)?.contiguous()?,
+        })
+    }
+
+    /// `x·cos + rotate_half(x)·sin` with `rotate_half(x) = [−x₂, x₁]` on `[B, H, S, D]` (one
+    /// fused kernel).
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let (cos, sin) = self.tables(x.dtype())?;
+        Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
+    }
+
+    /// The same on the token-major layout `[B, S, H, D]` (no transpose needed first).
+    pub fn apply_thd(&self, x: &Tensor) -> Result<Tensor> {
+        let (cos, sin) = self.tables(x.dtype())?;
+        Ok(candle_nn::rotary_emb::rope_thd(
+            &x.contiguous()?,
+            &cos,
+            &sin,
+        )?)
+    }
+
+    fn tables(&self, dtype: DType) -> Result<(Tensor, Tensor)> {
+        if self.cos.dtype() == dtype {
+            return Ok((self.cos.clone(), self.sin.clone()));
+        }
+        Ok((self.cos.to_dtype(dtype)?, self.sin.to_dtype(dtype)?))
+    }
+}
+
+/// Softmax over the last dimension (candle-nn's fused kernel, max-subtracted).
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&m)?.exp()?;
-    let s = e.sum_keepdim(D::Minus1)?;
-    Ok(e.broadcast_div(&s)?)
+    Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
 }
 
 /// The additive value that removes a key (torch's `finfo(float32).min`, so a fully masked row
@@ -516,16 +584,11 @@ impl Attention {
         Ok((k, v))
     }
 
-    /// Self-attention with RoPE (tables `[S, D]`) under `mask`.
-    pub fn self_attention(
-        &self,
-        x: &Tensor,
-        rope: &(Tensor, Tensor),
-        mask: Mask<'_>,
-    ) -> Result<Tensor> {
-        let q = apply_rope(&self.queries(x)?, &rope.0, &rope.1)?;
+    /// Self-attention with RoPE under `mask`.
+    pub fn self_attention(&self, x: &Tensor, rope: &Rope, mask: Mask<'_>) -> Result<Tensor> {
+        let q = rope.apply(&self.queries(x)?)?;
         let (k, v) = self.keys_values(x)?;
-        let k = apply_rope(&k, &rope.0, &rope.1)?;
+        let k = rope.apply(&k)?;
         let o = attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())?;
         self.o_proj.forward(&o)
     }
@@ -575,7 +638,7 @@ impl EncoderLayer {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: Mask<'_>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, rope: &Rope, mask: Mask<'_>) -> Result<Tensor> {
         let h =
             (x + self
                 .self_attn
@@ -614,7 +677,7 @@ impl EncoderStack {
     pub fn forward(&self, x: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let dev = x.device();
-        let rope = rope_tables(l, self.cfg.head_dim, self.cfg.rope_theta, dev)?;
+        let rope = Rope::new(l, self.cfg.head_dim, self.cfg.rope_theta, dev)?;
         let pad = match key_mask {
             Some(m) => {
                 // [B, 1, 1, L]: 0 where valid, MASKED where padding.

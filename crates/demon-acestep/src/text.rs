@@ -11,7 +11,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::config::TextEncoderConfig;
 use crate::error::{AceStepError, Result};
-use crate::nn::{EncoderLayer, Mask, Params, RmsNorm, TensorSource, rope_tables};
+use crate::nn::{EncoderLayer, Mask, Params, RmsNorm, Rope, TensorSource};
 
 /// Caption tokens kept (upstream `max_length=256`).
 pub const MAX_TEXT_TOKENS: usize = 256;
@@ -196,7 +196,7 @@ impl TextEncoder {
             return Err(AceStepError::input("empty token sequence"));
         }
         let l = ids.len();
-        let rope = rope_tables(l, self.cfg.head_dim, self.cfg.rope_theta, self.device())?;
+        let rope = Rope::new(l, self.cfg.head_dim, self.cfg.rope_theta, self.device())?;
         let mut h = self.embed(ids)?;
         for layer in &self.layers {
             h = layer.forward(&h, &rope, Mask::Causal)?;

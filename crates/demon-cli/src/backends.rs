@@ -92,7 +92,9 @@ impl BackendArgs {
     /// silent no-op (and a wasted copy of the weights).
     pub fn matmul_dtype(&self) -> Result<Option<candle_core::DType>> {
         let dtype = demon_acestep::bench::parse_matmul_dtype(&self.matmul)?;
-        if dtype.is_some() && self.device()?.is_cpu() {
+        // From the spelling, not `device()`: opening a CUDA device twice makes two devices whose
+        // tensors cannot meet.
+        if dtype.is_some() && self.compute == "cpu" {
             bail!(
                 "--matmul {} needs --compute cuda: the CPU kernels multiply in f32",
                 self.matmul

@@ -230,6 +230,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if let (Some(c), Some(obj)) = (&curve, out.as_object_mut()) {
             obj.insert("denoise_curve".into(), serde_json::to_value(c)?);
         }
+        // DEMON_DIT_PROFILE=1: the composed DiT's device-synchronised block times.
+        if demon_acestep::dit::composed::profile::enabled()
+            && let Some(obj) = out.as_object_mut()
+        {
+            let blocks = demon_acestep::dit::composed::profile::take();
+            obj.insert("dit_profile".into(), serde_json::to_value(blocks)?);
+        }
         if let Some(p) = &args.plot
             && let Some(r) = &report
         {

@@ -303,6 +303,48 @@ fn bench_options_are_checked_before_measuring() {
     );
 }
 
+/// `--compute cuda` in a build without the `cuda` feature says, once, how to get a CUDA build.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn compute_cuda_in_a_cpu_build_says_how_to_get_a_cuda_build() {
+    for args in [
+        &[
+            "bench",
+            "--backend",
+            "acestep",
+            "--random-model",
+            "turbo-2b",
+            "--compute",
+            "cuda",
+        ][..],
+        &[
+            "bench",
+            "--backend",
+            "acestep",
+            "--random-model",
+            "turbo-2b",
+            "--compute",
+            "cuda:1",
+            "--only",
+            "ticks",
+        ][..],
+    ] {
+        let out = demon(args);
+        assert_clean_failure(&out, "built without CUDA");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--features cuda") && stderr.contains("scripts/gpu-bundle.sh"),
+            "{stderr}"
+        );
+        assert_eq!(
+            stderr.matches("built without CUDA").count(),
+            1,
+            "printed once: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+}
+
 /// The tiny ACE-Step fixture (random weights in the published layouts) through the whole
 /// pipeline: prompt → Qwen3 → DiT steps in the ring → Oobleck decode → WAV.
 #[test]

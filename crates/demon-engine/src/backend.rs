@@ -25,6 +25,9 @@ pub struct Conditioning {
     /// Unique per distinct conditioning value: backends key per-generation caches on it
     /// (for example cross-attention keys and values).
     pub id: u64,
+    /// Every position is known to be valid without reading `mask` (see
+    /// [`Conditioning::all_valid`]).
+    all_valid: bool,
 }
 
 impl Conditioning {
@@ -39,15 +42,34 @@ impl Conditioning {
             ));
         }
         let mask = Tensor::ones((1, l), DType::F32, states.device())?;
-        Ok(Self::with_mask(states, mask))
+        let mut c = Self::with_mask(states, mask);
+        c.all_valid = true;
+        Ok(c)
     }
 
+    /// States with a mask that may hold padding.
     pub fn with_mask(states: Tensor, mask: Tensor) -> Self {
         Self {
             states,
             mask,
             id: NEXT_CONDITIONING_ID.fetch_add(1, Ordering::Relaxed),
+            all_valid: false,
         }
+    }
+
+    /// New states of `like`'s length with `like`'s mask (and what is known of it).
+    pub fn with_mask_of(states: Tensor, like: &Conditioning) -> Self {
+        let mut c = Self::with_mask(states, like.mask.clone());
+        c.all_valid = like.all_valid;
+        c
+    }
+
+    /// `true` when every position is known to be valid without reading the mask: built by
+    /// [`Conditioning::new`], or a blend whose longer side is such. `false` means the mask may
+    /// hold padding; finding out would read it back from the device, which a backend must not do
+    /// inside a tick.
+    pub fn all_valid(&self) -> bool {
+        self.all_valid
     }
 
     pub fn len(&self) -> usize {
@@ -86,7 +108,10 @@ impl Conditioning {
         let (sb, mb) = b.padded_to(l)?;
         let states = ((sa * (1.0 - w as f64))? + (sb * w as f64)?)?;
         let mask = ma.maximum(&mb)?;
-        Ok(Conditioning::with_mask(states, mask))
+        let mut c = Conditioning::with_mask(states, mask);
+        // The maximum is all ones when either side is all valid over the whole length.
+        c.all_valid = (a.all_valid && a.len() == l) || (b.all_valid && b.len() == l);
+        Ok(c)
     }
 
     /// States and mask zero-padded to length `l`.
@@ -425,6 +450,37 @@ impl BackendSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What is known of a mask without reading it: `new` is all valid, a mask given by the
+    /// caller may pad, a blend is all valid when its longer side is, and `with_mask_of` keeps
+    /// what is known.
+    #[test]
+    fn all_valid_follows_construction_and_blends() {
+        let d = Device::Cpu;
+        let ones = |l: usize| Tensor::ones((1, l, 3), DType::F32, &d).unwrap();
+        let given = |l: usize| {
+            Conditioning::with_mask(ones(l), Tensor::ones((1, l), DType::F32, &d).unwrap())
+        };
+        let a = Conditioning::new(ones(2)).unwrap();
+        let b = Conditioning::new(ones(3)).unwrap();
+        assert!(a.all_valid() && b.all_valid());
+        assert!(!given(2).all_valid());
+        // The shorter side is padded, but the longer one covers every position.
+        let ab = Conditioning::lerp(&a, &b, 0.5).unwrap();
+        assert!(ab.all_valid());
+        assert_eq!(ab.mask.to_vec2::<f32>().unwrap(), vec![vec![1.0; 3]]);
+        assert!(Conditioning::lerp(&given(2), &a, 0.5).unwrap().all_valid());
+        assert!(!Conditioning::lerp(&a, &given(3), 0.5).unwrap().all_valid());
+        assert!(
+            !Conditioning::lerp(&given(2), &given(2), 0.5)
+                .unwrap()
+                .all_valid()
+        );
+        // The ends of a blend are the sides themselves.
+        assert!(!Conditioning::lerp(&given(2), &b, 0.0).unwrap().all_valid());
+        assert!(Conditioning::with_mask_of(ones(2), &a).all_valid());
+        assert!(!Conditioning::with_mask_of(ones(2), &given(2)).all_valid());
+    }
 
     #[test]
     fn conditioning_lerp_pads_and_blends() {

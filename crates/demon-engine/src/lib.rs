@@ -10,10 +10,12 @@
 //! - [`pipeline`]: `StreamPipeline`, the ring of in-flight generations (mechanism 1).
 //! - [`lane`]: `SharedLane`, per-step state read by every slot on the next tick (mechanism 2).
 //! - [`backend`]: the `Denoiser`, `Codec` and `Conditioner` traits every backend implements.
+//! - [`host`]: counted reads of tensor values back to the host (none may happen in a tick).
 
 pub mod backend;
 pub mod curve;
 pub mod error;
+pub mod host;
 pub mod lane;
 pub mod pipeline;
 pub mod receptive;

@@ -38,9 +38,15 @@ impl Denoiser for TimedDenoiser<'_> {
     fn device(&self) -> &candle_core::Device {
         self.inner.device()
     }
+    /// On a GPU the call only queues kernels: the device is synchronised before (so the time
+    /// excludes earlier queued work) and after (so it includes the model's own), which makes
+    /// `spent` the model's device time. A no-op on the CPU.
     fn velocity(&mut self, batch: &DenoiseBatch<'_>) -> demon_engine::Result<Tensor> {
+        let device = self.inner.device().clone();
+        device.synchronize()?;
         let t0 = Instant::now();
         let v = self.inner.velocity(batch)?;
+        device.synchronize()?;
         self.spent += t0.elapsed();
         self.calls += 1;
         Ok(v)
@@ -190,6 +196,8 @@ fn steady_state(
     for _ in 0..ticks {
         done += submit_tick(&mut pipe, &mut timed)?;
     }
+    // Queued GPU work belongs to the measured ticks.
+    pipe.device().synchronize()?;
     let wall = t0.elapsed().as_secs_f64();
     let tick_ms = wall * 1000.0 / ticks as f64;
     let model_ms = timed.spent.as_secs_f64() * 1000.0 / ticks as f64;

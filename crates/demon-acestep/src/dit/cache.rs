@@ -4,7 +4,11 @@
 //! them, with a least-recently-used bound.
 //!
 //! A conditioning's content is hashed once: the engine's `Conditioning::id` (unique per value,
-//! shared by clones) maps to its content key, so a step reads no tensor back from the device.
+//! shared by clones) maps to its content key, so later steps read nothing back. Hashing reads the
+//! states back to the host, which on a GPU would stall the tick that meets a new conditioning
+//! (a crossfade makes one every tick), so off the fused CPU path entries are keyed by the id
+//! alone ([`CrossKvCache::get_or_compute`]'s `by_content`): equal content under two ids is then
+//! computed twice, and nothing is ever read.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -19,21 +23,24 @@ use crate::error::Result;
 /// Conditionings kept by default.
 pub const DEFAULT_CAPACITY: usize = 64;
 
-/// Shapes and a 128-bit hash of the bits of a conditioning's states and mask.
+/// What an entry is keyed by: shapes and a 128-bit hash of the bits of a conditioning's states
+/// and mask, or (off the CPU) the caller's id.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ContentKey {
-    states: Vec<usize>,
-    mask: Vec<usize>,
-    hash: (u64, u64),
+pub enum ContentKey {
+    Content {
+        states: Vec<usize>,
+        mask: Vec<usize>,
+        hash: (u64, u64),
+    },
+    Id(u64),
 }
 
 impl ContentKey {
-    /// The key of `states` and `mask` (copied to the host once).
+    /// The key of `states` and `mask` (copied to the host once, counted by
+    /// `demon_engine::host`).
     pub fn of(states: &Tensor, mask: Option<&Tensor>) -> Result<Self> {
         let bits = |t: &Tensor| -> Result<Vec<u32>> {
-            Ok(t.flatten_all()?
-                .to_dtype(DType::F32)?
-                .to_vec1::<f32>()?
+            Ok(demon_engine::host::flat::<f32>(&t.to_dtype(DType::F32)?)?
                 .into_iter()
                 .map(f32::to_bits)
                 .collect())
@@ -47,7 +54,7 @@ impl ContentKey {
             m.hash(&mut h);
             h.finish()
         };
-        Ok(Self {
+        Ok(Self::Content {
             states: states.dims().to_vec(),
             mask: mask.map(|m| m.dims().to_vec()).unwrap_or_default(),
             hash: (hash(0), hash(1)),
@@ -112,12 +119,14 @@ impl CrossKvCache {
     }
 
     /// The K/V of the conditioning with caller id `id` and `states`/`mask`, computed by
-    /// `compute` on the first use of that content.
+    /// `compute` on the first use of that content (`by_content`) or of that id (otherwise:
+    /// nothing is read back).
     pub fn get_or_compute(
         &mut self,
         id: u64,
         states: &Tensor,
         mask: Option<&Tensor>,
+        by_content: bool,
         compute: impl FnOnce() -> Result<CrossKv>,
     ) -> Result<Arc<CrossKv>> {
         self.clock += 1;
@@ -128,7 +137,11 @@ impl CrossKvCache {
                 key.clone()
             }
             None => {
-                let key = ContentKey::of(states, mask)?;
+                let key = if by_content {
+                    ContentKey::of(states, mask)?
+                } else {
+                    ContentKey::Id(id)
+                };
                 if self.ids.len() >= 4 * self.capacity {
                     evict_oldest(&mut self.ids);
                 }
@@ -185,7 +198,7 @@ mod tests {
         let mut c = CrossKvCache::new(4);
         let computed = Cell::new(0);
         let get = |c: &mut CrossKvCache, id: u64, s: &Tensor, m: Option<&Tensor>| {
-            c.get_or_compute(id, s, m, || {
+            c.get_or_compute(id, s, m, true, || {
                 computed.set(computed.get() + 1);
                 Ok(kv())
             })
@@ -207,7 +220,8 @@ mod tests {
     fn evicts_the_least_recently_used() {
         let mut c = CrossKvCache::new(2);
         let get = |c: &mut CrossKvCache, id: u64, v: f32| {
-            c.get_or_compute(id, &states(v), None, || Ok(kv())).unwrap()
+            c.get_or_compute(id, &states(v), None, true, || Ok(kv()))
+                .unwrap()
         };
         let a = get(&mut c, 1, 1.0);
         let b = get(&mut c, 2, 2.0);
@@ -221,5 +235,24 @@ mod tests {
         );
         c.set_capacity(1);
         assert_eq!(c.len(), 1);
+    }
+
+    /// Keyed by id (off the CPU), equal content under two ids is two entries and the id alone
+    /// decides (the values are never read; `tests/host_reads.rs` counts that).
+    #[test]
+    fn by_id_the_id_decides() {
+        let mut c = CrossKvCache::new(4);
+        let a = c
+            .get_or_compute(1, &states(1.0), None, false, || Ok(kv()))
+            .unwrap();
+        let b = c
+            .get_or_compute(2, &states(1.0), None, false, || Ok(kv()))
+            .unwrap();
+        assert!(!Arc::ptr_eq(&a, &b));
+        let again = c
+            .get_or_compute(1, &states(9.0), None, false, || Ok(kv()))
+            .unwrap();
+        assert!(Arc::ptr_eq(&a, &again), "the id decides, not the values");
+        assert_eq!(c.len(), 2);
     }
 }

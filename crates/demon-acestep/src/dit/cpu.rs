@@ -200,14 +200,7 @@ fn attention(out: &mut [f32], q: Heads<'_>, k: Heads<'_>, v: Heads<'_>, spec: At
     );
 }
 
-/// One row of a batch: `x` `[1, T, C]`, context `[1, T, Cc]`, timestep `t`, `t − r`, cross K/V.
-pub struct Row<'a> {
-    pub x: &'a Tensor,
-    pub context: &'a Tensor,
-    pub t: f32,
-    pub t_minus_r: f32,
-    pub kv: &'a CrossKv,
-}
+pub use super::layers::Row;
 
 /// Per-row AdaLN terms of one layer: `shift`, `1 + scale`, `gate` for attention and MLP.
 struct Modulation {
@@ -619,7 +612,9 @@ mod tests {
             let ctx = Tensor::randn(0f32, 1.0, (1, frames, 16), &dev).unwrap();
             let states = Tensor::randn(0f32, 1.0, (1, 7, 32), &dev).unwrap();
             let mask = Tensor::new(&[[1f32, 1., 1., 1., 1., 0., 0.]], &dev).unwrap();
-            let kv = dit.cross_kv(&states, padded.then_some(&mask)).unwrap();
+            let kv = dit
+                .cross_kv(&states, padded.then_some(&mask), true)
+                .unwrap();
             let mut ws = Workspace::default();
             let a = forward_row(&dit, &mut ws, &x, &ctx, 0.6, 0.0, &kv).unwrap();
             let b = composed::forward_row(&dit, &x, &ctx, 0.6, 0.0, &kv).unwrap();
@@ -647,7 +642,7 @@ mod tests {
             let x2 = Tensor::randn(0f32, 1.0, (1, frames, 8), &dev).unwrap();
             let ctx2 = Tensor::randn(0f32, 1.0, (1, frames, 16), &dev).unwrap();
             let states2 = Tensor::randn(0f32, 1.0, (1, 4, 32), &dev).unwrap();
-            let kv2 = dit.cross_kv(&states2, None).unwrap();
+            let kv2 = dit.cross_kv(&states2, None, true).unwrap();
             let other = Row {
                 x: &x2,
                 context: &ctx2,

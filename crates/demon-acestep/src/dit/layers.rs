@@ -71,6 +71,16 @@ pub struct DitLayer {
     pub sliding: bool,
 }
 
+/// One row of a batch: `x` `[1, T, C]`, context `[1, T, Cc]`, timestep `t`, `t − r`, cross K/V.
+#[derive(Clone, Copy)]
+pub struct Row<'a> {
+    pub x: &'a Tensor,
+    pub context: &'a Tensor,
+    pub t: f32,
+    pub t_minus_r: f32,
+    pub kv: &'a CrossKv,
+}
+
 /// Cross-attention keys and values of one conditioning for every layer.
 pub struct CrossKv {
     /// Per layer `(K, V)`, each `[1, KV, L, D]`.
@@ -273,8 +283,26 @@ impl DitWeights {
         Ok(())
     }
 
+    /// The dtype of the decoder layers' products (`F32` unless [`DitWeights::set_matmul_dtype`]
+    /// chose another).
+    pub fn matmul_dtype(&self) -> DType {
+        self.layers
+            .first()
+            .map_or(DType::F32, |l| l.self_attn.q_proj.matmul_dtype())
+    }
+
     /// Cross K/V of `states` `[1, L, H_enc]` with optional `[1, L]` mask, without caching.
-    pub fn cross_kv(&self, states: &Tensor, mask: Option<&Tensor>) -> Result<CrossKv> {
+    ///
+    /// With `drop_unpadded` (the fused CPU path) the mask is read once and dropped when it has no
+    /// padding; otherwise it is kept as given without reading it (a read would stall a GPU), and
+    /// the caller passes `None` when it knows there is no padding. Off the CPU the keys and values
+    /// are stored in the products' dtype, ready for the composed attention.
+    pub fn cross_kv(
+        &self,
+        states: &Tensor,
+        mask: Option<&Tensor>,
+        drop_unpadded: bool,
+    ) -> Result<CrossKv> {
         let (b, l, he) = states.dims3()?;
         if b != 1 || he != self.cfg.encoder.hidden_size {
             return Err(AceStepError::input(format!(
@@ -287,16 +315,31 @@ impl DitWeights {
             return Err(AceStepError::input("empty conditioning"));
         }
         let enc = self.condition_embedder.forward(states)?;
+        let dtype = if states.device().is_cpu() {
+            DType::F32
+        } else {
+            self.matmul_dtype()
+        };
         let layers = self
             .layers
             .iter()
-            .map(|layer| layer.cross_attn.keys_values(&enc))
+            .map(|layer| {
+                let (k, v) = layer.cross_attn.keys_values(&enc)?;
+                Ok((k.to_dtype(dtype)?, v.to_dtype(dtype)?))
+            })
             .collect::<Result<Vec<_>>>()?;
         // The reference never masks the DiT's cross-attention (its conditioning has no padding at
         // batch 1); padding only appears here when a blended conditioning was zero-padded, and then
         // the padded keys are excluded so the result does not depend on the padding.
+        let padded = match mask {
+            None => false,
+            Some(m) if drop_unpadded => {
+                demon_engine::host::to_scalar::<f32>(&m.min_all()?.to_dtype(DType::F32)?)? < 0.5
+            }
+            Some(_) => true,
+        };
         let mask = match mask {
-            Some(m) if m.min_all()?.to_scalar::<f32>()? < 0.5 => {
+            Some(m) if padded => {
                 let keep = m.to_dtype(DType::F32)?.reshape((1, 1, 1, l))?;
                 Some((keep.affine(-1.0, 1.0)? * (MASKED as f64))?)
             }

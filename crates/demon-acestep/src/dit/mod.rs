@@ -17,10 +17,14 @@
 //! - a row's result is bit-identical whatever else is in the batch (the `Denoiser` contract). On
 //!   the CPU the whole batch runs as one product per projection (`[B·S, H] × [H, N]`) from weights
 //!   packed once at load, whose every output is one fixed multiply-add chain whatever the row
-//!   count (`gemm` module); elsewhere every row runs through the composed ops on its own (candle
-//!   folds a batch into one larger GEMM, which may pick another kernel for another row count).
-//! - cross-attention keys/values are computed once per conditioning content and cached (least
-//!   recently used evicted), as upstream's `EncoderDecoderCache` does across steps.
+//!   count (`gemm` module). Elsewhere the batch runs through the composed ops as one
+//!   strided-batched product per projection (one GEMM per row inside one call): the rows stay
+//!   independent, and their bits match the row alone as long as cuBLAS keeps its kernel choice
+//!   for another batch count (`tests/gpu.rs` measures it; docs/performance.md).
+//! - cross-attention keys/values are computed once per conditioning and cached (least recently
+//!   used evicted), as upstream's `EncoderDecoderCache` does across steps: by content on the
+//!   fused CPU path, by the caller's id (the engine's `Conditioning::id`) elsewhere, where hashing
+//!   the content would read it back from the device.
 
 pub mod cache;
 pub mod composed;
@@ -32,8 +36,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 pub use cache::CrossKvCache;
-pub use cpu::{Row, Workspace};
-pub use layers::{CrossKv, DitLayer, DitWeights, TimeEmbedding, timestep_features};
+pub use cpu::Workspace;
+pub use layers::{CrossKv, DitLayer, DitWeights, Row, TimeEmbedding, timestep_features};
 
 use crate::config::DitConfig;
 use crate::error::{AceStepError, Result};
@@ -43,6 +47,8 @@ use crate::nn::{Linear, TensorSource};
 pub struct Dit {
     pub weights: DitWeights,
     cache: CrossKvCache,
+    /// Run the composed (GPU) path on the CPU too.
+    composed_on_cpu: bool,
 }
 
 impl Dit {
@@ -50,7 +56,22 @@ impl Dit {
         Ok(Self {
             weights: DitWeights::load(src, cfg)?,
             cache: CrossKvCache::default(),
+            composed_on_cpu: false,
         })
+    }
+
+    /// Whether rows run through the fused CPU kernels ([`cpu`]); otherwise through the composed
+    /// candle ops ([`composed`]), the path of every other device.
+    pub fn fused(&self) -> bool {
+        self.device().is_cpu() && !self.composed_on_cpu
+    }
+
+    /// Run the composed path (the one a GPU runs) on the CPU as well: for tests of that path and
+    /// comparisons on a machine without a GPU. Clears the cross K/V cache (the two paths keep
+    /// keys/values differently).
+    pub fn set_composed(&mut self, on: bool) {
+        self.composed_on_cpu = on;
+        self.clear_cache();
     }
 
     pub fn config(&self) -> &DitConfig {
@@ -96,8 +117,10 @@ impl Dit {
     }
 
     /// Cross K/V of `states` `[1, L, H_enc]` with optional `[1, L]` mask, without caching.
+    /// Off the fused path the mask is never read (pass `None` when it is known to hold no
+    /// padding).
     pub fn cross_kv(&self, states: &Tensor, mask: Option<&Tensor>) -> Result<CrossKv> {
-        self.weights.cross_kv(states, mask)
+        self.weights.cross_kv(states, mask, self.fused())
     }
 
     /// Cached cross K/V of the conditioning `states`/`mask` (computed on the first use of that
@@ -110,9 +133,11 @@ impl Dit {
         states: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Arc<CrossKv>> {
+        let fused = self.fused();
         let weights = &self.weights;
-        self.cache
-            .get_or_compute(id, states, mask, || weights.cross_kv(states, mask))
+        self.cache.get_or_compute(id, states, mask, fused, || {
+            weights.cross_kv(states, mask, fused)
+        })
     }
 
     /// One row: `x` `[1, T, C]`, context `[1, T, Cc]`, timestep `t`, `t − r`, cross K/V →
@@ -140,25 +165,31 @@ impl Dit {
         t_minus_r: f32,
         kv: &CrossKv,
     ) -> Result<Tensor> {
-        if self.device().is_cpu() {
+        if self.fused() {
             return cpu::forward_row(&self.weights, ws, x, context, t, t_minus_r, kv);
         }
         composed::forward_row(&self.weights, x, context, t, t_minus_r, kv)
     }
 
     /// A batch of rows of equal length → velocity `[B, T, C]`, with the CPU buffers of `ws`. On
-    /// the CPU one fused forward runs every projection once over all rows ([`cpu`]); elsewhere each
-    /// row runs alone through the composed ops. Row `i` of the result is bit-identical to
-    /// [`Dit::forward_row`] of row `i` alone.
+    /// the CPU one fused forward runs every projection once over all rows ([`cpu`]); row `i` of
+    /// the result is bit-identical to [`Dit::forward_row`] of row `i` alone. Elsewhere the batch
+    /// runs through the composed ops as one ([`Dit::forward_batch_composed`], fresh tables).
     pub fn forward_batch_with(&self, ws: &mut Workspace, rows: &[Row<'_>]) -> Result<Tensor> {
-        if self.device().is_cpu() {
+        if self.fused() {
             return cpu::forward_batch(&self.weights, ws, rows);
         }
-        let out = rows
-            .iter()
-            .map(|r| composed::forward_row(&self.weights, r.x, r.context, r.t, r.t_minus_r, r.kv))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&out, 0)?)
+        composed::forward_batch(&self.weights, &mut composed::Tables::default(), rows)
+    }
+
+    /// A batch of rows of one length through the composed ops in one go (the GPU path; see
+    /// [`composed`]), reusing `tables` between calls → velocity `[B, T, C]`.
+    pub fn forward_batch_composed(
+        &self,
+        tables: &mut composed::Tables,
+        rows: &[Row<'_>],
+    ) -> Result<Tensor> {
+        composed::forward_batch(&self.weights, tables, rows)
     }
 
     /// Keep the CPU kernels' weights in `precision` (f32 at load; bf16 halves their memory and

@@ -7,8 +7,13 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use demon_acestep::weights::SafetensorsFile;
 
+/// The committed fixtures; `DEMON_ACESTEP_FIXTURES` overrides the folder for a test binary
+/// carried to another machine (scripts/gpu-run.sh), where the build's source path is absent.
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    match std::env::var_os("DEMON_ACESTEP_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    }
 }
 
 pub fn original() -> PathBuf {
