@@ -3,7 +3,8 @@
 //! Sources arrive as WAV, FLAC, MP3, OGG/Vorbis or AIFF at any sample rate and channel count;
 //! [`load`] decodes them (symphonia), mixes them to stereo and resamples them to the engine's
 //! 48 kHz with a windowed-sinc resampler. [`wav`] writes renders, optionally carrying the exact
-//! latent they were decoded from, so a render used again as a source is bit-exact.
+//! latent they were decoded from, so a render used again as a source is bit-exact, and streams
+//! recordings crash-safely ([`WavWriter`]).
 //!
 //! Every failure names the file and the problem; nothing here panics on user input.
 
@@ -13,7 +14,7 @@ pub mod resample;
 pub mod wav;
 
 pub use load::{DecodedAudio, LoadLimits, decode_bytes, load_file};
-pub use wav::{EmbeddedLatent, WavFormat, read_embedded_latent, wav_bytes, write_wav};
+pub use wav::{EmbeddedLatent, WavFormat, WavWriter, read_embedded_latent, wav_bytes, write_wav};
 
 use std::path::PathBuf;
 

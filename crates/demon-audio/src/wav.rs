@@ -36,25 +36,10 @@ pub struct EmbeddedLatent {
 /// The bytes of a WAV file.
 pub fn wav_bytes(audio: &Audio, format: WavFormat, latent: Option<&EmbeddedLatent>) -> Vec<u8> {
     let ch = audio.channels.len() as u16;
-    let (bits, tag): (u16, u16) = match format {
-        WavFormat::Pcm16 => (16, 1),
-        WavFormat::Float32 => (32, 3),
-    };
-    let block = ch as u32 * bits as u32 / 8;
-    let data_len = audio.frames() as u32 * block;
-    let mut data = Vec::with_capacity(data_len as usize);
-    for i in 0..audio.frames() {
-        for c in &audio.channels {
-            let s = c[i];
-            match format {
-                WavFormat::Pcm16 => {
-                    let v = (s.clamp(-1.0, 1.0) * 32767.0).round() as i16;
-                    data.extend_from_slice(&v.to_le_bytes());
-                }
-                WavFormat::Float32 => data.extend_from_slice(&s.to_le_bytes()),
-            }
-        }
-    }
+    let data_len = audio.frames() * ch as usize * format.bytes_per_sample();
+    let planes: Vec<&[f32]> = audio.channels.iter().map(|c| c.as_slice()).collect();
+    let mut data = vec![0u8; data_len];
+    encode_frames(&planes, 0, audio.frames(), format, &mut data);
     let mut extra = Vec::new();
     if let Some(l) = latent {
         let mut body = Vec::new();
@@ -75,19 +60,13 @@ pub fn wav_bytes(audio: &Audio, format: WavFormat, latent: Option<&EmbeddedLaten
         }
     }
     let mut out = Vec::with_capacity(44 + data.len() + extra.len());
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(4 + 24 + 8 + data.len() as u32 + extra.len() as u32).to_le_bytes());
-    out.extend_from_slice(b"WAVE");
-    out.extend_from_slice(b"fmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&tag.to_le_bytes());
-    out.extend_from_slice(&ch.to_le_bytes());
-    out.extend_from_slice(&audio.sample_rate.to_le_bytes());
-    out.extend_from_slice(&(audio.sample_rate * block).to_le_bytes());
-    out.extend_from_slice(&(block as u16).to_le_bytes());
-    out.extend_from_slice(&bits.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header(
+        format,
+        ch,
+        audio.sample_rate,
+        data.len() as u32,
+        extra.len() as u32,
+    ));
     out.extend_from_slice(&data);
     out.extend_from_slice(&extra);
     out
@@ -104,6 +83,231 @@ pub fn write_wav(
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+/// Interleaved sample bytes of `frames` frames of planar `channels`, starting at frame `from`,
+/// as `format`.
+fn encode_frames(
+    channels: &[&[f32]],
+    from: usize,
+    frames: usize,
+    format: WavFormat,
+    out: &mut [u8],
+) -> usize {
+    let mut n = 0;
+    for i in from..from + frames {
+        for c in channels {
+            let s = c[i];
+            let bytes = match format {
+                WavFormat::Pcm16 => {
+                    let v = (s.clamp(-1.0, 1.0) * 32767.0).round() as i16;
+                    out[n..n + 2].copy_from_slice(&v.to_le_bytes());
+                    2
+                }
+                WavFormat::Float32 => {
+                    out[n..n + 4].copy_from_slice(&s.to_le_bytes());
+                    4
+                }
+            };
+            n += bytes;
+        }
+    }
+    n
+}
+
+/// A WAV file written as audio arrives (a recording of a live session), crash-safe: the header
+/// is valid from the start and its RIFF and data sizes are rewritten — and everything written
+/// so far flushed to the file — after every second of audio and at [`finish`](Self::finish).
+/// A file cut short by a crash or `kill -9` therefore plays up to the last update.
+///
+/// [`append`](Self::append) does not allocate: samples are converted through a fixed buffer on
+/// the stack into the file's write buffer, so it may run in the real-time part of a tick.
+pub struct WavWriter {
+    path: std::path::PathBuf,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    format: WavFormat,
+    channels: u16,
+    sample_rate: u32,
+    frames: u64,
+    /// Frames covered by the sizes in the header on disk.
+    frames_in_header: u64,
+}
+
+/// Bytes of the canonical header written by [`WavWriter`] and [`wav_bytes`].
+const HEADER_BYTES: usize = 44;
+
+impl WavFormat {
+    fn bytes_per_sample(self) -> usize {
+        match self {
+            WavFormat::Pcm16 => 2,
+            WavFormat::Float32 => 4,
+        }
+    }
+}
+
+/// The 44-byte RIFF/WAVE header for `data_bytes` of samples followed by `extra_bytes` of
+/// further chunks.
+fn header(
+    format: WavFormat,
+    channels: u16,
+    sample_rate: u32,
+    data_bytes: u32,
+    extra_bytes: u32,
+) -> [u8; HEADER_BYTES] {
+    let tag: u16 = match format {
+        WavFormat::Pcm16 => 1,
+        WavFormat::Float32 => 3,
+    };
+    let bits = 8 * format.bytes_per_sample() as u16;
+    let block = channels as u32 * format.bytes_per_sample() as u32;
+    let fields: [&[u8]; 12] = [
+        b"RIFF",
+        &(36 + data_bytes + extra_bytes).to_le_bytes(),
+        b"WAVEfmt ",
+        &16u32.to_le_bytes(),
+        &tag.to_le_bytes(),
+        &channels.to_le_bytes(),
+        &sample_rate.to_le_bytes(),
+        &(sample_rate * block).to_le_bytes(),
+        &(block as u16).to_le_bytes(),
+        &bits.to_le_bytes(),
+        b"data",
+        &data_bytes.to_le_bytes(),
+    ];
+    let mut h = [0u8; HEADER_BYTES];
+    let mut n = 0;
+    for f in fields {
+        h[n..n + f.len()].copy_from_slice(f);
+        n += f.len();
+    }
+    h
+}
+
+impl WavWriter {
+    /// Create (or truncate) `path` and write a valid, empty WAV header.
+    pub fn create(path: &Path, sample_rate: u32, channels: u16, format: WavFormat) -> Result<Self> {
+        let file = std::fs::File::create(path).map_err(|e| write_error(path, e))?;
+        let mut w = Self {
+            path: path.to_path_buf(),
+            out: Some(std::io::BufWriter::new(file)),
+            format,
+            channels: channels.max(1),
+            sample_rate,
+            frames: 0,
+            frames_in_header: 0,
+        };
+        w.write_header()?;
+        Ok(w)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Frames appended so far.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    pub fn seconds(&self) -> f64 {
+        self.frames as f64 / self.sample_rate.max(1) as f64
+    }
+
+    fn block_bytes(&self) -> u64 {
+        self.channels as u64 * self.format.bytes_per_sample() as u64
+    }
+
+    /// Write the header for the frames appended so far, flush, and return to the end.
+    fn write_header(&mut self) -> Result<()> {
+        use std::io::{Seek, SeekFrom, Write};
+        let block = self.block_bytes();
+        let data = (self.frames * block).min(u32::MAX as u64 - 64) as u32;
+        let h = header(self.format, self.channels, self.sample_rate, data, 0);
+        let path = &self.path;
+        let out = self
+            .out
+            .as_mut()
+            .ok_or_else(|| write_error(path, "the writer is already finished"))?;
+        out.flush().map_err(|e| write_error(path, e))?;
+        let file = out.get_mut();
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| write_error(path, e))?;
+        file.write_all(&h).map_err(|e| write_error(path, e))?;
+        file.seek(SeekFrom::End(0))
+            .map_err(|e| write_error(path, e))?;
+        self.frames_in_header = self.frames;
+        Ok(())
+    }
+
+    /// Append one block of planar audio (`block[c][i]`, every channel the same length).
+    pub fn append<C: AsRef<[f32]>>(&mut self, block: &[C]) -> Result<()> {
+        use std::io::Write;
+        if block.len() != self.channels as usize {
+            return Err(write_error(
+                &self.path,
+                format!(
+                    "a block of {} channels for a {}-channel file",
+                    block.len(),
+                    self.channels
+                ),
+            ));
+        }
+        let mut planes: [&[f32]; 8] = [&[]; 8];
+        for (p, c) in planes.iter_mut().zip(block) {
+            *p = c.as_ref();
+        }
+        let planes = &planes[..block.len().min(8)];
+        let frames = planes.first().map_or(0, |c| c.len());
+        if planes.iter().any(|c| c.len() != frames) {
+            return Err(write_error(&self.path, "channels of different lengths"));
+        }
+        let mut buf = [0u8; 4096];
+        let per_frame = self.block_bytes() as usize;
+        let chunk = (buf.len() / per_frame).max(1);
+        let format = self.format;
+        let path = &self.path;
+        let out = self
+            .out
+            .as_mut()
+            .ok_or_else(|| write_error(path, "the writer is already finished"))?;
+        let mut from = 0;
+        while from < frames {
+            let n = chunk.min(frames - from);
+            let bytes = encode_frames(planes, from, n, format, &mut buf);
+            out.write_all(&buf[..bytes])
+                .map_err(|e| write_error(path, e))?;
+            from += n;
+        }
+        self.frames += frames as u64;
+        if self.frames - self.frames_in_header >= self.sample_rate as u64 {
+            self.write_header()?;
+        }
+        Ok(())
+    }
+
+    /// Write the final sizes and flush; later calls do nothing.
+    pub fn finish(&mut self) -> Result<()> {
+        if self.out.is_none() {
+            return Ok(());
+        }
+        self.write_header()?;
+        self.out = None;
+        Ok(())
+    }
+}
+
+impl Drop for WavWriter {
+    /// A writer dropped without `finish` (an error path) still leaves a whole file.
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+fn write_error(path: &Path, reason: impl std::fmt::Display) -> AudioError {
+    AudioError::Write {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
 }
 
 /// The latent embedded in a WAV written by `demon`, if any. Malformed chunks read as `None`.
@@ -213,6 +417,79 @@ mod tests {
         let e = crate::load::load_file(Path::new("/nonexistent/x.wav"), LoadLimits::default())
             .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/x.wav"));
+    }
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("demon-wav-{}-{name}", std::process::id()))
+    }
+
+    fn tone(frames: usize, offset: usize) -> [Vec<f32>; 2] {
+        let l = (offset..offset + frames)
+            .map(|i| ((i % 97) as f32 / 97.0 - 0.5) * 0.8)
+            .collect();
+        let r = (offset..offset + frames)
+            .map(|i| ((i % 31) as f32 / 31.0 - 0.5) * 0.5)
+            .collect();
+        [l, r]
+    }
+
+    #[test]
+    fn a_streamed_file_equals_the_whole_file_writer() {
+        for format in [WavFormat::Pcm16, WavFormat::Float32] {
+            let path = tmp("stream.wav");
+            let mut w = WavWriter::create(&path, 48_000, 2, format).unwrap();
+            let mut all = [Vec::new(), Vec::new()];
+            for k in 0..30 {
+                let b = tone(1920 + k, all[0].len());
+                all[0].extend_from_slice(&b[0]);
+                all[1].extend_from_slice(&b[1]);
+                w.append(&b).unwrap();
+            }
+            w.finish().unwrap();
+            let whole = wav_bytes(&Audio::new(48_000, all.to_vec()).unwrap(), format, None);
+            assert!(std::fs::read(&path).unwrap() == whole, "{format:?}");
+            assert!(
+                w.append(&tone(10, 0)).is_err(),
+                "finished writers refuse audio"
+            );
+            assert!(
+                w.append(&[vec![0.0f32; 3]]).is_err(),
+                "a block must have every channel"
+            );
+            std::fs::remove_file(&path).ok();
+        }
+    }
+
+    #[test]
+    fn a_writer_killed_mid_recording_leaves_a_file_that_plays_to_the_last_update() {
+        let path = tmp("killed.wav");
+        let mut w = WavWriter::create(&path, 48_000, 2, WavFormat::Pcm16).unwrap();
+        // 2.5 s in 40 ms blocks: the header was last updated after 2 s.
+        let mut written = [Vec::new(), Vec::new()];
+        for _ in 0..(2500 / 40) {
+            let b = tone(1920, written[0].len());
+            written[0].extend_from_slice(&b[0]);
+            written[1].extend_from_slice(&b[1]);
+            w.append(&b).unwrap();
+        }
+        // A kill: no finish, no destructor, the write buffer's tail never reaches the file.
+        std::mem::forget(w);
+        let mut reader = hound::WavReader::open(&path).expect("the header is valid");
+        let spec = reader.spec();
+        assert_eq!(
+            (spec.channels, spec.sample_rate, spec.bits_per_sample),
+            (2, 48_000, 16)
+        );
+        let samples: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
+        let frames = samples.len() / 2;
+        assert_eq!(frames, 96_000, "every whole second written before the kill");
+        for (i, pair) in samples.chunks_exact(2).enumerate().step_by(997) {
+            for c in 0..2 {
+                let want = (written[c][i].clamp(-1.0, 1.0) * 32767.0).round() as i16;
+                assert_eq!(pair[c], want, "frame {i} channel {c}");
+            }
+        }
+        std::fs::remove_file(&path).ok();
     }
 
     #[test]

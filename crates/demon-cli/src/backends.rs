@@ -1,11 +1,18 @@
-//! Choosing and building a backend: the built-in sketch, or ACE-Step from a weights folder.
+//! Choosing and building a backend: the built-in sketch, or ACE-Step from a weights folder —
+//! and what the backend layer offers the front ends beside the model: its source resolver (the
+//! sketch has a song library) and, when a second instance is cheap, a way to make one.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use candle_core::Device;
-use demon_engine::BackendSet;
+use candle_core::{Device, Tensor};
+use demon_engine::{BackendSet, Prompt};
+use demon_live::resolve::{SongLibrary, SourceResolver};
+use demon_live::{BackendFacts, SessionError, SessionResult};
 use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
+
+use crate::args::{CpuPrecision, Matmul, ModelSize, closed};
 
 /// Backend names accepted by `--backend`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -33,20 +40,20 @@ pub struct BackendArgs {
     pub loras: Vec<String>,
     /// ACE-Step at full size with random weights instead of files (for benchmarks):
     /// `turbo-2b` or `xl-turbo`. It makes noise, not music.
-    #[arg(long = "random-model", value_name = "SIZE")]
-    pub random_model: Option<String>,
+    #[arg(long = "random-model", value_name = "SIZE", value_parser = closed::<ModelSize>("model size"))]
+    pub random_model: Option<ModelSize>,
     /// Where ACE-Step computes: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features
     /// cuda`, see docs/performance.md). Not the audio device (`--device` on serve/perform).
     #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
     pub compute: String,
     /// Precision of the DiT's matrix products on a GPU: `f32`, `bf16` or `f16` (f32
     /// accumulation; the CPU kernels always multiply in f32).
-    #[arg(long, default_value = "f32")]
-    pub matmul: String,
+    #[arg(long, default_value = "f32", value_parser = closed::<Matmul>("matmul dtype"))]
+    pub matmul: Matmul,
     /// Weight precision of ACE-Step's CPU kernels: `f32`, or `bf16` (the DiT's weights kept in
     /// bf16, products summed in f32: half the memory; fast on CPUs with avx512_bf16).
-    #[arg(long = "cpu-precision", default_value = "f32", value_name = "f32|bf16")]
-    pub cpu_precision: String,
+    #[arg(long = "cpu-precision", default_value = "f32", value_parser = closed::<CpuPrecision>("CPU precision"))]
+    pub cpu_precision: CpuPrecision,
 }
 
 impl BackendArgs {
@@ -66,12 +73,11 @@ impl BackendArgs {
     /// The CPU kernels' precision named by `--cpu-precision` (a CPU option: an error with
     /// `--compute cuda`, where `--matmul` sets the precision).
     pub fn cpu_precision(&self) -> Result<demon_acestep::gemm::Precision> {
-        let p: demon_acestep::gemm::Precision =
-            self.cpu_precision.parse().map_err(|e: String| anyhow!(e))?;
+        let p = demon_acestep::gemm::Precision::from(self.cpu_precision);
         if p != demon_acestep::gemm::Precision::F32 && !self.device()?.is_cpu() {
             bail!(
                 "--cpu-precision {} is for --compute cpu; on a GPU use --matmul",
-                self.cpu_precision
+                p.name()
             );
         }
         Ok(p)
@@ -91,16 +97,126 @@ impl BackendArgs {
     /// CPU kernels multiply in f32, so asking for it on the CPU is an error rather than a
     /// silent no-op (and a wasted copy of the weights).
     pub fn matmul_dtype(&self) -> Result<Option<candle_core::DType>> {
-        let dtype = demon_acestep::bench::parse_matmul_dtype(&self.matmul)?;
+        let dtype = self.matmul.dtype();
         // From the spelling, not `device()`: opening a CUDA device twice makes two devices whose
         // tensors cannot meet.
         if dtype.is_some() && self.compute == "cpu" {
             bail!(
                 "--matmul {} needs --compute cuda: the CPU kernels multiply in f32",
-                self.matmul
+                self.matmul_name()
             );
         }
         Ok(dtype)
+    }
+
+    fn matmul_name(&self) -> String {
+        use clap::ValueEnum;
+        self.matmul
+            .to_possible_value()
+            .map(|p| p.get_name().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// A built backend and what the backend layer offers beside the model.
+pub struct Backend {
+    pub set: BackendSet,
+    /// Turns `--source` names (files, `library:` songs) into sources for this backend.
+    pub sources: SourceResolver,
+    /// A second, independent instance, when making one is cheap (the weights-free sketch):
+    /// the server's offline renders run on it beside the live session.
+    spare: Option<fn() -> BackendSet>,
+    /// One line saying which backend runs.
+    pub description: String,
+}
+
+impl Backend {
+    fn new(
+        mut set: BackendSet,
+        library: Option<Arc<dyn SongLibrary>>,
+        spare: Option<fn() -> BackendSet>,
+        description: String,
+    ) -> Self {
+        let facts = BackendFacts::of(&mut set);
+        let sources = SourceResolver::new(facts, set.codec.device().clone(), library);
+        Self {
+            set,
+            sources,
+            spare,
+            description,
+        }
+    }
+
+    /// A fresh instance of this backend when that is cheap; `None` for a loaded model.
+    pub fn spare(&self) -> Option<fn() -> BackendSet> {
+        self.spare
+    }
+}
+
+/// The sketch's procedural composer as a song library: `library:STYLE[:N]` is song `N` of a
+/// style, composed at the prompt's tempo and key.
+struct SketchLibrary;
+
+impl SongLibrary for SketchLibrary {
+    fn names(&self) -> Vec<String> {
+        demon_sketch::Style::ALL
+            .iter()
+            .flat_map(|s| {
+                (0..4).map(move |i| format!("library:{}:{i}", s.name().replace(' ', "_")))
+            })
+            .collect()
+    }
+
+    fn song(
+        &self,
+        style_name: &str,
+        index: u64,
+        prompt: &Prompt,
+        frames: usize,
+        device: &Device,
+    ) -> SessionResult<Tensor> {
+        let reading = demon_sketch::style::read_prompt(style_name);
+        if reading.unrecognised {
+            return Err(SessionError::bad_source(
+                format!("library:{style_name}"),
+                format!(
+                    "unknown library style `{style_name}` (house, techno, ambient, hip hop, funk, drum and bass)"
+                ),
+            ));
+        }
+        let style = demon_sketch::SketchCondition {
+            style_weights: reading.style_weights,
+            bpm: 0.0,
+            tonic: 0,
+            minor: false,
+            brightness: 0.0,
+            energy: 0.0,
+            timbre: None,
+        }
+        .dominant_style();
+        let cond = SketchConditioner::default()
+            .read(prompt)
+            .map_err(|e| SessionError::engine("prompt", e))?;
+        let song = demon_sketch::composer::compose(demon_sketch::composer::SongSpec {
+            style,
+            bpm: prompt.bpm.unwrap_or(cond.bpm),
+            tonic: cond.tonic,
+            minor: cond.minor,
+            seed: 1000 + index,
+            frames,
+        });
+        Ok(Tensor::from_vec(
+            song.latent,
+            (1, frames, demon_sketch::layout::CHANNELS),
+            device,
+        )?)
+    }
+
+    fn tempo(&self, prompt: &Prompt) -> Option<f32> {
+        SketchConditioner::default()
+            .read(prompt)
+            .ok()
+            .map(|c| c.bpm)
     }
 }
 
@@ -116,7 +232,23 @@ pub fn sketch() -> BackendSet {
 }
 
 /// Build the requested backend.
-pub fn build(args: &BackendArgs) -> Result<BackendSet> {
+pub fn build(args: &BackendArgs) -> Result<Backend> {
+    Ok(match args.backend {
+        BackendKind::Sketch => Backend::new(
+            build_set(args)?,
+            Some(Arc::new(SketchLibrary)),
+            Some(sketch),
+            "backend: the built-in sketch (no model weights configured; --backend acestep --weights DIR uses ACE-Step)".into(),
+        ),
+        BackendKind::Acestep => {
+            let set = build_set(args)?;
+            let description = format!("backend: {}", set.name);
+            Backend::new(set, None, None, description)
+        }
+    })
+}
+
+fn build_set(args: &BackendArgs) -> Result<BackendSet> {
     match args.backend {
         BackendKind::Sketch => {
             if args.weights.is_some() || args.variant.is_some() || args.random_model.is_some() {
@@ -127,44 +259,40 @@ pub fn build(args: &BackendArgs) -> Result<BackendSet> {
             if !args.loras.is_empty() {
                 bail!("the sketch backend has no LoRA adapters; use --backend acestep");
             }
-            if args.compute != "cpu" || args.matmul != "f32" {
+            if args.compute != "cpu" || args.matmul != Matmul::F32 {
                 bail!(
                     "--compute and --matmul are for --backend acestep; the sketch backend runs on the CPU"
                 );
             }
-            if args.cpu_precision != "f32" {
+            if args.cpu_precision != CpuPrecision::F32 {
                 bail!(
                     "--cpu-precision is for --backend acestep; the sketch backend has no weights"
                 );
             }
             Ok(sketch())
         }
-        BackendKind::Acestep if args.random_model.is_some() => {
-            let size = args.random_model.as_deref().unwrap_or_default();
-            let config = match size {
-                "turbo-2b" | "2b" => demon_acestep::AceStepConfig::turbo_2b(),
-                "xl-turbo" | "xl" => demon_acestep::AceStepConfig::xl_turbo(),
-                other => bail!("--random-model `{other}`: use turbo-2b or xl-turbo"),
-            };
-            if args.weights.is_some() {
-                bail!("--random-model and --weights exclude each other");
+        BackendKind::Acestep => match args.random_model {
+            Some(size) => {
+                if args.weights.is_some() {
+                    bail!("--random-model and --weights exclude each other");
+                }
+                let model = demon_acestep::AceStep::random(&size.config(), 0, &args.device()?)?;
+                let (mut denoiser, codec, conditioner) = model.into_parts();
+                args.set_precision(&mut denoiser)?;
+                Ok(BackendSet {
+                    name: "acestep".into(),
+                    denoiser: Box::new(denoiser),
+                    codec: Box::new(codec),
+                    conditioner: Box::new(conditioner),
+                })
             }
-            let model = demon_acestep::AceStep::random(&config, 0, &args.device()?)?;
-            let (mut denoiser, codec, conditioner) = model.into_parts();
-            args.set_precision(&mut denoiser)?;
-            Ok(BackendSet {
-                name: "acestep".into(),
-                denoiser: Box::new(denoiser),
-                codec: Box::new(codec),
-                conditioner: Box::new(conditioner),
-            })
-        }
-        BackendKind::Acestep => {
-            let dir = args.weights.as_deref().ok_or_else(|| {
-                anyhow!("--backend acestep needs --weights DIR (see README: ACE-Step 1.5)")
-            })?;
-            acestep(dir, args)
-        }
+            None => {
+                let dir = args.weights.as_deref().ok_or_else(|| {
+                    anyhow!("--backend acestep needs --weights DIR (see README: ACE-Step 1.5)")
+                })?;
+                acestep(dir, args)
+            }
+        },
     }
 }
 

@@ -10,6 +10,7 @@ use demon_engine::Prompt;
 use demon_live::bench::{BenchConfig, run as run_bench};
 use serde_json::{Value, json};
 
+use crate::args::{BenchSection, ModelSize as CliModelSize, closed};
 use crate::backends::{self, BackendArgs};
 
 #[derive(Args, Debug)]
@@ -41,14 +42,14 @@ pub struct BenchArgs {
     /// model for ACE-Step (the others take hours on a CPU with a full-size model; ask for them
     /// by name). denoise_curve (similarity to the source against denoise 0, 0.1, …, 1 for a
     /// library song, a re-encoded render and a sox recording) runs only when asked for.
-    #[arg(long, value_delimiter = ',')]
-    pub only: Option<Vec<String>>,
+    #[arg(long, value_delimiter = ',', value_parser = closed::<BenchSection>("bench section"))]
+    pub only: Option<Vec<BenchSection>>,
     /// Model section: sizes (turbo-2b, xl-turbo). With none of --model-sizes, --model-seconds
     /// and --model-batches the section measures a CPU-sized subset: 2B at 10 s for batches
     /// 1, 2, 4, 8 and at 60 s for batch 1, XL at 10 s for batch 1 (only the size of
     /// `--random-model` when it is given).
-    #[arg(long, value_delimiter = ',')]
-    pub model_sizes: Option<Vec<String>>,
+    #[arg(long, value_delimiter = ',', value_parser = closed::<CliModelSize>("model size"))]
+    pub model_sizes: Option<Vec<CliModelSize>>,
     /// Model section: song lengths in seconds (e.g. 10,60,240).
     #[arg(long, value_delimiter = ',')]
     pub model_seconds: Option<Vec<u32>>,
@@ -73,11 +74,8 @@ fn model_config(args: &BenchArgs) -> Result<ModelBenchConfig> {
     {
         ModelBenchConfig::default()
     } else {
-        let sizes = match &args.model_sizes {
-            Some(v) => v
-                .iter()
-                .map(|s| s.parse::<ModelSize>())
-                .collect::<Result<Vec<_>, _>>()?,
+        let sizes: Vec<ModelSize> = match &args.model_sizes {
+            Some(v) => v.iter().map(|s| ModelSize::from(*s)).collect(),
             None => vec![ModelSize::Turbo2b],
         };
         let seconds = args.model_seconds.clone().unwrap_or_else(|| vec![10]);
@@ -108,10 +106,10 @@ fn model_config(args: &BenchArgs) -> Result<ModelBenchConfig> {
     cfg.device = args.backend.device()?;
     cfg.matmul_dtype = args.backend.matmul_dtype()?;
     cfg.cpu_precision = args.backend.cpu_precision()?;
-    if let Some(size) = &args.backend.random_model {
+    if let Some(size) = args.backend.random_model {
         // `--random-model SIZE` without explicit sizes: measure that size only.
         if args.model_sizes.is_none() {
-            let size: ModelSize = size.parse()?;
+            let size = ModelSize::from(size);
             cfg.dit_cases.retain(|c| c.size == size);
             if cfg.dit_cases.is_empty() {
                 cfg.dit_cases = ModelBenchConfig::with_cases(&[size], &[10], &[1]).dit_cases;
@@ -142,27 +140,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     let acestep = args.backend.backend == backends::BackendKind::Acestep;
-    let sections = match &args.only {
-        Some(v) => v.clone(),
+    let sections: Vec<String> = match &args.only {
+        Some(v) => v.iter().map(|s| s.name().to_string()).collect(),
         None if acestep => vec!["model".to_string()],
         None => ["render", "ticks", "propagation", "decode"]
             .map(String::from)
             .to_vec(),
     };
-    const SECTIONS: [&str; 6] = [
-        "render",
-        "ticks",
-        "propagation",
-        "decode",
-        "model",
-        "denoise_curve",
-    ];
-    if let Some(bad) = sections.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
-        bail!(
-            "unknown bench section `{bad}` (use {})",
-            SECTIONS.join(", ")
-        );
-    }
     if args.plot.is_some() && !sections.iter().any(|s| s == "ticks") {
         bail!("--plot draws the ticks section; add `ticks` to --only");
     }
@@ -203,7 +187,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             sections: engine_sections,
             ..Default::default()
         };
-        Some(run_bench(&mut backend, &cfg, &mut log)?)
+        Some(run_bench(&mut backend.set, &cfg, &mut log)?)
     };
     let model = match &model_cfg {
         Some(cfg) => Some(model_bench(cfg, &mut log)?),
@@ -293,12 +277,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     for (class, p) in &report.propagation {
+        let mean = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
         println!(
-            "{class:>20}: onset {} ticks ({} ms), convergence {} ticks ({} ms)",
+            "{class:>20}: onset {} ticks worst, {} mean ({} ms), convergence {} ticks worst, {} mean ({} ms) over {} phases; {}",
             p.onset_ticks.map_or("-".into(), |v| v.to_string()),
+            mean(p.onset_ticks_mean),
             p.onset_ms.map_or("-".into(), |v| format!("{v:.0}")),
             p.convergence_ticks.map_or("-".into(), |v| v.to_string()),
-            p.convergence_ms.map_or("-".into(), |v| format!("{v:.0}"))
+            mean(p.convergence_ticks_mean),
+            p.convergence_ms.map_or("-".into(), |v| format!("{v:.0}")),
+            p.phases,
+            p.note
         );
     }
     if let (Some(f), Some(ms)) = (report.receptive_field_frames, report.full_decode_ms) {
@@ -327,10 +316,10 @@ fn denoise_curves(
     log: &mut dyn FnMut(&str),
 ) -> Result<demon_live::denoise_curve::CurveReport> {
     use demon_live::denoise_curve as dc;
-    let mut backend = backends::build(&args.backend)?;
+    let mut backend = backends::build(&args.backend)?.set;
     let defaults = dc::CurveConfig::default();
     let cfg = dc::CurveConfig {
-        spec: demon_live::RenderSpec {
+        spec: dc::CurveRender {
             prompt: Prompt::tags(args.prompt.clone()),
             steps: args.steps,
             ..defaults.spec

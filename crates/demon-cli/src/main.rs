@@ -3,6 +3,7 @@
 //! `demon render` renders songs offline through the streaming engine. Errors print their whole
 //! chain and exit non-zero; nothing a user types makes the binary panic.
 
+mod args;
 mod backends;
 mod bench;
 mod perform;
@@ -14,6 +15,13 @@ mod tools;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+// Debug builds check that the real-time sections (the audio callback, the played block) never
+// allocate: an allocation there prints a warning (demon_live::rt). Release builds use the
+// system allocator as is.
+#[cfg(debug_assertions)]
+#[global_allocator]
+static ALLOC: demon_live::rt::AllocDisabler = demon_live::rt::AllocDisabler;
 
 #[derive(Parser)]
 #[command(

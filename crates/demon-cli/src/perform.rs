@@ -6,14 +6,15 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use demon_engine::{CfgMode, Prompt, SolverKind};
+use demon_engine::Prompt;
+use demon_live::BackendFacts;
 use demon_live::control::{ControlMessage, SourceSpec};
-use demon_live::core::{SessionConfig, latent_spec};
+use demon_live::core::SessionConfig;
 use demon_live::record::{ScriptEvent, read_script, read_session};
 use demon_live::sink::AudioSink;
 
-use crate::backends::{self, BackendArgs};
-use crate::render::load_source;
+use crate::args::{CfgMode, Solver, closed};
+use crate::backends::{self, Backend, BackendArgs};
 
 /// How a session starts (shared by `perform` and `serve`).
 #[derive(Args, Debug, Clone)]
@@ -40,10 +41,10 @@ pub struct SessionArgs {
     /// Initial knob values, repeatable: NAME=VALUE (see `list_knobs`).
     #[arg(long = "knob", value_name = "NAME=VALUE")]
     pub knobs: Vec<String>,
-    #[arg(long, default_value = "ode")]
-    pub solver: String,
-    #[arg(long = "cfg-mode", default_value = "initialize")]
-    pub cfg_mode: String,
+    #[arg(long, default_value = "ode", value_parser = closed::<Solver>("solver"))]
+    pub solver: Solver,
+    #[arg(long = "cfg-mode", default_value = "initialize", value_parser = closed::<CfgMode>("CFG mode"))]
+    pub cfg_mode: CfgMode,
     /// Kept window of each windowed decode, in seconds.
     #[arg(long = "keep-seconds", default_value_t = 0.36)]
     pub keep_seconds: f64,
@@ -59,9 +60,22 @@ pub struct SessionArgs {
 }
 
 impl SessionArgs {
-    pub fn config(&self, backend: &mut demon_engine::BackendSet) -> Result<SessionConfig> {
-        let solver: SolverKind = self.solver.parse()?;
-        let cfg_mode: CfgMode = self.cfg_mode.parse()?;
+    /// The prompt the session starts with.
+    pub fn prompt(&self) -> Prompt {
+        Prompt {
+            tags: self.prompt.clone(),
+            bpm: self.bpm,
+            key: self.key.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Latent frames of the song without a source.
+    pub fn song_frames(&self, backend: &mut Backend) -> usize {
+        BackendFacts::of(&mut backend.set).frames(self.song_seconds)
+    }
+
+    pub fn config(&self, backend: &mut Backend) -> Result<SessionConfig> {
         let mut knobs = BTreeMap::new();
         for k in &self.knobs {
             let (name, value) = k
@@ -73,27 +87,22 @@ impl SessionArgs {
                 .map_err(|_| anyhow!("--knob `{k}`: `{value}` is not a number"))?;
             knobs.insert(
                 name.trim().to_string(),
-                demon_live::control::check_knob(name.trim(), v).map_err(|e| anyhow!(e))?,
+                demon_live::control::check_knob(name.trim(), v)?,
             );
         }
-        let prompt = Prompt {
-            tags: self.prompt.clone(),
-            bpm: self.bpm,
-            key: self.key.clone(),
-            ..Default::default()
-        };
+        let prompt = self.prompt();
         prompt.validate()?;
+        let frames = self.song_frames(backend);
         let source = match &self.source {
-            Some(s) => resolve_source(
-                backend,
-                s,
-                &prompt,
-                (self.song_seconds * 25.0).round() as usize,
-            )?,
+            Some(s) => {
+                backend
+                    .sources
+                    .latent_spec(s, &prompt, frames, backend.set.codec.as_mut())?
+            }
             None => SourceSpec::None,
         };
         Ok(SessionConfig {
-            backend: backend.name.clone(),
+            backend: backend.set.name.clone(),
             prompt: self.prompt.clone(),
             prompt_b: self.prompt_b.clone(),
             negative: self.negative.clone(),
@@ -106,28 +115,18 @@ impl SessionArgs {
             lead_seconds: self.lead_seconds,
             adaptive_lead: self.adaptive_lead,
             knobs,
-            solver,
-            cfg_mode,
+            solver: self.solver.into(),
+            cfg_mode: self.cfg_mode.into(),
             slew_per_second: self.slew,
             ..Default::default()
         })
     }
 }
 
-/// Turn a file or library source into a latent the runner can take.
-pub fn resolve_source(
-    backend: &mut demon_engine::BackendSet,
-    spec: &str,
-    prompt: &Prompt,
-    frames: usize,
-) -> Result<SourceSpec> {
-    let latent = load_source(backend, spec, prompt, frames)?;
-    latent_spec(spec, &latent).map_err(|e| anyhow!(e))
-}
-
-/// Resolve file and library sources inside script messages.
+/// Resolve file and library sources inside script messages (to latents: a session file never
+/// depends on a file).
 fn resolve_script(
-    backend: &mut demon_engine::BackendSet,
+    backend: &mut Backend,
     events: Vec<ScriptEvent>,
     prompt: &Prompt,
     frames: usize,
@@ -145,7 +144,9 @@ fn resolve_script(
                 };
                 if let Some(t) = text {
                     e.message = ControlMessage::SetSource {
-                        source: resolve_source(backend, &t, prompt, frames)
+                        source: backend
+                            .sources
+                            .latent_spec(&t, prompt, frames, backend.set.codec.as_mut())
                             .with_context(|| format!("script source at {} s", e.at))?,
                     };
                 }
@@ -184,19 +185,10 @@ pub struct PerformArgs {
 pub fn perform(args: PerformArgs) -> Result<()> {
     let mut backend = backends::build(&args.backend)?;
     let config = args.session.config(&mut backend)?;
-    let prompt = Prompt {
-        tags: args.session.prompt.clone(),
-        bpm: args.session.bpm,
-        key: args.session.key.clone(),
-        ..Default::default()
-    };
-    let script = read_script(&args.script).map_err(|e| anyhow!(e))?;
-    let script = resolve_script(
-        &mut backend,
-        script,
-        &prompt,
-        (args.session.song_seconds * 25.0).round() as usize,
-    )?;
+    let prompt = args.session.prompt();
+    let frames = args.session.song_frames(&mut backend);
+    let script = read_script(&args.script)?;
+    let script = resolve_script(&mut backend, script, &prompt, frames)?;
     let sinks = vec![choose_sink(args.device, "headless")];
     if let Some(line) = missing_features(false) {
         eprintln!("{line}");
@@ -208,15 +200,14 @@ pub fn perform(args: PerformArgs) -> Result<()> {
     );
     let summary = demon_live::perform::perform(
         config,
-        backend,
+        backend.set,
         &script,
         args.seconds,
         args.record.as_deref(),
         args.out.as_deref(),
         !args.fast,
         sinks,
-    )
-    .map_err(|e| anyhow!(e))?;
+    )?;
     eprintln!(
         "{} ticks, {} generations, {:.1} s played",
         summary.ticks, summary.generations, summary.played_seconds
@@ -297,8 +288,8 @@ pub struct ReplayArgs {
 }
 
 pub fn replay(args: ReplayArgs) -> Result<()> {
-    let file = read_session(&args.session).map_err(|e| anyhow!(e))?;
-    let backend = backends::build(&args.backend)?;
+    let file = read_session(&args.session)?;
+    let backend = backends::build(&args.backend)?.set;
     if file.config.backend != backend.name {
         bail!(
             "the session was recorded with the `{}` backend; pass --backend {}",
@@ -307,7 +298,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         );
     }
     let t0 = std::time::Instant::now();
-    let summary = demon_live::perform::replay(&file, backend, &args.out).map_err(|e| anyhow!(e))?;
+    let summary = demon_live::perform::replay(&file, backend, &args.out)?;
     eprintln!(
         "replayed {} ticks ({} events) in {:.1} s; wrote {} ({:.1} s)",
         summary.ticks,

@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::Tensor;
 use clap::Args;
-use demon_audio::{EmbeddedLatent, LoadLimits, WavFormat};
-use demon_engine::{BackendSet, CfgMode, CurveSpec, DcwSettings, Prompt, SolverKind};
-use demon_live::{NamedCurve, RenderSpec};
+use demon_audio::{EmbeddedLatent, WavFormat};
+use demon_engine::{CurveSpec, Prompt};
+use demon_live::{BackendFacts, RenderSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::args::{CfgMode, Solver, closed};
 use crate::backends::{self, BackendArgs};
 
 #[derive(Args, Debug)]
@@ -23,7 +24,8 @@ pub struct RenderArgs {
     /// A second prompt to blend with the first.
     #[arg(long = "prompt-b")]
     pub prompt_b: Option<String>,
-    /// Weight of prompt B: a number (crossfade) or a curve spec (per-frame blend).
+    /// Weight of prompt B: a number (crossfade; 0.5 when a second prompt has no --blend) or a
+    /// curve spec (per-frame blend).
     #[arg(long)]
     pub blend: Option<String>,
     /// Tempo; overrides the prompt and the style's default.
@@ -51,16 +53,17 @@ pub struct RenderArgs {
     #[arg(long, default_value_t = 4)]
     pub depth: usize,
     /// ode or sde.
-    #[arg(long, default_value = "ode")]
-    pub solver: String,
-    /// APG guidance scale (off when absent).
+    #[arg(long, default_value = "ode", value_parser = closed::<Solver>("solver"))]
+    pub solver: Solver,
+    /// APG guidance scale, 1..10 (off when absent or 1, as in live play).
     #[arg(long)]
     pub guidance: Option<f32>,
     /// full, initialize or self.
-    #[arg(long = "cfg-mode", default_value = "initialize")]
-    pub cfg_mode: String,
+    #[arg(long = "cfg-mode", default_value = "initialize", value_parser = closed::<CfgMode>("CFG mode"))]
+    pub cfg_mode: CfgMode,
     /// NAME=SPEC, repeatable: velocity_scale, sde_denoise, ode_noise, x0_target_strength,
     /// guidance, apg_momentum, cfg_rescale, initial_noise, x0_target, mask, blend, dcw, dcw_high.
+    /// x0_target_strength, x0_target, initial_noise and mask act on the source (--source).
     /// SPEC: 0.7 | ramp:A:B | sine:MIN:MAX:CYCLES[:PHASE] | pulse:... | square:... | raw:v1,v2,...
     #[arg(long = "curve", value_name = "NAME=SPEC")]
     pub curves: Vec<String>,
@@ -91,7 +94,8 @@ pub struct RenderArgs {
 
 pub fn run(args: RenderArgs) -> Result<()> {
     let mut backend = backends::build(&args.backend)?;
-    let prompt = Prompt {
+    let facts = BackendFacts::of(&mut backend.set);
+    let mut prompt = Prompt {
         tags: args.prompt.clone(),
         bpm: args.bpm,
         key: args.key.clone(),
@@ -112,8 +116,6 @@ pub fn run(args: RenderArgs) -> Result<()> {
             );
         }
     }
-    let solver: SolverKind = args.solver.parse()?;
-    let cfg_mode: CfgMode = args.cfg_mode.parse()?;
     let curves = args
         .curves
         .iter()
@@ -121,10 +123,10 @@ pub fn run(args: RenderArgs) -> Result<()> {
             let (name, spec) = c
                 .split_once('=')
                 .ok_or_else(|| anyhow!("--curve `{c}` is not NAME=SPEC"))?;
-            Ok(NamedCurve {
-                name: name.trim().to_string(),
-                spec: CurveSpec::parse(name.trim(), spec)?,
-            })
+            Ok((
+                name.trim().to_string(),
+                CurveSpec::parse(name.trim(), spec)?,
+            ))
         })
         .collect::<Result<Vec<_>>>()?;
     let blend = args
@@ -133,53 +135,79 @@ pub fn run(args: RenderArgs) -> Result<()> {
         .map(|b| CurveSpec::parse("blend", b))
         .transpose()?;
 
-    let wanted_frames = args.seconds.map(|s| ((s * 25.0).round() as usize).max(1));
+    let wanted_frames = args.seconds.map(|s| facts.frames(s).max(1));
+    let default_frames = facts.frames(30.0);
     let source = match &args.source {
-        Some(s) => Some(load_source(
-            &mut backend,
+        Some(s) => Some(backend.sources.latent(
             s,
             &prompt,
-            wanted_frames.unwrap_or(25 * 30),
+            wanted_frames.unwrap_or(default_frames),
+            backend.set.codec.as_mut(),
         )?),
         None => None,
     };
     let frames = match (&source, wanted_frames) {
         (_, Some(f)) => f,
         (Some(src), None) => src.dim(1)?,
-        (None, None) => 25 * 30,
+        (None, None) => default_frames,
     };
     let source = source.map(|s| fit_length(&s, frames)).transpose()?;
-    let spec = RenderSpec {
-        prompt: prompt.clone(),
-        negative: args.negative.clone(),
-        prompt_b: args.prompt_b.as_ref().map(|t| Prompt {
-            tags: t.clone(),
-            bpm: prompt.bpm.or(read_bpm(&mut backend, &prompt)),
-            key: args.key.clone(),
-            ..Default::default()
-        }),
-        blend,
-        frames,
-        steps: args.steps,
-        shift: args.shift,
-        denoise: args
-            .denoise
-            .unwrap_or(if source.is_some() { 0.7 } else { 1.0 }),
-        seed: args.seed,
-        depth: args.depth,
-        solver,
-        guidance: args.guidance,
-        cfg_mode,
-        curves,
-        takes: args.takes,
-        structure_strength: args.structure,
-        dcw: if args.no_dcw {
-            DcwSettings::off()
-        } else {
-            DcwSettings::default()
-        },
+    if args.prompt_b.is_some() {
+        // Prompt B plays at prompt A's tempo: the one the backend reads from A.
+        prompt.bpm = backend.sources.tempo(&prompt);
+    }
+    let mut spec = RenderSpec::new(prompt, frames);
+    spec.takes = args.takes;
+    let c = &mut spec.controls;
+    c.prompts.b = args.prompt_b.clone();
+    c.prompts.negative = args.negative.clone();
+    // A render has no time for a knob to travel: every value is the one asked for.
+    c.set_slew(0.0)?;
+    let knob = |c: &mut demon_live::Controls, name: &str, value: f64| -> Result<()> {
+        c.set_knob(name, value, &facts)?;
+        Ok(())
     };
-    spec.validate()?;
+    knob(c, "steps", args.steps as f64)?;
+    knob(c, "shift", args.shift as f64)?;
+    knob(c, "seed", args.seed as f64)?;
+    knob(c, "depth", args.depth as f64)?;
+    knob(c, "structure", args.structure as f64)?;
+    knob(
+        c,
+        "denoise",
+        args.denoise
+            .unwrap_or(if source.is_some() { 0.7 } else { 1.0 }) as f64,
+    )?;
+    if let Some(g) = args.guidance {
+        knob(c, "guidance", g as f64)?;
+    }
+    // A number crossfades the conditionings (the blend knob), a shape blends per frame (the
+    // blend curve); a second prompt without either starts half way.
+    let blends = blend.into_iter().chain(
+        curves
+            .iter()
+            .filter(|(n, _)| n == "blend")
+            .map(|(_, s)| s.clone()),
+    );
+    let mut blended = false;
+    for b in blends {
+        match b {
+            CurveSpec::Constant { value } => knob(c, "blend", value as f64)?,
+            shape => c.set_curve("blend", Some(&shape))?,
+        }
+        blended = true;
+    }
+    if !blended && c.prompts.b.is_some() {
+        c.set_knob("blend", 0.5, &facts)?;
+    }
+    for (name, curve) in curves.iter().filter(|(n, _)| n != "blend") {
+        c.set_curve(name, Some(curve))?;
+    }
+    c.solver = args.solver.into();
+    c.cfg_mode = args.cfg_mode.into();
+    c.dcw_enabled = !args.no_dcw;
+    c.set_source(source.map(|s| (args.source.clone().unwrap_or_default(), s)));
+    spec.validate(&facts)?;
 
     let bar = if args.quiet {
         ProgressBar::hidden()
@@ -193,9 +221,13 @@ pub fn run(args: RenderArgs) -> Result<()> {
         .map_err(|e| anyhow!("progress bar template: {e}"))?
         .progress_chars("=> "),
     );
-    bar.set_message(format!("{} take(s), depth {}", spec.takes, spec.depth));
+    bar.set_message(format!(
+        "{} take(s), depth {}",
+        spec.takes,
+        spec.controls.depth()
+    ));
     let started = std::time::Instant::now();
-    let takes = demon_live::render(&mut backend, &spec, source.as_ref(), &mut |done, total| {
+    let takes = demon_live::render(&mut backend.set, &spec, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
@@ -241,7 +273,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
         let (_, t, c) = take.latent.dims3()?;
         let values: Vec<f32> = take.latent.flatten_all()?.to_vec1()?;
         let latent = EmbeddedLatent {
-            backend: backend.name.clone(),
+            backend: backend.set.name.clone(),
             frames: t,
             channels: c,
             values,
@@ -259,7 +291,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
         }
     }
     if !args.quiet {
-        let audio_s = frames as f64 / 25.0 * takes.len() as f64;
+        let audio_s = facts.seconds(frames) * takes.len() as f64;
         let wall = started.elapsed().as_secs_f64();
         eprintln!(
             "rendered {audio_s:.1} s of audio in {wall:.2} s ({:.1}x real time)",
@@ -267,17 +299,6 @@ pub fn run(args: RenderArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The tempo the backend reads from the prompt, so prompt B plays at the same tempo as A.
-fn read_bpm(backend: &mut BackendSet, prompt: &Prompt) -> Option<f32> {
-    if backend.name == "sketch" {
-        return demon_sketch::SketchConditioner::default()
-            .read(prompt)
-            .ok()
-            .map(|c| c.bpm);
-    }
-    None
 }
 
 /// `out.wav` for one take; `out-01.wav`, `out-02.wav`... for several.
@@ -291,76 +312,6 @@ pub fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
     (1..=n)
         .map(|k| out.with_file_name(format!("{stem}-{k:0width$}.{ext}")))
         .collect()
-}
-
-/// A source latent `[1, T, C]` from a file or the sketch library.
-pub fn load_source(
-    backend: &mut BackendSet,
-    spec: &str,
-    prompt: &Prompt,
-    frames: usize,
-) -> Result<Tensor> {
-    if let Some(rest) = spec.strip_prefix("library:") {
-        if backend.name != "sketch" {
-            bail!("library sources belong to the sketch backend");
-        }
-        let mut parts = rest.split(':');
-        let style_name = parts.next().unwrap_or("");
-        let index: u64 = match parts.next() {
-            Some(n) => n
-                .parse()
-                .map_err(|_| anyhow!("library song number `{n}` is not a number"))?,
-            None => 0,
-        };
-        let reading = demon_sketch::style::read_prompt(style_name);
-        if reading.unrecognised {
-            bail!(
-                "unknown library style `{style_name}` (house, techno, ambient, hip hop, funk, drum and bass)"
-            );
-        }
-        let style = demon_sketch::SketchCondition {
-            style_weights: reading.style_weights,
-            bpm: 0.0,
-            tonic: 0,
-            minor: false,
-            brightness: 0.0,
-            energy: 0.0,
-            timbre: None,
-        }
-        .dominant_style();
-        let cond = demon_sketch::SketchConditioner::default().read(prompt)?;
-        let song = demon_sketch::composer::compose(demon_sketch::composer::SongSpec {
-            style,
-            bpm: prompt.bpm.unwrap_or(cond.bpm),
-            tonic: cond.tonic,
-            minor: cond.minor,
-            seed: 1000 + index,
-            frames,
-        });
-        return Ok(Tensor::from_vec(
-            song.latent,
-            (1, frames, demon_sketch::layout::CHANNELS),
-            backend.codec.device(),
-        )?);
-    }
-    let path = Path::new(spec);
-    if let Some(l) = demon_audio::read_embedded_latent(path)?
-        && l.backend == backend.name
-        && l.channels == backend.codec.latent_channels()
-        && l.frames > 0
-    {
-        return Ok(Tensor::from_vec(
-            l.values,
-            (1, l.frames, l.channels),
-            backend.codec.device(),
-        )?);
-    }
-    let decoded = demon_audio::load_file(path, LoadLimits::default())?;
-    let audio = decoded.to_stereo(backend.codec.sample_rate());
-    backend
-        .codec
-        .encode(&audio)
-        .with_context(|| format!("encoding source `{spec}`"))
 }
 
 /// Crop, or loop, a latent to `frames`.

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use anyhow::{Result, anyhow, bail};
 use clap::Args;
-use demon_engine::Prompt;
-use demon_live::control::SourceSpec;
+use demon_engine::{BackendSet, Prompt};
 use demon_live::core::LiveCore;
 use demon_live::session::{RunOptions, start};
+use demon_live::{BackendFacts, SessionError, SessionResult};
 use demon_server::{Hooks, Limits, OfflineRender, ServerOptions};
 
-use crate::backends::{self, BackendArgs, BackendKind};
+use crate::backends::{self, BackendArgs};
 use crate::perform::{SessionArgs, choose_sink, missing_features};
 
 #[derive(Args, Debug)]
@@ -60,34 +60,6 @@ pub struct ServeArgs {
     pub backend: BackendArgs,
 }
 
-/// A source named on the command line or by an agent, without needing the model: library songs
-/// are composed, files decoded to audio (the runner encodes them).
-fn resolve_source(
-    backend_name: &str,
-    prompt: &Prompt,
-    frames: usize,
-    spec: &str,
-) -> Result<SourceSpec, String> {
-    if spec.starts_with("library:") {
-        if backend_name != "sketch" {
-            return Err("library sources belong to the sketch backend".into());
-        }
-        let mut sketch = backends::sketch();
-        return crate::perform::resolve_source(&mut sketch, spec, prompt, frames)
-            .map_err(|e| format!("{e:#}"));
-    }
-    let decoded = demon_audio::load_file(
-        std::path::Path::new(spec),
-        demon_audio::LoadLimits::default(),
-    )
-    .map_err(|e| e.to_string())?;
-    let audio = decoded.to_stereo(48_000);
-    Ok(SourceSpec::Audio {
-        name: spec.to_string(),
-        channels: audio.channels,
-    })
-}
-
 pub fn serve(args: ServeArgs) -> Result<()> {
     let bind = SocketAddr::new(args.bind, args.port);
     let mut opts = ServerOptions::loopback(args.port);
@@ -108,24 +80,14 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     opts.check().map_err(|e| anyhow!(e))?;
 
     let mut backend = backends::build(&args.backend)?;
-    if args.backend.backend == BackendKind::Sketch {
-        eprintln!(
-            "backend: the built-in sketch (no model weights configured; --backend acestep --weights DIR uses ACE-Step)"
-        );
-    } else {
-        eprintln!("backend: {}", backend.name);
-    }
+    eprintln!("{}", backend.description);
     let config = args.session.config(&mut backend)?;
-    let prompt = Prompt {
-        tags: args.session.prompt.clone(),
-        bpm: args.session.bpm,
-        key: args.session.key.clone(),
-        ..Default::default()
-    };
-    let frames = (args.session.song_seconds * 25.0).round() as usize;
-    let backend_name = backend.name.clone();
+    let prompt = args.session.prompt();
+    let frames = args.session.song_frames(&mut backend);
+    let (sources, spare) = (backend.sources.clone(), backend.spare());
+    let backend_name = backend.set.name.clone();
     eprintln!("session: measuring the codec's receptive field...");
-    let core = LiveCore::new(config, backend).map_err(|e| anyhow!(e))?;
+    let core = LiveCore::new(config, backend.set)?;
     let field = core.receptive_field();
     eprintln!(
         "session: receptive field {} frames before, {} after",
@@ -146,27 +108,13 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     )
     .map_err(|e| anyhow!(e))?;
 
-    let library: Vec<String> = if backend_name == "sketch" {
-        demon_sketch::Style::ALL
-            .iter()
-            .flat_map(|s| {
-                (0..4).map(move |i| format!("library:{}:{i}", s.name().replace(' ', "_")))
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let (bn, p2) = (backend_name.clone(), prompt.clone());
+    let library = sources.library_names();
     let recordings = opts.recordings_dir.clone();
     let hooks = Hooks {
-        resolve_source: Arc::new(move |spec: &str| {
-            resolve_source(&bn, &p2, frames, spec)
-                .map_err(|problem| demon_live::SessionError::bad_source(spec, problem))
-        }),
+        resolve_source: Arc::new(move |spec: &str| sources.spec(spec, &prompt, frames)),
         library,
         render_offline: Arc::new(move |r: &OfflineRender| {
-            render_offline(&backend_name, &recordings, r)
-                .map_err(|problem| demon_live::SessionError::bad_value("render_offline", problem))
+            render_offline(&backend_name, spare, &recordings, r)
         }),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -187,38 +135,49 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     })
 }
 
+/// An offline render beside the live session, on a second instance of the backend (only when
+/// one is cheap to make: one process holds one loaded model).
 fn render_offline(
     backend_name: &str,
+    spare: Option<fn() -> BackendSet>,
     dir: &std::path::Path,
     r: &OfflineRender,
-) -> Result<PathBuf, String> {
-    if backend_name != "sketch" {
-        return Err("offline renders from the live server are available with the sketch backend; with ACE-Step use `demon render` (one process holds one model)".into());
-    }
-    if !(r.seconds.is_finite() && r.seconds > 0.0 && r.seconds <= 600.0) {
-        return Err(format!("seconds {} is outside (0, 600]", r.seconds));
-    }
-    let mut backend = backends::sketch();
-    let spec = demon_live::RenderSpec {
-        prompt: Prompt::tags(r.prompt.clone()),
-        frames: (r.seconds * 25.0).round() as usize,
-        seed: r.seed.unwrap_or(42),
-        denoise: r.denoise.unwrap_or(1.0),
-        ..Default::default()
+) -> SessionResult<PathBuf> {
+    let Some(make) = spare else {
+        return Err(SessionError::UnsupportedByBackend {
+            backend: backend_name.to_string(),
+            what: "offline renders beside a live session (one process holds one loaded model; use `demon render`)".into(),
+        });
     };
-    let takes =
-        demon_live::render(&mut backend, &spec, None, &mut |_, _| {}).map_err(|e| e.to_string())?;
-    let take = takes.into_iter().next().ok_or("nothing rendered")?;
+    if !(r.seconds.is_finite() && r.seconds > 0.0 && r.seconds <= 600.0) {
+        return Err(SessionError::bad_value(
+            "seconds",
+            format!("{} is outside (0, 600]", r.seconds),
+        ));
+    }
+    let mut backend = make();
+    let facts = BackendFacts::of(&mut backend);
+    let mut spec =
+        demon_live::RenderSpec::new(Prompt::tags(r.prompt.clone()), facts.frames(r.seconds));
+    spec.controls
+        .set_knob("seed", r.seed.unwrap_or(42) as f64, &facts)?;
+    spec.controls
+        .set_knob("denoise", r.denoise.unwrap_or(1.0) as f64, &facts)?;
+    let takes = demon_live::render(&mut backend, &spec, &mut |_, _| {})?;
+    let take = takes
+        .into_iter()
+        .next()
+        .ok_or_else(|| SessionError::backend("nothing rendered"))?;
     let path = dir.join(format!(
         "render-{}-{}.wav",
-        spec.seed,
+        r.seed.unwrap_or(42),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0)
     ));
     demon_audio::write_wav(&path, &take.audio, demon_audio::WavFormat::Pcm16, None)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| SessionError::io(&path, e))?;
     Ok(path)
 }
 

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
+use crate::args::{Component, closed};
+
 #[derive(Subcommand, Debug)]
 pub enum InspectCommand {
     /// Components found in a weights folder: parameter counts, dtypes, layout.
@@ -32,7 +34,8 @@ pub enum DebugCommand {
 #[derive(Args, Debug)]
 pub struct ForwardArgs {
     /// text-encoder, condition-encoder, dit, vae-encode, vae-decode or fsq-roundtrip.
-    pub component: String,
+    #[arg(value_parser = closed::<Component>("component"))]
+    pub component: Component,
     #[arg(long)]
     pub weights: PathBuf,
     /// Safetensors file with the inputs, named after the reference forward's arguments.
@@ -58,7 +61,7 @@ pub fn inspect(cmd: InspectCommand) -> Result<()> {
 pub fn debug(cmd: DebugCommand) -> Result<()> {
     match cmd {
         DebugCommand::Forward(a) => {
-            let component: demon_acestep::Component = a.component.parse()?;
+            let component = demon_acestep::Component::from(a.component);
             let out = demon_acestep::debug_forward(component, &a.weights, &a.inputs, &a.out)?;
             eprintln!("wrote `out` {:?} to {}", out.dims(), a.out.display());
             Ok(())

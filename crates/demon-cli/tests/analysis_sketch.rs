@@ -17,18 +17,18 @@ fn sketch() -> BackendSet {
 }
 
 fn render_one(backend: &mut BackendSet, style: Style, bpm: f32, key: &str, seed: u64) -> Audio {
-    let spec = RenderSpec {
-        prompt: Prompt {
-            tags: style.name().into(),
-            bpm: Some(bpm),
-            key: Some(key.into()),
-            ..Default::default()
-        },
-        frames: 25 * 30,
-        seed,
+    let prompt = Prompt {
+        tags: style.name().into(),
+        bpm: Some(bpm),
+        key: Some(key.into()),
         ..Default::default()
     };
-    let takes = render(backend, &spec, None, &mut |_, _| {}).expect("render");
+    let mut spec = RenderSpec::new(prompt, 25 * 30);
+    let facts = demon_live::BackendFacts::of(backend);
+    spec.controls
+        .set_knob("seed", seed as f64, &facts)
+        .expect("seed");
+    let takes = render(backend, &spec, &mut |_, _| {}).expect("render");
     takes.into_iter().next().expect("one take").audio
 }
 

@@ -400,3 +400,72 @@ fn acestep_renders_a_wav_from_either_layout() {
     let out = render("original", &["--lora", &lora], "ace-lora.wav");
     assert!(bytes(&out) != wavs[0], "the LoRA changed nothing");
 }
+
+/// Mean absolute difference of two WAVs' samples (same length).
+fn wav_distance(a: &Path, b: &Path) -> f64 {
+    let load = |p: &Path| demon_audio::load_file(p, demon_audio::LoadLimits::default()).unwrap();
+    let (x, y) = (load(a), load(b));
+    let (x, y) = (&x.channels[0], &y.channels[0]);
+    assert_eq!(x.len(), y.len());
+    x.iter()
+        .zip(y)
+        .map(|(p, q)| (p - q).abs() as f64)
+        .sum::<f64>()
+        / x.len() as f64
+}
+
+#[test]
+fn x0_target_strength_pulls_a_render_toward_its_source_and_needs_one() {
+    let o = tmp("x0-none.wav");
+    // Without a source there is no x0 target: the flag is refused, and the message says so.
+    assert_clean_failure(
+        &demon(&[
+            "render",
+            "--seconds",
+            "2",
+            "--curve",
+            "x0_target_strength=1",
+            "--out",
+            o.to_str().unwrap(),
+            "-q",
+        ]),
+        "x0 target",
+    );
+    assert!(!o.exists());
+    // With a source, the source is the target: full strength pulls the render onto it.
+    let render = |name: &str, extra: &[&str]| -> PathBuf {
+        let out = tmp(name);
+        let mut args = vec![
+            "render",
+            "--prompt",
+            "techno, dark",
+            "--source",
+            "library:ambient:1",
+            "--seconds",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        let r = demon(&args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        out
+    };
+    let source = render("x0-source.wav", &["--denoise", "0"]);
+    let plain = render("x0-plain.wav", &["--denoise", "0.9"]);
+    let pulled = render(
+        "x0-pulled.wav",
+        &["--denoise", "0.9", "--curve", "x0_target_strength=1"],
+    );
+    assert!(bytes(&plain) != bytes(&pulled), "the curve changed nothing");
+    let (d_plain, d_pulled) = (
+        wav_distance(&plain, &source),
+        wav_distance(&pulled, &source),
+    );
+    println!("distance to the source: plain {d_plain:.4}, pulled {d_pulled:.4}");
+    assert!(
+        d_pulled < 0.5 * d_plain,
+        "not pulled toward the source: plain {d_plain:.4}, pulled {d_pulled:.4}"
+    );
+}

@@ -5,21 +5,30 @@
 //!   tick as the live session does;
 //! - engine overhead: the share of a tick spent outside the model;
 //! - propagation: how many ticks a change takes to reach the output, per control class,
-//!   measured by running two identical pipelines and changing the control in one of them;
+//!   measured by running the same submissions through three rings — one that never changes,
+//!   one changed mid-run, one that had the new value from the start — and comparing what they
+//!   finish, seed by seed (onset: the first output that differs from the unchanged ring;
+//!   convergence: the first output equal to the ring that always had the new value);
 //! - windowed versus full decode time on the same latent, per keep window.
+//!
+//! Every request is built from `Controls` by the one builder ([`crate::requests`]), as the live
+//! session builds them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use demon_engine::{
-    BackendSet, Codec, Curve, DenoiseBatch, Denoiser, EngineError, Prompt, ReceptiveField,
-    SharedLane, SlotRequest, StreamPipeline, decode_window, measure_receptive_field, probe_latent,
-    probe_latents,
+    BackendSet, Codec, DenoiseBatch, Denoiser, Prompt, ReceptiveField, SharedLane, StreamPipeline,
+    decode_window, measure_receptive_field, probe_latent, probe_latents,
 };
 use serde::Serialize;
 
-use crate::render::{RenderError, RenderSpec, render};
+use crate::controls::{Controls, LORA_PREFIX};
+use crate::error::{SessionError, SessionResult};
+use crate::facts::BackendFacts;
+use crate::render::{RenderSpec, render};
+use crate::requests::{self, Conds, Inputs};
 
 /// Wraps a denoiser and accumulates the time spent inside it.
 pub struct TimedDenoiser<'a> {
@@ -69,6 +78,10 @@ pub struct BenchConfig {
     pub prompt: Prompt,
     /// Which measurements to run: "render", "ticks", "propagation", "decode".
     pub sections: Vec<String>,
+    /// Song length of the propagation measurements, in seconds.
+    pub propagation_seconds: f64,
+    /// Ring depth of the per-class propagation rows.
+    pub propagation_depth: usize,
 }
 
 impl Default for BenchConfig {
@@ -85,17 +98,32 @@ impl Default for BenchConfig {
             sections: ["render", "ticks", "propagation", "decode"]
                 .map(String::from)
                 .to_vec(),
+            propagation_seconds: 10.0,
+            propagation_depth: 4,
         }
     }
 }
 
-/// Onset and convergence of one control class, in ticks and milliseconds.
+/// Onset and convergence of one control class, in ticks and milliseconds, measured at every
+/// phase of the ring's S-tick cycle (a change can land anywhere in it).
 #[derive(Clone, Debug, Serialize)]
 pub struct Propagation {
+    /// Worst case over the phases: ticks from the change to the first output that differs
+    /// from a ring that never changed.
     pub onset_ticks: Option<u64>,
+    /// Worst case over the phases: ticks from the change to the first output equal to a ring
+    /// that had the new value from the start.
     pub convergence_ticks: Option<u64>,
+    pub onset_ticks_mean: Option<f64>,
+    pub convergence_ticks_mean: Option<f64>,
+    pub onset_ticks_min: Option<u64>,
+    pub convergence_ticks_min: Option<u64>,
+    /// The worst cases at the measured tick time of depth 4 (when the ticks section ran).
     pub onset_ms: Option<f64>,
     pub convergence_ms: Option<f64>,
+    /// Phases measured.
+    pub phases: usize,
+    /// What was changed, and anything that kept the class from being measured.
     pub note: String,
 }
 
@@ -130,7 +158,7 @@ pub struct BenchReport {
     pub per_slot_convergence_ticks_max: BTreeMap<String, u64>,
     /// The queue-wait part of `per_slot_convergence_ticks` (mean over phases).
     pub per_slot_queue_wait_ticks: BTreeMap<String, f64>,
-    /// Per control class, at the default live depth (4).
+    /// Per control class, at `propagation_depth` (4 by default).
     pub propagation: BTreeMap<String, Propagation>,
     pub receptive_field_frames: Option<ReceptiveField>,
     pub full_decode_ms: Option<f64>,
@@ -145,19 +173,71 @@ fn key_f(x: f64) -> String {
     s.trim_end_matches(".0").to_string()
 }
 
-/// A request like the live session makes: prompt, context, per-slot seed.
-fn live_request(
-    backend: &mut BackendSet,
+fn failed(what: impl Into<String>) -> SessionError {
+    SessionError::Backend(what.into())
+}
+
+/// Controls like a live session's with `steps`, and no slew (so a change is one value).
+fn bench_controls(
     prompt: &Prompt,
     frames: usize,
     steps: usize,
-    seed: u64,
-) -> Result<SlotRequest, RenderError> {
-    let cond = backend.conditioner.condition(prompt)?;
-    let ctx = backend.conditioner.context(None, frames, 0.0)?;
-    let mut r = SlotRequest::new(cond, ctx, frames, seed);
-    r.schedule.steps = steps;
-    Ok(r)
+    facts: &BackendFacts,
+) -> SessionResult<Controls> {
+    let mut c = Controls::new(prompt.clone(), frames);
+    c.set_slew(0.0)?;
+    c.set_knob("steps", steps as f64, facts)?;
+    Ok(c)
+}
+
+/// Builds the k-th request of a run from controls, as the live session does every tick.
+struct Requests {
+    conds: Conds,
+    context: Tensor,
+    history: VecDeque<Tensor>,
+    frames: usize,
+}
+
+impl Requests {
+    fn new(backend: &mut BackendSet, controls: &Controls, frames: usize) -> SessionResult<Self> {
+        let timbre = controls.source().map(|s| s.latent.clone());
+        Ok(Self {
+            conds: Conds::prepare(
+                backend.conditioner.as_mut(),
+                &controls.prompts,
+                timbre.as_ref(),
+            )?,
+            context: requests::structure_context(
+                backend.conditioner.as_mut(),
+                controls,
+                0,
+                frames,
+            )?,
+            history: VecDeque::new(),
+            frames,
+        })
+    }
+
+    fn build(
+        &self,
+        controls: &Controls,
+        facts: &BackendFacts,
+        k: u64,
+    ) -> SessionResult<(demon_engine::SlotRequest, SharedLane)> {
+        requests::build(
+            controls,
+            facts,
+            self.frames,
+            &Inputs {
+                conds: &self.conds,
+                context: &self.context,
+                history: &self.history,
+                chunk_offset: 0,
+                tag: k,
+                take: k,
+            },
+        )
+    }
 }
 
 /// Steady-state tick time, throughput and model share at `depth`.
@@ -165,22 +245,23 @@ fn steady_state(
     backend: &mut BackendSet,
     cfg: &BenchConfig,
     depth: usize,
-) -> Result<(f64, f64, f64), RenderError> {
-    let frames = (cfg.seconds * 25.0).round() as usize;
-    let template = live_request(backend, &cfg.prompt, frames, cfg.steps, 0)?;
+) -> SessionResult<(f64, f64, f64)> {
+    let facts = BackendFacts::of(backend);
+    let frames = facts.frames(cfg.seconds);
+    let controls = bench_controls(&cfg.prompt, frames, cfg.steps, &facts)?;
+    let reqs = Requests::new(backend, &controls, frames)?;
     let mut pipe = StreamPipeline::for_denoiser(depth, backend.denoiser.as_ref())?;
+    pipe.set_lane(requests::build_lane(&controls, &facts)?)?;
     let mut timed = TimedDenoiser {
         inner: backend.denoiser.as_mut(),
         spent: Duration::ZERO,
         calls: 0,
     };
-    let mut seed = 0;
+    let mut k = 0;
     let mut submit_tick =
-        |pipe: &mut StreamPipeline, timed: &mut TimedDenoiser| -> Result<usize, RenderError> {
-            let mut r = template.clone();
-            r.seed = seed;
-            seed += 1;
-            pipe.submit(r)?;
+        |pipe: &mut StreamPipeline, timed: &mut TimedDenoiser| -> SessionResult<usize> {
+            pipe.submit(reqs.build(&controls, &facts, k)?.0)?;
+            k += 1;
             Ok(pipe.tick(timed)?.finished.len())
         };
     // One submission per tick: after max(S, D) ticks every slot that can be busy is busy (at
@@ -204,16 +285,16 @@ fn steady_state(
     Ok((tick_ms, done as f64 / wall, model_ms))
 }
 
-fn latents_differ(a: &StreamPipeline, b: &StreamPipeline) -> Result<(usize, usize), RenderError> {
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> SessionResult<f32> {
+    Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
+}
+
+fn latents_differ(a: &StreamPipeline, b: &StreamPipeline) -> SessionResult<(usize, usize)> {
     let mut differ = 0;
     let mut total = 0;
     for (x, y) in a.slots().zip(b.slots()) {
         total += 1;
-        let d = (x.latent - y.latent)?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f32>()?;
-        if d > 0.0 {
+        if max_abs_diff(x.latent, y.latent)? > 0.0 {
             differ += 1;
         }
     }
@@ -225,20 +306,26 @@ fn shared_lane_onset(
     backend: &mut BackendSet,
     cfg: &BenchConfig,
     depth: usize,
-) -> Result<(u64, f64), RenderError> {
-    let frames = 250;
-    let template = live_request(backend, &cfg.prompt, frames, cfg.steps, 0)?;
+) -> SessionResult<(u64, f64)> {
+    let facts = BackendFacts::of(backend);
+    let frames = facts.frames(cfg.propagation_seconds);
+    let before = bench_controls(&cfg.prompt, frames, cfg.steps, &facts)?;
+    let mut after = before.clone();
+    after.set_knob("velocity_scale", 1.5, &facts)?;
+    let reqs = Requests::new(backend, &before, frames)?;
     let mut a = StreamPipeline::for_denoiser(depth, backend.denoiser.as_ref())?;
     let mut b = StreamPipeline::for_denoiser(depth, backend.denoiser.as_ref())?;
+    let lane = requests::build_lane(&before, &facts)?;
+    a.set_lane(lane.clone())?;
+    b.set_lane(lane)?;
     let den = backend.denoiser.as_mut();
-    let mut seed = 0;
+    let mut k = 0;
     let mut step = |a: &mut StreamPipeline,
                     b: &mut StreamPipeline,
                     den: &mut dyn Denoiser|
-     -> Result<(), RenderError> {
-        let mut r = template.clone();
-        r.seed = seed;
-        seed += 1;
+     -> SessionResult<()> {
+        let r = reqs.build(&before, &facts, k)?.0;
+        k += 1;
         a.submit(r.clone())?;
         b.submit(r)?;
         a.tick(den)?;
@@ -248,9 +335,7 @@ fn shared_lane_onset(
     for _ in 0..(cfg.steps + depth) {
         step(&mut a, &mut b, den)?;
     }
-    let mut lane = SharedLane::default();
-    lane.set_curve("velocity_scale", Some(Curve::constant(1.5)))?;
-    b.set_lane(lane)?;
+    b.set_lane(requests::build_lane(&after, &facts)?)?;
     for k in 1..=(4 * cfg.steps as u64) {
         step(&mut a, &mut b, den)?;
         let (differ, total) = latents_differ(&a, &b)?;
@@ -258,7 +343,7 @@ fn shared_lane_onset(
             return Ok((k, differ as f64 / total.max(1) as f64));
         }
     }
-    Err(EngineError::Backend("the shared-lane change never reached a slot".into()).into())
+    Err(failed("the shared-lane change never reached a slot"))
 }
 
 /// Ticks from a denoise change until the first output generated with the new value, and the
@@ -269,39 +354,325 @@ fn per_slot_convergence(
     cfg: &BenchConfig,
     depth: usize,
     phase: usize,
-) -> Result<(u64, u64), RenderError> {
-    let frames = 250;
-    let template = live_request(backend, &cfg.prompt, frames, cfg.steps, 0)?;
+) -> SessionResult<(u64, u64)> {
+    let facts = BackendFacts::of(backend);
+    let frames = facts.frames(cfg.propagation_seconds);
+    let source =
+        probe_latent(frames, facts.latent_channels, 3, backend.codec.device())?.affine(0.5, 0.0)?;
+    let mut before = bench_controls(&cfg.prompt, frames, cfg.steps, &facts)?;
+    before.set_source(Some(("probe".into(), source)));
+    before.set_knob("denoise", 0.9, &facts)?;
+    let mut after = before.clone();
+    after.set_knob("denoise", 0.5, &facts)?;
+    let reqs = Requests::new(backend, &before, frames)?;
     let mut pipe = StreamPipeline::for_denoiser(depth, backend.denoiser.as_ref())?;
+    pipe.set_lane(requests::build_lane(&before, &facts)?)?;
     let den = backend.denoiser.as_mut();
-    let source = probe_latent(frames, den.latent_channels(), 3, den.device())?.affine(0.5, 0.0)?;
-    let mut seed = 0u64;
-    let mut request = |denoise: f32| {
-        let mut r = template.clone();
-        r.seed = seed;
-        r.tag = seed;
-        seed += 1;
-        r.source = Some(source.clone());
-        r.schedule.denoise = denoise;
-        r
-    };
+    let mut k = 0;
     for _ in 0..(cfg.steps + depth) * 2 + phase {
-        pipe.submit(request(0.9))?;
+        pipe.submit(reqs.build(&before, &facts, k)?.0)?;
+        k += 1;
         pipe.tick(den)?;
     }
     let change_tick = pipe.ticks();
-    for k in 1..=(8 * cfg.steps as u64 + 64) {
-        pipe.submit(request(0.5))?;
+    for n in 1..=(8 * cfg.steps as u64 + 64) {
+        pipe.submit(reqs.build(&after, &facts, k)?.0)?;
+        k += 1;
         let rep = pipe.tick(den)?;
         if let Some(f) = rep
             .finished
             .iter()
             .find(|f| f.submitted_tick >= change_tick)
         {
-            return Ok((k, f.started_tick - change_tick));
+            return Ok((n, f.started_tick - change_tick));
         }
     }
-    Err(EngineError::Backend("no output ever reflected the submission-time change".into()).into())
+    Err(failed(
+        "no output ever reflected the submission-time change",
+    ))
+}
+
+/// LoRA strengths of `controls` on the (shared) denoiser, set whatever it held before.
+fn set_adapters(controls: &Controls, den: &mut dyn Denoiser) -> SessionResult<()> {
+    requests::push_adapters(controls, den, &mut BTreeMap::new())
+}
+
+/// A ring driven by controls as the live session drives its own: one request per tick built
+/// from the controls, the lane swapped when it changes, the adapters set before the forward.
+struct Ring {
+    pipe: StreamPipeline,
+    controls: Controls,
+    lane: SharedLane,
+}
+
+impl Ring {
+    fn new(den: &dyn Denoiser, controls: Controls) -> SessionResult<Self> {
+        Ok(Self {
+            pipe: StreamPipeline::for_denoiser(controls.depth(), den)?,
+            controls,
+            lane: SharedLane::default(),
+        })
+    }
+
+    /// Submit the `k`-th request and run one tick.
+    fn tick(
+        &mut self,
+        reqs: &Requests,
+        facts: &BackendFacts,
+        den: &mut dyn Denoiser,
+        k: u64,
+    ) -> SessionResult<demon_engine::TickReport> {
+        if self.controls.depth() != self.pipe.depth() {
+            self.pipe.set_depth(self.controls.depth())?;
+        }
+        let (r, lane) = reqs.build(&self.controls, facts, k)?;
+        if lane != self.lane {
+            self.pipe.set_lane(lane.clone())?;
+            self.lane = lane;
+        }
+        set_adapters(&self.controls, den)?;
+        self.pipe.submit(r)?;
+        Ok(self.pipe.tick(den)?)
+    }
+}
+
+/// What request `k` becomes when generated entirely under `controls` (outputs depend only on
+/// the request, the lane and the weights, never on timing or depth), for every `k` in `ks`.
+fn reference_outputs(
+    reqs: &Requests,
+    facts: &BackendFacts,
+    controls: &Controls,
+    den: &mut dyn Denoiser,
+    ks: &[u64],
+) -> SessionResult<BTreeMap<u64, Tensor>> {
+    let mut pipe = StreamPipeline::for_denoiser(demon_engine::MAX_DEPTH, den)?;
+    pipe.set_lane(requests::build_lane(controls, facts)?)?;
+    set_adapters(controls, den)?;
+    let mut out = BTreeMap::new();
+    for &k in ks {
+        while pipe.queue_len() >= pipe.depth() {
+            out.extend(
+                pipe.tick(den)?
+                    .finished
+                    .into_iter()
+                    .map(|f| (f.tag, f.latent)),
+            );
+        }
+        pipe.submit(reqs.build(controls, facts, k)?.0)?;
+    }
+    out.extend(pipe.flush(den)?.into_iter().map(|f| (f.tag, f.latent)));
+    Ok(out)
+}
+
+/// Onset and convergence, in ticks after the change, of a change from `before` to `after`
+/// applied before tick `warm_up` of a ring; `ticks_after` ticks run after it. Onset: the first
+/// output that differs from what its request gives under `before`; convergence: the first
+/// output from which on every output equals what its request gives under `after`.
+fn trial(
+    backend: &mut BackendSet,
+    facts: &BackendFacts,
+    before: &Controls,
+    after: &Controls,
+    warm_up: usize,
+    ticks_after: usize,
+) -> SessionResult<(Option<u64>, Option<u64>)> {
+    let reqs = Requests::new(backend, before, before.frames())?;
+    let den = backend.denoiser.as_mut();
+    let mut ring = Ring::new(den, before.clone())?;
+    let mut outputs = Vec::new();
+    for t in 0..(warm_up + ticks_after) {
+        let since = t as i64 - warm_up as i64 + 1;
+        if since == 1 {
+            ring.controls = after.clone();
+        }
+        for f in ring.tick(&reqs, facts, den, t as u64)?.finished {
+            if since >= 1 {
+                outputs.push((since as u64, f.tag, f.latent));
+            }
+        }
+    }
+    let ks: Vec<u64> = outputs.iter().map(|o| o.1).collect();
+    let old = reference_outputs(&reqs, facts, before, den, &ks)?;
+    let new = reference_outputs(&reqs, facts, after, den, &ks)?;
+    // Leave the model as it was before the change.
+    set_adapters(before, den)?;
+    let mut onset = None;
+    let mut convergence = None;
+    for (since, k, latent) in &outputs {
+        let missing = || failed(format!("no reference output for request {k}"));
+        if onset.is_none() && max_abs_diff(old.get(k).ok_or_else(missing)?, latent)? > 0.0 {
+            onset = Some(*since);
+        }
+        let same = max_abs_diff(new.get(k).ok_or_else(missing)?, latent)? == 0.0;
+        convergence = match (same, convergence) {
+            (true, None) => Some(*since),
+            (false, _) => None, // not settled yet
+            (true, c) => c,
+        };
+    }
+    Ok((onset, convergence))
+}
+
+/// A depth change alters no output (the ring is bit-identical at every depth), only how many
+/// slots run: onset is the first tick the count differs from an unchanged ring, convergence
+/// the first tick from which it equals a ring that had the new depth from the start.
+fn depth_trial(
+    backend: &mut BackendSet,
+    facts: &BackendFacts,
+    before: &Controls,
+    after: &Controls,
+    warm_up: usize,
+    ticks_after: usize,
+) -> SessionResult<(Option<u64>, Option<u64>)> {
+    let reqs = Requests::new(backend, before, before.frames())?;
+    let den = backend.denoiser.as_mut();
+    let mut rings = [
+        Ring::new(den, before.clone())?,
+        Ring::new(den, before.clone())?,
+        Ring::new(den, after.clone())?,
+    ];
+    let mut active = [Vec::new(), Vec::new(), Vec::new()];
+    for t in 0..(warm_up + ticks_after) {
+        if t == warm_up {
+            rings[1].controls = after.clone();
+        }
+        for (ring, counts) in rings.iter_mut().zip(active.iter_mut()) {
+            let rep = ring.tick(&reqs, facts, den, t as u64)?;
+            if t >= warm_up {
+                counts.push(rep.active_slots);
+            }
+        }
+    }
+    let [a, b, c] = &active;
+    let onset = (0..b.len()).find(|&i| b[i] != a[i]);
+    let settled = (0..b.len()).find(|&i| b[i..] == c[i..]);
+    Ok((onset.map(|i| i as u64 + 1), settled.map(|i| i as u64 + 1)))
+}
+
+/// Onset and convergence of every propagation class at `cfg.propagation_depth`, over the S
+/// phases of the ring's cycle.
+pub fn propagation(
+    backend: &mut BackendSet,
+    cfg: &BenchConfig,
+    tick_ms: Option<f64>,
+) -> SessionResult<BTreeMap<String, Propagation>> {
+    let facts = BackendFacts::of(backend);
+    let frames = facts.frames(cfg.propagation_seconds).max(1);
+    let depth = cfg.propagation_depth;
+    let s = cfg.steps;
+    let mut base = bench_controls(&cfg.prompt, frames, s, &facts)?;
+    base.set_knob("depth", depth as f64, &facts)?;
+    let source =
+        probe_latent(frames, facts.latent_channels, 3, backend.codec.device())?.affine(0.5, 0.0)?;
+    let mut with_source = base.clone();
+    with_source.set_source(Some(("probe".into(), source)));
+    with_source.set_knob("denoise", 0.9, &facts)?;
+    let adapter = facts.adapters.as_ref().and_then(|a| a.first().cloned());
+    let mut with_adapter = base.clone();
+    if let Some(id) = &adapter {
+        with_adapter.init_knob(&format!("{LORA_PREFIX}{id}"), 0.0, &facts)?;
+    }
+    let new_steps = if s > 2 { s - 2 } else { s + 2 };
+    let new_depth = if depth < demon_engine::MAX_DEPTH {
+        (2 * depth).min(demon_engine::MAX_DEPTH)
+    } else {
+        depth / 2
+    };
+    let changed = |c: &Controls, name: &str, v: f64| -> SessionResult<Controls> {
+        let mut c = c.clone();
+        c.set_knob(name, v, &facts)?;
+        Ok(c)
+    };
+    let mut cases: Vec<(&str, Controls, Option<Controls>, bool, String)> = vec![
+        (
+            "shared_per_step",
+            base.clone(),
+            Some(changed(&base, "velocity_scale", 1.5)?),
+            false,
+            "velocity scale 1 → 1.5 (the shared lane; every per-step control goes the same way)"
+                .into(),
+        ),
+        (
+            "per_slot_submission",
+            with_source.clone(),
+            Some(changed(&with_source, "denoise", 0.5)?),
+            false,
+            "denoise 0.9 → 0.5 with a source (fixed when a request is submitted)".into(),
+        ),
+        (
+            "structural",
+            base.clone(),
+            Some(changed(&base, "steps", new_steps as f64)?),
+            false,
+            format!(
+                "steps {s} → {new_steps} (new requests get the new schedule; in-flight slots drain)"
+            ),
+        ),
+        (
+            "structural_depth",
+            base.clone(),
+            Some(changed(&base, "depth", new_depth as f64)?),
+            true,
+            format!(
+                "depth {depth} → {new_depth}, measured on the slots running per tick (depth never changes what a slot computes)"
+            ),
+        ),
+    ];
+    match &adapter {
+        Some(id) => {
+            let after = changed(&with_adapter, &format!("{LORA_PREFIX}{id}"), 1.0)?;
+            cases.push((
+                "global_weights",
+                with_adapter,
+                Some(after),
+                false,
+                format!("LoRA `{id}` strength 0 → 1 (the model's weights, between ticks)"),
+            ));
+        }
+        None => cases.push((
+            "global_weights",
+            base.clone(),
+            None,
+            false,
+            format!("not measured: the {} backend has no adapters", facts.name),
+        )),
+    }
+    let mut out = BTreeMap::new();
+    for (class, controls, change, by_active, note) in cases {
+        let mut onsets = Vec::new();
+        let mut convs = Vec::new();
+        if let Some(after) = &change {
+            for phase in 0..s {
+                let warm_up = 2 * (s + depth) + phase;
+                let ticks_after = 6 * s.max(new_steps) + 4 * depth;
+                let measure = if by_active { depth_trial } else { trial };
+                let (o, c) = measure(backend, &facts, &controls, after, warm_up, ticks_after)?;
+                onsets.push(o.ok_or_else(|| failed(format!("{class}: no output ever changed")))?);
+                convs
+                    .push(c.ok_or_else(|| failed(format!("{class}: the output never converged")))?);
+            }
+        }
+        let mean =
+            |v: &[u64]| (!v.is_empty()).then(|| v.iter().sum::<u64>() as f64 / v.len() as f64);
+        let (onset, conv) = (onsets.iter().max().copied(), convs.iter().max().copied());
+        let ms = |t: Option<u64>| t.zip(tick_ms).map(|(t, ms)| t as f64 * ms);
+        out.insert(
+            class.to_string(),
+            Propagation {
+                onset_ticks: onset,
+                convergence_ticks: conv,
+                onset_ticks_mean: mean(&onsets),
+                convergence_ticks_mean: mean(&convs),
+                onset_ticks_min: onsets.iter().min().copied(),
+                convergence_ticks_min: convs.iter().min().copied(),
+                onset_ms: ms(onset),
+                convergence_ms: ms(conv),
+                phases: onsets.len(),
+                note,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// Full versus windowed decode of the same latent.
@@ -310,37 +681,30 @@ fn decode_costs(
     latent: &Tensor,
     field: ReceptiveField,
     keeps_s: &[f64],
-) -> Result<(f64, BTreeMap<String, f64>), RenderError> {
+    facts: &BackendFacts,
+) -> SessionResult<(f64, BTreeMap<String, f64>)> {
     // Warm once; repeat only what is quick (a full-size VAE decode takes a minute on a CPU).
-    let time =
-        |f: &mut dyn FnMut() -> Result<(), RenderError>, reps: usize| -> Result<f64, RenderError> {
-            let t0 = Instant::now();
+    let time = |f: &mut dyn FnMut() -> SessionResult<()>, reps: usize| -> SessionResult<f64> {
+        let t0 = Instant::now();
+        f()?;
+        let first = t0.elapsed().as_secs_f64();
+        if first > 2.0 {
+            return Ok(first * 1000.0);
+        }
+        let t0 = Instant::now();
+        for _ in 0..reps {
             f()?;
-            let first = t0.elapsed().as_secs_f64();
-            if first > 2.0 {
-                return Ok(first * 1000.0);
-            }
-            let t0 = Instant::now();
-            for _ in 0..reps {
-                f()?;
-            }
-            Ok(t0.elapsed().as_secs_f64() * 1000.0 / reps as f64)
-        };
-    let full_ms = time(
-        &mut || codec.decode(latent, 0).map(|_| ()).map_err(Into::into),
-        3,
-    )?;
+        }
+        Ok(t0.elapsed().as_secs_f64() * 1000.0 / reps as f64)
+    };
+    let full_ms = time(&mut || Ok(codec.decode(latent, 0).map(|_| ())?), 3)?;
     let t = latent.dim(1)?;
     let mut out = BTreeMap::new();
     for &k in keeps_s {
-        let keep = ((k * 25.0).round() as usize).clamp(1, t);
+        let keep = facts.frames(k).clamp(1, t);
         let start = (t - keep) / 2;
         let ms = time(
-            &mut || {
-                decode_window(codec, latent, start, keep, field)
-                    .map(|_| ())
-                    .map_err(Into::into)
-            },
+            &mut || Ok(decode_window(codec, latent, start, keep, field).map(|_| ())?),
             10,
         )?;
         out.insert(key_f(k), ms);
@@ -353,24 +717,23 @@ pub fn run(
     backend: &mut BackendSet,
     cfg: &BenchConfig,
     log: &mut dyn FnMut(&str),
-) -> Result<BenchReport, RenderError> {
-    let frames = (cfg.seconds * 25.0).round() as usize;
+) -> SessionResult<BenchReport> {
+    let facts = BackendFacts::of(backend);
+    let frames = facts.frames(cfg.seconds);
     let wants = |s: &str| cfg.sections.iter().any(|x| x == s);
     for s in &cfg.sections {
         if !["render", "ticks", "propagation", "decode"].contains(&s.as_str()) {
-            return Err(RenderError::Invalid(format!(
-                "unknown bench section `{s}` (render, ticks, propagation, decode)"
-            )));
+            return Err(SessionError::bad_value(
+                "bench section",
+                format!("unknown bench section `{s}` (render, ticks, propagation, decode)"),
+            ));
         }
     }
-    let spec = RenderSpec {
-        prompt: cfg.prompt.clone(),
-        frames,
-        steps: cfg.steps,
-        depth: cfg.render_depth,
-        takes: cfg.render_takes,
-        ..Default::default()
-    };
+    let mut spec = RenderSpec::new(cfg.prompt.clone(), frames);
+    spec.controls.set_knob("steps", cfg.steps as f64, &facts)?;
+    spec.controls
+        .set_knob("depth", cfg.render_depth as f64, &facts)?;
+    spec.takes = cfg.render_takes;
     let mut render_realtime_ratio = None;
     let mut decode_latent = None;
     if wants("render") {
@@ -379,18 +742,12 @@ pub fn run(
             cfg.render_takes, cfg.seconds, cfg.render_depth
         ));
         // Warm caches (library, tables) so the figure is the steady cost.
-        render(
-            backend,
-            &RenderSpec {
-                frames: 50,
-                takes: 1,
-                ..spec.clone()
-            },
-            None,
-            &mut |_, _| {},
-        )?;
+        let mut warm = spec.clone();
+        warm.frames = facts.frames(2.0);
+        warm.takes = 1;
+        render(backend, &warm, &mut |_, _| {})?;
         let t0 = Instant::now();
-        let takes = render(backend, &spec, None, &mut |_, _| {})?;
+        let takes = render(backend, &spec, &mut |_, _| {})?;
         render_realtime_ratio = Some(cfg.seconds * takes.len() as f64 / t0.elapsed().as_secs_f64());
         decode_latent = takes.into_iter().next().map(|t| t.latent);
     }
@@ -419,93 +776,56 @@ pub fn run(
         BTreeMap::new(),
     );
     let (mut conv_min, mut conv_max) = (BTreeMap::new(), BTreeMap::new());
-    for &d in [1usize, 4, 8].iter().filter(|_| wants("propagation")) {
-        log(&format!("propagation at depth {d}"));
-        let (o, c) = shared_lane_onset(backend, cfg, d)?;
-        onset.insert(d.to_string(), o);
-        coverage.insert(d.to_string(), c);
-        // The answer depends on where in the ring's cycle the change lands: average all phases.
-        let runs = (0..cfg.steps)
-            .map(|p| per_slot_convergence(backend, cfg, d, p))
-            .collect::<Result<Vec<_>, _>>()?;
-        for (k, w) in &runs {
-            if *k != w + cfg.steps as u64 {
-                return Err(EngineError::Backend(format!(
-                    "convergence {k} is not queue wait {w} + S"
-                ))
-                .into());
+    let mut propagation_rows = BTreeMap::new();
+    if wants("propagation") {
+        for d in [1usize, 4, 8] {
+            log(&format!("propagation at depth {d}"));
+            let (o, c) = shared_lane_onset(backend, cfg, d)?;
+            onset.insert(d.to_string(), o);
+            coverage.insert(d.to_string(), c);
+            // The answer depends on where in the ring's cycle the change lands: average all
+            // phases.
+            let runs = (0..cfg.steps)
+                .map(|p| per_slot_convergence(backend, cfg, d, p))
+                .collect::<SessionResult<Vec<_>>>()?;
+            for (k, w) in &runs {
+                if *k != w + cfg.steps as u64 {
+                    return Err(failed(format!("convergence {k} is not queue wait {w} + S")));
+                }
             }
+            let mean = |f: &dyn Fn(&(u64, u64)) -> u64| {
+                runs.iter().map(f).sum::<u64>() as f64 / runs.len() as f64
+            };
+            conv.insert(d.to_string(), mean(&|r| r.0));
+            conv_max.insert(d.to_string(), runs.iter().map(|r| r.0).max().unwrap_or(0));
+            conv_min.insert(d.to_string(), runs.iter().map(|r| r.0).min().unwrap_or(0));
+            wait.insert(d.to_string(), mean(&|r| r.1));
         }
-        let mean = |f: &dyn Fn(&(u64, u64)) -> u64| {
-            runs.iter().map(f).sum::<u64>() as f64 / runs.len() as f64
-        };
-        conv.insert(d.to_string(), mean(&|r| r.0));
-        conv_max.insert(d.to_string(), runs.iter().map(|r| r.0).max().unwrap_or(0));
-        conv_min.insert(d.to_string(), runs.iter().map(|r| r.0).min().unwrap_or(0));
-        wait.insert(d.to_string(), mean(&|r| r.1));
+        log(&format!(
+            "propagation per control class at depth {}",
+            cfg.propagation_depth
+        ));
+        propagation_rows = propagation(backend, cfg, tick_ms.get("4").copied())?;
     }
-    let tick4 = tick_ms.get("4").copied();
-    let ms = |ticks: Option<u64>| match (ticks, tick4) {
-        (Some(t), Some(ms)) => Some(t as f64 * ms),
-        _ => None,
-    };
-    let mut propagation = BTreeMap::new();
-    let shared4 = onset.get("4").copied();
-    propagation.insert(
-        "shared_per_step".to_string(),
-        Propagation {
-            onset_ticks: shared4,
-            convergence_ticks: shared4.map(|o| o + cfg.steps as u64 - 1),
-            onset_ms: ms(shared4),
-            convergence_ms: ms(shared4.map(|o| o + cfg.steps as u64 - 1)),
-            note: "velocity scale, SDE source curve, ODE noise, x0 strength, guidance, APG momentum, CFG rescale, channel gain, DCW: every in-flight slot on the next tick; a latent whose whole trajectory saw the value arrives S−1 ticks later".into(),
-        },
-    );
-    let conv4 = conv.get("4").map(|c| c.round() as u64);
-    propagation.insert(
-        "per_slot_submission".to_string(),
-        Propagation {
-            onset_ticks: conv4,
-            convergence_ticks: conv4,
-            onset_ms: ms(conv4),
-            convergence_ms: ms(conv4),
-            note: "denoise, seed, source, prompt, blend, structure, shift, CFG mode: queue wait + S ticks".into(),
-        },
-    );
-    propagation.insert(
-        "global_weights".to_string(),
-        Propagation {
-            onset_ticks: Some(1),
-            convergence_ticks: Some(cfg.steps as u64),
-            onset_ms: ms(Some(1)),
-            convergence_ms: ms(Some(cfg.steps as u64)),
-            note: "LoRA enable/strength: applied between ticks, so the first forward after the swap uses it (onset 1 tick); every slot fully generated with it after S ticks. The sketch backend has no LoRA; these are the runtime's guarantees, measured on ACE-Step by `demon bench --backend acestep`".into(),
-        },
-    );
-    propagation.insert(
-        "structural".to_string(),
-        Propagation {
-            onset_ticks: Some(1),
-            convergence_ticks: Some(cfg.steps as u64),
-            onset_ms: ms(Some(1)),
-            convergence_ms: ms(Some(cfg.steps as u64)),
-            note: "steps, depth, source length: new slots start on the next tick; in-flight slots drain (never discarded), so output at the new structure arrives after S ticks".into(),
-        },
-    );
 
     let (mut field, mut full_decode_ms, mut windowed_decode_ms, mut windowed_decode_speedup) =
         (None, None, BTreeMap::new(), BTreeMap::new());
     if wants("decode") {
         log("receptive field and decode");
-        let c = backend.codec.latent_channels();
+        let c = facts.latent_channels;
         let probes = probe_latents(120, c, backend.codec.device())?;
         let f = measure_receptive_field(backend.codec.as_mut(), &probes, 9, 3, 48, 1e-6)?;
         let latent = match decode_latent {
             Some(l) => l,
             None => probe_latent(frames, c, 9, backend.codec.device())?,
         };
-        let (full, windowed) =
-            decode_costs(backend.codec.as_mut(), &latent, f, &cfg.keep_windows_s)?;
+        let (full, windowed) = decode_costs(
+            backend.codec.as_mut(),
+            &latent,
+            f,
+            &cfg.keep_windows_s,
+            &facts,
+        )?;
         windowed_decode_speedup = windowed
             .iter()
             .map(|(k, v)| (k.clone(), full / v))
@@ -533,7 +853,7 @@ pub fn run(
         per_slot_convergence_ticks_min: conv_min,
         per_slot_convergence_ticks_max: conv_max,
         per_slot_queue_wait_ticks: wait,
-        propagation,
+        propagation: propagation_rows,
         receptive_field_frames: field,
         full_decode_ms,
         windowed_decode_ms,

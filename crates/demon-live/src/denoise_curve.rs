@@ -19,7 +19,9 @@ use demon_engine::{Audio, BackendSet};
 use rustfft::{FftPlanner, num_complex::Complex};
 use serde::Serialize;
 
-use crate::render::{RenderError, RenderSpec, render};
+use crate::error::{SessionError, SessionResult};
+use crate::facts::BackendFacts;
+use crate::render::{RenderSpec, render};
 
 /// Analysis frames per second (the latent rate of both backends).
 pub const FRAMES_PER_SECOND: f64 = 25.0;
@@ -184,12 +186,63 @@ pub struct CurveSource {
     pub audio: Audio,
 }
 
+/// The render settings of every re-generation (`demon render`'s defaults otherwise): a
+/// serialisable description, turned into a [`RenderSpec`] per source and point.
+#[derive(Clone, Debug, Serialize)]
+pub struct CurveRender {
+    pub prompt: demon_engine::Prompt,
+    pub steps: usize,
+    pub shift: f32,
+    /// First seed; takes use `seed..seed + takes − 1`.
+    pub seed: u64,
+    pub depth: usize,
+    pub solver: demon_engine::SolverKind,
+    pub takes: usize,
+}
+
+impl Default for CurveRender {
+    fn default() -> Self {
+        Self {
+            prompt: demon_engine::Prompt::tags("house"),
+            steps: 8,
+            shift: 3.0,
+            seed: 42,
+            depth: 4,
+            solver: demon_engine::SolverKind::Ode,
+            takes: 1,
+        }
+    }
+}
+
+impl CurveRender {
+    /// The render of `frames` latent frames with these settings, from `source` (name, latent
+    /// `[1, T, C]`) when given; the denoise is the caller's (1 without a source).
+    pub fn spec(
+        &self,
+        backend: &mut BackendSet,
+        frames: usize,
+        source: Option<(&str, &Tensor)>,
+    ) -> SessionResult<RenderSpec> {
+        let facts = BackendFacts::of(backend);
+        let mut spec = RenderSpec::new(self.prompt.clone(), frames);
+        spec.takes = self.takes;
+        let c = &mut spec.controls;
+        c.set_knob("steps", self.steps as f64, &facts)?;
+        c.set_knob("shift", self.shift as f64, &facts)?;
+        c.set_knob("seed", self.seed as f64, &facts)?;
+        c.set_knob("depth", self.depth as f64, &facts)?;
+        c.solver = self.solver;
+        c.set_source(source.map(|(name, latent)| (name.to_string(), latent.clone())));
+        Ok(spec)
+    }
+}
+
 /// How the curves are measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct CurveConfig {
     /// Prompt, steps, shift, solver, depth, first seed and takes of every re-generation (its
     /// frames and denoise are set per source and point).
-    pub spec: RenderSpec,
+    pub spec: CurveRender,
     /// Source length in latent frames.
     pub frames: usize,
     pub denoises: Vec<f32>,
@@ -200,7 +253,7 @@ impl Default for CurveConfig {
     /// 10 s sources, three seeds per point.
     fn default() -> Self {
         Self {
-            spec: RenderSpec {
+            spec: CurveRender {
                 takes: 3,
                 ..Default::default()
             },
@@ -224,18 +277,18 @@ pub fn rendered_source(
     prompt: &str,
     seed: u64,
     frames: usize,
-) -> Result<CurveSource, RenderError> {
-    let spec = RenderSpec {
+) -> SessionResult<CurveSource> {
+    let settings = CurveRender {
         prompt: demon_engine::Prompt::tags(prompt),
-        frames,
         seed,
         takes: 1,
         ..Default::default()
     };
-    let audio = render(backend, &spec, None, &mut |_, _| {})?
+    let spec = settings.spec(backend, frames, None)?;
+    let audio = render(backend, &spec, &mut |_, _| {})?
         .into_iter()
         .next()
-        .ok_or_else(|| RenderError::Invalid("the render produced no take".into()))?
+        .ok_or_else(|| SessionError::bad_value("render", "the render produced no take"))?
         .audio;
     let latent = backend.codec.encode(&audio)?;
     Ok(CurveSource {
@@ -251,15 +304,18 @@ pub fn recorded_source(
     name: &str,
     audio: &Audio,
     frames: usize,
-) -> Result<CurveSource, RenderError> {
+) -> SessionResult<CurveSource> {
     let samples = frames * backend.codec.hop_samples();
     if audio.sample_rate != backend.codec.sample_rate() || audio.frames() < samples {
-        return Err(RenderError::Invalid(format!(
-            "recording `{name}` must be at least {samples} samples at {} Hz (got {} at {} Hz)",
-            backend.codec.sample_rate(),
-            audio.frames(),
-            audio.sample_rate
-        )));
+        return Err(SessionError::bad_source(
+            name,
+            format!(
+                "must be at least {samples} samples at {} Hz (got {} at {} Hz)",
+                backend.codec.sample_rate(),
+                audio.frames(),
+                audio.sample_rate
+            ),
+        ));
     }
     let audio = Audio::new(
         audio.sample_rate,
@@ -282,7 +338,7 @@ pub fn latent_source(
     backend: &mut BackendSet,
     name: &str,
     latent: Tensor,
-) -> Result<CurveSource, RenderError> {
+) -> SessionResult<CurveSource> {
     let audio = backend.codec.decode(&latent, 0)?;
     Ok(CurveSource {
         name: name.to_string(),
@@ -297,17 +353,17 @@ pub fn denoise_curve(
     backend: &mut BackendSet,
     source: &CurveSource,
     cfg: &CurveConfig,
-) -> Result<DenoiseCurve, RenderError> {
+) -> SessionResult<DenoiseCurve> {
     let frames = source.latent.dim(1)?;
     let heard = backend.codec.decode(&source.latent, 0)?;
     let mut points = Vec::with_capacity(cfg.denoises.len());
     for &d in &cfg.denoises {
-        let spec = RenderSpec {
-            frames,
-            denoise: d,
-            ..cfg.spec.clone()
-        };
-        let takes = render(backend, &spec, Some(&source.latent), &mut |_, _| {})?;
+        let mut spec = cfg
+            .spec
+            .spec(backend, frames, Some((&source.name, &source.latent)))?;
+        spec.controls
+            .set_knob("denoise", d as f64, &BackendFacts::of(backend))?;
+        let takes = render(backend, &spec, &mut |_, _| {})?;
         let k = takes.len().max(1) as f64;
         let (mut env, mut chr) = (0.0, 0.0);
         for take in &takes {
@@ -334,7 +390,7 @@ pub fn run(
     sources: &[CurveSource],
     cfg: &CurveConfig,
     log: &mut dyn FnMut(&str),
-) -> Result<CurveReport, RenderError> {
+) -> SessionResult<CurveReport> {
     let curves = sources
         .iter()
         .map(|s| {

@@ -12,7 +12,7 @@ use demon_engine::BackendSet;
 use crate::core::{LiveCore, SessionConfig};
 use crate::error::{SessionError, SessionResult};
 use crate::record::{ScriptEvent, SessionFile};
-use crate::session::{RunOptions, SessionSummary, start};
+use crate::session::{RunOptions, SessionSummary, run_blocking};
 use crate::sink::{AudioSink, WavRecorder};
 
 /// Convert script times to ticks: an event at `t` seconds applies before the first tick that
@@ -67,7 +67,7 @@ pub fn perform(
         max_ticks: Some(ticks),
         ..Default::default()
     };
-    start(core, opts)?.join()
+    run_blocking(core, opts)
 }
 
 /// Re-render a recorded session offline to `out_wav`.
@@ -96,5 +96,5 @@ pub fn replay(
         clock: file.clock.clone(),
         ..Default::default()
     };
-    start(core, opts)?.join()
+    run_blocking(core, opts)
 }

@@ -1,99 +1,132 @@
 //! Offline rendering: N takes of one song, in flight together in the ring.
 //!
-//! This is not a separate batch path: takes are submitted to a `StreamPipeline` exactly as the
-//! live session submits its requests, so what a render produces is what the instrument plays.
-//! Because the pipeline is bit-identical across depths, `--depth 1` and `--depth 8` give the same
-//! files.
+//! This is not a separate batch path: a render holds the same [`Controls`] a live session
+//! holds, builds its requests with the same builder ([`crate::requests`]) and submits them to a
+//! `StreamPipeline` exactly as the live session does, so what a render produces is what the
+//! instrument plays. Because the pipeline is bit-identical across depths, `--depth 1` and
+//! `--depth 8` give the same files.
+
+use std::collections::VecDeque;
 
 use candle_core::Tensor;
-use demon_engine::{
-    Audio, BackendSet, CfgMode, Conditioning, Curve, CurveSpec, DcwSettings, EngineError,
-    LatentMask, Prompt, STEP_CURVE_NAMES, ScheduleParams, SharedLane, SlotCondition, SlotRequest,
-    SolverKind, StreamPipeline,
-};
-use serde::{Deserialize, Serialize};
+use demon_engine::{Audio, BackendSet, Prompt, SharedLane, SlotRequest, StreamPipeline};
 
-/// Errors of rendering.
-#[derive(Debug, thiserror::Error)]
-pub enum RenderError {
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error("tensor error: {0}")]
-    Tensor(#[from] candle_core::Error),
-    #[error("{0}")]
-    Invalid(String),
-}
+use crate::control::ControlMessage;
+use crate::controls::{Controls, CurveId, Knob};
+use crate::error::{SessionError, SessionResult};
+use crate::facts::BackendFacts;
+use crate::requests::{self, Conds, Inputs};
 
 /// Longest song a render accepts, in seconds.
 pub const MAX_SECONDS: f64 = 1200.0;
 /// Most takes in one render.
 pub const MAX_TAKES: usize = 256;
 
-/// A curve addressed by its control name, as on the command line (`--curve NAME=SPEC`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NamedCurve {
-    pub name: String,
-    pub spec: CurveSpec,
-}
-
-/// Curve names a render understands beyond the seven per-step curves.
-pub const EXTRA_CURVE_NAMES: [&str; 6] = [
-    "initial_noise",
-    "x0_target",
-    "mask",
-    "blend",
-    "dcw",
-    "dcw_high",
-];
-
-/// Everything that determines a render.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Everything that determines a render: the controls (their source is the render's source),
+/// the song length and how many takes (seeds `seed..seed + takes − 1`).
+#[derive(Clone, Debug)]
 pub struct RenderSpec {
-    pub prompt: Prompt,
-    /// Negative prompt text (guidance pushes away from it); absent = the null condition.
-    pub negative: Option<String>,
-    pub prompt_b: Option<Prompt>,
-    /// Weight of prompt B: a scalar crossfades the conditioning, a curve blends per frame.
-    pub blend: Option<CurveSpec>,
-    /// Latent frames (25 per second).
+    pub controls: Controls,
+    /// Latent frames of the song.
     pub frames: usize,
-    pub steps: usize,
-    pub shift: f32,
-    pub denoise: f32,
-    pub seed: u64,
-    pub depth: usize,
-    pub solver: SolverKind,
-    /// APG guidance scale; `None` is off.
-    pub guidance: Option<f32>,
-    pub cfg_mode: CfgMode,
-    pub curves: Vec<NamedCurve>,
     pub takes: usize,
-    /// How strongly the source's structure conditions the result (0 = not at all).
-    pub structure_strength: f32,
-    pub dcw: DcwSettings,
 }
 
-impl Default for RenderSpec {
-    fn default() -> Self {
+impl RenderSpec {
+    /// One take of `frames` latent frames with the catalog's defaults. A render has no time
+    /// for a knob to travel, so slew limiting is off: every knob set is the value rendered.
+    pub fn new(prompt: Prompt, frames: usize) -> Self {
+        let mut controls = Controls::new(prompt, frames);
+        controls.set_slew_off();
         Self {
-            prompt: Prompt::tags("house"),
-            negative: None,
-            prompt_b: None,
-            blend: None,
-            frames: 25 * 20,
-            steps: 8,
-            shift: 3.0,
-            denoise: 1.0,
-            seed: 42,
-            depth: 4,
-            solver: SolverKind::Ode,
-            guidance: None,
-            cfg_mode: CfgMode::Initialize,
-            curves: Vec::new(),
+            controls,
+            frames,
             takes: 1,
-            structure_strength: 0.0,
-            dcw: DcwSettings::default(),
         }
+    }
+
+    /// Apply one control message to the render's controls, through the same
+    /// [`Controls::apply`] a live session's controls go through (so a render's control list
+    /// and a live take of the same messages hold the same `Controls`). Sources, the loop band,
+    /// seek and play are refused: a render's source is [`Controls::set_source`].
+    pub fn apply(&mut self, msg: &ControlMessage, facts: &BackendFacts) -> SessionResult<()> {
+        self.controls.apply(msg, facts).map(|_| ())
+    }
+
+    /// Reject renders that cannot be made, or whose controls would do nothing offline, before
+    /// any work starts.
+    pub fn validate(&self, facts: &BackendFacts) -> SessionResult<()> {
+        self.check_shape(facts)?;
+        self.check_controls_act(facts)
+    }
+
+    /// The song length, the takes and the source's shape.
+    fn check_shape(&self, facts: &BackendFacts) -> SessionResult<()> {
+        if self.frames == 0 {
+            return Err(SessionError::bad_value(
+                "song length",
+                "the song length is zero: give --seconds greater than 0",
+            ));
+        }
+        let seconds = facts.seconds(self.frames);
+        if seconds > MAX_SECONDS {
+            return Err(SessionError::bad_value(
+                "song length",
+                format!("{seconds:.0} s is longer than the {MAX_SECONDS:.0} s limit"),
+            ));
+        }
+        if self.takes == 0 || self.takes > MAX_TAKES {
+            return Err(SessionError::bad_value(
+                "takes",
+                format!("takes must be in 1..={MAX_TAKES}, got {}", self.takes),
+            ));
+        }
+        if let Some(s) = self.controls.source() {
+            let want = [1, self.frames, facts.latent_channels];
+            if s.latent.dims() != want {
+                return Err(SessionError::bad_source(
+                    s.name.clone(),
+                    format!("latent {:?} where {want:?} was expected", s.latent.dims()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Controls that act in live play but would do nothing in this render (a negative prompt
+    /// without guidance, a blend without a second prompt, the source's controls without a
+    /// source) are refused, so a render never silently ignores a flag.
+    fn check_controls_act(&self, facts: &BackendFacts) -> SessionResult<()> {
+        let c = &self.controls;
+        let source = c.source();
+        let lane = requests::build_lane(c, facts)?;
+        if c.prompts.negative.is_some() && lane.curves.guidance.is_none() {
+            return Err(SessionError::bad_value(
+                "negative prompt",
+                "a negative prompt only acts with guidance: add --guidance (for example 3)",
+            ));
+        }
+        if c.prompts.b.is_none() && (c.knobs().blend > 0.0 || c.curve(CurveId::Blend).is_some()) {
+            return Err(SessionError::bad_value(
+                "blend",
+                "a blend needs a second prompt (--prompt-b)",
+            ));
+        }
+        if source.is_none() {
+            if c.knobs().x0_target_strength > 0.0 || c.curve(CurveId::X0TargetStrength).is_some() {
+                return Err(SessionError::bad_value(
+                    Knob::X0TargetStrength.name(),
+                    "pulls toward an x0 target, and a render's target is its source: add --source",
+                ));
+            }
+            if let Some((id, _)) = c.curves().find(|(id, _)| id.needs_source()) {
+                return Err(SessionError::bad_value(
+                    format!("curve `{}`", id.name()),
+                    format!("the `{}` curve needs a source (--source)", id.name()),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -105,250 +138,63 @@ pub struct RenderedTake {
     pub audio: Audio,
 }
 
-impl RenderSpec {
-    /// Reject impossible values before any work starts.
-    pub fn validate(&self) -> Result<(), RenderError> {
-        if self.frames == 0 {
-            return Err(RenderError::Invalid(
-                "the song length is zero: give --seconds greater than 0".into(),
-            ));
-        }
-        let seconds = self.frames as f64 / demon_engine::FRAMES_PER_SECOND;
-        if seconds > MAX_SECONDS {
-            return Err(RenderError::Invalid(format!(
-                "{seconds:.0} s is longer than the {MAX_SECONDS:.0} s limit"
-            )));
-        }
-        if self.takes == 0 || self.takes > MAX_TAKES {
-            return Err(RenderError::Invalid(format!(
-                "takes must be in 1..={MAX_TAKES}, got {}",
-                self.takes
-            )));
-        }
-        ScheduleParams {
-            steps: self.steps,
-            shift: self.shift,
-            denoise: self.denoise,
-        }
-        .validate()?;
-        if self.depth == 0 || self.depth > demon_engine::MAX_DEPTH {
-            return Err(EngineError::param(
-                "depth",
-                format!("{} is outside 1..={}", self.depth, demon_engine::MAX_DEPTH),
-            )
-            .into());
-        }
-        if let Some(g) = self.guidance
-            && !(g.is_finite() && (0.0..=30.0).contains(&g))
-        {
-            return Err(EngineError::param("guidance", format!("{g} is outside [0, 30]")).into());
-        }
-        if !(self.structure_strength.is_finite() && (0.0..=1.0).contains(&self.structure_strength))
-        {
-            return Err(EngineError::param(
-                "structure",
-                format!("{} is outside [0, 1]", self.structure_strength),
-            )
-            .into());
-        }
-        self.prompt.validate()?;
-        if let Some(b) = &self.prompt_b {
-            b.validate()?;
-        }
-        for c in &self.curves {
-            c.spec.validate(&c.name)?;
-            if !STEP_CURVE_NAMES.contains(&c.name.as_str())
-                && !EXTRA_CURVE_NAMES.contains(&c.name.as_str())
-            {
-                return Err(EngineError::curve(
-                    &c.name,
-                    format!(
-                        "unknown curve name (one of {}, {})",
-                        STEP_CURVE_NAMES.join(", "),
-                        EXTRA_CURVE_NAMES.join(", ")
-                    ),
-                )
-                .into());
-            }
-        }
-        if let Some(b) = &self.blend {
-            b.validate("blend")?;
-        }
-        Ok(())
-    }
-}
-
-/// Build the requests (one per take) and the shared lane of a render.
-pub fn build_requests(
+/// The requests (one per take) and the shared lane of a render, from the one builder.
+pub fn plan(
     backend: &mut BackendSet,
     spec: &RenderSpec,
-    source: Option<&Tensor>,
-) -> Result<(Vec<SlotRequest>, SharedLane), RenderError> {
-    spec.validate()?;
-    let t = spec.frames;
-    if let Some(s) = source {
-        let want = [1, t, backend.codec.latent_channels()];
-        if s.dims() != want {
-            return Err(EngineError::shape(
-                "source latent",
-                format!("{want:?}"),
-                format!("{:?}", s.dims()),
-            )
-            .into());
-        }
-    }
-    let cond_a = backend.conditioner.condition(&spec.prompt)?;
-    let context = backend.conditioner.context(
-        source,
-        t,
-        if source.is_some() {
-            spec.structure_strength
-        } else {
-            0.0
-        },
+) -> SessionResult<(Vec<SlotRequest>, SharedLane)> {
+    let facts = BackendFacts::of(backend);
+    spec.check_shape(&facts)?;
+    let frames = spec.frames;
+    let mut controls = spec.controls.clone();
+    controls.set_frames(frames)?;
+    // Timbre conditionings cost a pass of the timbre encoder: only when they act.
+    let timbre_ref = controls
+        .source()
+        .filter(|_| controls.knobs().timbre as f32 > 0.001)
+        .map(|s| s.latent.clone());
+    let conds = Conds::prepare(
+        backend.conditioner.as_mut(),
+        &controls.prompts,
+        timbre_ref.as_ref(),
     )?;
-    let mut lane = SharedLane {
-        dcw: spec.dcw.clone(),
-        ..Default::default()
-    };
-
-    let mut blend_curve: Option<Curve> = match &spec.blend {
-        Some(b) => Some(b.to_curve("blend", t)?),
-        None => None,
-    };
-    let mut template = SlotRequest::new(cond_a.clone(), context, t, spec.seed);
-    template.schedule = ScheduleParams {
-        steps: spec.steps,
-        shift: spec.shift,
-        denoise: spec.denoise,
-    };
-    template.solver = spec.solver;
-    template.cfg_mode = spec.cfg_mode;
-    template.source = source.cloned();
-    for c in &spec.curves {
-        let curve = c.spec.to_curve(&c.name, t)?;
-        apply_named_curve(
-            &mut template,
-            &mut lane,
-            &c.name,
-            curve,
-            source,
-            &mut blend_curve,
+    let context = requests::structure_context(backend.conditioner.as_mut(), &controls, 0, frames)?;
+    let history = VecDeque::new();
+    let mut lane = None;
+    let mut requests = Vec::with_capacity(spec.takes);
+    for k in 0..spec.takes as u64 {
+        let (r, l) = requests::build(
+            &controls,
+            &facts,
+            frames,
+            &Inputs {
+                conds: &conds,
+                context: &context,
+                history: &history,
+                chunk_offset: 0,
+                tag: k,
+                take: k,
+            },
         )?;
+        requests.push(r);
+        lane = Some(l);
     }
-    if let Some(p) = &spec.prompt_b {
-        let cond_b = backend.conditioner.condition(p)?;
-        match blend_curve {
-            Some(Curve::Scalar(w)) => {
-                template.conditions = vec![SlotCondition::new(Conditioning::lerp(
-                    &cond_a,
-                    &cond_b,
-                    w.clamp(0.0, 1.0),
-                )?)];
-            }
-            Some(curve) => {
-                let w = curve.clamped(0.0, 1.0);
-                let wa = w.map("blend", |x| 1.0 - x)?;
-                template.conditions = vec![
-                    SlotCondition::weighted(cond_a.clone(), wa),
-                    SlotCondition::weighted(cond_b, w),
-                ];
-            }
-            None => {
-                template.conditions = vec![SlotCondition::new(Conditioning::lerp(
-                    &cond_a, &cond_b, 0.5,
-                )?)];
-            }
-        }
-    } else if blend_curve.is_some() {
-        return Err(RenderError::Invalid(
-            "a blend needs a second prompt (--prompt-b)".into(),
-        ));
-    }
-    if let Some(g) = spec.guidance {
-        template.curves.guidance = Some(Curve::scalar("guidance", g)?);
-        let neg = match &spec.negative {
-            Some(text) => backend.conditioner.condition(&Prompt {
-                tags: text.clone(),
-                ..spec.prompt.clone()
-            })?,
-            None => backend.conditioner.null_condition(&cond_a)?,
-        };
-        template.negatives = vec![SlotCondition::new(neg)];
-    } else if spec.negative.is_some() {
-        return Err(RenderError::Invalid(
-            "a negative prompt only acts with guidance: add --guidance (for example 3)".into(),
-        ));
-    }
-    let requests = (0..spec.takes as u64)
-        .map(|k| {
-            let mut r = template.clone();
-            r.seed = spec.seed.wrapping_add(k);
-            r.tag = k;
-            r
-        })
-        .collect();
-    lane.validate(backend.denoiser.latent_channels())?;
+    let lane = lane.ok_or_else(|| SessionError::bad_value("takes", "no take to render"))?;
     Ok((requests, lane))
-}
-
-/// Route a named curve to its place in a request or the lane.
-pub fn apply_named_curve(
-    req: &mut SlotRequest,
-    lane: &mut SharedLane,
-    name: &str,
-    curve: Curve,
-    source: Option<&Tensor>,
-    blend: &mut Option<Curve>,
-) -> Result<(), RenderError> {
-    let need_source = |what: &str| -> Result<Tensor, RenderError> {
-        source.cloned().ok_or_else(|| {
-            RenderError::Invalid(format!("the `{what}` curve needs a source (--source)"))
-        })
-    };
-    match name {
-        n if STEP_CURVE_NAMES.contains(&n) => {
-            *req.curves.field_mut(n)? = Some(curve);
-            req.curves.validate()?;
-        }
-        "initial_noise" => {
-            curve.check_range("initial_noise", 0.0, 1.0)?;
-            need_source("initial_noise")?;
-            req.initial_noise_curve = Some(curve);
-        }
-        "x0_target" => {
-            curve.check_range("x0_target", 0.0, 1.0)?;
-            req.x0_target = Some(need_source("x0_target")?);
-            req.x0_target_curve = Some(curve);
-        }
-        "mask" => {
-            curve.check_range("mask", 0.0, 1.0)?;
-            req.latent_mask = Some(LatentMask {
-                mask: curve,
-                original: need_source("mask")?,
-            });
-        }
-        "blend" => {
-            curve.check_range("blend", 0.0, 1.0)?;
-            *blend = Some(curve);
-        }
-        "dcw" => lane.dcw.scaler = curve,
-        "dcw_high" => lane.dcw.high_scaler = curve,
-        other => return Err(EngineError::curve(other, "unknown curve name").into()),
-    }
-    Ok(())
 }
 
 /// Render every take through the ring; `progress(done_steps, total_steps)` is called per tick.
 pub fn render(
     backend: &mut BackendSet,
     spec: &RenderSpec,
-    source: Option<&Tensor>,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<Vec<RenderedTake>, RenderError> {
-    backend.validate()?;
-    let (requests, lane) = build_requests(backend, spec, source)?;
-    let mut pipe = StreamPipeline::for_denoiser(spec.depth, backend.denoiser.as_ref())?;
+) -> SessionResult<Vec<RenderedTake>> {
+    backend
+        .validate()
+        .map_err(|e| SessionError::engine("backend", e))?;
+    spec.validate(&BackendFacts::of(backend))?;
+    let (requests, lane) = plan(backend, spec)?;
+    let mut pipe = StreamPipeline::for_denoiser(spec.controls.depth(), backend.denoiser.as_ref())?;
     pipe.set_lane(lane)?;
     let passes = demon_engine::Schedule::new(requests[0].schedule)?.passes();
     let total = passes * requests.len();
@@ -357,7 +203,7 @@ pub fn render(
     let mut step = |pipe: &mut StreamPipeline,
                     backend: &mut BackendSet,
                     finished: &mut Vec<demon_engine::Finished>|
-     -> Result<(), RenderError> {
+     -> SessionResult<()> {
         let rep = pipe.tick(backend.denoiser.as_mut())?;
         done += rep.active_slots;
         progress(done.min(total), total);

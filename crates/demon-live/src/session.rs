@@ -253,6 +253,25 @@ impl SessionHandle {
     }
 }
 
+/// Run a session to its end on the calling thread (offline performances and replays: there is
+/// nobody to send controls, only the script). Same loop as the runner thread.
+pub fn run_blocking(mut core: LiveCore, mut opts: RunOptions) -> SessionResult<SessionSummary> {
+    let (_tx, rx) = sync_channel::<Command>(1);
+    let bus = EventBus::new(opts.bus_capacity);
+    let state = Mutex::new(None);
+    let writer = match &opts.session_file {
+        Some(p) => Some(SessionWriter::create(p, core.config())?),
+        None => None,
+    };
+    let health = Mutex::new(SessionHealth::default());
+    let shared = Shared {
+        bus: &bus,
+        state: &state,
+        health: &health,
+    };
+    run(&mut core, &mut opts, rx, writer, shared)
+}
+
 /// Start the runner thread.
 pub fn start(mut core: LiveCore, mut opts: RunOptions) -> SessionResult<SessionHandle> {
     let (tx, rx) = sync_channel::<Command>(1024);
@@ -578,18 +597,25 @@ fn run(
             },
         );
 
-        // 3. Outputs.
-        if !out.played[0].is_empty() {
-            for s in opts.sinks.iter_mut() {
-                s.play(&out.played)?;
-            }
-            if let Some(Err(e)) = recorder.as_mut().map(|r| r.play(&out.played)) {
+        // 3. Outputs. Handing the block to the sinks is real-time work: no allocation (a
+        // failing recorder is reported after the real-time section).
+        if out.played_samples > 0 {
+            let block = core.played();
+            let sinks = &mut opts.sinks;
+            let rec = &mut recorder;
+            let (sunk, recorded) = crate::rt::no_alloc(|| {
+                let sunk = sinks.iter_mut().try_for_each(|s| s.play(block));
+                let recorded = rec.as_mut().map(|r| r.play(block));
+                (sunk, recorded)
+            });
+            sunk?;
+            if let Some(Err(e)) = recorded {
                 recorder = None;
                 let why = format!("the WAV recording stopped: {e}");
                 shared.health(|h| h.recording_error = Some(why.clone()));
                 shared.announce(format!("{why}; the session keeps playing"));
             }
-            played += out.played[0].len() as u64;
+            played += out.played_samples as u64;
         }
         let elapsed = started_gen_time.elapsed().as_secs_f32().max(1e-3);
         if out.replaced {
@@ -617,7 +643,7 @@ fn run(
             gen_per_s: core.generations() as f32 / elapsed,
             active_slots: out.active_slots,
             queue: out.queue,
-            lead_ms: out.lead_frames as f32 * 40.0,
+            lead_ms: core.facts().frames_ms(out.lead_frames as usize) as f32,
         });
         let st = core.state();
         if out.knobs_changed {

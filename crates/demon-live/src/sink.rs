@@ -1,19 +1,21 @@
 //! Where played audio goes: the null sink (no sound card: servers, CI), a WAV recorder of what
 //! was played, and the system audio device through cpal when one exists.
 //!
-//! The runner hands each sink the block of audio it played this tick. The device sink passes it
-//! to the audio callback through a wait-free ring buffer: the callback never locks, allocates
-//! or logs.
+//! The runner hands each sink the block of audio it played this tick, inside the real-time
+//! section (`crate::rt`): sinks must not allocate in [`AudioSink::play`]. The device sink passes
+//! the block to the audio callback through a wait-free ring buffer; the callback's body,
+//! [`fill_output`], never locks, allocates or logs.
 
-use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use demon_audio::{WavFormat, WavWriter};
 
 use crate::error::{SessionError, SessionResult};
 
 /// A consumer of played audio blocks (planar stereo).
 pub trait AudioSink: Send {
     fn name(&self) -> &str;
+    /// Take one block. Runs in the real-time part of a tick: no allocation on success.
     fn play(&mut self, block: &[Vec<f32>; 2]) -> SessionResult<()>;
     /// Finish (close files); called once at the end.
     fn finish(&mut self) -> SessionResult<()> {
@@ -27,7 +29,7 @@ pub trait AudioSink: Send {
 }
 
 /// Discards audio, counting it. With no sound card the runner paces itself to the wall clock
-/// (see `SessionConfig::realtime`), so this sink is "clock-paced" by the session.
+/// (see `RunOptions::realtime`), so this sink is "clock-paced" by the session.
 #[derive(Default)]
 pub struct NullSink {
     pub samples: u64,
@@ -43,61 +45,31 @@ impl AudioSink for NullSink {
     }
 }
 
-/// Writes what was played to a 16-bit or 32-bit-float WAV file, streaming.
+/// Writes what was played to a 16-bit or 32-bit-float WAV file as it plays, through
+/// demon-audio's crash-safe [`WavWriter`]: a recording cut short by a crash plays up to the
+/// last second written.
 pub struct WavRecorder {
-    path: PathBuf,
-    out: Option<BufWriter<File>>,
-    float: bool,
-    frames: u64,
-    sample_rate: u32,
+    writer: WavWriter,
 }
 
 impl WavRecorder {
     pub fn create(path: &Path, sample_rate: u32, float: bool) -> SessionResult<Self> {
-        let file = File::create(path).map_err(|e| SessionError::io(path, e))?;
-        let mut rec = Self {
-            path: path.to_path_buf(),
-            out: Some(BufWriter::new(file)),
-            float,
-            frames: 0,
-            sample_rate,
+        let format = if float {
+            WavFormat::Float32
+        } else {
+            WavFormat::Pcm16
         };
-        rec.write_header()?;
-        Ok(rec)
-    }
-
-    fn write_header(&mut self) -> SessionResult<()> {
-        let (bits, tag): (u16, u16) = if self.float { (32, 3) } else { (16, 1) };
-        let block = 2 * bits as u32 / 8;
-        let data = (self.frames * block as u64).min(u32::MAX as u64 - 64) as u32;
-        let sr = self.sample_rate;
-        let out = self.out.as_mut().ok_or_else(|| finished(&self.path))?;
-        let mut h = Vec::with_capacity(44);
-        h.extend_from_slice(b"RIFF");
-        h.extend_from_slice(&(36 + data).to_le_bytes());
-        h.extend_from_slice(b"WAVEfmt ");
-        h.extend_from_slice(&16u32.to_le_bytes());
-        h.extend_from_slice(&tag.to_le_bytes());
-        h.extend_from_slice(&2u16.to_le_bytes());
-        h.extend_from_slice(&sr.to_le_bytes());
-        h.extend_from_slice(&(sr * block).to_le_bytes());
-        h.extend_from_slice(&(block as u16).to_le_bytes());
-        h.extend_from_slice(&bits.to_le_bytes());
-        h.extend_from_slice(b"data");
-        h.extend_from_slice(&data.to_le_bytes());
-        let io = |e| SessionError::io(&self.path, e);
-        out.seek(SeekFrom::Start(0)).map_err(io)?;
-        out.write_all(&h).map_err(io)?;
-        out.seek(SeekFrom::End(0)).map_err(io)?;
-        Ok(())
+        let writer = WavWriter::create(path, sample_rate, 2, format)
+            .map_err(|e| SessionError::io(path, e))?;
+        Ok(Self { writer })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.writer.path()
     }
 
     pub fn seconds(&self) -> f64 {
-        self.frames as f64 / self.sample_rate as f64
+        self.writer.seconds()
     }
 }
 
@@ -106,45 +78,47 @@ impl AudioSink for WavRecorder {
         "wav"
     }
     fn play(&mut self, block: &[Vec<f32>; 2]) -> SessionResult<()> {
-        let float = self.float;
-        let out = self.out.as_mut().ok_or_else(|| finished(&self.path))?;
-        let mut bytes = Vec::with_capacity(block[0].len() * 8);
-        for i in 0..block[0].len() {
-            for ch in block {
-                let s = ch[i];
-                if float {
-                    bytes.extend_from_slice(&s.to_le_bytes());
-                } else {
-                    bytes.extend_from_slice(
-                        &((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes(),
-                    );
-                }
-            }
-        }
-        out.write_all(&bytes)
-            .map_err(|e| SessionError::io(&self.path, e))?;
-        self.frames += block[0].len() as u64;
-        Ok(())
+        let r = self.writer.append(block);
+        r.map_err(|e| crate::rt::permit_alloc(|| SessionError::io(self.writer.path(), e)))
     }
     fn finish(&mut self) -> SessionResult<()> {
-        if self.out.is_none() {
-            return Ok(());
-        }
-        self.write_header()?;
-        if let Some(mut out) = self.out.take() {
-            out.flush().map_err(|e| SessionError::io(&self.path, e))?;
-        }
-        Ok(())
+        let path = self.writer.path().to_path_buf();
+        self.writer.finish().map_err(|e| SessionError::io(&path, e))
     }
 }
 
-fn finished(path: &Path) -> SessionError {
-    SessionError::io(path, "the recorder is already finished")
+/// The audio callback's body: fill `out` (interleaved) from the ring, silence for what the
+/// ring does not hold yet. Never locks, allocates or logs; callable without a device.
+pub fn fill_output(ring: &mut rtrb::Consumer<f32>, out: &mut [f32]) {
+    crate::rt::no_alloc(|| {
+        let n = ring.slots().min(out.len());
+        if let Ok(chunk) = ring.read_chunk(n) {
+            let (a, b) = chunk.as_slices();
+            out[..a.len()].copy_from_slice(a);
+            out[a.len()..a.len() + b.len()].copy_from_slice(b);
+            chunk.commit_all();
+        }
+        out[n..].fill(0.0);
+    })
 }
 
-impl Drop for WavRecorder {
-    fn drop(&mut self) {
-        let _ = self.finish();
+/// Queue as much of `block[.][from..]` (planar stereo) as the ring has room for, interleaved;
+/// returns the frames queued. Never allocates.
+pub fn queue_block(ring: &mut rtrb::Producer<f32>, block: &[Vec<f32>; 2], from: usize) -> usize {
+    let n = block[0].len().saturating_sub(from);
+    let take = (ring.slots() / 2).min(n);
+    if take == 0 {
+        return 0;
+    }
+    match ring.write_chunk_uninit(take * 2) {
+        Ok(chunk) => {
+            let frames = block[0][from..from + take]
+                .iter()
+                .zip(&block[1][from..from + take]);
+            chunk.fill_from_iter(frames.flat_map(|(l, r)| [*l, *r]));
+            take
+        }
+        Err(_) => 0,
     }
 }
 
@@ -154,7 +128,7 @@ pub mod device {
 
     use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 
-    use super::AudioSink;
+    use super::{AudioSink, fill_output, queue_block};
     use crate::error::{SessionError, SessionResult};
 
     fn device_error(problem: impl std::fmt::Display) -> SessionError {
@@ -171,8 +145,12 @@ pub mod device {
         name: String,
     }
 
-    // The stream handle is only kept alive here, never used across threads.
-    unsafe impl Send for DeviceSink {}
+    // The runner thread owns the sink: it must be `Send`, and is without any `unsafe impl`
+    // (cpal's `Stream` is `Send`; the ring's producer too).
+    const _: () = {
+        const fn assert_send<T: Send>() {}
+        assert_send::<DeviceSink>();
+    };
 
     /// Open the default output device at 48 kHz stereo f32, or explain why not.
     pub fn open_device(sample_rate: u32) -> SessionResult<DeviceSink> {
@@ -194,19 +172,7 @@ pub mod device {
         let stream = device
             .build_output_stream(
                 stream_config,
-                move |out: &mut [f32], _| {
-                    // Real-time callback: no locks, no allocation, no logging.
-                    let n = consumer.slots().min(out.len());
-                    if let Ok(chunk) = consumer.read_chunk(n) {
-                        let (a, b) = chunk.as_slices();
-                        out[..a.len()].copy_from_slice(a);
-                        out[a.len()..a.len() + b.len()].copy_from_slice(b);
-                        chunk.commit_all();
-                    }
-                    for s in &mut out[n..] {
-                        *s = 0.0;
-                    }
-                },
+                move |out: &mut [f32], _| fill_output(&mut consumer, out),
                 |_err| {},
                 None,
             )
@@ -230,24 +196,14 @@ pub mod device {
             &self.name
         }
         fn play(&mut self, block: &[Vec<f32>; 2]) -> SessionResult<()> {
-            let n = block[0].len();
             let mut written = 0;
             // Wait (off the audio thread) until the device has consumed enough.
-            while written < n {
-                let room = self.producer.slots() / 2;
-                if room == 0 {
+            while written < block[0].len() {
+                let n = queue_block(&mut self.producer, block, written);
+                if n == 0 {
                     std::thread::sleep(std::time::Duration::from_millis(2));
-                    continue;
                 }
-                let take = room.min(n - written);
-                if let Ok(mut chunk) = self.producer.write_chunk_uninit(take * 2) {
-                    let (a, b) = chunk.as_mut_slices();
-                    for (k, slot) in a.iter_mut().chain(b.iter_mut()).enumerate() {
-                        slot.write(block[k % 2][written + k / 2]);
-                    }
-                    unsafe { chunk.commit_all() };
-                }
-                written += take;
+                written += n;
             }
             Ok(())
         }
@@ -268,9 +224,25 @@ mod tests {
         r.play(&[vec![0.5; 100], vec![-0.5; 100]]).unwrap();
         r.play(&[vec![0.0; 20], vec![0.0; 20]]).unwrap();
         r.finish().unwrap();
+        assert!((r.seconds() - 120.0 / 48_000.0).abs() < 1e-12);
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len(), 44 + 120 * 4);
         assert_eq!(u32::from_le_bytes(bytes[40..44].try_into().unwrap()), 480);
         assert_eq!(i16::from_le_bytes(bytes[44..46].try_into().unwrap()), 16384);
+        std::fs::remove_file(&path).ok();
+    }
+
+    #[test]
+    fn the_callback_plays_what_was_queued_then_silence() {
+        let (mut tx, mut rx) = rtrb::RingBuffer::<f32>::new(64);
+        let block = [vec![0.1, 0.2, 0.3], vec![-0.1, -0.2, -0.3]];
+        assert_eq!(queue_block(&mut tx, &block, 1), 2);
+        let mut out = [9.0f32; 8];
+        fill_output(&mut rx, &mut out);
+        assert_eq!(out, [0.2, -0.2, 0.3, -0.3, 0.0, 0.0, 0.0, 0.0]);
+        // A full ring takes what fits.
+        let (mut tx, _rx) = rtrb::RingBuffer::<f32>::new(4);
+        assert_eq!(queue_block(&mut tx, &block, 0), 2);
+        assert_eq!(queue_block(&mut tx, &block, 2), 0);
     }
 }

@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 use demon_engine::{Audio, BackendSet, CurveSpec, Prompt};
-use demon_live::{NamedCurve, RenderSpec, render};
+use demon_live::{BackendFacts, RenderSpec, render};
 use demon_sketch::layout::{CHANNELS, KICK};
 use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser, Style};
 
@@ -17,11 +17,12 @@ fn sketch() -> BackendSet {
 }
 
 fn spec(prompt: &str, seconds: usize) -> RenderSpec {
-    RenderSpec {
-        prompt: Prompt::tags(prompt),
-        frames: seconds * 25,
-        ..Default::default()
-    }
+    RenderSpec::new(Prompt::tags(prompt), seconds * 25)
+}
+
+/// The sketch backend's facts (for setting knobs).
+fn facts() -> BackendFacts {
+    BackendFacts::of(&mut sketch())
 }
 
 fn latent_vec(t: &Tensor) -> Vec<f32> {
@@ -54,7 +55,7 @@ fn every_style_renders_music_and_styles_differ() {
     let mut backend = sketch();
     let mut results = Vec::new();
     for style in Style::ALL {
-        let takes = render(&mut backend, &spec(style.name(), 20), None, &mut |_, _| {}).unwrap();
+        let takes = render(&mut backend, &spec(style.name(), 20), &mut |_, _| {}).unwrap();
         let take = &takes[0];
         let (rms, peak) = (take.audio.rms(), take.audio.peak());
         println!(
@@ -94,16 +95,19 @@ fn every_style_renders_music_and_styles_differ() {
 fn takes_are_identical_at_depth_1_and_8() {
     let mut backend = sketch();
     let mut s = spec("funk, E minor", 8);
+    let f = facts();
     s.takes = 8;
-    s.guidance = Some(2.0);
-    s.curves = vec![NamedCurve {
-        name: "ode_noise".into(),
-        spec: CurveSpec::parse("ode_noise", "sine:0:0.4:2").unwrap(),
-    }];
-    s.depth = 1;
-    let a = render(&mut backend, &s, None, &mut |_, _| {}).unwrap();
-    s.depth = 8;
-    let b = render(&mut backend, &s, None, &mut |_, _| {}).unwrap();
+    s.controls.set_knob("guidance", 2.0, &f).unwrap();
+    s.controls
+        .set_curve(
+            "ode_noise",
+            Some(&CurveSpec::parse("ode_noise", "sine:0:0.4:2").unwrap()),
+        )
+        .unwrap();
+    s.controls.set_knob("depth", 1.0, &f).unwrap();
+    let a = render(&mut backend, &s, &mut |_, _| {}).unwrap();
+    s.controls.set_knob("depth", 8.0, &f).unwrap();
+    let b = render(&mut backend, &s, &mut |_, _| {}).unwrap();
     assert_eq!(a.len(), 8);
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.seed, y.seed);
@@ -149,12 +153,12 @@ fn negative_prompt_with_guidance_steers_away() {
     let mut backend = sketch();
     let mut base = spec("house techno, A minor, 126 bpm", 12);
     base.takes = 6;
-    let plain = render(&mut backend, &base, None, &mut |_, _| {}).unwrap();
+    let plain = render(&mut backend, &base, &mut |_, _| {}).unwrap();
     let mut guided = base.clone();
-    guided.negative = Some("techno".into());
-    guided.guidance = Some(4.0);
-    guided.cfg_mode = demon_engine::CfgMode::Full;
-    let steered = render(&mut backend, &guided, None, &mut |_, _| {}).unwrap();
+    guided.controls.prompts.negative = Some("techno".into());
+    guided.controls.set_knob("guidance", 4.0, &facts()).unwrap();
+    guided.controls.cfg_mode = demon_engine::CfgMode::Full;
+    let steered = render(&mut backend, &guided, &mut |_, _| {}).unwrap();
     let techno_share = |takes: &[demon_live::RenderedTake]| {
         takes
             .iter()
@@ -174,14 +178,14 @@ fn negative_prompt_with_guidance_steers_away() {
 fn a_per_frame_blend_changes_style_over_time() {
     let mut backend = sketch();
     let mut s = spec("ambient, A minor, 120 bpm", 16);
-    s.prompt_b = Some(Prompt {
-        tags: "techno".into(),
-        bpm: Some(120.0),
-        ..Default::default()
-    });
-    s.blend = Some(CurveSpec::parse("blend", "square:0:1:1").unwrap()); // B (techno) for the first half, then A
+    // Prompt B takes prompt A's fields (its tempo, 120) with its own tags.
+    s.controls.prompts.a.bpm = Some(120.0);
+    s.controls.prompts.b = Some("techno".into());
+    // B (techno) for the first half, then A.
+    let square = CurveSpec::parse("blend", "square:0:1:1").unwrap();
+    s.controls.set_curve("blend", Some(&square)).unwrap();
     s.takes = 3;
-    let takes = render(&mut backend, &s, None, &mut |_, _| {}).unwrap();
+    let takes = render(&mut backend, &s, &mut |_, _| {}).unwrap();
     for t in &takes {
         let lat = latent_vec(&t.latent);
         let first = share_of_style(&lat[..200 * CHANNELS], 200, Style::Ambient, 120.0);
@@ -193,91 +197,58 @@ fn a_per_frame_blend_changes_style_over_time() {
     }
 }
 
+/// Bad render specs are refused before any work, naming the problem; bad control values are
+/// refused when they are set (validated once, as live), with the same kind of message.
 #[test]
-#[allow(clippy::vec_init_then_push)] // one case per statement reads better than one long literal
 fn render_specs_reject_bad_input() {
     let mut backend = sketch();
+    let f = facts();
+    let house = || RenderSpec::new(Prompt::tags("house"), 25 * 20);
     let mut cases: Vec<(RenderSpec, &str)> = Vec::new();
-    cases.push((
-        RenderSpec {
-            frames: 0,
-            ..Default::default()
-        },
-        "zero",
-    ));
-    cases.push((
-        RenderSpec {
-            frames: 25 * 100_000,
-            ..Default::default()
-        },
-        "limit",
-    ));
-    cases.push((
-        RenderSpec {
-            takes: 0,
-            ..Default::default()
-        },
-        "takes",
-    ));
-    cases.push((
-        RenderSpec {
-            denoise: 2.0,
-            ..Default::default()
-        },
-        "denoise",
-    ));
-    cases.push((
-        RenderSpec {
-            guidance: Some(f32::NAN),
-            ..Default::default()
-        },
-        "guidance",
-    ));
-    let raw = CurveSpec::Raw {
-        values: vec![0.5, f32::NAN],
-    };
-    cases.push((
-        RenderSpec {
-            curves: vec![NamedCurve {
-                name: "velocity_scale".into(),
-                spec: raw,
-            }],
-            ..Default::default()
-        },
-        "velocity_scale",
-    ));
-    cases.push((
-        RenderSpec {
-            curves: vec![NamedCurve {
-                name: "wobble".into(),
-                spec: CurveSpec::Constant { value: 1.0 },
-            }],
-            ..Default::default()
-        },
-        "wobble",
-    ));
-    cases.push((
-        RenderSpec {
-            curves: vec![NamedCurve {
-                name: "mask".into(),
-                spec: CurveSpec::Constant { value: 1.0 },
-            }],
-            ..Default::default()
-        },
-        "needs a source",
-    ));
-    cases.push((
-        RenderSpec {
-            negative: Some("techno".into()),
-            ..Default::default()
-        },
-        "guidance",
-    ));
+    let mut s = house();
+    s.frames = 0;
+    cases.push((s, "zero"));
+    let mut s = house();
+    s.frames = 25 * 100_000;
+    cases.push((s, "limit"));
+    let mut s = house();
+    s.takes = 0;
+    cases.push((s, "takes"));
+    let mut s = house();
+    s.controls
+        .set_curve("mask", Some(&CurveSpec::Constant { value: 1.0 }))
+        .unwrap();
+    cases.push((s, "needs a source"));
+    let mut s = house();
+    s.controls.prompts.negative = Some("techno".into());
+    cases.push((s, "guidance"));
     for (s, needle) in cases {
-        let e = match render(&mut backend, &s, None, &mut |_, _| {}) {
+        let e = match render(&mut backend, &s, &mut |_, _| {}) {
             Ok(_) => panic!("accepted a bad spec ({needle})"),
             Err(e) => e.to_string(),
         };
         assert!(e.contains(needle), "`{e}` should mention `{needle}`");
     }
+    // Bad values never reach a render: the controls refuse them and stay as they were.
+    let mut c = house().controls;
+    let before = (c.target_map(), c.curve_specs());
+    let refused = [
+        c.set_knob("denoise", 2.0, &f).map(|_| ()),
+        c.set_knob("guidance", f64::NAN, &f).map(|_| ()),
+        c.set_curve(
+            "velocity_scale",
+            Some(&CurveSpec::Raw {
+                values: vec![0.5, f32::NAN],
+            }),
+        ),
+        c.set_curve("wobble", Some(&CurveSpec::Constant { value: 1.0 })),
+    ];
+    for (r, needle) in refused
+        .into_iter()
+        .zip(["denoise", "guidance", "velocity_scale", "wobble"])
+    {
+        let e = r.expect_err(needle).to_string();
+        assert!(e.contains(needle), "`{e}` should mention `{needle}`");
+    }
+    assert_eq!(before, (c.target_map(), c.curve_specs()));
 }

@@ -1,0 +1,250 @@
+//! Closed sets of command-line values as clap `ValueEnum`s, and their mapping to the library
+//! types. A wrong value is refused by clap, before anything runs, with the message the library
+//! gives (`unknown solver `rk4` (ode, sde)`), and `--help` lists the possible values.
+
+use std::ffi::OsStr;
+use std::marker::PhantomData;
+
+use clap::builder::{PossibleValue, TypedValueParser};
+use clap::{Arg, Command, ValueEnum};
+
+/// A value parser for a `ValueEnum` whose error names `what` and the accepted values.
+#[derive(Clone)]
+pub struct Closed<E> {
+    what: &'static str,
+    _kind: PhantomData<E>,
+}
+
+/// `value_parser = closed::<E>("solver")`.
+pub fn closed<E>(what: &'static str) -> Closed<E> {
+    Closed {
+        what,
+        _kind: PhantomData,
+    }
+}
+
+impl<E: ValueEnum + Clone + Send + Sync + 'static> TypedValueParser for Closed<E> {
+    type Value = E;
+
+    fn parse_ref(&self, cmd: &Command, arg: Option<&Arg>, value: &OsStr) -> Result<E, clap::Error> {
+        let text = value.to_string_lossy();
+        E::from_str(&text, true).map_err(|_| {
+            let names: Vec<String> = E::value_variants()
+                .iter()
+                .filter_map(|v| v.to_possible_value())
+                .map(|p| p.get_name().to_string())
+                .collect();
+            let flag = arg.map(|a| a.to_string()).unwrap_or_default();
+            let mut e = clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!(
+                    "invalid value for {flag}: unknown {} `{text}` ({})\n",
+                    self.what,
+                    names.join(", ")
+                ),
+            );
+            e = e.with_cmd(cmd);
+            e
+        })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            E::value_variants()
+                .iter()
+                .filter_map(|v| v.to_possible_value()),
+        ))
+    }
+}
+
+/// `--solver`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Solver {
+    /// Deterministic flow-matching Euler.
+    Ode,
+    /// Re-noise from the predicted clean latent at every step.
+    Sde,
+}
+
+impl From<Solver> for demon_engine::SolverKind {
+    fn from(s: Solver) -> Self {
+        match s {
+            Solver::Ode => Self::Ode,
+            Solver::Sde => Self::Sde,
+        }
+    }
+}
+
+/// `--cfg-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CfgMode {
+    /// A negative pass at every step.
+    Full,
+    /// A negative pass at each generation's first step only.
+    #[value(alias = "init")]
+    Initialize,
+    /// No negative pass: the initial noise stands in for it.
+    #[value(name = "self")]
+    SelfNoise,
+}
+
+impl From<CfgMode> for demon_engine::CfgMode {
+    fn from(m: CfgMode) -> Self {
+        match m {
+            CfgMode::Full => Self::Full,
+            CfgMode::Initialize => Self::Initialize,
+            CfgMode::SelfNoise => Self::SelfNoise,
+        }
+    }
+}
+
+/// `--matmul`: precision of the DiT's matrix products on a GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Matmul {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Matmul {
+    /// The low-precision dtype, `None` for f32.
+    pub fn dtype(self) -> Option<candle_core::DType> {
+        match self {
+            Matmul::F32 => None,
+            Matmul::Bf16 => Some(candle_core::DType::BF16),
+            Matmul::F16 => Some(candle_core::DType::F16),
+        }
+    }
+}
+
+/// `--cpu-precision`: weight precision of ACE-Step's CPU kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CpuPrecision {
+    F32,
+    Bf16,
+}
+
+impl From<CpuPrecision> for demon_acestep::gemm::Precision {
+    fn from(p: CpuPrecision) -> Self {
+        match p {
+            CpuPrecision::F32 => Self::F32,
+            CpuPrecision::Bf16 => Self::Bf16,
+        }
+    }
+}
+
+/// `--random-model` and `--model-sizes`: the published ACE-Step sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModelSize {
+    /// The 2B turbo DiT.
+    #[value(name = "turbo-2b", alias = "2b")]
+    Turbo2b,
+    /// The 5B XL turbo DiT.
+    #[value(name = "xl-turbo", alias = "xl")]
+    XlTurbo,
+}
+
+impl From<ModelSize> for demon_acestep::bench::ModelSize {
+    fn from(s: ModelSize) -> Self {
+        match s {
+            ModelSize::Turbo2b => Self::Turbo2b,
+            ModelSize::XlTurbo => Self::XlTurbo,
+        }
+    }
+}
+
+impl ModelSize {
+    pub fn config(self) -> demon_acestep::AceStepConfig {
+        match self {
+            ModelSize::Turbo2b => demon_acestep::AceStepConfig::turbo_2b(),
+            ModelSize::XlTurbo => demon_acestep::AceStepConfig::xl_turbo(),
+        }
+    }
+}
+
+/// `demon bench --only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchSection {
+    Render,
+    Ticks,
+    Propagation,
+    Decode,
+    Model,
+    /// Similarity to the source against denoise (runs only when asked for).
+    #[value(name = "denoise_curve")]
+    DenoiseCurve,
+}
+
+impl BenchSection {
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchSection::Render => "render",
+            BenchSection::Ticks => "ticks",
+            BenchSection::Propagation => "propagation",
+            BenchSection::Decode => "decode",
+            BenchSection::Model => "model",
+            BenchSection::DenoiseCurve => "denoise_curve",
+        }
+    }
+}
+
+/// `demon debug forward COMPONENT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Component {
+    TextEncoder,
+    ConditionEncoder,
+    Dit,
+    VaeEncode,
+    VaeDecode,
+    FsqRoundtrip,
+}
+
+impl From<Component> for demon_acestep::Component {
+    fn from(c: Component) -> Self {
+        match c {
+            Component::TextEncoder => Self::TextEncoder,
+            Component::ConditionEncoder => Self::ConditionEncoder,
+            Component::Dit => Self::Dit,
+            Component::VaeEncode => Self::VaeEncode,
+            Component::VaeDecode => Self::VaeDecode,
+            Component::FsqRoundtrip => Self::FsqRoundtrip,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_maps_and_the_names_match_the_library() {
+        for c in Component::value_variants() {
+            let name = c.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(demon_acestep::Component::from(*c).as_str(), name);
+        }
+        for s in ModelSize::value_variants() {
+            let name = s.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(demon_acestep::bench::ModelSize::from(*s).key(), name);
+        }
+        for s in Solver::value_variants() {
+            let name = s.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(
+                name.parse::<demon_engine::SolverKind>().unwrap(),
+                demon_engine::SolverKind::from(*s)
+            );
+        }
+        for m in CfgMode::value_variants() {
+            let name = m.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(
+                name.parse::<demon_engine::CfgMode>().unwrap(),
+                demon_engine::CfgMode::from(*m)
+            );
+        }
+        for p in CpuPrecision::value_variants() {
+            let name = p.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(demon_acestep::gemm::Precision::from(*p).name(), name);
+        }
+        assert_eq!(Matmul::Bf16.dtype(), Some(candle_core::DType::BF16));
+        assert_eq!(Matmul::F32.dtype(), None);
+    }
+}

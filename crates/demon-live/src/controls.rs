@@ -1,0 +1,923 @@
+//! `Controls`: one typed value for everything a performer sets — knobs, drawn curves, prompts,
+//! the source, LoRA strengths, solver, CFG mode, DCW and slew — validated once, when a control
+//! arrives.
+//!
+//! The knob catalog ([`KNOBS`], [`Knob`], [`KnobValues`]) is written once, in the
+//! `knob_catalog!` table below: names, ranges, defaults, slew and propagation class come from
+//! that one place, and the values are typed fields, so nothing on the tick path looks a knob up
+//! by name or formats one (`ch_g{i}`). Curves are parsed from their `CurveSpec` when they arrive
+//! and kept evaluated at the current window length ([`Controls::set_frames`] re-evaluates them
+//! when the song or window changes); a spec that cannot be evaluated is refused then, never
+//! dropped later.
+//!
+//! The offline render and the live core both hold a `Controls` and turn it into slot requests
+//! through the one builder, [`crate::requests`]; the wire format stays `ControlMessage`
+//! ([`Controls::apply`] applies one).
+
+use std::collections::BTreeMap;
+
+use candle_core::Tensor;
+use demon_engine::{CfgMode, Curve, CurveSpec, DcwMode, Prompt, STEP_CURVE_NAMES, SolverKind};
+use serde::Serialize;
+
+use crate::control::{ControlMessage, PropagationClass};
+use crate::error::{SessionError, SessionResult};
+use crate::facts::BackendFacts;
+
+/// One knob of the catalog.
+#[derive(Clone, Debug, Serialize)]
+pub struct KnobSpec {
+    pub name: &'static str,
+    pub min: f64,
+    pub max: f64,
+    pub default: f64,
+    /// Integer-valued knobs round.
+    pub integer: bool,
+    /// Slew-limited: large jumps are spread over time so sweeps do not click.
+    pub slewed: bool,
+    pub class: PropagationClass,
+    pub help: &'static str,
+}
+
+/// Defines, from one table, the `Knob` identities, the `KNOBS` catalog in the same order and
+/// the `KnobValues` struct with one typed field per knob.
+macro_rules! knob_catalog {
+    ($( $variant:ident $field:ident [$min:expr, $max:expr] = $default:expr,
+        $integer:expr, $slewed:expr, $class:ident, $help:expr; )*) => {
+        /// A knob of the catalog, by identity.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Knob { $($variant),* }
+
+        /// Every knob a performer can turn, in [`Knob`] order.
+        pub const KNOBS: &[KnobSpec] = &[$(KnobSpec {
+            name: stringify!($field),
+            min: $min,
+            max: $max,
+            default: $default,
+            integer: $integer,
+            slewed: $slewed,
+            class: PropagationClass::$class,
+            help: $help,
+        }),*];
+
+        impl Knob {
+            /// Every knob, in catalog order.
+            pub const ALL: &[Knob] = &[$(Knob::$variant),*];
+        }
+
+        /// One value per knob, as typed fields.
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        pub struct KnobValues { $(pub $field: f64),* }
+
+        impl Default for KnobValues {
+            /// The catalog's defaults.
+            fn default() -> Self {
+                Self { $($field: $default),* }
+            }
+        }
+
+        impl KnobValues {
+            pub fn get(&self, knob: Knob) -> f64 {
+                match knob { $(Knob::$variant => self.$field),* }
+            }
+
+            pub fn set(&mut self, knob: Knob, value: f64) {
+                match knob { $(Knob::$variant => self.$field = value),* }
+            }
+        }
+    };
+}
+
+knob_catalog! {
+    Denoise denoise [0.0, 1.0] = 0.7, false, true, PerSlot,
+        "How far each generation departs from the source (0 = the source, 1 = from noise).";
+    Seed seed [0.0, 4_294_967_295.0] = 42.0, true, false, PerSlot,
+        "Noise seed of new generations.";
+    Shift shift [1.0, 6.0] = 3.0, false, true, PerSlot,
+        "Flow shift of the timestep schedule.";
+    Steps steps [1.0, 16.0] = 8.0, true, false, Structural,
+        "Denoising steps per generation (S).";
+    Depth depth [1.0, 8.0] = 4.0, true, false, Structural,
+        "Generations in flight (ring depth D).";
+    Feedback feedback [0.0, 1.0] = 0.0, false, true, PerSlot,
+        "Mix earlier outputs back into the source.";
+    FeedbackDepth feedback_depth [1.0, 8.0] = 1.0, true, false, PerSlot,
+        "Which earlier output feeds back (1 = the newest).";
+    Structure structure [0.0, 1.0] = 0.0, false, true, PerSlot,
+        "How strongly the source's structure steers generation.";
+    Timbre timbre [0.0, 1.0] = 0.0, false, true, PerSlot,
+        "How strongly the source's timbre steers generation.";
+    Blend blend [0.0, 1.0] = 0.0, false, true, PerSlot,
+        "Crossfade from prompt A (0) to prompt B (1).";
+    VelocityScale velocity_scale [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+        "Velocity multiplier: below 1 keeps the source, above 1 pushes change.";
+    SdeDenoise sde_denoise [0.0, 1.0] = 1.0, false, true, SharedPerStep,
+        "SDE source blend: 1 free, 0 pinned to the source (SDE solver).";
+    OdeNoise ode_noise [0.0, 2.0] = 0.0, false, true, SharedPerStep,
+        "Noise injected after each Euler step.";
+    X0TargetStrength x0_target_strength [0.0, 1.0] = 0.0, false, true, SharedPerStep,
+        "Pull toward the source in the refinement half.";
+    Guidance guidance [1.0, 10.0] = 1.0, false, true, SharedPerStep,
+        "APG guidance away from the negative prompt (1 = off).";
+    ApgMomentum apg_momentum [-1.0, 1.0] = -0.75, false, true, SharedPerStep,
+        "APG momentum.";
+    CfgRescale cfg_rescale [0.0, 1.0] = 0.0, false, true, SharedPerStep,
+        "CFG rescale toward the unguided norm.";
+    Dcw dcw [0.0, 0.5] = 0.05, false, true, SharedPerStep,
+        "DCW low-band scaler.";
+    DcwHigh dcw_high [0.0, 0.5] = 0.02, false, true, SharedPerStep,
+        "DCW high-band scaler.";
+    ChG0 ch_g0 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+        "Gain of latent channels 0-7 on the model input.";
+    ChG1 ch_g1 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+        "Gain of latent channels 8-15.";
+    ChG2 ch_g2 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+        "Gain of latent channels 16-23.";
+    ChG3 ch_g3 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+        "Gain of latent channels 24-31.";
+    ChG4 ch_g4 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+        "Gain of latent channels 32-39.";
+    ChG5 ch_g5 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+        "Gain of latent channels 40-47.";
+    ChG6 ch_g6 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+        "Gain of latent channels 48-55.";
+    ChG7 ch_g7 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+        "Gain of latent channels 56-63.";
+}
+
+impl Knob {
+    pub fn spec(self) -> &'static KnobSpec {
+        &KNOBS[self as usize]
+    }
+
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
+
+    pub fn from_name(name: &str) -> Option<Knob> {
+        KNOBS
+            .iter()
+            .position(|k| k.name == name)
+            .map(|i| Knob::ALL[i])
+    }
+}
+
+impl KnobValues {
+    /// The eight channel-gain groups, `ch_g0..ch_g7`.
+    pub fn channel_gains(&self) -> [f64; 8] {
+        [
+            self.ch_g0, self.ch_g1, self.ch_g2, self.ch_g3, self.ch_g4, self.ch_g5, self.ch_g6,
+            self.ch_g7,
+        ]
+    }
+}
+
+/// Look a knob up by name (LoRA knobs are `lora:<id>` and handled separately).
+pub fn knob_spec(name: &str) -> Option<&'static KnobSpec> {
+    Knob::from_name(name).map(Knob::spec)
+}
+
+/// Prefix of LoRA strength knobs.
+pub const LORA_PREFIX: &str = "lora:";
+
+/// The range of LoRA strengths.
+pub const LORA_RANGE: (f64, f64) = (0.0, 2.0);
+
+/// Validate a knob value; returns the value to store (rounded for integer knobs).
+pub fn check_knob(name: &str, value: f64) -> SessionResult<f64> {
+    let what = || format!("knob `{name}`");
+    if !value.is_finite() {
+        return Err(SessionError::bad_value(
+            what(),
+            format!("value {value} is not a finite number"),
+        ));
+    }
+    if let Some(id) = name.strip_prefix(LORA_PREFIX) {
+        if id.is_empty() {
+            return Err(SessionError::bad_value(what(), "missing adapter id"));
+        }
+        if !(LORA_RANGE.0..=LORA_RANGE.1).contains(&value) {
+            return Err(SessionError::bad_value(
+                what(),
+                format!("{value} is outside [{}, {}]", LORA_RANGE.0, LORA_RANGE.1),
+            ));
+        }
+        return Ok(value);
+    }
+    let spec = knob_spec(name).ok_or_else(|| SessionError::UnknownKnob {
+        name: name.to_string(),
+    })?;
+    if value < spec.min || value > spec.max {
+        return Err(SessionError::bad_value(
+            what(),
+            format!("{value} is outside [{}, {}]", spec.min, spec.max),
+        ));
+    }
+    Ok(if spec.integer { value.round() } else { value })
+}
+
+/// A per-frame curve a performer can draw, by identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CurveId {
+    VelocityScale,
+    SdeDenoise,
+    OdeNoise,
+    X0TargetStrength,
+    Guidance,
+    ApgMomentum,
+    CfgRescale,
+    InitialNoise,
+    X0Target,
+    Blend,
+    Mask,
+    Dcw,
+    DcwHigh,
+}
+
+/// Every curve name, in [`CurveId`] order: the seven per-step curves (the shared lane), then
+/// the per-slot ones and the DCW scalers.
+pub const CURVE_NAMES: [&str; 13] = [
+    "velocity_scale",
+    "sde_denoise",
+    "ode_noise",
+    "x0_target_strength",
+    "guidance",
+    "apg_momentum",
+    "cfg_rescale",
+    "initial_noise",
+    "x0_target",
+    "blend",
+    "mask",
+    "dcw",
+    "dcw_high",
+];
+
+impl CurveId {
+    pub const ALL: [CurveId; 13] = [
+        Self::VelocityScale,
+        Self::SdeDenoise,
+        Self::OdeNoise,
+        Self::X0TargetStrength,
+        Self::Guidance,
+        Self::ApgMomentum,
+        Self::CfgRescale,
+        Self::InitialNoise,
+        Self::X0Target,
+        Self::Blend,
+        Self::Mask,
+        Self::Dcw,
+        Self::DcwHigh,
+    ];
+
+    pub fn name(self) -> &'static str {
+        CURVE_NAMES[self as usize]
+    }
+
+    pub fn from_name(name: &str) -> Option<CurveId> {
+        CURVE_NAMES
+            .iter()
+            .position(|n| *n == name)
+            .map(|i| Self::ALL[i])
+    }
+
+    /// Read by every in-flight slot at every step (the shared lane), or fixed per request.
+    pub fn class(self) -> PropagationClass {
+        match self {
+            Self::InitialNoise | Self::X0Target | Self::Blend | Self::Mask => {
+                PropagationClass::PerSlot
+            }
+            _ => PropagationClass::SharedPerStep,
+        }
+    }
+
+    /// Curves that act on the source (and do nothing without one).
+    pub fn needs_source(self) -> bool {
+        matches!(
+            self,
+            Self::InitialNoise | Self::X0Target | Self::Mask | Self::X0TargetStrength
+        )
+    }
+
+    /// Refuse values outside what the solver accepts for this curve.
+    fn check(self, curve: &Curve) -> SessionResult<()> {
+        let name = self.name();
+        match self {
+            _ if STEP_CURVE_NAMES.contains(&name) => {
+                let mut probe = demon_engine::StepCurves::default();
+                *probe.field_mut(name)? = Some(curve.clone());
+                Ok(probe.validate()?)
+            }
+            Self::Dcw | Self::DcwHigh => Ok(curve.check_range(name, -1.0, 1.0)?),
+            _ => Ok(curve.check_range(name, 0.0, 1.0)?),
+        }
+    }
+}
+
+/// A drawn curve: the spec as the performer sent it, and its values at the current length.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DrawnCurve {
+    pub spec: CurveSpec,
+    pub curve: Curve,
+}
+
+/// The prompts: A, an optional B that inherits A's fields with its own tags, and an optional
+/// negative (also A's fields with its own tags). `a` holds every `Prompt` field (lyrics,
+/// language, time signature) although the wire protocol sets only tags, bpm and key today.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prompts {
+    pub a: Prompt,
+    pub b: Option<String>,
+    pub negative: Option<String>,
+}
+
+impl Prompts {
+    pub fn new(a: Prompt) -> Self {
+        Self {
+            a,
+            b: None,
+            negative: None,
+        }
+    }
+
+    /// Prompt B as a whole prompt (A's fields, B's tags).
+    pub fn b_prompt(&self) -> Option<Prompt> {
+        self.b.as_ref().map(|t| self.with_tags(t))
+    }
+
+    /// The negative prompt as a whole prompt (A's fields, its own tags).
+    pub fn negative_prompt(&self) -> Option<Prompt> {
+        self.negative.as_ref().map(|t| self.with_tags(t))
+    }
+
+    fn with_tags(&self, tags: &str) -> Prompt {
+        Prompt {
+            tags: tags.to_string(),
+            ..self.a.clone()
+        }
+    }
+
+    pub fn validate(&self) -> SessionResult<()> {
+        self.a.validate()?;
+        Ok(())
+    }
+}
+
+/// The session's source: a latent `[1, T, C]` with the name it is shown by.
+#[derive(Clone, Debug)]
+pub struct SourceRef {
+    pub name: String,
+    pub latent: Tensor,
+    /// Bumped whenever the source changes, so caches keyed on it expire.
+    pub version: u64,
+}
+
+impl PartialEq for SourceRef {
+    /// Same name, version and latent values (a latent that cannot be read compares unequal).
+    fn eq(&self, other: &Self) -> bool {
+        let values = |t: &Tensor| -> Option<Vec<u32>> {
+            let v: Vec<f32> = t.flatten_all().and_then(|f| f.to_vec1()).ok()?;
+            Some(v.into_iter().map(f32::to_bits).collect())
+        };
+        self.name == other.name
+            && self.version == other.version
+            && self.latent.dims() == other.latent.dims()
+            && values(&self.latent).is_some_and(|a| Some(a) == values(&other.latent))
+    }
+}
+
+/// A LoRA strength: what was asked and what the model uses now (slew-limited).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Strength {
+    target: f64,
+    effective: f64,
+}
+
+/// What applying a control changed, beyond the values themselves: the session reacts to
+/// these (conditionings rebuilt, the ring resized).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    pub prompts: bool,
+    pub depth: Option<usize>,
+}
+
+/// Everything a performer sets, validated. Two `Controls` are equal when every value, curve,
+/// prompt and the source are.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Controls {
+    target: KnobValues,
+    effective: KnobValues,
+    /// Units of a knob's range per second; 0 disables slew limiting.
+    slew_per_second: f64,
+    loras: BTreeMap<String, Strength>,
+    curves: BTreeMap<CurveId, DrawnCurve>,
+    /// Length the curves are evaluated at (the generation window, in latent frames).
+    frames: usize,
+    pub prompts: Prompts,
+    pub solver: SolverKind,
+    pub cfg_mode: CfgMode,
+    pub dcw_enabled: bool,
+    pub dcw_mode: DcwMode,
+    source: Option<SourceRef>,
+    source_version: u64,
+}
+
+impl Controls {
+    /// The catalog's defaults for a window of `frames` latent frames.
+    pub fn new(prompt: Prompt, frames: usize) -> Self {
+        Self {
+            target: KnobValues::default(),
+            effective: KnobValues::default(),
+            slew_per_second: 4.0,
+            loras: BTreeMap::new(),
+            curves: BTreeMap::new(),
+            frames: frames.max(1),
+            prompts: Prompts::new(prompt),
+            solver: SolverKind::Ode,
+            cfg_mode: CfgMode::Initialize,
+            dcw_enabled: true,
+            dcw_mode: DcwMode::Double,
+            source: None,
+            source_version: 0,
+        }
+    }
+
+    /// Effective knob values (slew-limited toward the targets): what requests are built from.
+    pub fn knobs(&self) -> &KnobValues {
+        &self.effective
+    }
+
+    /// What the performer asked for.
+    pub fn targets(&self) -> &KnobValues {
+        &self.target
+    }
+
+    pub fn slew_per_second(&self) -> f64 {
+        self.slew_per_second
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.effective.seed as u64
+    }
+
+    pub fn steps(&self) -> usize {
+        self.effective.steps as usize
+    }
+
+    pub fn depth(&self) -> usize {
+        self.effective.depth as usize
+    }
+
+    /// A drawn curve, at the current window length.
+    pub fn curve(&self, id: CurveId) -> Option<&Curve> {
+        self.curves.get(&id).map(|d| &d.curve)
+    }
+
+    pub fn curves(&self) -> impl Iterator<Item = (CurveId, &DrawnCurve)> {
+        self.curves.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// The window length curves are evaluated at.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    pub fn source(&self) -> Option<&SourceRef> {
+        self.source.as_ref()
+    }
+
+    /// Effective LoRA strengths by adapter id.
+    pub fn loras(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.loras.iter().map(|(k, v)| (k.as_str(), v.effective))
+    }
+
+    /// Set a knob by name (catalog knobs and `lora:<id>`), validated against the catalog and,
+    /// for LoRA strengths, the backend's adapters. Unslewed knobs jump at once.
+    pub fn set_knob(
+        &mut self,
+        name: &str,
+        value: f64,
+        facts: &BackendFacts,
+    ) -> SessionResult<Changed> {
+        let v = check_knob(name, value)?;
+        if let Some(id) = name.strip_prefix(LORA_PREFIX) {
+            facts.check_adapter(id)?;
+        }
+        Ok(self.set_checked(name, v))
+    }
+
+    /// Set an already validated value.
+    fn set_checked(&mut self, name: &str, v: f64) -> Changed {
+        let jump = self.slew_per_second <= 0.0;
+        if let Some(id) = name.strip_prefix(LORA_PREFIX) {
+            let s = self.loras.entry(id.to_string()).or_insert(Strength {
+                target: v,
+                effective: v,
+            });
+            s.target = v;
+            if jump {
+                s.effective = v;
+            }
+            return Changed::default();
+        }
+        let Some(knob) = Knob::from_name(name) else {
+            return Changed::default();
+        };
+        self.target.set(knob, v);
+        if jump || !knob.spec().slewed {
+            self.effective.set(knob, v);
+        }
+        Changed {
+            depth: (knob == Knob::Depth).then_some(v as usize),
+            ..Default::default()
+        }
+    }
+
+    /// Set a knob's target and effective value at once (initial configurations).
+    pub fn init_knob(&mut self, name: &str, value: f64, facts: &BackendFacts) -> SessionResult<()> {
+        let v = check_knob(name, value)?;
+        if let Some(id) = name.strip_prefix(LORA_PREFIX) {
+            facts.check_adapter(id)?;
+            self.loras.insert(
+                id.to_string(),
+                Strength {
+                    target: v,
+                    effective: v,
+                },
+            );
+        } else if let Some(k) = Knob::from_name(name) {
+            self.target.set(k, v);
+            self.effective.set(k, v);
+        }
+        Ok(())
+    }
+
+    /// Slew rate in ranges per second (0 = no slew limiting).
+    pub fn set_slew(&mut self, per_second: f64) -> SessionResult<()> {
+        if !(per_second.is_finite() && (0.0..=1000.0).contains(&per_second)) {
+            return Err(SessionError::bad_value(
+                "slew rate",
+                format!("{per_second} is outside [0, 1000] per second"),
+            ));
+        }
+        self.slew_per_second = per_second;
+        Ok(())
+    }
+
+    /// Turn slew limiting off (every knob jumps to the value set; renders).
+    pub fn set_slew_off(&mut self) {
+        self.slew_per_second = 0.0;
+    }
+
+    /// Draw (or with `None`, remove) a curve; parsed and range-checked here, once.
+    pub fn set_curve(&mut self, name: &str, spec: Option<&CurveSpec>) -> SessionResult<()> {
+        let id = CurveId::from_name(name).ok_or_else(|| SessionError::UnknownCurve {
+            name: name.to_string(),
+            known: CURVE_NAMES.join(", "),
+        })?;
+        match spec {
+            Some(spec) => {
+                let curve = spec.to_curve(name, self.frames)?;
+                id.check(&curve)?;
+                self.curves.insert(
+                    id,
+                    DrawnCurve {
+                        spec: spec.clone(),
+                        curve,
+                    },
+                );
+            }
+            None => {
+                self.curves.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Evaluate every drawn curve at a new window length.
+    pub fn set_frames(&mut self, frames: usize) -> SessionResult<()> {
+        let frames = frames.max(1);
+        if frames == self.frames {
+            return Ok(());
+        }
+        let mut curves = self.curves.clone();
+        for (id, d) in curves.iter_mut() {
+            d.curve = d.spec.to_curve(id.name(), frames)?;
+        }
+        self.curves = curves;
+        self.frames = frames;
+        Ok(())
+    }
+
+    /// Make `latent` (`[1, T, C]`) the source, or remove it.
+    pub fn set_source(&mut self, source: Option<(String, Tensor)>) {
+        self.source_version += 1;
+        self.source = source.map(|(name, latent)| SourceRef {
+            name,
+            latent,
+            version: self.source_version,
+        });
+    }
+
+    /// Apply one control message (the wire format). Every value is checked before anything
+    /// changes: on error the controls are as they were. Messages that act on the session
+    /// rather than on a control value (sources, the loop band, seek, play) are refused here;
+    /// the live core handles them.
+    pub fn apply(&mut self, msg: &ControlMessage, facts: &BackendFacts) -> SessionResult<Changed> {
+        match msg {
+            ControlMessage::SetKnob { name, value } => self.set_knob(name, *value, facts),
+            ControlMessage::SetKnobs { values } => {
+                let checked = values
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = check_knob(k, *v)?;
+                        if let Some(id) = k.strip_prefix(LORA_PREFIX) {
+                            facts.check_adapter(id)?;
+                        }
+                        Ok((k, v))
+                    })
+                    .collect::<SessionResult<Vec<_>>>()?;
+                let mut changed = Changed::default();
+                for (k, v) in checked {
+                    let c = self.set_checked(k, v);
+                    changed.depth = c.depth.or(changed.depth);
+                }
+                Ok(changed)
+            }
+            ControlMessage::SetLora { id, strength } => {
+                self.set_knob(&format!("{LORA_PREFIX}{id}"), *strength, facts)
+            }
+            ControlMessage::SetCurve { name, curve } => {
+                self.set_curve(name, curve.as_ref())?;
+                Ok(Changed::default())
+            }
+            ControlMessage::SetPrompt {
+                prompt,
+                prompt_b,
+                negative,
+                bpm,
+                key,
+            } => {
+                let mut p = self.prompts.clone();
+                if let Some(t) = prompt {
+                    p.a.tags = t.clone();
+                }
+                if let Some(b) = bpm {
+                    p.a.bpm = Some(*b);
+                }
+                if let Some(k) = key {
+                    p.a.key = (!k.is_empty()).then(|| k.clone());
+                }
+                if let Some(b) = prompt_b {
+                    p.b = (!b.trim().is_empty()).then(|| b.clone());
+                }
+                if let Some(n) = negative {
+                    p.negative = (!n.trim().is_empty()).then(|| n.clone());
+                }
+                p.validate()?;
+                self.prompts = p;
+                Ok(Changed {
+                    prompts: true,
+                    ..Default::default()
+                })
+            }
+            ControlMessage::SetSolver { solver } => {
+                self.solver = *solver;
+                Ok(Changed::default())
+            }
+            ControlMessage::SetCfgMode { mode } => {
+                self.cfg_mode = *mode;
+                Ok(Changed::default())
+            }
+            ControlMessage::SetDcw { enabled, mode } => {
+                if let Some(e) = enabled {
+                    self.dcw_enabled = *e;
+                }
+                if let Some(m) = mode {
+                    self.dcw_mode = *m;
+                }
+                Ok(Changed::default())
+            }
+            ControlMessage::SetSlew { per_second } => {
+                self.set_slew(*per_second)?;
+                Ok(Changed::default())
+            }
+            ControlMessage::SetSource { .. }
+            | ControlMessage::SetLoopBand { .. }
+            | ControlMessage::ClearLoopBand
+            | ControlMessage::Seek { .. }
+            | ControlMessage::SetPlaying { .. } => Err(SessionError::bad_value(
+                "control",
+                "sources, the loop band, seek and play act on a live session, not on a control value",
+            )),
+        }
+    }
+
+    /// Move every effective value toward its target by at most `slew · dt` of the knob's range
+    /// (LoRA strengths: of [0, 2]). Returns true if anything changed.
+    pub fn advance(&mut self, dt_seconds: f64) -> bool {
+        let slew = self.slew_per_second;
+        let step = |range: f64, cur: f64, target: f64| -> f64 {
+            let step = if slew <= 0.0 {
+                f64::INFINITY
+            } else {
+                slew * dt_seconds * range.max(1e-9)
+            };
+            if (target - cur).abs() <= step {
+                target
+            } else {
+                cur + step * (target - cur).signum()
+            }
+        };
+        let mut changed = false;
+        for &k in Knob::ALL {
+            let (cur, target) = (self.effective.get(k), self.target.get(k));
+            if cur != target {
+                let spec = k.spec();
+                self.effective
+                    .set(k, step(spec.max - spec.min, cur, target));
+                changed = true;
+            }
+        }
+        for s in self.loras.values_mut() {
+            if s.effective != s.target {
+                s.effective = step(LORA_RANGE.1 - LORA_RANGE.0, s.effective, s.target);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Effective knob values by name, LoRA strengths as `lora:<id>` (for status and echoes).
+    pub fn knob_map(&self) -> BTreeMap<String, f64> {
+        self.map(&self.effective, |s| s.effective)
+    }
+
+    /// Target knob values by name.
+    pub fn target_map(&self) -> BTreeMap<String, f64> {
+        self.map(&self.target, |s| s.target)
+    }
+
+    fn map(&self, values: &KnobValues, lora: impl Fn(&Strength) -> f64) -> BTreeMap<String, f64> {
+        let mut m: BTreeMap<String, f64> = Knob::ALL
+            .iter()
+            .map(|&k| (k.name().to_string(), values.get(k)))
+            .collect();
+        for (id, s) in &self.loras {
+            m.insert(format!("{LORA_PREFIX}{id}"), lora(s));
+        }
+        m
+    }
+
+    /// Drawn curves by name, as their specs.
+    pub fn curve_specs(&self) -> BTreeMap<String, CurveSpec> {
+        self.curves
+            .iter()
+            .map(|(id, d)| (id.name().to_string(), d.spec.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> BackendFacts {
+        BackendFacts {
+            name: "test".into(),
+            latent_channels: 64,
+            hop_samples: 1920,
+            sample_rate: 48_000,
+            adapters: Some(vec!["funk".into()]),
+        }
+    }
+
+    #[test]
+    fn the_catalog_and_the_typed_fields_agree() {
+        assert_eq!(Knob::ALL.len(), KNOBS.len());
+        let defaults = KnobValues::default();
+        for (i, &k) in Knob::ALL.iter().enumerate() {
+            assert_eq!(k as usize, i);
+            assert_eq!(Knob::from_name(k.name()), Some(k));
+            assert_eq!(defaults.get(k), k.spec().default, "{}", k.name());
+            let mut v = defaults;
+            v.set(k, 0.123);
+            assert_eq!(v.get(k), 0.123);
+        }
+        assert_eq!(defaults.channel_gains(), [1.0; 8]);
+        for (i, id) in CurveId::ALL.iter().enumerate() {
+            assert_eq!(*id as usize, i);
+            assert_eq!(CurveId::from_name(id.name()), Some(*id));
+        }
+    }
+
+    #[test]
+    fn knob_validation() {
+        assert_eq!(check_knob("denoise", 0.5), Ok(0.5));
+        assert_eq!(check_knob("steps", 7.6), Ok(8.0));
+        let e = check_knob("denoise", f64::NAN).unwrap_err();
+        assert_eq!(e.code(), "bad_value");
+        assert!(e.to_string().contains("not a finite"), "{e}");
+        let e = check_knob("depth", 9.0).unwrap_err();
+        assert_eq!(e.to_string(), "knob `depth`: 9 is outside [1, 8]");
+        assert!(check_knob("steps", 0.0).is_err());
+        let e = check_knob("wobble", 1.0).unwrap_err();
+        assert_eq!(e.code(), "unknown_knob");
+        assert!(e.to_string().contains("unknown knob"), "{e}");
+        assert!(check_knob("lora:", 1.0).is_err());
+        assert_eq!(check_knob("lora:funk", 1.2), Ok(1.2));
+    }
+
+    #[test]
+    fn slew_limits_large_jumps() {
+        let f = facts();
+        let mut c = Controls::new(Prompt::tags("house"), 100);
+        c.set_slew(2.0).unwrap();
+        c.set_knob("denoise", 0.1, &f).unwrap();
+        assert_eq!(c.knobs().denoise, 0.7, "slewed knobs start where they were");
+        c.advance(0.04); // 2 ranges/s · 0.04 s = 0.08 of the range
+        assert!((c.knobs().denoise - 0.62).abs() < 1e-12);
+        for _ in 0..20 {
+            c.advance(0.04);
+        }
+        assert_eq!(c.knobs().denoise, 0.1);
+        c.set_knob("seed", 7.0, &f).unwrap();
+        assert_eq!(c.seed(), 7, "discrete knobs jump");
+        // A LoRA strength starts where it is first set, then slews over [0, 2].
+        c.set_knob("lora:funk", 1.0, &f).unwrap();
+        assert_eq!(c.loras().collect::<Vec<_>>(), [("funk", 1.0)]);
+        c.set_knob("lora:funk", 0.0, &f).unwrap();
+        c.advance(0.1);
+        assert!((c.loras().next().unwrap().1 - 0.6).abs() < 1e-12);
+        let mut c = Controls::new(Prompt::tags("house"), 100);
+        c.set_slew(0.0).unwrap();
+        c.set_knob("denoise", 0.2, &f).unwrap();
+        assert_eq!(c.knobs().denoise, 0.2);
+    }
+
+    #[test]
+    fn a_bad_control_changes_nothing() {
+        let f = facts();
+        let mut c = Controls::new(Prompt::tags("house"), 100);
+        let before = (c.target_map(), c.curve_specs(), c.prompts.clone());
+        let bad = [
+            ControlMessage::SetKnobs {
+                values: [("denoise".to_string(), 0.2), ("depth".to_string(), 99.0)].into(),
+            },
+            ControlMessage::SetKnob {
+                name: "lora:polka".into(),
+                value: 1.0,
+            },
+            ControlMessage::SetCurve {
+                name: "sde_denoise".into(),
+                curve: Some(CurveSpec::Constant { value: 5.0 }),
+            },
+            ControlMessage::SetCurve {
+                name: "wobble".into(),
+                curve: None,
+            },
+            ControlMessage::SetPrompt {
+                prompt: Some("techno".into()),
+                prompt_b: None,
+                negative: None,
+                bpm: Some(1e6),
+                key: None,
+            },
+            ControlMessage::SetSlew { per_second: -1.0 },
+            ControlMessage::Seek { seconds: 1.0 },
+        ];
+        let codes: Vec<&str> = bad
+            .iter()
+            .map(|m| c.apply(m, &f).unwrap_err().code())
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "bad_value",
+                "not_found",
+                "bad_value",
+                "unknown_curve",
+                "bad_value",
+                "bad_value",
+                "bad_value"
+            ]
+        );
+        assert_eq!(before, (c.target_map(), c.curve_specs(), c.prompts.clone()));
+    }
+
+    #[test]
+    fn curves_are_evaluated_once_and_again_at_a_new_length() {
+        let mut c = Controls::new(Prompt::tags("house"), 5);
+        let ramp = CurveSpec::Ramp {
+            start: 0.0,
+            end: 1.0,
+        };
+        c.set_curve("blend", Some(&ramp)).unwrap();
+        assert_eq!(c.curve(CurveId::Blend).unwrap().to_frames(5).len(), 5);
+        assert_eq!(c.curve(CurveId::Blend).unwrap().len(), 5);
+        c.set_frames(9).unwrap();
+        assert_eq!(c.curve(CurveId::Blend).unwrap().len(), 9);
+        assert_eq!(c.curve_specs()["blend"], ramp);
+        c.set_curve("blend", None).unwrap();
+        assert!(c.curve(CurveId::Blend).is_none());
+    }
+}

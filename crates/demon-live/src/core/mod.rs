@@ -1,0 +1,655 @@
+//! `LiveCore`: one live session's state and its deterministic tick, without threads.
+//!
+//! The runner thread (`session`) and the offline replayer both drive this same core, which is why
+//! a replay is exact: a tick's output is a function of the configuration, the control events
+//! applied before it and the clock (playhead, decode lead) it ran with, nothing else.
+//!
+//! The core is in rooms, one per job:
+//! - [`apply`](self::apply): control messages — control values go to [`Controls`] (validated
+//!   there, once), sources, the loop band, seek and play to the session;
+//! - [`sources`]: a `SourceSpec` (audio or a latent) decoded into the source latent;
+//! - [`decoding`]: which window of the loop to decode this tick, the decode itself, and the
+//!   decode lead;
+//! - this file: construction, the tick and the status snapshot.
+//!
+//! A tick reads as lane → submit → model tick → harvest → decode → patch → play. Requests and
+//! the lane come from the one builder ([`crate::requests`]), the same one offline renders use.
+//! Every stateful part resets through its own `reset_state` ([`StreamingState`], as kyutai
+//! moshi's `StreamingModule`), so a song-length change, a source change and a window move each
+//! forget exactly what they must.
+
+mod apply;
+mod decoding;
+mod sources;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use candle_core::Tensor;
+use demon_engine::{
+    BackendSet, CfgMode, CurveSpec, DcwMode, Prompt, ReceptiveField, SharedLane, SolverKind,
+    StreamPipeline, measure_receptive_field, probe_latents,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::control::SourceSpec;
+use crate::controls::Controls;
+use crate::decode::WindowedDecoder;
+use crate::error::{SessionError, SessionResult};
+use crate::facts::BackendFacts;
+use crate::loopbuf::LoopBuffer;
+use crate::requests::{self, Conds, Inputs};
+
+/// A latent as a `SourceSpec::Latent` (for recordings and the wire).
+pub fn latent_spec(name: &str, latent: &Tensor) -> SessionResult<SourceSpec> {
+    let (_, frames, channels) = latent.dims3()?;
+    let v: Vec<f32> = latent.flatten_all().and_then(|t| t.to_vec1())?;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    Ok(SourceSpec::Latent {
+        name: name.into(),
+        frames,
+        channels,
+        data_b64: BASE64.encode(bytes),
+    })
+}
+
+/// Everything a session starts from (recorded as the header of a session file).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionConfig {
+    pub backend: String,
+    pub prompt: String,
+    pub prompt_b: Option<String>,
+    pub negative: Option<String>,
+    pub bpm: Option<f32>,
+    pub key: Option<String>,
+    /// Initial source (already resolved to audio or a latent by the front end).
+    pub source: SourceSpec,
+    /// Song length when there is no source.
+    pub song_seconds: f64,
+    /// Songs longer than this are generated through a sliding window of this length (0: never).
+    pub window_seconds: f64,
+    /// Audio played per tick: the session clock.
+    pub samples_per_tick: usize,
+    /// Kept window of each windowed decode.
+    pub keep_seconds: f64,
+    /// How far ahead of the playhead windows are decoded.
+    pub lead_seconds: f64,
+    /// Grow the lead from measured tick and decode times.
+    pub adaptive_lead: bool,
+    /// Initial knob values (the catalog's defaults otherwise).
+    pub knobs: BTreeMap<String, f64>,
+    pub solver: SolverKind,
+    pub cfg_mode: CfgMode,
+    pub slew_per_second: f64,
+    pub playing: bool,
+    /// Receptive field of the codec; measured at start when absent.
+    pub receptive_field: Option<ReceptiveField>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            backend: "sketch".into(),
+            prompt: "house".into(),
+            prompt_b: None,
+            negative: None,
+            bpm: None,
+            key: None,
+            source: SourceSpec::None,
+            song_seconds: 60.0,
+            window_seconds: 0.0,
+            samples_per_tick: 1920,
+            keep_seconds: 0.36,
+            lead_seconds: 0.5,
+            adaptive_lead: false,
+            knobs: BTreeMap::new(),
+            solver: SolverKind::Ode,
+            cfg_mode: CfgMode::Initialize,
+            slew_per_second: 4.0,
+            playing: true,
+            receptive_field: None,
+        }
+    }
+}
+
+/// Instrumentation shared with other threads: which tick is running and how many control
+/// changes have been applied. Read by tests and status endpoints.
+#[derive(Debug, Default)]
+pub struct SessionProbe {
+    pub tick: AtomicU64,
+    pub control_version: AtomicU64,
+}
+
+/// A window patched into the loop: its start sample and the planar audio the loop holds there.
+pub type Patch = (u64, Arc<Vec<Vec<f32>>>);
+
+/// What one tick produced. The audio it played is [`LiveCore::played`].
+pub struct TickOutput {
+    pub tick: u64,
+    /// Samples played this tick (0 when stopped).
+    pub played_samples: usize,
+    /// Windows patched into the loop: (start sample, planar audio).
+    pub patches: Vec<Patch>,
+    /// The whole loop was replaced (first generation, new source).
+    pub replaced: bool,
+    pub finished: usize,
+    pub tick_ms: f32,
+    pub decode_ms: f32,
+    pub playhead: u64,
+    pub lead_frames: u32,
+    pub active_slots: usize,
+    pub queue: usize,
+    pub knobs_changed: bool,
+}
+
+/// A part of the core that carries state from tick to tick. `reset_state` forgets it; every
+/// path that must forget (a new song length, a new source, the window moving) goes through it.
+pub trait StreamingState {
+    fn reset_state(&mut self);
+}
+
+/// Where the generation window sits in the song.
+#[derive(Clone, Copy, Debug)]
+struct Song {
+    /// Latent frames of the whole song (the loop).
+    frames: usize,
+    /// Frames generated per request: the song, or the sliding window of a long one.
+    window: usize,
+    /// First song frame of the window.
+    chunk_offset: usize,
+    /// Bumped when the song's length changes: generations started before are not this song's
+    /// and are dropped when they finish.
+    epoch: u64,
+}
+
+impl Song {
+    /// Which song (epoch) and chunk a request belongs to: `epoch << 32 | chunk offset`.
+    fn tag(&self) -> u64 {
+        (self.epoch << 32) | self.chunk_offset as u64
+    }
+}
+
+/// What the ring has produced for the current window: the newest latents (feedback taps them)
+/// and a version that tells the decoder which frames are stale.
+#[derive(Default)]
+struct Harvest {
+    history: VecDeque<Tensor>,
+    latest: Option<Tensor>,
+    /// Bumped per finished latent of this window; never reset, so frames decoded from an
+    /// earlier window never pass for current.
+    version: u64,
+    /// Finished generations of any window or song, for throughput figures.
+    generations: u64,
+}
+
+impl StreamingState for Harvest {
+    fn reset_state(&mut self) {
+        self.history.clear();
+        self.latest = None;
+    }
+}
+
+/// The structural context of the window, recomputed only when its key changes.
+#[derive(Default)]
+struct ContextCache {
+    /// (structure strength bits, chunk offset, source version) and the context.
+    entry: Option<((u64, usize, u64), Tensor)>,
+}
+
+impl StreamingState for ContextCache {
+    fn reset_state(&mut self) {
+        self.entry = None;
+    }
+}
+
+/// The loop the listener hears and how it is kept fresh.
+struct Playback {
+    decoder: WindowedDecoder,
+    buffer: LoopBuffer,
+    /// The whole loop has been written once (by the source or the first generation).
+    filled: bool,
+    /// How far ahead of the playhead windows are decoded, in latent frames.
+    lead_frames: u32,
+    /// Smoothed cost of a tick plus its decode, for the adaptive lead.
+    cost_ema_ms: f64,
+    playing: bool,
+    samples_per_tick: usize,
+    /// The block played by the last tick; its capacity is `samples_per_tick`, reserved once.
+    played: [Vec<f32>; 2],
+}
+
+/// One live session's state.
+pub struct LiveCore {
+    cfg: SessionConfig,
+    facts: BackendFacts,
+    backend: BackendSet,
+    pipeline: StreamPipeline,
+    controls: Controls,
+    conds: Conds,
+    song: Song,
+    harvest: Harvest,
+    context: ContextCache,
+    playback: Playback,
+    /// LoRA strengths as the model has them (global weights go to the model between ticks).
+    applied_loras: BTreeMap<String, f64>,
+    /// The lane the pipeline holds (`None` until the first tick sets one).
+    lane: Option<SharedLane>,
+    tick: u64,
+    pub probe: Arc<SessionProbe>,
+    last_tick_ms: f32,
+    last_decode_ms: f32,
+}
+
+impl LiveCore {
+    /// Build a session; measures the codec's receptive field unless the config gives it.
+    pub fn new(cfg: SessionConfig, mut backend: BackendSet) -> SessionResult<Self> {
+        backend
+            .validate()
+            .map_err(|e| SessionError::engine("backend", e))?;
+        let facts = BackendFacts::of(&mut backend);
+        if cfg.samples_per_tick == 0 || cfg.samples_per_tick > 48_000 {
+            return Err(SessionError::bad_value(
+                "samples_per_tick",
+                format!("{} is outside 1..=48000", cfg.samples_per_tick),
+            ));
+        }
+        if !(cfg.song_seconds.is_finite()
+            && cfg.song_seconds > 0.0
+            && cfg.song_seconds <= crate::render::MAX_SECONDS)
+        {
+            return Err(SessionError::bad_value(
+                "song length",
+                format!(
+                    "{} s is outside (0, {}]",
+                    cfg.song_seconds,
+                    crate::render::MAX_SECONDS
+                ),
+            ));
+        }
+        let field = match cfg.receptive_field {
+            Some(f) => f,
+            None => {
+                let probes = probe_latents(100, facts.latent_channels, backend.codec.device())?;
+                measure_receptive_field(backend.codec.as_mut(), &probes, 9, 3, 32, 1e-6)?
+            }
+        };
+        let song_frames = facts.frames(cfg.song_seconds);
+        let mut controls = Controls::new(
+            Prompt {
+                tags: cfg.prompt.clone(),
+                bpm: cfg.bpm,
+                key: cfg.key.clone(),
+                ..Default::default()
+            },
+            song_frames,
+        );
+        controls.prompts.b = cfg.prompt_b.clone();
+        controls.prompts.negative = cfg.negative.clone();
+        controls.prompts.validate()?;
+        controls.solver = cfg.solver;
+        controls.cfg_mode = cfg.cfg_mode;
+        controls.set_slew(cfg.slew_per_second)?;
+        for (k, v) in &cfg.knobs {
+            controls.init_knob(k, *v, &facts)?;
+        }
+        let pipeline = StreamPipeline::for_denoiser(controls.depth(), backend.denoiser.as_ref())?;
+        let conds = Conds::prepare(backend.conditioner.as_mut(), &controls.prompts, None)?;
+        let keep = facts.frames(cfg.keep_seconds).max(1);
+        let playback = Playback::new(
+            WindowedDecoder::new(field, keep, facts.hop_samples, song_frames),
+            LoopBuffer::new(facts.sample_rate, song_frames * facts.hop_samples),
+            facts.frames(cfg.lead_seconds) as u32,
+            cfg.samples_per_tick,
+            cfg.playing,
+        );
+        let mut core = Self {
+            song: Song {
+                frames: song_frames,
+                window: song_frames,
+                chunk_offset: 0,
+                epoch: 0,
+            },
+            cfg,
+            facts,
+            backend,
+            pipeline,
+            controls,
+            conds,
+            harvest: Harvest::default(),
+            context: ContextCache::default(),
+            playback,
+            applied_loras: BTreeMap::new(),
+            lane: None,
+            tick: 0,
+            probe: Arc::new(SessionProbe::default()),
+            last_tick_ms: 0.0,
+            last_decode_ms: 0.0,
+        };
+        core.cfg.receptive_field = Some(field);
+        let source = core.cfg.source.clone();
+        if source != SourceSpec::None {
+            // Recordings keep the resolved latent, never the file or audio it came from.
+            core.cfg.source = core.set_source(&source)?;
+        } else {
+            core.resize_song(song_frames)?;
+        }
+        Ok(core)
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    pub fn backend(&mut self) -> &mut BackendSet {
+        &mut self.backend
+    }
+
+    /// What the runtime knows about the backend.
+    pub fn facts(&self) -> &BackendFacts {
+        &self.facts
+    }
+
+    /// The performer's controls as the session holds them.
+    pub fn controls(&self) -> &Controls {
+        &self.controls
+    }
+
+    pub fn pipeline(&self) -> &StreamPipeline {
+        &self.pipeline
+    }
+
+    pub fn buffer(&self) -> &LoopBuffer {
+        &self.playback.buffer
+    }
+
+    pub fn tick_index(&self) -> u64 {
+        self.tick
+    }
+
+    pub fn receptive_field(&self) -> ReceptiveField {
+        self.playback.decoder.field
+    }
+
+    pub fn song_frames(&self) -> usize {
+        self.song.frames
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.facts.sample_rate
+    }
+
+    pub fn generations(&self) -> u64 {
+        self.harvest.generations
+    }
+
+    /// The block of audio the last tick played (planar stereo; empty when stopped). Its
+    /// buffers are allocated once, so playing never allocates.
+    pub fn played(&self) -> &[Vec<f32>; 2] {
+        &self.playback.played
+    }
+
+    /// A new song length: everything that belongs to the old song is forgotten.
+    fn resize_song(&mut self, frames: usize) -> SessionResult<()> {
+        let max_window = self.facts.frames(self.cfg.window_seconds);
+        let window = if max_window > 0 && frames > max_window {
+            max_window
+        } else {
+            frames
+        };
+        self.controls.set_frames(window)?;
+        self.song = Song {
+            frames,
+            window,
+            chunk_offset: 0,
+            epoch: self.song.epoch + 1,
+        };
+        self.playback.resize(frames, self.facts.hop_samples);
+        self.harvest.reset_state();
+        self.context.reset_state();
+        Ok(())
+    }
+
+    /// The window follows the decode target into the chunk that contains it; moving forgets
+    /// what the ring made for the old chunk.
+    fn follow_window(&mut self, target: usize) {
+        let w = self.song.window;
+        if w < self.song.frames
+            && (target < self.song.chunk_offset || target >= self.song.chunk_offset + w)
+        {
+            self.song.chunk_offset = (target / w * w).min(self.song.frames - w);
+            self.harvest.reset_state();
+            self.context.reset_state();
+        }
+    }
+
+    /// The window's structural context, from the cache when its key has not changed.
+    fn context(&mut self) -> SessionResult<Tensor> {
+        let key = (
+            self.controls.knobs().structure.to_bits(),
+            self.song.chunk_offset,
+            self.controls.source().map_or(0, |s| s.version),
+        );
+        if let Some((k, ctx)) = &self.context.entry
+            && *k == key
+        {
+            return Ok(ctx.clone());
+        }
+        let ctx = requests::structure_context(
+            self.backend.conditioner.as_mut(),
+            &self.controls,
+            self.song.chunk_offset,
+            self.song.window,
+        )?;
+        self.context.entry = Some((key, ctx.clone()));
+        Ok(ctx)
+    }
+
+    /// The request and lane for this tick, from the one builder.
+    fn build(&mut self) -> SessionResult<(demon_engine::SlotRequest, SharedLane)> {
+        let context = self.context()?;
+        requests::build(
+            &self.controls,
+            &self.facts,
+            self.song.window,
+            &Inputs {
+                conds: &self.conds,
+                context: &context,
+                history: &self.harvest.history,
+                chunk_offset: self.song.chunk_offset,
+                tag: self.song.tag(),
+                take: 0,
+            },
+        )
+    }
+
+    /// The request this tick would submit and the lane it would set (for checks and tests;
+    /// changes nothing but caches).
+    pub fn next_request(&mut self) -> SessionResult<(demon_engine::SlotRequest, SharedLane)> {
+        self.build()
+    }
+
+    /// Run one tick. `lead_override` replaces the decode lead (replays use the recorded one).
+    pub fn tick(&mut self, lead_override: Option<u32>) -> SessionResult<TickOutput> {
+        let started = Instant::now();
+        let dt = self.cfg.samples_per_tick as f64 / self.facts.sample_rate as f64;
+        let knobs_changed = self.controls.advance(dt);
+        requests::push_adapters(
+            &self.controls,
+            self.backend.denoiser.as_mut(),
+            &mut self.applied_loras,
+        )?;
+        let lead = lead_override.unwrap_or(self.playback.lead_frames);
+        let playhead = self.playback.buffer.playhead();
+        let (target, region) =
+            self.playback
+                .decode_target(lead, self.song.frames, self.facts.hop_samples);
+        self.follow_window(target);
+
+        // Lane and request from the controls; the lane is swapped only when it changed.
+        let submit = self.playback.playing || self.harvest.latest.is_none();
+        let (request, lane) = if submit {
+            let (r, l) = self.build()?;
+            (Some(r), l)
+        } else {
+            (None, requests::build_lane(&self.controls, &self.facts)?)
+        };
+        if self.lane.as_ref() != Some(&lane) {
+            self.pipeline.set_lane(lane.clone())?;
+            self.lane = Some(lane);
+        }
+        if let Some(r) = request {
+            self.pipeline.submit(r)?;
+        }
+        let report = self.pipeline.tick(self.backend.denoiser.as_mut())?;
+        let finished = self.harvest_finished(report.finished);
+        let tick_ms = started.elapsed().as_secs_f32() * 1000.0;
+
+        let decode_started = Instant::now();
+        let (patches, replaced) = self.decode(target, region)?;
+        let decode_ms = decode_started.elapsed().as_secs_f32() * 1000.0;
+        if self.cfg.adaptive_lead {
+            let base = self.facts.frames(self.cfg.lead_seconds) as u32;
+            self.playback
+                .adapt_lead((tick_ms + decode_ms) as f64, base, self.facts.frames_ms(1));
+        }
+
+        let played_samples = self.playback.play();
+        let out = TickOutput {
+            tick: self.tick,
+            played_samples,
+            patches,
+            replaced,
+            finished,
+            tick_ms,
+            decode_ms,
+            playhead: playhead as u64,
+            lead_frames: lead,
+            active_slots: report.active_slots,
+            queue: self.pipeline.queue_len(),
+            knobs_changed,
+        };
+        self.last_tick_ms = tick_ms;
+        self.last_decode_ms = decode_ms;
+        self.tick += 1;
+        self.probe.tick.store(self.tick, Ordering::Release);
+        Ok(out)
+    }
+
+    /// Keep the finished latents that belong to this song and window.
+    fn harvest_finished(&mut self, finished: Vec<demon_engine::Finished>) -> usize {
+        let mut n = 0;
+        for f in finished {
+            self.harvest.generations += 1;
+            if f.tag != self.song.tag() {
+                continue; // generated for another song length or a chunk the window has left
+            }
+            n += 1;
+            self.harvest.history.push_front(f.latent.clone());
+            self.harvest.history.truncate(8);
+            self.harvest.latest = Some(f.latent);
+            self.harvest.version += 1;
+        }
+        n
+    }
+
+    /// Full decode of the newest finished latent (for checks and tools; not on the hot path).
+    pub fn latest_audio(&mut self) -> Option<demon_engine::Audio> {
+        let latent = self.harvest.latest.clone()?;
+        self.backend.codec.decode(&latent, 0).ok()
+    }
+
+    /// A snapshot for status endpoints and UIs.
+    pub fn state(&mut self) -> SessionState {
+        let sr = self.facts.sample_rate as f64;
+        let adapters = self
+            .backend
+            .denoiser
+            .adapters()
+            .map(|a| a.list())
+            .unwrap_or_default();
+        let c = &self.controls;
+        let buffer = &self.playback.buffer;
+        SessionState {
+            backend: self.backend.name.clone(),
+            tick: self.tick,
+            knobs: c.knob_map(),
+            targets: c.target_map(),
+            curves: c.curve_specs(),
+            prompt: c.prompts.a.tags.clone(),
+            prompt_b: c.prompts.b.clone(),
+            negative: c.prompts.negative.clone(),
+            bpm: c.prompts.a.bpm,
+            key: c.prompts.a.key.clone(),
+            solver: c.solver,
+            cfg_mode: c.cfg_mode,
+            dcw_enabled: c.dcw_enabled,
+            dcw_mode: c.dcw_mode,
+            source: c.source().map(|s| s.name.clone()),
+            song_seconds: self.facts.seconds(self.song.frames),
+            window_seconds: self.facts.seconds(self.song.window),
+            chunk_offset_seconds: self.facts.seconds(self.song.chunk_offset),
+            playhead_seconds: buffer.playhead() as f64 / sr,
+            loop_band: buffer
+                .band()
+                .map(|b| (b.start as f64 / sr, b.end as f64 / sr)),
+            playing: self.playback.playing,
+            depth: self.pipeline.depth(),
+            active_slots: self.pipeline.active_slots(),
+            queue: self.pipeline.queue_len(),
+            generations: self.harvest.generations,
+            tick_ms: self.last_tick_ms,
+            decode_ms: self.last_decode_ms,
+            lead_ms: self.facts.frames_ms(self.playback.lead_frames as usize) as f32,
+            slew_per_second: c.slew_per_second(),
+            receptive_field: self.playback.decoder.field,
+            adapters,
+        }
+    }
+}
+
+/// What a status endpoint shows (and the `state` of the WebSocket protocol, which clients and
+/// the protocol tests read back).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionState {
+    pub backend: String,
+    pub tick: u64,
+    pub knobs: BTreeMap<String, f64>,
+    pub targets: BTreeMap<String, f64>,
+    pub curves: BTreeMap<String, CurveSpec>,
+    pub prompt: String,
+    pub prompt_b: Option<String>,
+    pub negative: Option<String>,
+    pub bpm: Option<f32>,
+    pub key: Option<String>,
+    pub solver: SolverKind,
+    pub cfg_mode: CfgMode,
+    pub dcw_enabled: bool,
+    pub dcw_mode: DcwMode,
+    pub source: Option<String>,
+    pub song_seconds: f64,
+    pub window_seconds: f64,
+    pub chunk_offset_seconds: f64,
+    pub playhead_seconds: f64,
+    pub loop_band: Option<(f64, f64)>,
+    pub playing: bool,
+    pub depth: usize,
+    pub active_slots: usize,
+    pub queue: usize,
+    pub generations: u64,
+    pub tick_ms: f32,
+    pub decode_ms: f32,
+    pub lead_ms: f32,
+    pub slew_per_second: f64,
+    pub receptive_field: ReceptiveField,
+    pub adapters: Vec<demon_engine::AdapterInfo>,
+}
+
+/// Knob names in the catalog (for UIs and agents).
+pub fn knob_names() -> Vec<&'static str> {
+    crate::controls::KNOBS.iter().map(|k| k.name).collect()
+}

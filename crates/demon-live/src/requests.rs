@@ -1,0 +1,367 @@
+//! The one builder from [`Controls`] to what the engine runs: a `SlotRequest` (fixed when a
+//! generation is submitted) and the `SharedLane` (read by every in-flight slot at every step).
+//!
+//! The offline render (`render.rs`), the live core (`core/`) and the benchmarks (`bench.rs`) all
+//! build their requests here and nowhere else (a test scans the sources for `SlotRequest::new`
+//! and `SharedLane` construction outside this module), so a render and a live take of the same
+//! controls submit the same requests. The semantics, in one place:
+//!
+//! - **Conditions.** Prompt A, crossfaded toward its timbre-conditioned variant by the `timbre`
+//!   knob when there is a source. With prompt B: a drawn `blend` curve blends the two per frame
+//!   (velocity weights `1 − w`, `w`); otherwise the `blend` knob crossfades the conditionings
+//!   (`Conditioning::lerp`, from 0.001 up); at 0 prompt B is not used. The blend default is the
+//!   catalog's, 0 (front ends may start it elsewhere: `demon render --prompt-b` starts at 0.5).
+//! - **Negatives** are always the negative prompt (or the backend's null condition); they act
+//!   only while guidance is on.
+//! - **Guidance** is on when a `guidance` curve is drawn, or the `guidance` knob is above 1
+//!   (1 = off).
+//! - **Source.** With a source, the request denoises it by the `denoise` knob (feedback mixes
+//!   earlier outputs in) and the source is also the x0 target (so `x0_target_strength`, the
+//!   `x0_target` curve, `initial_noise` and `mask` act on it). Without one, generation starts
+//!   from noise (`denoise` = 1) and the source-only curves do nothing.
+//! - **Shared per-step values** (velocity scale, SDE source curve, ODE noise, x0 strength,
+//!   guidance, APG momentum, CFG rescale, channel gain, DCW) go to the lane, never into the
+//!   request, so a change reaches every in-flight slot on the next tick. A drawn curve
+//!   overrides its knob. `sde_denoise` is in the lane with the SDE solver or when drawn;
+//!   ODE noise, x0 strength and CFG rescale only when above 0.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use candle_core::Tensor;
+use demon_engine::{
+    ChannelGain, Conditioner, Conditioning, Curve, DcwSettings, Denoiser, LatentMask, SharedLane,
+    SlotCondition, SlotRequest, SolverKind,
+};
+
+use crate::controls::{Controls, CurveId, Prompts};
+use crate::error::{SessionError, SessionResult};
+use crate::facts::BackendFacts;
+
+/// Conditionings of the current prompts (and, for timbre, of the source).
+#[derive(Clone, Debug)]
+pub struct Conds {
+    pub a: Conditioning,
+    /// Prompt A conditioned on the source's timbre (when there is a source).
+    pub a_timbre: Option<Conditioning>,
+    /// Prompt B and its timbre variant.
+    pub b: Option<(Conditioning, Option<Conditioning>)>,
+    pub negative: Conditioning,
+}
+
+impl Conds {
+    /// Condition the prompts; with `timbre_ref` (a source latent `[1, T, C]`) also their
+    /// timbre-conditioned variants.
+    pub fn prepare(
+        conditioner: &mut dyn Conditioner,
+        prompts: &Prompts,
+        timbre_ref: Option<&Tensor>,
+    ) -> SessionResult<Self> {
+        let with_timbre = |cond: &mut dyn Conditioner,
+                           p: &demon_engine::Prompt|
+         -> SessionResult<Option<Conditioning>> {
+            match timbre_ref {
+                Some(r) => cond
+                    .condition_with_timbre(p, r)
+                    .map(Some)
+                    .map_err(|e| SessionError::engine("timbre", e)),
+                None => Ok(None),
+            }
+        };
+        let a = conditioner
+            .condition(&prompts.a)
+            .map_err(|e| SessionError::engine("prompt", e))?;
+        let a_timbre = with_timbre(conditioner, &prompts.a)?;
+        let b = match prompts.b_prompt() {
+            Some(p) => {
+                let c = conditioner
+                    .condition(&p)
+                    .map_err(|e| SessionError::engine("prompt B", e))?;
+                Some((c, with_timbre(conditioner, &p)?))
+            }
+            None => None,
+        };
+        let negative = match prompts.negative_prompt() {
+            Some(p) => conditioner
+                .condition(&p)
+                .map_err(|e| SessionError::engine("negative prompt", e))?,
+            None => conditioner.null_condition(&a)?,
+        };
+        Ok(Self {
+            a,
+            a_timbre,
+            b,
+            negative,
+        })
+    }
+}
+
+/// The frames `[offset, offset + frames)` of the source, if there is one.
+pub fn source_chunk(
+    controls: &Controls,
+    chunk_offset: usize,
+    frames: usize,
+) -> SessionResult<Option<Tensor>> {
+    Ok(match controls.source() {
+        Some(s) => Some(s.latent.narrow(1, chunk_offset, frames)?),
+        None => None,
+    })
+}
+
+/// The structural context `[1, T, Cc]` of a window: the source's structure at the `structure`
+/// knob's strength (0 without a source).
+pub fn structure_context(
+    conditioner: &mut dyn Conditioner,
+    controls: &Controls,
+    chunk_offset: usize,
+    frames: usize,
+) -> SessionResult<Tensor> {
+    let chunk = source_chunk(controls, chunk_offset, frames)?;
+    let strength = if chunk.is_some() {
+        controls.knobs().structure as f32
+    } else {
+        0.0
+    };
+    Ok(conditioner.context(chunk.as_ref(), frames, strength)?)
+}
+
+/// What a request is built from besides the controls: backend work done beforehand (and
+/// cached by the live core) and where the request belongs.
+pub struct Inputs<'a> {
+    pub conds: &'a Conds,
+    /// The window's structural context ([`structure_context`]).
+    pub context: &'a Tensor,
+    /// Earlier outputs of this window, newest first (feedback taps them).
+    pub history: &'a VecDeque<Tensor>,
+    /// First song frame of the window.
+    pub chunk_offset: usize,
+    /// The caller's label, returned with the finished latent.
+    pub tag: u64,
+    /// Take number: the seed is the `seed` knob plus this.
+    pub take: u64,
+}
+
+/// The shared lane from the controls (see the module documentation for the rules).
+pub fn build_lane(controls: &Controls, facts: &BackendFacts) -> SessionResult<SharedLane> {
+    let k = controls.knobs();
+    let pick = |id: CurveId, scalar: Option<f32>| -> Option<Curve> {
+        controls
+            .curve(id)
+            .cloned()
+            .or_else(|| scalar.map(Curve::constant))
+    };
+    let above = |v: f64, floor: f32| -> Option<f32> { ((v as f32) > floor).then_some(v as f32) };
+    let mut lane = SharedLane::default();
+    lane.curves.velocity_scale = pick(CurveId::VelocityScale, Some(k.velocity_scale as f32));
+    lane.curves.sde_denoise =
+        if controls.solver == SolverKind::Sde || controls.curve(CurveId::SdeDenoise).is_some() {
+            pick(CurveId::SdeDenoise, Some(k.sde_denoise as f32))
+        } else {
+            None
+        };
+    lane.curves.ode_noise = pick(CurveId::OdeNoise, above(k.ode_noise, 0.0));
+    lane.curves.x0_target_strength =
+        pick(CurveId::X0TargetStrength, above(k.x0_target_strength, 0.0));
+    lane.curves.guidance = pick(CurveId::Guidance, above(k.guidance, 1.0));
+    lane.curves.apg_momentum = pick(CurveId::ApgMomentum, Some(k.apg_momentum as f32));
+    lane.curves.cfg_rescale = pick(CurveId::CfgRescale, above(k.cfg_rescale, 0.0));
+    let c = facts.latent_channels;
+    let groups = k.channel_gains();
+    let group = c.div_ceil(groups.len()).max(1);
+    let gains: Vec<f32> = (0..c)
+        .map(|i| groups[(i / group).min(groups.len() - 1)] as f32)
+        .collect();
+    lane.channel_gain = ChannelGain::new(gains).ok().filter(|g| !g.is_identity());
+    lane.dcw = DcwSettings {
+        enabled: controls.dcw_enabled,
+        mode: controls.dcw_mode,
+        scaler: pick(CurveId::Dcw, Some(k.dcw as f32)).unwrap_or(Curve::constant(0.0)),
+        high_scaler: pick(CurveId::DcwHigh, Some(k.dcw_high as f32))
+            .unwrap_or(Curve::constant(0.0)),
+        ..DcwSettings::default()
+    };
+    lane.validate(c)?;
+    Ok(lane)
+}
+
+/// LoRA strengths from the controls onto the model's adapters, for those that differ from
+/// `applied` (what the model holds; updated). Global weights change only here, between ticks.
+pub fn push_adapters(
+    controls: &Controls,
+    denoiser: &mut dyn Denoiser,
+    applied: &mut BTreeMap<String, f64>,
+) -> SessionResult<()> {
+    for (id, v) in controls.loras() {
+        if applied.get(id) != Some(&v) {
+            if let Some(a) = denoiser.adapters() {
+                a.set_strength(id, v as f32)
+                    .map_err(|e| SessionError::engine(&format!("LoRA `{id}`"), e))?;
+            }
+            applied.insert(id.to_string(), v);
+        }
+    }
+    Ok(())
+}
+
+/// The slot request and the shared lane for a window of `frames` latent frames.
+pub fn build(
+    controls: &Controls,
+    facts: &BackendFacts,
+    frames: usize,
+    inputs: &Inputs,
+) -> SessionResult<(SlotRequest, SharedLane)> {
+    let lane = build_lane(controls, facts)?;
+    let t = frames;
+    let k = controls.knobs();
+    let conds = inputs.conds;
+    let timbre = k.timbre as f32;
+    let blend = k.blend as f32;
+    let with_timbre =
+        |plain: &Conditioning, tim: &Option<Conditioning>| -> SessionResult<Conditioning> {
+            match tim {
+                Some(tc) if timbre > 0.001 => Ok(Conditioning::lerp(plain, tc, timbre.min(1.0))?),
+                _ => Ok(plain.clone()),
+            }
+        };
+    let ca = with_timbre(&conds.a, &conds.a_timbre)?;
+    let conditions = match (&conds.b, controls.curve(CurveId::Blend)) {
+        (Some((b, bt)), Some(curve)) => {
+            let cb = with_timbre(b, bt)?;
+            let w = curve.clamped(0.0, 1.0);
+            let wa = w.map("blend", |x| 1.0 - x)?;
+            vec![
+                SlotCondition::weighted(ca, wa),
+                SlotCondition::weighted(cb, w),
+            ]
+        }
+        (Some((b, bt)), None) if blend > 0.001 => {
+            let cb = with_timbre(b, bt)?;
+            vec![SlotCondition::new(Conditioning::lerp(
+                &ca,
+                &cb,
+                blend.min(1.0),
+            )?)]
+        }
+        _ => vec![SlotCondition::new(ca)],
+    };
+    let src_chunk = source_chunk(controls, inputs.chunk_offset, t)?;
+    let seed = controls.seed().wrapping_add(inputs.take);
+    let mut r = SlotRequest::new(
+        conditions[0].conditioning.clone(),
+        inputs.context.clone(),
+        t,
+        seed,
+    );
+    r.conditions = conditions;
+    r.tag = inputs.tag;
+    r.schedule.steps = controls.steps();
+    r.schedule.shift = k.shift as f32;
+    r.solver = controls.solver;
+    r.cfg_mode = controls.cfg_mode;
+    r.negatives = vec![SlotCondition::new(conds.negative.clone())];
+    // Feedback: earlier outputs mixed into the source (or standing in for a missing one).
+    let feedback = k.feedback as f32;
+    let tap = (k.feedback_depth as usize).clamp(1, 8) - 1;
+    let tap_latent = inputs
+        .history
+        .get(tap)
+        .filter(|h| h.dims() == [1, t, facts.latent_channels]);
+    let fed = match (feedback > 0.0, tap_latent) {
+        (true, Some(h)) => match &src_chunk {
+            Some(s) => {
+                Some((s * (1.0 - feedback as f64)).and_then(|a| a + (h * feedback as f64)?)?)
+            }
+            None => Some(h.clone()),
+        },
+        _ => src_chunk.clone(),
+    };
+    r.schedule.denoise = if fed.is_some() { k.denoise as f32 } else { 1.0 };
+    r.source = fed;
+    if let Some(src) = &src_chunk {
+        r.initial_noise_curve = controls
+            .curve(CurveId::InitialNoise)
+            .map(|c| c.clamped(0.0, 1.0));
+        r.x0_target_curve = controls
+            .curve(CurveId::X0Target)
+            .map(|c| c.clamped(0.0, 1.0));
+        r.latent_mask = controls.curve(CurveId::Mask).map(|m| LatentMask {
+            mask: m.clamped(0.0, 1.0),
+            original: src.clone(),
+        });
+    }
+    r.x0_target = src_chunk;
+    Ok((r, lane))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every `.rs` file under `dir`, with its text.
+    fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs")
+                && let Ok(text) = std::fs::read_to_string(&p)
+            {
+                out.push((p.display().to_string(), text));
+            }
+        }
+    }
+
+    /// Renders, the live core, the benchmarks and the front ends reach the engine's requests
+    /// only through this builder: no other source of the runtime, CLI or server constructs a
+    /// `SlotRequest` or fills a `SharedLane`, so neither path can bypass `Controls`.
+    #[test]
+    fn requests_and_lanes_are_built_here_only() {
+        let crates = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("crates directory");
+        let mut files = Vec::new();
+        for c in ["demon-live", "demon-cli", "demon-server"] {
+            sources(&crates.join(c).join("src"), &mut files);
+        }
+        assert!(
+            files.iter().any(|(p, _)| p.ends_with("render.rs")),
+            "the scan found the sources"
+        );
+        let constructions = [
+            "SlotRequest::new(",
+            "SlotRequest::from_context(",
+            "SlotRequest {",
+            "SharedLane {",
+        ];
+        // A line that writes a lane or request field (`lane.dcw = …`, `r.schedule.x = …`).
+        let writes_field = |line: &str| {
+            let l = line.trim_start();
+            let lhs = l.split(" = ").next().unwrap_or("");
+            l.contains(" = ")
+                && (lhs.starts_with("lane.")
+                    || lhs.contains(".schedule.")
+                    || lhs.contains(".curves."))
+        };
+        let offenders: Vec<String> = files
+            .iter()
+            .filter(|(p, _)| !p.ends_with("requests.rs"))
+            .flat_map(|(p, text)| {
+                let built = constructions
+                    .iter()
+                    .filter(|c| text.contains(*c))
+                    .map(move |c| format!("{p}: {c}"));
+                let written = text
+                    .lines()
+                    .filter(|l| writes_field(l))
+                    .map(move |l| format!("{p}: {}", l.trim()));
+                built.chain(written)
+            })
+            .collect();
+        assert!(
+            offenders.is_empty(),
+            "built outside requests.rs: {offenders:?}"
+        );
+    }
+}
