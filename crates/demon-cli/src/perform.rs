@@ -87,7 +87,7 @@ impl SessionArgs {
                 .map_err(|_| anyhow!("--knob `{k}`: `{value}` is not a number"))?;
             knobs.insert(
                 name.trim().to_string(),
-                demon_live::control::check_knob(name.trim(), v)?,
+                demon_live::controls::check_knob(name.trim(), v)?,
             );
         }
         let prompt = self.prompt();

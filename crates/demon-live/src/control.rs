@@ -10,8 +10,6 @@ use std::collections::BTreeMap;
 use demon_engine::{CfgMode, CurveSpec, DcwMode, SolverKind};
 use serde::{Deserialize, Serialize};
 
-use crate::controls::CurveId;
-
 /// How fast a change reaches the output (demon.md §8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -25,10 +23,6 @@ pub enum PropagationClass {
     /// Ring shape (depth, steps): new slots on the next tick, old ones drain.
     Structural,
 }
-
-pub use crate::controls::{CURVE_NAMES, KNOBS, KnobSpec, LORA_PREFIX, check_knob, knob_spec};
-
-use PropagationClass::*;
 
 /// Where a source comes from. Files are decoded by the sender; the runner receives audio or a
 /// latent, and a recording stores the latent, so replays never depend on files.
@@ -119,33 +113,6 @@ pub enum ControlMessage {
     SetSlew {
         per_second: f64,
     },
-}
-
-impl ControlMessage {
-    /// The propagation class of what this message changes (for echoes and metrics).
-    pub fn class(&self) -> PropagationClass {
-        match self {
-            Self::SetKnob { name, .. } => knob_spec(name).map_or(GlobalWeights, |k| k.class),
-            Self::SetKnobs { values } => values
-                .keys()
-                .filter_map(|k| knob_spec(k))
-                .map(|k| k.class)
-                .next()
-                .unwrap_or(SharedPerStep),
-            Self::SetCurve { name, .. } => CurveId::from_name(name).map_or(PerSlot, CurveId::class),
-            Self::SetPrompt { .. }
-            | Self::SetSolver { .. }
-            | Self::SetCfgMode { .. }
-            | Self::SetSource { .. } => PerSlot,
-            Self::SetDcw { .. } => SharedPerStep,
-            Self::SetLora { .. } => GlobalWeights,
-            Self::SetLoopBand { .. }
-            | Self::ClearLoopBand
-            | Self::Seek { .. }
-            | Self::SetPlaying { .. }
-            | Self::SetSlew { .. } => Structural,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -172,6 +172,34 @@ impl KnobValues {
     }
 }
 
+impl ControlMessage {
+    /// The propagation class of what this message changes (for echoes and metrics).
+    pub fn class(&self) -> PropagationClass {
+        use PropagationClass::*;
+        match self {
+            Self::SetKnob { name, .. } => knob_spec(name).map_or(GlobalWeights, |k| k.class),
+            Self::SetKnobs { values } => values
+                .keys()
+                .filter_map(|k| knob_spec(k))
+                .map(|k| k.class)
+                .next()
+                .unwrap_or(SharedPerStep),
+            Self::SetCurve { name, .. } => CurveId::from_name(name).map_or(PerSlot, CurveId::class),
+            Self::SetPrompt { .. }
+            | Self::SetSolver { .. }
+            | Self::SetCfgMode { .. }
+            | Self::SetSource { .. } => PerSlot,
+            Self::SetDcw { .. } => SharedPerStep,
+            Self::SetLora { .. } => GlobalWeights,
+            Self::SetLoopBand { .. }
+            | Self::ClearLoopBand
+            | Self::Seek { .. }
+            | Self::SetPlaying { .. }
+            | Self::SetSlew { .. } => Structural,
+        }
+    }
+}
+
 /// Look a knob up by name (LoRA knobs are `lora:<id>` and handled separately).
 pub fn knob_spec(name: &str) -> Option<&'static KnobSpec> {
     Knob::from_name(name).map(Knob::spec)

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use demon_live::control::{ControlMessage, LORA_PREFIX, knob_spec};
+use demon_live::control::ControlMessage;
+use demon_live::controls::{LORA_PREFIX, knob_spec};
 
 use crate::protocol::{ApiError, ErrorCode};
 

@@ -11,7 +11,8 @@
 use std::collections::BTreeMap;
 
 use demon_live::SessionError;
-use demon_live::control::{ControlMessage, KnobSpec, PropagationClass};
+use demon_live::control::{ControlMessage, PropagationClass};
+use demon_live::controls::KnobSpec;
 use demon_live::core::SessionState;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

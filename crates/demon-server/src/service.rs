@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use demon_live::SessionError;
 use demon_live::bus::Subscriber;
-use demon_live::control::{CURVE_NAMES, ControlMessage, KNOBS, SourceSpec};
+use demon_live::control::{ControlMessage, SourceSpec};
+use demon_live::controls::{CURVE_NAMES, KNOBS};
 use demon_live::core::SessionState;
 use demon_live::session::{LoopSnapshot, SessionHandle};
 use serde::{Deserialize, Serialize};
@@ -200,7 +201,7 @@ impl Service {
         if let Some(st) = self.handle.state() {
             for a in st.adapters {
                 list.push(KnobInfo {
-                    name: format!("{}{}", demon_live::control::LORA_PREFIX, a.id),
+                    name: format!("{}{}", demon_live::controls::LORA_PREFIX, a.id),
                     min: 0.0,
                     max: 2.0,
                     default: 0.0,
