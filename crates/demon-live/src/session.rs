@@ -368,7 +368,7 @@ fn restore_message(msg: &ControlMessage, before: &SessionState) -> Option<Contro
         },
         ControlMessage::SetLora { id, .. } => ControlMessage::SetLora {
             id: id.clone(),
-            strength: target(&format!("{}{id}", crate::control::LORA_PREFIX)).unwrap_or(0.0),
+            strength: target(&format!("{}{id}", crate::controls::LORA_PREFIX)).unwrap_or(0.0),
         },
         ControlMessage::SetCurve { name, .. } => ControlMessage::SetCurve {
             name: name.clone(),
