@@ -38,6 +38,12 @@ pub enum AudioError {
         seconds: f64,
         limit: f64,
     },
+    #[error("`{path}` holds too much audio: {samples} samples over all channels (limit {limit})")]
+    TooManySamples {
+        path: PathBuf,
+        samples: u64,
+        limit: u64,
+    },
     #[error("cannot write `{path}`: {reason}")]
     Write { path: PathBuf, reason: String },
 }

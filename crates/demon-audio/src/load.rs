@@ -26,12 +26,18 @@ pub struct DecodedAudio {
 #[derive(Clone, Copy, Debug)]
 pub struct LoadLimits {
     pub max_seconds: f64,
+    /// Samples over all channels (channels × rate × seconds): what decoding costs in memory
+    /// and time, whatever the rate or channel count. Checked from the header before decoding
+    /// when the container states its length, and while decoding otherwise.
+    pub max_samples: u64,
 }
 
 impl Default for LoadLimits {
     fn default() -> Self {
         Self {
             max_seconds: 30.0 * 60.0,
+            // 20 minutes of 48 kHz stereo.
+            max_samples: 1200 * 48_000 * 2,
         }
     }
 }
@@ -76,6 +82,7 @@ impl DecodedAudio {
 
 /// Decode a file.
 pub fn load_file(path: &Path, limits: LoadLimits) -> Result<DecodedAudio> {
+    check_regular_file(path, u64::MAX)?;
     let file = File::open(path).map_err(|source| AudioError::Io {
         path: path.to_path_buf(),
         source,
@@ -85,6 +92,28 @@ pub fn load_file(path: &Path, limits: LoadLimits) -> Result<DecodedAudio> {
         hint.with_extension(ext);
     }
     decode(Box::new(file), hint, path.to_path_buf(), limits)
+}
+
+/// Refuse what is not a regular file of at most `max_bytes` (devices and FIFOs would block a
+/// reader or never end), before opening it.
+pub fn check_regular_file(path: &Path, max_bytes: u64) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|source| AudioError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(AudioError::Unsupported {
+            path: path.to_path_buf(),
+            reason: "not a regular file".into(),
+        });
+    }
+    if meta.len() > max_bytes {
+        return Err(AudioError::Unsupported {
+            path: path.to_path_buf(),
+            reason: format!("{} bytes, over the limit of {max_bytes}", meta.len()),
+        });
+    }
+    Ok(())
 }
 
 /// Decode bytes (an upload); `name` is used in messages and as a format hint.
@@ -140,6 +169,28 @@ fn decode(
             reason: e.to_string(),
         })?;
     let track_id = track.id;
+    if let (Some(frames), Some(ch), Some(r)) = (
+        track.num_frames,
+        params.channels.as_ref().map(|c| c.count() as u64),
+        params.sample_rate,
+    ) {
+        let samples = frames.saturating_mul(ch);
+        if samples > limits.max_samples {
+            return Err(AudioError::TooManySamples {
+                path,
+                samples,
+                limit: limits.max_samples,
+            });
+        }
+        let seconds = frames as f64 / r.max(1) as f64;
+        if seconds > limits.max_seconds {
+            return Err(AudioError::TooLong {
+                path,
+                seconds,
+                limit: limits.max_seconds,
+            });
+        }
+    }
 
     let mut rate = 0u32;
     let mut planar: Vec<Vec<f32>> = Vec::new();
@@ -189,8 +240,26 @@ fn decode(
         }
         interleaved.resize(buf.samples_interleaved(), 0.0);
         buf.copy_to_slice_interleaved(&mut interleaved);
+        if let Some(i) = interleaved.iter().position(|s| !s.is_finite()) {
+            return Err(AudioError::Decode {
+                path,
+                reason: format!(
+                    "sample {} of channel {} is not a finite number (NaN or infinite)",
+                    planar[0].len() + i / n_ch,
+                    i % n_ch
+                ),
+            });
+        }
         for (i, s) in interleaved.iter().enumerate() {
-            planar[i % n_ch].push(if s.is_finite() { *s } else { 0.0 });
+            planar[i % n_ch].push(*s);
+        }
+        let samples = (planar[0].len() * n_ch) as u64;
+        if samples > limits.max_samples {
+            return Err(AudioError::TooManySamples {
+                path,
+                samples,
+                limit: limits.max_samples,
+            });
         }
         if rate > 0 && planar[0].len() as f64 / rate as f64 > limits.max_seconds {
             return Err(AudioError::TooLong {

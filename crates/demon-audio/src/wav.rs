@@ -310,8 +310,13 @@ fn write_error(path: &Path, reason: impl std::fmt::Display) -> AudioError {
     }
 }
 
+/// The largest WAV read whole to look for an embedded latent (over an hour of 48 kHz stereo
+/// float); anything larger, or not a regular file (`/dev/zero`, a FIFO), is refused up front.
+pub const MAX_WAV_BYTES: u64 = 1 << 30;
+
 /// The latent embedded in a WAV written by `demon`, if any. Malformed chunks read as `None`.
 pub fn read_embedded_latent(path: &Path) -> Result<Option<EmbeddedLatent>> {
+    crate::load::check_regular_file(path, MAX_WAV_BYTES)?;
     let bytes = std::fs::read(path).map_err(|source| AudioError::Io {
         path: path.to_path_buf(),
         source,
@@ -366,6 +371,89 @@ mod tests {
     use super::*;
     use crate::load::{LoadLimits, decode_bytes};
 
+    /// A canonical WAV header (`format` 1 PCM or 3 float) whose data chunk claims `data_bytes`,
+    /// followed by `body`.
+    fn wav_with(
+        format: u16,
+        channels: u16,
+        rate: u32,
+        bits: u16,
+        data_bytes: u32,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let block = channels * bits / 8;
+        let mut w = b"RIFF".to_vec();
+        w.extend_from_slice(&(36 + data_bytes).to_le_bytes());
+        w.extend_from_slice(b"WAVEfmt ");
+        w.extend_from_slice(&16u32.to_le_bytes());
+        w.extend_from_slice(&format.to_le_bytes());
+        w.extend_from_slice(&channels.to_le_bytes());
+        w.extend_from_slice(&rate.to_le_bytes());
+        w.extend_from_slice(&(rate * block as u32).to_le_bytes());
+        w.extend_from_slice(&block.to_le_bytes());
+        w.extend_from_slice(&bits.to_le_bytes());
+        w.extend_from_slice(b"data");
+        w.extend_from_slice(&data_bytes.to_le_bytes());
+        w.extend_from_slice(body);
+        w
+    }
+
+    #[test]
+    fn total_samples_are_checked_from_the_header_before_decoding() {
+        // 600 s of 8-channel 96 kHz 16-bit, as the header states it; the body is a few bytes:
+        // refused from the header alone (it would be 460 M samples).
+        let claimed = 600 * 96_000 * 8 * 2;
+        let w = wav_with(1, 8, 96_000, 16, claimed, &[0; 64]);
+        let e = decode_bytes(w, "big.wav", LoadLimits::default()).unwrap_err();
+        match e {
+            AudioError::TooManySamples { samples, limit, .. } => {
+                assert_eq!(samples, 600 * 96_000 * 8);
+                assert_eq!(limit, 1200 * 48_000 * 2);
+            }
+            other => panic!("{other}"),
+        }
+        // The same stated length in stereo 48 kHz is within the limit (and then truncated).
+        let body: Vec<u8> = (0..4800u32)
+            .flat_map(|i| ((i % 100) as i16).to_le_bytes())
+            .collect();
+        let w = wav_with(1, 2, 48_000, 16, body.len() as u32, &body);
+        assert_eq!(
+            decode_bytes(w, "ok.wav", LoadLimits::default())
+                .unwrap()
+                .frames(),
+            2400
+        );
+    }
+
+    #[test]
+    fn non_finite_samples_are_refused() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let body: Vec<u8> = [0.0f32, 0.5, bad, 0.25]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            let w = wav_with(3, 2, 48_000, 32, body.len() as u32, &body);
+            let e = decode_bytes(w, "nan.wav", LoadLimits::default()).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("sample 1 of channel 0 is not a finite number"),
+                "{e}"
+            );
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn devices_and_fifos_are_refused_before_reading() {
+        let zero = Path::new("/dev/zero");
+        for e in [
+            read_embedded_latent(zero).unwrap_err(),
+            crate::load::load_file(zero, LoadLimits::default()).unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        }
+    }
+
     #[test]
     fn round_trips_audio_and_latent() {
         let audio = Audio::new(
@@ -412,7 +500,15 @@ mod tests {
             WavFormat::Pcm16,
             None,
         );
-        let e = decode_bytes(long, "long.wav", LoadLimits { max_seconds: 2.0 }).unwrap_err();
+        let e = decode_bytes(
+            long,
+            "long.wav",
+            LoadLimits {
+                max_seconds: 2.0,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert!(matches!(e, AudioError::TooLong { .. }), "{e}");
         let e = crate::load::load_file(Path::new("/nonexistent/x.wav"), LoadLimits::default())
             .unwrap_err();

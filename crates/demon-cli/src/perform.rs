@@ -283,12 +283,25 @@ pub struct ReplayArgs {
     pub session: PathBuf,
     #[arg(long)]
     pub out: PathBuf,
+    /// Render at most this many seconds (default: the recorded length).
+    #[arg(long = "max-seconds")]
+    pub max_seconds: Option<f64>,
     #[command(flatten)]
     pub backend: BackendArgs,
 }
 
 pub fn replay(args: ReplayArgs) -> Result<()> {
-    let file = read_session(&args.session)?;
+    let mut file = read_session(&args.session)?;
+    for w in &file.warnings {
+        eprintln!("replay: {w}");
+    }
+    if let Some(s) = args.max_seconds {
+        if !(s.is_finite() && s > 0.0) {
+            bail!("--max-seconds {s} is not a positive number of seconds");
+        }
+        let per_tick = file.config.samples_per_tick as f64 / 48_000.0;
+        file.ticks = file.ticks.min((s / per_tick).ceil() as u64);
+    }
     let backend = backends::build(&args.backend)?.set;
     if file.config.backend != backend.name {
         bail!(

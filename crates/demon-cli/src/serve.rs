@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// Where MIDI learn saves its mappings.
     #[arg(long = "midi-map")]
     pub midi_map: Option<PathBuf>,
+    /// A folder file sources may be read from (repeatable; default `media/` under the current
+    /// directory). The recordings folder always is one; anything else must be uploaded.
+    #[arg(long = "media-dir")]
+    pub media_dir: Vec<PathBuf>,
     /// Where recordings are written.
     #[arg(long = "recordings-dir")]
     pub recordings_dir: Option<PathBuf>,
@@ -71,6 +75,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     opts.midi = !args.no_midi;
     if let Some(m) = &args.midi_map {
         opts.midi_map = m.clone();
+    }
+    if !args.media_dir.is_empty() {
+        opts.media_dirs = args.media_dir.clone();
     }
     if let Some(r) = &args.recordings_dir {
         opts.recordings_dir = r.clone();
@@ -121,18 +128,33 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
+        let shutdown = stop_signal();
         let addr = demon_server::serve(opts, handle.clone(), hooks, shutdown)
             .await
             .map_err(|e| anyhow!(e))?;
         eprintln!("serving the performer UI on http://{addr}/ (MCP at /mcp); Ctrl-C stops");
-        let _ = tokio::signal::ctrl_c().await;
+        stop_signal().await;
         eprintln!("stopping...");
         let _ = tokio::task::spawn_blocking(move || handle.stop()).await;
         Ok::<(), anyhow::Error>(())
     })
+}
+
+/// Ctrl-C or SIGTERM (what `kill` and service managers send): either stops the session the
+/// same way, so recordings and the session file are finished.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// An offline render beside the live session, on a second instance of the backend (only when

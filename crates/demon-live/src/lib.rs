@@ -25,6 +25,7 @@ pub mod denoise_curve;
 pub mod error;
 pub mod facts;
 pub mod loopbuf;
+pub mod media;
 pub mod perform;
 pub mod record;
 pub mod render;

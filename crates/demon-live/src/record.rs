@@ -2,6 +2,12 @@
 //! event stamped with the tick it was applied at, and the clock (playhead and decode lead) of
 //! every tick. Together with the seeds in the configuration these determine the output, so
 //! `demon replay` re-renders a performance bit for bit. See `docs/session-format.md`.
+//!
+//! Crash safety: every line is flushed as it is written, so a killed server leaves a file whose
+//! complete lines all count; reading one without an end line (or with a cut last line) replays
+//! up to its last complete line and says so in [`SessionFile::warnings`]. Every header field and
+//! event is checked when read: impossible values are refused, events that cannot be applied are
+//! dropped with a warning naming them.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -47,21 +53,33 @@ pub struct SessionWriter {
 
 impl SessionWriter {
     pub fn create(path: &Path, config: &SessionConfig) -> SessionResult<Self> {
+        let mut w = Self::open(path)?;
+        w.header(config)?;
+        Ok(w)
+    }
+
+    /// Create the file without writing to it yet.
+    pub fn open(path: &Path) -> SessionResult<Self> {
         let file = std::fs::File::create(path).map_err(|e| SessionError::io(path, e))?;
-        let mut w = Self {
+        Ok(Self {
             out: std::io::BufWriter::new(file),
             path: path.to_path_buf(),
-        };
-        w.line(&SessionLine::Header {
+        })
+    }
+
+    /// The first line.
+    pub fn header(&mut self, config: &SessionConfig) -> SessionResult<()> {
+        self.line(&SessionLine::Header {
             version: FORMAT_VERSION,
             config: config.clone(),
-        })?;
-        Ok(w)
+        })
     }
 
     pub fn line(&mut self, line: &SessionLine) -> SessionResult<()> {
         let s = serde_json::to_string(line).map_err(|e| SessionError::io(&self.path, e))?;
-        writeln!(self.out, "{s}").map_err(|e| SessionError::io(&self.path, e))
+        writeln!(self.out, "{s}")
+            .and_then(|_| self.out.flush())
+            .map_err(|e| SessionError::io(&self.path, e))
     }
 
     pub fn finish(mut self, ticks: u64) -> SessionResult<()> {
@@ -81,23 +99,138 @@ pub struct SessionFile {
     /// Playhead and lead per tick.
     pub clock: Vec<(u64, u64, u32)>,
     pub ticks: u64,
+    /// What was cut short or dropped while reading (shown by `demon replay`).
+    pub warnings: Vec<String>,
 }
 
-/// Read and check a session file; errors name the line.
+/// The longest line read (a recorded source latent of 20 minutes is about 10 MB of base64).
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+/// Prompt texts longer than this in an event are dropped.
+pub const MAX_PROMPT_CHARS: usize = 4096;
+/// The longest decode lead a clock line may carry (60 s of latent frames).
+pub const MAX_LEAD_FRAMES: u32 = 25 * 60;
+
+/// Refuse header values no session could have run with.
+pub fn check_config(c: &SessionConfig) -> SessionResult<()> {
+    let bad = |what: &str, problem: String| Err(SessionError::bad_value(what, problem));
+    if !(64..=48_000).contains(&c.samples_per_tick) {
+        return bad(
+            "samples_per_tick",
+            format!("{} is outside 64..=48000", c.samples_per_tick),
+        );
+    }
+    let seconds = |what: &str, v: f64, lo_open: bool, hi: f64| -> SessionResult<()> {
+        let lo_ok = if lo_open { v > 0.0 } else { v >= 0.0 };
+        if v.is_finite() && lo_ok && v <= hi {
+            Ok(())
+        } else {
+            let lo = if lo_open { "(0" } else { "[0" };
+            bad(what, format!("{v} is outside {lo}, {hi}]"))
+        }
+    };
+    seconds(
+        "song_seconds",
+        c.song_seconds,
+        true,
+        crate::render::MAX_SECONDS,
+    )?;
+    seconds(
+        "window_seconds",
+        c.window_seconds,
+        false,
+        crate::render::MAX_SECONDS,
+    )?;
+    seconds("keep_seconds", c.keep_seconds, true, 60.0)?;
+    seconds("lead_seconds", c.lead_seconds, false, 60.0)?;
+    seconds("slew_per_second", c.slew_per_second, false, 1000.0)?;
+    for (k, v) in &c.knobs {
+        crate::control::check_knob(k, *v)?;
+    }
+    Ok(())
+}
+
+/// Why an event cannot be replayed as recorded, if it cannot (checked before the session runs;
+/// the runner checks the rest when it applies it).
+fn event_problem(tick: u64, end: u64, m: &ControlMessage) -> Option<String> {
+    if tick > end {
+        return Some(format!("tick {tick} is after the end ({end})"));
+    }
+    match m {
+        ControlMessage::SetKnob { name, value } => crate::control::check_knob(name, *value)
+            .err()
+            .map(|e| e.to_string()),
+        ControlMessage::SetKnobs { values } => values
+            .iter()
+            .find_map(|(k, v)| crate::control::check_knob(k, *v).err())
+            .map(|e| e.to_string()),
+        ControlMessage::SetPrompt {
+            prompt,
+            prompt_b,
+            negative,
+            key,
+            ..
+        } => [prompt, prompt_b, negative, key]
+            .into_iter()
+            .flatten()
+            .find(|t| t.chars().count() > MAX_PROMPT_CHARS)
+            .map(|t| {
+                format!(
+                    "a prompt of {} characters (limit {MAX_PROMPT_CHARS})",
+                    t.chars().count()
+                )
+            }),
+        _ => None,
+    }
+}
+
+/// Read and check a session file; errors name the line. A file cut short (no end line, or a
+/// last line cut mid-write) reads up to its last complete line, with a warning.
 pub fn read_session(path: &Path) -> SessionResult<SessionFile> {
+    use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| SessionError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| SessionError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(SessionError::io(path, "not a regular file"));
+    }
     let at = |i: usize| format!("`{}` line {}", path.display(), i + 1);
-    let mut config = None;
+    let mut config: Option<SessionConfig> = None;
     let mut events = Vec::new();
-    let mut clock = Vec::new();
+    let mut clock: Vec<(u64, u64, u32)> = Vec::new();
     let mut ticks = None;
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| SessionError::io(path, format!("line {}: {e}", i + 1)))?;
+    let mut warnings = Vec::new();
+    let mut reader = std::io::BufReader::new(file);
+    let mut raw = Vec::new();
+    for i in 0.. {
+        raw.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut raw)
+            .map_err(|e| SessionError::io(path, format!("line {}: {e}", i + 1)))?;
+        if n == 0 {
+            break;
+        }
+        if raw.len() > MAX_LINE_BYTES {
+            return Err(SessionError::bad_value(
+                at(i),
+                format!("longer than {MAX_LINE_BYTES} bytes"),
+            ));
+        }
+        let complete = raw.ends_with(b"\n");
+        let line = String::from_utf8_lossy(&raw);
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: SessionLine = serde_json::from_str(&line)
-            .map_err(|e| SessionError::bad_value(at(i), e.to_string()))?;
+        let parsed: SessionLine = match serde_json::from_str(line.trim_end()) {
+            Ok(p) => p,
+            Err(_) if !complete && ticks.is_none() => {
+                warnings.push(format!("{}: cut short mid-line; ignored", at(i)));
+                break;
+            }
+            Err(e) => return Err(SessionError::bad_value(at(i), e.to_string())),
+        };
+        if ticks.is_some() {
+            return Err(SessionError::bad_value(at(i), "a line after the end line"));
+        }
         match parsed {
             SessionLine::Header { version, config: c } => {
                 if version != FORMAT_VERSION {
@@ -111,35 +244,83 @@ pub fn read_session(path: &Path) -> SessionResult<SessionFile> {
                 if config.is_some() {
                     return Err(SessionError::bad_value(at(i), "a second header"));
                 }
+                check_config(&c).map_err(|e| SessionError::bad_value(at(i), e.to_string()))?;
                 config = Some(c);
             }
             _ if config.is_none() => {
                 return Err(SessionError::bad_value(at(i), "the header must come first"));
             }
             SessionLine::Event { tick, message } => {
-                if events.last().is_some_and(|(t, _)| *t > tick) {
+                if events.last().is_some_and(|(_, t, _)| *t > tick) {
                     return Err(SessionError::bad_value(at(i), "events out of tick order"));
                 }
-                events.push((tick, message));
+                events.push((i, tick, message));
             }
             SessionLine::Clock {
                 tick,
                 playhead,
                 lead_frames,
-            } => clock.push((tick, playhead, lead_frames)),
-            SessionLine::End { ticks: t } => ticks = Some(t),
+            } => {
+                if lead_frames > MAX_LEAD_FRAMES {
+                    return Err(SessionError::bad_value(
+                        at(i),
+                        format!("lead_frames {lead_frames} is over {MAX_LEAD_FRAMES}"),
+                    ));
+                }
+                if clock.last().is_some_and(|(t, _, _)| *t >= tick) {
+                    return Err(SessionError::bad_value(
+                        at(i),
+                        "clock lines out of tick order",
+                    ));
+                }
+                clock.push((tick, playhead, lead_frames));
+            }
+            SessionLine::End { ticks: t } => ticks = Some((i, t)),
         }
     }
     let whole = || format!("`{}`", path.display());
     let config = config.ok_or_else(|| SessionError::bad_value(whole(), "no header line"))?;
-    let ticks = ticks.ok_or_else(|| {
-        SessionError::bad_value(whole(), "no end line (the performance was cut short)")
-    })?;
+    // Every tick that ran wrote a clock line: the end cannot lie beyond the last one.
+    let clocked = clock.last().map_or(0, |(t, _, _)| t + 1);
+    let ticks = match ticks {
+        Some((i, t)) => {
+            if t == 0 || t > clocked {
+                return Err(SessionError::bad_value(
+                    at(i),
+                    format!(
+                        "end.ticks {t} is outside 1..={clocked} (the ticks the clock lines record)"
+                    ),
+                ));
+            }
+            t
+        }
+        None => {
+            if clocked == 0 {
+                return Err(SessionError::bad_value(
+                    whole(),
+                    "no end line and no tick recorded (the performance was cut short before it began)",
+                ));
+            }
+            warnings.push(format!(
+                "{}: no end line (the performance was cut short); replaying the {clocked} ticks recorded",
+                whole()
+            ));
+            clocked
+        }
+    };
+    let mut kept = Vec::with_capacity(events.len());
+    for (i, tick, message) in events {
+        match event_problem(tick, ticks, &message) {
+            Some(problem) => warnings.push(format!("{}: event dropped: {problem}", at(i))),
+            None => kept.push((tick, message)),
+        }
+    }
     Ok(SessionFile {
         config,
-        events,
+        events: kept,
         clock,
         ticks,
+        warnings,
     })
 }
 

@@ -278,12 +278,28 @@ pub fn start(mut core: LiveCore, mut opts: RunOptions) -> SessionResult<SessionH
     let bus = Arc::new(EventBus::new(opts.bus_capacity));
     let state = Arc::new(Mutex::new(Some(core.state())));
     let probe = core.probe.clone();
+    let health = Arc::new(Mutex::new(SessionHealth::default()));
+    // A file that cannot be created is refused; one that cannot be written (a full disk) only
+    // stops the recording, as a failed write later would.
     let writer = match &opts.session_file {
-        Some(p) => Some(SessionWriter::create(p, core.config())?),
+        Some(p) => {
+            let mut w = SessionWriter::open(p)?;
+            match w.header(core.config()) {
+                Ok(()) => Some(w),
+                Err(e) => {
+                    let why = format!("the session file stopped recording: {e}");
+                    eprintln!("demon: {why}; the session keeps playing");
+                    health
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .recording_error = Some(why);
+                    None
+                }
+            }
+        }
         None => None,
     };
     let sample_rate = core.sample_rate();
-    let health = Arc::new(Mutex::new(SessionHealth::default()));
     let (bus2, state2, health2) = (bus.clone(), state.clone(), health.clone());
     let join = std::thread::Builder::new()
         .name("demon-runner".into())
@@ -525,9 +541,7 @@ fn run(
                             message: echo(&recorded),
                         });
                     }
-                    Err(e) => bus.publish(Event::Notice {
-                        message: format!("script event at tick {tick} rejected: {e}"),
-                    }),
+                    Err(e) => shared.announce(format!("script event at tick {tick} rejected: {e}")),
                 }
             }
         }

@@ -10,6 +10,8 @@
 //! - State-changing requests: `POST /api/control` and `POST /mcp` must be `application/json`,
 //!   `POST /api/source` an audio or `application/octet-stream` body, so no cross-site form can
 //!   post one.
+//! - Body size: a `Content-Length` over the route's limit (uploads: `max_binary_bytes`,
+//!   everything else: `max_text_bytes`) is refused before a byte of the body is read.
 //! - The access token, when set: `Authorization: Bearer T` or `?token=T`, compared through
 //!   fixed-size digests so neither its content nor its length leaks through timing.
 
@@ -21,7 +23,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
 
-use crate::options::ServerOptions;
+use crate::options::{Limits, ServerOptions};
 use crate::protocol::{ApiError, ErrorCode};
 use crate::rest::error_response;
 use crate::service::Service;
@@ -133,6 +135,15 @@ fn wrong_body_type(method: &Method, path: &str, headers: &HeaderMap) -> Option<&
     }
 }
 
+/// The most body bytes a route reads.
+pub fn body_limit(limits: &Limits, path: &str) -> usize {
+    if path == "/api/source" {
+        limits.max_binary_bytes
+    } else {
+        limits.max_text_bytes
+    }
+}
+
 fn refuse(code: ErrorCode, message: String) -> Response {
     error_response(ApiError::new(code, message))
 }
@@ -158,6 +169,21 @@ pub async fn guard(State(svc): State<Arc<Service>>, req: Request, next: Next) ->
                 format!("Origin `{o}` may not use this server (allow it with --allow-origin)"),
             );
         }
+    }
+    let limit = body_limit(&svc.limits(), req.uri().path());
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return refuse(
+            ErrorCode::TooLarge,
+            format!(
+                "a body of {len} bytes is over the limit of {limit} bytes for {}",
+                req.uri().path()
+            ),
+        );
     }
     if let Some(want) = wrong_body_type(req.method(), req.uri().path(), headers) {
         return refuse(

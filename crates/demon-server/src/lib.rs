@@ -56,7 +56,10 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/api/knobs", get(rest::knobs))
         .route("/api/library", get(rest::library))
         .route("/api/control", post(rest::control))
-        .route("/api/source", post(rest::upload_source))
+        .route(
+            "/api/source",
+            post(rest::upload_source).layer(DefaultBodyLimit::max(svc.limits().max_binary_bytes)),
+        )
         .route("/api/recordings/{name}", get(rest::recording))
         .route("/api/loop.wav", get(rest::loop_wav))
         .nest_service("/mcp", mcp_service)
@@ -64,7 +67,8 @@ pub fn router(svc: Arc<Service>) -> Router {
             svc.clone(),
             auth::guard,
         ))
-        .layer(DefaultBodyLimit::max(svc.limits().max_binary_bytes))
+        // Bodies without a Content-Length (chunked) stop at the same limits while read.
+        .layer(DefaultBodyLimit::max(svc.limits().max_text_bytes))
         .with_state(svc)
 }
 

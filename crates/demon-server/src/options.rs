@@ -13,6 +13,9 @@ pub struct Limits {
     /// Binary frames and upload bodies.
     pub max_binary_bytes: usize,
     pub max_upload_seconds: f64,
+    /// Samples over all channels of an upload (channels × rate × seconds), checked from the
+    /// file's header before decoding: the cost of decoding, whatever the rate.
+    pub max_upload_samples: u64,
     /// Control messages per second per WebSocket connection (token bucket, burst of the same
     /// size).
     pub max_controls_per_second: f64,
@@ -26,6 +29,7 @@ impl Default for Limits {
             max_text_bytes: 64 * 1024,
             max_binary_bytes: 64 * 1024 * 1024,
             max_upload_seconds: 1200.0,
+            max_upload_samples: 1200 * 48_000 * 2,
             max_controls_per_second: 200.0,
             reply_timeout: Duration::from_secs(10),
         }
@@ -47,6 +51,9 @@ pub struct ServerOptions {
     pub midi: bool,
     pub midi_map: PathBuf,
     pub recordings_dir: PathBuf,
+    /// The only folders file-path sources are read from (`--media-dir`; relative to the
+    /// current directory), besides the recordings folder.
+    pub media_dirs: Vec<PathBuf>,
     pub limits: Limits,
 }
 
@@ -61,6 +68,7 @@ impl ServerOptions {
             midi: true,
             midi_map: default_midi_map(),
             recordings_dir: std::env::temp_dir().join("demon-recordings"),
+            media_dirs: vec![PathBuf::from("media")],
             limits: Limits::default(),
         }
     }

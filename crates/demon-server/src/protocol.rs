@@ -514,6 +514,23 @@ pub struct Health {
     /// Why the session file or WAV recording stopped (a failed write); the session plays on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording_error: Option<String>,
+    /// The limits every surface enforces.
+    pub limits: LimitsInfo,
+}
+
+/// The server's limits (`options::Limits`) as `/api/health` shows them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LimitsInfo {
+    /// JSON text frames, control bodies and every HTTP body but uploads.
+    pub max_text_bytes: usize,
+    /// Binary frames and upload bodies.
+    pub max_binary_bytes: usize,
+    pub max_upload_seconds: f64,
+    /// Samples over all channels of an upload (channels × rate × seconds).
+    pub max_upload_samples: u64,
+    /// Control messages per second per WebSocket connection.
+    pub max_controls_per_second: f64,
+    pub reply_timeout_ms: u64,
 }
 
 /// A successful REST `POST` (`/api/control`, `/api/source`) or MCP control tool.
@@ -791,5 +808,57 @@ mod tests {
             };
             assert!(parse_client_message(&text).is_ok(), "{text}");
         }
+    }
+
+    /// Seeded fuzz of the WebSocket text frames (and REST bodies, which are the same control
+    /// messages): valid messages with bytes flipped, cut, duplicated or spliced. Parsing never
+    /// panics; a refusal always carries a code. `DEMON_FUZZ_FRAMES` raises the count (default
+    /// 20 000).
+    #[test]
+    fn mutated_client_messages_never_panic() {
+        let n: usize = std::env::var("DEMON_FUZZ_FRAMES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20_000);
+        let seeds = [
+            r#"{"id":1,"type":"set_knob","name":"guidance","value":2.5}"#,
+            r#"{"id":2,"type":"set_curve","name":"ode_noise","curve":{"kind":"raw","values":[0.1,0.2]}}"#,
+            r#"{"id":3,"type":"set_source","source":{"kind":"file","path":"loop.wav"}}"#,
+            r#"{"id":4,"type":"upload","name":"x.wav"}"#,
+            r#"{"id":5,"type":"resync"}"#,
+            r#"{"id":6,"type":"set_prompt","prompt":"techno","bpm":128}"#,
+            r#"{"id":7,"type":"set_knobs","values":{"guidance":2,"denoise":0.5}}"#,
+        ];
+        let mut x = 0x0f22_u64 ^ 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        let mut ok = 0;
+        for _ in 0..n {
+            let mut b = seeds[next() as usize % seeds.len()].as_bytes().to_vec();
+            for _ in 0..1 + next() % 3 {
+                let i = next() as usize % b.len().max(1);
+                match next() % 5 {
+                    0 if !b.is_empty() => b[i] = b" {}[]\":,0-9e.aZ\\\x00"[next() as usize % 18],
+                    1 => b.truncate(i),
+                    2 if !b.is_empty() => {
+                        let j = (i + next() as usize % 8).min(b.len());
+                        let piece = b[i..j].to_vec();
+                        b.splice(i..i, piece);
+                    }
+                    3 if !b.is_empty() => b[i] = next() as u8,
+                    _ => b.insert(i.min(b.len()), b'"'),
+                }
+            }
+            let text = String::from_utf8_lossy(&b);
+            match parse_client_message(&text) {
+                Ok(_) => ok += 1,
+                Err((_, e)) => assert!(!e.message.is_empty(), "{text}"),
+            }
+        }
+        assert!(ok > 0 && ok < n, "{ok} of {n} parsed");
     }
 }

@@ -18,13 +18,14 @@ use demon_live::bus::Subscriber;
 use demon_live::control::{ControlMessage, SourceSpec};
 use demon_live::controls::{CURVE_NAMES, KNOBS};
 use demon_live::core::SessionState;
+use demon_live::media::MediaDirs;
 use demon_live::session::{LoopSnapshot, SessionHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::midi_learn::MidiMap;
 use crate::options::{Limits, ServerOptions};
 use crate::protocol::{
-    ApiError, ControlAck, ErrorCode, Health, KnobInfo, KnobReading, MidiLearnReply,
+    ApiError, ControlAck, ErrorCode, Health, KnobInfo, KnobReading, LimitsInfo, MidiLearnReply,
     PROTOCOL_VERSION, Ready, RecordingStarted, RecordingStopped, RenderDone,
 };
 
@@ -125,6 +126,7 @@ pub struct Service {
     handle: SessionHandle,
     opts: ServerOptions,
     hooks: Hooks,
+    media: MediaDirs,
     next_client: AtomicU64,
     next_recording: AtomicU64,
     midi: MidiMap,
@@ -137,10 +139,17 @@ fn internal(e: tokio::task::JoinError) -> ApiError {
 impl Service {
     pub fn new(handle: SessionHandle, opts: ServerOptions, hooks: Hooks) -> Self {
         let midi = MidiMap::load(&opts.midi_map);
+        let media = MediaDirs::new(
+            opts.media_dirs
+                .iter()
+                .cloned()
+                .chain([opts.recordings_dir.clone()]),
+        );
         Self {
             handle,
             opts,
             hooks,
+            media,
             next_client: AtomicU64::new(1),
             next_recording: AtomicU64::new(1),
             midi,
@@ -192,6 +201,20 @@ impl Service {
             tick: st.map_or(0, |s| s.tick),
             error: h.tick_error,
             recording_error: h.recording_error,
+            limits: self.limits_info(),
+        }
+    }
+
+    /// The limits, for `/api/health`.
+    pub fn limits_info(&self) -> LimitsInfo {
+        let l = self.opts.limits;
+        LimitsInfo {
+            max_text_bytes: l.max_text_bytes,
+            max_binary_bytes: l.max_binary_bytes,
+            max_upload_seconds: l.max_upload_seconds,
+            max_upload_samples: l.max_upload_samples,
+            max_controls_per_second: l.max_controls_per_second,
+            reply_timeout_ms: l.reply_timeout.as_millis() as u64,
         }
     }
 
@@ -273,24 +296,35 @@ impl Service {
         if name == "none" {
             return Ok(SourceSpec::None);
         }
-        Ok((self.hooks.resolve_source)(name)?)
+        if name.starts_with("library:") {
+            return Ok((self.hooks.resolve_source)(name)?);
+        }
+        self.file_source(name)
+    }
+
+    /// A file source, only from the media folders (`demon_live::media`); the hook sees the
+    /// canonical path.
+    fn file_source(&self, path: &str) -> Result<SourceSpec, ApiError> {
+        let real = self.media.resolve(path)?;
+        let real = real
+            .to_str()
+            .ok_or_else(|| SessionError::bad_source(path, demon_live::media::REFUSAL))?;
+        Ok((self.hooks.resolve_source)(real)?)
     }
 
     /// Library and file sources become audio or a latent (the runner takes only those). May
     /// decode a file: call it off the async workers.
     fn resolve(&self, message: ControlMessage) -> Result<ControlMessage, ApiError> {
-        let name = match &message {
+        let source = match &message {
             ControlMessage::SetSource {
                 source: SourceSpec::Library { style, index },
-            } => format!("library:{style}:{index}"),
+            } => (self.hooks.resolve_source)(&format!("library:{style}:{index}"))?,
             ControlMessage::SetSource {
                 source: SourceSpec::File { path },
-            } => path.clone(),
+            } => self.file_source(path)?,
             _ => return Ok(message),
         };
-        Ok(ControlMessage::SetSource {
-            source: (self.hooks.resolve_source)(&name)?,
-        })
+        Ok(ControlMessage::SetSource { source })
     }
 
     fn needs_resolving(message: &ControlMessage) -> bool {
@@ -355,6 +389,7 @@ impl Service {
     ) -> Result<ControlAck, ApiError> {
         let limits = demon_audio::LoadLimits {
             max_seconds: self.opts.limits.max_upload_seconds,
+            max_samples: self.opts.limits.max_upload_samples,
         };
         let sr = self.sample_rate();
         let upload_name = name.clone();

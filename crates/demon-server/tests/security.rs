@@ -13,8 +13,16 @@ use demon_server::{Hooks, ServerOptions};
 
 fn hooks() -> Hooks {
     Hooks {
+        // Files (already checked against the media folders) become a second of a tone.
         resolve_source: Arc::new(|spec: &str| {
-            Err(SessionError::bad_source(spec, "no library in these tests"))
+            if spec.starts_with("library:") {
+                return Err(SessionError::bad_source(spec, "no library in these tests"));
+            }
+            let tone: Vec<f32> = (0..48_000).map(|i| (i as f32 * 0.05).sin() * 0.3).collect();
+            Ok(demon_live::control::SourceSpec::Audio {
+                name: spec.to_string(),
+                channels: vec![tone.clone(), tone],
+            })
         }),
         library: Vec::new(),
         render_offline: Arc::new(|_| {
@@ -361,5 +369,264 @@ async fn a_full_disk_shows_in_health_and_the_session_plays_on() {
     )
     .await;
     assert_eq!(code, 200, "{text}");
+    handle.stop().unwrap();
+}
+
+/// An MCP session over raw HTTP: initialize, then one `tools/call`; the tool's result.
+async fn mcp_call(addr: SocketAddr, tool: &str, arguments: serde_json::Value) -> serde_json::Value {
+    let host = addr.to_string();
+    let headers = |sid: &str| {
+        let mut h = vec![
+            ("Host".to_string(), host.clone()),
+            ("Content-Type".to_string(), "application/json".to_string()),
+            (
+                "Accept".to_string(),
+                "application/json, text/event-stream".to_string(),
+            ),
+        ];
+        if !sid.is_empty() {
+            h.push(("Mcp-Session-Id".into(), sid.into()));
+            h.push(("Mcp-Protocol-Version".into(), "2025-06-18".into()));
+        }
+        h
+    };
+    let post = |sid: String, body: serde_json::Value| {
+        let h = headers(&sid);
+        async move {
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            raw(addr, "POST", "/mcp", &h, &body.to_string()).await.1
+        }
+    };
+    let init = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}});
+    let reply = post(String::new(), init).await;
+    let sid = reply
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("mcp-session-id:")
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    post(
+        sid.clone(),
+        serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    let reply = post(
+        sid,
+        serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}),
+    )
+    .await;
+    let data = reply
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .find(|d| d.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON in {reply}"));
+    serde_json::from_str::<serde_json::Value>(data).unwrap()["result"].clone()
+}
+
+/// The error text a refusal carries on each surface.
+fn error_text(v: &serde_json::Value) -> String {
+    v["error"].as_str().unwrap_or_default().to_string()
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sources_come_only_from_the_media_folders_with_one_refusal_everywhere() {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::json;
+    let root = std::env::temp_dir().join(format!("demon-sec-media-{}", std::process::id()));
+    let media = root.join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    std::fs::write(root.join("x.wav"), b"RIFF outside").unwrap();
+    std::fs::write(media.join("good.wav"), b"RIFF inside").unwrap();
+    std::os::unix::fs::symlink(root.join("x.wav"), media.join("out.wav")).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(media.join("fifo.wav"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let handle = common::session(8.0);
+    let mut o = opts("media");
+    o.media_dirs = vec![media.clone()];
+    let svc_opts = o.clone();
+    let addr = serve(o, handle.clone()).await;
+    let host = addr.to_string();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    let osc_service = Arc::new(demon_server::Service::new(
+        handle.clone(),
+        svc_opts,
+        hooks(),
+    ));
+    let refused = [
+        "/etc/passwd",
+        "../x.wav",
+        "out.wav",
+        "fifo.wav",
+        "missing.wav",
+    ];
+    for (i, path) in refused.iter().enumerate() {
+        let want = format!("source `{path}`: {}", demon_live::media::REFUSAL);
+        // REST
+        let body = json!({"type": "set_source", "source": {"kind": "file", "path": path}});
+        let (code, text) = raw(
+            addr,
+            "POST",
+            "/api/control",
+            &[("Host", &host), ("Content-Type", "application/json")],
+            &body.to_string(),
+        )
+        .await;
+        assert_eq!(code, 422, "{path}: {text}");
+        let rest: serde_json::Value =
+            serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap();
+        assert_eq!(rest["code"], "bad_source");
+        assert!(error_text(&rest).contains(&want), "REST {path}: {rest}");
+        // WebSocket
+        let id = 100 + i as i64;
+        let mut msg = body.clone();
+        msg["id"] = json!(id);
+        ws.send(tokio_tungstenite::tungstenite::Message::Text(
+            msg.to_string().into(),
+        ))
+        .await
+        .unwrap();
+        let reply = loop {
+            let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                .await
+                .expect("a reply")
+                .expect("open")
+                .unwrap();
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["id"] == json!(id) {
+                    break v;
+                }
+            }
+        };
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert_eq!(error_text(&reply), error_text(&rest), "WebSocket {path}");
+        // MCP
+        let r = mcp_call(addr, "set_source", json!({"source": path})).await;
+        assert_eq!(r["isError"], json!(true), "{r}");
+        let text = r["content"][0]["text"].as_str().unwrap_or_default();
+        assert!(text.contains(&error_text(&rest)), "MCP {path}: {text}");
+        // OSC (`/demon/source s`), through the same service call its listener makes
+        let m = rosc::OscMessage {
+            addr: "/demon/source".into(),
+            args: vec![rosc::OscType::String(path.to_string())],
+        };
+        let control = demon_server::osc::to_control(&m).unwrap();
+        let e = osc_service
+            .apply(demon_server::service::Origin::Osc, control)
+            .await
+            .unwrap_err();
+        assert_eq!(e.message, error_text(&rest), "OSC {path}");
+    }
+    assert_eq!(handle.state().unwrap().source, None, "nothing was loaded");
+    // A regular file inside the folder is taken (the test hook turns any file into a tone).
+    let (code, text) = raw(
+        addr,
+        "POST",
+        "/api/control",
+        &[("Host", &host), ("Content-Type", "application/json")],
+        r#"{"type":"set_source","source":{"kind":"file","path":"good.wav"}}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        handle
+            .state()
+            .unwrap()
+            .source
+            .is_some_and(|s| s.ends_with("media/good.wav")),
+    );
+    assert_ticks_advance(&handle).await;
+    handle.stop().unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_refused_from_content_length_before_reading() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let handle = common::session(8.0);
+    let addr = serve(opts("content-length"), handle.clone()).await;
+    for (path, ct) in [
+        ("/api/control", "application/json"),
+        ("/api/source", "audio/wav"),
+        ("/mcp", "application/json"),
+    ] {
+        // 2e9 bytes announced, none sent: the answer must come without waiting for the body.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ct}\r\nContent-Length: 2000000000\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("answered before the body arrived")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 413"), "{path}: {text}");
+        assert!(
+            text.contains("2000000000 bytes is over the limit"),
+            "{text}"
+        );
+    }
+    // A control body over the text limit is refused up front too (not after 64 MiB).
+    let big = "x".repeat(70 * 1024);
+    let (code, text) = raw(
+        addr,
+        "POST",
+        "/api/control",
+        &[
+            ("Host", &addr.to_string()),
+            ("Content-Type", "application/json"),
+        ],
+        &big,
+    )
+    .await;
+    assert_eq!(code, 413, "{text}");
+    assert_ticks_advance(&handle).await;
+    handle.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserved_websocket_opcode_closes_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let handle = common::session(4.0);
+    let addr = serve(opts("opcode"), handle.clone()).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = s.read(&mut head).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 101"),
+        "upgraded"
+    );
+    // Opcode 0x3 is reserved (RFC 6455 §5.2): a masked, empty frame of it.
+    s.write_all(&[0x83, 0x80, 1, 2, 3, 4]).await.unwrap();
+    // The server closes: reading ends (after whatever it had queued) within the timeout.
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "the connection was closed");
+    assert_ticks_advance(&handle).await;
     handle.stop().unwrap();
 }
