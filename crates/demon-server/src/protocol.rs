@@ -836,13 +836,14 @@ mod tests {
             x ^= x >> 27;
             x.wrapping_mul(0x2545_F491_4F6C_DD1D)
         };
+        const ALPHABET: &[u8] = b" {}[]\":,0123456789e.aZ\\";
         let mut ok = 0;
         for _ in 0..n {
             let mut b = seeds[next() as usize % seeds.len()].as_bytes().to_vec();
             for _ in 0..1 + next() % 3 {
                 let i = next() as usize % b.len().max(1);
                 match next() % 5 {
-                    0 if !b.is_empty() => b[i] = b" {}[]\":,0-9e.aZ\\\x00"[next() as usize % 18],
+                    0 if !b.is_empty() => b[i] = ALPHABET[next() as usize % ALPHABET.len()],
                     1 => b.truncate(i),
                     2 if !b.is_empty() => {
                         let j = (i + next() as usize % 8).min(b.len());
