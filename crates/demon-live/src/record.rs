@@ -144,7 +144,7 @@ pub fn check_config(c: &SessionConfig) -> SessionResult<()> {
     seconds("lead_seconds", c.lead_seconds, false, 60.0)?;
     seconds("slew_per_second", c.slew_per_second, false, 1000.0)?;
     for (k, v) in &c.knobs {
-        crate::control::check_knob(k, *v)?;
+        crate::controls::check_knob(k, *v)?;
     }
     Ok(())
 }
@@ -156,12 +156,12 @@ fn event_problem(tick: u64, end: u64, m: &ControlMessage) -> Option<String> {
         return Some(format!("tick {tick} is after the end ({end})"));
     }
     match m {
-        ControlMessage::SetKnob { name, value } => crate::control::check_knob(name, *value)
+        ControlMessage::SetKnob { name, value } => crate::controls::check_knob(name, *value)
             .err()
             .map(|e| e.to_string()),
         ControlMessage::SetKnobs { values } => values
             .iter()
-            .find_map(|(k, v)| crate::control::check_knob(k, *v).err())
+            .find_map(|(k, v)| crate::controls::check_knob(k, *v).err())
             .map(|e| e.to_string()),
         ControlMessage::SetPrompt {
             prompt,
