@@ -489,8 +489,7 @@ async fn file_sources_come_only_from_the_media_folders_with_one_refusal_everywhe
         assert!(error_text(&rest).contains(&want), "REST {path}: {rest}");
         // WebSocket
         let id = 100 + i as i64;
-        let mut msg = body.clone();
-        msg["id"] = json!(id);
+        let msg = json!({"id": id, "type": "control", "message": body});
         ws.send(tokio_tungstenite::tungstenite::Message::Text(
             msg.to_string().into(),
         ))
