@@ -8,6 +8,9 @@
 #   scripts/bench-reports.sh sketch     # only the named reports: sketch acestep-model-60s
 #                                       # acestep-model-batches-10s acestep-2b-ticks
 #
+# docs/bench/cpu-vs-pytorch.json has its own command (it needs a Python venv with PyTorch):
+# tools/cpu-vs-pytorch/run.sh.
+#
 # Add a report here when a figure needs a new one (name, then the bench arguments), and annotate
 # the figure as docs/performance.md ("Figures and their reports") says.
 set -euo pipefail
@@ -18,6 +21,8 @@ reports=(
   "sketch|"
   "acestep-model-60s|--backend acestep --random-model turbo-2b --model-seconds 60 --model-batches 1 --vae-seconds 10 --repeats 2"
   "acestep-model-batches-10s|--backend acestep --random-model turbo-2b --model-sizes turbo-2b,xl-turbo --model-seconds 10 --model-batches 1,2,4,8 --vae-seconds 0 --repeats 1"
+  "acestep-2b-60s-f32|--backend acestep --random-model turbo-2b --only model --model-seconds 60 --model-batches 1 --vae-seconds 0 --repeats 2 --cpu-precision f32"
+  "acestep-2b-60s-bf16|--backend acestep --random-model turbo-2b --only model --model-seconds 60 --model-batches 1 --vae-seconds 0 --repeats 2 --cpu-precision bf16"
   "acestep-2b-ticks|--backend acestep --random-model turbo-2b --only ticks --depths 1,2,4,8 --seconds 10 --ticks 8 --plot docs/bench-acestep-2b.png"
 )
 
