@@ -100,6 +100,7 @@ CAP=$(manifest 'm["compute_capability"]')
 
 # ---------------------------------------------------------------------------------------------
 # Where each library the binaries link lives.
+DEMON_CUDA_LIBS=${DEMON_CUDA_LIBS:-}
 python_sites() {
     local py
     for py in /opt/torch/.venv/bin/python3 ${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python3} \
