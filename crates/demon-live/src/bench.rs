@@ -567,7 +567,15 @@ pub fn propagation(
     let mut with_source = base.clone();
     with_source.set_source(Some(("probe".into(), source)));
     with_source.set_knob("denoise", 0.9, &facts)?;
-    let adapter = facts.adapters.as_ref().and_then(|a| a.first().cloned());
+    // An adapter for a style the prompt already asks for can change nothing (on the sketch it
+    // scales every live song's prior alike), so prefer one the prompt does not name.
+    let tags = cfg.prompt.tags.to_lowercase();
+    let adapter = facts.adapters.as_ref().and_then(|a| {
+        a.iter()
+            .find(|id| !tags.contains(id.to_lowercase().as_str()))
+            .or(a.first())
+            .cloned()
+    });
     let mut with_adapter = base.clone();
     if let Some(id) = &adapter {
         with_adapter.init_knob(&format!("{LORA_PREFIX}{id}"), 0.0, &facts)?;
