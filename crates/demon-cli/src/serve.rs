@@ -36,8 +36,15 @@ pub struct ServeArgs {
     /// OSC UDP port (on loopback unless --osc-bind says otherwise).
     #[arg(long = "osc-port", default_value_t = 7879)]
     pub osc_port: u16,
+    /// Address the OSC listener binds (loopback by default; anything else needs --osc-allow).
     #[arg(long = "osc-bind", default_value = "127.0.0.1")]
     pub osc_bind: IpAddr,
+    /// A sender network whose OSC packets are applied, `ADDR/PREFIX` (`192.168.1.0/24`,
+    /// `fd00::/8`) or one address (repeatable). Loopback senders always are; packets from
+    /// anyone else are dropped and counted in /api/health. OSC carries no token, so a
+    /// non-loopback --osc-bind refuses to start without one.
+    #[arg(long = "osc-allow", value_name = "ADDR/PREFIX")]
+    pub osc_allow: Vec<demon_server::options::IpNet>,
     #[arg(long = "no-osc")]
     pub no_osc: bool,
     #[arg(long = "no-midi")]
@@ -72,6 +79,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     opts.allow_hosts = args.allow_host.clone();
     opts.allow_origins = args.allow_origin.clone();
     opts.osc_bind = (!args.no_osc).then(|| SocketAddr::new(args.osc_bind, args.osc_port));
+    opts.osc_allow = args.osc_allow.clone();
     opts.midi = !args.no_midi;
     if let Some(m) = &args.midi_map {
         opts.midi_map = m.clone();

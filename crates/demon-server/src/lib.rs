@@ -105,14 +105,63 @@ pub async fn serve(
     if opts.midi {
         midi::start(svc.clone());
     }
-    let router = router(svc);
-    tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
-    });
+    let router = router(svc.clone());
+    tokio::spawn(accept_loop(listener, router, svc.limits(), shutdown));
     Ok(addr)
+}
+
+/// Accept HTTP/1.1 connections until `shutdown`, each served by hyper with the header read
+/// timeout of `limits` (axum::serve sets none, so a peer could hold a connection open for ever
+/// by never finishing its headers). At `shutdown` every connection finishes its request and
+/// closes; upgraded WebSockets are no longer HTTP connections and end with the session.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a moment instead of spinning; open
+                    // connections carry on.
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                    ) {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            // A timed-out or broken connection is the peer's problem, not the server's.
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.wait_for(|stopping| *stopping) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
 }

@@ -1,7 +1,9 @@
 //! OSC over UDP (docs/protocol.md "OSC"): `/demon/knob/<name> f`, `/demon/prompt s`,
 //! `/demon/prompt_b s`, `/demon/blend f`, `/demon/curve/<name> f…`, `/demon/play i`,
 //! `/demon/source s` (`none`, `library:STYLE[:N]` or a file in the media folders).
-//! Bad packets are counted and reported once; they never stop anything. Bundles nest at most
+//! Bad packets are counted and reported once; they never stop anything. OSC carries no token:
+//! packets from a sender that is neither loopback nor inside `--osc-allow` are dropped before
+//! decoding and counted (`/api/health` `osc_dropped_packets`). Bundles nest at most
 //! [`MAX_BUNDLE_DEPTH`] levels: the depth is measured without recursion before `rosc` (whose
 //! decoder recurses once per level) sees the packet, so no packet can overflow a worker's stack.
 
@@ -200,7 +202,14 @@ pub async fn run(svc: Arc<Service>, sock: tokio::net::UdpSocket) {
     };
     loop {
         let n = match sock.recv_from(&mut buf).await {
-            Ok((n, _)) => n,
+            Ok((n, sender)) if svc.options().osc_sender_allowed(sender.ip()) => n,
+            Ok((_, sender)) => {
+                svc.count_osc_dropped();
+                report(&format!(
+                    "dropping packets from {sender}, which is outside --osc-allow"
+                ));
+                continue;
+            }
             Err(_) => continue,
         };
         let msgs = match decode(&buf[..n]) {

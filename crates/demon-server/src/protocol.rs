@@ -514,6 +514,9 @@ pub struct Health {
     /// Why the session file or WAV recording stopped (a failed write); the session plays on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording_error: Option<String>,
+    /// OSC packets dropped because their sender is outside `--osc-allow` (and not loopback).
+    #[serde(default)]
+    pub osc_dropped_packets: u64,
     /// The limits every surface enforces.
     pub limits: LimitsInfo,
 }
@@ -531,6 +534,9 @@ pub struct LimitsInfo {
     /// Control messages per second per WebSocket connection.
     pub max_controls_per_second: f64,
     pub reply_timeout_ms: u64,
+    /// How long an HTTP connection may take to send complete request headers (from the connect
+    /// or the end of the previous response; idle keep-alive connections close after it too).
+    pub header_read_timeout_ms: u64,
 }
 
 /// A successful REST `POST` (`/api/control`, `/api/source`) or MCP control tool.

@@ -130,6 +130,8 @@ pub struct Service {
     next_client: AtomicU64,
     next_recording: AtomicU64,
     midi: MidiMap,
+    /// OSC packets from senders outside `--osc-allow`.
+    osc_dropped: AtomicU64,
 }
 
 fn internal(e: tokio::task::JoinError) -> ApiError {
@@ -153,6 +155,7 @@ impl Service {
             next_client: AtomicU64::new(1),
             next_recording: AtomicU64::new(1),
             midi,
+            osc_dropped: AtomicU64::new(0),
         }
     }
 
@@ -162,6 +165,11 @@ impl Service {
 
     pub fn limits(&self) -> Limits {
         self.opts.limits
+    }
+
+    /// One more OSC packet dropped for its sender (shown in `/api/health`).
+    pub fn count_osc_dropped(&self) {
+        self.osc_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A fresh WebSocket client id.
@@ -201,6 +209,7 @@ impl Service {
             tick: st.map_or(0, |s| s.tick),
             error: h.tick_error,
             recording_error: h.recording_error,
+            osc_dropped_packets: self.osc_dropped.load(Ordering::Relaxed),
             limits: self.limits_info(),
         }
     }
@@ -215,6 +224,7 @@ impl Service {
             max_upload_samples: l.max_upload_samples,
             max_controls_per_second: l.max_controls_per_second,
             reply_timeout_ms: l.reply_timeout.as_millis() as u64,
+            header_read_timeout_ms: l.header_read_timeout.as_millis() as u64,
         }
     }
 

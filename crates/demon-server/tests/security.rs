@@ -629,3 +629,193 @@ async fn a_reserved_websocket_opcode_closes_the_connection() {
     assert_ticks_advance(&handle).await;
     handle.stop().unwrap();
 }
+
+/// `/api/health` as JSON.
+async fn health(addr: SocketAddr) -> serde_json::Value {
+    let host = addr.to_string();
+    let (code, text) = raw(addr, "GET", "/api/health", &[("Host", &host)], "").await;
+    assert_eq!(code, 200, "{text}");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Read until the server closes the connection; what it sent before closing. Panics if the
+/// connection is still open after `patience`.
+async fn until_closed(s: &mut tokio::net::TcpStream, patience: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => panic!(
+                "the connection was still open after {patience:?} (read {} bytes)",
+                got.len()
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_headers_and_idle_connections_are_closed_and_the_server_stays_reachable() {
+    use tokio::io::AsyncWriteExt;
+    const SLOW: usize = 300;
+    let handle = common::session(8.0);
+    let mut o = opts("slow-headers");
+    // Short, so the test is quick; the patience below is many times longer and still far
+    // below anything else that could close a connection (there is nothing else).
+    o.limits.header_read_timeout = Duration::from_secs(2);
+    let patience = Duration::from_secs(20);
+    let addr = serve(o, handle.clone()).await;
+    let host = addr.to_string();
+    assert_eq!(
+        health(addr).await["limits"]["header_read_timeout_ms"],
+        2000,
+        "the timeout is shown with the other limits"
+    );
+
+    // 300 connections that start a request and never finish its headers.
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET /api/health HTTP/1.1\r\nHost: {host}\r\nX-Slow: ").as_bytes())
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // One that trickles a header byte every 200 ms: bytes do not restart the clock.
+    let mut trickle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    trickle
+        .write_all(format!("GET /api/health HTTP/1.1\r\nHost: {host}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let trickler = tokio::spawn(async move {
+        for _ in 0..200 {
+            if trickle.write_all(b"x").await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    });
+    // One that finished a request on a keep-alive connection and then stays quiet.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(format!("GET /api/health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+
+    // While they hang, a good request is answered.
+    let (code, text) = raw(addr, "GET", "/api/health", &[("Host", &host)], "").await;
+    assert_eq!(
+        code, 200,
+        "a good request answers beside {SLOW} partial ones: {text}"
+    );
+
+    // Every partial one is closed, without an answer to the request it never finished.
+    for s in &mut slow {
+        let got = until_closed(s, patience).await;
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    }
+    assert!(
+        trickler.await.unwrap(),
+        "the trickling connection was closed while it still sent"
+    );
+    // The idle one got its answer, then was closed.
+    let got = String::from_utf8_lossy(&until_closed(&mut idle, patience).await).to_string();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+
+    // And the server still answers afterwards.
+    let (code, text) = raw(addr, "GET", "/api/health", &[("Host", &host)], "").await;
+    assert_eq!(code, 200, "{text}");
+    assert_ticks_advance(&handle).await;
+    handle.stop().unwrap();
+}
+
+/// This machine's address on its default route, if it has one that is not loopback: a sender
+/// bound to it reaches a wildcard listener from outside loopback.
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // Connecting a UDP socket sends nothing; it only picks the route's source address.
+    probe.connect("198.51.100.1:9").ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+fn knob_packet(knob: &str, value: f32) -> Vec<u8> {
+    nested_bundles(0, knob, value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn osc_beyond_loopback_needs_an_allow_list_and_other_senders_are_dropped() {
+    let handle = common::session(8.0);
+
+    // A wildcard OSC address without an allow-list: start-up is refused.
+    let mut o = opts("osc-open");
+    o.osc_bind = Some("0.0.0.0:0".parse().unwrap());
+    let e = demon_server::serve(o, handle.clone(), hooks(), std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("without a sender allow-list") && e.contains("--osc-allow"),
+        "{e}"
+    );
+
+    let Some(outside) = non_loopback_address() else {
+        // The filter itself is tested in `options.rs`; this part needs a second address.
+        eprintln!("no non-loopback address on this machine: skipping the real-UDP part");
+        handle.stop().unwrap();
+        return;
+    };
+    let port = free_udp().port();
+    let osc = SocketAddr::from(([0, 0, 0, 0], port));
+    let mut o = opts("osc-allow");
+    o.osc_bind = Some(osc);
+    // A network this machine is not in.
+    o.osc_allow = vec!["198.51.100.0/24".parse().unwrap()];
+    let addr = serve(o, handle.clone()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(health(addr).await["osc_dropped_packets"], 0);
+
+    let from_outside = std::net::UdpSocket::bind(SocketAddr::new(outside, 0)).unwrap();
+    let target = SocketAddr::new(outside, port);
+    for _ in 0..3 {
+        from_outside
+            .send_to(&knob_packet("ode_noise", 0.7), target)
+            .unwrap();
+    }
+    let mut dropped = serde_json::Value::Null;
+    for _ in 0..100 {
+        dropped = health(addr).await["osc_dropped_packets"].clone();
+        if dropped == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dropped, 3, "the 3 packets from {outside} were counted");
+    // Loopback senders always pass; the dropped knob never applied.
+    let local = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    local
+        .send_to(&knob_packet("ode_noise", 0.3), ("127.0.0.1", port))
+        .unwrap();
+    assert!(wait_target(&handle, "ode_noise", 0.3).await);
+    assert_eq!(health(addr).await["osc_dropped_packets"], 3);
+
+    // The same sender inside the list is applied.
+    let port = free_udp().port();
+    let mut o = opts("osc-allowed");
+    o.osc_bind = Some(SocketAddr::from(([0, 0, 0, 0], port)));
+    o.osc_allow = vec![outside.to_string().parse().unwrap()];
+    let addr = serve(o, handle.clone()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    from_outside
+        .send_to(
+            &knob_packet("ode_noise", 0.6),
+            SocketAddr::new(outside, port),
+        )
+        .unwrap();
+    assert!(wait_target(&handle, "ode_noise", 0.6).await);
+    assert_eq!(health(addr).await["osc_dropped_packets"], 0);
+    handle.stop().unwrap();
+}
