@@ -1,6 +1,10 @@
-//! Binary audio frames (the header is `protocol::FrameHeader`) and the per-client f16 delta
-//! mirror (docs/protocol.md "Deltas keep client and server identical").
+//! Binary audio frames (the header is `protocol::FrameHeader`), the f16 delta mirror
+//! (docs/protocol.md "Deltas keep client and server identical") and the [`FrameLog`] every
+//! client shares: one mirror, each frame encoded once, whatever the number of clients.
 
+use std::collections::VecDeque;
+
+use bytes::Bytes;
 use demon_live::loopbuf::LoopSnapshot;
 use half::f16;
 
@@ -57,6 +61,21 @@ impl Mirror {
         Ok((Mirror { channels: mirror }, out))
     }
 
+    /// A full-buffer frame of what the mirror holds, rounded to f16 (a client that takes it
+    /// holds the mirror to within f16 rounding; later deltas do not grow the difference).
+    pub fn encode_full(&self, meta: FrameMeta) -> Result<Vec<u8>, FrameError> {
+        let n = self.len();
+        let header = meta.header(FrameKind::Full, 0, n as u64)?;
+        let mut out = Vec::with_capacity(HEADER_BYTES + n * 4);
+        header.write(&mut out);
+        for (l, r) in self.channels[0].iter().zip(&self.channels[1]) {
+            for v in [*l, *r] {
+                out.extend_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
+            }
+        }
+        Ok(out)
+    }
+
     pub fn len(&self) -> usize {
         self.channels[0].len()
     }
@@ -97,6 +116,130 @@ impl Mirror {
             }
         }
         Ok(out)
+    }
+}
+
+/// What a client needs to hold the shared mirror as of frame `seq`: a full frame, then the
+/// deltas after it, in order. Every client that asks before the next frame gets the same bytes.
+#[derive(Clone, Debug)]
+pub struct CatchUp {
+    pub full: Bytes,
+    pub deltas: Vec<Bytes>,
+    pub seq: u64,
+    /// Samples per channel of the loop.
+    pub samples: usize,
+}
+
+/// The one mirror of the loop that every client holds, and the frames that moved it.
+///
+/// Frames are numbered: `seq` is the last one made. A client holding the mirror as of frame `s`
+/// applies the deltas after `s` and is then identical to it. A full frame is encoded when a
+/// client needs one, kept with the deltas after it (at most `max_catch_up` of them) and handed
+/// to every client that joins meanwhile: a joining client costs no copy of the loop, and a
+/// client that joins while the cached full frame is fresh ends bit-identical to the mirror.
+/// One that joins later gets the mirror rounded to f16, which no later delta makes worse.
+pub struct FrameLog {
+    mirror: Mirror,
+    seq: u64,
+    tick: u64,
+    /// The full frame of the mirror as of frame `.0`.
+    full: Option<(u64, Bytes)>,
+    /// The deltas after `full`, oldest first.
+    since_full: VecDeque<Bytes>,
+    max_catch_up: usize,
+}
+
+impl FrameLog {
+    /// The log of a loop as it is at `tick`; frame 0 is its full frame.
+    pub fn new(
+        snapshot: &LoopSnapshot,
+        tick: u64,
+        max_catch_up: usize,
+    ) -> Result<Self, FrameError> {
+        let mut log = Self {
+            mirror: Mirror {
+                channels: [Vec::new(), Vec::new()],
+            },
+            seq: 0,
+            tick,
+            full: None,
+            since_full: VecDeque::new(),
+            max_catch_up,
+        };
+        log.replace(snapshot, tick)?;
+        log.seq = 0;
+        log.full = log.full.take().map(|(_, f)| (0, f));
+        Ok(log)
+    }
+
+    /// The loop was replaced (a new source, a new length): the next frame is a full one.
+    pub fn replace(&mut self, snapshot: &LoopSnapshot, tick: u64) -> Result<u64, FrameError> {
+        let meta = FrameMeta {
+            tick,
+            ..Default::default()
+        };
+        let (mirror, full) = Mirror::full_frame(snapshot, meta)?;
+        self.mirror = mirror;
+        self.seq += 1;
+        self.tick = tick;
+        self.full = Some((self.seq, Bytes::from(full)));
+        self.since_full.clear();
+        Ok(self.seq)
+    }
+
+    /// A delta frame for fresh audio at `start`; its number and bytes. On an error nothing
+    /// changes (no frame was made).
+    pub fn delta(
+        &mut self,
+        start: u64,
+        audio: &[Vec<f32>],
+        meta: FrameMeta,
+    ) -> Result<(u64, Bytes), FrameError> {
+        let frame = Bytes::from(self.mirror.delta_frame(start, audio, meta)?);
+        self.seq += 1;
+        self.tick = meta.tick;
+        if self.full.is_some() {
+            if self.since_full.len() < self.max_catch_up {
+                self.since_full.push_back(frame.clone());
+            } else {
+                // Older than a catch-up may replay: the next client gets a fresh full frame.
+                self.full = None;
+                self.since_full.clear();
+            }
+        }
+        Ok((self.seq, frame))
+    }
+
+    /// What a joining (or resyncing) client needs; encodes a full frame only when none is kept.
+    pub fn catch_up(&mut self) -> Result<CatchUp, FrameError> {
+        if self.full.is_none() {
+            let meta = FrameMeta {
+                tick: self.tick,
+                ..Default::default()
+            };
+            self.full = Some((self.seq, Bytes::from(self.mirror.encode_full(meta)?)));
+            self.since_full.clear();
+        }
+        let full = self
+            .full
+            .as_ref()
+            .map(|(_, f)| f.clone())
+            .unwrap_or_default();
+        Ok(CatchUp {
+            full,
+            deltas: self.since_full.iter().cloned().collect(),
+            seq: self.seq,
+            samples: self.mirror.len(),
+        })
+    }
+
+    /// The last frame's number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
     }
 }
 
@@ -196,5 +339,114 @@ mod tests {
             })
         );
         assert_eq!(*mirror.channels(), before);
+    }
+
+    fn patch(k: usize) -> Vec<Vec<f32>> {
+        (0..2)
+            .map(|c| {
+                (0..30)
+                    .map(|i| ((k * 17 + i + c) as f32 * 0.051).sin() * 0.9)
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn meta(tick: u64) -> FrameMeta {
+        FrameMeta {
+            tick,
+            ..Default::default()
+        }
+    }
+
+    fn join(log: &mut FrameLog) -> ([Vec<f32>; 2], u64) {
+        let c = log.catch_up().unwrap();
+        let mut client = [Vec::new(), Vec::new()];
+        assert_eq!(
+            apply_frame(&mut client, &c.full).unwrap().kind,
+            FrameKind::Full
+        );
+        for d in &c.deltas {
+            assert_eq!(apply_frame(&mut client, d).unwrap().kind, FrameKind::Delta);
+        }
+        assert_eq!(client[0].len(), c.samples);
+        (client, c.seq)
+    }
+
+    #[test]
+    fn one_shared_log_keeps_every_client_with_the_mirror() {
+        let buf: [Vec<f32>; 2] = [
+            (0..100).map(|i| (i as f32 * 0.1).sin()).collect(),
+            vec![0.25; 100],
+        ];
+        let mut log = FrameLog::new(&LoopSnapshot::from_planar(&buf), 1, 8).unwrap();
+        // From the start: the full frame, then every delta.
+        let (mut first, seq) = join(&mut log);
+        assert_eq!(seq, 0);
+        // Joining twice before a frame hands out the very same bytes (one encoding).
+        let (a, b) = (log.catch_up().unwrap(), log.catch_up().unwrap());
+        assert_eq!(a.full.as_ptr(), b.full.as_ptr());
+        let mut late = None;
+        for k in 0..20 {
+            let (seq, frame) = log
+                .delta((k * 7 % 100) as u64, &patch(k), meta(2 + k as u64))
+                .unwrap();
+            assert_eq!(seq, k as u64 + 1);
+            apply_frame(&mut first, &frame).unwrap();
+            if let Some((client, _)) = late.as_mut() {
+                apply_frame(client, &frame).unwrap();
+            }
+            if k == 4 {
+                // Joins within the catch-up window: the kept full frame plus 5 deltas.
+                let c = log.catch_up().unwrap();
+                assert_eq!((c.seq, c.deltas.len()), (5, 5));
+                late = Some(join(&mut log));
+            }
+        }
+        assert!(
+            first == *log.mirror().channels(),
+            "bit-identical from the start"
+        );
+        let (late, _) = late.unwrap();
+        assert!(
+            late == *log.mirror().channels(),
+            "bit-identical after a catch-up"
+        );
+
+        // Past the window, a fresh full frame of the mirror: equal to within f16 rounding, and
+        // deltas afterwards do not let the difference grow.
+        let (mut fresh, seq) = join(&mut log);
+        assert_eq!((seq, log.catch_up().unwrap().deltas.len()), (20, 0));
+        let gap = |client: &[Vec<f32>; 2], log: &FrameLog| {
+            client
+                .iter()
+                .zip(log.mirror().channels())
+                .flat_map(|(c, m)| c.iter().zip(m).map(|(a, b)| (a - b).abs()))
+                .fold(0.0f32, f32::max)
+        };
+        let at_join = gap(&fresh, &log);
+        assert!(at_join <= 1.0 / 2048.0, "{at_join}");
+        for k in 20..200 {
+            let (_, frame) = log
+                .delta((k * 13 % 100) as u64, &patch(k), meta(2 + k as u64))
+                .unwrap();
+            apply_frame(&mut fresh, &frame).unwrap();
+            apply_frame(&mut first, &frame).unwrap();
+        }
+        assert!(first == *log.mirror().channels());
+        let after = gap(&fresh, &log);
+        // (f32 additions round differently on the two sides: a few ulps over 50 patches each.)
+        assert!(after <= at_join + 1e-5, "{at_join} grew to {after}");
+
+        // A replaced loop: a new full frame at once, the new length.
+        let seq = log
+            .replace(
+                &LoopSnapshot::from_planar(&[vec![0.5; 40], vec![0.5; 40]]),
+                300,
+            )
+            .unwrap();
+        let c = log.catch_up().unwrap();
+        assert_eq!((c.seq, c.samples, c.deltas.len()), (seq, 40, 0));
+        assert_eq!(apply_frame(&mut fresh, &c.full).unwrap().tick, 300);
+        assert!(fresh == *log.mirror().channels());
     }
 }

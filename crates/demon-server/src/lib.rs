@@ -42,9 +42,11 @@ use demon_live::session::SessionHandle;
 pub use options::{Limits, ServerOptions, default_midi_map};
 pub use service::{Hooks, OfflineRender, Service};
 
-/// Every route, behind the Host, Origin, body-type and token checks ([`auth::guard`]).
+/// Every route, behind the Host, Origin, body-type and token checks ([`auth::guard`]). Starts
+/// the shared audio fanout ([`ws::AudioFanout`]), so it must run inside a tokio runtime.
 pub fn router(svc: Arc<Service>) -> Router {
     let mcp_service = mcp::service(svc.clone());
+    let fanout = ws::AudioFanout::start(svc.clone());
     Router::new()
         .route("/", get(ui::index))
         .route("/app.js", get(ui::app_js))
@@ -63,6 +65,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/api/recordings/{name}", get(rest::recording))
         .route("/api/loop.wav", get(rest::loop_wav))
         .nest_service("/mcp", mcp_service)
+        .layer(axum::Extension(fanout))
         .layer(axum::middleware::from_fn_with_state(
             svc.clone(),
             auth::guard,

@@ -28,6 +28,12 @@ pub struct Limits {
     /// keep-alive connections left idle, are closed after it. (A WebSocket, once upgraded, is
     /// not an HTTP connection any more and may stay quiet.)
     pub header_read_timeout: Duration,
+    /// Deltas and messages waiting for one WebSocket client's socket, besides the one full
+    /// frame it may have queued: past it deltas are skipped, and the client catches up with a
+    /// full frame once the one it has is written.
+    pub max_client_queue_bytes: usize,
+    /// A WebSocket client may ask for a resync at most this often.
+    pub min_resync_interval: Duration,
 }
 
 impl Default for Limits {
@@ -40,6 +46,8 @@ impl Default for Limits {
             max_controls_per_second: 200.0,
             reply_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            max_client_queue_bytes: 16 * 1024 * 1024,
+            min_resync_interval: Duration::from_secs(1),
         }
     }
 }

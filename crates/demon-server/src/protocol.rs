@@ -537,6 +537,10 @@ pub struct LimitsInfo {
     /// How long an HTTP connection may take to send complete request headers (from the connect
     /// or the end of the previous response; idle keep-alive connections close after it too).
     pub header_read_timeout_ms: u64,
+    /// Deltas and messages queued for one WebSocket client besides one full frame.
+    pub max_client_queue_bytes: usize,
+    /// The least time between two resyncs of one WebSocket client.
+    pub min_resync_interval_ms: u64,
 }
 
 /// A successful REST `POST` (`/api/control`, `/api/source`) or MCP control tool.

@@ -225,6 +225,8 @@ impl Service {
             max_controls_per_second: l.max_controls_per_second,
             reply_timeout_ms: l.reply_timeout.as_millis() as u64,
             header_read_timeout_ms: l.header_read_timeout.as_millis() as u64,
+            max_client_queue_bytes: l.max_client_queue_bytes,
+            min_resync_interval_ms: l.min_resync_interval.as_millis() as u64,
         }
     }
 
@@ -262,7 +264,8 @@ impl Service {
     }
 
     /// The handshake for a client connecting now, whose loop is `snapshot`.
-    pub fn ready(&self, client_id: u64, snapshot: &LoopSnapshot) -> Result<Ready, ApiError> {
+    /// The `ready` message for a client about to get a loop of `samples` per channel.
+    pub fn ready(&self, client_id: u64, samples: usize) -> Result<Ready, ApiError> {
         let state = self.state()?;
         let sample_rate = self.sample_rate();
         Ok(Ready {
@@ -270,8 +273,8 @@ impl Service {
             client_id,
             sample_rate,
             channels: 2,
-            samples: snapshot.len() as u64,
-            song_seconds: snapshot.len() as f64 / sample_rate as f64,
+            samples: samples as u64,
+            song_seconds: samples as f64 / sample_rate as f64,
             backend: state.backend.clone(),
             knobs: self.knobs(),
             curves: CURVE_NAMES.iter().map(|c| c.to_string()).collect(),

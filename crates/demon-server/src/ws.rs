@@ -1,104 +1,326 @@
 //! The WebSocket protocol (docs/protocol.md): JSON requests with replies and errors, binary
 //! audio frames as f16 deltas against a per-client mirror, echoes of every client's changes.
 //!
+//! Audio frames are made once for all clients: one [`AudioFanout`] task turns the session's
+//! audio into frames against one shared mirror ([`FrameLog`]) and broadcasts the same bytes to
+//! every connection, so a client costs no copy of the loop, joining or resyncing.
+//!
 //! Each connection is three async tasks and no thread: a reader (this task) that answers
 //! requests through the service, a writer that owns the socket's sending half, and a forwarder
-//! that awaits session events on the bus (`Subscriber::recv`) and turns them into frames.
+//! that passes on the shared frames and turns the session's other events (`Subscriber::recv`)
+//! into messages. What waits for a slow client is bounded: at most one full frame, and deltas
+//! and messages up to `max_client_queue_bytes`; a client that falls further behind skips
+//! deltas and catches up with a full frame once the one it has is written.
 //! Nothing a client sends can stop the session or another client: bad input gets an `error`
 //! reply and the connection carries on.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use axum::{Extension, body::Bytes};
 use demon_live::bus::{Event, Subscriber};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::frames::{FrameMeta, Mirror};
+use crate::frames::{CatchUp, FrameLog, FrameMeta};
 use crate::protocol::{
     ApiError, ClientMessage, ErrorCode, RecordAction, ReplyResult, Request, ServerMessage,
     parse_client_message,
 };
 use crate::service::{Origin, RateLimit, Service};
 
-/// Frames queued for one client's socket. Audio slices are skipped (not queued) when fewer
-/// than `AUDIO_HEADROOM` places are left, so replies and control echoes always find room.
+/// Messages queued for one client's socket. Deltas are skipped (not queued) when fewer than
+/// `AUDIO_HEADROOM` places are left, so replies and control echoes always find room.
 const OUTBOX: usize = 512;
 const AUDIO_HEADROOM: usize = 8;
 /// `stats` go out at most this often.
 const STATS_EVERY: Duration = Duration::from_millis(250);
+/// Shared frames a connection may lag behind before it must catch up with a full frame
+/// (about 10 s of ticks).
+const FANOUT_FRAMES: usize = 256;
+/// Deltas kept after a cached full frame, so clients joining within about 2 s of each other
+/// share one encoding of the loop.
+const CATCH_UP_DELTAS: usize = 50;
+/// How often a client that must catch up checks whether its queued full frame has gone.
+const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 
-pub async fn handler(ws: WebSocketUpgrade, State(svc): State<Arc<Service>>) -> Response {
+/// A frame made once for every client.
+#[derive(Clone)]
+enum Shared {
+    Delta {
+        seq: u64,
+        frame: Bytes,
+    },
+    /// The loop was replaced: every client needs the full frame `seq` (or a later one).
+    Full {
+        seq: u64,
+    },
+    /// A frame could not be made (a field past the header's range); the mirror is unchanged.
+    Refused(crate::protocol::FrameError),
+}
+
+/// Whether the shared log exists yet, or why it never will.
+#[derive(Clone)]
+enum FanoutState {
+    Starting,
+    Running,
+    Failed(ApiError),
+}
+
+/// The shared mirror and its broadcast: one per server, started by [`AudioFanout::start`].
+pub struct AudioFanout {
+    log: Mutex<Option<FrameLog>>,
+    frames: broadcast::Sender<Shared>,
+    state: watch::Sender<FanoutState>,
+}
+
+impl AudioFanout {
+    /// Subscribe to the session and keep the shared mirror until the session ends.
+    pub fn start(svc: Arc<Service>) -> Arc<Self> {
+        let fanout = Arc::new(Self {
+            log: Mutex::new(None),
+            frames: broadcast::channel(FANOUT_FRAMES).0,
+            state: watch::channel(FanoutState::Starting).0,
+        });
+        tokio::spawn(fanout.clone().run(svc));
+        fanout
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<FrameLog>> {
+        // A panic while holding the lock cannot leave the log half-written in a way that
+        // matters more than losing it: carry on with what is there.
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn run(self: Arc<Self>, svc: Arc<Service>) {
+        // Subscribe before taking the loop so no slice falls in between.
+        let sub = svc.subscribe();
+        let log = match svc.loop_snapshot().await {
+            Ok((tick, snapshot)) => FrameLog::new(&snapshot, tick, CATCH_UP_DELTAS)
+                .map_err(|e| ApiError::new(ErrorCode::TooLarge, e.to_string())),
+            Err(e) => Err(e),
+        };
+        match log {
+            Ok(log) => {
+                *self.lock() = Some(log);
+                self.state.send_replace(FanoutState::Running);
+            }
+            Err(e) => {
+                self.state.send_replace(FanoutState::Failed(e));
+                return;
+            }
+        }
+        while let Ok(event) = sub.recv().await {
+            let mut guard = self.lock();
+            let Some(log) = guard.as_mut() else { return };
+            // Sent under the lock: a catch-up taken at `seq` is followed by exactly the frames
+            // after `seq`.
+            let shared = match event {
+                Event::Audio(slice) => {
+                    let meta = FrameMeta {
+                        tick: slice.tick,
+                        tick_ms: slice.tick_ms,
+                        decode_ms: slice.decode_ms,
+                        generations: slice.generations,
+                    };
+                    match log.delta(slice.start_sample, &slice.channels, meta) {
+                        Ok((seq, frame)) => Shared::Delta { seq, frame },
+                        Err(e) => Shared::Refused(e),
+                    }
+                }
+                Event::BufferReplaced { tick, audio, .. } => match log.replace(&audio, tick) {
+                    Ok(seq) => Shared::Full { seq },
+                    Err(e) => Shared::Refused(e),
+                },
+                _ => continue,
+            };
+            let _ = self.frames.send(shared);
+        }
+        self.state.send_replace(FanoutState::Failed(
+            demon_live::SessionError::Stopped(None).into(),
+        ));
+    }
+
+    /// Frames from now on (subscribe before [`Self::catch_up`]).
+    fn subscribe(&self) -> broadcast::Receiver<Shared> {
+        self.frames.subscribe()
+    }
+
+    /// The full frame and deltas that bring a client to the shared mirror, once it exists.
+    async fn catch_up(&self) -> Result<CatchUp, ApiError> {
+        let mut state = self.state.subscribe();
+        loop {
+            if let Some(log) = self.lock().as_mut() {
+                return log
+                    .catch_up()
+                    .map_err(|e| ApiError::new(ErrorCode::TooLarge, e.to_string()));
+            }
+            if let FanoutState::Failed(e) = &*state.borrow_and_update() {
+                return Err(e.clone());
+            }
+            if state.changed().await.is_err() {
+                return Err(demon_live::SessionError::Stopped(None).into());
+            }
+        }
+    }
+}
+
+/// A message and what it holds up in a client's queue.
+struct Queued {
+    msg: Message,
+    bytes: usize,
+    full: bool,
+}
+
+/// The sending side of one client's queue, with its byte and full-frame counts (the writer
+/// takes them off once a message is on the socket).
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<Queued>,
+    bytes: Arc<AtomicUsize>,
+    fulls: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    /// Queue a message (waits for a place); false once the connection is gone.
+    async fn send(&self, msg: Message) -> bool {
+        let bytes = match &msg {
+            Message::Binary(b) => b.len(),
+            Message::Text(t) => t.len(),
+            _ => 0,
+        };
+        self.queue(Queued {
+            msg,
+            bytes,
+            full: false,
+        })
+        .await
+    }
+
+    async fn send_full(&self, frame: Bytes) -> bool {
+        self.queue(Queued {
+            msg: Message::Binary(frame),
+            bytes: 0,
+            full: true,
+        })
+        .await
+    }
+
+    async fn queue(&self, q: Queued) -> bool {
+        self.bytes.fetch_add(q.bytes, Ordering::Relaxed);
+        self.fulls.fetch_add(q.full as usize, Ordering::Relaxed);
+        let (bytes, full) = (q.bytes, q.full);
+        if self.tx.send(q).await.is_err() {
+            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.fulls.fetch_sub(full as usize, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Whether a delta of `bytes` may be queued now.
+    fn room_for(&self, bytes: usize) -> bool {
+        self.tx.capacity() >= AUDIO_HEADROOM
+            && self.bytes.load(Ordering::Relaxed) + bytes <= self.max_bytes
+    }
+
+    fn full_queued(&self) -> bool {
+        self.fulls.load(Ordering::Relaxed) > 0
+    }
+
+    /// The full frame and deltas of a catch-up; false once the connection is gone.
+    async fn send_catch_up(&self, c: CatchUp) -> bool {
+        if !self.send_full(c.full).await {
+            return false;
+        }
+        for d in c.deltas {
+            if !self.send(Message::Binary(d)).await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+pub async fn handler(
+    ws: WebSocketUpgrade,
+    State(svc): State<Arc<Service>>,
+    Extension(fanout): Extension<Arc<AudioFanout>>,
+) -> Response {
     let limits = svc.limits();
     let max = limits.max_binary_bytes.max(limits.max_text_bytes);
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| connection(svc, socket))
+        .on_upgrade(move |socket| connection(svc, fanout, socket))
 }
 
 fn text(m: &ServerMessage) -> Message {
     Message::Text(m.to_json().into())
 }
 
-async fn connection(svc: Arc<Service>, socket: WebSocket) {
+async fn connection(svc: Arc<Service>, fanout: Arc<AudioFanout>, socket: WebSocket) {
     let client_id = svc.new_client();
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(OUTBOX);
+    let (tx, mut rx) = mpsc::channel::<Queued>(OUTBOX);
+    let out = Outbox {
+        tx,
+        bytes: Arc::new(AtomicUsize::new(0)),
+        fulls: Arc::new(AtomicUsize::new(0)),
+        max_bytes: svc.limits().max_client_queue_bytes,
+    };
+    let (bytes, fulls) = (out.bytes.clone(), out.fulls.clone());
     let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            let closing = matches!(m, Message::Close(_));
-            if sink.send(m).await.is_err() || closing {
+        while let Some(q) = rx.recv().await {
+            let closing = matches!(q.msg, Message::Close(_));
+            let sent = sink.send(q.msg).await.is_ok();
+            bytes.fetch_sub(q.bytes, Ordering::Relaxed);
+            fulls.fetch_sub(q.full as usize, Ordering::Relaxed);
+            if !sent || closing {
                 break;
             }
         }
         let _ = sink.close().await;
     });
 
-    // Subscribe before taking the loop so no slice falls in between.
+    // Subscribe before catching up so no frame falls in between.
     let sub = svc.subscribe();
-    let start = match svc.loop_snapshot().await {
-        Ok((tick, snapshot)) => svc.ready(client_id, &snapshot).and_then(|ready| {
-            let meta = FrameMeta {
-                tick,
-                ..Default::default()
-            };
-            let (mirror, full) = Mirror::full_frame(&snapshot, meta)
-                .map_err(|e| ApiError::new(ErrorCode::TooLarge, e.to_string()))?;
-            Ok((ready, mirror, full))
-        }),
+    let frames = fanout.subscribe();
+    let start = match fanout.catch_up().await {
+        Ok(c) => svc.ready(client_id, c.samples).map(|ready| (ready, c)),
         Err(e) => Err(e),
     };
-    let (ready, mirror, full) = match start {
+    let (ready, catch_up) = match start {
         Ok(x) => x,
         Err(e) => {
-            let _ = tx.send(text(&ServerMessage::error(Value::Null, e))).await;
-            drop(tx);
+            let _ = out.send(text(&ServerMessage::error(Value::Null, e))).await;
+            drop(out);
             let _ = writer.await;
             return;
         }
     };
-    if tx
-        .send(text(&ServerMessage::Ready(Box::new(ready))))
-        .await
-        .is_err()
-        || tx.send(Message::Binary(full.into())).await.is_err()
+    let synced = catch_up.seq;
+    if !out.send(text(&ServerMessage::Ready(Box::new(ready)))).await
+        || !out.send_catch_up(catch_up).await
     {
         return;
     }
 
     // A resync asked while one is pending is the same resync.
     let (resync_tx, resync_rx) = mpsc::channel::<()>(1);
-    let forwarder = tokio::spawn(forward(svc.clone(), sub, mirror, tx.clone(), resync_rx));
+    let forwarder = tokio::spawn(forward(fanout, sub, frames, synced, out.clone(), resync_rx));
 
+    let mut resync_rate = ResyncLimit::new(svc.limits().min_resync_interval);
     let mut rate = RateLimit::new(svc.limits().max_controls_per_second);
     let mut pending_upload: Option<(Value, String)> = None;
     while let Some(msg) = stream.next().await {
         let Ok(msg) = msg else { break };
-        let out = match msg {
+        let reply = match msg {
             Message::Text(t) => match svc.check_text_size(t.len(), "text frames") {
                 Err(e) => Some(ServerMessage::error(Value::Null, e)),
                 Ok(()) => match parse_client_message(&t) {
@@ -111,6 +333,7 @@ async fn connection(svc: Arc<Service>, socket: WebSocket) {
                             &mut rate,
                             &mut pending_upload,
                             &resync_tx,
+                            &mut resync_rate,
                         )
                         .await
                     }
@@ -137,15 +360,49 @@ async fn connection(svc: Arc<Service>, socket: WebSocket) {
             Message::Close(_) => break,
             _ => None,
         };
-        if let Some(m) = out
-            && tx.send(text(&m)).await.is_err()
+        if let Some(m) = reply
+            && !out.send(text(&m)).await
         {
             break;
         }
     }
     forwarder.abort();
-    drop(tx);
+    drop(out);
     let _ = writer.await;
+}
+
+/// At most one resync per `min_interval` per connection (a resync costs the client, and the
+/// server's socket, a whole loop).
+struct ResyncLimit {
+    min_interval: Duration,
+    last: Option<Instant>,
+}
+
+impl ResyncLimit {
+    fn new(min_interval: Duration) -> Self {
+        Self {
+            min_interval,
+            last: None,
+        }
+    }
+
+    fn check(&mut self) -> Result<(), ApiError> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.min_interval)
+        {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "at most one resync per {} ms",
+                    self.min_interval.as_millis()
+                ),
+            ));
+        }
+        self.last = Some(now);
+        Ok(())
+    }
 }
 
 /// The answer to one request (`None`: answered later or not at all, as the protocol says).
@@ -156,6 +413,7 @@ async fn answer(
     rate: &mut RateLimit,
     pending_upload: &mut Option<(Value, String)>,
     resync: &mpsc::Sender<()>,
+    resync_rate: &mut ResyncLimit,
 ) -> Option<ServerMessage> {
     let id = m.id;
     let result = match m.request {
@@ -170,6 +428,9 @@ async fn answer(
             });
         }
         Request::Resync => {
+            if let Err(e) = resync_rate.check() {
+                return Some(ServerMessage::error(id, e));
+            }
             let _ = resync.try_send(());
             return None;
         }
@@ -207,20 +468,28 @@ async fn answer(
 /// What the forwarder acts on next.
 enum Next {
     Resync,
+    Frame(Shared),
+    /// This connection fell more than `FANOUT_FRAMES` shared frames behind.
+    Lagged,
+    /// Time to look again whether a pending catch-up can go out.
+    Poll,
     Event(Event),
     /// The bus closed this subscriber: the session ended, or this client fell so far behind
     /// that its queue filled with control events.
     Disconnected,
 }
 
-/// Session events → frames for one client, until the client or the session goes.
+/// Shared frames and session events → one client, until the client or the session goes.
+/// `synced`: the client holds the shared mirror as of that frame (`None`: it must catch up).
 async fn forward(
-    svc: Arc<Service>,
+    fanout: Arc<AudioFanout>,
     sub: Subscriber,
-    mut mirror: Mirror,
-    out: mpsc::Sender<Message>,
+    mut frames: broadcast::Receiver<Shared>,
+    synced: u64,
+    out: Outbox,
     mut resync: mpsc::Receiver<()>,
 ) {
+    let mut synced = Some(synced);
     let mut last_stats: Option<Instant> = None;
     loop {
         let next = tokio::select! {
@@ -229,10 +498,16 @@ async fn forward(
                 Some(()) => Next::Resync,
                 None => return,
             },
+            f = frames.recv() => match f {
+                Ok(f) => Next::Frame(f),
+                Err(broadcast::error::RecvError::Lagged(_)) => Next::Lagged,
+                Err(broadcast::error::RecvError::Closed) => Next::Disconnected,
+            },
             e = sub.recv() => match e {
                 Ok(e) => Next::Event(e),
                 Err(_) => Next::Disconnected,
             },
+            () = tokio::time::sleep(CATCH_UP_POLL), if synced.is_none() => Next::Poll,
         };
         let msg = match next {
             Next::Disconnected => {
@@ -249,67 +524,65 @@ async fn forward(
                     .await;
                 return;
             }
-            Next::Resync => match svc.loop_snapshot().await {
-                Ok((tick, snapshot)) => full_frame(&mut mirror, &snapshot, tick),
-                Err(e) => text(&ServerMessage::error(Value::Null, e)),
+            // A full frame still queued already brings the client to the mirror (the deltas
+            // after it follow): the resync is that one, not another.
+            Next::Resync if out.full_queued() && synced.is_some() => None,
+            Next::Resync | Next::Lagged => {
+                synced = None;
+                None
+            }
+            Next::Poll => None,
+            Next::Frame(Shared::Delta { seq, frame }) => match synced {
+                Some(s) if seq > s => {
+                    if out.room_for(frame.len()) {
+                        synced = Some(seq);
+                        Some(Message::Binary(frame))
+                    } else {
+                        // Too far behind to queue more: skip, and catch up later.
+                        synced = None;
+                        None
+                    }
+                }
+                // Already in the catch-up it got, or waiting for one.
+                _ => None,
             },
-            Next::Event(Event::BufferReplaced { tick, audio, .. }) => {
-                full_frame(&mut mirror, &audio, tick)
-            }
-            Next::Event(Event::Audio(slice)) => {
-                // Only touch the mirror for a frame that will be sent: a slow client skips
-                // slices and catches up with the next delta.
-                if out.capacity() < AUDIO_HEADROOM {
-                    continue;
+            Next::Frame(Shared::Full { seq }) => {
+                if synced.is_some_and(|s| seq > s) {
+                    synced = None;
                 }
-                let meta = FrameMeta {
-                    tick: slice.tick,
-                    tick_ms: slice.tick_ms,
-                    decode_ms: slice.decode_ms,
-                    generations: slice.generations,
-                };
-                match mirror.delta_frame(slice.start_sample, &slice.channels, meta) {
-                    Ok(frame) => Message::Binary(frame.into()),
-                    Err(e) => frame_error(e),
-                }
+                None
             }
+            Next::Frame(Shared::Refused(e)) => Some(frame_error(e)),
+            Next::Event(Event::Audio(_) | Event::BufferReplaced { .. }) => None,
             Next::Event(e @ Event::Stats { .. }) => {
                 if last_stats.is_some_and(|t| t.elapsed() < STATS_EVERY) {
-                    continue;
-                }
-                last_stats = Some(Instant::now());
-                match ServerMessage::from_event(&e) {
-                    Some(m) => text(&m),
-                    None => continue,
+                    None
+                } else {
+                    last_stats = Some(Instant::now());
+                    ServerMessage::from_event(&e).map(|m| text(&m))
                 }
             }
-            Next::Event(e) => match ServerMessage::from_event(&e) {
-                Some(m) => text(&m),
-                None => continue,
-            },
+            Next::Event(e) => ServerMessage::from_event(&e).map(|m| text(&m)),
         };
-        if out.send(msg).await.is_err() {
+        if let Some(msg) = msg
+            && !out.send(msg).await
+        {
             return;
         }
-    }
-}
-
-/// A full-buffer frame of `snapshot`; the client's mirror restarts from it.
-fn full_frame(
-    mirror: &mut Mirror,
-    snapshot: &demon_live::loopbuf::LoopSnapshot,
-    tick: u64,
-) -> Message {
-    let meta = FrameMeta {
-        tick,
-        ..Default::default()
-    };
-    match Mirror::full_frame(snapshot, meta) {
-        Ok((m, frame)) => {
-            *mirror = m;
-            Message::Binary(frame.into())
+        // Catch up once the full frame this client has (if any) is on its way.
+        if synced.is_none() && !out.full_queued() {
+            let c = match fanout.catch_up().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = out.send(text(&ServerMessage::error(Value::Null, e))).await;
+                    return;
+                }
+            };
+            synced = Some(c.seq);
+            if !out.send_catch_up(c).await {
+                return;
+            }
         }
-        Err(e) => frame_error(e),
     }
 }
 

@@ -2,8 +2,11 @@
 //! process stays under 20 threads), and connecting them costs the runner thread no copy of the
 //! loop (measured by a counting allocator that records what the runner thread allocates).
 //!
-//! One test in its own binary: the thread count is the process's, so no other test may run
-//! alongside it.
+//! A resync flood from a client that never reads leaves the server's memory (RSS, read from
+//! /proc/self/status: the server runs in this process) within a stated bound.
+//!
+//! The thread count and RSS are the process's, so the tests of this binary take `ALONE` and
+//! run one at a time.
 
 mod common;
 
@@ -91,7 +94,37 @@ fn threads() -> usize {
         .unwrap_or(0)
 }
 
+/// Held by each test of this binary: what they measure is the whole process's.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Resident memory of this process (the server and the test clients), bytes.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A server without OSC, MIDI or sources in front of `handle`.
+async fn serve(handle: &demon_live::session::SessionHandle, tag: &str) -> SocketAddr {
+    let mut opts = ServerOptions::loopback(0);
+    opts.osc_bind = None;
+    opts.midi = false;
+    opts.recordings_dir =
+        std::env::temp_dir().join(format!("demon-load-{tag}-{}", std::process::id()));
+    let hooks = Hooks {
+        resolve_source: Arc::new(|s: &str| Err(SessionError::bad_source(s, "none in this test"))),
+        library: Vec::new(),
+        render_offline: Arc::new(|_| Err(SessionError::bad_value("render", "none in this test"))),
+    };
+    demon_server::serve(opts, handle.clone(), hooks, std::future::pending())
+        .await
+        .unwrap()
+}
 
 /// Connect without a name lookup (which would run on a blocking thread of its own).
 async fn connect(addr: SocketAddr) -> Ws {
@@ -121,21 +154,11 @@ async fn until_frame(ws: &mut Ws, kind: FrameKind, buffer: &mut [Vec<f32>; 2]) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_clients_need_no_thread_each_and_no_loop_copy_on_the_runner() {
+    let _alone = ALONE.lock().await;
     const CLIENTS: usize = 50;
     let song_seconds = 8.0;
     let handle = common::session(song_seconds);
-    let mut opts = ServerOptions::loopback(0);
-    opts.osc_bind = None;
-    opts.midi = false;
-    opts.recordings_dir = std::env::temp_dir().join(format!("demon-load-{}", std::process::id()));
-    let hooks = Hooks {
-        resolve_source: Arc::new(|s: &str| Err(SessionError::bad_source(s, "none in this test"))),
-        library: Vec::new(),
-        render_offline: Arc::new(|_| Err(SessionError::bad_value("render", "none in this test"))),
-    };
-    let addr = demon_server::serve(opts, handle.clone(), hooks, std::future::pending())
-        .await
-        .unwrap();
+    let addr = serve(&handle, "fifty").await;
 
     // Warm up past the first generation (which replaces the whole loop once).
     let loop_channel_bytes = (song_seconds * 48_000.0) as usize * std::mem::size_of::<f32>();
@@ -203,5 +226,86 @@ async fn fifty_clients_need_no_thread_each_and_no_loop_copy_on_the_runner() {
         "the runner allocated {connect_largest} B at once during the connects (a copy of the loop is {loop_channel_bytes} B per channel)"
     );
     drop(clients);
+    handle.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_flood_from_a_client_that_never_reads_keeps_memory_bounded() {
+    use futures_util::SinkExt;
+    let _alone = ALONE.lock().await;
+    // The default song length of `demon serve`: a full frame is 11.5 MB.
+    let song_seconds = 60.0;
+    let full_frame_bytes = (song_seconds * 48_000.0) as u64 * 4;
+    let handle = common::session(song_seconds);
+    let addr = serve(&handle, "resync").await;
+    // A client that reads, so the shared log and one connection's buffers exist before the
+    // baseline.
+    let mut reader = connect(addr).await;
+    let mut buf = [Vec::new(), Vec::new()];
+    until_frame(&mut reader, FrameKind::Full, &mut buf).await;
+    until_frame(&mut reader, FrameKind::Delta, &mut buf).await;
+    drop(buf);
+    let before = rss_bytes();
+
+    // 60 resyncs (the issue's flood: each used to queue another full frame) from a client
+    // that never reads a byte.
+    let mut flooder = connect(addr).await;
+    for _ in 0..60 {
+        flooder
+            .send(Message::Text(r#"{"type":"resync"}"#.into()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the server queue what it would (ticks keep coming meanwhile).
+    let mut peak = rss_bytes();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The reading client stays served.
+        while let Ok(Some(Ok(_))) =
+            tokio::time::timeout(Duration::from_millis(1), reader.next()).await
+        {}
+        peak = peak.max(rss_bytes());
+    }
+    let grown = peak.saturating_sub(before);
+    println!(
+        "RSS {} MB before, peak {} MB during 60 resyncs of a client that never reads (+{} MB; a full frame is {} MB)",
+        before >> 20,
+        peak >> 20,
+        grown >> 20,
+        full_frame_bytes >> 20
+    );
+    // What may wait for the flooder: its first full frame (in the socket writer's buffer and
+    // as the shared frame) and 16 MiB of deltas; the old behaviour queued one frame per resync.
+    let bound = 4 * full_frame_bytes + 16 * 1024 * 1024;
+    assert!(
+        grown < bound,
+        "RSS grew {} MB during the flood (bound {} MB)",
+        grown >> 20,
+        bound >> 20
+    );
+
+    // Now it reads: the one full frame it was sent, perhaps one catch-up, and the resyncs over
+    // the rate got `rate_limited`.
+    let (mut fulls, mut limited) = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, flooder.next()).await {
+        match m {
+            Message::Binary(b) => {
+                let h = demon_server::protocol::FrameHeader::parse(&b).expect("a valid frame");
+                if h.kind == FrameKind::Full {
+                    fulls += 1;
+                }
+            }
+            Message::Text(t) if t.contains("rate_limited") => limited += 1,
+            _ => {}
+        }
+        if limited >= 50 && fulls >= 1 {
+            break;
+        }
+    }
+    println!("the flooder then read {fulls} full frames and {limited} rate_limited errors");
+    assert!((1..=3).contains(&fulls), "{fulls} full frames");
+    assert!(limited >= 50, "{limited} resyncs refused as rate_limited");
     handle.stop().unwrap();
 }
