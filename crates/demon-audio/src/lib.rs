@@ -13,8 +13,14 @@ pub mod load;
 pub mod resample;
 pub mod wav;
 
-pub use load::{DecodedAudio, LoadLimits, decode_bytes, load_file};
-pub use wav::{EmbeddedLatent, WavFormat, WavWriter, read_embedded_latent, wav_bytes, write_wav};
+pub use load::{
+    DecodedAudio, LoadLimits, StereoBuilder, decode_bytes, decode_bytes_stereo, load_file,
+    load_file_stereo,
+};
+pub use wav::{
+    EmbeddedLatent, WavFormat, WavWriter, read_embedded_latent, wav_bytes, wav_header,
+    wav_sample_bytes, write_wav,
+};
 
 use std::path::PathBuf;
 

@@ -72,6 +72,33 @@ pub fn wav_bytes(audio: &Audio, format: WavFormat, latent: Option<&EmbeddedLaten
     out
 }
 
+/// The header of a WAV of `frames` frames of `channels` channels with nothing after the
+/// samples, for sending a WAV piece by piece ([`wav_sample_bytes`] gives the pieces): the
+/// same bytes [`wav_bytes`] starts with. `None` when the samples would not fit a WAV's 32-bit
+/// sizes.
+pub fn wav_header(
+    format: WavFormat,
+    channels: u16,
+    sample_rate: u32,
+    frames: u64,
+) -> Option<[u8; 44]> {
+    let data = frames.checked_mul(channels as u64 * format.bytes_per_sample() as u64)?;
+    let data = u32::try_from(data)
+        .ok()
+        .filter(|d| d.checked_add(36).is_some())?;
+    Some(header(format, channels, sample_rate, data, 0))
+}
+
+/// The sample bytes of planar `channels` (all of one length), interleaved as `format`: the
+/// data of a WAV whose header came from [`wav_header`].
+pub fn wav_sample_bytes<C: AsRef<[f32]>>(channels: &[C], format: WavFormat) -> Vec<u8> {
+    let planes: Vec<&[f32]> = channels.iter().map(|c| c.as_ref()).collect();
+    let frames = planes.first().map_or(0, |c| c.len());
+    let mut out = vec![0u8; frames * planes.len() * format.bytes_per_sample()];
+    encode_frames(&planes, 0, frames, format, &mut out);
+    out
+}
+
 /// Write a WAV file.
 pub fn write_wav(
     path: &Path,
@@ -452,6 +479,24 @@ mod tests {
         ] {
             assert!(e.to_string().contains("not a regular file"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_wav_sent_in_pieces_is_the_same_bytes() {
+        let left: Vec<f32> = (0..1001).map(|i| (i as f32 * 0.01).sin()).collect();
+        let right: Vec<f32> = left.iter().map(|v| -v * 0.5).collect();
+        let audio = Audio::new(44_100, vec![left.clone(), right.clone()]).unwrap();
+        for format in [WavFormat::Float32, WavFormat::Pcm16] {
+            let mut sent = wav_header(format, 2, 44_100, 1001).unwrap().to_vec();
+            for at in (0..1001).step_by(300) {
+                let end = (at + 300).min(1001);
+                sent.extend(wav_sample_bytes(&[&left[at..end], &right[at..end]], format));
+            }
+            assert_eq!(sent, wav_bytes(&audio, format, None), "{format:?}");
+        }
+        // 2^32 bytes of samples do not fit the header's sizes.
+        assert!(wav_header(WavFormat::Float32, 2, 48_000, 1 << 29).is_none());
+        assert!(wav_header(WavFormat::Float32, 2, 48_000, (1 << 29) - 5).is_some());
     }
 
     #[test]
