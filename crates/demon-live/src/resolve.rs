@@ -120,9 +120,12 @@ impl SourceResolver {
     }
 
     fn decode_file(&self, spec: &str) -> SessionResult<demon_engine::Audio> {
-        let decoded = demon_audio::load_file(Path::new(spec), LoadLimits::default())
-            .map_err(|e| SessionError::bad_source(spec, e))?;
-        Ok(decoded.to_stereo(self.facts.sample_rate))
+        demon_audio::load_file_stereo(
+            Path::new(spec),
+            LoadLimits::default(),
+            self.facts.sample_rate,
+        )
+        .map_err(|e| SessionError::bad_source(spec, e))
     }
 
     /// A source latent `[1, T, C]`: a library song composed at `frames`, the exact latent of

@@ -53,6 +53,9 @@ pub enum ErrorCode {
     BadSource,
     BadUpload,
     NotFound,
+    /// A source change (an upload, a file being read) overtaken by a later one while it was
+    /// prepared: the later one wins, this one was not applied.
+    Superseded,
     Busy,
     Timeout,
     Stopped,
@@ -64,7 +67,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::BadJson,
         Self::BadMessage,
         Self::UnknownType,
@@ -80,6 +83,7 @@ impl ErrorCode {
         Self::BadSource,
         Self::BadUpload,
         Self::NotFound,
+        Self::Superseded,
         Self::Busy,
         Self::Timeout,
         Self::Stopped,
@@ -103,6 +107,7 @@ impl ErrorCode {
             | Self::UnsupportedByBackend
             | Self::BadSource
             | Self::BadUpload => 422,
+            Self::Superseded => 409,
             Self::RateLimited => 429,
             Self::IoError | Self::BackendError | Self::Internal => 500,
             // Busy and stopped: the service cannot take it now (retrying later may work).
@@ -129,6 +134,7 @@ impl ErrorCode {
             Self::BadSource => "bad_source",
             Self::BadUpload => "bad_upload",
             Self::NotFound => "not_found",
+            Self::Superseded => "superseded",
             Self::Busy => "busy",
             Self::Timeout => "timeout",
             Self::Stopped => "stopped",

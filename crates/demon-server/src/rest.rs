@@ -1,11 +1,11 @@
 //! REST (docs/protocol.md, the table of paths): health, state, the knob catalog, the library,
-//! one control per `POST /api/control`, source uploads, recordings and the loop as a WAV. Each
-//! handler is a call of the service; errors carry the status of their code
-//! (`protocol::ErrorCode::http_status`).
+//! one control per `POST /api/control`, source uploads, recordings and the loop as a WAV
+//! (streamed piece by piece). Each handler is a call of the service; errors carry the status of
+//! their code (`protocol::ErrorCode::http_status`).
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
@@ -72,9 +72,23 @@ pub async fn upload_source(
     ack(svc.upload(Origin::Rest, name, body.to_vec()).await)
 }
 
+/// The loop as a WAV, streamed: each piece is converted when the connection is ready for it.
 pub async fn loop_wav(State(svc): State<Arc<Service>>) -> Response {
     match svc.loop_wav().await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, "audio/wav")], bytes).into_response(),
+        Ok(wav) => {
+            let len = wav.len_bytes();
+            let pieces = wav
+                .pieces()
+                .map(|p| Ok::<_, std::convert::Infallible>(Bytes::from(p)));
+            (
+                [
+                    (header::CONTENT_TYPE, "audio/wav".to_string()),
+                    (header::CONTENT_LENGTH, len.to_string()),
+                ],
+                Body::from_stream(futures_util::stream::iter(pieces)),
+            )
+                .into_response()
+        }
         Err(e) => error_response(e),
     }
 }

@@ -87,6 +87,37 @@ pub struct Hooks {
     pub render_offline: RenderOffline,
 }
 
+/// The loop as a WAV, ready to send: a header, then the samples converted a piece at a time
+/// from a snapshot of the loop (the snapshot shares the runner's storage: no copy).
+pub struct LoopWav {
+    header: [u8; 44],
+    snapshot: LoopSnapshot,
+}
+
+/// Frames converted per piece of [`LoopWav::pieces`] (512 KiB of float stereo).
+const LOOP_WAV_PIECE_FRAMES: usize = 1 << 16;
+
+impl LoopWav {
+    /// Bytes of the whole file.
+    pub fn len_bytes(&self) -> u64 {
+        44 + self.snapshot.len() as u64 * 2 * 4
+    }
+
+    /// The header, then the samples in pieces of [`LOOP_WAV_PIECE_FRAMES`] frames, each made
+    /// when it is asked for.
+    pub fn pieces(self) -> impl Iterator<Item = Vec<u8>> + Send {
+        let frames = self.snapshot.len();
+        let snapshot = self.snapshot;
+        std::iter::once(self.header.to_vec()).chain((0..frames).step_by(LOOP_WAV_PIECE_FRAMES).map(
+            move |at| {
+                let n = LOOP_WAV_PIECE_FRAMES.min(frames - at);
+                let planes = snapshot.copy_range(at, n);
+                demon_audio::wav_sample_bytes(&planes, demon_audio::WavFormat::Float32)
+            },
+        ))
+    }
+}
+
 /// Token bucket for control messages (one per WebSocket connection).
 pub struct RateLimit {
     tokens: f64,
@@ -132,6 +163,19 @@ pub struct Service {
     midi: MidiMap,
     /// OSC packets from senders outside `--osc-allow`.
     osc_dropped: AtomicU64,
+    /// Source changes take effect in the order they arrived (see [`SourceOrder`]).
+    sources: SourceOrder,
+}
+
+/// The order of source changes. Each one (a `set_source`, an upload) takes the next number
+/// when it arrives, before any decoding; when it is ready to apply it goes to the runner only
+/// if no later source change has arrived meanwhile, so a "none" or another source chosen
+/// while an upload decodes wins over the late upload. Checking and queueing happen under one
+/// lock, so two changes reach the runner's (first in, first out) queue in their order.
+#[derive(Default)]
+struct SourceOrder {
+    arrived: AtomicU64,
+    queueing: tokio::sync::Mutex<()>,
 }
 
 fn internal(e: tokio::task::JoinError) -> ApiError {
@@ -156,6 +200,7 @@ impl Service {
             next_recording: AtomicU64::new(1),
             midi,
             osc_dropped: AtomicU64::new(0),
+            sources: SourceOrder::default(),
         }
     }
 
@@ -357,6 +402,7 @@ impl Service {
         message: ControlMessage,
     ) -> Result<ControlAck, ApiError> {
         let t0 = Instant::now();
+        let arrival = Self::is_source_change(&message).then(|| self.source_arrived());
         let message = if Self::needs_resolving(&message) {
             let svc = self.clone();
             tokio::task::spawn_blocking(move || svc.resolve(message))
@@ -365,6 +411,38 @@ impl Service {
         } else {
             message
         };
+        match arrival {
+            Some(n) => self.source_control(origin, message, t0, n).await,
+            None => self.control(origin, message, t0).await,
+        }
+    }
+
+    fn is_source_change(message: &ControlMessage) -> bool {
+        matches!(message, ControlMessage::SetSource { .. })
+    }
+
+    /// The arrival number of a source change.
+    fn source_arrived(&self) -> u64 {
+        self.sources.arrived.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Apply the source change that arrived `n`th, unless a later one arrived while it was
+    /// being decoded or resolved (then it is `superseded` and nothing changes).
+    async fn source_control(
+        self: &Arc<Self>,
+        origin: Origin,
+        message: ControlMessage,
+        t0: Instant,
+        n: u64,
+    ) -> Result<ControlAck, ApiError> {
+        let _queueing = self.sources.queueing.lock().await;
+        let latest = self.sources.arrived.load(Ordering::Acquire);
+        if latest != n {
+            return Err(ApiError::new(
+                ErrorCode::Superseded,
+                "a later source change arrived while this one was being prepared; it was not applied",
+            ));
+        }
         self.control(origin, message, t0).await
     }
 
@@ -393,7 +471,9 @@ impl Service {
         Ok(self.handle.send(origin.id(), message)?)
     }
 
-    /// Decode an upload completely, then make it the source; a bad file leaves the old source.
+    /// Decode an upload (streaming, straight to the session's rate and stereo), then make it
+    /// the source, unless a later source change arrived meanwhile (`superseded`); a bad file
+    /// leaves the old source.
     pub async fn upload(
         self: &Arc<Self>,
         origin: Origin,
@@ -404,10 +484,11 @@ impl Service {
             max_seconds: self.opts.limits.max_upload_seconds,
             max_samples: self.opts.limits.max_upload_samples,
         };
+        let arrival = self.source_arrived();
         let sr = self.sample_rate();
         let upload_name = name.clone();
         let audio = tokio::task::spawn_blocking(move || {
-            demon_audio::decode_bytes(bytes, &upload_name, limits).map(|d| d.to_stereo(sr))
+            demon_audio::decode_bytes_stereo(bytes, &upload_name, limits, sr)
         })
         .await
         .map_err(internal)?
@@ -420,7 +501,12 @@ impl Service {
             channels: audio.channels,
         };
         let mut ack = self
-            .control(origin, ControlMessage::SetSource { source }, Instant::now())
+            .source_control(
+                origin,
+                ControlMessage::SetSource { source },
+                Instant::now(),
+                arrival,
+            )
             .await?;
         ack.source = Some(name);
         Ok(ack)
@@ -477,19 +563,25 @@ impl Service {
         }
     }
 
-    /// What the loop holds now, as a 32-bit float WAV.
-    pub async fn loop_wav(&self) -> Result<Vec<u8>, ApiError> {
+    /// What the loop holds now, as a 32-bit float WAV to send piece by piece
+    /// ([`LoopWav::pieces`]): nothing the size of the loop is built, so a long loop neither
+    /// takes memory nor holds up other requests while a client downloads it.
+    pub async fn loop_wav(&self) -> Result<LoopWav, ApiError> {
         let (_, snapshot) = self.loop_snapshot().await?;
-        let sample_rate = self.sample_rate();
-        tokio::task::spawn_blocking(move || {
-            let audio = demon_engine::Audio {
-                sample_rate,
-                channels: snapshot.to_planar().to_vec(),
-            };
-            demon_audio::wav_bytes(&audio, demon_audio::WavFormat::Float32, None)
-        })
-        .await
-        .map_err(internal)
+        let frames = snapshot.len();
+        let header = demon_audio::wav_header(
+            demon_audio::WavFormat::Float32,
+            2,
+            self.sample_rate(),
+            frames as u64,
+        )
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::TooLarge,
+                format!("a loop of {frames} frames does not fit a WAV file"),
+            )
+        })?;
+        Ok(LoopWav { header, snapshot })
     }
 
     /// A finished recording's bytes, by file name (nothing outside the recordings folder).

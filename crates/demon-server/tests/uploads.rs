@@ -1,0 +1,336 @@
+//! Uploads against a live sketch session (issues 15 and 10): small files of endless audio are
+//! refused at the sample limit; a 20-minute upload decodes in the blocking pool while the
+//! session keeps ticking, and its loop streams back as a WAV without holding up health; a
+//! source change that arrives while an upload decodes wins over the late upload.
+
+mod common;
+#[path = "../../demon-audio/tests/support/flac.rs"]
+mod flac;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use demon_live::SessionError;
+use demon_live::session::SessionHandle;
+use demon_server::{Hooks, ServerOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn hooks() -> Hooks {
+    Hooks {
+        resolve_source: Arc::new(|spec: &str| Err(SessionError::bad_source(spec, "uploads only"))),
+        library: Vec::new(),
+        render_offline: Arc::new(|_| {
+            Err(SessionError::bad_value("render_offline", "not in tests"))
+        }),
+    }
+}
+
+async fn serve(tag: &str, handle: SessionHandle) -> SocketAddr {
+    let mut o = ServerOptions::loopback(0);
+    o.osc_bind = None;
+    o.midi = false;
+    let id = format!("{}-{tag}", std::process::id());
+    o.midi_map = std::env::temp_dir().join(format!("demon-up-midi-{id}.json"));
+    o.recordings_dir = std::env::temp_dir().join(format!("demon-up-rec-{id}"));
+    demon_server::serve(o, handle, hooks(), std::future::pending())
+        .await
+        .unwrap()
+}
+
+/// One HTTP request; the status and the body.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    ct: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
+async fn upload(addr: SocketAddr, name: &str, bytes: &[u8]) -> (u16, String) {
+    request(
+        addr,
+        "POST",
+        &format!("/api/source?name={name}"),
+        "audio/flac",
+        bytes,
+    )
+    .await
+}
+
+async fn control(addr: SocketAddr, json: &str) -> (u16, String) {
+    request(
+        addr,
+        "POST",
+        "/api/control",
+        "application/json",
+        json.as_bytes(),
+    )
+    .await
+}
+
+/// Ticks over a window, sampled every 20 ms: the longest time the tick count stood still.
+struct TickWatch {
+    longest_still: Duration,
+    ticks: u64,
+}
+
+async fn watch_ticks_until<F: std::future::Future>(
+    handle: &SessionHandle,
+    work: F,
+) -> (F::Output, TickWatch) {
+    tokio::pin!(work);
+    let first = handle.state().unwrap().tick;
+    let (mut last, mut since) = (first, Instant::now());
+    let mut longest = Duration::ZERO;
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                let t = handle.state().unwrap().tick;
+                if t != last {
+                    (last, since) = (t, Instant::now());
+                }
+                longest = longest.max(since.elapsed());
+            }
+        }
+    };
+    let watch = TickWatch {
+        longest_still: longest.max(since.elapsed()),
+        ticks: handle.state().unwrap().tick - first,
+    };
+    (out, watch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_audio_in_a_small_file_is_refused_at_the_sample_limit() {
+    let handle = common::session(8.0);
+    let addr = serve("endless", handle.clone()).await;
+    let limit = ServerOptions::loopback(0).limits.max_upload_samples;
+    // Issue 15's file: 600 s of 8-channel 96 kHz silence in about 500 KB, once with its length
+    // in the header (refused before decoding) and once without (refused at the limit).
+    for stated in [true, false] {
+        let f = flac::constant_flac(96_000, 8, 600 * 96_000, 0, stated);
+        let t0 = Instant::now();
+        let (code, body) = upload(addr, "silence.flac", &f).await;
+        let took = t0.elapsed();
+        assert_eq!(code, 422, "{body}");
+        assert!(body.contains("\"bad_upload\""), "{body}");
+        assert!(body.contains(&format!("(limit {limit})")), "{body}");
+        assert!(body.contains("samples over all channels"), "{body}");
+        eprintln!("refused (length stated: {stated}) in {took:?}");
+        assert_eq!(handle.state().unwrap().source, None, "the old source stays");
+    }
+    let tick = handle.state().unwrap().tick;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(handle.state().unwrap().tick > tick, "the session plays on");
+    handle.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twenty_minute_upload_decodes_while_ticks_run_and_its_loop_streams() {
+    let handle = common::session(8.0);
+    let frames = 1199 * 48_000u64;
+    // Decoding alone: a 1 199 s stream that does not state its length, one packet over a
+    // sample limit set just below it, is decoded to its very end and then refused. The
+    // session must tick on all the while (the decode runs in the blocking pool).
+    let long_opts = |tag: &str| {
+        let mut o = ServerOptions::loopback(0);
+        o.osc_bind = None;
+        o.midi = false;
+        let id = format!("{}-{tag}", std::process::id());
+        o.midi_map = std::env::temp_dir().join(format!("demon-up-midi-{id}.json"));
+        o.recordings_dir = std::env::temp_dir().join(format!("demon-up-rec-{id}"));
+        // Applying a 20-minute source takes the runner longer than the default 10 s reply
+        // wait on a loaded debug build (see below).
+        o.limits.reply_timeout = Duration::from_secs(300);
+        o
+    };
+    let mut o = long_opts("long-refused");
+    o.limits.max_upload_samples = frames * 2 - 1;
+    let addr = demon_server::serve(o, handle.clone(), hooks(), std::future::pending())
+        .await
+        .unwrap();
+    let unstated = flac::constant_flac(48_000, 2, frames, 8192, false);
+    let t0 = Instant::now();
+    let ((code, body), ticks) =
+        watch_ticks_until(&handle, upload(addr, "long.flac", &unstated)).await;
+    eprintln!(
+        "1 199 s decoded and refused at its end: {:?}, {} ticks meanwhile, ticks stood still at most {:?}",
+        t0.elapsed(),
+        ticks.ticks,
+        ticks.longest_still
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains(&format!("{} samples", frames * 2)),
+        "decoded to the end: {body}"
+    );
+    assert!(
+        ticks.longest_still < Duration::from_secs(2),
+        "the decode held up the ticks for {:?}",
+        ticks.longest_still
+    );
+
+    // Applied: the runner encodes the new source between two ticks (that pause is measured
+    // and shown, not bounded: encoding sources off the runner is not done yet).
+    let addr = demon_server::serve(
+        long_opts("long"),
+        handle.clone(),
+        hooks(),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let stated = flac::constant_flac(48_000, 2, frames, 8192, true);
+    let t0 = Instant::now();
+    let ((code, body), ticks) =
+        watch_ticks_until(&handle, upload(addr, "long.flac", &stated)).await;
+    eprintln!(
+        "1 199 s upload applied: {:?}, {} ticks meanwhile, ticks stood still at most {:?}",
+        t0.elapsed(),
+        ticks.ticks,
+        ticks.longest_still
+    );
+    assert_eq!(code, 200, "{body}");
+    let state = handle.state().unwrap();
+    assert_eq!(state.source.as_deref(), Some("long.flac"));
+    assert!(
+        (state.song_seconds - 1199.0).abs() < 0.1,
+        "{}",
+        state.song_seconds
+    );
+
+    // The loop comes back as a WAV streamed in pieces; health answers meanwhile.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET /api/loop.wav HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (mut got, mut buf) = (Vec::new(), vec![0u8; 1 << 16]);
+    let mut slowest_health = Duration::ZERO;
+    let mut reads = 0u64;
+    loop {
+        let n = s.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        // Keep only the head and count the rest: the test must not hold the loop either.
+        if got.len() < 4096 {
+            got.extend_from_slice(&buf[..n]);
+        }
+        reads += n as u64;
+        if reads % (64 << 20) < n as u64 {
+            let t = Instant::now();
+            let (code, _) = request(addr, "GET", "/api/health", "application/json", b"").await;
+            assert_eq!(code, 200);
+            slowest_health = slowest_health.max(t.elapsed());
+        }
+    }
+    let text = String::from_utf8_lossy(&got[..got.len().min(1024)]).to_string();
+    let head_len = text.find("\r\n\r\n").unwrap() + 4;
+    let loop_frames = (state.song_seconds * 48_000.0).round() as u64;
+    let wav_len = 44 + loop_frames * 8;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_lowercase()
+            .contains(&format!("content-length: {wav_len}")),
+        "{text}"
+    );
+    assert_eq!(
+        reads - head_len as u64,
+        wav_len,
+        "every byte of the WAV arrived"
+    );
+    let wav = &got[head_len..];
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(&wav[36..40], b"data");
+    assert_eq!(
+        u32::from_le_bytes(wav[40..44].try_into().unwrap()) as u64,
+        loop_frames * 8
+    );
+    eprintln!("loop.wav: {wav_len} bytes; slowest health reply meanwhile {slowest_health:?}");
+    assert!(
+        slowest_health < Duration::from_secs(2),
+        "{slowest_health:?}"
+    );
+    handle.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_change_made_while_an_upload_decodes_wins_over_the_late_upload() {
+    let handle = common::session(8.0);
+    let addr = serve("order", handle.clone()).await;
+    // Long enough to still be decoding (and resampling, 44.1 → 48 kHz) when the next change
+    // arrives.
+    let slow = flac::constant_flac(44_100, 2, 1100 * 44_100, 4096, true);
+    let quick = flac::constant_flac(48_000, 2, 4 * 48_000, -4096, true);
+
+    // "none" while the upload decodes: "none" wins, the upload is superseded.
+    let late = tokio::spawn(async move { upload(addr, "slow.flac", &slow).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, body) = control(
+        addr,
+        r#"{"type": "set_source", "source": {"kind": "none"}}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        !late.is_finished(),
+        "the upload was still decoding when `none` was applied"
+    );
+    let (code, body) = late.await.unwrap();
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("\"superseded\""), "{body}");
+    assert_eq!(handle.state().unwrap().source, None);
+
+    // Another upload while the first decodes: the later one is the source.
+    let slow = flac::constant_flac(44_100, 2, 1100 * 44_100, 4096, true);
+    let late = tokio::spawn(async move { upload(addr, "slow.flac", &slow).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, body) = upload(addr, "quick.flac", &quick).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(!late.is_finished(), "the first upload was still decoding");
+    let (code, body) = late.await.unwrap();
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(
+        handle.state().unwrap().source.as_deref(),
+        Some("quick.flac")
+    );
+
+    // In order, each applies: the upload, then "none" after it.
+    let (code, body) = upload(addr, "quick.flac", &quick).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        handle.state().unwrap().source.as_deref(),
+        Some("quick.flac")
+    );
+    let (code, body) = control(
+        addr,
+        r#"{"type": "set_source", "source": {"kind": "none"}}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(handle.state().unwrap().source, None);
+    handle.stop().unwrap();
+}
