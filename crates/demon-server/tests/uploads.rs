@@ -26,16 +26,42 @@ fn hooks() -> Hooks {
     }
 }
 
-async fn serve(tag: &str, handle: SessionHandle) -> SocketAddr {
+fn options(tag: &str) -> ServerOptions {
     let mut o = ServerOptions::loopback(0);
     o.osc_bind = None;
     o.midi = false;
     let id = format!("{}-{tag}", std::process::id());
     o.midi_map = std::env::temp_dir().join(format!("demon-up-midi-{id}.json"));
     o.recordings_dir = std::env::temp_dir().join(format!("demon-up-rec-{id}"));
+    o
+}
+
+async fn serve_with(o: ServerOptions, handle: SessionHandle) -> SocketAddr {
     demon_server::serve(o, handle, hooks(), std::future::pending())
         .await
         .unwrap()
+}
+
+async fn serve(tag: &str, handle: SessionHandle) -> SocketAddr {
+    serve_with(options(tag), handle).await
+}
+
+/// An upload while the ticks are watched; prints how it went.
+async fn watched_upload(
+    handle: &SessionHandle,
+    addr: SocketAddr,
+    bytes: &[u8],
+    what: &str,
+) -> ((u16, String), TickWatch) {
+    let t0 = Instant::now();
+    let (reply, ticks) = watch_ticks_until(handle, upload(addr, "long.flac", bytes)).await;
+    eprintln!(
+        "{what}: {:?}, {} ticks meanwhile, ticks stood still at most {:?}",
+        t0.elapsed(),
+        ticks.ticks,
+        ticks.longest_still
+    );
+    (reply, ticks)
 }
 
 /// One HTTP request; the status and the body.
@@ -153,12 +179,7 @@ async fn a_twenty_minute_upload_decodes_while_ticks_run_and_its_loop_streams() {
     // sample limit set just below it, is decoded to its very end and then refused. The
     // session must tick on all the while (the decode runs in the blocking pool).
     let long_opts = |tag: &str| {
-        let mut o = ServerOptions::loopback(0);
-        o.osc_bind = None;
-        o.midi = false;
-        let id = format!("{}-{tag}", std::process::id());
-        o.midi_map = std::env::temp_dir().join(format!("demon-up-midi-{id}.json"));
-        o.recordings_dir = std::env::temp_dir().join(format!("demon-up-rec-{id}"));
+        let mut o = options(tag);
         // Applying a 20-minute source takes the runner longer than the default 10 s reply
         // wait on a loaded debug build (see below).
         o.limits.reply_timeout = Duration::from_secs(300);
@@ -166,19 +187,10 @@ async fn a_twenty_minute_upload_decodes_while_ticks_run_and_its_loop_streams() {
     };
     let mut o = long_opts("long-refused");
     o.limits.max_upload_samples = frames * 2 - 1;
-    let addr = demon_server::serve(o, handle.clone(), hooks(), std::future::pending())
-        .await
-        .unwrap();
+    let addr = serve_with(o, handle.clone()).await;
     let unstated = flac::constant_flac(48_000, 2, frames, 8192, false);
-    let t0 = Instant::now();
-    let ((code, body), ticks) =
-        watch_ticks_until(&handle, upload(addr, "long.flac", &unstated)).await;
-    eprintln!(
-        "1 199 s decoded and refused at its end: {:?}, {} ticks meanwhile, ticks stood still at most {:?}",
-        t0.elapsed(),
-        ticks.ticks,
-        ticks.longest_still
-    );
+    let what = "1 199 s decoded and refused at its end";
+    let ((code, body), ticks) = watched_upload(&handle, addr, &unstated, what).await;
     assert_eq!(code, 422, "{body}");
     assert!(
         body.contains(&format!("{} samples", frames * 2)),
@@ -192,24 +204,10 @@ async fn a_twenty_minute_upload_decodes_while_ticks_run_and_its_loop_streams() {
 
     // Applied: the runner encodes the new source between two ticks (that pause is measured
     // and shown, not bounded: encoding sources off the runner is not done yet).
-    let addr = demon_server::serve(
-        long_opts("long"),
-        handle.clone(),
-        hooks(),
-        std::future::pending(),
-    )
-    .await
-    .unwrap();
+    let addr = serve_with(long_opts("long"), handle.clone()).await;
     let stated = flac::constant_flac(48_000, 2, frames, 8192, true);
-    let t0 = Instant::now();
-    let ((code, body), ticks) =
-        watch_ticks_until(&handle, upload(addr, "long.flac", &stated)).await;
-    eprintln!(
-        "1 199 s upload applied: {:?}, {} ticks meanwhile, ticks stood still at most {:?}",
-        t0.elapsed(),
-        ticks.ticks,
-        ticks.longest_still
-    );
+    let what = "1 199 s upload applied";
+    let ((code, body), _) = watched_upload(&handle, addr, &stated, what).await;
     assert_eq!(code, 200, "{body}");
     let state = handle.state().unwrap();
     assert_eq!(state.source.as_deref(), Some("long.flac"));
