@@ -573,6 +573,118 @@ async function main() {
     return `guidance ${JSON.stringify(c)}; band 6–14 s echoed into the page`;
   });
 
+  // A WAV of `seconds` (48 kHz stereo 16-bit) of plucked notes.
+  const plucks = (seconds) => {
+    const n = Math.round(seconds * 48000);
+    const wav = Buffer.alloc(44 + n * 4);
+    wav.write('RIFF', 0);
+    wav.writeUInt32LE(36 + n * 4, 4);
+    wav.write('WAVEfmt ', 8);
+    wav.writeUInt32LE(16, 16);
+    wav.writeUInt16LE(1, 20);
+    wav.writeUInt16LE(2, 22);
+    wav.writeUInt32LE(48000, 24);
+    wav.writeUInt32LE(48000 * 4, 28);
+    wav.writeUInt16LE(4, 32);
+    wav.writeUInt16LE(16, 34);
+    wav.write('data', 36);
+    wav.writeUInt32LE(n * 4, 40);
+    for (let i = 0; i < n; i++) {
+      const t = (i % 6000) / 48000;
+      const v = Math.round(Math.sin(2 * Math.PI * 220 * t) * Math.exp(-t * 8) * 12000);
+      wav.writeInt16LE(v, 44 + 4 * i);
+      wav.writeInt16LE(v, 46 + 4 * i);
+    }
+    return wav;
+  };
+
+  await check('two pages open, a 6.4 s upload: both show 6.4 s and play the new buffer without resync', async () => {
+    const other = await context.newPage();
+    other.on('pageerror', (e) => pageErrors.push(`second page: ${e.message}`));
+    await other.goto(pageBase + '/');
+    await other.waitForFunction(() => window.demon && window.demon.ready && window.demon.slicesReceived >= 3, null, { timeout: 30000 });
+    const pages = [page, other];
+    const before = await Promise.all(pages.map((p) => p.evaluate(() => window.demon.framesApplied)));
+    await page.setInputFiles('#upload', { name: 'short.wav', mimeType: 'audio/wav', buffer: plucks(6.4) });
+    await waitFor('the 6.4 s upload as the source', async () => {
+      const st = await state();
+      return st.source === 'short.wav' && Math.abs(st.song_seconds - 6.4) < 1e-6;
+    }, 30000);
+    const seen = [];
+    for (const [i, p] of pages.entries()) {
+      const r = await waitFor(`page ${i + 1} following the new length`, async () => {
+        const x = await p.evaluate(() => ({
+          label: document.getElementById('loop-info').textContent,
+          len: window.demon.lastFrame && window.demon.lastFrame.len,
+          slices: window.demon.slicesReceived,
+          frames: window.demon.framesApplied,
+        }));
+        return x.label.startsWith('6.40 s') && x.len === 6.4 * 48000 ? x : null;
+      }, 20000);
+      // The player goes on with the new loop: more slices, all inside it.
+      await waitFor(`slices on page ${i + 1} after the change`, async () => (await p.evaluate(() => window.demon.slicesReceived)) >= r.slices + 3, 20000);
+      const inside = await p.evaluate(() => window.demon.recentSlices.slice(-3).every(([s]) => s < 6.4 * 48000));
+      assert(inside, `page ${i + 1}: slices start inside the 6.4 s loop`);
+      seen.push(`page ${i + 1}: "${r.label}", worklet ${r.len} samples, ${r.frames - before[i]} frames since`);
+    }
+    await other.close();
+    return seen.join('; ');
+  });
+
+  await check('real time: at depth 8 and 16 steps the load is shown (overload indicator when over), a 10 s recording lasts 10 s', async () => {
+    for (const [name, value] of [['steps', 16], ['depth', 8]]) {
+      const r = await api('/api/control', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ type: 'set_knob', name, value }) });
+      assert(r.status === 200, `${name} = ${value}: ${r.body}`);
+    }
+    const late0 = await demon(() => window.demon.lateSlices);
+    const oldHref = await page.locator('#download').getAttribute('href');
+    await page.click('#rec');
+    await waitFor('recording', async () => page.locator('#rec.on').count(), 5000);
+    const t0 = Date.now();
+    let maxLoad = 0, overSeen = false, capMin = null, samples = 0;
+    while (Date.now() - t0 < 10000) {
+      const h = (await api('/api/health')).json.realtime;
+      const ui = await page.evaluate(() => ({
+        rt: window.demon.realtime,
+        over: document.getElementById('r-load-box').classList.contains('over'),
+        label: document.getElementById('r-load-label').textContent,
+      }));
+      assert(h && h.budget_ms === 40, `/api/health has the budget (${JSON.stringify(h)})`);
+      assert(ui.rt && ui.over === ui.rt.overloaded && (ui.label === 'overload') === ui.rt.overloaded, `the indicator shows the page's latest stats (${JSON.stringify(ui)})`);
+      maxLoad = Math.max(maxLoad, h.load);
+      overSeen = overSeen || ui.over;
+      if (h.depth_cap != null) capMin = capMin == null ? h.depth_cap : Math.min(capMin, h.depth_cap);
+      samples++;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await page.click('#rec');
+    const wall = (Date.now() - t0) / 1000;
+    const href = await waitFor('the download link', async () => {
+      const a = page.locator('#download:not(.hidden)');
+      const h = (await a.count()) ? await a.getAttribute('href') : null;
+      return h && h !== oldHref ? h : null;
+    }, 10000);
+    const bytes = Buffer.from(await (await fetch(new URL(href, base))).arrayBuffer());
+    let off = 12, seconds = null;
+    while (off + 8 <= bytes.length) {
+      const id = bytes.toString('ascii', off, off + 4), size = bytes.readUInt32LE(off + 4);
+      if (id === 'data') {
+        seconds = size / (bytes.readUInt16LE(22) * 2) / bytes.readUInt32LE(24);
+        break;
+      }
+      off += 8 + size + (size & 1);
+    }
+    const late = (await demon(() => window.demon.lateSlices)) - late0;
+    const st = await state();
+    for (const [name, value] of [['steps', 8], ['depth', 4]]) {
+      await api('/api/control', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ type: 'set_knob', name, value }) });
+    }
+    say(`real time: max load ${maxLoad.toFixed(2)}, overload indicator ${overSeen ? 'shown' : 'not needed'}, lowest depth cap ${capMin ?? 'none'}, late slices ${late}, recording ${seconds && seconds.toFixed(3)} s over ${wall.toFixed(3)} s of wall clock (${samples} samples; state depth ${st.depth}, knob ${st.targets.depth})`);
+    assert(seconds != null && Math.abs(seconds - wall) <= 0.04 + 0.1, `the recording (${seconds} s) lasts what was played (${wall} s of wall clock, ± one tick and the click round trips)`);
+    assert(!overSeen || maxLoad > 1, 'the indicator showed only over budget');
+    return `max load ${maxLoad.toFixed(2)}, indicator ${overSeen ? 'shown' : 'not needed'}, lowest cap ${capMin ?? 'none'}, late slices ${late}, recording ${seconds.toFixed(3)} s / wall ${wall.toFixed(3)} s`;
+  });
+
   await check('with --token: the page opened as /?token=T works, requests without it get 401', async () => {
     const port2 = await freePort();
     const token = 'e2e-token-0123456789';

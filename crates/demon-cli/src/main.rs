@@ -6,6 +6,7 @@
 mod args;
 mod backends;
 mod bench;
+mod mcp;
 mod perform;
 mod plot;
 mod render;
@@ -47,7 +48,7 @@ enum Command {
     /// Serve the performer's web UI, WebSocket, REST, MCP (/mcp), OSC and MIDI for a live session.
     Serve(Box<serve::ServeArgs>),
     /// MCP over stdio, bridged to a running `demon serve` (for clients that only speak stdio).
-    Mcp(serve::McpArgs),
+    Mcp(mcp::McpArgs),
     /// Look at model weights.
     #[command(subcommand)]
     Inspect(tools::InspectCommand),
@@ -70,7 +71,7 @@ fn main() -> ExitCode {
         Command::Perform(args) => perform::perform(*args),
         Command::Replay(args) => perform::replay(args),
         Command::Serve(args) => serve::serve(*args),
-        Command::Mcp(args) => serve::mcp_bridge(args),
+        Command::Mcp(args) => mcp::run(args),
         Command::Inspect(cmd) => tools::inspect(cmd),
         Command::Debug(cmd) => tools::debug(cmd),
     };

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use clap::Args;
 use demon_engine::{BackendSet, Prompt};
 use demon_live::core::LiveCore;
@@ -49,6 +49,10 @@ pub struct ServeArgs {
     pub no_osc: bool,
     #[arg(long = "no-midi")]
     pub no_midi: bool,
+    /// Keep the performer's depth even when ticks overrun real time (the overload indicator
+    /// still shows; by default the depth is lowered one step at a time until ticks fit).
+    #[arg(long = "no-degrade")]
+    pub no_degrade: bool,
     /// Where MIDI learn saves its mappings.
     #[arg(long = "midi-map")]
     pub midi_map: Option<PathBuf>,
@@ -116,6 +120,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         core,
         RunOptions {
             realtime: true,
+            degrade: !args.no_degrade,
             sinks: vec![sink],
             session_file: args.record.clone(),
             ..Default::default()
@@ -209,79 +214,4 @@ fn render_offline(
     demon_audio::write_wav(&path, &take.audio, demon_audio::WavFormat::Pcm16, None)
         .map_err(|e| SessionError::io(&path, e))?;
     Ok(path)
-}
-
-#[derive(Args, Debug)]
-pub struct McpArgs {
-    /// The running `demon serve`.
-    #[arg(long, default_value = "http://127.0.0.1:7878")]
-    pub url: String,
-    #[arg(long, env = "DEMON_TOKEN")]
-    pub token: Option<String>,
-}
-
-/// A stdio bridge: JSON-RPC lines on stdin are posted to the server's `/mcp`; answers (plain
-/// JSON or server-sent events) are written to stdout, one message per line.
-pub fn mcp_bridge(args: McpArgs) -> Result<()> {
-    use std::io::{BufRead, Read, Write};
-    let url = format!("{}/mcp", args.url.trim_end_matches('/'));
-    if !url.starts_with("http://") {
-        bail!("--url must be an http:// address of a running `demon serve`");
-    }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut session: Option<String> = None;
-    let stdin = std::io::stdin();
-    let mut stdout = std::io::stdout();
-    for line in stdin.lock().lines() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut req = agent
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .header("Accept", "application/json, text/event-stream");
-        if let Some(s) = &session {
-            req = req.header("Mcp-Session-Id", s);
-        }
-        if let Some(t) = &args.token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
-        }
-        let mut resp = match req.send(line.as_bytes()) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("demon mcp: cannot reach {url}: {e}");
-                continue;
-            }
-        };
-        if let Some(s) = resp
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-        {
-            session = Some(s.to_string());
-        }
-        let is_sse = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.contains("text/event-stream"));
-        let mut body = String::new();
-        resp.body_mut().as_reader().read_to_string(&mut body)?;
-        if is_sse {
-            for data in body.lines().filter_map(|l| l.strip_prefix("data:")) {
-                let d = data.trim();
-                if !d.is_empty() {
-                    writeln!(stdout, "{d}")?;
-                }
-            }
-        } else if !body.trim().is_empty() {
-            writeln!(stdout, "{}", body.trim())?;
-        }
-        stdout.flush()?;
-    }
-    Ok(())
 }

@@ -59,6 +59,8 @@ pub enum Event {
         active_slots: usize,
         queue: usize,
         lead_ms: f32,
+        /// The real-time budget after this tick (load, overload, the degrade depth cap).
+        realtime: crate::budget::RealtimeReport,
     },
     /// A control message was applied at `tick`; `origin` is the sender's client id.
     Applied {
@@ -629,6 +631,7 @@ mod tests {
                 active_slots: 0,
                 queue: 0,
                 lead_ms: 0.0,
+                realtime: Default::default(),
             });
         }
         bus.publish(applied(7));

@@ -8,7 +8,8 @@
 //! - [`render`]: offline rendering of one or many takes through the `StreamPipeline`.
 //! - [`core`]: `LiveCore`, a live session's state and deterministic tick (controls, sources,
 //!   the tick, decode scheduling); [`session`]: the runner thread and the handle front ends
-//!   drive it with; [`bus`]: events to subscribers.
+//!   drive it with; [`bus`]: events to subscribers; [`budget`]: the real-time budget of a tick
+//!   and the degrade policy that keeps a session in real time.
 //! - [`decode`], [`loopbuf`], [`sink`], [`rt`]: windowed decode, the loop the listener hears,
 //!   where played audio goes, and the real-time sections' no-allocation check.
 //! - [`record`], [`perform`]: session files, scripted performances and exact replay;
@@ -16,6 +17,7 @@
 //! - [`error`]: `SessionError`, every refusal and failure with a stable wire code.
 
 pub mod bench;
+pub mod budget;
 pub mod bus;
 pub mod control;
 pub mod controls;

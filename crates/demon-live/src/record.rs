@@ -18,6 +18,9 @@ use crate::control::ControlMessage;
 use crate::core::SessionConfig;
 use crate::error::{SessionError, SessionResult};
 
+/// One clock line as replays follow it: tick, playhead, decode lead (frames), depth cap.
+pub type ClockEntry = (u64, u64, u32, Option<usize>);
+
 /// Version of the session-file format.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -39,6 +42,10 @@ pub enum SessionLine {
         tick: u64,
         playhead: u64,
         lead_frames: u32,
+        /// The ring depth the real-time degrade policy allowed in this tick (absent: the
+        /// `depth` knob's own).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        depth_cap: Option<usize>,
     },
     End {
         ticks: u64,
@@ -97,7 +104,7 @@ pub struct SessionFile {
     /// Events in the order they were applied.
     pub events: Vec<(u64, ControlMessage)>,
     /// Playhead and lead per tick.
-    pub clock: Vec<(u64, u64, u32)>,
+    pub clock: Vec<ClockEntry>,
     pub ticks: u64,
     /// What was cut short or dropped while reading (shown by `demon replay`).
     pub warnings: Vec<String>,
@@ -195,7 +202,7 @@ pub fn read_session(path: &Path) -> SessionResult<SessionFile> {
     let at = |i: usize| format!("`{}` line {}", path.display(), i + 1);
     let mut config: Option<SessionConfig> = None;
     let mut events = Vec::new();
-    let mut clock: Vec<(u64, u64, u32)> = Vec::new();
+    let mut clock: Vec<ClockEntry> = Vec::new();
     let mut ticks = None;
     let mut warnings = Vec::new();
     let mut reader = std::io::BufReader::new(file);
@@ -260,20 +267,29 @@ pub fn read_session(path: &Path) -> SessionResult<SessionFile> {
                 tick,
                 playhead,
                 lead_frames,
+                depth_cap,
             } => {
+                if let Some(d) = depth_cap
+                    && !(1..=demon_engine::MAX_DEPTH).contains(&d)
+                {
+                    return Err(SessionError::bad_value(
+                        at(i),
+                        format!("depth_cap {d} is outside 1..={}", demon_engine::MAX_DEPTH),
+                    ));
+                }
                 if lead_frames > MAX_LEAD_FRAMES {
                     return Err(SessionError::bad_value(
                         at(i),
                         format!("lead_frames {lead_frames} is over {MAX_LEAD_FRAMES}"),
                     ));
                 }
-                if clock.last().is_some_and(|(t, _, _)| *t >= tick) {
+                if clock.last().is_some_and(|(t, _, _, _)| *t >= tick) {
                     return Err(SessionError::bad_value(
                         at(i),
                         "clock lines out of tick order",
                     ));
                 }
-                clock.push((tick, playhead, lead_frames));
+                clock.push((tick, playhead, lead_frames, depth_cap));
             }
             SessionLine::End { ticks: t } => ticks = Some((i, t)),
         }
@@ -281,7 +297,7 @@ pub fn read_session(path: &Path) -> SessionResult<SessionFile> {
     let whole = || format!("`{}`", path.display());
     let config = config.ok_or_else(|| SessionError::bad_value(whole(), "no header line"))?;
     // Every tick that ran wrote a clock line: the end cannot lie beyond the last one.
-    let clocked = clock.last().map_or(0, |(t, _, _)| t + 1);
+    let clocked = clock.last().map_or(0, |(t, _, _, _)| t + 1);
     let ticks = match ticks {
         Some((i, t)) => {
             if t == 0 || t > clocked {

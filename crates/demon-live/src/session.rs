@@ -19,7 +19,7 @@ use crate::bus::{AudioSlice, Event, EventBus, ReplyError, ReplyReceiver, ReplySe
 use crate::control::ControlMessage;
 pub use crate::core::{LiveCore, SessionConfig, SessionProbe, SessionState};
 use crate::error::{SessionError, SessionResult};
-use crate::record::{SessionLine, SessionWriter};
+use crate::record::{ClockEntry, SessionLine, SessionWriter};
 use crate::sink::{AudioSink, WavRecorder};
 
 /// How the runner runs.
@@ -34,8 +34,11 @@ pub struct RunOptions {
     pub script: Vec<(u64, ControlMessage)>,
     /// Stop after this many ticks.
     pub max_ticks: Option<u64>,
-    /// Recorded clock to follow (replays): lead per tick.
-    pub clock: Vec<(u64, u64, u32)>,
+    /// Recorded clock to follow (replays): lead and depth cap per tick.
+    pub clock: Vec<ClockEntry>,
+    /// With `realtime`: keep real time when ticks overrun their budget by lowering the depth
+    /// one step at a time, and give it back when there is room (`crate::budget`).
+    pub degrade: bool,
     /// Event queue length per subscriber.
     pub bus_capacity: usize,
 }
@@ -49,6 +52,7 @@ impl Default for RunOptions {
             script: Vec::new(),
             max_ticks: None,
             clock: Vec::new(),
+            degrade: false,
             bus_capacity: 256,
         }
     }
@@ -439,6 +443,8 @@ fn run(
     let mut last_error: Option<SessionError> = None;
     let mut undo: std::collections::VecDeque<Undo> = std::collections::VecDeque::new();
     let started_gen_time = Instant::now();
+    core.set_degrade(opts.realtime && opts.degrade);
+    let mut was_overloaded = false;
 
     // A failed write stops that recording, never the session: drop the writer, say why.
     let record = |writer: &mut Option<SessionWriter>, line: SessionLine| {
@@ -547,11 +553,14 @@ fn run(
         }
         // 2. The tick.
         let mut lead = None;
-        while clock.peek().is_some_and(|(t, _, _)| *t < tick) {
+        while clock.peek().is_some_and(|(t, _, _, _)| *t < tick) {
             clock.next();
         }
-        if clock.peek().is_some_and(|(t, _, _)| *t == tick) {
-            lead = clock.next().map(|(_, _, l)| l);
+        if let Some((_, _, l, cap)) = clock.next_if(|(t, _, _, _)| *t == tick) {
+            lead = Some(l);
+            if cap != core.depth_cap() {
+                core.set_depth_cap(cap)?;
+            }
         }
         let out = match core.tick(lead) {
             Ok(o) => {
@@ -608,8 +617,41 @@ fn run(
                 tick: out.tick,
                 playhead: out.playhead,
                 lead_frames: out.lead_frames,
+                depth_cap: out.depth_cap,
             },
         );
+        // Falling behind real time is said once when it starts and once when it ends; the
+        // degrade policy's steps in between go to the log only.
+        let rt = out.realtime;
+        if rt.overloaded != was_overloaded {
+            was_overloaded = rt.overloaded;
+            shared.announce(if rt.overloaded {
+                format!(
+                    "falling behind real time: ticks take {:.0}% of their {:.0} ms budget{}",
+                    rt.load * 100.0,
+                    rt.budget_ms,
+                    if opts.realtime && opts.degrade {
+                        "; lowering the depth one step at a time until they fit"
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                format!(
+                    "back in real time (ticks take {:.0}% of their budget)",
+                    rt.load * 100.0
+                )
+            });
+        }
+        if rt.depth_cap != out.depth_cap {
+            let depth = |c: Option<usize>| c.map_or("none".to_string(), |c| c.to_string());
+            eprintln!(
+                "demon: real time: depth cap {} -> {} (load {:.2})",
+                depth(out.depth_cap),
+                depth(rt.depth_cap),
+                rt.load
+            );
+        }
 
         // 3. Outputs. Handing the block to the sinks is real-time work: no allocation (a
         // failing recorder is reported after the real-time section).
@@ -658,6 +700,7 @@ fn run(
             active_slots: out.active_slots,
             queue: out.queue,
             lead_ms: core.facts().frames_ms(out.lead_frames as usize) as f32,
+            realtime: out.realtime,
         });
         let st = core.state();
         if out.knobs_changed {

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use demon_live::SessionError;
+use demon_live::budget::RealtimeReport;
 use demon_live::control::{ControlMessage, PropagationClass};
 use demon_live::controls::KnobSpec;
 use demon_live::core::SessionState;
@@ -446,6 +447,8 @@ pub struct Stats {
     pub active_slots: usize,
     pub queue: usize,
     pub lead_ms: f32,
+    /// The real-time budget: load, overload, the degrade policy's depth cap.
+    pub realtime: RealtimeReport,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -480,6 +483,7 @@ impl ServerMessage {
                 active_slots,
                 queue,
                 lead_ms,
+                realtime,
             } => Self::Stats(Stats {
                 tick: *tick,
                 tick_ms: *tick_ms,
@@ -488,6 +492,7 @@ impl ServerMessage {
                 active_slots: *active_slots,
                 queue: *queue,
                 lead_ms: *lead_ms,
+                realtime: *realtime,
             }),
             Event::Applied {
                 tick,
@@ -523,6 +528,8 @@ pub struct Health {
     /// OSC packets dropped because their sender is outside `--osc-allow` (and not loopback).
     #[serde(default)]
     pub osc_dropped_packets: u64,
+    /// The real-time budget: load, overload, the degrade policy's depth cap.
+    pub realtime: RealtimeReport,
     /// The limits every surface enforces.
     pub limits: LimitsInfo,
 }

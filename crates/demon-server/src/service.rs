@@ -251,7 +251,8 @@ impl Service {
         Health {
             ok: st.is_some() && h.ok(),
             backend: st.as_ref().map(|s| s.backend.clone()).unwrap_or_default(),
-            tick: st.map_or(0, |s| s.tick),
+            tick: st.as_ref().map_or(0, |s| s.tick),
+            realtime: st.map(|s| s.realtime).unwrap_or_default(),
             error: h.tick_error,
             recording_error: h.recording_error,
             osc_dropped_packets: self.osc_dropped.load(Ordering::Relaxed),

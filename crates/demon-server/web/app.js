@@ -66,6 +66,9 @@ const demon = {
   badFrames: [],
   position: 0, // seconds
   audioState: 'none',
+  lateSlices: 0, // slices that landed with the playhead already inside them
+  overloaded: false, // the session falls behind real time (stats.realtime)
+  realtime: null, // the latest stats.realtime
 };
 window.demon = demon;
 
@@ -162,6 +165,7 @@ function onWorklet(m) {
     case 'frame':
       demon.slicesReceived = m.slices;
       demon.framesApplied = m.frames;
+      demon.lateSlices = m.late;
       demon.lastFrame = m;
       if (m.kind !== 0) {
         demon.lastSliceTick = m.tick;
@@ -365,6 +369,7 @@ function onJson(m) {
       $('r-lead').textContent = m.lead_ms.toFixed(0);
       $('r-slots').textContent = `${m.active_slots}/${m.queue}`;
       S.leadMs = m.lead_ms;
+      showLoad(m.realtime);
       break;
     case 'params':
       demon.lastParams = m;
@@ -417,6 +422,21 @@ function onReady(m) {
   $('loop-info').textContent = `${m.song_seconds.toFixed(1)} s · ${m.sample_rate} Hz · ${m.channels} ch`;
   log('info', `connected: ${m.backend} backend, ${m.song_seconds.toFixed(1)} s loop, ${m.knobs.length} knobs, ${(m.curves || []).length} curves`);
   updatePlayButton();
+}
+
+// The real-time budget: the load readout turns into the overload indicator while ticks take
+// longer than the audio they make, with the depth the session lowered to.
+function showLoad(rt) {
+  if (!rt) return;
+  demon.overloaded = rt.overloaded;
+  demon.realtime = rt;
+  const box = $('r-load-box');
+  box.classList.toggle('over', rt.overloaded);
+  $('r-load-label').textContent = rt.overloaded ? 'overload' : 'load';
+  const cap = rt.depth_cap != null ? ` d${rt.depth_cap}` : '';
+  $('r-load').textContent = `${(rt.load * 100).toFixed(0)}%${cap}`;
+  box.title = `ticks take ${(rt.load * 100).toFixed(0)}% of their ${rt.budget_ms.toFixed(0)} ms budget` +
+    (rt.depth_cap != null ? `; depth lowered to ${rt.depth_cap} to keep real time` : '');
 }
 
 function songLength(samples) {

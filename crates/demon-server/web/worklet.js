@@ -18,7 +18,8 @@
 //                      {type:'checksum', id, start?, n?}
 //                      {type:'mark', id} / {type:'diff', id}   remember the buffer / compare with it
 //                      {type:'compare', id, L, R, zones}  compare with other planar channels
-// Messages out:        {type:'frame', ...header, slices, frames}   after each applied frame
+// Messages out:        {type:'frame', ...header, slices, frames, late}   after each applied
+//                      frame; `late` counts slices that arrived with the playhead inside them
 //                      {type:'peaks', first, data}     waveform columns changed by a frame
 //                      {type:'pos', pos, slices, frames}           about every 20 ms
 //                      {type:'checksum', id, ...}      reply to a checksum request
@@ -55,6 +56,7 @@ class LoopPlayer extends AudioWorkletProcessor {
     this.playing = true;
     this.slices = 0;
     this.frames = 0;
+    this.late = 0; // slices that arrived with the playhead already inside them (played stale)
     this.quanta = 0;
     this.peaks = new Float32Array(2 * COLUMNS);
     this.port.onmessage = (e) => this.onMessage(e.data);
@@ -151,6 +153,7 @@ class LoopPlayer extends AudioWorkletProcessor {
       if (this.len === 0) return this.fail('a slice arrived before the full buffer');
       const L = this.L, R = this.R, len = this.len;
       let j = start % len;
+      if (this.playing && (((Math.floor(this.pos) - j) % len) + len) % len < n) this.late++;
       if (kind === 1) {
         for (let i = 0, k = 0; i < n; i++, k += ch) {
           L[j] = F16[body[k]];
@@ -170,7 +173,7 @@ class LoopPlayer extends AudioWorkletProcessor {
     } else {
       return this.fail(`unknown frame kind ${kind}`);
     }
-    this.port.postMessage(Object.assign({ type: 'frame', slices: this.slices, frames: this.frames, len: this.len }, head));
+    this.port.postMessage(Object.assign({ type: 'frame', slices: this.slices, frames: this.frames, late: this.late, len: this.len }, head));
   }
 
   // Recompute the overview columns touched by [start, start + n) (wrapping) and send them.

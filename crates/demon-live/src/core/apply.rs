@@ -72,7 +72,9 @@ impl LiveCore {
             None
         };
         if let Some(depth) = changed.depth {
-            self.pipeline.set_depth(depth)?;
+            // A degrade cap (real time, `crate::budget`) holds the ring under it.
+            self.pipeline
+                .set_depth(self.depth_cap.map_or(depth, |c| c.min(depth)))?;
         }
         self.controls = next;
         if let Some(c) = conds {

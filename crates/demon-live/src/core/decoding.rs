@@ -33,6 +33,7 @@ impl Playback {
             decoder,
             buffer,
             filled: false,
+            replaced_between_ticks: false,
             lead_frames,
             cost_ema_ms: 0.0,
             playing,
@@ -50,12 +51,14 @@ impl Playback {
             WindowedDecoder::new(self.decoder.field, self.decoder.keep_frames, hop, frames);
         self.buffer = LoopBuffer::new(self.buffer.sample_rate, frames * hop);
         self.reset_state();
+        self.replaced_between_ticks = true;
     }
 
     /// Replace the whole loop with `channels`, marking every frame as holding `version`.
     pub(super) fn replace_all(&mut self, channels: [Vec<f32>; 2], version: u64) {
         self.buffer.replace(channels);
         self.decoder.mark_all(version);
+        self.replaced_between_ticks = true;
     }
 
     /// The decode target (a song frame) and the playing region in frames: the playhead plus

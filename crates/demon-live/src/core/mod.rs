@@ -36,6 +36,7 @@ use demon_engine::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::budget::{RealtimeBudget, RealtimeReport};
 use crate::control::SourceSpec;
 use crate::controls::Controls;
 use crate::decode::WindowedDecoder;
@@ -135,7 +136,8 @@ pub struct TickOutput {
     pub played_samples: usize,
     /// Windows patched into the loop: (start sample, planar audio).
     pub patches: Vec<Patch>,
-    /// The whole loop was replaced (first generation, new source).
+    /// The whole loop was replaced (first generation, new source, new song length): clients
+    /// need the whole loop, not patches.
     pub replaced: bool,
     pub finished: usize,
     pub tick_ms: f32,
@@ -145,6 +147,10 @@ pub struct TickOutput {
     pub active_slots: usize,
     pub queue: usize,
     pub knobs_changed: bool,
+    /// The depth cap this tick ran under (what a session file's clock line records).
+    pub depth_cap: Option<usize>,
+    /// The budget after this tick; its `depth_cap` is the one the next tick runs under.
+    pub realtime: RealtimeReport,
 }
 
 /// A part of the core that carries state from tick to tick. `reset_state` forgets it; every
@@ -213,6 +219,9 @@ struct Playback {
     buffer: LoopBuffer,
     /// The whole loop has been written once (by the source or the first generation).
     filled: bool,
+    /// The loop was replaced between ticks (a new song length, a source's own audio): the next
+    /// tick reports it as `replaced`, so every client gets the whole new loop.
+    replaced_between_ticks: bool,
     /// How far ahead of the playhead windows are decoded, in latent frames.
     lead_frames: u32,
     /// Smoothed cost of a tick plus its decode, for the adaptive lead.
@@ -243,6 +252,13 @@ pub struct LiveCore {
     pub probe: Arc<SessionProbe>,
     last_tick_ms: f32,
     last_decode_ms: f32,
+    /// Tick cost against the tick's share of real time (always measured).
+    budget: RealtimeBudget,
+    /// Let the budget lower the depth while ticks overrun (live sessions paced to the clock).
+    degrade: bool,
+    /// The ring depth the degrade policy (or a replayed clock line) allows; `None`: the
+    /// performer's depth runs.
+    depth_cap: Option<usize>,
 }
 
 impl LiveCore {
@@ -307,6 +323,7 @@ impl LiveCore {
             cfg.samples_per_tick,
             cfg.playing,
         );
+        let (cfg_samples_per_tick, facts_sample_rate) = (cfg.samples_per_tick, facts.sample_rate);
         let mut core = Self {
             song: Song {
                 frames: song_frames,
@@ -329,6 +346,11 @@ impl LiveCore {
             probe: Arc::new(SessionProbe::default()),
             last_tick_ms: 0.0,
             last_decode_ms: 0.0,
+            budget: RealtimeBudget::new(
+                (cfg_samples_per_tick as f64 * 1000.0 / facts_sample_rate as f64) as f32,
+            ),
+            degrade: false,
+            depth_cap: None,
         };
         core.cfg.receptive_field = Some(field);
         let source = core.cfg.source.clone();
@@ -338,6 +360,8 @@ impl LiveCore {
         } else {
             core.resize_song(song_frames)?;
         }
+        // Clients connecting take the starting loop whole; only later replacements are news.
+        core.playback.replaced_between_ticks = false;
         Ok(core)
     }
 
@@ -391,6 +415,26 @@ impl LiveCore {
     /// buffers are allocated once, so playing never allocates.
     pub fn played(&self) -> &[Vec<f32>; 2] {
         &self.playback.played
+    }
+
+    /// Let the real-time budget lower the depth while ticks overrun (`RealtimeBudget`); live
+    /// sessions paced to the wall clock turn this on, offline runs and replays do not.
+    pub fn set_degrade(&mut self, on: bool) {
+        self.degrade = on;
+    }
+
+    pub fn depth_cap(&self) -> Option<usize> {
+        self.depth_cap
+    }
+
+    /// Cap the ring depth (`None`: the `depth` knob alone decides). The degrade policy sets it;
+    /// replays set what the recording's clock lines say.
+    pub fn set_depth_cap(&mut self, cap: Option<usize>) -> SessionResult<()> {
+        let depth = self.controls.depth();
+        self.pipeline
+            .set_depth(cap.map_or(depth, |c| c.min(depth)))?;
+        self.depth_cap = cap;
+        Ok(())
     }
 
     /// A new song length: everything that belongs to the old song is forgotten.
@@ -476,6 +520,7 @@ impl LiveCore {
     /// Run one tick. `lead_override` replaces the decode lead (replays use the recorded one).
     pub fn tick(&mut self, lead_override: Option<u32>) -> SessionResult<TickOutput> {
         let started = Instant::now();
+        let depth_cap = self.depth_cap;
         let dt = self.cfg.samples_per_tick as f64 / self.facts.sample_rate as f64;
         let knobs_changed = self.controls.advance(dt);
         requests::push_adapters(
@@ -510,7 +555,8 @@ impl LiveCore {
         let tick_ms = started.elapsed().as_secs_f32() * 1000.0;
 
         let decode_started = Instant::now();
-        let (patches, replaced) = self.decode(target, region)?;
+        let (patches, decoded_whole) = self.decode(target, region)?;
+        let replaced = decoded_whole || std::mem::take(&mut self.playback.replaced_between_ticks);
         let decode_ms = decode_started.elapsed().as_secs_f32() * 1000.0;
         if self.cfg.adaptive_lead {
             let base = self.facts.frames(self.cfg.lead_seconds) as u32;
@@ -519,6 +565,16 @@ impl LiveCore {
         }
 
         let played_samples = self.playback.play();
+        let step = self.budget.observe(
+            tick_ms + decode_ms,
+            report.active_slots,
+            self.controls.depth(),
+            self.depth_cap,
+            self.degrade,
+        );
+        if let Some(cap) = step {
+            self.set_depth_cap(cap)?;
+        }
         let out = TickOutput {
             tick: self.tick,
             played_samples,
@@ -532,6 +588,8 @@ impl LiveCore {
             active_slots: report.active_slots,
             queue: self.pipeline.queue_len(),
             knobs_changed,
+            depth_cap,
+            realtime: self.budget.report(self.depth_cap),
         };
         self.last_tick_ms = tick_ms;
         self.last_decode_ms = decode_ms;
@@ -599,6 +657,7 @@ impl LiveCore {
                 .map(|b| (b.start as f64 / sr, b.end as f64 / sr)),
             playing: self.playback.playing,
             depth: self.pipeline.depth(),
+            realtime: self.budget.report(self.depth_cap),
             active_slots: self.pipeline.active_slots(),
             queue: self.pipeline.queue_len(),
             generations: self.harvest.generations,
@@ -637,7 +696,10 @@ pub struct SessionState {
     pub playhead_seconds: f64,
     pub loop_band: Option<(f64, f64)>,
     pub playing: bool,
+    /// The ring depth that runs: the `depth` knob, or less while the degrade policy caps it.
     pub depth: usize,
+    /// The real-time budget: load, overload, the degrade policy's depth cap.
+    pub realtime: RealtimeReport,
     pub active_slots: usize,
     pub queue: usize,
     pub generations: u64,
