@@ -6,16 +6,22 @@
 //! happen). Each message gets a reply: applied, or an error naming the problem with the session
 //! left as it was. Played audio goes to the sinks, fresh windows and status to the event bus,
 //! and every applied event, stamped with its tick, to the session file when recording.
+//!
+//! Controls never queue: knob sets coalesce per knob (of several values for one knob waiting at
+//! a tick boundary only the last valid one is applied and recorded; the earlier ones are answered
+//! as superseded at that tick), and a control that waited longer than [`CONTROL_MAX_WAIT`] (or
+//! three tick durations, when ticks are slower) is refused instead of applied late. Answers go
+//! through one-shot replies, blocking or awaited, so an async caller holds no thread.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{
-    Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError, channel, sync_channel,
-};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::bus::{AudioSlice, Event, EventBus, ReplyError, ReplyReceiver, ReplySender, Subscriber};
+use crate::bus::{
+    AudioSlice, Event, EventBus, ReplyError, ReplyReceiver, ReplySender, Subscriber, reply_channel,
+};
 use crate::control::ControlMessage;
 pub use crate::core::{LiveCore, SessionConfig, SessionProbe, SessionState};
 use crate::error::{SessionError, SessionResult};
@@ -58,24 +64,57 @@ impl Default for RunOptions {
     }
 }
 
+/// The longest a control waits for a tick boundary before it is refused rather than applied
+/// late (when ticks take longer than a third of this, three tick durations instead).
+pub const CONTROL_MAX_WAIT: Duration = Duration::from_secs(2);
+
 enum Command {
     Control {
         origin: u64,
         message: ControlMessage,
-        reply: Option<Sender<SessionResult<u64>>>,
+        reply: Option<ReplySender<SessionResult<u64>>>,
+        /// When it was queued (for [`CONTROL_MAX_WAIT`]).
+        queued: Instant,
     },
     StartRecording {
         path: PathBuf,
         float: bool,
-        reply: Sender<SessionResult<()>>,
+        reply: ReplySender<SessionResult<()>>,
     },
     StopRecording {
-        reply: Sender<SessionResult<Option<(PathBuf, f64)>>>,
+        reply: ReplySender<StopAnswer>,
     },
     LoopAudio {
         reply: ReplySender<(u64, LoopSnapshot)>,
     },
     Stop,
+}
+
+/// What stopping a recording answers: the file and its length in seconds, if one was running.
+type StopAnswer = SessionResult<Option<(PathBuf, f64)>>;
+
+/// The answer to one queued control: the tick it was applied before, or why not. A future
+/// (await it in the caller's own timeout) or read from a thread with [`wait`](Self::wait).
+pub struct ControlReply(ReplyReceiver<SessionResult<u64>>);
+
+impl ControlReply {
+    /// Block this thread for the answer, at most `timeout`.
+    pub fn wait(self, timeout: Duration) -> SessionResult<u64> {
+        SessionHandle::wait(self.0, timeout, "waiting for the next tick")?
+    }
+}
+
+impl std::future::Future for ControlReply {
+    type Output = SessionResult<u64>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.map_err(|_| SessionError::Stopped(None)).and_then(|r| r))
+    }
 }
 
 fn loop_reply_error(e: ReplyError) -> SessionError {
@@ -136,13 +175,30 @@ impl SessionHandle {
         message: ControlMessage,
         timeout: Duration,
     ) -> SessionResult<u64> {
-        let (reply, rx) = channel();
+        self.queue_control(origin, message)?.wait(timeout)
+    }
+
+    /// Queue a control now (controls are applied in the order they were queued) and return the
+    /// wait for its answer: `busy` at once when the runner's queue is full.
+    pub fn queue_control(
+        &self,
+        origin: u64,
+        message: ControlMessage,
+    ) -> SessionResult<ControlReply> {
+        let (reply, rx) = reply_channel();
         self.command(Command::Control {
             origin,
             message,
             reply: Some(reply),
+            queued: Instant::now(),
         })?;
-        Self::wait(rx, timeout, "waiting for the next tick")?
+        Ok(ControlReply(rx))
+    }
+
+    /// [`control`](Self::control) for async callers: the future holds no thread while the
+    /// runner finishes its tick (wrap it in the caller's own timeout).
+    pub async fn control_async(&self, origin: u64, message: ControlMessage) -> SessionResult<u64> {
+        self.queue_control(origin, message)?.await
     }
 
     /// Send without waiting for the reply.
@@ -151,6 +207,7 @@ impl SessionHandle {
             origin,
             message,
             reply: None,
+            queued: Instant::now(),
         })
     }
 
@@ -163,11 +220,16 @@ impl SessionHandle {
     }
 
     /// The runner's answer, or `timeout` / `stopped`.
-    fn wait<T>(rx: Receiver<T>, timeout: Duration, waiting_for: &str) -> SessionResult<T> {
+    fn wait<T>(rx: ReplyReceiver<T>, timeout: Duration, waiting_for: &str) -> SessionResult<T> {
         rx.recv_timeout(timeout).map_err(|e| match e {
-            RecvTimeoutError::Timeout => SessionError::Timeout(waiting_for.to_string()),
-            RecvTimeoutError::Disconnected => SessionError::Stopped(None),
+            ReplyError::Timeout => SessionError::Timeout(waiting_for.to_string()),
+            ReplyError::Dropped => SessionError::Stopped(None),
         })
+    }
+
+    /// The runner's answer, awaited (`stopped` if it dropped the request).
+    async fn answer<T>(rx: ReplyReceiver<T>) -> SessionResult<T> {
+        rx.await.map_err(|_| SessionError::Stopped(None))
     }
 
     pub fn subscribe(&self) -> Subscriber {
@@ -199,7 +261,7 @@ impl SessionHandle {
     }
 
     fn ask_loop_audio(&self) -> SessionResult<ReplyReceiver<(u64, LoopSnapshot)>> {
-        let (reply, rx) = crate::bus::reply_channel();
+        let (reply, rx) = reply_channel();
         self.command(Command::LoopAudio { reply })?;
         Ok(rx)
     }
@@ -221,20 +283,44 @@ impl SessionHandle {
     }
 
     pub fn start_recording(&self, path: &Path, float: bool) -> SessionResult<()> {
-        let (reply, rx) = channel();
+        let rx = self.ask_start_recording(path, float)?;
+        Self::wait(rx, Duration::from_secs(10), "the recording to start")?
+    }
+
+    /// [`start_recording`](Self::start_recording) for async callers.
+    pub async fn start_recording_async(&self, path: &Path, float: bool) -> SessionResult<()> {
+        Self::answer(self.ask_start_recording(path, float)?).await?
+    }
+
+    fn ask_start_recording(
+        &self,
+        path: &Path,
+        float: bool,
+    ) -> SessionResult<ReplyReceiver<SessionResult<()>>> {
+        let (reply, rx) = reply_channel();
         self.command(Command::StartRecording {
             path: path.to_path_buf(),
             float,
             reply,
         })?;
-        Self::wait(rx, Duration::from_secs(10), "the recording to start")?
+        Ok(rx)
     }
 
     /// Stop recording; returns the file and its length in seconds.
     pub fn stop_recording(&self) -> SessionResult<Option<(PathBuf, f64)>> {
-        let (reply, rx) = channel();
-        self.command(Command::StopRecording { reply })?;
+        let rx = self.ask_stop_recording()?;
         Self::wait(rx, Duration::from_secs(10), "the recording to stop")?
+    }
+
+    /// [`stop_recording`](Self::stop_recording) for async callers.
+    pub async fn stop_recording_async(&self) -> SessionResult<Option<(PathBuf, f64)>> {
+        Self::answer(self.ask_stop_recording()?).await?
+    }
+
+    fn ask_stop_recording(&self) -> SessionResult<ReplyReceiver<StopAnswer>> {
+        let (reply, rx) = reply_channel();
+        self.command(Command::StopRecording { reply })?;
+        Ok(rx)
     }
 
     /// Ask the runner to stop and wait for it.
@@ -422,6 +508,127 @@ fn describe(m: &ControlMessage) -> String {
     s
 }
 
+/// A failed write stops that recording, never the session: drop the writer, say why.
+fn record_line(shared: &Shared<'_>, writer: &mut Option<SessionWriter>, line: &SessionLine) {
+    if let Some(Err(e)) = writer.as_mut().map(|w| w.line(line)) {
+        *writer = None;
+        let why = format!("the session file stopped recording: {e}");
+        shared.health(|h| h.recording_error = Some(why.clone()));
+        shared.announce(format!("{why}; the session keeps playing"));
+    }
+}
+
+/// Applies controls at one tick boundary: records each applied one, keeps what a failing tick
+/// may take back, refreshes the state and echoes it, then answers.
+struct Applier<'s, 'a> {
+    shared: &'s Shared<'a>,
+    writer: &'s mut Option<SessionWriter>,
+    undo: &'s mut std::collections::VecDeque<Undo>,
+    tick: u64,
+}
+
+impl Applier<'_, '_> {
+    /// Apply one control; its answer is returned and sent to `reply`.
+    fn apply(
+        &mut self,
+        core: &mut LiveCore,
+        origin: u64,
+        message: ControlMessage,
+        reply: Option<ReplySender<SessionResult<u64>>>,
+    ) -> SessionResult<u64> {
+        let tick = self.tick;
+        let restore = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|st| restore_message(&message, st));
+        let result = core.apply(&message);
+        if let Ok(recorded) = &result {
+            record_line(
+                self.shared,
+                self.writer,
+                &SessionLine::Event {
+                    tick,
+                    message: recorded.clone(),
+                },
+            );
+            if let Some(restore) = restore {
+                self.undo.push_back(Undo {
+                    tick,
+                    applied: recorded.clone(),
+                    restore,
+                });
+                if self.undo.len() > UNDO_CONTROLS {
+                    self.undo.pop_front();
+                }
+            }
+            // A reply means the change is visible: refresh the snapshot first.
+            self.shared.refresh_state(core);
+            self.shared.bus.publish(Event::Applied {
+                tick,
+                origin,
+                message: echo(recorded),
+            });
+        }
+        let answer = result.map(|_| tick);
+        if let Some(r) = reply {
+            r.send(answer.clone());
+        }
+        answer
+    }
+}
+
+/// A knob value waiting for the end of the drain, with the answers owed to the values it
+/// superseded.
+struct StagedKnob {
+    name: String,
+    origin: u64,
+    message: ControlMessage,
+    reply: Option<ReplySender<SessionResult<u64>>>,
+    superseded: Vec<ReplySender<SessionResult<u64>>>,
+}
+
+/// Knob sets coalescing at one tick boundary: one value per knob, the last valid one.
+#[derive(Default)]
+struct StagedKnobs(Vec<StagedKnob>);
+
+impl StagedKnobs {
+    fn stage(
+        &mut self,
+        name: String,
+        origin: u64,
+        message: ControlMessage,
+        reply: Option<ReplySender<SessionResult<u64>>>,
+    ) {
+        let mut superseded = Vec::new();
+        if let Some(i) = self.0.iter().position(|k| k.name == name) {
+            let old = self.0.remove(i);
+            superseded = old.superseded;
+            superseded.extend(old.reply);
+        }
+        self.0.push(StagedKnob {
+            name,
+            origin,
+            message,
+            reply,
+            superseded,
+        });
+    }
+
+    /// Apply the winning values in the order they came. A superseded value was valid and
+    /// replaced before any tick played it: it gets the answer of the value that replaced it.
+    fn flush(&mut self, core: &mut LiveCore, applier: &mut Applier<'_, '_>) {
+        for k in self.0.drain(..) {
+            let answer = applier.apply(core, k.origin, k.message, k.reply);
+            for r in k.superseded {
+                r.send(answer.clone());
+            }
+        }
+    }
+}
+
 fn run(
     core: &mut LiveCore,
     opts: &mut RunOptions,
@@ -446,73 +653,91 @@ fn run(
     core.set_degrade(opts.realtime && opts.degrade);
     let mut was_overloaded = false;
 
-    // A failed write stops that recording, never the session: drop the writer, say why.
-    let record = |writer: &mut Option<SessionWriter>, line: SessionLine| {
-        if let Some(Err(e)) = writer.as_mut().map(|w| w.line(&line)) {
-            *writer = None;
-            let why = format!("the session file stopped recording: {e}");
-            shared.health(|h| h.recording_error = Some(why.clone()));
-            shared.announce(format!("{why}; the session keeps playing"));
-        }
-    };
+    let record =
+        |writer: &mut Option<SessionWriter>, line: SessionLine| record_line(&shared, writer, &line);
+    // The longest tick lately, for the controls' wait bound.
+    let mut slowest_tick = Duration::ZERO;
+    let mut staged = StagedKnobs::default();
+    // When the next tick is due (None: at once).
+    let mut next_due: Option<Instant> = None;
     loop {
         let tick = core.tick_index();
         if opts.max_ticks.is_some_and(|m| tick >= m) || stop {
             break;
         }
-        // 1. Controls, only here, between ticks.
+        // 1. Controls, only here, between ticks. Knob sets wait in `staged` (coalescing per
+        // knob) until the drain ends or another kind of command comes, then are applied in the
+        // order their winning values came.
+        let max_wait = CONTROL_MAX_WAIT.max(slowest_tick * 3);
+        let mut applier = Applier {
+            shared: &shared,
+            writer: &mut writer,
+            undo: &mut undo,
+            tick,
+        };
         loop {
             let cmd = match rx.try_recv() {
                 Ok(c) => c,
-                Err(_) => break,
-            };
-            match cmd {
-                Command::Control {
-                    origin,
-                    message,
-                    reply,
-                } => {
-                    let restore = shared
-                        .state
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .as_ref()
-                        .and_then(|st| restore_message(&message, st));
-                    let result = core.apply(&message);
-                    if let Ok(recorded) = &result {
-                        record(
-                            &mut writer,
-                            SessionLine::Event {
-                                tick,
-                                message: recorded.clone(),
-                            },
-                        );
-                        if let Some(restore) = restore {
-                            undo.push_back(Undo {
-                                tick,
-                                applied: recorded.clone(),
-                                restore,
-                            });
-                            if undo.len() > UNDO_CONTROLS {
-                                undo.pop_front();
-                            }
+                Err(_) => {
+                    // Nothing waiting: apply what is staged, then (while the next tick is not
+                    // due) wait for more, so a control that comes between ticks is applied
+                    // when it comes, not when the next tick starts.
+                    staged.flush(core, &mut applier);
+                    let Some(due) = next_due.filter(|d| *d > Instant::now()) else {
+                        break;
+                    };
+                    match rx.recv_timeout(due - Instant::now()) {
+                        Ok(c) => c,
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                            break;
                         }
-                        // A reply means the change is visible: refresh the snapshot first.
-                        shared.refresh_state(core);
-                        bus.publish(Event::Applied {
-                            tick,
-                            origin,
-                            message: echo(recorded),
-                        });
-                    }
-                    if let Some(r) = reply {
-                        let _ = r.send(result.map(|_| tick));
                     }
                 }
+            };
+            if let Command::Control {
+                origin,
+                message,
+                reply,
+                queued,
+            } = cmd
+            {
+                let waited = queued.elapsed();
+                if waited > max_wait {
+                    if let Some(r) = reply {
+                        r.send(Err(SessionError::Timeout(format!(
+                            "the control waited {} ms for a tick boundary, over the {} ms bound, and was not applied (the session is overloaded)",
+                            waited.as_millis(),
+                            max_wait.as_millis()
+                        ))));
+                    }
+                    continue;
+                }
+                if let ControlMessage::SetKnob { name, .. } = &message {
+                    // A value the knob refuses is answered now; a valid one replaces any
+                    // value staged for the same knob, which is answered as superseded.
+                    match core.check_knob(&message) {
+                        Err(e) => {
+                            if let Some(r) = reply {
+                                r.send(Err(e));
+                            }
+                        }
+                        Ok(()) => staged.stage(name.clone(), origin, message, reply),
+                    }
+                    continue;
+                }
+                staged.flush(core, &mut applier);
+                let _answered = applier.apply(core, origin, message, reply);
+                continue;
+            }
+            staged.flush(core, &mut applier);
+            match cmd {
+                Command::Control { .. } => {}
                 Command::StartRecording { path, float, reply } => {
                     let r = WavRecorder::create(&path, core.sample_rate(), float)
                         .map(|rec| recorder = Some(rec));
-                    let _ = reply.send(r);
+                    reply.send(r);
                 }
                 Command::StopRecording { reply } => {
                     let r = match recorder.take() {
@@ -521,12 +746,16 @@ fn run(
                             .map(|_| Some((rec.path().to_path_buf(), rec.seconds()))),
                         None => Ok(None),
                     };
-                    let _ = reply.send(r);
+                    reply.send(r);
                 }
                 Command::LoopAudio { reply } => reply.send((tick, core.buffer().snapshot())),
-                Command::Stop => stop = true,
+                Command::Stop => {
+                    stop = true;
+                    break;
+                }
             }
         }
+        staged.flush(core, &mut applier);
         if stop {
             break;
         }
@@ -562,8 +791,10 @@ fn run(
                 core.set_depth_cap(cap)?;
             }
         }
+        let tick_started = Instant::now();
         let out = match core.tick(lead) {
             Ok(o) => {
+                slowest_tick = tick_started.elapsed().max(slowest_tick.mul_f32(0.99));
                 if let Some(e) = last_error.take() {
                     shared.health(|h| h.tick_error = None);
                     shared.announce(format!("ticks run again (the last failure was: {e})"));
@@ -607,7 +838,7 @@ fn run(
                     ));
                     continue;
                 }
-                std::thread::sleep(tick_period);
+                next_due = Some(Instant::now() + tick_period);
                 continue;
             }
         };
@@ -712,14 +943,11 @@ fn run(
         }
         *shared.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(st);
 
-        // 4. Pacing: the clock-paced null sink.
-        if opts.realtime {
-            let due = origin_time + tick_period * (out.tick as u32 + 1);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-        }
+        // 4. Pacing, the clock-paced null sink: the next tick is due one tick period after
+        // this one began (the wait is spent answering controls, step 1).
+        next_due = opts
+            .realtime
+            .then(|| origin_time + tick_period * (out.tick as u32 + 1));
     }
     for s in opts.sinks.iter_mut() {
         s.finish()?;

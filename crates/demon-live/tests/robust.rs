@@ -507,3 +507,209 @@ fn session_headers_are_checked_and_bad_events_reported() {
         );
     }
 }
+
+/// Holds the runner inside a tick (in `play`) while `closed` is set, so a test can queue
+/// controls that all meet at the same tick boundary.
+struct Gate {
+    closed: Arc<AtomicBool>,
+    holding: Arc<AtomicBool>,
+}
+
+impl demon_live::sink::AudioSink for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+    fn play(&mut self, _block: &[Vec<f32>; 2]) -> demon_live::SessionResult<()> {
+        while self.closed.load(Ordering::Acquire) {
+            self.holding.store(true, Ordering::Release);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.holding.store(false, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Issue 15, controls never queue: 100 values for one knob (and a refused one among them)
+/// queued while the runner is inside one tick meet at the next boundary, where only the last is
+/// applied, echoed and recorded; every one is answered, the valid ones with that tick. The
+/// recorded session replays to the same bytes as the live audio.
+#[test]
+fn knob_sets_between_two_ticks_coalesce_to_the_last_and_replay_identically() {
+    let (rec, live, replayed) = (
+        tmp("coalesce.jsonl"),
+        tmp("coalesce-live.wav"),
+        tmp("coalesce-replay.wav"),
+    );
+    let closed = Arc::new(AtomicBool::new(false));
+    let holding = Arc::new(AtomicBool::new(false));
+    let core = LiveCore::new(config(2.0), backend(Box::new(SketchDenoiser::default()))).unwrap();
+    let sr = core.sample_rate();
+    let handle = start(
+        core,
+        RunOptions {
+            realtime: false,
+            session_file: Some(rec.clone()),
+            sinks: vec![
+                Box::new(Gate {
+                    closed: closed.clone(),
+                    holding: holding.clone(),
+                }),
+                Box::new(demon_live::sink::WavRecorder::create(&live, sr, false).unwrap()),
+            ],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let sub = handle.subscribe();
+    while handle.state().unwrap().tick < 10 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    closed.store(true, Ordering::Release);
+    while !holding.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let values: Vec<f64> = (0..100).map(|i| 1.0 + i as f64 * 0.02).collect();
+    let set = |name: &str, value: f64| ControlMessage::SetKnob {
+        name: name.into(),
+        value,
+    };
+    let mut replies = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        replies.push(handle.queue_control(7, set("guidance", *v)).unwrap());
+        if i == 50 {
+            replies.push(handle.queue_control(7, set("guidance", 1e308)).unwrap());
+            replies.push(handle.queue_control(7, set("denoise", 0.4)).unwrap());
+        }
+    }
+    closed.store(false, Ordering::Release);
+    let answers: Vec<_> = replies
+        .into_iter()
+        .map(|r| r.wait(Duration::from_secs(30)))
+        .collect();
+    assert_eq!(answers.len(), 102);
+    let refused: Vec<_> = answers.iter().filter(|a| a.is_err()).collect();
+    assert_eq!(refused.len(), 1, "only 1e308 is refused: {refused:?}");
+    assert!(
+        refused[0]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("guidance"),
+        "{refused:?}"
+    );
+    let ticks: std::collections::BTreeSet<u64> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().ok())
+        .copied()
+        .collect();
+    assert_eq!(
+        ticks.len(),
+        1,
+        "every valid value answered at one tick: {ticks:?}"
+    );
+    let tick = *ticks.iter().next().unwrap();
+    let last = *values.last().unwrap();
+    assert_eq!(handle.state().unwrap().targets["guidance"], last);
+    assert_eq!(handle.state().unwrap().targets["denoise"], 0.4);
+
+    // One echo per knob at that tick, carrying the winning value.
+    let mut echoes = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && echoes.len() < 2 {
+        if let Ok(Some(Event::Applied {
+            tick: t, message, ..
+        })) = sub.recv_timeout(Duration::from_millis(50))
+            && t == tick
+        {
+            echoes.push(message);
+        }
+    }
+    assert_eq!(echoes, vec![set("denoise", 0.4), set("guidance", last)]);
+
+    // Let the new values play a while, then stop and compare with the replay.
+    while handle.state().unwrap().tick < tick + 20 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.stop().unwrap();
+    let file = demon_live::record::read_session(&rec).unwrap();
+    let at_tick: Vec<_> = file
+        .events
+        .iter()
+        .filter(|(t, _)| *t == tick)
+        .map(|(_, m)| m.clone())
+        .collect();
+    assert_eq!(at_tick, vec![set("denoise", 0.4), set("guidance", last)]);
+    assert_eq!(file.events.len(), 2, "nothing else was recorded");
+    demon_live::perform::replay(
+        &file,
+        backend(Box::new(SketchDenoiser::default())),
+        &replayed,
+    )
+    .unwrap();
+    let (a, b) = (
+        std::fs::read(&live).unwrap(),
+        std::fs::read(&replayed).unwrap(),
+    );
+    assert!(a.len() > 44 + 30 * 1920 * 4, "{} bytes", a.len());
+    assert!(a == b, "live and replay differ");
+    for p in [rec, live, replayed] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// A control that waited longer than the bound for a tick boundary is refused, not applied.
+#[test]
+fn a_control_that_waited_too_long_is_refused_not_applied_late() {
+    let closed = Arc::new(AtomicBool::new(false));
+    let holding = Arc::new(AtomicBool::new(false));
+    let core = LiveCore::new(config(2.0), backend(Box::new(SketchDenoiser::default()))).unwrap();
+    let handle = start(
+        core,
+        RunOptions {
+            realtime: false,
+            sinks: vec![Box::new(Gate {
+                closed: closed.clone(),
+                holding: holding.clone(),
+            })],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    while handle.state().unwrap().tick < 5 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = handle.state().unwrap().targets["guidance"];
+    closed.store(true, Ordering::Release);
+    while !holding.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let late = handle
+        .queue_control(
+            1,
+            ControlMessage::SetKnob {
+                name: "guidance".into(),
+                value: before + 1.0,
+            },
+        )
+        .unwrap();
+    std::thread::sleep(demon_live::session::CONTROL_MAX_WAIT + Duration::from_millis(300));
+    closed.store(false, Ordering::Release);
+    let e = late.wait(Duration::from_secs(10)).unwrap_err();
+    assert_eq!(e.code(), "timeout", "{e}");
+    assert!(e.to_string().contains("was not applied"), "{e}");
+    assert_eq!(handle.state().unwrap().targets["guidance"], before);
+    // A fresh control still applies.
+    let tick = handle
+        .control(
+            1,
+            ControlMessage::SetKnob {
+                name: "guidance".into(),
+                value: before + 0.5,
+            },
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert!(tick > 5);
+    assert_eq!(handle.state().unwrap().targets["guidance"], before + 0.5);
+    handle.stop().unwrap();
+}

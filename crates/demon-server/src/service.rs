@@ -5,8 +5,11 @@
 //!
 //! Surfaces turn their input into calls of this module and its answers into their own framing
 //! (`protocol.rs` types); the service talks to the session's runner through its
-//! `SessionHandle`. Nothing here waits on a thread of its own: blocking work (decoding files,
-//! waiting on the runner) runs in the async runtime's blocking pool or as futures.
+//! `SessionHandle`. Waiting for the runner (controls, recordings, the loop) is a future that
+//! holds no thread; only CPU or disk work (decoding an upload or a source file, writing a WAV,
+//! an offline render) runs in the async runtime's blocking pool. A control is queued the moment
+//! [`Service::queue`] is called, so a surface can read its next request while the last one waits
+//! for its tick, and the controls still apply in the order they came.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -386,7 +389,9 @@ impl Service {
         Ok(ControlMessage::SetSource { source })
     }
 
-    fn needs_resolving(message: &ControlMessage) -> bool {
+    /// Whether the control names a source to resolve first (a library entry or a file), which
+    /// [`apply`](Self::apply) does before queueing it; [`queue`](Self::queue) refuses those.
+    pub fn needs_resolving(message: &ControlMessage) -> bool {
         matches!(
             message,
             ControlMessage::SetSource {
@@ -454,16 +459,48 @@ impl Service {
         message: ControlMessage,
         t0: Instant,
     ) -> Result<ControlAck, ApiError> {
-        let svc = self.clone();
+        self.queued(origin, message, t0)?.await
+    }
+
+    /// Queue a control for the runner now, in call order, and return the wait for its answer
+    /// (a future that holds no thread, bounded by the reply timeout). `busy` at once when the
+    /// runner's queue is full; a control that names a library or file source is refused (use
+    /// [`apply`](Self::apply), which resolves it first).
+    pub fn queue(
+        self: &Arc<Self>,
+        origin: Origin,
+        message: ControlMessage,
+    ) -> Result<
+        impl std::future::Future<Output = Result<ControlAck, ApiError>> + Send + 'static,
+        ApiError,
+    > {
+        if Self::needs_resolving(&message) {
+            return Err(ApiError::new(
+                ErrorCode::BadMessage,
+                "a library or file source is resolved before it is queued (Service::apply)",
+            ));
+        }
+        self.queued(origin, message, Instant::now())
+    }
+
+    fn queued(
+        self: &Arc<Self>,
+        origin: Origin,
+        message: ControlMessage,
+        t0: Instant,
+    ) -> Result<
+        impl std::future::Future<Output = Result<ControlAck, ApiError>> + Send + 'static,
+        ApiError,
+    > {
+        let answer = self.handle.queue_control(origin.id(), message)?;
         let timeout = self.opts.limits.reply_timeout;
-        let tick =
-            tokio::task::spawn_blocking(move || svc.handle.control(origin.id(), message, timeout))
-                .await
-                .map_err(internal)??;
-        Ok(ControlAck {
-            tick,
-            latency_ms: t0.elapsed().as_secs_f64() * 1000.0,
-            source: None,
+        Ok(async move {
+            let tick = runner(timeout, answer, "waiting for the next tick").await?;
+            Ok(ControlAck {
+                tick,
+                latency_ms: t0.elapsed().as_secs_f64() * 1000.0,
+                source: None,
+            })
         })
     }
 
@@ -521,19 +558,23 @@ impl Service {
             self.next_recording.fetch_add(1, Ordering::Relaxed)
         );
         let path = self.opts.recordings_dir.join(&name);
-        let svc = self.clone();
-        tokio::task::spawn_blocking(move || svc.handle.start_recording(&path, false))
-            .await
-            .map_err(internal)??;
+        runner(
+            self.opts.limits.reply_timeout,
+            self.handle.start_recording_async(&path, false),
+            "the recording to start",
+        )
+        .await?;
         Ok(RecordingStarted { recording: name })
     }
 
     /// Stop recording; says where to download it (`url` null when nothing was recording).
     pub async fn stop_recording(self: &Arc<Self>) -> Result<RecordingStopped, ApiError> {
-        let svc = self.clone();
-        let stopped = tokio::task::spawn_blocking(move || svc.handle.stop_recording())
-            .await
-            .map_err(internal)??;
+        let stopped = runner(
+            self.opts.limits.reply_timeout,
+            self.handle.stop_recording_async(),
+            "the recording to stop",
+        )
+        .await?;
         Ok(match stopped {
             Some((path, seconds)) => RecordingStopped {
                 url: path
@@ -551,17 +592,12 @@ impl Service {
 
     /// The whole loop at the next tick boundary, shared with the runner (no copy).
     pub async fn loop_snapshot(&self) -> Result<(u64, LoopSnapshot), ApiError> {
-        match tokio::time::timeout(
+        runner(
             self.opts.limits.reply_timeout,
             self.handle.loop_audio_async(),
+            "the loop",
         )
         .await
-        {
-            Ok(r) => Ok(r?),
-            Err(_) => {
-                Err(SessionError::Timeout("the session did not hand out its loop".into()).into())
-            }
-        }
     }
 
     /// What the loop holds now, as a 32-bit float WAV to send piece by piece
@@ -624,5 +660,20 @@ impl Service {
             learning: knob.to_string(),
             midi: self.midi.status(),
         })
+    }
+}
+
+/// Wait for the runner's answer, at most `timeout` (a future: no thread waits).
+async fn runner<T>(
+    timeout: std::time::Duration,
+    answer: impl std::future::Future<Output = Result<T, SessionError>>,
+    waiting_for: &str,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(SessionError::Timeout(format!(
+            "{waiting_for}: no answer from the session in {timeout:?}"
+        ))
+        .into()),
     }
 }

@@ -318,7 +318,11 @@ async fn connection(svc: Arc<Service>, fanout: Arc<AudioFanout>, socket: WebSock
     let mut resync_rate = ResyncLimit::new(svc.limits().min_resync_interval);
     let mut rate = RateLimit::new(svc.limits().max_controls_per_second);
     let mut pending_upload: Option<(Value, String)> = None;
+    // Controls waiting for their tick: the next request is read meanwhile (a client sending
+    // 50 controls a second must not queue behind one tick each).
+    let mut waiting = tokio::task::JoinSet::new();
     while let Some(msg) = stream.next().await {
+        while waiting.try_join_next().is_some() {}
         let Ok(msg) = msg else { break };
         let reply = match msg {
             Message::Text(t) => match svc.check_text_size(t.len(), "text frames") {
@@ -332,8 +336,8 @@ async fn connection(svc: Arc<Service>, fanout: Arc<AudioFanout>, socket: WebSock
                             m,
                             &mut rate,
                             &mut pending_upload,
-                            &resync_tx,
-                            &mut resync_rate,
+                            (&resync_tx, &mut resync_rate),
+                            (&mut waiting, &out),
                         )
                         .await
                     }
@@ -367,6 +371,7 @@ async fn connection(svc: Arc<Service>, fanout: Arc<AudioFanout>, socket: WebSock
         }
     }
     forwarder.abort();
+    waiting.abort_all();
     drop(out);
     let _ = writer.await;
 }
@@ -405,15 +410,16 @@ impl ResyncLimit {
     }
 }
 
-/// The answer to one request (`None`: answered later or not at all, as the protocol says).
+/// The answer to one request (`None`: answered later or not at all, as the protocol says). A
+/// queued control is answered later, by a task in `waiting` that sends to `replies`.
 async fn answer(
     svc: &Arc<Service>,
     client_id: u64,
     m: ClientMessage,
     rate: &mut RateLimit,
     pending_upload: &mut Option<(Value, String)>,
-    resync: &mpsc::Sender<()>,
-    resync_rate: &mut ResyncLimit,
+    (resync, resync_rate): (&mpsc::Sender<()>, &mut ResyncLimit),
+    (waiting, replies): (&mut tokio::task::JoinSet<()>, &Outbox),
 ) -> Option<ServerMessage> {
     let id = m.id;
     let result = match m.request {
@@ -439,11 +445,25 @@ async fn answer(
             return None;
         }
         Request::Control { message } => match rate.check() {
-            Ok(()) => svc
+            Err(e) => Err(e),
+            Ok(()) if Service::needs_resolving(&message) => svc
                 .apply(Origin::Client(client_id), message)
                 .await
                 .map(ReplyResult::Applied),
-            Err(e) => Err(e),
+            Ok(()) => match svc.queue(Origin::Client(client_id), message) {
+                Err(e) => Err(e),
+                Ok(ack) => {
+                    let replies = replies.clone();
+                    waiting.spawn(async move {
+                        let m = match ack.await {
+                            Ok(ack) => ServerMessage::reply(id, ReplyResult::Applied(ack)),
+                            Err(e) => ServerMessage::error(id, e),
+                        };
+                        replies.send(text(&m)).await;
+                    });
+                    return None;
+                }
+            },
         },
         Request::Record {
             action: RecordAction::Start,

@@ -20,6 +20,20 @@ impl LiveCore {
         Ok(recorded)
     }
 
+    /// Whether `apply` would accept this knob value, without applying it (knob sets coalescing
+    /// at a tick boundary are checked one by one, and only the last is applied).
+    pub fn check_knob(&self, msg: &ControlMessage) -> SessionResult<()> {
+        match msg {
+            ControlMessage::SetKnob { .. } => {
+                self.controls.clone().apply(msg, &self.facts).map(|_| ())
+            }
+            _ => Err(SessionError::bad_value(
+                "check_knob",
+                "only a set_knob message is checked alone",
+            )),
+        }
+    }
+
     fn apply_inner(&mut self, msg: &ControlMessage) -> SessionResult<ControlMessage> {
         let sr = self.facts.sample_rate as f64;
         match msg {
