@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 /// Smoothing of the load: the weight of the newest tick (the indicator follows within 2–3
 /// ticks, about 0.1 s, while one slow tick alone does not trip it for long).
 const LOAD_SMOOTHING: f32 = 0.3;
-/// Overloaded while the smoothed load is above this (the smoothing keeps the indicator from
-/// flickering at the edge).
+/// Overloaded once the smoothed load rises above this…
 const OVERLOAD: f32 = 1.0;
+/// …and until it falls below this: a load hovering at the edge (a loaded machine) would
+/// otherwise flip the indicator, and the server's notices, several times a second.
+const RECOVERED_BELOW: f32 = 0.9;
 /// A depth step down needs this many ticks in a row over budget: a single expensive tick (a
 /// new source decoded whole) is not a trend.
 const SUSTAINED_OVER_TICKS: u32 = 3;
@@ -90,7 +92,11 @@ impl RealtimeBudget {
             raw
         };
         self.measured = true;
-        self.overloaded = self.load > OVERLOAD;
+        self.overloaded = if self.overloaded {
+            self.load >= RECOVERED_BELOW
+        } else {
+            self.load > OVERLOAD
+        };
         self.over_ticks = if raw > 1.0 { self.over_ticks + 1 } else { 0 };
         if !degrade {
             return None;
@@ -183,6 +189,36 @@ mod tests {
             assert_eq!(off.observe(200.0, 4, 4, None, false), None);
         }
         assert!(off.report(None).overloaded && off.report(None).load > 4.0);
+    }
+
+    #[test]
+    fn a_load_at_the_edge_does_not_flip_the_indicator() {
+        let mut b = RealtimeBudget::new(40.0);
+        b.observe(48.0, 1, 1, None, false);
+        assert!(b.report(None).overloaded);
+        // Alternating just over and just under the budget: the smoothed load stays between
+        // the two thresholds, so the flag holds.
+        for i in 0..100 {
+            let cost = if i % 2 == 0 { 42.0 } else { 36.0 };
+            b.observe(cost, 1, 1, None, false);
+            assert!(
+                b.report(None).overloaded,
+                "tick {i}: load {}",
+                b.report(None).load
+            );
+        }
+        for _ in 0..20 {
+            b.observe(30.0, 1, 1, None, false);
+        }
+        assert!(
+            !b.report(None).overloaded,
+            "0.75 of the budget is back in real time"
+        );
+        // And it takes a load over 1 again, not 0.95, to come back.
+        for _ in 0..50 {
+            b.observe(38.0, 1, 1, None, false);
+        }
+        assert!(!b.report(None).overloaded);
     }
 
     #[test]

@@ -431,8 +431,10 @@ function showLoad(rt) {
   demon.overloaded = rt.overloaded;
   demon.realtime = rt;
   const box = $('r-load-box');
-  box.classList.toggle('over', rt.overloaded);
-  $('r-load-label').textContent = rt.overloaded ? 'overload' : 'load';
+  // The indicator stays lit while the policy holds the depth below the performer's: the
+  // overload itself lasts only the few ticks the first step down takes.
+  box.classList.toggle('over', rt.overloaded || rt.depth_cap != null);
+  $('r-load-label').textContent = rt.overloaded ? 'overload' : rt.depth_cap != null ? 'capped' : 'load';
   const cap = rt.depth_cap != null ? ` d${rt.depth_cap}` : '';
   $('r-load').textContent = `${(rt.load * 100).toFixed(0)}%${cap}`;
   box.title = `ticks take ${(rt.load * 100).toFixed(0)}% of their ${rt.budget_ms.toFixed(0)} ms budget` +
@@ -997,6 +999,7 @@ function setupWave() {
       toWorklet({ type: 'seek', sample: s * S.rate });
       S.pos = s * S.rate;
       S.posAt = performance.now();
+      S.localSeekAt = S.posAt;
       control({ type: 'seek', seconds: s });
     }
     drag = null;
@@ -1537,7 +1540,9 @@ async function syncPlayhead() {
   } catch (_) {
     return;
   }
-  if (!st) return;
+  // A seek made here while the request was out: the answer may predate it (the server answers
+  // state at once while the seek waits for its tick), and would pull the playhead back.
+  if (!st || (S.localSeekAt || 0) >= t0) return;
   const half = (performance.now() - t0) / 2000;
   const server = (st.playhead_seconds + (st.playing ? half : 0)) * S.rate;
   const len = S.samples;
