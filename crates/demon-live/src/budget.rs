@@ -15,9 +15,12 @@ use serde::{Deserialize, Serialize};
 const LOAD_SMOOTHING: f32 = 0.3;
 /// Overloaded once the smoothed load rises above this…
 const OVERLOAD: f32 = 1.0;
-/// …and until it falls below this: a load hovering at the edge (a loaded machine) would
-/// otherwise flip the indicator, and the server's notices, several times a second.
+/// …and until it has stayed below this for [`RECOVERED_AFTER_TICKS`] ticks in a row: a load
+/// hovering at the edge (a loaded machine) would otherwise flip the indicator, and the server's
+/// notices, several times a second.
 const RECOVERED_BELOW: f32 = 0.9;
+/// One second at 25 ticks per second.
+const RECOVERED_AFTER_TICKS: u32 = 25;
 /// A depth step down needs this many ticks in a row over budget: a single expensive tick (a
 /// new source decoded whole) is not a trend.
 const SUSTAINED_OVER_TICKS: u32 = 3;
@@ -49,6 +52,8 @@ pub struct RealtimeBudget {
     overloaded: bool,
     /// Consecutive ticks whose own cost was over budget.
     over_ticks: u32,
+    /// Consecutive ticks under [`RECOVERED_BELOW`] while overloaded.
+    recovered_ticks: u32,
     /// Consecutive ticks in which one more generation in flight would have fit.
     calm_ticks: u32,
 }
@@ -61,6 +66,7 @@ impl RealtimeBudget {
             measured: false,
             overloaded: false,
             over_ticks: 0,
+            recovered_ticks: 0,
             calm_ticks: 0,
         }
     }
@@ -92,11 +98,17 @@ impl RealtimeBudget {
             raw
         };
         self.measured = true;
-        self.overloaded = if self.overloaded {
-            self.load >= RECOVERED_BELOW
+        if self.overloaded {
+            self.recovered_ticks = if self.load < RECOVERED_BELOW {
+                self.recovered_ticks + 1
+            } else {
+                0
+            };
+            self.overloaded = self.recovered_ticks < RECOVERED_AFTER_TICKS;
         } else {
-            self.load > OVERLOAD
-        };
+            self.overloaded = self.load > OVERLOAD;
+            self.recovered_ticks = 0;
+        }
         self.over_ticks = if raw > 1.0 { self.over_ticks + 1 } else { 0 };
         if !degrade {
             return None;
@@ -180,10 +192,13 @@ mod tests {
         let mut b = RealtimeBudget::new(40.0);
         assert_eq!(b.observe(200.0, 4, 4, None, true), None);
         assert!(b.report(None).overloaded, "the indicator shows at once");
-        for _ in 0..10 {
+        for _ in 0..40 {
             assert_eq!(b.observe(10.0, 4, 4, None, true), None);
         }
-        assert!(!b.report(None).overloaded);
+        assert!(
+            !b.report(None).overloaded,
+            "a second of fitting ticks ends it"
+        );
         let mut off = RealtimeBudget::new(40.0);
         for _ in 0..50 {
             assert_eq!(off.observe(200.0, 4, 4, None, false), None);
@@ -207,6 +222,11 @@ mod tests {
                 b.report(None).load
             );
         }
+        // Under 0.9 but not yet for a second: still overloaded; then it ends.
+        for _ in 0..20 {
+            b.observe(30.0, 1, 1, None, false);
+        }
+        assert!(b.report(None).overloaded, "fewer than 25 fitting ticks");
         for _ in 0..20 {
             b.observe(30.0, 1, 1, None, false);
         }

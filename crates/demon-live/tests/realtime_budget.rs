@@ -97,7 +97,7 @@ fn slow_ticks_are_flagged_degraded_one_step_at_a_time_and_recovered() {
     // 70 ms per generation in flight: 560 ms a tick at depth 8, over twice the budget; 3 in
     // flight (210 ms) are still over, 2 (140 ms plus the model's own time) fit.
     per_row_us.store(70_000, Ordering::Release);
-    let slow = run(&mut core, 60);
+    let slow = run(&mut core, 100);
     let first_flag = slow.iter().position(|r| r.overloaded).expect("flagged");
     assert!(
         first_flag <= 2,
