@@ -993,7 +993,7 @@ function setupWave() {
     const t = (v) => Math.min(S.songSeconds, Math.max(0, (v / w) * S.songSeconds));
     if (drag.band) {
       const a = t(Math.min(drag.x0, drag.x1)), b = t(Math.max(drag.x0, drag.x1));
-      control({ type: 'set_loop_band', start_s: a, end_s: b }).then((r) => r && setBand([a, b]));
+      bandControl({ type: 'set_loop_band', start_s: a, end_s: b }, [a, b]);
     } else {
       const s = t(drag.x0);
       toWorklet({ type: 'seek', sample: s * S.rate });
@@ -1392,7 +1392,19 @@ function newSeed() {
 }
 
 function clearBand() {
-  control({ type: 'clear_loop_band' }).then((r) => r && setBand(null));
+  bandControl({ type: 'clear_loop_band' }, null);
+}
+
+// The band is the performer's gesture: the page plays it at once and puts the old one back if
+// the server refuses. Waiting for the reply (which comes at the session's next tick boundary)
+// left the worklet on the old band for a moment, so a seek right after a clear wrapped back
+// into it.
+function bandControl(message, band) {
+  const before = S.band;
+  setBand(band);
+  control(message).then((r) => {
+    if (!r) setBand(before);
+  });
 }
 
 let unmuted = 0.9;
