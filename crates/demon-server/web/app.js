@@ -999,8 +999,13 @@ function setupWave() {
       toWorklet({ type: 'seek', sample: s * S.rate });
       S.pos = s * S.rate;
       S.posAt = performance.now();
+      // Until the seek's reply, the session's state may not have it yet (see syncPlayhead).
       S.localSeekAt = S.posAt;
-      control({ type: 'seek', seconds: s });
+      S.seekPending = true;
+      control({ type: 'seek', seconds: s }).then(() => {
+        S.seekPending = false;
+        S.localSeekAt = performance.now();
+      });
     }
     drag = null;
   });
@@ -1552,9 +1557,10 @@ async function syncPlayhead() {
   } catch (_) {
     return;
   }
-  // A seek made here while the request was out: the answer may predate it (the server answers
-  // state at once while the seek waits for its tick), and would pull the playhead back.
-  if (!st || (S.localSeekAt || 0) >= t0) return;
+  // A seek of this page not yet answered, or answered while the request was out: the state may
+  // predate it (the server answers state at once while the seek waits for its tick boundary),
+  // and would pull the playhead back.
+  if (!st || S.seekPending || (S.localSeekAt || 0) >= t0) return;
   const half = (performance.now() - t0) / 2000;
   const server = (st.playhead_seconds + (st.playing ? half : 0)) * S.rate;
   const len = S.samples;
