@@ -32,13 +32,7 @@ fn hooks() -> Hooks {
 }
 
 fn opts(tag: &str) -> ServerOptions {
-    let mut o = ServerOptions::loopback(0);
-    o.osc_bind = None;
-    o.midi = false;
-    let id = format!("{}-{tag}", std::process::id());
-    o.midi_map = std::env::temp_dir().join(format!("demon-sec-midi-{id}.json"));
-    o.recordings_dir = std::env::temp_dir().join(format!("demon-sec-rec-{id}"));
-    o
+    common::server_options("sec", tag)
 }
 
 async fn serve(opts: ServerOptions, handle: SessionHandle) -> SocketAddr {

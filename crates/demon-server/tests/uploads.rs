@@ -27,13 +27,7 @@ fn hooks() -> Hooks {
 }
 
 fn options(tag: &str) -> ServerOptions {
-    let mut o = ServerOptions::loopback(0);
-    o.osc_bind = None;
-    o.midi = false;
-    let id = format!("{}-{tag}", std::process::id());
-    o.midi_map = std::env::temp_dir().join(format!("demon-up-midi-{id}.json"));
-    o.recordings_dir = std::env::temp_dir().join(format!("demon-up-rec-{id}"));
-    o
+    common::server_options("up", tag)
 }
 
 async fn serve_with(o: ServerOptions, handle: SessionHandle) -> SocketAddr {

@@ -14,6 +14,19 @@ fn sketch() -> BackendSet {
     }
 }
 
+/// Loopback server options without OSC or MIDI, with a MIDI map and a recordings folder of
+/// this test's own (`suite` names the test file, `tag` the test) in the temp folder.
+#[allow(dead_code)] // shared by the test files that start their own server, not by all
+pub fn server_options(suite: &str, tag: &str) -> demon_server::ServerOptions {
+    let mut o = demon_server::ServerOptions::loopback(0);
+    o.osc_bind = None;
+    o.midi = false;
+    let id = format!("{}-{tag}", std::process::id());
+    o.midi_map = std::env::temp_dir().join(format!("demon-{suite}-midi-{id}.json"));
+    o.recordings_dir = std::env::temp_dir().join(format!("demon-{suite}-rec-{id}"));
+    o
+}
+
 /// A session of `song_seconds` paced to the wall clock (a fixed receptive field skips the
 /// start-up measurement).
 pub fn session(song_seconds: f64) -> SessionHandle {
