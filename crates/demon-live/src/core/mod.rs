@@ -323,7 +323,9 @@ impl LiveCore {
             cfg.samples_per_tick,
             cfg.playing,
         );
-        let (cfg_samples_per_tick, facts_sample_rate) = (cfg.samples_per_tick, facts.sample_rate);
+        // A tick may take as long as the audio it makes plays.
+        let tick_budget_ms =
+            (cfg.samples_per_tick as f64 * 1000.0 / facts.sample_rate as f64) as f32;
         let mut core = Self {
             song: Song {
                 frames: song_frames,
@@ -346,9 +348,7 @@ impl LiveCore {
             probe: Arc::new(SessionProbe::default()),
             last_tick_ms: 0.0,
             last_decode_ms: 0.0,
-            budget: RealtimeBudget::new(
-                (cfg_samples_per_tick as f64 * 1000.0 / facts_sample_rate as f64) as f32,
-            ),
+            budget: RealtimeBudget::new(tick_budget_ms),
             degrade: false,
             depth_cap: None,
         };
