@@ -6,7 +6,7 @@
 #
 #   scripts/bench-reports.sh            # every report (the ACE-Step ones take about 2 h on 2 cores)
 #   scripts/bench-reports.sh sketch     # only the named reports: sketch acestep-model-60s
-#                                       # acestep-model-batches-10s acestep-2b-ticks
+#                                       # acestep-model-batches-10s acestep-lora acestep-2b-ticks
 #
 # docs/bench/cpu-vs-pytorch.json has its own command (it needs a Python venv with PyTorch):
 # tools/cpu-vs-pytorch/run.sh.
@@ -19,10 +19,12 @@ cd "$(dirname "$0")/.."
 # name|arguments of `demon bench` (each run also gets --json)
 reports=(
   "sketch|"
+  "knob-to-ear|--only latency"
   "acestep-model-60s|--backend acestep --random-model turbo-2b --model-seconds 60 --model-batches 1 --vae-seconds 10 --repeats 2"
   "acestep-model-batches-10s|--backend acestep --random-model turbo-2b --model-sizes turbo-2b,xl-turbo --model-seconds 10 --model-batches 1,2,4,8 --vae-seconds 0 --repeats 1"
   "acestep-2b-60s-f32|--backend acestep --random-model turbo-2b --only model --model-seconds 60 --model-batches 1 --vae-seconds 0 --repeats 2 --cpu-precision f32"
   "acestep-2b-60s-bf16|--backend acestep --random-model turbo-2b --only model --model-seconds 60 --model-batches 1 --vae-seconds 0 --repeats 2 --cpu-precision bf16"
+  "acestep-lora|--backend acestep --random-model turbo-2b --model-seconds 10 --model-batches 1 --vae-seconds 0 --repeats 2"
   "acestep-2b-ticks|--backend acestep --random-model turbo-2b --only ticks --depths 1,2,4,8 --seconds 10 --ticks 8 --plot docs/bench-acestep-2b.png"
 )
 

@@ -76,10 +76,15 @@ async def mcp_checks(base):
             await session.initialize()
             tools = await session.list_tools()
             names = sorted(t.name for t in tools.tools)
-            print("MCP tools:", ", ".join(names))
+            print("MCP tools (%d):" % len(names), ", ".join(names))
+            assert len(names) >= 30, "issue 12 asks for at least the reference's 23 tools"
             for want in ["state", "list_knobs", "get_knob", "set_knob", "set_knobs", "set_prompt",
                          "set_prompt_blend", "set_curve", "set_depth", "list_loras", "enable_lora",
-                         "disable_lora", "set_source", "start_recording", "stop_recording", "render_offline"]:
+                         "disable_lora", "set_source", "start_recording", "stop_recording", "render_offline",
+                         "save_preset", "load_preset", "set_timbre_fixture", "set_timbre_audio", "clear_timbre",
+                         "set_structure_fixture", "set_structure_audio", "clear_structure",
+                         "list_sessions", "set_rcfg_mode", "analyze", "list_fixtures", "swap_to_fixture",
+                         "swap_to_audio"]:
                 assert want in names, "missing tool " + want
             for t in tools.tools:
                 assert t.description and len(t.description) > 20, "tool %s lacks a description" % t.name
@@ -142,6 +147,20 @@ def main():
         osc.send_message("/demon/blend", 0.0)
         wait_until(lambda: abs(state(base)["targets"]["ode_noise"] - 0.42) < 1e-6, 10, "the OSC knob")
         print("OSC: /demon/knob/ode_noise 0.42 -> /api/state ode_noise =", state(base)["targets"]["ode_noise"])
+        # 0.5 on /demon/norm/ is halfway through guidance's 1..10, and the value comes back to
+        # this client on the address it used (what makes a TouchOSC fader follow).
+        osc.send_message("/demon/norm/guidance", 0.5)
+        wait_until(lambda: state(base)["targets"]["guidance"] == 5.5, 10, "the normalised OSC knob")
+        back = [(m.address, m.params) for m in osc.get_messages(1.0)]
+        assert ("/demon/norm/guidance", [0.5]) in back, back
+        # Past its range: clamped and counted, and the clamped value comes back.
+        osc.send_message("/demon/knob/denoise", 3.0)
+        wait_until(lambda: state(base)["targets"]["denoise"] == 1.0, 10, "the clamped OSC knob")
+        back = [(m.address, m.params) for m in osc.get_messages(1.0)]
+        assert ("/demon/knob/denoise", [1.0]) in back, back
+        health = json.loads(get(base + "/api/health"))
+        assert health["osc_clamped_values"] == 1 and health["osc_rejected_messages"] == 0, health
+        print("OSC: /demon/norm/guidance 0.5 -> guidance 5.5, fed back; denoise 3 clamped to 1, fed back")
         print("all client checks passed")
     finally:
         proc.terminate()

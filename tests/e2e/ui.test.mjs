@@ -289,7 +289,7 @@ async function main() {
       return Math.abs(s.targets.velocity_scale - knobValue) < 1e-9 ? s : null;
     }, 10000);
     const shown = await page.locator('.fader[data-knob="velocity_scale"] .val').inputValue();
-    return `fader ${old} → ${knobValue}; /api/state targets.velocity_scale = ${got.targets.velocity_scale} (effective ${got.knobs.velocity_scale.toFixed(3)}); readout "${shown}"; latency readout ${await page.locator('#r-latency').textContent()} ms`;
+    return `fader ${old} → ${knobValue}; /api/state targets.velocity_scale = ${got.targets.velocity_scale} (effective ${got.knobs.velocity_scale.toFixed(3)}); readout "${shown}"; latency readout ${await page.locator('#r-reply').textContent()} ms`;
   });
 
   await check('the slices that follow the change carry new audio', async () => {
@@ -342,6 +342,85 @@ async function main() {
     assert(c.max <= 2 ** -10 && c.over === 0, `outside crossfade zones the largest difference ${c.max} is within f16 rounding (${c.over} samples off by more than 1e-3; ${where})`);
     assert(c.zoneMax <= 2 ** -10 && c.zoneOver === 0, `inside the crossfade zones too the largest difference ${c.zoneMax} is within f16 rounding (${c.zoneOver} samples off by more than 1e-3; ${where})`);
     return `${slices.length} slices so far; outside the ${c.zoneSamples} samples of patch crossfade zones: RMS ${c.rms.toExponential(2)}, max ${c.max.toExponential(2)} over ${c.len - c.zoneSamples} samples; inside them: max ${c.zoneMax.toExponential(2)}`;
+  });
+
+  // Knob-to-ear latency (issue 10): control received by the server → first sample this page's
+  // playhead plays that reflects it. The server names the first slice that carries each
+  // control (`reflects`); the worklet reports when it first plays a sample of it; the page sends
+  // `heard` and the server measures on its own clock (docs/protocol.md). N moves per class.
+  await check('knob-to-ear per class, measured by the page (figures against the depth-4 acceptance), every control heard, no late slice', async () => {
+    const N = 12;
+    // Depth 4 as the knob says: the degrade policy may hold it lower for a while on a loaded
+    // machine and gives it back one step per second of room. Wait for it a while; on a machine
+    // too loaded for depth 4 the figures are measured at the depth that runs, and say so.
+    await waitFor('depth 4 running (not capped by the degrade policy)', async () => (await state()).depth === 4, 30000).catch(() => null);
+    const st0 = await state();
+    assert(st0.targets.depth === 4 && st0.adaptive_lead, `the depth knob at 4 and serve's adaptive lead (${st0.targets.depth}, ${st0.adaptive_lead})`);
+    // Let the lead settle from its 0.5 s start: no change over 1.5 s.
+    let leads = [];
+    await waitFor('the adaptive lead to settle', async () => {
+      const a = (await state()).lead_ms;
+      await new Promise((r) => setTimeout(r, 1500));
+      const b = (await state()).lead_ms;
+      leads.push(b);
+      return a === b;
+    }, 30000, 0);
+    const late0 = await demon(() => window.demon.lateSlices);
+    const heard0 = await demon(() => window.demon.heard.length);
+    const measure = async (cls, knob, values, gapMs) => {
+      const got = [];
+      const at = [];
+      for (const value of values) {
+        const before = ((await state()).knob_to_ear[cls] || { count: 0 }).count;
+        const r = await page.evaluate((m) => window.demon.request({ type: "control", message: m }), { type: "set_knob", name: knob, value });
+        assert(r && r.ok, `${knob} = ${value} applied (${JSON.stringify(r)})`);
+        const k = await waitFor(`the page to hear ${knob} = ${value}`, async () => {
+          const e = (await state()).knob_to_ear[cls];
+          return e && e.count > before ? e : null;
+        }, 10000);
+        const d = (await state()).depth;
+        got.push(k.last_ms);
+        at.push(d);
+        depths.push(d);
+        await new Promise((r) => setTimeout(r, gapMs));
+      }
+      const quantiles = (xs) => {
+        const sorted = [...xs].sort((a, b) => a - b);
+        const q = (p) => sorted[Math.min(sorted.length, Math.max(1, Math.ceil(p * sorted.length))) - 1];
+        return { median: q(0.5), p90: q(0.9) };
+      };
+      // The acceptance is at depth 4: the moves measured while the degrade policy held the
+      // depth lower (a machine too loaded for depth 4) are reported but not held to it.
+      const at4 = got.filter((_, i) => at[i] === 4);
+      return { got, at, ...quantiles(got), n4: at4.length, at4: at4.length ? quantiles(at4) : null };
+    };
+    const depths = [];
+    const lane = await measure('shared_lane', 'velocity_scale', Array.from({ length: N }, (_, i) => (i % 2 ? 1.4 : 0.7)), 400);
+    const stMid = await state();
+    const slot = await measure('per_slot', 'seed', Array.from({ length: N }, (_, i) => 1000 + 17 * i), 300);
+    const st1 = await state();
+    const late = (await demon(() => window.demon.lateSlices)) - late0;
+    const heard = (await demon(() => window.demon.heard.length)) - heard0;
+    const steps = st1.targets.steps, tickMs = 1000 * 1920 / 48000;
+    const queue = Math.max(stMid.queue, st1.queue);
+    const slotBound = (queue + steps) * tickMs + 250;
+    const f = (x) => x.toFixed(0);
+    const by = (m) => m.got.map((x, i) => `${f(x)}@${m.at[i]}`).join(' ');
+    const four = (m) => (m.at4 ? `at depth 4 (${m.n4} of ${N}): median ${f(m.at4.median)} ms, p90 ${f(m.at4.p90)} ms` : 'none at depth 4');
+    const detail = `shared lane: median ${f(lane.median)} ms, p90 ${f(lane.p90)} ms, ${four(lane)} [ms@depth: ${by(lane)}]; per slot: median ${f(slot.median)} ms, p90 ${f(slot.p90)} ms, ${four(slot)} (bound (queue ${queue} + S ${steps}) × ${tickMs} ms + 250 = ${f(slotBound)} ms) [${by(slot)}]; lead ${st1.lead_ms} ms (settled after ${leads.join(' → ')}); late slices ${late}; ${heard} heard reports from this page; depth running ${Math.min(...depths)}..${Math.max(...depths)}`;
+    say(`knob-to-ear: ${detail}`);
+    assert(heard >= 2 * N, `the page reported every control it heard (${heard} of ${2 * N})`);
+    assert(late === 0, `no slice landed behind the playhead (${late})`);
+    // Timing is measured, not asserted (a figure, like `demon bench`'s; a shared 2-core test
+    // machine decides it as much as the code does): the check says how the figures compare
+    // with the acceptance (shared lane ≤ 250 ms median, per slot ≤ queue + S ticks + 250 ms,
+    // at depth 4), and asserts what does not depend on timing: every control heard, no late slice.
+    const cmp = (name, m, bound) => (m.n4 >= N / 2
+      ? `${name} at depth 4 ${m.at4.median <= bound ? 'within' : 'OVER'} ${f(bound)} ms`
+      : `${name} not measured at depth 4 (${m.n4} of ${N} moves; the degrade policy lowered the depth on this machine)`);
+    const verdict = `${cmp('shared lane', lane, 250)}; ${cmp('per slot', slot, slotBound)}`;
+    say(`knob-to-ear against the acceptance: ${verdict}`);
+    return `${detail}; ${verdict}`;
   });
 
   await check('keyboard: End and Shift+← on the focused denoise fader', async () => {
@@ -501,6 +580,13 @@ async function main() {
       const x = (await state()).source;
       return x && x.includes('funk') ? x : null;
     }, 20000);
+    // Issue 12, item 5: the page shows what was measured on the source.
+    const measured = await waitFor('the source analysis', async () => {
+      const t = await page.locator('#source-analysis').textContent();
+      return t.includes('BPM') && t.includes('LUFS') ? t : null;
+    }, 10000);
+    const a = (await state()).source_analysis;
+    assert(a && measured.includes(a.bpm.toFixed(1)), `the page shows the state's tempo (${measured}; ${JSON.stringify(a)})`);
     // A song-length WAV (48 kHz stereo 16-bit): plucked notes of an arpeggio, so the loop keeps
     // its length (a shorter source would shorten the song).
     const n = SONG_SECONDS * 48000;
@@ -546,7 +632,7 @@ async function main() {
     }, 10000);
     assert((await state()).source === 'tone.wav', 'the old source stays');
     await waitFor('slices after the bad upload', async () => (await demon(() => window.demon.slicesReceived)) >= s1 + 3, 20000);
-    return `library → ${lib}; upload → tone.wav ("${info}", ${lit} waveform pixels); junk.wav → "${err}"`;
+    return `library → ${lib} (${measured}); upload → tone.wav ("${info}", ${lit} waveform pixels); junk.wav → "${err}"`;
   });
 
   await check('MIDI learn: L arms the server and the browser; a CC then drives the knob', async () => {
@@ -574,6 +660,104 @@ async function main() {
     assert(r.status === 200, 'band set over REST');
     await waitFor('the band shown', async () => (await page.locator('#band-info').textContent()).includes('6.00'), 10000);
     return `guidance ${JSON.stringify(c)}; band 6–14 s echoed into the page`;
+  });
+
+  const post = (message) => api('/api/control', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(message) });
+
+  await check('a focused dropdown does not swallow shortcuts: N on the solver menu makes a new seed', async () => {
+    const seed0 = (await state()).targets.seed;
+    const solver0 = await page.inputValue('#solver');
+    await page.focus('#solver');
+    await page.keyboard.press('n');
+    const seed1 = await waitFor('a new seed', async () => {
+      const s = (await state()).targets.seed;
+      return s !== seed0 ? s : null;
+    }, 10000);
+    assert((await page.inputValue('#solver')) === solver0, 'the menu kept its choice (no type-ahead)');
+    await page.locator('#solver').blur();
+    return `seed ${seed0} → ${seed1}, solver still ${solver0}`;
+  });
+
+  await check('a typed value out of range shows the value applied, with a notice', async () => {
+    const val = page.locator('.fader[data-knob="denoise"] .val');
+    await val.fill('5');
+    await val.press('Enter');
+    await waitFor('denoise 1 in /api/state', async () => (await state()).targets.denoise === 1, 10000);
+    const shown = await waitFor('the field showing 1', async () => {
+      const v = await val.inputValue();
+      return Number(v) === 1 ? v : null;
+    }, 10000);
+    const notices = await demon(() => window.demon.notices.slice());
+    assert(notices.some((n) => n.includes('denoise: 5 is outside 0 … 1; set to 1')), `a notice (${JSON.stringify(notices)})`);
+    return `typed 5, field shows ${shown}`;
+  });
+
+  await check('the negative prompt says it needs guidance above 1', async () => {
+    assert((await post({ type: 'set_knob', name: 'guidance', value: 1 })).status === 200, 'guidance 1');
+    await page.fill('#negative', 'distortion');
+    await waitFor('the hint shown at guidance 1', () => page.isVisible('#negative-hint'), 10000);
+    assert((await post({ type: 'set_knob', name: 'guidance', value: 3 })).status === 200, 'guidance 3');
+    await waitFor('the hint hidden at guidance 3', async () => !(await page.isVisible('#negative-hint')), 10000);
+    await page.fill('#negative', '');
+    await page.locator('#negative').blur();
+    return await page.locator('#negative').getAttribute('placeholder');
+  });
+
+  await check('the OSC rejected-message counter shows /api/health', async () => {
+    const h = (await api('/api/health')).json;
+    const shown = await waitFor('the counter', async () => {
+      const t = (await page.textContent('#r-osc')).trim();
+      return t !== '' ? t : null;
+    }, 10000);
+    assert(Number(shown) === h.osc_rejected_messages, `${shown} = ${h.osc_rejected_messages}`);
+    return `osc rejected ${shown}`;
+  });
+
+  await check('loudness: the LUFS meter moves, and the matcher shows its gain toward target_lufs', async () => {
+    const read = () => page.evaluate(() => ({ text: document.getElementById('r-lufs').textContent, bar: document.getElementById('r-lufs-bar').style.width, momentary: document.getElementById('r-lufs-box').dataset.momentary }));
+    const seen = new Set();
+    await waitFor('the momentary meter to move', async () => {
+      const r = await read();
+      if (r.momentary) seen.add(r.momentary);
+      return seen.size >= 3 ? r : null;
+    }, 20000);
+    const before = await read();
+    assert(/^-?\d/.test(before.text) && parseFloat(before.bar) > 0, `a short-term figure and a bar (${JSON.stringify(before)})`);
+    const post = (message) => api('/api/control', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(message) });
+    const set = (name, value) => post({ type: 'set_knob', name, value });
+    // With a source the matcher aims at the source's loudness; without one, at target_lufs.
+    await post({ type: 'set_source', source: { kind: 'none' } });
+    await waitFor('no source', async () => (await state()).source === null, 20000);
+    await set('target_lufs', -40);
+    await set('loudness_match', 1);
+    const matched = await waitFor('the matcher\'s gain', async () => {
+      const x = (await state()).loudness;
+      const r = await read();
+      return x.matching && x.gain_db < -1 && r.text.includes('dB') ? { x, r } : null;
+    }, 20000);
+    await set('loudness_match', 0);
+    return `meter ${before.text} LUFS (bar ${before.bar}, ${seen.size} momentary values seen); matching toward ${matched.x.target_lufs}: gain ${matched.x.gain_db.toFixed(1)} dB, shown "${matched.r.text}"`;
+  });
+
+  await check('phone layout: every visible control is at least 40 px tall (buttons 40 px wide)', async () => {
+    const phone = await context.newPage();
+    try {
+      await phone.setViewportSize({ width: 390, height: 844 });
+      await phone.goto(pageBase + '/');
+      await phone.waitForFunction(() => window.demon && window.demon.ready && document.querySelectorAll('.fader[data-knob]').length > 0, null, { timeout: 30000 });
+      const small = await phone.evaluate(() =>
+        [...document.querySelectorAll('button, select, input, textarea, label.file')]
+          .filter((el) => el.offsetParent !== null && getComputedStyle(el).opacity !== '0')
+          .map((el) => ({ el, r: el.getBoundingClientRect() }))
+          .filter(({ el, r }) => r.height < 39.5 || (el.tagName === 'BUTTON' && r.width < 39.5))
+          .map(({ el, r }) => `${el.tagName.toLowerCase()}#${el.id || el.name || el.className} ${r.width.toFixed(0)}×${r.height.toFixed(0)}`),
+      );
+      assert(small.length === 0, `controls under 40 px: ${small.join(', ')}`);
+      const n = await phone.evaluate(() => document.querySelectorAll('button, select, input, textarea').length);
+      return `${n} controls checked at 390×844`;
+    } finally {
+      await phone.close();
+    }
   });
 
   // A WAV of `seconds` (48 kHz stereo 16-bit) of plucked notes.
@@ -693,7 +877,11 @@ async function main() {
       await api('/api/control', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ type: 'set_knob', name, value }) });
     }
     say(`real time: max load ${maxLoad.toFixed(2)}, overload indicator ${overSeen ? 'shown' : 'not needed'}, lowest depth cap ${capMin ?? 'none'}, late slices ${late}, recording ${seconds && seconds.toFixed(3)} s over ${wall.toFixed(3)} s of wall clock (${samples} samples; state depth ${st.depth}, knob ${st.targets.depth})`);
-    assert(seconds != null && Math.abs(seconds - wall) <= 0.04 + 0.1, `the recording (${seconds} s) lasts what was played (${wall} s of wall clock, ± one tick and the click round trips)`);
+    // Overloaded, the runner falls behind the clock until the degrade policy has lowered the
+    // depth, then catches up by running ticks back to back: a recording spans what the session
+    // played, which differs from the wall clock by the lag at its start and end (a few ticks on
+    // a loaded 2-core machine). Before the policy, a 5.15 s recording came out 2.48 s long.
+    assert(seconds != null && Math.abs(seconds - wall) <= 0.3, `the recording (${seconds} s) lasts what was played (${wall} s of wall clock, ± the runner's lag: 0.3 s)`);
     assert(!overSeen || maxLoad > 1 || capMin != null, 'the indicator showed only over budget or with the depth capped');
     assert(capMin == null || overSeen, `the depth was capped at ${capMin} and the page showed it`);
     return `max load ${maxLoad.toFixed(2)}, indicator ${overSeen ? 'shown' : 'not needed'}, lowest cap ${capMin ?? 'none'}, late slices ${late}, recording ${seconds.toFixed(3)} s / wall ${wall.toFixed(3)} s`;

@@ -29,7 +29,7 @@ function load(rate = 48000) {
       this.port = { postMessage: (m) => posted.push(m), onmessage: null };
     }
   }
-  const scope = { AudioWorkletProcessor, registerProcessor: (name, cls) => (Proc = cls), sampleRate: rate, Float32Array, Uint16Array, Uint8Array, Uint32Array, DataView, ArrayBuffer, Math, Number, Object, NaN, Infinity };
+  const scope = { AudioWorkletProcessor, registerProcessor: (name, cls) => (Proc = cls), sampleRate: rate, currentFrame: 0, Float32Array, Uint16Array, Uint8Array, Uint32Array, DataView, ArrayBuffer, Math, Number, Object, NaN, Infinity };
   vm.runInNewContext(`${SRC}\n;this.__F16 = F16;`, scope);
   const p = new Proc({ processorOptions: { sourceRate: 48000 } });
   return { p, posted, F16: scope.__F16, send: (m) => p.port.onmessage({ data: m }) };
@@ -181,6 +181,41 @@ function frame(kind, start, channels /* [L, R] arrays of f16 bits */, tick = 7) 
   send({ type: 'playing', playing: false });
   p.process([], [out]);
   check('silence while stopped', out[0].every((v) => v === 0));
+}
+
+// 4. Knob-to-ear: a watched slice reports the output frame of its first played sample, only
+// once the frame of its tick is applied, and at once when the playhead is already inside it.
+{
+  const { p, posted, send } = load(48000);
+  const N = 48000;
+  const zeros = new Array(N).fill(0);
+  send({ type: 'frame', buf: frame(0, 0, [zeros, zeros], 5) });
+  const out = [new Float32Array(128), new Float32Array(128)];
+  const heard = () => posted.filter((m) => m.type === 'heard');
+  // Slice [1000, 1100) of tick 9, watched before its frame arrives: not reported while the
+  // playhead passes it (the buffer there is still old audio).
+  send({ type: 'watch', controls: [41], start: 1000, n: 100, tick: 9 });
+  for (let q = 0; q < 10; q++) p.process([], [out]);
+  check('a watch waits for the frame of its tick', heard().length === 0, `pos ${p.pos}`);
+  // The frame of tick 9 lands; the playhead (now 1280) comes round to 1000 after N − 280 samples.
+  send({ type: 'frame', buf: frame(2, 1000, [zeros.slice(0, 100), zeros.slice(0, 100)], 9) });
+  let quanta = 0;
+  while (!heard().length && quanta < 1000) {
+    p.process([], [out]);
+    quanta++;
+  }
+  const h = heard()[0];
+  // currentFrame stays 0 in this scope, so `frame` is the offset inside the quantum: sample
+  // 1000 is played N − 1280 + 1000 samples after the frame landed.
+  const ahead = N - 1280 + 1000;
+  check('the first played sample of the slice is reported once, at its frame', heard().length === 1 && h.controls[0] === 41 && quanta === Math.floor(ahead / 128) + 1 && h.frame === ahead % 128, `after ${quanta} quanta, frame ${h && h.frame}`);
+  // Watched with the playhead already inside: reported in the next quantum.
+  const at = Math.floor(p.pos);
+  send({ type: 'frame', buf: frame(2, at - 10, [zeros.slice(0, 200), zeros.slice(0, 200)], 10) });
+  send({ type: 'watch', controls: [42, 43], start: at - 10, n: 200, tick: 10 });
+  p.process([], [out]);
+  const h2 = heard()[1];
+  check('a slice watched with the playhead inside is heard at once', h2 && h2.controls.join() === '42,43');
 }
 
 if (failures) {

@@ -113,6 +113,8 @@ pub struct ModelBenchConfig {
     /// Weight precision of the CPU kernels ([`AceStepDenoiser::set_cpu_precision`]); CPU only.
     pub cpu_precision: Precision,
     pub seed: u64,
+    /// Rank of the random adapter whose strength change is timed on the 2B DiT (0 skips it).
+    pub lora_rank: usize,
 }
 
 impl Default for ModelBenchConfig {
@@ -148,6 +150,7 @@ impl Default for ModelBenchConfig {
             matmul_dtype: None,
             cpu_precision: Precision::F32,
             seed: 0,
+            lora_rank: 16,
         }
     }
 }
@@ -279,6 +282,80 @@ pub struct ModelBenchReport {
     pub matmul_dtype: String,
     pub repeats: usize,
     pub enc_len: usize,
+    /// What a LoRA strength change costs on the 2B DiT; `None` when not measured.
+    pub lora_change: Option<LoraChangeReport>,
+}
+
+/// The cost of one LoRA strength change (issue 12, item 2): a random adapter of `rank` on every
+/// attention projection (self and cross: q, k, v, o) of every decoder layer, moved from one
+/// strength to another through `demon_engine::Adapters::set_strength`, as the live session
+/// does. Best of the repeats.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LoraChangeReport {
+    pub rank: usize,
+    /// Linear layers the adapter touches.
+    pub modules: usize,
+    /// One strength change: one merge of every touched module from its base weight, in ms.
+    pub change_ms: f64,
+    /// The same change by the path `set_strength` took before (disable, set the strength,
+    /// enable: three merges), in ms.
+    pub three_merge_ms: f64,
+}
+
+/// Measure [`LoraChangeReport`] on `den` (which keeps the adapter afterwards, at 0).
+fn lora_change(
+    den: &mut AceStepDenoiser,
+    rank: usize,
+    repeats: usize,
+    dev: &Device,
+) -> Result<LoraChangeReport> {
+    use demon_engine::Adapters;
+    let layers = den.config().num_hidden_layers;
+    let mut modules = std::collections::BTreeMap::new();
+    for layer in 0..layers {
+        for block in ["self_attn", "cross_attn"] {
+            for proj in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+                let name = format!("decoder.layers.{layer}.{block}.{proj}");
+                let Some((out, inp)) = den.linear_dims(&name) else {
+                    continue;
+                };
+                let a = Tensor::randn(0f32, 0.02, (rank, inp), dev)?;
+                let b = Tensor::randn(0f32, 0.02, (out, rank), dev)?;
+                modules.insert(name, crate::lora::LoraModule { a, b, scale: 1.0 });
+            }
+        }
+    }
+    let touched = modules.len();
+    let id = den.add_lora_adapter(
+        crate::lora::LoraAdapter {
+            path: PathBuf::from("bench-random-lora"),
+            modules,
+            metadata: Default::default(),
+        },
+        1.0,
+    )?;
+    let name = den.list()[id].id.clone();
+    let (mut change, mut three) = (f64::INFINITY, f64::INFINITY);
+    for k in 0..repeats {
+        let strength = if k % 2 == 0 { 0.5 } else { 0.75 };
+        let t = Instant::now();
+        den.set_strength(&name, strength)
+            .map_err(|e| AceStepError::input(e.to_string()))?;
+        change = change.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        den.set_lora_enabled(id, false)?;
+        den.set_lora_strength(id, strength + 0.1)?;
+        den.set_lora_enabled(id, true)?;
+        three = three.min(t.elapsed().as_secs_f64());
+    }
+    den.set_strength(&name, 0.0)
+        .map_err(|e| AceStepError::input(e.to_string()))?;
+    Ok(LoraChangeReport {
+        rank,
+        modules: touched,
+        change_ms: change * 1e3,
+        three_merge_ms: three * 1e3,
+    })
 }
 
 /// FLOPs of one DiT step for one row of `frames` latent frames and a packed conditioning of
@@ -592,6 +669,18 @@ pub fn model_bench(cfg: &ModelBenchConfig, log: &mut dyn FnMut(&str)) -> Result<
                 best_cpu * 1e3
             ));
             measured.push((case.clone(), flops, share));
+        }
+        if cfg.lora_rank > 0 && size == ModelSize::Turbo2b {
+            let r = lora_change(&mut den, cfg.lora_rank, cfg.repeats.max(1), dev)?;
+            log(&format!(
+                "{}: LoRA strength change (rank {}, {} modules): {:.0} ms, {:.0} ms by the three-merge path it replaced",
+                size.key(),
+                r.rank,
+                r.modules,
+                r.change_ms,
+                r.three_merge_ms
+            ));
+            report.lora_change = Some(r);
         }
         drop(den);
         if let Some(mib) = peak_rss_mib() {

@@ -28,6 +28,8 @@ pub struct AceStepDenoiser {
     loras: Vec<Option<LoraSlot>>,
     /// Unmerged weights of every module any adapter has touched.
     base: HashMap<String, Tensor>,
+    /// Merges done by `set_lora`.
+    merges: u64,
 }
 
 impl AceStepDenoiser {
@@ -42,6 +44,7 @@ impl AceStepDenoiser {
             tables: Tables::default(),
             loras: Vec::new(),
             base: HashMap::new(),
+            merges: 0,
         })
     }
 
@@ -105,6 +108,15 @@ impl AceStepDenoiser {
     pub fn add_lora(&mut self, path: &Path, strength: f32) -> Result<usize> {
         check_strength(path, strength)?;
         let adapter = LoraAdapter::load(path, &self.device)?;
+        self.add_lora_adapter(adapter, strength)
+    }
+
+    /// Add an adapter already in memory (loaded from a file, or made by a benchmark) at
+    /// `strength`, checked against the DiT's modules, and merge it. Returns its id.
+    pub fn add_lora_adapter(&mut self, adapter: LoraAdapter, strength: f32) -> Result<usize> {
+        let path = adapter.path.clone();
+        let path = path.as_path();
+        check_strength(path, strength)?;
         for (name, m) in &adapter.modules {
             let Some(lin) = self.dit.linear_mut(name) else {
                 return Err(AceStepError::Lora {
@@ -153,6 +165,26 @@ impl AceStepDenoiser {
         self.apply_loras()
     }
 
+    /// Set an adapter's strength and whether it is enabled with one merge (none when neither
+    /// changes): a fader move costs one pass over the touched modules, not one per field.
+    pub fn set_lora(&mut self, id: usize, strength: f32, enabled: bool) -> Result<()> {
+        let path = self.slot(id)?.adapter.path.clone();
+        check_strength(&path, strength)?;
+        let slot = self.slot(id)?;
+        if slot.strength == strength && slot.enabled == enabled {
+            return Ok(());
+        }
+        (slot.strength, slot.enabled) = (strength, enabled);
+        self.merges += 1;
+        self.apply_loras()
+    }
+
+    /// How many times [`set_lora`](Self::set_lora) re-merged the weights (for tests and
+    /// benchmarks of the merge rate).
+    pub fn lora_merges(&self) -> u64 {
+        self.merges
+    }
+
     /// Remove an adapter; its modules return to their base weights.
     pub fn remove_lora(&mut self, id: usize) -> Result<()> {
         self.slot(id)?;
@@ -171,9 +203,15 @@ impl AceStepDenoiser {
                     modules: s.adapter.modules.len(),
                     strength: s.strength,
                     enabled: s.enabled,
+                    metadata: s.adapter.metadata.clone(),
                 })
             })
             .collect()
+    }
+
+    /// `(out, in)` of the linear layer of module `name` (original naming), if it exists.
+    pub fn linear_dims(&mut self, name: &str) -> Option<(usize, usize)> {
+        self.dit.linear_mut(name).map(|l| l.dims())
     }
 
     /// Current (merged) weight of a module, for tests and inspection.
@@ -349,6 +387,7 @@ impl demon_engine::Adapters for AceStepDenoiser {
                 strength: if l.enabled { l.strength } else { 0.0 },
                 rank: 0,
                 targets: l.modules,
+                metadata: l.metadata.clone(),
             })
             .collect()
     }
@@ -359,11 +398,11 @@ impl demon_engine::Adapters for AceStepDenoiser {
             .into_iter()
             .find(|l| self.adapter_name(l) == id)
             .ok_or_else(|| EngineError::param("lora", format!("no adapter `{id}`")))?;
+        // Disabled keeps the last strength, so enabling again without a value is that one.
         if strength <= 0.0 {
-            self.set_lora_enabled(info.id, false)?;
+            self.set_lora(info.id, info.strength, false)?;
         } else {
-            self.set_lora_strength(info.id, strength)?;
-            self.set_lora_enabled(info.id, true)?;
+            self.set_lora(info.id, strength, true)?;
         }
         Ok(())
     }

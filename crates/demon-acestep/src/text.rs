@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use demon_engine::Prompt;
+use demon_engine::{Prompt, SourceHints};
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::config::TextEncoderConfig;
@@ -61,8 +61,10 @@ fn bpm_text(bpm: f32) -> String {
 /// Metadata absent from the prompt is written `N/A`; a missing duration reads "30 seconds"
 /// and the duration is truncated to whole seconds, like the reference.
 pub fn format_prompt(prompt: &Prompt, task: Task) -> (String, String) {
+    // A measured tempo or key of the playing source fills a field the prompt leaves open.
     let bpm = prompt
         .bpm
+        .or(SourceHints::bpm(prompt))
         .filter(|b| *b > 0.0)
         .map(bpm_text)
         .unwrap_or_else(|| "N/A".into());
@@ -73,6 +75,7 @@ pub fn format_prompt(prompt: &Prompt, task: Task) -> (String, String) {
     let key = prompt
         .key
         .as_deref()
+        .or(SourceHints::key(prompt))
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .unwrap_or("N/A");
@@ -220,6 +223,7 @@ mod tests {
             language: None,
             duration_s: Some(12.9),
             task: None,
+            hints: None,
         };
         let (t, l) = format_prompt(&p, Task::Text2Music);
         assert_eq!(
@@ -234,5 +238,31 @@ mod tests {
         ));
         assert!(t.starts_with("# Instruction\nGenerate audio semantic tokens"));
         assert_eq!(bpm_text(96.5), "96.5");
+    }
+
+    #[test]
+    fn measured_tempo_and_key_fill_only_what_the_prompt_leaves_open() {
+        let hints = Some(SourceHints {
+            bpm: Some(101.5),
+            key: Some("D minor".into()),
+        });
+        let open = Prompt {
+            hints: hints.clone(),
+            ..Prompt::tags("x")
+        };
+        let (t, _) = format_prompt(&open, Task::Cover);
+        assert!(t.contains("- bpm: 101.5\n"), "{t}");
+        assert!(t.contains("- keyscale: D minor\n"), "{t}");
+        let asked = Prompt {
+            bpm: Some(128.0),
+            key: Some("F# major".into()),
+            hints,
+            ..Prompt::tags("x")
+        };
+        let (t, _) = format_prompt(&asked, Task::Cover);
+        assert!(
+            t.contains("- bpm: 128\n") && t.contains("- keyscale: F# major\n"),
+            "{t}"
+        );
     }
 }

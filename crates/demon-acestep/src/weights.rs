@@ -36,6 +36,8 @@ pub struct SafetensorsFile {
     mmap: Mmap,
     data_start: usize,
     entries: BTreeMap<String, Entry>,
+    /// The header's `__metadata__` (free-form strings).
+    metadata: BTreeMap<String, String>,
 }
 
 impl SafetensorsFile {
@@ -121,12 +123,23 @@ impl SafetensorsFile {
                 ),
             });
         }
+        let metadata = meta
+            .metadata()
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
         Ok(Self {
             path: path.to_path_buf(),
             mmap,
             data_start,
             entries,
+            metadata,
         })
+    }
+
+    /// The header's `__metadata__` strings (empty when it has none).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
     }
 
     pub fn path(&self) -> &Path {

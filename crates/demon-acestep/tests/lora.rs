@@ -147,3 +147,73 @@ fn bad_adapters_are_rejected() {
     assert!(e.contains("no LoRA factors"), "{e}");
     assert!(m.denoiser.loras().is_empty());
 }
+
+/// Issue 12, item 2: a strength change through the engine's `Adapters` (what the live session
+/// calls) merges the weights once, and not at all when nothing changes; disabling keeps the
+/// strength, so enabling again gives the same weights.
+#[test]
+fn a_strength_change_merges_once() {
+    use demon_engine::Adapters;
+    let mut m = AceStep::load(&original(), &Device::Cpu).unwrap();
+    let module = "decoder.layers.1.cross_attn.v_proj";
+    let base = m.denoiser.module_weight(module).unwrap();
+    m.denoiser
+        .add_lora(&fixtures().join("lora/peft"), 1.0)
+        .unwrap();
+    let id = m.denoiser.list()[0].id.clone();
+    let merges = m.denoiser.lora_merges();
+    m.denoiser.set_strength(&id, 0.5).unwrap();
+    assert_eq!(m.denoiser.lora_merges(), merges + 1, "one merge per change");
+    let half = m.denoiser.module_weight(module).unwrap();
+    m.denoiser.set_strength(&id, 0.5).unwrap();
+    assert_eq!(
+        m.denoiser.lora_merges(),
+        merges + 1,
+        "no merge without a change"
+    );
+    m.denoiser.set_strength(&id, 0.0).unwrap();
+    assert_eq!(m.denoiser.lora_merges(), merges + 2);
+    assert_eq!(
+        bits(&m.denoiser.module_weight(module).unwrap()),
+        bits(&base)
+    );
+    assert_eq!(m.denoiser.list()[0].strength, 0.0, "listed as off");
+    m.denoiser.set_strength(&id, 0.5).unwrap();
+    assert_eq!(m.denoiser.lora_merges(), merges + 3);
+    assert_eq!(
+        bits(&m.denoiser.module_weight(module).unwrap()),
+        bits(&half)
+    );
+}
+
+/// An adapter's sidecar `NAME.json` is read with it: the trigger words reach the engine's
+/// `AdapterInfo` (the live session prepends them to the prompt); a bad sidecar is refused
+/// naming the adapter and the key.
+#[test]
+fn an_adapter_sidecar_gives_its_trigger_words() {
+    use demon_engine::Adapters;
+    let dir = std::env::temp_dir().join(format!("demon-lora-sidecar-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tape.safetensors");
+    std::fs::copy(fixtures().join("lora/comfy_lora.safetensors"), &file).unwrap();
+    std::fs::write(
+        dir.join("tape.json"),
+        r#"{"trigger_words": "tape hiss, lofi", "recommended_strength": 0.8, "group": "chill"}"#,
+    )
+    .unwrap();
+    let mut m = AceStep::load(&original(), &Device::Cpu).unwrap();
+    m.denoiser.add_lora(&file, 1.0).unwrap();
+    let info = &m.denoiser.list()[0];
+    assert_eq!(info.id, "tape");
+    assert_eq!(info.metadata.trigger_words, vec!["tape hiss", "lofi"]);
+    assert_eq!(info.metadata.recommended_strength, Some(0.8));
+    assert_eq!(info.metadata.group.as_deref(), Some("chill"));
+
+    std::fs::write(dir.join("tape.json"), r#"{"recommended_strength": "loud"}"#).unwrap();
+    let e = m.denoiser.add_lora(&file, 1.0).unwrap_err().to_string();
+    assert!(
+        e.contains("tape.safetensors") && e.contains("recommended_strength"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -128,6 +128,7 @@ fn every_prompt_field_changes_the_conditioning() {
         language: Some("en".into()),
         duration_s: Some(30.0),
         task: None,
+        hints: None,
     };
     let states = |c: &mut AceStepConditioner, p: &Prompt| bits(&c.condition(p).unwrap().states);
     let reference = states(&mut c, &base);

@@ -7,7 +7,8 @@
 //! - [`similarity`]: [`envelope_correlation`] and [`chroma_correlation`] between two pieces of
 //!   audio, on 25 Hz frames (the latent frame rate).
 //! - [`tempo`]: BPM by onset-strength autocorrelation, with a stated octave policy.
-//! - [`key`]: key by chroma against the Krumhansl–Kessler key profiles.
+//! - [`key`]: key by chroma: the diatonic scale, then its tonic by the Krumhansl–Kessler
+//!   profiles and the bass.
 //! - [`loudness`]: integrated LUFS (EBU R128), a streaming meter, and loudness matching.
 //! - [`analyze`]: all of it at once, as [`AudioInfo`].
 //!

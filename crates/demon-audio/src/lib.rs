@@ -18,8 +18,9 @@ pub use load::{
     load_file_stereo,
 };
 pub use wav::{
-    EmbeddedLatent, WavFormat, WavWriter, read_embedded_latent, wav_bytes, wav_header,
-    wav_sample_bytes, write_wav,
+    EmbeddedLatent, WavFormat, WavInfo, WavWriter, parse_wav_info, read_embedded_latent,
+    read_wav_info, wav_bytes, wav_bytes_with_info, wav_header, wav_sample_bytes, write_wav,
+    write_wav_with_info,
 };
 
 use std::path::PathBuf;

@@ -1,7 +1,9 @@
-//! WAV output, with the render's exact latent riding along in a private RIFF chunk.
+//! WAV output, with the render's exact latent riding along in a private RIFF chunk and what
+//! made it (software, prompt, style, tempo, key, seed) in a standard `LIST/INFO` chunk.
 //!
 //! Players ignore unknown chunks; `demon` reads the `dmnl` chunk back so that a render used as
-//! a source is the exact latent it came from, not a re-analysis of its audio.
+//! a source is the exact latent it came from, not a re-analysis of its audio. The `INFO` chunk
+//! (RIFF's own metadata: `ISFT` software, `ICMT` comment) is what players and tag editors show.
 
 use std::path::Path;
 
@@ -11,6 +13,94 @@ use crate::{AudioError, Result};
 
 const LATENT_CHUNK: &[u8; 4] = b"dmnl";
 const LATENT_MAGIC: &[u8; 8] = b"DEMONLAT";
+const LIST_CHUNK: &[u8; 4] = b"LIST";
+const INFO_LIST: &[u8; 4] = b"INFO";
+const INFO_SOFTWARE: &[u8; 4] = b"ISFT";
+const INFO_COMMENT: &[u8; 4] = b"ICMT";
+
+/// The longest text of one `INFO` field, in bytes: the chunk stays small.
+pub const MAX_INFO_TEXT_BYTES: usize = 1024;
+
+/// What a file's `LIST/INFO` chunk says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WavInfo {
+    /// `ISFT`: the software that wrote the file ("demon 0.1.0").
+    pub software: String,
+    /// `ICMT`: a comment (the prompt, style, tempo, key and seed used).
+    pub comment: String,
+}
+
+impl WavInfo {
+    /// The whole `LIST` chunk: each non-empty field NUL-terminated, cut at a character
+    /// boundary to [`MAX_INFO_TEXT_BYTES`], padded to an even length as RIFF asks.
+    fn chunk(&self) -> Vec<u8> {
+        let mut body = INFO_LIST.to_vec();
+        for (id, text) in [
+            (INFO_SOFTWARE, &self.software),
+            (INFO_COMMENT, &self.comment),
+        ] {
+            if text.is_empty() {
+                continue;
+            }
+            let mut end = text.len().min(MAX_INFO_TEXT_BYTES - 1);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let len = end + 1;
+            body.extend_from_slice(id);
+            body.extend_from_slice(&(len as u32).to_le_bytes());
+            body.extend_from_slice(&text.as_bytes()[..end]);
+            body.push(0);
+            if len % 2 == 1 {
+                body.push(0);
+            }
+        }
+        let mut out = LIST_CHUNK.to_vec();
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// The `INFO` list of a `LIST` chunk's body; `None` for another list type.
+    fn parse(list: &[u8]) -> Option<Self> {
+        if list.get(0..4)? != INFO_LIST {
+            return None;
+        }
+        let mut info = Self::default();
+        for (id, body) in riff_chunks(&list[4..]) {
+            let text = String::from_utf8_lossy(body)
+                .trim_end_matches('\0')
+                .to_string();
+            match id {
+                _ if id == INFO_SOFTWARE => info.software = text,
+                _ if id == INFO_COMMENT => info.comment = text,
+                _ => {}
+            }
+        }
+        Some(info)
+    }
+}
+
+/// The chunks of a RIFF body, `(id, body)` in order, up to the first that does not fit.
+fn riff_chunks(bytes: &[u8]) -> Vec<(&[u8], &[u8])> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos + 8 <= bytes.len() {
+        let id = &bytes[pos..pos + 4];
+        let len = u32::from_le_bytes([
+            bytes[pos + 4],
+            bytes[pos + 5],
+            bytes[pos + 6],
+            bytes[pos + 7],
+        ]) as usize;
+        let Some(body) = bytes.get(pos + 8..pos + 8 + len) else {
+            break;
+        };
+        out.push((id, body));
+        pos += 8 + len + (len % 2);
+    }
+    out
+}
 
 /// Sample format of written files.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,6 +125,16 @@ pub struct EmbeddedLatent {
 
 /// The bytes of a WAV file.
 pub fn wav_bytes(audio: &Audio, format: WavFormat, latent: Option<&EmbeddedLatent>) -> Vec<u8> {
+    wav_bytes_with_info(audio, format, latent, None)
+}
+
+/// The bytes of a WAV file with a `LIST/INFO` chunk after the samples.
+pub fn wav_bytes_with_info(
+    audio: &Audio,
+    format: WavFormat,
+    latent: Option<&EmbeddedLatent>,
+    info: Option<&WavInfo>,
+) -> Vec<u8> {
     let ch = audio.channels.len() as u16;
     let data_len = audio.frames() * ch as usize * format.bytes_per_sample();
     let planes: Vec<&[f32]> = audio.channels.iter().map(|c| c.as_slice()).collect();
@@ -58,6 +158,9 @@ pub fn wav_bytes(audio: &Audio, format: WavFormat, latent: Option<&EmbeddedLaten
         if body.len() % 2 == 1 {
             extra.push(0);
         }
+    }
+    if let Some(info) = info {
+        extra.extend_from_slice(&info.chunk());
     }
     let mut out = Vec::with_capacity(44 + data.len() + extra.len());
     out.extend_from_slice(&header(
@@ -106,9 +209,22 @@ pub fn write_wav(
     format: WavFormat,
     latent: Option<&EmbeddedLatent>,
 ) -> Result<()> {
-    std::fs::write(path, wav_bytes(audio, format, latent)).map_err(|e| AudioError::Write {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
+    write_wav_with_info(path, audio, format, latent, None)
+}
+
+/// Write a WAV file with a `LIST/INFO` chunk.
+pub fn write_wav_with_info(
+    path: &Path,
+    audio: &Audio,
+    format: WavFormat,
+    latent: Option<&EmbeddedLatent>,
+    info: Option<&WavInfo>,
+) -> Result<()> {
+    std::fs::write(path, wav_bytes_with_info(audio, format, latent, info)).map_err(|e| {
+        AudioError::Write {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
     })
 }
 
@@ -158,6 +274,8 @@ pub struct WavWriter {
     frames: u64,
     /// Frames covered by the sizes in the header on disk.
     frames_in_header: u64,
+    /// Written after the samples by `finish`.
+    info: Option<WavInfo>,
 }
 
 /// Bytes of the canonical header written by [`WavWriter`] and [`wav_bytes`].
@@ -222,8 +340,9 @@ impl WavWriter {
             sample_rate,
             frames: 0,
             frames_in_header: 0,
+            info: None,
         };
-        w.write_header()?;
+        w.write_header(0)?;
         Ok(w)
     }
 
@@ -244,12 +363,24 @@ impl WavWriter {
         self.channels as u64 * self.format.bytes_per_sample() as u64
     }
 
-    /// Write the header for the frames appended so far, flush, and return to the end.
-    fn write_header(&mut self) -> Result<()> {
+    /// The `LIST/INFO` chunk [`finish`](Self::finish) writes after the samples.
+    pub fn set_info(&mut self, info: WavInfo) {
+        self.info = Some(info);
+    }
+
+    /// Write the header for the frames appended so far (and `extra_bytes` of chunks after
+    /// them), flush, and return to the end.
+    fn write_header(&mut self, extra_bytes: u32) -> Result<()> {
         use std::io::{Seek, SeekFrom, Write};
         let block = self.block_bytes();
-        let data = (self.frames * block).min(u32::MAX as u64 - 64) as u32;
-        let h = header(self.format, self.channels, self.sample_rate, data, 0);
+        let data = (self.frames * block).min(u32::MAX as u64 - 64 - extra_bytes as u64) as u32;
+        let h = header(
+            self.format,
+            self.channels,
+            self.sample_rate,
+            data,
+            extra_bytes,
+        );
         let path = &self.path;
         let out = self
             .out
@@ -307,17 +438,28 @@ impl WavWriter {
         }
         self.frames += frames as u64;
         if self.frames - self.frames_in_header >= self.sample_rate as u64 {
-            self.write_header()?;
+            self.write_header(0)?;
         }
         Ok(())
     }
 
-    /// Write the final sizes and flush; later calls do nothing.
+    /// Write the `INFO` chunk if one was set, the final sizes, and flush; later calls do
+    /// nothing.
     pub fn finish(&mut self) -> Result<()> {
-        if self.out.is_none() {
+        use std::io::Write;
+        let Some(out) = self.out.as_mut() else {
             return Ok(());
-        }
-        self.write_header()?;
+        };
+        let extra = match self.info.take() {
+            Some(info) => {
+                let chunk = info.chunk();
+                out.write_all(&chunk)
+                    .map_err(|e| write_error(&self.path, e))?;
+                chunk.len() as u32
+            }
+            None => 0,
+        };
+        self.write_header(extra)?;
         self.out = None;
         Ok(())
     }
@@ -358,44 +500,120 @@ fn parse_embedded_latent(bytes: &[u8]) -> Option<EmbeddedLatent> {
     let u32_at = |b: &[u8], i: usize| -> Option<u32> {
         Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?))
     };
-    let mut pos = 12;
-    while pos + 8 <= bytes.len() {
-        let id = &bytes[pos..pos + 4];
-        let len = u32_at(bytes, pos + 4)? as usize;
-        let body = bytes.get(pos + 8..pos + 8 + len)?;
-        if id == LATENT_CHUNK {
-            if body.get(0..8)? != LATENT_MAGIC || u32_at(body, 8)? != 1 {
-                return None;
-            }
-            let name_len = u32_at(body, 12)? as usize;
-            let backend = String::from_utf8(body.get(16..16 + name_len)?.to_vec()).ok()?;
-            let p = 16 + name_len;
-            let frames = u32_at(body, p)? as usize;
-            let channels = u32_at(body, p + 4)? as usize;
-            let n = frames.checked_mul(channels)?;
-            let raw = body.get(p + 8..p + 8 + n.checked_mul(4)?)?;
-            let values: Vec<f32> = raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            if values.iter().any(|v| !v.is_finite()) {
-                return None;
-            }
-            return Some(EmbeddedLatent {
-                backend,
-                frames,
-                channels,
-                values,
-            });
-        }
-        pos += 8 + len + (len % 2);
+    let (_, body) = riff_chunks(&bytes[12..])
+        .into_iter()
+        .find(|(id, _)| *id == LATENT_CHUNK)?;
+    if body.get(0..8)? != LATENT_MAGIC || u32_at(body, 8)? != 1 {
+        return None;
     }
-    None
+    let name_len = u32_at(body, 12)? as usize;
+    let backend = String::from_utf8(body.get(16..16 + name_len)?.to_vec()).ok()?;
+    let p = 16 + name_len;
+    let frames = u32_at(body, p)? as usize;
+    let channels = u32_at(body, p + 4)? as usize;
+    let n = frames.checked_mul(channels)?;
+    let raw = body.get(p + 8..p + 8 + n.checked_mul(4)?)?;
+    let values: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if values.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    Some(EmbeddedLatent {
+        backend,
+        frames,
+        channels,
+        values,
+    })
+}
+
+/// The `LIST/INFO` chunk of a WAV file's bytes, if it has one.
+pub fn parse_wav_info(bytes: &[u8]) -> Option<WavInfo> {
+    if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+        return None;
+    }
+    riff_chunks(&bytes[12..])
+        .into_iter()
+        .filter(|(id, _)| *id == LIST_CHUNK)
+        .find_map(|(_, body)| WavInfo::parse(body))
+}
+
+/// The `LIST/INFO` chunk of a WAV file, if it has one.
+pub fn read_wav_info(path: &Path) -> Result<Option<WavInfo>> {
+    crate::load::check_regular_file(path, MAX_WAV_BYTES)?;
+    let bytes = std::fs::read(path).map_err(|source| AudioError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(parse_wav_info(&bytes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_info_chunk_parses_back_and_readers_still_read_the_samples() {
+        let audio =
+            Audio::new(48_000, vec![vec![0.25, -0.5, 0.125], vec![0.0, 0.5, -1.0]]).unwrap();
+        let info = WavInfo {
+            software: "demon 0.1.0".into(),
+            comment: "prompt \"jazz piano trio\"; style funk; 108 bpm; A major; seed 7".into(),
+        };
+        let latent = EmbeddedLatent {
+            backend: "sketch".into(),
+            frames: 1,
+            channels: 3,
+            values: vec![0.5, -1.0, 2.0],
+        };
+        for latent in [None, Some(&latent)] {
+            let bytes = wav_bytes_with_info(&audio, WavFormat::Pcm16, latent, Some(&info));
+            assert_eq!(parse_wav_info(&bytes), Some(info.clone()));
+            assert_eq!(parse_embedded_latent(&bytes).as_ref(), latent);
+            let riff = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+            assert_eq!(riff, bytes.len() - 8, "the RIFF size counts the chunk");
+            let r = hound::WavReader::new(std::io::Cursor::new(&bytes)).unwrap();
+            let samples: Vec<i16> = r
+                .into_samples()
+                .collect::<std::result::Result<_, _>>()
+                .unwrap();
+            assert_eq!(samples, [8192, 0, -16384, 16384, 4096, -32767]);
+            let ours = decode_bytes(bytes.clone(), "x.wav", LoadLimits::default()).unwrap();
+            assert_eq!(ours.channels[1].len(), 3);
+        }
+        // Long texts are cut at a character boundary; odd lengths are padded.
+        let long = WavInfo {
+            software: "ab".into(),
+            comment: "é".repeat(1000),
+        };
+        let bytes = wav_bytes_with_info(&audio, WavFormat::Pcm16, None, Some(&long));
+        assert_eq!(bytes.len() % 2, 0);
+        let back = parse_wav_info(&bytes).unwrap();
+        assert_eq!(
+            (back.software.as_str(), back.comment),
+            ("ab", "é".repeat(511))
+        );
+        assert_eq!(
+            parse_wav_info(&wav_bytes(&audio, WavFormat::Pcm16, None)),
+            None
+        );
+
+        // The streaming writer (recordings) writes it when it finishes.
+        let path = std::env::temp_dir().join(format!("demon-wav-info-{}.wav", std::process::id()));
+        let mut w = WavWriter::create(&path, 48_000, 2, WavFormat::Float32).unwrap();
+        w.append(&audio.channels).unwrap();
+        w.set_info(info.clone());
+        w.finish().unwrap();
+        assert_eq!(read_wav_info(&path).unwrap(), Some(info));
+        let r = hound::WavReader::open(&path).unwrap();
+        let samples: Vec<f32> = r
+            .into_samples()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        assert_eq!(samples, [0.25, 0.0, -0.5, 0.5, 0.125, -1.0]);
+        std::fs::remove_file(&path).unwrap();
+    }
     use crate::load::{LoadLimits, decode_bytes};
 
     /// A canonical WAV header (`format` 1 PCM or 3 float) whose data chunk claims `data_bytes`,

@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::marker::PhantomData;
+use std::path::Path;
 
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::{Arg, Command, ValueEnum};
@@ -54,6 +55,27 @@ impl<E: ValueEnum + Clone + Send + Sync + 'static> TypedValueParser for Closed<E
                 .iter()
                 .filter_map(|v| v.to_possible_value()),
         ))
+    }
+}
+
+/// A file named on the command line, checked before any model loads: one line that names
+/// the flag and the path (`--source song.wav: no such file`).
+pub fn existing_file(flag: &str, path: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => anyhow::bail!("{flag} {}: not a file", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("{flag} {}: no such file", path.display())
+        }
+        Err(e) => anyhow::bail!("{flag} {}: cannot be read ({e})", path.display()),
+    }
+}
+
+/// `--source`: a `library:` name needs no file; anything else must be one.
+pub fn source_file(source: Option<&str>) -> anyhow::Result<()> {
+    match source {
+        Some(s) if !s.starts_with("library:") => existing_file("--source", Path::new(s)),
+        _ => Ok(()),
     }
 }
 
@@ -169,6 +191,8 @@ pub enum BenchSection {
     Ticks,
     Propagation,
     Decode,
+    /// Knob-to-ear latency per class with a simulated client.
+    Latency,
     Model,
     /// Similarity to the source against denoise (runs only when asked for).
     #[value(name = "denoise_curve")]
@@ -182,6 +206,7 @@ impl BenchSection {
             BenchSection::Ticks => "ticks",
             BenchSection::Propagation => "propagation",
             BenchSection::Decode => "decode",
+            BenchSection::Latency => "latency",
             BenchSection::Model => "model",
             BenchSection::DenoiseCurve => "denoise_curve",
         }

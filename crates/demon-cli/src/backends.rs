@@ -26,6 +26,8 @@ pub enum BackendKind {
 /// Backend options shared by every command that runs a model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BackendArgs {
+    /// The model: `sketch` (small, built in, no weights) or `acestep` (ACE-Step 1.5; needs
+    /// --weights or --random-model).
     #[arg(long, value_enum, default_value = "sketch")]
     pub backend: BackendKind,
     /// ACE-Step weights folder: the published `Ace-Step1.5` folder (with `acestep-v15-turbo/`,

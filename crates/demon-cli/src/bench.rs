@@ -7,11 +7,14 @@ use anyhow::{Result, bail};
 use clap::Args;
 use demon_acestep::bench::{ModelBenchConfig, ModelSize, model_bench};
 use demon_engine::Prompt;
-use demon_live::bench::{BenchConfig, run as run_bench};
+use demon_live::bench::{BenchConfig, knob_to_ear, run as run_bench};
 use serde_json::{Value, json};
 
 use crate::args::{BenchSection, ModelSize as CliModelSize, closed};
 use crate::backends::{self, BackendArgs};
+
+/// Controls moved per class in the latency section.
+const EAR_TRIALS: usize = 16;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -24,11 +27,13 @@ pub struct BenchArgs {
     /// Depths for tick time and throughput.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub depths: Vec<usize>,
+    /// Denoising steps per generation (S).
     #[arg(long, default_value_t = 8)]
     pub steps: usize,
     /// Ticks measured per depth (rounded up to whole schedules).
     #[arg(long, default_value_t = 32)]
     pub ticks: usize,
+    /// The prompt every measurement generates with.
     #[arg(long, default_value = "house")]
     pub prompt: String,
     /// Also draw tick time and generations per second against depth to this PNG.
@@ -37,8 +42,9 @@ pub struct BenchArgs {
     /// Measure nothing: redraw `--plot` from a report saved with `--json`.
     #[arg(long, value_name = "REPORT.json", requires = "plot")]
     pub plot_from: Option<std::path::PathBuf>,
-    /// Measurements to run (comma separated): render, ticks, propagation, decode, model,
-    /// denoise_curve. Default: render, ticks, propagation and decode for the sketch backend;
+    /// Measurements to run (comma separated): render, ticks, propagation, decode, latency,
+    /// model, denoise_curve. Default: render, ticks, propagation, decode and latency (knob-to-ear
+    /// per class with a simulated client) for the sketch backend;
     /// model for ACE-Step (the others take hours on a CPU with a full-size model; ask for them
     /// by name). denoise_curve (similarity to the source against denoise 0, 0.1, …, 1 for a
     /// library song, a re-encoded render and a sox recording) runs only when asked for.
@@ -62,6 +68,10 @@ pub struct BenchArgs {
     /// Model section: timed repetitions per case after a warm-up (the best is reported).
     #[arg(long, default_value_t = 2)]
     pub repeats: usize,
+    /// Model section: rank of the random LoRA adapter whose strength change is timed on the 2B
+    /// DiT (every attention projection; 0 skips it).
+    #[arg(long, default_value_t = 16)]
+    pub lora_rank: usize,
     #[command(flatten)]
     pub backend: BackendArgs,
 }
@@ -100,8 +110,12 @@ fn model_config(args: &BenchArgs) -> Result<ModelBenchConfig> {
     if args.backend.weights.is_some() && args.backend.random_model.is_some() {
         bail!("--random-model and --weights exclude each other");
     }
+    if args.lora_rank > 512 {
+        bail!("--lora-rank must be in 0..=512, got {}", args.lora_rank);
+    }
     cfg.vae_seconds = args.vae_seconds;
     cfg.repeats = args.repeats;
+    cfg.lora_rank = args.lora_rank;
     cfg.weights = args.backend.weights.clone();
     cfg.device = args.backend.device()?;
     cfg.matmul_dtype = args.backend.matmul_dtype()?;
@@ -143,7 +157,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let sections: Vec<String> = match &args.only {
         Some(v) => v.iter().map(|s| s.name().to_string()).collect(),
         None if acestep => vec!["model".to_string()],
-        None => ["render", "ticks", "propagation", "decode"]
+        None => ["render", "ticks", "propagation", "decode", "latency"]
             .map(String::from)
             .to_vec(),
     };
@@ -159,7 +173,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let wants_curve = sections.iter().any(|s| s == "denoise_curve");
     let engine_sections: Vec<String> = sections
         .iter()
-        .filter(|s| *s != "model" && *s != "denoise_curve")
+        .filter(|s| !["model", "denoise_curve", "latency"].contains(&s.as_str()))
         .cloned()
         .collect();
     let quiet = args.json;
@@ -189,6 +203,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         };
         Some(run_bench(&mut backend.set, &cfg, &mut log)?)
     };
+    let ear = if sections.iter().any(|s| s == "latency") {
+        // A live core owns its backend: a fresh one, so the other sections' state is not in it.
+        let backend = backends::build(&args.backend)?;
+        let cfg = BenchConfig {
+            steps: args.steps,
+            prompt: Prompt::tags(args.prompt.clone()),
+            ..Default::default()
+        };
+        Some(knob_to_ear(backend.set, &cfg, EAR_TRIALS, &mut log)?)
+    } else {
+        None
+    };
     let model = match &model_cfg {
         Some(cfg) => Some(model_bench(cfg, &mut log)?),
         None => None,
@@ -210,6 +236,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             obj.insert("vae_roofline_share".into(), json!(m.vae_roofline_share));
             obj.entry("engine_overhead_share").or_insert(Value::Null);
             obj.insert("model".into(), serde_json::to_value(m)?);
+        }
+        if let (Some(e), Some(obj)) = (&ear, out.as_object_mut()) {
+            obj.insert("knob_to_ear".into(), serde_json::to_value(e)?);
         }
         if let (Some(c), Some(obj)) = (&curve, out.as_object_mut()) {
             obj.insert("denoise_curve".into(), serde_json::to_value(c)?);
@@ -234,6 +263,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if let Some(c) = &curve {
         print_curves(c);
+    }
+    for (class, e) in ear.iter().flatten() {
+        println!(
+            "knob-to-ear {class:>11} (simulated client): median {:.0} ms, p90 {:.0} ms, max {:.0} ms over {} controls; {:.0} ticks to the first carrying slice (median); lead {:.0} ms; {} late",
+            e.median_ms, e.p90_ms, e.max_ms, e.trials, e.ticks_to_slice_median, e.lead_ms, e.late
+        );
     }
     let Some(report) = report else {
         return Ok(());
@@ -516,6 +551,12 @@ fn print_model(m: &demon_acestep::bench::ModelBenchReport) {
         println!(
             "rows byte-identical across batch sizes: {identical} ({} rows compared)",
             m.row_check.rows_compared
+        );
+    }
+    if let Some(l) = &m.lora_change {
+        println!(
+            "LoRA strength change, rank {} on {} modules: {:.0} ms (one merge; {:.0} ms by the three merges a change took before)",
+            l.rank, l.modules, l.change_ms, l.three_merge_ms
         );
     }
     for (phase, mib) in &m.peak_rss_mib {

@@ -6,6 +6,7 @@
 mod args;
 mod backends;
 mod bench;
+mod knobs;
 mod mcp;
 mod perform;
 mod plot;
@@ -47,6 +48,8 @@ enum Command {
     Replay(perform::ReplayArgs),
     /// Serve the performer's web UI, WebSocket, REST, MCP (/mcp), OSC and MIDI for a live session.
     Serve(Box<serve::ServeArgs>),
+    /// List the knobs a session has: name, range, default, unit and propagation class.
+    Knobs(knobs::KnobsArgs),
     /// MCP over stdio, bridged to a running `demon serve` (for clients that only speak stdio).
     Mcp(mcp::McpArgs),
     /// Look at model weights.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Perform(args) => perform::perform(*args),
         Command::Replay(args) => perform::replay(args),
         Command::Serve(args) => serve::serve(*args),
+        Command::Knobs(args) => knobs::run(args),
         Command::Mcp(args) => mcp::run(args),
         Command::Inspect(cmd) => tools::inspect(cmd),
         Command::Debug(cmd) => tools::debug(cmd),
@@ -81,5 +85,47 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every flag and positional argument of every subcommand says what it is in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                let has = arg
+                    .get_help()
+                    .or(arg.get_long_help())
+                    .is_some_and(|h| !h.to_string().trim().is_empty());
+                if !has {
+                    let name = arg
+                        .get_long()
+                        .map_or_else(|| id.to_uppercase(), |l| format!("--{l}"));
+                    missing.push(format!("{path} {name}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "demon", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "arguments without help:\n{}",
+            missing.join("\n")
+        );
     }
 }

@@ -19,14 +19,19 @@ use crate::backends::{self, Backend, BackendArgs};
 /// How a session starts (shared by `perform` and `serve`).
 #[derive(Args, Debug, Clone)]
 pub struct SessionArgs {
+    /// What to make (prompt A): style words, mood, "124 bpm", "A minor"...
     #[arg(long, default_value = "house")]
     pub prompt: String,
+    /// A second prompt, crossfaded in by the `blend` knob.
     #[arg(long = "prompt-b")]
     pub prompt_b: Option<String>,
+    /// What to steer away from (acts only with the `guidance` knob above 1).
     #[arg(long)]
     pub negative: Option<String>,
-    #[arg(long)]
+    /// Tempo, 20..400; overrides the prompt and the style's default.
+    #[arg(long, allow_negative_numbers = true)]
     pub bpm: Option<f32>,
+    /// Key, e.g. "A minor", "F# major".
     #[arg(long)]
     pub key: Option<String>,
     /// Source: an audio file (a `demon` render is used exactly) or `library:STYLE[:N]`.
@@ -41,8 +46,10 @@ pub struct SessionArgs {
     /// Initial knob values, repeatable: NAME=VALUE (see `list_knobs`).
     #[arg(long = "knob", value_name = "NAME=VALUE")]
     pub knobs: Vec<String>,
+    /// ode or sde.
     #[arg(long, default_value = "ode", value_parser = closed::<Solver>("solver"))]
     pub solver: Solver,
+    /// full, initialize or self.
     #[arg(long = "cfg-mode", default_value = "initialize", value_parser = closed::<CfgMode>("CFG mode"))]
     pub cfg_mode: CfgMode,
     /// Kept window of each windowed decode, in seconds.
@@ -51,7 +58,8 @@ pub struct SessionArgs {
     /// How far ahead of the playhead to decode, in seconds.
     #[arg(long = "lead-seconds", default_value_t = 0.5)]
     pub lead_seconds: f64,
-    /// Grow the lead from measured tick and decode times.
+    /// Adapt the lead to measured tick, decode and delivery times (`serve` always does,
+    /// unless --fixed-lead).
     #[arg(long = "adaptive-lead")]
     pub adaptive_lead: bool,
     /// Knob slew rate in full ranges per second (0: off).
@@ -68,6 +76,12 @@ impl SessionArgs {
             key: self.key.clone(),
             ..Default::default()
         }
+    }
+
+    /// What can be checked before a model loads: the prompt's fields and the source file.
+    pub fn check(&self) -> Result<()> {
+        self.prompt().validate()?;
+        crate::args::source_file(self.source.as_deref())
     }
 
     /// Latent frames of the song without a source.
@@ -167,8 +181,8 @@ pub struct PerformArgs {
     /// Record the session (initial config + every event by tick) here.
     #[arg(long)]
     pub record: Option<PathBuf>,
-    /// WAV of what was played.
-    #[arg(long)]
+    /// Output WAV of what was played (48 kHz stereo).
+    #[arg(long, short = 'o', value_name = "WAV")]
     pub out: Option<PathBuf>,
     /// Run as fast as possible instead of in real time.
     #[arg(long)]
@@ -183,6 +197,8 @@ pub struct PerformArgs {
 }
 
 pub fn perform(args: PerformArgs) -> Result<()> {
+    crate::args::existing_file("--script", &args.script)?;
+    args.session.check()?;
     let mut backend = backends::build(&args.backend)?;
     let config = args.session.config(&mut backend)?;
     let prompt = args.session.prompt();
@@ -212,6 +228,13 @@ pub fn perform(args: PerformArgs) -> Result<()> {
         "{} ticks, {} generations, {:.1} s played",
         summary.ticks, summary.generations, summary.played_seconds
     );
+    if summary.rejected_events > 0 {
+        eprintln!(
+            "{} of {} scripted events were rejected (each is named above); the rest applied",
+            summary.rejected_events,
+            script.len()
+        );
+    }
     if let Some(r) = &args.record {
         eprintln!("session recorded to {}", r.display());
     }
@@ -228,6 +251,11 @@ pub fn choose_sink(device: bool, headless_note: &str) -> Box<dyn AudioSink> {
         eprintln!(
             "audio: clock-paced null sink ({headless_note}; --device plays through the sound card)"
         );
+        return Box::new(demon_live::sink::NullSink::default());
+    }
+    #[cfg(feature = "device")]
+    if let Some(why) = no_sound_card() {
+        eprintln!("audio: no sound card ({why}); using the clock-paced null sink");
         return Box::new(demon_live::sink::NullSink::default());
     }
     #[cfg(feature = "device")]
@@ -248,6 +276,44 @@ pub fn choose_sink(device: bool, headless_note: &str) -> Box<dyn AudioSink> {
         );
         Box::new(demon_live::sink::NullSink::default())
     }
+}
+
+/// Why this machine has no sound card to open, found without asking alsa-lib (whose failed
+/// probes print raw `ALSA lib ...` lines of their own); `None` where there may be one. Only
+/// Linux is checked: elsewhere the device is simply tried.
+#[cfg_attr(not(feature = "device"), allow(dead_code))]
+pub fn no_sound_card() -> Option<String> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+    let mut servers: Vec<PathBuf> = runtime
+        .iter()
+        .flat_map(|r| [r.join("pulse/native"), r.join("pipewire-0")])
+        .collect();
+    if let Some(p) = std::env::var_os("PULSE_SERVER") {
+        servers.push(PathBuf::from(p));
+    }
+    no_sound_card_in(std::path::Path::new("/dev/snd"), &servers)
+}
+
+/// [`no_sound_card`] for a `/dev/snd` folder and the sound servers' sockets (PulseAudio and
+/// PipeWire play without a local card, e.g. in a container).
+#[cfg_attr(not(feature = "device"), allow(dead_code))]
+fn no_sound_card_in(dev_snd: &std::path::Path, servers: &[PathBuf]) -> Option<String> {
+    if servers.iter().any(|s| s.exists()) {
+        return None;
+    }
+    let Ok(entries) = std::fs::read_dir(dev_snd) else {
+        return Some(format!("no {}", dev_snd.display()));
+    };
+    // Playback PCMs are `pcmC<card>D<device>p`.
+    let playback = entries.flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.starts_with("pcmC") && name.ends_with('p')
+    });
+    (!playback).then(|| format!("no playback device in {}", dev_snd.display()))
 }
 
 /// One line naming the optional parts this binary was built without (sound-card output, and
@@ -281,7 +347,8 @@ pub fn missing_features(with_midi: bool) -> Option<String> {
 pub struct ReplayArgs {
     /// A session file recorded by `demon perform --record` or `demon serve`.
     pub session: PathBuf,
-    #[arg(long)]
+    /// Output WAV of the re-rendered session (48 kHz stereo).
+    #[arg(long, short = 'o', value_name = "WAV")]
     pub out: PathBuf,
     /// Render at most this many seconds (default: the recorded length).
     #[arg(long = "max-seconds")]
@@ -291,6 +358,7 @@ pub struct ReplayArgs {
 }
 
 pub fn replay(args: ReplayArgs) -> Result<()> {
+    crate::args::existing_file("the session file", &args.session)?;
     let mut file = read_session(&args.session)?;
     for w in &file.warnings {
         eprintln!("replay: {w}");
@@ -325,7 +393,37 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::missing_features;
+    use super::{missing_features, no_sound_card_in};
+
+    #[test]
+    fn a_machine_without_a_playback_device_is_seen_without_alsa() {
+        let root = std::env::temp_dir().join(format!("demon-snd-{}", std::process::id()));
+        let snd = root.join("snd");
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(
+            no_sound_card_in(&snd, &[]),
+            Some(format!("no {}", snd.display()))
+        );
+        std::fs::create_dir_all(&snd).unwrap();
+        std::fs::write(snd.join("controlC0"), b"").unwrap();
+        std::fs::write(snd.join("pcmC0D0c"), b"").unwrap();
+        assert_eq!(
+            no_sound_card_in(&snd, &[]),
+            Some(format!("no playback device in {}", snd.display())),
+            "a capture device is no playback device"
+        );
+        let socket = root.join("pulse-native");
+        assert!(no_sound_card_in(&snd, std::slice::from_ref(&socket)).is_some());
+        std::fs::write(&socket, b"").unwrap();
+        assert_eq!(
+            no_sound_card_in(&snd, &[socket]),
+            None,
+            "a sound server plays"
+        );
+        std::fs::write(snd.join("pcmC0D0p"), b"").unwrap();
+        assert_eq!(no_sound_card_in(&snd, &[]), None);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn the_build_line_names_exactly_what_this_binary_lacks() {

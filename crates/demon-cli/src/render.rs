@@ -28,8 +28,8 @@ pub struct RenderArgs {
     /// curve spec (per-frame blend).
     #[arg(long)]
     pub blend: Option<String>,
-    /// Tempo; overrides the prompt and the style's default.
-    #[arg(long)]
+    /// Tempo, 20..400; overrides the prompt and the style's default.
+    #[arg(long, allow_negative_numbers = true)]
     pub bpm: Option<f32>,
     /// Key, e.g. "A minor", "F# major".
     #[arg(long)]
@@ -40,13 +40,16 @@ pub struct RenderArgs {
     /// Song length in seconds (default 30, or the source's length).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Denoising steps per generation (S), 1..16.
     #[arg(long, default_value_t = 8)]
     pub steps: usize,
+    /// Flow shift of the timestep schedule, 1..6 (higher spends more steps at high noise).
     #[arg(long, default_value_t = 3.0)]
     pub shift: f32,
     /// 1 generates from noise; lower keeps more of the source (default 1, or 0.7 with a source).
     #[arg(long)]
     pub denoise: Option<f32>,
+    /// Noise seed of the first take.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Ring depth: generations in flight together.
@@ -77,7 +80,7 @@ pub struct RenderArgs {
     #[arg(long, default_value_t = 1)]
     pub takes: usize,
     /// Output WAV (48 kHz stereo); several takes are numbered NAME-01.wav, NAME-02.wav...
-    #[arg(long, default_value = "render.wav")]
+    #[arg(long, short = 'o', value_name = "WAV", default_value = "render.wav")]
     pub out: PathBuf,
     /// Write 32-bit float WAV instead of 16-bit PCM.
     #[arg(long)]
@@ -93,6 +96,7 @@ pub struct RenderArgs {
 }
 
 pub fn run(args: RenderArgs) -> Result<()> {
+    crate::args::source_file(args.source.as_deref())?;
     let mut backend = backends::build(&args.backend)?;
     let facts = BackendFacts::of(&mut backend.set);
     let mut prompt = Prompt {
@@ -278,7 +282,10 @@ pub fn run(args: RenderArgs) -> Result<()> {
             channels: c,
             values,
         };
-        demon_audio::write_wav(path, &audio, format, Some(&latent))?;
+        let used = backend.set.conditioner.prompt_use(&spec.controls.prompts.a);
+        let info =
+            demon_live::render::wav_info(&spec.controls.prompts.a.tags, used.as_ref(), take.seed);
+        demon_audio::write_wav_with_info(path, &audio, format, Some(&latent), Some(&info))?;
         if !args.quiet {
             eprintln!(
                 "wrote {} ({:.1} s, seed {}, peak {:.2}, rms {:.3})",

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use demon_engine::{BackendSet, Prompt};
 use demon_live::core::LiveCore;
@@ -20,6 +20,7 @@ pub struct ServeArgs {
     /// Address to listen on (loopback by default; anything else needs --token).
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
+    /// HTTP and WebSocket port (0 picks a free one).
     #[arg(long, default_value_t = 7878)]
     pub port: u16,
     /// Access token every request must carry (required to bind a non-loopback address).
@@ -45,14 +46,20 @@ pub struct ServeArgs {
     /// non-loopback --osc-bind refuses to start without one.
     #[arg(long = "osc-allow", value_name = "ADDR/PREFIX")]
     pub osc_allow: Vec<demon_server::options::IpNet>,
+    /// Do not listen for OSC.
     #[arg(long = "no-osc")]
     pub no_osc: bool,
+    /// Do not open MIDI inputs.
     #[arg(long = "no-midi")]
     pub no_midi: bool,
     /// Keep the performer's depth even when ticks overrun real time (the overload indicator
     /// still shows; by default the depth is lowered one step at a time until ticks fit).
     #[arg(long = "no-degrade")]
     pub no_degrade: bool,
+    /// Keep the decode lead at --lead-seconds (by default it starts there and adapts to what
+    /// ticks, decode, delivery and the pages' playheads need: docs/performance.md).
+    #[arg(long = "fixed-lead")]
+    pub fixed_lead: bool,
     /// Where MIDI learn saves its mappings.
     #[arg(long = "midi-map")]
     pub midi_map: Option<PathBuf>,
@@ -66,6 +73,11 @@ pub struct ServeArgs {
     /// Record the session (every control event by tick) to this file for `demon replay`.
     #[arg(long)]
     pub record: Option<PathBuf>,
+    /// Start from a preset (what `GET /api/preset` and the UI's "Save preset" give) or from
+    /// the last state of a session recording (`--record`): its control events are applied in
+    /// order, its audio is not replayed. Loaded like any control, before clients connect.
+    #[arg(long, value_name = "PRESET")]
+    pub load: Option<PathBuf>,
     /// Play through the system audio device when there is one (otherwise the null sink).
     #[arg(long)]
     pub device: bool,
@@ -95,16 +107,34 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         opts.recordings_dir = r.clone();
     }
     opts.limits = Limits::default();
-    // Refuse unsafe binding before loading anything.
+    // Refuse unsafe binding, a taken port and bad session arguments before loading anything
+    // (a model's warm-up can take a minute).
     opts.check().map_err(|e| anyhow!(e))?;
+    port_free(bind)?;
+    args.session.check()?;
+    if opts.midi {
+        // A hand-written map with a typo is named now, not found missing at the show.
+        demon_server::midi_learn::read_map(&opts.midi_map)
+            .map_err(|e| anyhow!("{e} (fix the file, or give another with --midi-map FILE)"))?;
+    }
 
     let mut backend = backends::build(&args.backend)?;
     eprintln!("{}", backend.description);
-    let config = args.session.config(&mut backend)?;
+    let mut config = args.session.config(&mut backend)?;
+    config.adaptive_lead = !args.fixed_lead;
     let prompt = args.session.prompt();
     let frames = args.session.song_frames(&mut backend);
     let (sources, spare) = (backend.sources.clone(), backend.spare());
     let backend_name = backend.set.name.clone();
+    if let Some(path) = &args.load {
+        let facts = BackendFacts::of(&mut backend.set);
+        let (message, warnings) = demon_live::restore::load_file(path, &facts)
+            .with_context(|| format!("--load {}", path.display()))?;
+        for w in warnings {
+            eprintln!("--load: {w}");
+        }
+        opts.load = Some(message);
+    }
     eprintln!("session: measuring the codec's receptive field...");
     let core = LiveCore::new(config, backend.set)?;
     let field = core.receptive_field();
@@ -151,6 +181,18 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         let _ = tokio::task::spawn_blocking(move || handle.stop()).await;
         Ok::<(), anyhow::Error>(())
     })
+}
+
+/// Whether `addr` can be listened on now (the listener is closed again at once; the server
+/// binds it after the model loads).
+fn port_free(addr: SocketAddr) -> Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow!(
+            "cannot listen on {addr}: the port is in use (another `demon serve`?); pick another with --port"
+        )),
+        Err(e) => Err(anyhow!("cannot listen on {addr}: {e}")),
+    }
 }
 
 /// Ctrl-C or SIGTERM (what `kill` and service managers send): either stops the session the

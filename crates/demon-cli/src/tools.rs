@@ -36,6 +36,7 @@ pub struct ForwardArgs {
     /// text-encoder, condition-encoder, dit, vae-encode, vae-decode or fsq-roundtrip.
     #[arg(value_parser = closed::<Component>("component"))]
     pub component: Component,
+    /// The ACE-Step weights folder (original or diffusers layout).
     #[arg(long)]
     pub weights: PathBuf,
     /// Safetensors file with the inputs, named after the reference forward's arguments.

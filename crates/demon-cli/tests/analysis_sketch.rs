@@ -113,11 +113,14 @@ fn tempo_and_key_of_sketch_renders() {
         );
     }
     println!("{}", report.join("\n"));
-    // Issue 12 asks for the key right on 5 of 6 styles; this estimator reaches 2 on these
-    // renders (the posterior-mean renders blend several progressions, and relative and
-    // dominant keys win). The bound guards against a regression; it is not the target.
+    // Issue 12 asks for the key right on 5 of 6 styles. The posterior-mean renders blend
+    // several progressions, and the bass often dwells on the dominant or the sixth; the
+    // estimator finds the scale from the harmony register, then the tonic by profile and
+    // bass, and names all 6 on these renders (measured on CLI renders of the same prompts,
+    // where the old whole-range Krumhansl–Kessler estimate named 2, losing to relative and
+    // dominant keys).
     assert!(
-        keys_right >= 2,
+        keys_right >= 6,
         "keys right {keys_right} of 6:\n{}",
         report.join("\n")
     );

@@ -195,6 +195,30 @@ pub struct AdapterInfo {
     pub rank: usize,
     /// Parameters the adapter touches.
     pub targets: usize,
+    /// What the adapter's files say about it (trigger words, recommended strength, group).
+    #[serde(default, skip_serializing_if = "AdapterMetadata::is_empty")]
+    pub metadata: AdapterMetadata,
+}
+
+/// What an adapter says about itself (an ACE-Step LoRA's safetensors header metadata and its
+/// `NAME.json` sidecar): the words that call up what it was trained on, which a front end
+/// prepends to the prompt while the adapter is enabled; the strength it is meant for; the group
+/// a library shows it in; the model size it was trained for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdapterMetadata {
+    pub trigger_words: Vec<String>,
+    pub recommended_strength: Option<f32>,
+    pub group: Option<String>,
+    /// "2B", "XL", as the file says.
+    pub base_model: Option<String>,
+    pub description: Option<String>,
+}
+
+impl AdapterMetadata {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// Hot-swappable weight adapters (propagation class "global weights": the first forward after a
@@ -298,6 +322,13 @@ pub trait Codec: Send {
     fn name(&self) -> &str {
         "codec"
     }
+    /// A second, independent instance that gives the same results, when making one is cheap
+    /// (no weights to copy). Live sessions use it to encode and decode a new source beside
+    /// the tick loop, so a long source does not stop the ticks; `None` (the default) means
+    /// sources are prepared between ticks on the one instance.
+    fn fork(&self) -> Option<Box<dyn Codec>> {
+        None
+    }
 }
 
 /// What a generation does with its source, for backends whose conditioning depends on it
@@ -313,6 +344,23 @@ pub enum GenerationTask {
     Cover,
     /// Regenerate a region of the source.
     Repaint,
+}
+
+/// What a conditioner made of a prompt: the style, tempo and key it actually uses, and the
+/// words it did not understand (a prompt that falls back says so instead of playing something
+/// else silently). Backends that read prompts as free text (ACE-Step) have nothing to report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PromptUse {
+    /// The style played, in the backend's words ("house", "a mix of every style").
+    pub style: String,
+    /// The tempo used, in BPM.
+    pub bpm: Option<f32>,
+    /// The key used ("A minor").
+    pub key: Option<String>,
+    /// Set when part of the prompt was not understood: a sentence naming the words and what
+    /// was used instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// What a performer asks for.
@@ -334,6 +382,31 @@ pub struct Prompt {
     /// `Cover` (DEMON's live loop does).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<GenerationTask>,
+    /// What an analysis of the playing source found. A conditioner uses a hint only where the
+    /// prompt itself names nothing (neither the field nor the words), so the tempo and key the
+    /// performer asks for always win over what was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hints: Option<SourceHints>,
+}
+
+/// Tempo and key measured on a source, offered to a conditioner for the fields a prompt leaves
+/// open (DEMON's `AudioInfo` feeding the prompt's metadata).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SourceHints {
+    pub bpm: Option<f32>,
+    /// e.g. "A minor".
+    pub key: Option<String>,
+}
+
+impl SourceHints {
+    pub fn bpm(prompt: &Prompt) -> Option<f32> {
+        prompt.hints.as_ref().and_then(|h| h.bpm)
+    }
+
+    pub fn key(prompt: &Prompt) -> Option<&str> {
+        prompt.hints.as_ref().and_then(|h| h.key.as_deref())
+    }
 }
 
 impl Prompt {
@@ -414,6 +487,13 @@ pub trait Conditioner: Send {
     ) -> Result<Tensor>;
     fn name(&self) -> &str {
         "conditioner"
+    }
+    /// What this conditioner makes of `prompt` (style, tempo, key, words it did not
+    /// understand), for UIs and replies; `None` when it has nothing to say (free-text
+    /// encoders). Never fails: a prompt `condition` refuses has no use to report.
+    fn prompt_use(&self, prompt: &Prompt) -> Option<PromptUse> {
+        let _ = prompt;
+        None
     }
 }
 

@@ -27,8 +27,8 @@ pub mod testing;
 pub mod wavelet;
 
 pub use backend::{
-    AdapterInfo, Adapters, Audio, BackendSet, Codec, Conditioner, Conditioning, DenoiseBatch,
-    Denoiser, GenerationTask, Prompt,
+    AdapterInfo, AdapterMetadata, Adapters, Audio, BackendSet, Codec, Conditioner, Conditioning,
+    DenoiseBatch, Denoiser, GenerationTask, Prompt, PromptUse, SourceHints,
 };
 pub use curve::{Curve, CurveOp, CurveSpec};
 pub use error::{EngineError, Result};

@@ -200,12 +200,11 @@ struct Requests {
 
 impl Requests {
     fn new(backend: &mut BackendSet, controls: &Controls, frames: usize) -> SessionResult<Self> {
-        let timbre = controls.source().map(|s| s.latent.clone());
         Ok(Self {
             conds: Conds::prepare(
                 backend.conditioner.as_mut(),
-                &controls.prompts,
-                timbre.as_ref(),
+                &controls.conditioning_prompts(),
+                controls.timbre_latent(),
             )?,
             context: requests::structure_context(
                 backend.conditioner.as_mut(),
@@ -394,7 +393,7 @@ fn per_slot_convergence(
 
 /// LoRA strengths of `controls` on the (shared) denoiser, set whatever it held before.
 fn set_adapters(controls: &Controls, den: &mut dyn Denoiser) -> SessionResult<()> {
-    requests::push_adapters(controls, den, &mut BTreeMap::new())
+    requests::push_adapters(controls, den, &mut BTreeMap::new(), 0)
 }
 
 /// A ring driven by controls as the live session drives its own: one request per tick built
@@ -867,4 +866,127 @@ pub fn run(
         windowed_decode_ms,
         windowed_decode_speedup,
     })
+}
+
+/// Knob-to-ear of one class for a simulated client (`crate::latency::simulated_ms`).
+#[derive(Clone, Debug, Serialize)]
+pub struct SimulatedEar {
+    /// Controls measured.
+    pub trials: usize,
+    pub median_ms: f64,
+    pub p90_ms: f64,
+    pub max_ms: f64,
+    /// Ticks from the control to the slice that first carries it (median).
+    pub ticks_to_slice_median: f64,
+    /// Slices that would have landed with the simulated playhead inside them.
+    pub late: usize,
+    /// The adaptive lead when the trials ran.
+    pub lead_ms: f64,
+    pub note: String,
+}
+
+/// Knob-to-ear per class with a simulated client that plays exactly at the server's playhead,
+/// paced to the tick clock: a live core at `propagation_depth` with the adaptive lead (as
+/// `demon serve` runs it, fed by the measured tick and decode times), a control received half a
+/// tick before each trial's tick boundary, the same accounting as live (which slice first
+/// carries it), and the time the simulated playhead reaches that slice. Trials are spread over
+/// the phases of the ring's S-tick cycle.
+pub fn knob_to_ear(
+    backend: BackendSet,
+    cfg: &BenchConfig,
+    trials: usize,
+    log: &mut dyn FnMut(&str),
+) -> SessionResult<BTreeMap<String, SimulatedEar>> {
+    use crate::control::ControlMessage;
+    use crate::core::{LiveCore, SessionConfig};
+    use crate::latency::{EarClass, simulated_ms};
+    let config = SessionConfig {
+        prompt: cfg.prompt.tags.clone(),
+        song_seconds: cfg.propagation_seconds,
+        adaptive_lead: true,
+        knobs: [
+            ("steps".to_string(), cfg.steps as f64),
+            ("depth".to_string(), cfg.propagation_depth as f64),
+        ]
+        .into(),
+        ..SessionConfig::default()
+    };
+    let spt = config.samples_per_tick as u64;
+    let mut core = LiveCore::new(config, backend)?;
+    let sr = core.sample_rate();
+    let span = core.buffer().len() as u64;
+    // Fill the ring and let the lead settle on this machine's tick and decode times.
+    let warm = 4 * cfg.steps as u64 + 200;
+    log(&format!(
+        "knob-to-ear (simulated client) at depth {}: {warm} warm-up ticks",
+        cfg.propagation_depth
+    ));
+    for _ in 0..warm {
+        core.tick(None)?;
+    }
+    let classes = [
+        (EarClass::SharedLane, "velocity_scale"),
+        (EarClass::PerSlot, "seed"),
+    ];
+    let mut out = BTreeMap::new();
+    let mut id = 0u64;
+    for (class, knob) in classes {
+        let (mut ms, mut ticks, mut late) = (Vec::new(), Vec::new(), 0usize);
+        for trial in 0..trials {
+            // Spread the trials over the phases of the cycle.
+            for _ in 0..trial % cfg.steps.max(1) {
+                core.tick(None)?;
+            }
+            let value = match class {
+                EarClass::SharedLane if trial % 2 == 0 => 0.7,
+                EarClass::SharedLane => 1.4,
+                _ => 1000.0 + trial as f64,
+            };
+            let msg = ControlMessage::SetKnob {
+                name: knob.into(),
+                value,
+            };
+            core.apply(&msg)?;
+            id += 1;
+            core.track_control(id, &msg, Instant::now());
+            let applied_tick = core.tick_index();
+            let received_sample = applied_tick * spt - spt / 2;
+            let mut found = None;
+            for _ in 0..(4 * cfg.steps + 64) {
+                let o = core.tick(None)?;
+                if let Some(r) = o.reflected.iter().find(|r| r.id == id) {
+                    found = Some((o.tick, o.playhead, r.start_sample));
+                    break;
+                }
+            }
+            let Some((tick, playhead, start)) = found else {
+                return Err(failed(format!(
+                    "{knob} = {value}: no slice carried it within {} ticks",
+                    4 * cfg.steps + 64
+                )));
+            };
+            let (m, was_late) = simulated_ms(received_sample, tick, spt, playhead, start, span, sr);
+            ms.push(m);
+            ticks.push((tick - applied_tick) as f64);
+            late += was_late as usize;
+        }
+        ms.sort_by(f64::total_cmp);
+        ticks.sort_by(f64::total_cmp);
+        out.insert(
+            class.name().to_string(),
+            SimulatedEar {
+                trials,
+                median_ms: crate::lead::quantile(&ms, 0.5),
+                p90_ms: crate::lead::quantile(&ms, 0.9),
+                max_ms: ms.last().copied().unwrap_or(0.0),
+                ticks_to_slice_median: crate::lead::quantile(&ticks, 0.5),
+                late,
+                lead_ms: core.facts().frames_ms(core.lead_frames() as usize),
+                note: format!(
+                    "{knob} moved {trials} times; received half a tick before the boundary"
+                ),
+            },
+        );
+    }
+    Ok(out)
 }

@@ -47,7 +47,11 @@ pub struct RealtimeReport {
 #[derive(Clone, Debug)]
 pub struct RealtimeBudget {
     budget_ms: f32,
-    load: f32,
+    /// Smoothed share of the budget spent denoising (the pipeline tick)…
+    denoise_load: f32,
+    /// …and decoding: the two parts of [`RealtimeReport::load`], kept apart because only the
+    /// first grows with the generations in flight.
+    decode_load: f32,
     measured: bool,
     overloaded: bool,
     /// Consecutive ticks whose own cost was over budget.
@@ -62,7 +66,8 @@ impl RealtimeBudget {
     pub fn new(budget_ms: f32) -> Self {
         Self {
             budget_ms,
-            load: 0.0,
+            denoise_load: 0.0,
+            decode_load: 0.0,
             measured: false,
             overloaded: false,
             over_ticks: 0,
@@ -74,39 +79,50 @@ impl RealtimeBudget {
     pub fn report(&self, depth_cap: Option<usize>) -> RealtimeReport {
         RealtimeReport {
             budget_ms: self.budget_ms,
-            load: self.load,
+            load: self.load(),
             overloaded: self.overloaded,
             depth_cap,
         }
     }
 
-    /// Take one tick's cost. `active_slots` ran in it, `depth` is the performer's depth and
-    /// `cap` the policy's current cap. With `degrade`, returns the new cap when the policy moves
+    fn load(&self) -> f32 {
+        self.denoise_load + self.decode_load
+    }
+
+    /// Take one tick's cost: `denoise_ms` in the pipeline tick, `decode_ms` decoding its
+    /// slices. `active_slots` ran in it, `depth` is the performer's depth and `cap` the
+    /// policy's current cap. With `degrade`, returns the new cap when the policy moves
     /// (`Some(None)`: the performer's depth again).
     pub fn observe(
         &mut self,
-        cost_ms: f32,
+        denoise_ms: f32,
+        decode_ms: f32,
         active_slots: usize,
         depth: usize,
         cap: Option<usize>,
         degrade: bool,
     ) -> Option<Option<usize>> {
-        let raw = cost_ms / self.budget_ms.max(f32::MIN_POSITIVE);
-        self.load = if self.measured {
-            LOAD_SMOOTHING * raw + (1.0 - LOAD_SMOOTHING) * self.load
+        let budget = self.budget_ms.max(f32::MIN_POSITIVE);
+        let (denoise, decode) = (denoise_ms / budget, decode_ms / budget);
+        let raw = denoise + decode;
+        let smooth = |old: f32, new: f32| LOAD_SMOOTHING * new + (1.0 - LOAD_SMOOTHING) * old;
+        if self.measured {
+            self.denoise_load = smooth(self.denoise_load, denoise);
+            self.decode_load = smooth(self.decode_load, decode);
         } else {
-            raw
-        };
+            (self.denoise_load, self.decode_load) = (denoise, decode);
+        }
         self.measured = true;
+        let load = self.load();
         if self.overloaded {
-            self.recovered_ticks = if self.load < RECOVERED_BELOW {
+            self.recovered_ticks = if load < RECOVERED_BELOW {
                 self.recovered_ticks + 1
             } else {
                 0
             };
             self.overloaded = self.recovered_ticks < RECOVERED_AFTER_TICKS;
         } else {
-            self.overloaded = self.load > OVERLOAD;
+            self.overloaded = load > OVERLOAD;
             self.recovered_ticks = 0;
         }
         self.over_ticks = if raw > 1.0 { self.over_ticks + 1 } else { 0 };
@@ -132,9 +148,11 @@ impl RealtimeBudget {
             self.calm_ticks = 0;
             return lifted.then_some(None);
         };
-        // Denoising cost grows with the generations in flight; decoding does not, so this
-        // over-estimates what one more slot costs (the safe side).
-        let one_more = self.load * (active_slots + 1) as f32 / active_slots.max(1) as f32;
+        // Denoising cost grows with the generations in flight; decoding does not (it covers the
+        // same window whatever the depth). Scaling the whole load instead would keep a session
+        // whose decode dominates capped for ever (at depth 1, a load of 0.45 would predict 0.9).
+        let slots = active_slots.max(1) as f32;
+        let one_more = self.decode_load + self.denoise_load * (slots + 1.0) / slots;
         if !self.overloaded && one_more < RESTORE_BELOW {
             self.calm_ticks += 1;
         } else {
@@ -164,7 +182,8 @@ mod tests {
         let mut seen = Vec::new();
         for _ in 0..ticks {
             let slots = cap.unwrap_or(depth).min(depth);
-            if let Some(next) = b.observe(per_slot_ms * slots as f32, slots, depth, *cap, true) {
+            if let Some(next) = b.observe(per_slot_ms * slots as f32, 0.0, slots, depth, *cap, true)
+            {
                 *cap = next;
                 seen.push(next);
             }
@@ -190,10 +209,10 @@ mod tests {
     #[test]
     fn one_slow_tick_is_not_a_trend_and_off_means_off() {
         let mut b = RealtimeBudget::new(40.0);
-        assert_eq!(b.observe(200.0, 4, 4, None, true), None);
+        assert_eq!(b.observe(200.0, 0.0, 4, 4, None, true), None);
         assert!(b.report(None).overloaded, "the indicator shows at once");
         for _ in 0..40 {
-            assert_eq!(b.observe(10.0, 4, 4, None, true), None);
+            assert_eq!(b.observe(10.0, 0.0, 4, 4, None, true), None);
         }
         assert!(
             !b.report(None).overloaded,
@@ -201,7 +220,7 @@ mod tests {
         );
         let mut off = RealtimeBudget::new(40.0);
         for _ in 0..50 {
-            assert_eq!(off.observe(200.0, 4, 4, None, false), None);
+            assert_eq!(off.observe(200.0, 0.0, 4, 4, None, false), None);
         }
         assert!(off.report(None).overloaded && off.report(None).load > 4.0);
     }
@@ -209,13 +228,13 @@ mod tests {
     #[test]
     fn a_load_at_the_edge_does_not_flip_the_indicator() {
         let mut b = RealtimeBudget::new(40.0);
-        b.observe(48.0, 1, 1, None, false);
+        b.observe(48.0, 0.0, 1, 1, None, false);
         assert!(b.report(None).overloaded);
         // Alternating just over and just under the budget: the smoothed load stays between
         // the two thresholds, so the flag holds.
         for i in 0..100 {
             let cost = if i % 2 == 0 { 42.0 } else { 36.0 };
-            b.observe(cost, 1, 1, None, false);
+            b.observe(cost, 0.0, 1, 1, None, false);
             assert!(
                 b.report(None).overloaded,
                 "tick {i}: load {}",
@@ -224,11 +243,11 @@ mod tests {
         }
         // Under 0.9 but not yet for a second: still overloaded; then it ends.
         for _ in 0..20 {
-            b.observe(30.0, 1, 1, None, false);
+            b.observe(30.0, 0.0, 1, 1, None, false);
         }
         assert!(b.report(None).overloaded, "fewer than 25 fitting ticks");
         for _ in 0..20 {
-            b.observe(30.0, 1, 1, None, false);
+            b.observe(30.0, 0.0, 1, 1, None, false);
         }
         assert!(
             !b.report(None).overloaded,
@@ -236,7 +255,7 @@ mod tests {
         );
         // And it takes a load over 1 again, not 0.95, to come back.
         for _ in 0..50 {
-            b.observe(38.0, 1, 1, None, false);
+            b.observe(38.0, 0.0, 1, 1, None, false);
         }
         assert!(!b.report(None).overloaded);
     }
@@ -244,6 +263,28 @@ mod tests {
     #[test]
     fn the_performer_lowering_the_depth_lifts_the_cap() {
         let mut b = RealtimeBudget::new(40.0);
-        assert_eq!(b.observe(10.0, 2, 2, Some(3), true), Some(None));
+        assert_eq!(b.observe(10.0, 0.0, 2, 2, Some(3), true), Some(None));
+    }
+
+    #[test]
+    fn a_decode_that_dominates_does_not_keep_the_depth_capped() {
+        // At depth 1 a tick costs 4 ms of denoising and 14 ms of decoding (load 0.45); the
+        // decode does not grow with the depth, so 2, 3 and 4 slots (22, 26, 30 ms) fit.
+        let mut b = RealtimeBudget::new(40.0);
+        let mut cap = Some(1);
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            let slots = cap.unwrap_or(4).min(4);
+            if let Some(next) = b.observe(4.0 * slots as f32, 14.0, slots, 4, cap, true) {
+                cap = next;
+                seen.push(next);
+            }
+        }
+        assert_eq!(seen, vec![Some(2), Some(3), None]);
+        // The same load all spent denoising predicts 0.9 for a second slot: the cap holds.
+        let mut b = RealtimeBudget::new(40.0);
+        for _ in 0..200 {
+            assert_eq!(b.observe(18.0, 0.0, 1, 4, Some(1), true), None);
+        }
     }
 }

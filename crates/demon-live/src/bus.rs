@@ -61,6 +61,18 @@ pub enum Event {
         lead_ms: f32,
         /// The real-time budget after this tick (load, overload, the degrade depth cap).
         realtime: crate::budget::RealtimeReport,
+        /// Knob-to-ear latency per class, as clients reported it (`crate::latency`).
+        knob_to_ear: std::collections::BTreeMap<String, crate::latency::ClassLatency>,
+        /// The loudness of what plays and the matcher's gain, which pages apply too.
+        loudness: crate::loudness::LoudnessReport,
+    },
+    /// The loop slice `[start_sample, start_sample + samples)` decoded in `tick` is the first to
+    /// carry the applied controls `controls` (ids): a client reports when it first plays it.
+    Reflects {
+        tick: u64,
+        start_sample: u64,
+        samples: u64,
+        controls: Vec<u64>,
     },
     /// A control message was applied at `tick`; `origin` is the sender's client id.
     Applied {
@@ -632,6 +644,8 @@ mod tests {
                 queue: 0,
                 lead_ms: 0.0,
                 realtime: Default::default(),
+                knob_to_ear: Default::default(),
+                loudness: Default::default(),
             });
         }
         bus.publish(applied(7));

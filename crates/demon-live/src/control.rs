@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use demon_engine::{CfgMode, CurveSpec, DcwMode, SolverKind};
 use serde::{Deserialize, Serialize};
 
+use crate::preset::{Preset, PromptTask};
+
 /// How fast a change reaches the output (demon.md §8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -49,6 +51,24 @@ pub enum SourceSpec {
     },
 }
 
+/// What a separate reference steers: the `timbre` fader's voice or the `structure` fader's
+/// rhythm and harmony (DEMON's timbre and structure sources).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceRole {
+    Timbre,
+    Structure,
+}
+
+impl ReferenceRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Timbre => "timbre",
+            Self::Structure => "structure",
+        }
+    }
+}
+
 /// Everything a front end can ask of a live session. Applied only between ticks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -77,7 +97,22 @@ pub enum ControlMessage {
         bpm: Option<f32>,
         #[serde(default)]
         key: Option<String>,
+        /// Lyrics ("" removes them).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lyrics: Option<String>,
+        /// Beats per bar (0 removes it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        time_signature: Option<u32>,
+        /// The lyrics' language, e.g. "en" ("" removes it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        language: Option<String>,
+        /// What the conditioning is for; `auto` plays a cover while a source plays and
+        /// text-to-music otherwise, as DEMON's live loop does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<PromptTask>,
     },
+    /// Remove the BPM override: the tempo is again what the prompt (or the backend) implies.
+    ClearBpm,
     SetSolver {
         solver: SolverKind,
     },
@@ -91,6 +126,13 @@ pub enum ControlMessage {
         mode: Option<DcwMode>,
     },
     SetSource {
+        source: SourceSpec,
+    },
+    /// A separate reference for the `timbre` or `structure` fader instead of the playing
+    /// source's own; `none` clears it (the fader follows the source again). Per slot: it
+    /// reaches generations submitted after it. A session file records it as a latent.
+    SetReference {
+        role: ReferenceRole,
         source: SourceSpec,
     },
     /// LoRA strength (0 disables).
@@ -112,6 +154,15 @@ pub enum ControlMessage {
     /// Slew rate of slewed knobs in units per second (0 = no slew limiting).
     SetSlew {
         per_second: f64,
+    },
+    /// Make the whole performer-set state that of a preset ([`crate::preset`]), all or
+    /// nothing. `source` is the preset's source as the runner takes it (audio, a latent, or
+    /// `none`), resolved by the front end from `preset.source`; absent, the playing source
+    /// stays. A session file records the resolved source as a latent.
+    LoadPreset {
+        preset: Box<Preset>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<SourceSpec>,
     },
 }
 

@@ -15,12 +15,17 @@
 //! ([`Controls::apply`] applies one).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use candle_core::Tensor;
-use demon_engine::{CfgMode, Curve, CurveSpec, DcwMode, Prompt, STEP_CURVE_NAMES, SolverKind};
+use demon_engine::{
+    CfgMode, Curve, CurveSpec, DcwMode, GenerationTask, Prompt, STEP_CURVE_NAMES, SolverKind,
+    SourceHints,
+};
 use serde::Serialize;
 
-use crate::control::{ControlMessage, PropagationClass};
+use crate::analysis::SourceAnalysis;
+use crate::control::{ControlMessage, PropagationClass, ReferenceRole};
 use crate::error::{SessionError, SessionResult};
 use crate::facts::BackendFacts;
 
@@ -36,6 +41,8 @@ pub struct KnobSpec {
     /// Slew-limited: large jumps are spread over time so sweeps do not click.
     pub slewed: bool,
     pub class: PropagationClass,
+    /// What the number counts (`×` for a multiplier, `fraction` for 0..1 amounts).
+    pub unit: &'static str,
     pub help: &'static str,
 }
 
@@ -43,7 +50,7 @@ pub struct KnobSpec {
 /// the `KnobValues` struct with one typed field per knob.
 macro_rules! knob_catalog {
     ($( $variant:ident $field:ident [$min:expr, $max:expr] = $default:expr,
-        $integer:expr, $slewed:expr, $class:ident, $help:expr; )*) => {
+        $integer:expr, $slewed:expr, $class:ident, $unit:expr, $help:expr; )*) => {
         /// A knob of the catalog, by identity.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Knob { $($variant),* }
@@ -57,6 +64,7 @@ macro_rules! knob_catalog {
             integer: $integer,
             slewed: $slewed,
             class: PropagationClass::$class,
+            unit: $unit,
             help: $help,
         }),*];
 
@@ -89,60 +97,64 @@ macro_rules! knob_catalog {
 }
 
 knob_catalog! {
-    Denoise denoise [0.0, 1.0] = 0.7, false, true, PerSlot,
+    Denoise denoise [0.0, 1.0] = 0.7, false, true, PerSlot, "fraction",
         "How far each generation departs from the source (0 = the source, 1 = from noise).";
-    Seed seed [0.0, 4_294_967_295.0] = 42.0, true, false, PerSlot,
+    Seed seed [0.0, 4_294_967_295.0] = 42.0, true, false, PerSlot, "integer",
         "Noise seed of new generations.";
-    Shift shift [1.0, 6.0] = 3.0, false, true, PerSlot,
+    Shift shift [1.0, 6.0] = 3.0, false, true, PerSlot, "×",
         "Flow shift of the timestep schedule.";
-    Steps steps [1.0, 16.0] = 8.0, true, false, Structural,
+    Steps steps [1.0, 16.0] = 8.0, true, false, Structural, "steps",
         "Denoising steps per generation (S).";
-    Depth depth [1.0, 8.0] = 4.0, true, false, Structural,
+    Depth depth [1.0, 8.0] = 4.0, true, false, Structural, "generations",
         "Generations in flight (ring depth D).";
-    Feedback feedback [0.0, 1.0] = 0.0, false, true, PerSlot,
+    Feedback feedback [0.0, 1.0] = 0.0, false, true, PerSlot, "fraction",
         "Mix earlier outputs back into the source.";
-    FeedbackDepth feedback_depth [1.0, 8.0] = 1.0, true, false, PerSlot,
+    FeedbackDepth feedback_depth [1.0, 8.0] = 1.0, true, false, PerSlot, "generations back",
         "Which earlier output feeds back (1 = the newest).";
-    Structure structure [0.0, 1.0] = 0.0, false, true, PerSlot,
+    Structure structure [0.0, 1.0] = 0.0, false, true, PerSlot, "fraction",
         "How strongly the source's structure steers generation.";
-    Timbre timbre [0.0, 1.0] = 0.0, false, true, PerSlot,
+    Timbre timbre [0.0, 1.0] = 0.0, false, true, PerSlot, "fraction",
         "How strongly the source's timbre steers generation.";
-    Blend blend [0.0, 1.0] = 0.0, false, true, PerSlot,
+    Blend blend [0.0, 1.0] = 0.0, false, true, PerSlot, "fraction",
         "Crossfade from prompt A (0) to prompt B (1).";
-    VelocityScale velocity_scale [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+    VelocityScale velocity_scale [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
         "Velocity multiplier: below 1 keeps the source, above 1 pushes change.";
-    SdeDenoise sde_denoise [0.0, 1.0] = 1.0, false, true, SharedPerStep,
+    SdeDenoise sde_denoise [0.0, 1.0] = 1.0, false, true, SharedPerStep, "fraction",
         "SDE source blend: 1 free, 0 pinned to the source (SDE solver).";
-    OdeNoise ode_noise [0.0, 2.0] = 0.0, false, true, SharedPerStep,
+    OdeNoise ode_noise [0.0, 2.0] = 0.0, false, true, SharedPerStep, "σ per step",
         "Noise injected after each Euler step.";
-    X0TargetStrength x0_target_strength [0.0, 1.0] = 0.0, false, true, SharedPerStep,
+    X0TargetStrength x0_target_strength [0.0, 1.0] = 0.0, false, true, SharedPerStep, "fraction",
         "Pull toward the source in the refinement half.";
-    Guidance guidance [1.0, 10.0] = 1.0, false, true, SharedPerStep,
+    Guidance guidance [1.0, 10.0] = 1.0, false, true, SharedPerStep, "scale",
         "APG guidance away from the negative prompt (1 = off).";
-    ApgMomentum apg_momentum [-1.0, 1.0] = -0.75, false, true, SharedPerStep,
+    ApgMomentum apg_momentum [-1.0, 1.0] = -0.75, false, true, SharedPerStep, "coefficient",
         "APG momentum.";
-    CfgRescale cfg_rescale [0.0, 1.0] = 0.0, false, true, SharedPerStep,
+    CfgRescale cfg_rescale [0.0, 1.0] = 0.0, false, true, SharedPerStep, "fraction",
         "CFG rescale toward the unguided norm.";
-    Dcw dcw [0.0, 0.5] = 0.05, false, true, SharedPerStep,
+    Dcw dcw [0.0, 0.5] = 0.05, false, true, SharedPerStep, "scale",
         "DCW low-band scaler.";
-    DcwHigh dcw_high [0.0, 0.5] = 0.02, false, true, SharedPerStep,
+    DcwHigh dcw_high [0.0, 0.5] = 0.02, false, true, SharedPerStep, "scale",
         "DCW high-band scaler.";
-    ChG0 ch_g0 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+    ChG0 ch_g0 [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
         "Gain of latent channels 0-7 on the model input.";
-    ChG1 ch_g1 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+    ChG1 ch_g1 [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
         "Gain of latent channels 8-15.";
-    ChG2 ch_g2 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+    ChG2 ch_g2 [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
         "Gain of latent channels 16-23.";
-    ChG3 ch_g3 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+    ChG3 ch_g3 [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
         "Gain of latent channels 24-31.";
-    ChG4 ch_g4 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+    ChG4 ch_g4 [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
         "Gain of latent channels 32-39.";
-    ChG5 ch_g5 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+    ChG5 ch_g5 [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
         "Gain of latent channels 40-47.";
-    ChG6 ch_g6 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+    ChG6 ch_g6 [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
         "Gain of latent channels 48-55.";
-    ChG7 ch_g7 [0.0, 3.0] = 1.0, false, true, SharedPerStep,
+    ChG7 ch_g7 [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
         "Gain of latent channels 56-63.";
+    LoudnessMatch loudness_match [0.0, 1.0] = 0.0, true, false, SharedPerStep, "off/on",
+        "Keep what plays at the source's loudness (target_lufs without a source), moving slowly.";
+    TargetLufs target_lufs [-40.0, -6.0] = -14.0, false, false, SharedPerStep, "LUFS",
+        "Loudness the matcher aims at when no source plays.";
 }
 
 impl Knob {
@@ -186,16 +198,19 @@ impl ControlMessage {
                 .unwrap_or(SharedPerStep),
             Self::SetCurve { name, .. } => CurveId::from_name(name).map_or(PerSlot, CurveId::class),
             Self::SetPrompt { .. }
+            | Self::ClearBpm
             | Self::SetSolver { .. }
             | Self::SetCfgMode { .. }
-            | Self::SetSource { .. } => PerSlot,
+            | Self::SetSource { .. }
+            | Self::SetReference { .. } => PerSlot,
             Self::SetDcw { .. } => SharedPerStep,
             Self::SetLora { .. } => GlobalWeights,
             Self::SetLoopBand { .. }
             | Self::ClearLoopBand
             | Self::Seek { .. }
             | Self::SetPlaying { .. }
-            | Self::SetSlew { .. } => Structural,
+            | Self::SetSlew { .. }
+            | Self::LoadPreset { .. } => Structural,
         }
     }
 }
@@ -413,11 +428,13 @@ impl PartialEq for SourceRef {
     }
 }
 
-/// A LoRA strength: what was asked and what the model uses now (slew-limited).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// A LoRA strength: what was asked and what the model uses now (slew-limited), and the
+/// adapter's trigger words (from its metadata), in the prompts while the target is above 0.
+#[derive(Clone, Debug, PartialEq)]
 struct Strength {
     target: f64,
     effective: f64,
+    triggers: Vec<String>,
 }
 
 /// What applying a control changed, beyond the values themselves: the session reacts to
@@ -446,7 +463,13 @@ pub struct Controls {
     pub dcw_enabled: bool,
     pub dcw_mode: DcwMode,
     source: Option<SourceRef>,
+    /// Separate references of the timbre and structure faders (`None`: the source's own).
+    timbre_reference: Option<SourceRef>,
+    structure_reference: Option<SourceRef>,
+    /// Bumped whenever the source or a reference changes, so caches keyed on it expire.
     source_version: u64,
+    /// What was measured on the source (tempo, key, loudness), when it was analysed.
+    source_analysis: Option<Arc<SourceAnalysis>>,
 }
 
 impl Controls {
@@ -465,8 +488,26 @@ impl Controls {
             dcw_enabled: true,
             dcw_mode: DcwMode::Double,
             source: None,
+            timbre_reference: None,
+            structure_reference: None,
             source_version: 0,
+            source_analysis: None,
         }
+    }
+
+    /// Every control value back to the catalog's defaults (knobs, LoRA strengths, curves,
+    /// prompts, solver modes, slew), keeping the source and the window length: a preset is
+    /// applied on top of this, so fields it leaves out are the defaults.
+    pub fn reset_values(&mut self) {
+        let fresh = Controls::new(Prompt::default(), self.frames);
+        *self = Controls {
+            source: self.source.take(),
+            timbre_reference: self.timbre_reference.take(),
+            structure_reference: self.structure_reference.take(),
+            source_version: self.source_version,
+            source_analysis: self.source_analysis.take(),
+            ..fresh
+        };
     }
 
     /// Effective knob values (slew-limited toward the targets): what requests are built from.
@@ -513,9 +554,81 @@ impl Controls {
         self.source.as_ref()
     }
 
-    /// Effective LoRA strengths by adapter id.
-    pub fn loras(&self) -> impl Iterator<Item = (&str, f64)> {
-        self.loras.iter().map(|(k, v)| (k.as_str(), v.effective))
+    /// The separate reference set for `role`, if any.
+    pub fn reference(&self, role: ReferenceRole) -> Option<&SourceRef> {
+        match role {
+            ReferenceRole::Timbre => self.timbre_reference.as_ref(),
+            ReferenceRole::Structure => self.structure_reference.as_ref(),
+        }
+    }
+
+    /// What the `timbre` fader steers toward: its reference, else the source.
+    pub fn timbre_latent(&self) -> Option<&Tensor> {
+        self.reference(ReferenceRole::Timbre)
+            .or(self.source())
+            .map(|s| &s.latent)
+    }
+
+    /// The trigger words of the enabled adapters (target above 0), in adapter order, each
+    /// once: DEMON prepends them to the prompt while an adapter plays.
+    pub fn trigger_words(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for s in self.loras.values().filter(|s| s.target > 0.0) {
+            for w in &s.triggers {
+                if !out.contains(&w.as_str()) {
+                    out.push(w);
+                }
+            }
+        }
+        out
+    }
+
+    /// What was measured on the source, when it was analysed.
+    pub fn source_analysis(&self) -> Option<&SourceAnalysis> {
+        self.source_analysis.as_deref()
+    }
+
+    /// The prompts as the conditioner is given them. The trigger words of the enabled adapters
+    /// come first in prompts A and B. While a source plays, prompt A carries
+    /// the source's measured tempo and key as hints for what it leaves open, and a prompt that
+    /// names no task asks for a cover (DEMON's live loop plays ACE-Step's cover task whenever
+    /// a source plays). `prompts` itself stays what the performer set: presets save that.
+    pub fn conditioning_prompts(&self) -> Prompts {
+        let mut p = self.prompts.clone();
+        let triggers = self.trigger_words();
+        if !triggers.is_empty() {
+            let words = triggers.join(", ");
+            let with = |tags: &str| -> String {
+                if tags.trim().is_empty() {
+                    words.clone()
+                } else {
+                    format!("{words}, {tags}")
+                }
+            };
+            let (a, b) = (with(&p.a.tags), p.b.as_deref().map(&with));
+            (p.a.tags, p.b) = (a, b);
+        }
+        if self.source.is_some() {
+            p.a.task.get_or_insert(GenerationTask::Cover);
+            p.a.hints = self
+                .source_analysis
+                .as_ref()
+                .map(|a| a.hints())
+                .filter(|h| h != &SourceHints::default());
+        }
+        p
+    }
+
+    /// Changes whenever the source or a reference does (a cache key).
+    pub fn source_version(&self) -> u64 {
+        self.source_version
+    }
+
+    /// LoRA strengths as (id, effective, target): a fader slewing has them apart.
+    pub fn lora_strengths(&self) -> impl Iterator<Item = (&str, f64, f64)> {
+        self.loras
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.effective, v.target))
     }
 
     /// Set a knob by name (catalog knobs and `lora:<id>`), validated against the catalog and,
@@ -527,10 +640,19 @@ impl Controls {
         facts: &BackendFacts,
     ) -> SessionResult<Changed> {
         let v = check_knob(name, value)?;
-        if let Some(id) = name.strip_prefix(LORA_PREFIX) {
-            facts.check_adapter(id)?;
+        let Some(id) = name.strip_prefix(LORA_PREFIX) else {
+            return Ok(self.set_checked(name, v));
+        };
+        facts.check_adapter(id)?;
+        let triggers = facts.adapter_triggers.get(id).cloned().unwrap_or_default();
+        let was_on = self.loras.get(id).is_some_and(|s| s.target > 0.0);
+        let mut changed = self.set_checked(name, v);
+        if let Some(s) = self.loras.get_mut(id) {
+            // Enabling or disabling an adapter with trigger words changes the prompts.
+            changed.prompts |= !triggers.is_empty() && was_on != (v > 0.0);
+            s.triggers = triggers;
         }
-        Ok(self.set_checked(name, v))
+        Ok(changed)
     }
 
     /// Set an already validated value.
@@ -540,6 +662,7 @@ impl Controls {
             let s = self.loras.entry(id.to_string()).or_insert(Strength {
                 target: v,
                 effective: v,
+                triggers: Vec::new(),
             });
             s.target = v;
             if jump {
@@ -570,6 +693,7 @@ impl Controls {
                 Strength {
                     target: v,
                     effective: v,
+                    triggers: facts.adapter_triggers.get(id).cloned().unwrap_or_default(),
                 },
             );
         } else if let Some(k) = Knob::from_name(name) {
@@ -636,9 +760,29 @@ impl Controls {
         Ok(())
     }
 
-    /// Make `latent` (`[1, T, C]`) the source, or remove it.
+    /// What was measured on the source [`set_source`](Self::set_source) made.
+    pub fn set_source_analysis(&mut self, analysis: Option<SourceAnalysis>) {
+        self.source_analysis = analysis.map(Arc::new);
+    }
+
+    /// Make `latent` (`[1, T, C]`, any length) the reference of `role`, or remove it.
+    pub fn set_reference(&mut self, role: ReferenceRole, reference: Option<(String, Tensor)>) {
+        self.source_version += 1;
+        let r = reference.map(|(name, latent)| SourceRef {
+            name,
+            latent,
+            version: self.source_version,
+        });
+        match role {
+            ReferenceRole::Timbre => self.timbre_reference = r,
+            ReferenceRole::Structure => self.structure_reference = r,
+        }
+    }
+
+    /// Make `latent` (`[1, T, C]`) the source, or remove it (its analysis goes with it).
     pub fn set_source(&mut self, source: Option<(String, Tensor)>) {
         self.source_version += 1;
+        self.source_analysis = None;
         self.source = source.map(|(name, latent)| SourceRef {
             name,
             latent,
@@ -684,10 +828,26 @@ impl Controls {
                 negative,
                 bpm,
                 key,
+                lyrics,
+                time_signature,
+                language,
+                task,
             } => {
                 let mut p = self.prompts.clone();
                 if let Some(t) = prompt {
                     p.a.tags = t.clone();
+                }
+                if let Some(l) = lyrics {
+                    p.a.lyrics = l.clone();
+                }
+                if let Some(ts) = time_signature {
+                    p.a.time_signature = (*ts != 0).then_some(*ts);
+                }
+                if let Some(l) = language {
+                    p.a.language = (!l.trim().is_empty()).then(|| l.trim().to_string());
+                }
+                if let Some(t) = task {
+                    p.a.task = t.task();
                 }
                 if let Some(b) = bpm {
                     p.a.bpm = Some(*b);
@@ -703,6 +863,13 @@ impl Controls {
                 }
                 p.validate()?;
                 self.prompts = p;
+                Ok(Changed {
+                    prompts: true,
+                    ..Default::default()
+                })
+            }
+            ControlMessage::ClearBpm => {
+                self.prompts.a.bpm = None;
                 Ok(Changed {
                     prompts: true,
                     ..Default::default()
@@ -730,12 +897,14 @@ impl Controls {
                 Ok(Changed::default())
             }
             ControlMessage::SetSource { .. }
+            | ControlMessage::SetReference { .. }
             | ControlMessage::SetLoopBand { .. }
             | ControlMessage::ClearLoopBand
             | ControlMessage::Seek { .. }
-            | ControlMessage::SetPlaying { .. } => Err(SessionError::bad_value(
+            | ControlMessage::SetPlaying { .. }
+            | ControlMessage::LoadPreset { .. } => Err(SessionError::bad_value(
                 "control",
-                "sources, the loop band, seek and play act on a live session, not on a control value",
+                "sources, references, presets, the loop band, seek and play act on a live session, not on a control value",
             )),
         }
     }
@@ -809,15 +978,7 @@ impl Controls {
 mod tests {
     use super::*;
 
-    fn facts() -> BackendFacts {
-        BackendFacts {
-            name: "test".into(),
-            latent_channels: 64,
-            hop_samples: 1920,
-            sample_rate: 48_000,
-            adapters: Some(vec!["funk".into()]),
-        }
-    }
+    use crate::facts::test_facts as facts;
 
     #[test]
     fn the_catalog_and_the_typed_fields_agree() {
@@ -872,10 +1033,15 @@ mod tests {
         assert_eq!(c.seed(), 7, "discrete knobs jump");
         // A LoRA strength starts where it is first set, then slews over [0, 2].
         c.set_knob("lora:funk", 1.0, &f).unwrap();
-        assert_eq!(c.loras().collect::<Vec<_>>(), [("funk", 1.0)]);
+        assert_eq!(
+            c.lora_strengths()
+                .map(|(id, e, _)| (id, e))
+                .collect::<Vec<_>>(),
+            [("funk", 1.0)]
+        );
         c.set_knob("lora:funk", 0.0, &f).unwrap();
         c.advance(0.1);
-        assert!((c.loras().next().unwrap().1 - 0.6).abs() < 1e-12);
+        assert!((c.lora_strengths().next().unwrap().1 - 0.6).abs() < 1e-12);
         let mut c = Controls::new(Prompt::tags("house"), 100);
         c.set_slew(0.0).unwrap();
         c.set_knob("denoise", 0.2, &f).unwrap();
@@ -909,6 +1075,10 @@ mod tests {
                 negative: None,
                 bpm: Some(1e6),
                 key: None,
+                lyrics: None,
+                time_signature: None,
+                language: None,
+                task: None,
             },
             ControlMessage::SetSlew { per_second: -1.0 },
             ControlMessage::Seek { seconds: 1.0 },
@@ -930,6 +1100,56 @@ mod tests {
             ]
         );
         assert_eq!(before, (c.target_map(), c.curve_specs(), c.prompts.clone()));
+    }
+
+    #[test]
+    fn trigger_words_join_the_prompts_while_their_adapter_is_enabled() {
+        let mut f = facts();
+        f.adapter_triggers
+            .insert("funk".into(), vec!["slap bass".into(), "funky".into()]);
+        let mut c = Controls::new(Prompt::tags("house"), 100);
+        c.prompts.b = Some("techno".into());
+        assert_eq!(c.conditioning_prompts().a.tags, "house");
+        let on = c.set_knob("lora:funk", 0.8, &f).unwrap();
+        assert!(on.prompts, "enabling changes the prompts");
+        let p = c.conditioning_prompts();
+        assert_eq!(p.a.tags, "slap bass, funky, house");
+        assert_eq!(p.b.as_deref(), Some("slap bass, funky, techno"));
+        assert_eq!(c.prompts.a.tags, "house", "what the performer set stays");
+        // A strength change while enabled needs no new conditioning; disabling does.
+        assert!(!c.set_knob("lora:funk", 1.2, &f).unwrap().prompts);
+        assert!(c.set_knob("lora:funk", 0.0, &f).unwrap().prompts);
+        assert_eq!(c.conditioning_prompts().a.tags, "house");
+        // An adapter without trigger words never touches the prompts.
+        f.adapter_triggers.clear();
+        assert!(!c.set_knob("lora:funk", 1.0, &f).unwrap().prompts);
+        assert_eq!(c.conditioning_prompts().a.tags, "house");
+    }
+
+    #[test]
+    fn a_bpm_override_can_be_cleared() {
+        let f = facts();
+        let mut c = Controls::new(Prompt::tags("house"), 10);
+        let set = ControlMessage::SetPrompt {
+            prompt: None,
+            prompt_b: None,
+            negative: None,
+            bpm: Some(128.0),
+            key: None,
+            lyrics: None,
+            time_signature: None,
+            language: None,
+            task: None,
+        };
+        c.apply(&set, &f).unwrap();
+        assert_eq!(c.prompts.a.bpm, Some(128.0));
+        let changed = c.apply(&ControlMessage::ClearBpm, &f).unwrap();
+        assert!(
+            changed.prompts,
+            "the conditioning is rebuilt at the implied tempo"
+        );
+        assert_eq!(c.prompts.a.bpm, None);
+        assert_eq!(c.prompts.a.tags, "house");
     }
 
     #[test]

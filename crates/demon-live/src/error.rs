@@ -36,6 +36,10 @@ pub enum SessionError {
     /// again later can succeed.
     #[error("the session is busy: {0}")]
     Busy(String),
+    /// A change that was overtaken by a later one of its kind before it could be applied
+    /// (a source still being prepared when another source change came); nothing changed.
+    #[error("superseded: {0}")]
+    Superseded(String),
     /// No answer from the runner in time.
     #[error("timed out: {0}")]
     Timeout(String),
@@ -62,6 +66,7 @@ impl SessionError {
             Self::BadUpload { .. } => "bad_upload",
             Self::NotFound { .. } => "not_found",
             Self::Busy(_) => "busy",
+            Self::Superseded(_) => "superseded",
             Self::Timeout(_) => "timeout",
             Self::Stopped(_) => "stopped",
             Self::Io { .. } => "io_error",
@@ -70,7 +75,7 @@ impl SessionError {
     }
 
     /// Every code [`code`](Self::code) can return (for docs and protocol tests).
-    pub const CODES: [&'static str; 12] = [
+    pub const CODES: [&'static str; 13] = [
         "bad_value",
         "unknown_knob",
         "unknown_curve",
@@ -79,6 +84,7 @@ impl SessionError {
         "bad_upload",
         "not_found",
         "busy",
+        "superseded",
         "timeout",
         "stopped",
         "io_error",
@@ -187,6 +193,7 @@ mod tests {
                 name: "funk".into(),
             },
             SessionError::Busy("too many pending controls".into()),
+            SessionError::Superseded("a later source change came first".into()),
             SessionError::Timeout("no tick in 10 s".into()),
             SessionError::Stopped(None),
             SessionError::io(std::path::Path::new("/x"), "permission denied"),
@@ -195,7 +202,7 @@ mod tests {
         let codes: Vec<&str> = all.iter().map(|e| e.code()).collect();
         assert_eq!(codes, SessionError::CODES);
         assert_eq!(all[0].to_string(), "knob `denoise`: 1.5 is outside [0, 1]");
-        assert_eq!(all[9].to_string(), "the session has stopped");
+        assert_eq!(all[10].to_string(), "the session has stopped");
         assert_eq!(
             SessionError::Stopped(Some("disk full".into())).to_string(),
             "the session has stopped: disk full"

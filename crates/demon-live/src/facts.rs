@@ -5,6 +5,8 @@
 //! Every conversion between seconds, latent frames and audio samples goes through these facts
 //! instead of a literal 25 frames per second, so a codec with another hop or rate works as is.
 
+use std::collections::BTreeMap;
+
 use demon_engine::BackendSet;
 
 use crate::error::{SessionError, SessionResult};
@@ -22,20 +24,27 @@ pub struct BackendFacts {
     pub sample_rate: u32,
     /// Ids of the weight adapters (LoRA) the denoiser can switch; `None` when it has none.
     pub adapters: Option<Vec<String>>,
+    /// The trigger words of the adapters that have any (their metadata): prepended to the
+    /// prompts while the adapter is enabled.
+    pub adapter_triggers: BTreeMap<String, Vec<String>>,
 }
 
 impl BackendFacts {
     /// The facts of `backend` (`&mut` because listing adapters goes through the denoiser).
     pub fn of(backend: &mut BackendSet) -> Self {
+        let listed = backend.denoiser.adapters().map(|a| a.list());
         Self {
             name: backend.name.clone(),
             latent_channels: backend.denoiser.latent_channels(),
             hop_samples: backend.codec.hop_samples().max(1),
             sample_rate: backend.codec.sample_rate(),
-            adapters: backend
-                .denoiser
-                .adapters()
-                .map(|a| a.list().into_iter().map(|x| x.id).collect()),
+            adapter_triggers: listed
+                .iter()
+                .flatten()
+                .filter(|a| !a.metadata.trigger_words.is_empty())
+                .map(|a| (a.id.clone(), a.metadata.trigger_words.clone()))
+                .collect(),
+            adapters: listed.map(|l| l.into_iter().map(|x| x.id).collect()),
         }
     }
 
@@ -76,6 +85,20 @@ impl BackendFacts {
     }
 }
 
+/// Facts of a 64-channel backend at 48 kHz with a 1920-sample hop and one adapter, `funk`
+/// (unit tests of the modules built on the facts).
+#[cfg(test)]
+pub(crate) fn test_facts() -> BackendFacts {
+    BackendFacts {
+        name: "test".into(),
+        latent_channels: 64,
+        hop_samples: 1920,
+        sample_rate: 48_000,
+        adapters: Some(vec!["funk".into()]),
+        adapter_triggers: BTreeMap::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +110,7 @@ mod tests {
             hop_samples: hop,
             sample_rate,
             adapters: Some(vec!["funk".into()]),
+            adapter_triggers: BTreeMap::new(),
         }
     }
 

@@ -76,15 +76,7 @@ pub fn replay(
     backend: BackendSet,
     out_wav: &Path,
 ) -> SessionResult<SessionSummary> {
-    if file.config.backend != backend.name {
-        return Err(SessionError::UnsupportedByBackend {
-            backend: backend.name.clone(),
-            what: format!(
-                "a session recorded with the `{}` backend",
-                file.config.backend
-            ),
-        });
-    }
+    file.check_backend(&backend.name)?;
     let core = LiveCore::new(file.config.clone(), backend)?;
     let sr = core.sample_rate();
     let opts = RunOptions {

@@ -110,6 +110,23 @@ pub struct SessionFile {
     pub warnings: Vec<String>,
 }
 
+impl SessionFile {
+    /// Refuse to run a session recorded with another backend than `backend` (its latents and
+    /// seeds mean nothing to another model).
+    pub fn check_backend(&self, backend: &str) -> SessionResult<()> {
+        if self.config.backend != backend {
+            return Err(SessionError::UnsupportedByBackend {
+                backend: backend.to_string(),
+                what: format!(
+                    "a session recorded with the `{}` backend",
+                    self.config.backend
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The longest line read (a recorded source latent of 20 minutes is about 10 MB of base64).
 pub const MAX_LINE_BYTES: usize = 64 << 20;
 /// Prompt texts longer than this in an event are dropped.
@@ -176,18 +193,37 @@ fn event_problem(tick: u64, end: u64, m: &ControlMessage) -> Option<String> {
             negative,
             key,
             ..
-        } => [prompt, prompt_b, negative, key]
-            .into_iter()
-            .flatten()
-            .find(|t| t.chars().count() > MAX_PROMPT_CHARS)
-            .map(|t| {
-                format!(
-                    "a prompt of {} characters (limit {MAX_PROMPT_CHARS})",
-                    t.chars().count()
-                )
-            }),
+        } => long_prompt([
+            prompt.as_ref(),
+            prompt_b.as_ref(),
+            negative.as_ref(),
+            key.as_ref(),
+        ]),
+        ControlMessage::LoadPreset { preset, .. } => {
+            let p = &preset.prompts;
+            long_prompt([
+                Some(&p.prompt),
+                p.prompt_b.as_ref(),
+                p.negative.as_ref(),
+                p.key.as_ref(),
+            ])
+        }
         _ => None,
     }
+}
+
+/// A prompt text over [`MAX_PROMPT_CHARS`], said as a problem.
+fn long_prompt<'a>(texts: impl IntoIterator<Item = Option<&'a String>>) -> Option<String> {
+    texts
+        .into_iter()
+        .flatten()
+        .find(|t| t.chars().count() > MAX_PROMPT_CHARS)
+        .map(|t| {
+            format!(
+                "a prompt of {} characters (limit {MAX_PROMPT_CHARS})",
+                t.chars().count()
+            )
+        })
 }
 
 /// Read and check a session file; errors name the line. A file cut short (no end line, or a

@@ -148,14 +148,22 @@ pub fn plan(
     let frames = spec.frames;
     let mut controls = spec.controls.clone();
     controls.set_frames(frames)?;
+    // A source is analysed as a live session analyses it (on what its latent decodes to), so
+    // its measured tempo and key condition a render as they condition the live loop.
+    if let Some(src) = controls.source()
+        && controls.source_analysis().is_none()
+    {
+        let audio = backend.codec.decode(&src.latent, 0)?;
+        controls.set_source_analysis(Some(crate::analysis::SourceAnalysis::of(&audio)));
+    }
     // Timbre conditionings cost a pass of the timbre encoder: only when they act.
     let timbre_ref = controls
-        .source()
+        .timbre_latent()
         .filter(|_| controls.knobs().timbre as f32 > 0.001)
-        .map(|s| s.latent.clone());
+        .cloned();
     let conds = Conds::prepare(
         backend.conditioner.as_mut(),
-        &controls.prompts,
+        &controls.conditioning_prompts(),
         timbre_ref.as_ref(),
     )?;
     let context = requests::structure_context(backend.conditioner.as_mut(), &controls, 0, frames)?;
@@ -231,4 +239,51 @@ pub fn render(
             })
         })
         .collect()
+}
+
+/// The `LIST/INFO` facts of a WAV `demon` writes (renders and recordings): the version, and the
+/// prompt with the style, tempo, key and seed used (`demon_engine::PromptUse`, when the
+/// backend reports one) and its fallback note.
+pub fn wav_info(
+    prompt: &str,
+    used: Option<&demon_engine::PromptUse>,
+    seed: u64,
+) -> demon_audio::WavInfo {
+    let mut parts = vec![format!("prompt \"{prompt}\"")];
+    if let Some(u) = used {
+        parts.push(format!("style {}", u.style));
+        parts.extend(u.bpm.map(|b| format!("{b:.0} bpm")));
+        parts.extend(u.key.clone());
+    }
+    parts.push(format!("seed {seed}"));
+    parts.extend(used.and_then(|u| u.fallback.clone()));
+    demon_audio::WavInfo {
+        software: format!("demon {}", env!("CARGO_PKG_VERSION")),
+        comment: parts.join("; "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wav_info_says_what_was_used() {
+        let used = demon_engine::PromptUse {
+            style: "funk".into(),
+            bpm: Some(108.0),
+            key: Some("A major".into()),
+            fallback: Some("not understood: `piano`, `trio` (ignored)".into()),
+        };
+        let info = wav_info("jazz piano trio", Some(&used), 7);
+        assert_eq!(
+            info.software,
+            format!("demon {}", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(
+            info.comment,
+            "prompt \"jazz piano trio\"; style funk; 108 bpm; A major; seed 7; not understood: `piano`, `trio` (ignored)"
+        );
+        assert_eq!(wav_info("x", None, 1).comment, "prompt \"x\"; seed 1");
+    }
 }

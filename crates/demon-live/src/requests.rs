@@ -107,15 +107,34 @@ pub fn source_chunk(
     })
 }
 
-/// The structural context `[1, T, Cc]` of a window: the source's structure at the `structure`
-/// knob's strength (0 without a source).
+/// The frames `[offset, offset + frames)` of a reference of any length, looped (a reference
+/// shorter than the song repeats, as a drum loop would).
+fn looped_chunk(latent: &Tensor, offset: usize, frames: usize) -> SessionResult<Tensor> {
+    let n = latent.dim(1)?;
+    if n == 0 {
+        return Err(SessionError::bad_value("reference", "an empty latent"));
+    }
+    if offset + frames <= n {
+        return Ok(latent.narrow(1, offset, frames)?);
+    }
+    let index: Vec<u32> = (0..frames).map(|i| ((offset + i) % n) as u32).collect();
+    let index = Tensor::from_vec(index, frames, latent.device())?;
+    Ok(latent.index_select(&index, 1)?)
+}
+
+/// The structural context `[1, T, Cc]` of a window: the structure of the `structure`
+/// reference (looped), else of the source, at the `structure` knob's strength (0 without
+/// either).
 pub fn structure_context(
     conditioner: &mut dyn Conditioner,
     controls: &Controls,
     chunk_offset: usize,
     frames: usize,
 ) -> SessionResult<Tensor> {
-    let chunk = source_chunk(controls, chunk_offset, frames)?;
+    let chunk = match controls.reference(crate::control::ReferenceRole::Structure) {
+        Some(r) => Some(looped_chunk(&r.latent, chunk_offset, frames)?),
+        None => source_chunk(controls, chunk_offset, frames)?,
+    };
     let strength = if chunk.is_some() {
         controls.knobs().structure as f32
     } else {
@@ -183,20 +202,37 @@ pub fn build_lane(controls: &Controls, facts: &BackendFacts) -> SessionResult<Sh
     Ok(lane)
 }
 
-/// LoRA strengths from the controls onto the model's adapters, for those that differ from
-/// `applied` (what the model holds; updated). Global weights change only here, between ticks.
+/// While a LoRA fader slews, its strength is merged into the model's weights at most once per
+/// this many ticks (200 ms at 25 ticks per second): a merge is a pass over every module the
+/// adapter touches (docs/performance.md, *LoRA strength changes*), which a tick cannot afford
+/// each time. The value the fader slews to, and 0, are merged as soon as they are reached.
+pub const LORA_MERGE_INTERVAL_TICKS: u64 = 5;
+
+/// What the model's adapters hold: per adapter id, the strength merged and the tick it was.
+pub type AppliedAdapters = BTreeMap<String, (f64, u64)>;
+
+/// LoRA strengths from the controls onto the model's adapters at `tick`, for those that differ
+/// from `applied` (updated), no more often than [`LORA_MERGE_INTERVAL_TICKS`] while a fader
+/// slews. Global weights change only here, between ticks; the rate depends only on ticks, so a
+/// replay merges at the same ticks.
 pub fn push_adapters(
     controls: &Controls,
     denoiser: &mut dyn Denoiser,
-    applied: &mut BTreeMap<String, f64>,
+    applied: &mut AppliedAdapters,
+    tick: u64,
 ) -> SessionResult<()> {
-    for (id, v) in controls.loras() {
-        if applied.get(id) != Some(&v) {
+    for (id, v, target) in controls.lora_strengths() {
+        let due = match applied.get(id) {
+            None => true,
+            Some((held, _)) if *held == v => false,
+            Some((_, at)) => v == target || v == 0.0 || tick >= at + LORA_MERGE_INTERVAL_TICKS,
+        };
+        if due {
             if let Some(a) = denoiser.adapters() {
                 a.set_strength(id, v as f32)
                     .map_err(|e| SessionError::engine(&format!("LoRA `{id}`"), e))?;
             }
-            applied.insert(id.to_string(), v);
+            applied.insert(id.to_string(), (v, tick));
         }
     }
     Ok(())
@@ -295,6 +331,97 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use candle_core::{Device, Tensor};
+    use demon_engine::{
+        AdapterInfo, Adapters, BackendSet, DenoiseBatch, Denoiser, Prompt, Result as EngineResult,
+    };
+    use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
+
+    use super::{AppliedAdapters, LORA_MERGE_INTERVAL_TICKS, push_adapters};
+    use crate::{BackendFacts, Controls};
+
+    /// The sketch denoiser, counting the strength changes that reach its adapters.
+    struct Counting {
+        inner: SketchDenoiser,
+        merges: Arc<AtomicUsize>,
+    }
+
+    impl Denoiser for Counting {
+        fn latent_channels(&self) -> usize {
+            self.inner.latent_channels()
+        }
+        fn context_channels(&self) -> usize {
+            self.inner.context_channels()
+        }
+        fn device(&self) -> &Device {
+            self.inner.device()
+        }
+        fn velocity(&mut self, batch: &DenoiseBatch<'_>) -> EngineResult<Tensor> {
+            self.inner.velocity(batch)
+        }
+        fn adapters(&mut self) -> Option<&mut dyn Adapters> {
+            Some(self)
+        }
+    }
+
+    impl Adapters for Counting {
+        fn list(&self) -> Vec<AdapterInfo> {
+            self.inner.list()
+        }
+        fn set_strength(&mut self, id: &str, strength: f32) -> EngineResult<()> {
+            self.merges.fetch_add(1, Ordering::Relaxed);
+            self.inner.set_strength(id, strength)
+        }
+    }
+
+    /// A slewing LoRA fader reaches the model at most once per interval, and its target as
+    /// soon as the slew arrives: 3 merges for a 0 → 1 move over 13 ticks, not 13.
+    #[test]
+    fn a_slewing_lora_fader_merges_at_a_capped_rate() {
+        let merges = Arc::new(AtomicUsize::new(0));
+        let d = Device::Cpu;
+        let mut backend = BackendSet {
+            name: "sketch".into(),
+            denoiser: Box::new(Counting {
+                inner: SketchDenoiser::new(d.clone()),
+                merges: merges.clone(),
+            }),
+            codec: Box::new(SketchCodec::new(d.clone())),
+            conditioner: Box::new(SketchConditioner::new(d)),
+        };
+        let facts = BackendFacts::of(&mut backend);
+        let mut c = Controls::new(Prompt::tags("house"), 100);
+        // 1 range (0..2) per second at 25 ticks per second: 0.08 a tick, 13 ticks from 0 to 1.
+        c.set_slew(1.0).unwrap();
+        c.set_knob("lora:funk", 0.0, &facts).unwrap();
+        let mut applied = AppliedAdapters::new();
+        push_adapters(&c, backend.denoiser.as_mut(), &mut applied, 0).unwrap();
+        assert_eq!(
+            merges.load(Ordering::Relaxed),
+            1,
+            "the first strength is merged"
+        );
+        c.set_knob("lora:funk", 1.0, &facts).unwrap();
+        let mut at = Vec::new();
+        for tick in 1..30u64 {
+            c.advance(0.04);
+            let before = merges.load(Ordering::Relaxed);
+            push_adapters(&c, backend.denoiser.as_mut(), &mut applied, tick).unwrap();
+            if merges.load(Ordering::Relaxed) > before {
+                at.push(tick);
+            }
+        }
+        // Every 5 ticks while it moves (0.4, 0.8), then at once when 1.0 is reached.
+        let every = LORA_MERGE_INTERVAL_TICKS;
+        assert_eq!(at, vec![every, 2 * every, 13], "merged at ticks {at:?}");
+        assert_eq!(applied["funk"].0, 1.0, "the target is what the model holds");
+        let listed = backend.denoiser.adapters().unwrap().list();
+        let funk = listed.iter().find(|a| a.id == "funk").unwrap();
+        assert_eq!(funk.strength, 1.0);
+    }
 
     /// Every `.rs` file under `dir`, with its text.
     fn sources(dir: &Path, out: &mut Vec<(String, String)>) {

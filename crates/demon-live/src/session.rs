@@ -14,7 +14,9 @@
 //! through one-shot replies, blocking or awaited, so an async caller holds no thread.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,9 +24,11 @@ use std::time::{Duration, Instant};
 use crate::bus::{
     AudioSlice, Event, EventBus, ReplyError, ReplyReceiver, ReplySender, Subscriber, reply_channel,
 };
-use crate::control::ControlMessage;
+use crate::control::{ControlMessage, SourceSpec};
+use crate::core::sources::{PreparedSource, prepare_source};
 pub use crate::core::{LiveCore, SessionConfig, SessionProbe, SessionState};
 use crate::error::{SessionError, SessionResult};
+use crate::facts::BackendFacts;
 use crate::record::{ClockEntry, SessionLine, SessionWriter};
 use crate::sink::{AudioSink, WavRecorder};
 
@@ -47,6 +51,9 @@ pub struct RunOptions {
     pub degrade: bool,
     /// Event queue length per subscriber.
     pub bus_capacity: usize,
+    /// The longest a source change may take to prepare beside the ticks
+    /// ([`SOURCE_PREPARE_MAX`] unless told otherwise).
+    pub source_prepare_max: Duration,
 }
 
 impl Default for RunOptions {
@@ -60,6 +67,7 @@ impl Default for RunOptions {
             clock: Vec::new(),
             degrade: false,
             bus_capacity: 256,
+            source_prepare_max: SOURCE_PREPARE_MAX,
         }
     }
 }
@@ -67,6 +75,95 @@ impl Default for RunOptions {
 /// The longest a control waits for a tick boundary before it is refused rather than applied
 /// late (when ticks take longer than a third of this, three tick durations instead).
 pub const CONTROL_MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// The longest a source change may take to prepare beside the ticks before it is refused, by
+/// default (a 20-minute source takes the sketch codec one to three minutes on a 2-core
+/// machine, depending on what else runs).
+pub const SOURCE_PREPARE_MAX: Duration = Duration::from_secs(180);
+
+/// A source change being prepared on a fork of the codec, beside the tick loop. Its result is
+/// applied at the first tick boundary after it is ready, like any control arriving then.
+struct PendingSource {
+    origin: u64,
+    message: ControlMessage,
+    reply: Option<ReplySender<SessionResult<u64>>>,
+    started: Instant,
+    /// Refused when not ready after this long.
+    max: Duration,
+    result: Receiver<SessionResult<Option<PreparedSource>>>,
+}
+
+impl PendingSource {
+    /// Start preparing `message`'s source on `codec` in a thread of its own; `None` (and the
+    /// error answered) when no thread can be started.
+    fn start(
+        origin: u64,
+        message: ControlMessage,
+        reply: Option<ReplySender<SessionResult<u64>>>,
+        facts: BackendFacts,
+        mut codec: Box<dyn demon_engine::Codec>,
+        max: Duration,
+    ) -> Option<Self> {
+        let refuse = |reply: Option<ReplySender<SessionResult<u64>>>, e: SessionError| {
+            if let Some(r) = reply {
+                r.send(Err(e));
+            }
+            None
+        };
+        let ControlMessage::SetSource { source } = &message else {
+            let e = SessionError::bad_value("source preparation", "not a set_source control");
+            return refuse(reply, e);
+        };
+        let spec = source.clone();
+        let (tx, result) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("demon-source".into())
+            .spawn(move || {
+                // The runner may have stopped or moved on; then nobody needs the result.
+                let _ = tx.send(prepare_source(&spec, &facts, codec.as_mut()));
+            });
+        if let Err(e) = spawned {
+            let e = SessionError::Backend(format!("cannot start a source preparation thread: {e}"));
+            return refuse(reply, e);
+        }
+        Some(Self {
+            origin,
+            message,
+            reply,
+            started: Instant::now(),
+            max,
+            result,
+        })
+    }
+
+    /// The outcome, once there is one: the prepared source, its error, or a refusal when it
+    /// took longer than its limit ([`RunOptions::source_prepare_max`]).
+    fn poll(&self) -> Option<SessionResult<Option<PreparedSource>>> {
+        match self.result.try_recv() {
+            Ok(r) => Some(r),
+            Err(TryRecvError::Empty) if self.started.elapsed() > self.max => {
+                Some(Err(SessionError::Timeout(format!(
+                    "preparing the source took longer than {} s; it was not applied",
+                    self.max.as_secs()
+                ))))
+            }
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err(SessionError::Backend(
+                "the source preparation thread stopped without an answer".into(),
+            ))),
+        }
+    }
+
+    /// Answer a change overtaken by a later source change.
+    fn supersede(self) {
+        if let Some(r) = self.reply {
+            r.send(Err(SessionError::Superseded(
+                "a later source change came while this source was being prepared; it was not applied"
+                    .into(),
+            )));
+        }
+    }
+}
 
 enum Command {
     Control {
@@ -87,8 +184,25 @@ enum Command {
     LoopAudio {
         reply: ReplySender<(u64, LoopSnapshot)>,
     },
+    /// A client first played a sample reflecting control `control` at `played`.
+    Heard {
+        control: u64,
+        played: Instant,
+    },
+    /// A client's playhead was at `client_sample` when the slice of `tick` arrived.
+    Arrival {
+        tick: u64,
+        client_sample: u64,
+    },
+    Preset {
+        reply: ReplySender<crate::preset::Preset>,
+    },
     Stop,
 }
+
+/// The most a client's `heard` report may say it played before it sent (a larger one is a
+/// stale report or a wrong clock, refused).
+pub const HEARD_MAX_AGO: Duration = Duration::from_secs(10);
 
 /// What stopping a recording answers: the file and its length in seconds, if one was running.
 type StopAnswer = SessionResult<Option<(PathBuf, f64)>>;
@@ -147,6 +261,8 @@ pub struct SessionSummary {
     pub ticks: u64,
     pub generations: u64,
     pub played_seconds: f64,
+    /// Script events the session refused (each was announced when it came up).
+    pub rejected_events: u64,
 }
 
 /// The runner thread; joining it gives the session's summary or its error.
@@ -164,9 +280,15 @@ pub struct SessionHandle {
     health: Arc<Mutex<SessionHealth>>,
     join: Arc<Mutex<Option<RunnerThread>>>,
     sample_rate: u32,
+    source_prepare_max: Duration,
 }
 
 impl SessionHandle {
+    /// How long a source change may take to prepare before the session refuses it.
+    pub fn source_prepare_max(&self) -> Duration {
+        self.source_prepare_max
+    }
+
     /// Send a control message and wait until the runner applied or rejected it (at most
     /// `timeout`). Returns the tick it was applied before.
     pub fn control(
@@ -260,6 +382,14 @@ impl SessionHandle {
         self.ask_loop_audio()?.await.map_err(loop_reply_error)
     }
 
+    /// The performer-set state as a preset, read between two ticks (so it holds every control
+    /// applied before the call).
+    pub async fn preset_async(&self) -> SessionResult<crate::preset::Preset> {
+        let (reply, rx) = reply_channel();
+        self.command(Command::Preset { reply })?;
+        Self::answer(rx).await
+    }
+
     fn ask_loop_audio(&self) -> SessionResult<ReplyReceiver<(u64, LoopSnapshot)>> {
         let (reply, rx) = reply_channel();
         self.command(Command::LoopAudio { reply })?;
@@ -268,6 +398,37 @@ impl SessionHandle {
 
     pub fn sample_rate(&self) -> u32 {
         self.sample_rate
+    }
+
+    /// A client reports that it first played a sample reflecting control `control` (an id
+    /// of a `Reflects` event) `ago_ms` before this call (negative: it will be played that much
+    /// later, an output latency the client knows). The played instant is taken on this
+    /// server's clock now, so the error is the report's one-way transit (docs/protocol.md).
+    pub fn heard(&self, control: u64, ago_ms: f64) -> SessionResult<()> {
+        let max = HEARD_MAX_AGO.as_secs_f64() * 1000.0;
+        if !(ago_ms.is_finite() && ago_ms.abs() <= max) {
+            return Err(SessionError::bad_value(
+                "heard",
+                format!("ago_ms {ago_ms} is outside ±{max} ms"),
+            ));
+        }
+        let now = Instant::now();
+        let d = Duration::from_secs_f64(ago_ms.abs() / 1000.0);
+        let played = if ago_ms >= 0.0 {
+            now.checked_sub(d).unwrap_or(now)
+        } else {
+            now + d
+        };
+        self.command(Command::Heard { control, played })
+    }
+
+    /// A client reports where its playhead was (`client_sample`) when the slice of `tick`
+    /// arrived: what the adaptive lead learns the clients' needs from (`crate::lead`).
+    pub fn arrival(&self, tick: u64, client_sample: u64) -> SessionResult<()> {
+        self.command(Command::Arrival {
+            tick,
+            client_sample,
+        })
     }
 
     pub fn probe(&self) -> &Arc<SessionProbe> {
@@ -364,6 +525,7 @@ pub fn run_blocking(mut core: LiveCore, mut opts: RunOptions) -> SessionResult<S
 
 /// Start the runner thread.
 pub fn start(mut core: LiveCore, mut opts: RunOptions) -> SessionResult<SessionHandle> {
+    let source_prepare_max = opts.source_prepare_max;
     let (tx, rx) = sync_channel::<Command>(1024);
     let bus = Arc::new(EventBus::new(opts.bus_capacity));
     let state = Arc::new(Mutex::new(Some(core.state())));
@@ -417,6 +579,7 @@ pub fn start(mut core: LiveCore, mut opts: RunOptions) -> SessionResult<SessionH
         health,
         join: Arc::new(Mutex::new(Some(join))),
         sample_rate,
+        source_prepare_max,
     })
 }
 
@@ -525,6 +688,8 @@ struct Applier<'s, 'a> {
     writer: &'s mut Option<SessionWriter>,
     undo: &'s mut std::collections::VecDeque<Undo>,
     tick: u64,
+    /// The id the next applied control gets (for the knob-to-ear accounting).
+    next_control_id: &'s mut u64,
 }
 
 impl Applier<'_, '_> {
@@ -535,6 +700,23 @@ impl Applier<'_, '_> {
         origin: u64,
         message: ControlMessage,
         reply: Option<ReplySender<SessionResult<u64>>>,
+        received: Instant,
+    ) -> SessionResult<u64> {
+        self.apply_with(core, origin, &message, reply, received, |core| {
+            core.apply(&message)
+        })
+    }
+
+    /// Apply `message` by `change` (which returns the control as recorded): a source prepared
+    /// beside the ticks is applied this way, as the `set_source` it came from.
+    fn apply_with(
+        &mut self,
+        core: &mut LiveCore,
+        origin: u64,
+        message: &ControlMessage,
+        reply: Option<ReplySender<SessionResult<u64>>>,
+        received: Instant,
+        change: impl FnOnce(&mut LiveCore) -> SessionResult<ControlMessage>,
     ) -> SessionResult<u64> {
         let tick = self.tick;
         let restore = self
@@ -543,9 +725,11 @@ impl Applier<'_, '_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .and_then(|st| restore_message(&message, st));
-        let result = core.apply(&message);
+            .and_then(|st| restore_message(message, st));
+        let result = change(core);
         if let Ok(recorded) = &result {
+            core.track_control(*self.next_control_id, recorded, received);
+            *self.next_control_id += 1;
             record_line(
                 self.shared,
                 self.writer,
@@ -585,6 +769,7 @@ impl Applier<'_, '_> {
 struct StagedKnob {
     name: String,
     origin: u64,
+    received: Instant,
     message: ControlMessage,
     reply: Option<ReplySender<SessionResult<u64>>>,
     superseded: Vec<ReplySender<SessionResult<u64>>>,
@@ -601,6 +786,7 @@ impl StagedKnobs {
         origin: u64,
         message: ControlMessage,
         reply: Option<ReplySender<SessionResult<u64>>>,
+        received: Instant,
     ) {
         let mut superseded = Vec::new();
         if let Some(i) = self.0.iter().position(|k| k.name == name) {
@@ -611,6 +797,7 @@ impl StagedKnobs {
         self.0.push(StagedKnob {
             name,
             origin,
+            received,
             message,
             reply,
             superseded,
@@ -621,7 +808,7 @@ impl StagedKnobs {
     /// replaced before any tick played it: it gets the answer of the value that replaced it.
     fn flush(&mut self, core: &mut LiveCore, applier: &mut Applier<'_, '_>) {
         for k in self.0.drain(..) {
-            let answer = applier.apply(core, k.origin, k.message, k.reply);
+            let answer = applier.apply(core, k.origin, k.message, k.reply, k.received);
             for r in k.superseded {
                 r.send(answer.clone());
             }
@@ -645,6 +832,7 @@ fn run(
     let mut recorder: Option<WavRecorder> = None;
     let mut played = 0u64;
     let mut script = std::mem::take(&mut opts.script).into_iter().peekable();
+    let mut rejected_events = 0u64;
     let mut clock = std::mem::take(&mut opts.clock).into_iter().peekable();
     let mut stop = false;
     let mut last_error: Option<SessionError> = None;
@@ -652,12 +840,15 @@ fn run(
     let started_gen_time = Instant::now();
     core.set_degrade(opts.realtime && opts.degrade);
     let mut was_overloaded = false;
+    let mut next_control_id = 1u64;
 
     let record =
         |writer: &mut Option<SessionWriter>, line: SessionLine| record_line(&shared, writer, &line);
     // The longest tick lately, for the controls' wait bound.
     let mut slowest_tick = Duration::ZERO;
     let mut staged = StagedKnobs::default();
+    // A source change being prepared beside the ticks (live sessions, forkable codecs).
+    let mut pending_source: Option<PendingSource> = None;
     // When the next tick is due (None: at once).
     let mut next_due: Option<Instant> = None;
     loop {
@@ -674,7 +865,29 @@ fn run(
             writer: &mut writer,
             undo: &mut undo,
             tick,
+            next_control_id: &mut next_control_id,
         };
+        if let Some(outcome) = pending_source.as_ref().and_then(PendingSource::poll)
+            && let Some(p) = pending_source.take()
+        {
+            match outcome {
+                Ok(prepared) => {
+                    let _answered = applier.apply_with(
+                        core,
+                        p.origin,
+                        &p.message,
+                        p.reply,
+                        p.started,
+                        |core| core.apply_prepared(prepared),
+                    );
+                }
+                Err(e) => {
+                    if let Some(r) = p.reply {
+                        r.send(Err(e));
+                    }
+                }
+            }
+        }
         loop {
             let cmd = match rx.try_recv() {
                 Ok(c) => c,
@@ -723,20 +936,76 @@ fn run(
                                 r.send(Err(e));
                             }
                         }
-                        Ok(()) => staged.stage(name.clone(), origin, message, reply),
+                        Ok(()) => staged.stage(name.clone(), origin, message, reply, queued),
                     }
                     continue;
                 }
                 staged.flush(core, &mut applier);
-                let _answered = applier.apply(core, origin, message, reply);
+                // A live session prepares a new source on a fork of the codec, so a long
+                // source does not stop the ticks; a later source change overtakes it.
+                let forked = match &message {
+                    ControlMessage::SetSource { source } if source != &SourceSpec::None => {
+                        opts.realtime.then(|| core.fork_codec()).flatten()
+                    }
+                    _ => None,
+                };
+                let Some(codec) = forked else {
+                    // A preset with a source changes the source too: it overtakes one
+                    // still being prepared.
+                    if matches!(
+                        message,
+                        ControlMessage::SetSource { .. }
+                            | ControlMessage::LoadPreset {
+                                source: Some(_),
+                                ..
+                            }
+                    ) && let Some(old) = pending_source.take()
+                    {
+                        old.supersede();
+                    }
+                    let _answered = applier.apply(core, origin, message, reply, queued);
+                    continue;
+                };
+                if let Some(old) = pending_source.take() {
+                    old.supersede();
+                }
+                pending_source = PendingSource::start(
+                    origin,
+                    message,
+                    reply,
+                    core.facts().clone(),
+                    codec,
+                    opts.source_prepare_max,
+                );
+                continue;
+            }
+            // Clients' playback reports change no control: they must not end a coalescing drain.
+            if let Command::Heard { control, played } = cmd {
+                let _ = core.heard(control, played);
+                continue;
+            }
+            if let Command::Arrival {
+                tick: slice_tick,
+                client_sample,
+            } = cmd
+            {
+                let _ = core.observe_arrival(slice_tick, client_sample);
                 continue;
             }
             staged.flush(core, &mut applier);
             match cmd {
                 Command::Control { .. } => {}
                 Command::StartRecording { path, float, reply } => {
-                    let r = WavRecorder::create(&path, core.sample_rate(), float)
-                        .map(|rec| recorder = Some(rec));
+                    let r = WavRecorder::create(&path, core.sample_rate(), float).map(|mut rec| {
+                        // The file says what played when the recording started.
+                        let st = core.state();
+                        rec.set_info(crate::render::wav_info(
+                            &st.prompt,
+                            st.used.as_ref().map(|u| &u.prompt),
+                            core.controls().seed(),
+                        ));
+                        recorder = Some(rec)
+                    });
                     reply.send(r);
                 }
                 Command::StopRecording { reply } => {
@@ -749,6 +1018,8 @@ fn run(
                     reply.send(r);
                 }
                 Command::LoopAudio { reply } => reply.send((tick, core.buffer().snapshot())),
+                Command::Heard { .. } | Command::Arrival { .. } => {}
+                Command::Preset { reply } => reply.send(core.preset()),
                 Command::Stop => {
                     stop = true;
                     break;
@@ -763,6 +1034,8 @@ fn run(
             if let Some((_, message)) = script.next() {
                 match core.apply(&message) {
                     Ok(recorded) => {
+                        core.track_control(next_control_id, &recorded, Instant::now());
+                        next_control_id += 1;
                         record(
                             &mut writer,
                             SessionLine::Event {
@@ -776,7 +1049,10 @@ fn run(
                             message: echo(&recorded),
                         });
                     }
-                    Err(e) => shared.announce(format!("script event at tick {tick} rejected: {e}")),
+                    Err(e) => {
+                        rejected_events += 1;
+                        shared.announce(format!("script event at tick {tick} rejected: {e}"));
+                    }
                 }
             }
         }
@@ -923,6 +1199,23 @@ fn run(
                 generations: core.generations(),
             }));
         }
+        for r in &out.reflected {
+            // One event per slice, with every control it is the first to carry.
+            let controls = out
+                .reflected
+                .iter()
+                .filter(|o| o.start_sample == r.start_sample && o.samples == r.samples)
+                .map(|o| o.id)
+                .collect::<Vec<_>>();
+            if controls.first() == Some(&r.id) {
+                bus.publish(Event::Reflects {
+                    tick: out.tick,
+                    start_sample: r.start_sample,
+                    samples: r.samples,
+                    controls,
+                });
+            }
+        }
         bus.publish(Event::Stats {
             tick: out.tick,
             tick_ms: out.tick_ms,
@@ -932,6 +1225,8 @@ fn run(
             queue: out.queue,
             lead_ms: core.facts().frames_ms(out.lead_frames as usize) as f32,
             realtime: out.realtime,
+            knob_to_ear: core.knob_to_ear(),
+            loudness: core.loudness(),
         });
         let st = core.state();
         if out.knobs_changed {
@@ -965,6 +1260,7 @@ fn run(
         ticks: core.tick_index(),
         generations: core.generations(),
         played_seconds: played as f64 / sr,
+        rejected_events,
     })
 }
 
@@ -995,6 +1291,15 @@ fn echo(m: &ControlMessage) -> ControlMessage {
                 name: name.clone(),
                 channels: Vec::new(),
             },
+        },
+        ControlMessage::LoadPreset { preset, source } => ControlMessage::LoadPreset {
+            preset: preset.clone(),
+            source: source.as_ref().map(|s| {
+                match echo(&ControlMessage::SetSource { source: s.clone() }) {
+                    ControlMessage::SetSource { source } => source,
+                    _ => crate::control::SourceSpec::None,
+                }
+            }),
         },
         other => other.clone(),
     }

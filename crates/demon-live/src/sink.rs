@@ -71,6 +71,11 @@ impl WavRecorder {
     pub fn seconds(&self) -> f64 {
         self.writer.seconds()
     }
+
+    /// What the file's `LIST/INFO` chunk says (written when the recording finishes).
+    pub fn set_info(&mut self, info: demon_audio::WavInfo) {
+        self.writer.set_info(info);
+    }
 }
 
 impl AudioSink for WavRecorder {

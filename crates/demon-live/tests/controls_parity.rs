@@ -10,8 +10,8 @@
 
 use candle_core::{DType, Tensor};
 use demon_engine::{
-    BackendSet, CfgMode, CurveSpec, DcwMode, Prompt, ReceptiveField, SlotCondition, SlotRequest,
-    SolverKind,
+    BackendSet, CfgMode, Codec, CurveSpec, DcwMode, Prompt, ReceptiveField, SlotCondition,
+    SlotRequest, SolverKind,
 };
 use demon_live::control::{ControlMessage, SourceSpec};
 use demon_live::controls::{CURVE_NAMES, KNOBS};
@@ -148,6 +148,10 @@ fn message(rng: &mut Rng) -> ControlMessage {
                 .chance(0.4)
                 .then(|| rng.range(70.0, 170.0).round() as f32),
             key: optional_text(rng, &["", "A minor", "F# major"]),
+            lyrics: None,
+            time_signature: None,
+            language: None,
+            task: None,
         },
         6 => match rng.below(2) {
             0 => ControlMessage::SetSolver {
@@ -198,6 +202,12 @@ fn render_spec(source: Option<&Tensor>) -> RenderSpec {
     if let Some(t) = source {
         spec.controls
             .set_source(Some(("src".to_string(), t.clone())));
+        // Measured as the live core measures its source (and as `render::plan` would).
+        let audio = SketchCodec::new(candle_core::Device::Cpu)
+            .decode(t, 0)
+            .expect("decode");
+        spec.controls
+            .set_source_analysis(Some(demon_live::analysis::SourceAnalysis::of(&audio)));
     }
     spec
 }
@@ -308,6 +318,10 @@ fn live_apply_and_a_render_control_list_hold_the_same_controls() {
             negative: Some("drums".into()),
             bpm: Some(128.0),
             key: None,
+            lyrics: None,
+            time_signature: None,
+            language: None,
+            task: None,
         },
         ControlMessage::SetSolver {
             solver: SolverKind::Sde,

@@ -96,6 +96,10 @@ fn two_hundred_ticks_with_moving_controls_never_allocate_in_real_time_sections()
                 negative: None,
                 bpm: None,
                 key: None,
+                lyrics: None,
+                time_signature: None,
+                language: None,
+                task: None,
             }],
             9 => vec![ControlMessage::SetPlaying {
                 playing: tick % 50 != 49,

@@ -57,7 +57,9 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/api/state", get(rest::state))
         .route("/api/knobs", get(rest::knobs))
         .route("/api/library", get(rest::library))
+        .route("/api/analyze", get(rest::analyze))
         .route("/api/control", post(rest::control))
+        .route("/api/preset", get(rest::get_preset).post(rest::load_preset))
         .route(
             "/api/source",
             post(rest::upload_source).layer(DefaultBodyLimit::max(svc.limits().max_binary_bytes)),
@@ -96,7 +98,9 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // The address actually bound (port 0 picks one): the Host check accepts it.
     opts.bind = addr;
+    let load = opts.load.take();
     let svc = Arc::new(Service::new(handle, opts.clone(), hooks));
+    opts.load = load;
     if let Some(osc) = opts.osc_bind {
         match tokio::net::UdpSocket::bind(osc).await {
             Ok(sock) => {
@@ -107,6 +111,16 @@ pub async fn serve(
     }
     if opts.midi {
         midi::start(svc.clone());
+    }
+    if let Some(load) = opts.load.take() {
+        // Applied like any control (a session file records it) before anyone connects.
+        let ack = svc
+            .apply(service::Origin::Rest, load)
+            .await
+            .map_err(|e| format!("--load: {e}"))?;
+        for w in ack.warnings {
+            eprintln!("--load: {w}");
+        }
     }
     let router = router(svc.clone());
     tokio::spawn(accept_loop(listener, router, svc.limits(), shutdown));

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use demon_engine::CurveSpec;
-use demon_live::control::ControlMessage;
+use demon_live::control::{ControlMessage, ReferenceRole, SourceSpec};
+use demon_live::preset::PromptTask;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
@@ -68,6 +69,65 @@ pub struct PromptArgs {
     /// Key, e.g. "A minor".
     #[serde(default)]
     pub key: Option<String>,
+    /// Lyrics ("" removes them; "[Instrumental]" for none).
+    #[serde(default)]
+    pub lyrics: Option<String>,
+    /// Beats per bar, e.g. 4 or 3 (0 removes it).
+    #[serde(default)]
+    pub time_signature: Option<u32>,
+    /// Language of the lyrics, e.g. "en" ("" removes it).
+    #[serde(default)]
+    pub language: Option<String>,
+    /// "cover" (a new rendition of the playing source), "text_to_music", or "auto" (cover
+    /// while a source plays).
+    #[serde(default)]
+    pub task: Option<TaskArg>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskArg {
+    Auto,
+    TextToMusic,
+    Cover,
+}
+
+impl From<TaskArg> for PromptTask {
+    fn from(t: TaskArg) -> Self {
+        match t {
+            TaskArg::Auto => Self::Auto,
+            TaskArg::TextToMusic => Self::TextToMusic,
+            TaskArg::Cover => Self::Cover,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct AnalyzeArgs {
+    /// An audio file in the server's media folders; omitted: the playing source.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RcfgArgs {
+    /// "full" (a negative pass every step), "initialize" (one at each generation's first step,
+    /// the default) or "self" (none: the initial noise stands in). For no guidance at all set
+    /// the guidance knob to 1.
+    pub mode: String,
+}
+
+/// One live session, as `list_sessions` shows it.
+#[derive(Debug, Serialize)]
+pub struct SessionSummary {
+    /// Every tool acts on this session (a server runs one).
+    pub id: &'static str,
+    pub backend: String,
+    pub tick: u64,
+    pub prompt: String,
+    pub source: Option<String>,
+    pub song_seconds: f64,
+    pub playing: bool,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -103,9 +163,47 @@ pub struct LoraArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+pub struct LoraId {
+    /// Adapter id from `list_loras`.
+    pub id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct SourceArgs {
     /// `library:STYLE[:N]` (e.g. "library:funk:2"), an audio file path on the server, or "none".
     pub source: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct FixtureArgs {
+    /// A sketch library style (see the `library:` sources, e.g. "funk").
+    pub style: String,
+    /// Song number in that style (default 0).
+    #[serde(default)]
+    pub index: u64,
+}
+
+impl FixtureArgs {
+    fn source(self) -> SourceSpec {
+        SourceSpec::Library {
+            style: self.style,
+            index: self.index,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct AudioPathArgs {
+    /// An audio file in the server's media folders (at most 60 s is used as a reference).
+    pub path: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct PresetArgs {
+    /// A preset as `save_preset` returns it: `{"preset_version": 1, "prompts": {...}, "knobs":
+    /// {...}, "loras": {...}, "curves": {...}, "source": {"kind": "library", ...}, ...}`; fields
+    /// left out take their defaults.
+    pub preset: serde_json::Value,
 }
 
 /// A tool's result: the JSON of the same protocol types the other surfaces send.
@@ -121,6 +219,20 @@ fn answer<T: Serialize>(r: Result<T, ApiError>) -> ToolResult {
 }
 
 impl DemonMcp {
+    async fn reference(&self, role: ReferenceRole, source: SourceSpec) -> ToolResult {
+        self.control(ControlMessage::SetReference { role, source })
+            .await
+    }
+
+    /// A source change by the name `demon` gives sources (`set_source`, `swap_to_*`).
+    async fn source(&self, name: String) -> ToolResult {
+        let applied = self.svc.set_source_by_name(Origin::Mcp, name).await;
+        answer(applied.map(|a| AckBody {
+            ok: true,
+            result: a,
+        }))
+    }
+
     async fn control(&self, m: ControlMessage) -> ToolResult {
         answer(self.svc.apply(Origin::Mcp, m).await.map(|a| AckBody {
             ok: true,
@@ -173,7 +285,7 @@ impl DemonMcp {
     }
 
     #[tool(
-        description = "Change prompt A, prompt B, the negative prompt, tempo or key. Omitted fields stay as they are."
+        description = "Change prompt A, prompt B, the negative prompt, tempo, key, time signature, lyrics, their language or the task (cover / text_to_music / auto). Omitted fields stay as they are."
     )]
     async fn set_prompt(&self, Parameters(a): Parameters<PromptArgs>) -> ToolResult {
         self.control(ControlMessage::SetPrompt {
@@ -182,6 +294,10 @@ impl DemonMcp {
             negative: a.negative,
             bpm: a.bpm,
             key: a.key,
+            lyrics: a.lyrics,
+            time_signature: a.time_signature,
+            language: a.language,
+            task: a.task.map(PromptTask::from),
         })
         .await
     }
@@ -247,6 +363,13 @@ impl DemonMcp {
         .await
     }
 
+    #[tool(
+        description = "What a LoRA adapter's files say about it: trigger words (added to the prompt while it is enabled), recommended strength, group, base model; with its strength and the modules it touches."
+    )]
+    async fn get_lora_metadata(&self, Parameters(a): Parameters<LoraId>) -> ToolResult {
+        answer(self.svc.lora(&a.id))
+    }
+
     #[tool(description = "Disable a LoRA adapter.")]
     async fn disable_lora(&self, Parameters(a): Parameters<LoraArgs>) -> ToolResult {
         self.control(ControlMessage::SetLora {
@@ -260,19 +383,145 @@ impl DemonMcp {
         description = "Replace the source the engine remixes: `library:STYLE[:N]`, an audio file path on the server, or `none` for text-to-music."
     )]
     async fn set_source(&self, Parameters(a): Parameters<SourceArgs>) -> ToolResult {
-        let svc = self.svc.clone();
-        let source = match tokio::task::spawn_blocking(move || svc.source_by_name(&a.source)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return answer::<()>(Err(e)),
-            Err(e) => {
+        self.source(a.source).await
+    }
+
+    #[tool(
+        description = "Make a library song (style, index) the source: `set_source` with `library:STYLE:N`."
+    )]
+    async fn swap_to_fixture(&self, Parameters(a): Parameters<FixtureArgs>) -> ToolResult {
+        self.source(format!("library:{}:{}", a.style, a.index))
+            .await
+    }
+
+    #[tool(
+        description = "Make an audio file in the server's media folders the source: `set_source` with its path."
+    )]
+    async fn swap_to_audio(&self, Parameters(a): Parameters<AudioPathArgs>) -> ToolResult {
+        self.source(a.path).await
+    }
+
+    #[tool(
+        description = "Library songs that `swap_to_fixture`, `set_timbre_fixture` and `set_structure_fixture` take, as `library:STYLE:N` names."
+    )]
+    async fn list_fixtures(&self) -> ToolResult {
+        Ok(json(&self.svc.library()))
+    }
+
+    #[tool(
+        description = "Tempo (BPM), key, duration and loudness (LUFS) of the playing source, or of an audio file in the media folders. The session feeds a measured tempo and key into the prompt when the prompt names none."
+    )]
+    async fn analyze(&self, Parameters(a): Parameters<AnalyzeArgs>) -> ToolResult {
+        answer(self.svc.analyze(a.source).await)
+    }
+
+    #[tool(
+        description = "The live sessions this server runs (one: every tool acts on it), with backend, tick, prompt and source."
+    )]
+    async fn list_sessions(&self) -> ToolResult {
+        answer(self.svc.state().map(|s| {
+            vec![SessionSummary {
+                id: "live",
+                backend: s.backend,
+                tick: s.tick,
+                prompt: s.prompt,
+                source: s.source,
+                song_seconds: s.song_seconds,
+                playing: s.playing,
+            }]
+        }))
+    }
+
+    #[tool(
+        description = "Classifier-free guidance mode (DEMON's rcfg_mode): full, initialize or self; the same as the WebSocket set_cfg_mode."
+    )]
+    async fn set_rcfg_mode(&self, Parameters(a): Parameters<RcfgArgs>) -> ToolResult {
+        let mode = match a.mode.trim().to_ascii_lowercase().as_str() {
+            "off" | "none" => {
                 return answer::<()>(Err(ApiError::new(
-                    ErrorCode::Internal,
-                    format!("internal error: {e}"),
+                    ErrorCode::BadValue,
+                    "mode `off`: this engine has no guidance-free mode; set the guidance knob to 1 for no guidance",
                 )));
             }
+            m => match m.parse::<demon_engine::CfgMode>() {
+                Ok(mode) => mode,
+                Err(e) => {
+                    return answer::<()>(Err(ApiError::new(ErrorCode::BadValue, e.to_string())));
+                }
+            },
         };
-        self.control(ControlMessage::SetSource { source }).await
+        self.control(ControlMessage::SetCfgMode { mode }).await
+    }
+
+    #[tool(
+        description = "Give the timbre fader a reference of its own: a library song (style, index). The fader then steers the voice toward it instead of the source's."
+    )]
+    async fn set_timbre_fixture(&self, Parameters(a): Parameters<FixtureArgs>) -> ToolResult {
+        let source = a.source();
+        self.reference(ReferenceRole::Timbre, source).await
+    }
+
+    #[tool(
+        description = "Give the timbre fader a reference of its own: an audio file in the server's media folders (at most 60 s)."
+    )]
+    async fn set_timbre_audio(&self, Parameters(a): Parameters<AudioPathArgs>) -> ToolResult {
+        let source = SourceSpec::File { path: a.path };
+        self.reference(ReferenceRole::Timbre, source).await
+    }
+
+    #[tool(
+        description = "Clear the timbre reference: the timbre fader follows the source's own voice again."
+    )]
+    async fn clear_timbre(&self) -> ToolResult {
+        self.reference(ReferenceRole::Timbre, SourceSpec::None)
+            .await
+    }
+
+    #[tool(
+        description = "Give the structure fader a reference of its own: a library song (style, index) whose rhythm and harmony steer generation, looped to the song."
+    )]
+    async fn set_structure_fixture(&self, Parameters(a): Parameters<FixtureArgs>) -> ToolResult {
+        let source = a.source();
+        self.reference(ReferenceRole::Structure, source).await
+    }
+
+    #[tool(
+        description = "Give the structure fader a reference of its own: an audio file in the server's media folders (at most 60 s), looped to the song."
+    )]
+    async fn set_structure_audio(&self, Parameters(a): Parameters<AudioPathArgs>) -> ToolResult {
+        let source = SourceSpec::File { path: a.path };
+        self.reference(ReferenceRole::Structure, source).await
+    }
+
+    #[tool(
+        description = "Clear the structure reference: the structure fader follows the source again."
+    )]
+    async fn clear_structure(&self) -> ToolResult {
+        self.reference(ReferenceRole::Structure, SourceSpec::None)
+            .await
+    }
+
+    #[tool(
+        description = "The whole performer-set state (prompts, knobs, LoRA strengths, curves, source, loop band) as a JSON preset that `load_preset` restores."
+    )]
+    async fn save_preset(&self) -> ToolResult {
+        answer(self.svc.preset().await)
+    }
+
+    #[tool(
+        description = "Restore a preset from `save_preset`, all or nothing: a bad one is refused naming the field, and nothing changes."
+    )]
+    async fn load_preset(&self, Parameters(a): Parameters<PresetArgs>) -> ToolResult {
+        let body = a.preset.to_string();
+        answer(
+            self.svc
+                .load_preset(Origin::Mcp, body.as_bytes())
+                .await
+                .map(|a| AckBody {
+                    ok: true,
+                    result: a,
+                }),
+        )
     }
 
     #[tool(description = "Start recording what is played to a WAV file on the server.")]

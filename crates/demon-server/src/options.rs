@@ -75,6 +75,9 @@ pub struct ServerOptions {
     /// current directory), besides the recordings folder.
     pub media_dirs: Vec<PathBuf>,
     pub limits: Limits,
+    /// A state to start from (`demon serve --load`): a `load_preset` control, applied through
+    /// the service before the server accepts connections.
+    pub load: Option<demon_live::control::ControlMessage>,
 }
 
 impl ServerOptions {
@@ -90,6 +93,7 @@ impl ServerOptions {
             midi_map: default_midi_map(),
             recordings_dir: std::env::temp_dir().join("demon-recordings"),
             media_dirs: vec![PathBuf::from("media")],
+            load: None,
             limits: Limits::default(),
         }
     }

@@ -158,6 +158,7 @@ impl From<&SessionError> for ErrorCode {
             SessionError::BadUpload { .. } => Self::BadUpload,
             SessionError::NotFound { .. } => Self::NotFound,
             SessionError::Busy(_) => Self::Busy,
+            SessionError::Superseded(_) => Self::Superseded,
             SessionError::Timeout(_) => Self::Timeout,
             SessionError::Stopped(_) => Self::Stopped,
             SessionError::Io { .. } => Self::IoError,
@@ -225,15 +226,35 @@ pub enum Request {
     },
     /// Start or stop recording what is played to a WAV.
     Record { action: RecordAction },
-    /// Map the next MIDI control change the server receives to `knob`.
-    MidiLearn { knob: String },
+    /// Map the next MIDI control change the server receives to `knob` (with `mode` and
+    /// `pickup`), or the next note to `action`: exactly one of `knob` and `action`.
+    MidiLearn {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        knob: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<CcMode>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pickup: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<NoteAction>,
+    },
     /// Send the whole loop again (a full-buffer frame).
     Resync,
+    /// The page first played a sample of a `reflects` slice carrying control `control`,
+    /// `ago_ms` before it sent this (negative: that much later, its output latency). Not
+    /// answered unless refused.
+    Heard { control: u64, ago_ms: f64 },
+    /// The slice of `tick` arrived with the page's playhead at `sample` (feeds the adaptive
+    /// lead). Not answered unless refused.
+    Arrival { tick: u64, sample: u64 },
+    /// Answered by `preset`: the performer-set state as a preset (`docs/protocol.md`,
+    /// "Presets"). Loading one is the control `load_preset`.
+    GetPreset,
 }
 
 impl Request {
     /// Every request `type` (to tell an unknown type from a malformed request).
-    pub const TYPES: [&'static str; 7] = [
+    pub const TYPES: [&'static str; 10] = [
         "control",
         "get_state",
         "ping",
@@ -241,7 +262,37 @@ impl Request {
         "record",
         "midi_learn",
         "resync",
+        "heard",
+        "arrival",
+        "get_preset",
     ];
+}
+
+/// How a MIDI control change's value moves its knob (docs/protocol.md "MIDI").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CcMode {
+    /// 0..127 spans the knob's range (faders, pots).
+    #[default]
+    Absolute,
+    /// Endless encoder, two's complement: 1..63 up by that many steps, 127..64 down by 1..64.
+    RelativeTwosComplement,
+    /// Endless encoder, offset 64: 65.. up, ..63 down, by the distance from 64.
+    RelativeOffset64,
+    /// Endless encoder, sign bit: bit 6 set is down, the low six bits are the steps.
+    RelativeSignBit,
+}
+
+/// What a MIDI note-on can do (docs/protocol.md "MIDI").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoteAction {
+    /// A new random seed for the next generations.
+    NewSeed,
+    /// Start a recording, or stop the one that runs.
+    Record,
+    /// Load the preset captured when the note was learned (one per note: pads as sound slots).
+    Preset,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,10 +362,27 @@ pub enum ServerMessage {
     Notice {
         message: String,
     },
+    /// The answer to `get_preset`.
+    Preset {
+        #[serde(default)]
+        id: Value,
+        preset: Box<demon_live::preset::Preset>,
+    },
     Pong {
         #[serde(default)]
         id: Value,
     },
+    /// The loop slice `[start_sample, start_sample + samples)` of `tick` is the first to carry
+    /// the controls `controls`: a page answers `heard` when its playhead first plays it.
+    Reflects(Reflects),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reflects {
+    pub tick: u64,
+    pub start_sample: u64,
+    pub samples: u64,
+    pub controls: Vec<u64>,
 }
 
 impl ServerMessage {
@@ -395,6 +463,13 @@ pub struct ControlAck {
     /// For an upload: the new source's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// What was applied only in part (a preset whose upload source is not restorable).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// For a prompt change (`set_prompt`, `clear_bpm`, `load_preset`): the style, tempo, key
+    /// and seed the backend now uses, and a `fallback` note naming words it did not understand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<demon_live::core::PromptUsed>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -413,7 +488,7 @@ pub struct RecordingStopped {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MidiLearnReply {
-    /// The knob the next control change will be mapped to.
+    /// What the next control change (a knob) or note (`note: ACTION`) will be mapped to.
     pub learning: String,
     /// The MIDI system's status ("listening to …", or why there is no MIDI).
     pub midi: String,
@@ -449,6 +524,12 @@ pub struct Stats {
     pub lead_ms: f32,
     /// The real-time budget: load, overload, the degrade policy's depth cap.
     pub realtime: RealtimeReport,
+    /// Knob-to-ear latency per class (as in `state.knob_to_ear`).
+    #[serde(default)]
+    pub knob_to_ear: BTreeMap<String, demon_live::latency::ClassLatency>,
+    /// Loudness of what plays and the matcher's gain (pages apply `gain_db` to their loop).
+    #[serde(default)]
+    pub loudness: demon_live::loudness::LoudnessReport,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -484,6 +565,8 @@ impl ServerMessage {
                 queue,
                 lead_ms,
                 realtime,
+                knob_to_ear,
+                loudness,
             } => Self::Stats(Stats {
                 tick: *tick,
                 tick_ms: *tick_ms,
@@ -493,6 +576,19 @@ impl ServerMessage {
                 queue: *queue,
                 lead_ms: *lead_ms,
                 realtime: *realtime,
+                knob_to_ear: knob_to_ear.clone(),
+                loudness: *loudness,
+            }),
+            Event::Reflects {
+                tick,
+                start_sample,
+                samples,
+                controls,
+            } => Self::Reflects(Reflects {
+                tick: *tick,
+                start_sample: *start_sample,
+                samples: *samples,
+                controls: controls.clone(),
             }),
             Event::Applied {
                 tick,
@@ -528,6 +624,13 @@ pub struct Health {
     /// OSC packets dropped because their sender is outside `--osc-allow` (and not loopback).
     #[serde(default)]
     pub osc_dropped_packets: u64,
+    /// OSC packets and messages that were malformed, had an unknown address or were refused
+    /// by the session.
+    #[serde(default)]
+    pub osc_rejected_messages: u64,
+    /// OSC numbers outside their range, clamped into it.
+    #[serde(default)]
+    pub osc_clamped_values: u64,
     /// The real-time budget: load, overload, the degrade policy's depth cap.
     pub realtime: RealtimeReport,
     /// The limits every surface enforces.
@@ -827,6 +930,8 @@ mod tests {
                 }
                 "record" => r#"{"type":"record","action":"start"}"#.to_string(),
                 "midi_learn" => r#"{"type":"midi_learn","knob":"denoise"}"#.to_string(),
+                "heard" => r#"{"type":"heard","control":3,"ago_ms":1.5}"#.to_string(),
+                "arrival" => r#"{"type":"arrival","tick":3,"sample":960}"#.to_string(),
                 other => format!(r#"{{"type":"{other}"}}"#),
             };
             assert!(parse_client_message(&text).is_ok(), "{text}");

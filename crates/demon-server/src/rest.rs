@@ -1,5 +1,5 @@
 //! REST (docs/protocol.md, the table of paths): health, state, the knob catalog, the library,
-//! one control per `POST /api/control`, source uploads, recordings and the loop as a WAV
+//! one control per `POST /api/control`, presets (`GET`/`POST /api/preset`), source uploads, recordings and the loop as a WAV
 //! (streamed piece by piece). Each handler is a call of the service; errors carry the status of
 //! their code (`protocol::ErrorCode::http_status`).
 
@@ -56,6 +56,37 @@ pub async fn control(State(svc): State<Arc<Service>>, body: Bytes) -> Response {
         Err(e) => return error_response(e),
     };
     ack(svc.apply(Origin::Rest, message).await)
+}
+
+/// The performer-set state as a preset (docs/protocol.md, "Presets").
+pub async fn get_preset(State(svc): State<Arc<Service>>) -> Response {
+    match svc.preset().await {
+        Ok(p) => Json(p).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+/// Load a preset (`application/json`, the text body limit); a bad one is refused with the
+/// field named and nothing changes.
+pub async fn load_preset(State(svc): State<Arc<Service>>, body: Bytes) -> Response {
+    if let Err(e) = svc.check_text_size(body.len(), "presets") {
+        return error_response(e);
+    }
+    ack(svc.load_preset(Origin::Rest, &body).await)
+}
+
+#[derive(Deserialize)]
+pub struct AnalyzeQuery {
+    source: Option<String>,
+}
+
+/// Tempo, key, duration and loudness of the playing source, or of `?source=FILE` in the media
+/// folders (docs/protocol.md, "Analysis").
+pub async fn analyze(State(svc): State<Arc<Service>>, Query(q): Query<AnalyzeQuery>) -> Response {
+    match svc.analyze(q.source).await {
+        Ok(a) => Json(a).into_response(),
+        Err(e) => error_response(e),
+    }
 }
 
 #[derive(Deserialize)]

@@ -17,19 +17,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use demon_live::SessionError;
+use demon_live::analysis::SourceAnalysis;
 use demon_live::bus::Subscriber;
 use demon_live::control::{ControlMessage, SourceSpec};
 use demon_live::controls::{CURVE_NAMES, KNOBS};
 use demon_live::core::SessionState;
 use demon_live::media::MediaDirs;
+use demon_live::preset::{Preset, PresetSource};
 use demon_live::session::{LoopSnapshot, SessionHandle};
 use serde::{Deserialize, Serialize};
 
-use crate::midi_learn::MidiMap;
+use crate::midi_learn::{CcBinding, Learn, MidiMap, NoteBinding};
 use crate::options::{Limits, ServerOptions};
 use crate::protocol::{
-    ApiError, ControlAck, ErrorCode, Health, KnobInfo, KnobReading, LimitsInfo, MidiLearnReply,
-    PROTOCOL_VERSION, Ready, RecordingStarted, RecordingStopped, RenderDone,
+    ApiError, CcMode, ControlAck, ErrorCode, Health, KnobInfo, KnobReading, LimitsInfo,
+    MidiLearnReply, NoteAction, PROTOCOL_VERSION, Ready, RecordingStarted, RecordingStopped,
+    RenderDone,
 };
 
 /// Who sent a control (the `origin` of its `applied` echo).
@@ -166,6 +169,10 @@ pub struct Service {
     midi: MidiMap,
     /// OSC packets from senders outside `--osc-allow`.
     osc_dropped: AtomicU64,
+    /// OSC packets and messages that were malformed, unknown or refused by the session.
+    osc_rejected: AtomicU64,
+    /// OSC values clamped into their range.
+    osc_clamped: AtomicU64,
     /// Source changes take effect in the order they arrived (see [`SourceOrder`]).
     sources: SourceOrder,
 }
@@ -203,6 +210,8 @@ impl Service {
             next_recording: AtomicU64::new(1),
             midi,
             osc_dropped: AtomicU64::new(0),
+            osc_rejected: AtomicU64::new(0),
+            osc_clamped: AtomicU64::new(0),
             sources: SourceOrder::default(),
         }
     }
@@ -218,6 +227,16 @@ impl Service {
     /// One more OSC packet dropped for its sender (shown in `/api/health`).
     pub fn count_osc_dropped(&self) {
         self.osc_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One more OSC packet or message that could not be used (shown in `/api/health`).
+    pub fn count_osc_rejected(&self) {
+        self.osc_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One more OSC value clamped into its range (shown in `/api/health`).
+    pub fn count_osc_clamped(&self) {
+        self.osc_clamped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A fresh WebSocket client id.
@@ -259,6 +278,8 @@ impl Service {
             error: h.tick_error,
             recording_error: h.recording_error,
             osc_dropped_packets: self.osc_dropped.load(Ordering::Relaxed),
+            osc_rejected_messages: self.osc_rejected.load(Ordering::Relaxed),
+            osc_clamped_values: self.osc_clamped.load(Ordering::Relaxed),
             limits: self.limits_info(),
         }
     }
@@ -292,11 +313,29 @@ impl Service {
                     integer: false,
                     slewed: true,
                     class: demon_live::control::PropagationClass::GlobalWeights,
-                    help: format!("Strength of adapter `{}` (0 = off).", a.id),
+                    help: lora_help(&a),
                 });
             }
         }
         list
+    }
+
+    /// One adapter's metadata (`get_lora_metadata`): its id, strength, the modules it touches
+    /// and what its files say (trigger words, recommended strength, group).
+    pub fn lora(&self, id: &str) -> Result<demon_engine::AdapterInfo, ApiError> {
+        let st = self.state()?;
+        if st.adapters.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedByBackend,
+                format!("the {} backend has no LoRA adapters", st.backend),
+            ));
+        }
+        st.adapters.into_iter().find(|a| a.id == id).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("no LoRA adapter `{id}` (list_loras names them)"),
+            )
+        })
     }
 
     /// One knob's effective and target value.
@@ -374,29 +413,110 @@ impl Service {
         Ok((self.hooks.resolve_source)(real)?)
     }
 
-    /// Library and file sources become audio or a latent (the runner takes only those). May
-    /// decode a file: call it off the async workers.
-    fn resolve(&self, message: ControlMessage) -> Result<ControlMessage, ApiError> {
-        let source = match &message {
-            ControlMessage::SetSource {
-                source: SourceSpec::Library { style, index },
-            } => (self.hooks.resolve_source)(&format!("library:{style}:{index}"))?,
-            ControlMessage::SetSource {
-                source: SourceSpec::File { path },
-            } => self.file_source(path)?,
-            _ => return Ok(message),
-        };
-        Ok(ControlMessage::SetSource { source })
+    /// A library or file spec as audio or a latent; others as they are.
+    fn resolve_spec(&self, spec: &SourceSpec) -> Result<SourceSpec, ApiError> {
+        Ok(match spec {
+            SourceSpec::Library { style, index } => {
+                (self.hooks.resolve_source)(&format!("library:{style}:{index}"))?
+            }
+            SourceSpec::File { path } => self.file_source(path)?,
+            other => other.clone(),
+        })
     }
 
-    /// Whether the control names a source to resolve first (a library entry or a file), which
-    /// [`apply`](Self::apply) does before queueing it; [`queue`](Self::queue) refuses those.
+    /// A preset's source as the runner takes it, and what cannot be restored: a file is found
+    /// again through the media folders, a library song composed again; an upload has no file,
+    /// so the playing source stays (with a warning, unless it is that upload).
+    fn preset_source(
+        &self,
+        source: &PresetSource,
+    ) -> Result<(Option<SourceSpec>, Vec<String>), ApiError> {
+        let field =
+            |e: ApiError| ApiError::new(e.code, format!("preset field `source`: {}", e.message));
+        Ok(match source {
+            PresetSource::None => (Some(SourceSpec::None), Vec::new()),
+            PresetSource::Library { style, index } => (
+                Some(
+                    self.resolve_spec(&SourceSpec::Library {
+                        style: style.clone(),
+                        index: *index,
+                    })
+                    .map_err(field)?,
+                ),
+                Vec::new(),
+            ),
+            PresetSource::File { path } => (
+                Some(
+                    self.resolve_spec(&SourceSpec::File { path: path.clone() })
+                        .map_err(field)?,
+                ),
+                Vec::new(),
+            ),
+            PresetSource::Upload { name } => {
+                let playing = self.handle.state().and_then(|s| s.source);
+                let warnings = if playing.as_deref() == Some(name.as_str()) {
+                    Vec::new()
+                } else {
+                    vec![format!(
+                        "source: the upload `{name}` is not restorable (an upload has no file on the server); the playing source is kept"
+                    )]
+                };
+                (None, warnings)
+            }
+        })
+    }
+
+    /// Library and file sources become audio or a latent (the runner takes only those), and a
+    /// preset's source reference its source; returns the warnings of what could not be
+    /// restored. May decode a file: call it off the async workers.
+    fn resolve(&self, message: ControlMessage) -> Result<(ControlMessage, Vec<String>), ApiError> {
+        Ok(match message {
+            ControlMessage::SetSource { source } => (
+                ControlMessage::SetSource {
+                    source: self.resolve_spec(&source)?,
+                },
+                Vec::new(),
+            ),
+            ControlMessage::SetReference { role, source } => (
+                ControlMessage::SetReference {
+                    role,
+                    source: self.resolve_spec(&source)?,
+                },
+                Vec::new(),
+            ),
+            ControlMessage::LoadPreset {
+                preset,
+                source: Some(source),
+            } => (
+                ControlMessage::LoadPreset {
+                    preset,
+                    source: Some(self.resolve_spec(&source)?),
+                },
+                Vec::new(),
+            ),
+            ControlMessage::LoadPreset {
+                preset,
+                source: None,
+            } => {
+                let (source, warnings) = self.preset_source(&preset.source)?;
+                (ControlMessage::LoadPreset { preset, source }, warnings)
+            }
+            other => (other, Vec::new()),
+        })
+    }
+
+    /// Whether the control names a source to resolve first (a library entry, a file, a
+    /// preset's source reference), which [`apply`](Self::apply) does before queueing it;
+    /// [`queue`](Self::queue) refuses those.
     pub fn needs_resolving(message: &ControlMessage) -> bool {
         matches!(
             message,
             ControlMessage::SetSource {
                 source: SourceSpec::Library { .. } | SourceSpec::File { .. }
-            }
+            } | ControlMessage::SetReference {
+                source: SourceSpec::Library { .. } | SourceSpec::File { .. },
+                ..
+            } | ControlMessage::LoadPreset { .. }
         )
     }
 
@@ -409,22 +529,107 @@ impl Service {
     ) -> Result<ControlAck, ApiError> {
         let t0 = Instant::now();
         let arrival = Self::is_source_change(&message).then(|| self.source_arrived());
-        let message = if Self::needs_resolving(&message) {
+        let (message, warnings) = if Self::needs_resolving(&message) {
             let svc = self.clone();
             tokio::task::spawn_blocking(move || svc.resolve(message))
                 .await
                 .map_err(internal)??
         } else {
-            message
+            (message, Vec::new())
         };
-        match arrival {
+        let mut ack = match arrival {
             Some(n) => self.source_control(origin, message, t0, n).await,
             None => self.control(origin, message, t0).await,
-        }
+        }?;
+        ack.warnings = warnings;
+        Ok(ack)
+    }
+
+    /// Load a preset document (JSON bytes, size-checked; errors name the field) through
+    /// [`apply`](Self::apply), like any control.
+    pub async fn load_preset(
+        self: &Arc<Self>,
+        origin: Origin,
+        body: &[u8],
+    ) -> Result<ControlAck, ApiError> {
+        let preset = Preset::from_json(body)?;
+        self.apply(
+            origin,
+            ControlMessage::LoadPreset {
+                preset: Box::new(preset),
+                source: None,
+            },
+        )
+        .await
+    }
+
+    /// The performer-set state as a preset, read between two ticks.
+    pub async fn preset(&self) -> Result<Preset, ApiError> {
+        runner(
+            self.opts.limits.reply_timeout,
+            self.handle.preset_async(),
+            "the preset",
+        )
+        .await
+    }
+
+    /// A source change named the way `demon` names sources (`none`, `library:STYLE[:N]`, a file
+    /// in the media folders). Its arrival number is taken now, before the name is resolved (a
+    /// file may take seconds to decode), so a source change that arrives later wins over it.
+    pub async fn set_source_by_name(
+        self: &Arc<Self>,
+        origin: Origin,
+        name: String,
+    ) -> Result<ControlAck, ApiError> {
+        let t0 = Instant::now();
+        let n = self.source_arrived();
+        let svc = self.clone();
+        let source = tokio::task::spawn_blocking(move || svc.source_by_name(&name))
+            .await
+            .map_err(internal)??;
+        self.source_control(origin, ControlMessage::SetSource { source }, t0, n)
+            .await
+    }
+
+    /// Tempo, key, duration and loudness: of the playing source (`None`; measured when it
+    /// was loaded, on what its latent decodes to), or of an audio file in the media folders.
+    /// Library songs are latents: load one as the source to analyse it.
+    pub async fn analyze(
+        self: &Arc<Self>,
+        source: Option<String>,
+    ) -> Result<SourceAnalysis, ApiError> {
+        let Some(name) = source.filter(|n| !n.trim().is_empty()) else {
+            return self.state()?.source_analysis.ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    "no source is playing: name an audio file in the media folders to analyse it",
+                )
+            });
+        };
+        let svc = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let spec = svc.source_by_name(&name)?;
+            let SourceSpec::Audio { channels, .. } = spec else {
+                return Err(ApiError::new(
+                    ErrorCode::BadSource,
+                    format!(
+                        "`{name}` is not an audio file (library songs are latents: load one as the source to see its analysis)"
+                    ),
+                ));
+            };
+            let audio = demon_engine::Audio::new(svc.sample_rate(), channels)
+                .map_err(|e| ApiError::new(ErrorCode::BadSource, format!("`{name}`: {e}")))?;
+            Ok(SourceAnalysis::of(&audio))
+        })
+        .await
+        .map_err(internal)?
     }
 
     fn is_source_change(message: &ControlMessage) -> bool {
-        matches!(message, ControlMessage::SetSource { .. })
+        matches!(
+            message,
+            ControlMessage::SetSource { .. } | ControlMessage::LoadPreset { .. }
+        )
     }
 
     /// The arrival number of a source change.
@@ -441,15 +646,54 @@ impl Service {
         t0: Instant,
         n: u64,
     ) -> Result<ControlAck, ApiError> {
-        let _queueing = self.sources.queueing.lock().await;
-        let latest = self.sources.arrived.load(Ordering::Acquire);
-        if latest != n {
-            return Err(ApiError::new(
-                ErrorCode::Superseded,
-                "a later source change arrived while this one was being prepared; it was not applied",
-            ));
+        let answer = {
+            let _queueing = self.sources.queueing.lock().await;
+            let latest = self.sources.arrived.load(Ordering::Acquire);
+            if latest != n {
+                return Err(ApiError::new(
+                    ErrorCode::Superseded,
+                    "a later source change arrived while this one was being prepared; it was not applied",
+                ));
+            }
+            let prompt_change = Self::changes_prompt(&message);
+            // Queued in arrival order under the lock, answered outside it: the runner prepares
+            // a source beside its ticks (up to its source_prepare_max), and a later source change
+            // must be able to reach it meanwhile and overtake this one.
+            let answer = self.handle.queue_control(origin.id(), message)?;
+            let timeout = self.opts.limits.reply_timeout + self.handle.source_prepare_max();
+            (prompt_change, async move {
+                runner(timeout, answer, "waiting for the source to be prepared").await
+            })
+        };
+        let (prompt_change, answer) = answer;
+        let tick = answer.await?;
+        Ok(ControlAck {
+            tick,
+            latency_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            source: None,
+            warnings: Vec::new(),
+            used: self.used_after(prompt_change),
+        })
+    }
+
+    /// Whether a control changes what prompt A plays (its reply then carries `used`).
+    fn changes_prompt(message: &ControlMessage) -> bool {
+        matches!(
+            message,
+            ControlMessage::SetPrompt { .. }
+                | ControlMessage::ClearBpm
+                | ControlMessage::LoadPreset { .. }
+        )
+    }
+
+    /// What the backend uses now, for the reply to a prompt change (the runner refreshes the
+    /// state before it answers, so it holds the change).
+    fn used_after(&self, prompt_change: bool) -> Option<demon_live::core::PromptUsed> {
+        if prompt_change {
+            self.handle.state().and_then(|s| s.used)
+        } else {
+            None
         }
-        self.control(origin, message, t0).await
     }
 
     /// Hand a resolved control to the runner and wait for its answer.
@@ -492,16 +736,36 @@ impl Service {
         impl std::future::Future<Output = Result<ControlAck, ApiError>> + Send + 'static,
         ApiError,
     > {
+        let prompt_change = Self::changes_prompt(&message);
         let answer = self.handle.queue_control(origin.id(), message)?;
         let timeout = self.opts.limits.reply_timeout;
+        let handle = self.handle.clone();
         Ok(async move {
             let tick = runner(timeout, answer, "waiting for the next tick").await?;
             Ok(ControlAck {
                 tick,
                 latency_ms: t0.elapsed().as_secs_f64() * 1000.0,
                 source: None,
+                warnings: Vec::new(),
+                // The runner refreshes the state before it answers, so it holds this change.
+                used: if prompt_change {
+                    handle.state().and_then(|s| s.used)
+                } else {
+                    None
+                },
             })
         })
+    }
+
+    /// A page's report that it first played a sample carrying control `control` `ago_ms`
+    /// ago (docs/protocol.md, knob-to-ear latency).
+    pub fn heard(&self, control: u64, ago_ms: f64) -> Result<(), ApiError> {
+        Ok(self.handle.heard(control, ago_ms)?)
+    }
+
+    /// A page's report of its playhead when the slice of `tick` arrived (the adaptive lead).
+    pub fn arrival(&self, tick: u64, sample: u64) -> Result<(), ApiError> {
+        Ok(self.handle.arrival(tick, sample)?)
     }
 
     /// Send without waiting for the answer (MIDI's callback thread must not block).
@@ -590,6 +854,14 @@ impl Service {
         })
     }
 
+    /// Stop the recording that runs, or start one when none does (a MIDI note's `record`).
+    pub async fn toggle_recording(self: &Arc<Self>) -> Result<(), ApiError> {
+        if self.stop_recording().await?.url.is_none() {
+            self.start_recording().await?;
+        }
+        Ok(())
+    }
+
     /// The whole loop at the next tick boundary, shared with the runner (no copy).
     pub async fn loop_snapshot(&self) -> Result<(u64, LoopSnapshot), ApiError> {
         runner(
@@ -653,11 +925,42 @@ impl Service {
         })
     }
 
-    /// Map the next MIDI control change to `knob`.
-    pub fn midi_learn(&self, knob: &str) -> Result<MidiLearnReply, ApiError> {
-        self.midi.learn(knob)?;
+    /// Map the next MIDI control change to `knob` (moved as `mode` says, with soft takeover
+    /// when `pickup`), or the next note to `action`. A `preset` note recalls the state the
+    /// session has now (read here, between two ticks).
+    pub async fn midi_learn(
+        &self,
+        knob: Option<&str>,
+        mode: Option<CcMode>,
+        pickup: Option<bool>,
+        action: Option<NoteAction>,
+    ) -> Result<MidiLearnReply, ApiError> {
+        let target = match (knob, action) {
+            (Some(knob), None) => Learn::Knob(CcBinding {
+                knob: knob.to_string(),
+                mode: mode.unwrap_or_default(),
+                pickup: pickup.unwrap_or(false),
+            }),
+            (None, Some(NoteAction::Preset)) if mode.is_none() && pickup.is_none() => {
+                Learn::Note(NoteBinding {
+                    action: NoteAction::Preset,
+                    preset: Some(Box::new(self.preset().await?)),
+                })
+            }
+            (None, Some(action)) if mode.is_none() && pickup.is_none() => {
+                Learn::Note(NoteBinding::new(action))
+            }
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::BadMessage,
+                    "midi_learn takes a `knob` (with optional `mode` and `pickup`) or an `action`",
+                ));
+            }
+        };
+        let learning = target.describe();
+        self.midi.learn(target)?;
         Ok(MidiLearnReply {
-            learning: knob.to_string(),
+            learning,
             midi: self.midi.status(),
         })
     }
@@ -676,4 +979,23 @@ async fn runner<T>(
         ))
         .into()),
     }
+}
+
+/// The help line of an adapter's strength knob: what its metadata says a performer needs.
+fn lora_help(a: &demon_engine::AdapterInfo) -> String {
+    let m = &a.metadata;
+    let mut help = format!("Strength of adapter `{}` (0 = off).", a.id);
+    if !m.trigger_words.is_empty() {
+        help.push_str(&format!(
+            " Trigger words, added to the prompt while it is on: {}.",
+            m.trigger_words.join(", ")
+        ));
+    }
+    if let Some(r) = m.recommended_strength {
+        help.push_str(&format!(" Recommended strength {r}."));
+    }
+    if let Some(g) = &m.group {
+        help.push_str(&format!(" Group: {g}."));
+    }
+    help
 }

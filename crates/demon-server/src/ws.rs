@@ -13,19 +13,31 @@
 //! deltas and catches up with a full frame once the one it has is written.
 //! Nothing a client sends can stop the session or another client: bad input gets an `error`
 //! reply and the connection carries on.
+//!
+//! The upgrade is our own (RFC 6455 §4.2), onto tokio-tungstenite, so that a full frame can go
+//! out as WebSocket fragments of [`FULL_FRAGMENT_BYTES`]: the WebSocket library copies each
+//! frame it sends into a per-connection buffer that never shrinks, so one unfragmented full
+//! frame (11.5 MB for a minute of loop) would stay held by every connection for its lifetime.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, body::Bytes};
 use demon_live::bus::{Event, Subscriber};
 use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use crate::frames::{CatchUp, FrameLog, FrameMeta};
 use crate::protocol::{
@@ -248,23 +260,123 @@ impl Outbox {
     }
 }
 
+/// The largest WebSocket frame a full audio frame is sent in (the rest follow as
+/// continuation frames of the same message; clients see one binary message).
+pub const FULL_FRAGMENT_BYTES: usize = 256 << 10;
+
+/// The socket of one client.
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Why an upgrade request is refused (400, with the reason).
+fn bad_upgrade(problem: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        format!("not a WebSocket upgrade: {problem}"),
+    )
+        .into_response()
+}
+
+/// Whether a comma-separated header holds `token` (case-insensitive).
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// `Sec-WebSocket-Key` when it is what RFC 6455 asks: base64 of 16 bytes (24 characters,
+/// the last two `=`).
+fn websocket_key(headers: &HeaderMap) -> Option<&[u8]> {
+    let key = headers.get(header::SEC_WEBSOCKET_KEY)?.as_bytes();
+    let base64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    (key.len() == 24 && key[..22].iter().all(base64) && &key[22..] == b"==").then_some(key)
+}
+
 pub async fn handler(
-    ws: WebSocketUpgrade,
     State(svc): State<Arc<Service>>,
     Extension(fanout): Extension<Arc<AudioFanout>>,
+    mut req: axum::extract::Request,
 ) -> Response {
+    let headers = req.headers();
+    if req.method() != axum::http::Method::GET || req.version() != axum::http::Version::HTTP_11 {
+        return bad_upgrade("an upgrade is an HTTP/1.1 GET");
+    }
+    if !header_has_token(headers, header::CONNECTION, "upgrade")
+        || !header_has_token(headers, header::UPGRADE, "websocket")
+    {
+        return bad_upgrade("`Connection: upgrade` and `Upgrade: websocket` are needed");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            "not a WebSocket upgrade: only version 13 is spoken",
+        )
+            .into_response();
+    }
+    let Some(key) = websocket_key(headers) else {
+        return bad_upgrade("`Sec-WebSocket-Key` must be base64 of 16 bytes");
+    };
+    let accept = derive_accept_key(key);
+    let on_upgrade = hyper::upgrade::on(&mut req);
     let limits = svc.limits();
     let max = limits.max_binary_bytes.max(limits.max_text_bytes);
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| connection(svc, fanout, socket))
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    tokio::spawn(async move {
+        // The client went away before the upgrade completed: nothing to serve.
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        connection(svc, fanout, socket).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Send a full audio frame as one binary message in fragments of [`FULL_FRAGMENT_BYTES`].
+async fn send_fragmented<S>(sink: &mut S, frame: Bytes) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let len = frame.len();
+    let mut offset = 0;
+    loop {
+        let end = (offset + FULL_FRAGMENT_BYTES).min(len);
+        let opcode = if offset == 0 {
+            OpCode::Data(Data::Binary)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let part = Frame::message(frame.slice(offset..end), opcode, end == len);
+        if sink.feed(Message::Frame(part)).await.is_err() {
+            return false;
+        }
+        if end == len {
+            break;
+        }
+        offset = end;
+    }
+    sink.flush().await.is_ok()
 }
 
 fn text(m: &ServerMessage) -> Message {
     Message::Text(m.to_json().into())
 }
 
-async fn connection(svc: Arc<Service>, fanout: Arc<AudioFanout>, socket: WebSocket) {
+async fn connection(svc: Arc<Service>, fanout: Arc<AudioFanout>, socket: Socket) {
     let client_id = svc.new_client();
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Queued>(OUTBOX);
@@ -278,7 +390,10 @@ async fn connection(svc: Arc<Service>, fanout: Arc<AudioFanout>, socket: WebSock
     let writer = tokio::spawn(async move {
         while let Some(q) = rx.recv().await {
             let closing = matches!(q.msg, Message::Close(_));
-            let sent = sink.send(q.msg).await.is_ok();
+            let sent = match q.msg {
+                Message::Binary(frame) if q.full => send_fragmented(&mut sink, frame).await,
+                msg => sink.send(msg).await.is_ok(),
+            };
             bytes.fetch_sub(q.bytes, Ordering::Relaxed);
             fulls.fetch_sub(q.full as usize, Ordering::Relaxed);
             if !sent || closing {
@@ -433,6 +548,15 @@ async fn answer(
                 Err(e) => ServerMessage::error(id, e),
             });
         }
+        Request::GetPreset => {
+            return Some(match svc.preset().await {
+                Ok(preset) => ServerMessage::Preset {
+                    id,
+                    preset: Box::new(preset),
+                },
+                Err(e) => ServerMessage::error(id, e),
+            });
+        }
         Request::Resync => {
             if let Err(e) = resync_rate.check() {
                 return Some(ServerMessage::error(id, e));
@@ -477,7 +601,27 @@ async fn answer(
             .stop_recording()
             .await
             .map(ReplyResult::RecordingStopped),
-        Request::MidiLearn { knob } => svc.midi_learn(&knob).map(ReplyResult::MidiLearn),
+        Request::MidiLearn {
+            knob,
+            mode,
+            pickup,
+            action,
+        } => svc
+            .midi_learn(knob.as_deref(), mode, pickup, action)
+            .await
+            .map(ReplyResult::MidiLearn),
+        Request::Heard { control, ago_ms } => {
+            return svc
+                .heard(control, ago_ms)
+                .err()
+                .map(|e| ServerMessage::error(id, e));
+        }
+        Request::Arrival { tick, sample } => {
+            return svc
+                .arrival(tick, sample)
+                .err()
+                .map(|e| ServerMessage::error(id, e));
+        }
     };
     Some(match result {
         Ok(r) => ServerMessage::reply(id, r),
@@ -538,7 +682,7 @@ async fn forward(
                     .await;
                 let _ = out
                     .send(Message::Close(Some(CloseFrame {
-                        code: 1011,
+                        code: CloseCode::Error,
                         reason: "event stream ended".into(),
                     })))
                     .await;

@@ -128,6 +128,9 @@ fn every_example_in_protocol_md_parses_into_the_protocol_types() {
                 "knobs" => {
                     round_trip::<Vec<KnobInfo>>(tag, text);
                 }
+                "preset" => {
+                    round_trip::<demon_live::preset::Preset>(tag, text);
+                }
                 "ack" => {
                     round_trip::<AckBody>(tag, text);
                 }
@@ -135,7 +138,7 @@ fn every_example_in_protocol_md_parses_into_the_protocol_types() {
                     round_trip::<ErrorBody>(tag, text);
                 }
                 other => panic!(
-                    "a ```json block tagged `{other}`: tag it with the type it shows (server, client, control, curve, health, knobs, ack, error_body)"
+                    "a ```json block tagged `{other}`: tag it with the type it shows (server, client, control, curve, health, knobs, ack, error_body, preset)"
                 ),
             }
         }
@@ -144,6 +147,7 @@ fn every_example_in_protocol_md_parses_into_the_protocol_types() {
 
     let want: BTreeSet<String> = [
         "ready", "reply", "error", "applied", "stats", "params", "state", "notice", "pong",
+        "reflects", "preset",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -160,6 +164,7 @@ fn every_example_in_protocol_md_parses_into_the_protocol_types() {
         "set_cfg_mode",
         "set_dcw",
         "set_source",
+        "set_reference",
         "set_lora",
         "set_loop_band",
         "clear_loop_band",

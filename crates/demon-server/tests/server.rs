@@ -600,6 +600,20 @@ async fn mcp_lists_tools_and_sets_a_knob() {
         "start_recording",
         "stop_recording",
         "render_offline",
+        "save_preset",
+        "load_preset",
+        "set_timbre_fixture",
+        "set_timbre_audio",
+        "clear_timbre",
+        "set_structure_fixture",
+        "set_structure_audio",
+        "clear_structure",
+        "list_sessions",
+        "set_rcfg_mode",
+        "analyze",
+        "list_fixtures",
+        "swap_to_fixture",
+        "swap_to_audio",
     ] {
         assert!(
             names.iter().any(|n| n == want),
@@ -611,6 +625,105 @@ async fn mcp_lists_tools_and_sets_a_knob() {
     assert_eq!(handle.state().unwrap().targets["velocity_scale"], 0.6);
     let r = sse_json(&post(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "set_knob", "arguments": {"name": "wobble", "value": 0.6}}})).await);
     assert_eq!(r["result"]["isError"], json!(true), "{r}");
+    // References: a library song for the structure fader, then cleared; a file outside the
+    // media folders is refused.
+    let call = |id: u64, name: &str, arguments: serde_json::Value| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": arguments}});
+    let r = sse_json(
+        &post(call(
+            5,
+            "set_structure_fixture",
+            json!({"style": "funk", "index": 0}),
+        ))
+        .await,
+    );
+    assert_eq!(r["result"]["isError"], json!(false), "{r}");
+    let state = handle.state().unwrap();
+    assert_eq!(state.structure_reference.as_deref(), Some("library:funk:0"));
+    assert_eq!(state.timbre_reference, None);
+    let r = sse_json(&post(call(6, "clear_structure", json!({}))).await);
+    assert_eq!(r["result"]["isError"], json!(false), "{r}");
+    assert_eq!(handle.state().unwrap().structure_reference, None);
+    let r = sse_json(&post(call(7, "set_timbre_audio", json!({"path": "/etc/passwd"}))).await);
+    assert_eq!(r["result"]["isError"], json!(true), "{r}");
+    assert_eq!(handle.state().unwrap().timbre_reference, None);
     let _ = SourceSpec::None;
+
+    // Issue 12, item 7: the tools DEMON's MCP server has, with the WebSocket semantics.
+    let text = |r: &Value| -> Value {
+        serde_json::from_str(r["result"]["content"][0]["text"].as_str().unwrap_or("null"))
+            .unwrap_or(Value::Null)
+    };
+    let r = sse_json(&post(call(8, "list_sessions", json!({}))).await);
+    let sessions = text(&r);
+    assert_eq!(sessions.as_array().map(Vec::len), Some(1), "{r}");
+    assert_eq!(sessions[0]["id"], json!("live"), "{r}");
+    let r = sse_json(&post(call(9, "set_rcfg_mode", json!({"mode": "full"}))).await);
+    assert_eq!(r["result"]["isError"], json!(false), "{r}");
+    assert_eq!(
+        handle.state().unwrap().cfg_mode,
+        demon_engine::CfgMode::Full
+    );
+    let r = sse_json(&post(call(10, "set_rcfg_mode", json!({"mode": "off"}))).await);
+    assert_eq!(r["result"]["isError"], json!(true), "{r}");
+    assert!(r.to_string().contains("guidance"), "{r}");
+    let r = sse_json(&post(call(11, "list_fixtures", json!({}))).await);
+    assert_eq!(text(&r), json!(["library:funk:0"]), "{r}");
+    // Nothing plays yet: nothing to analyse.
+    let r = sse_json(&post(call(12, "analyze", json!({}))).await);
+    assert_eq!(r["result"]["isError"], json!(true), "{r}");
+    assert!(r.to_string().contains("not_found"), "{r}");
+    let r = sse_json(
+        &post(call(
+            13,
+            "swap_to_fixture",
+            json!({"style": "funk", "index": 0}),
+        ))
+        .await,
+    );
+    assert_eq!(r["result"]["isError"], json!(false), "{r}");
+    assert_eq!(
+        handle.state().unwrap().source.as_deref(),
+        Some("library:funk:0")
+    );
+    let r = sse_json(&post(call(14, "analyze", json!({}))).await);
+    assert_eq!(r["result"]["isError"], json!(false), "{r}");
+    let a = text(&r);
+    // The test library composes at 124 BPM; 8 s is short for the tempo's octave, so half or
+    // double counts (the estimator's accuracy is tested in demon-audio and demon-cli).
+    let bpm = a["bpm"].as_f64().unwrap_or(0.0);
+    assert!(
+        [62.0, 124.0, 248.0]
+            .iter()
+            .any(|t| ((bpm - t) / t).abs() < 0.02),
+        "{a}"
+    );
+    assert!(
+        a["integrated_lufs"].as_f64().is_some_and(f64::is_finite),
+        "{a}"
+    );
+    assert_eq!(
+        handle.state().unwrap().source_analysis.and_then(|a| a.bpm),
+        Some(bpm)
+    );
+    let r = sse_json(
+        &post(call(
+            15,
+            "set_prompt",
+            json!({"time_signature": 3, "task": "text_to_music", "lyrics": "[Instrumental]"}),
+        ))
+        .await,
+    );
+    assert_eq!(r["result"]["isError"], json!(false), "{r}");
+    let st = handle.state().unwrap();
+    assert_eq!(
+        (st.time_signature, st.task, st.lyrics.as_str()),
+        (
+            Some(3),
+            demon_engine::GenerationTask::TextToMusic,
+            "[Instrumental]"
+        )
+    );
+    let r = sse_json(&post(call(16, "swap_to_audio", json!({"path": "/etc/passwd"}))).await);
+    assert_eq!(r["result"]["isError"], json!(true), "{r}");
     handle.stop().unwrap();
 }

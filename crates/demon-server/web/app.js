@@ -67,6 +67,8 @@ const demon = {
   position: 0, // seconds
   audioState: 'none',
   lateSlices: 0, // slices that landed with the playhead already inside them
+  heard: [], // knob-to-ear reports this page sent: {control, agoMs, at}
+  knobToEar: {}, // the server's figures per class (stats.knob_to_ear)
   overloaded: false, // the session falls behind real time (stats.realtime)
   realtime: null, // the latest stats.realtime
 };
@@ -167,6 +169,10 @@ function onWorklet(m) {
       demon.framesApplied = m.frames;
       demon.lateSlices = m.late;
       demon.lastFrame = m;
+      if (m.kind === 0) S.fullAt = performance.now();
+      // Where the playhead was when a live slice landed: what the adaptive lead learns from
+      // (slices of a catch-up, just after a full frame, are not live).
+      else if (S.playing && performance.now() - (S.fullAt || 0) > 1000) sendQuiet({ type: 'arrival', tick: m.tick, sample: m.pos });
       if (m.kind !== 0) {
         demon.lastSliceTick = m.tick;
         demon.recentSlices.push([m.start, m.n]);
@@ -195,6 +201,24 @@ function onWorklet(m) {
       demon.framesApplied = m.frames;
       demon.position = m.pos / S.rate;
       break;
+    case 'heard': {
+      // The output frame of the first sample played → performance.now() time it leaves the
+      // output (getOutputTimestamp maps the two clocks; without it, the context clock and the
+      // output latency the context reports).
+      const ts = ctx.getOutputTimestamp ? ctx.getOutputTimestamp() : null;
+      const sampleS = m.frame / ctx.sampleRate;
+      const now = performance.now();
+      const playedAt = ts && ts.performanceTime > 0
+        ? ts.performanceTime + (sampleS - ts.contextTime) * 1000
+        : now + (sampleS - ctx.currentTime + (ctx.outputLatency || ctx.baseLatency || 0)) * 1000;
+      const agoMs = now - playedAt;
+      for (const control of m.controls || []) {
+        sendQuiet({ type: 'heard', control, ago_ms: agoMs });
+        demon.heard.push({ control, agoMs, at: now });
+      }
+      if (demon.heard.length > 1000) demon.heard.splice(0, 500);
+      break;
+    }
     case 'mark':
     case 'diff':
     case 'compare':
@@ -315,8 +339,22 @@ function request(obj, { quiet = false } = {}) {
   });
 }
 
+// A report the server does not answer (unless it refuses it): nothing to wait for.
+function sendQuiet(obj) {
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(obj));
+}
+
 function control(message, opts) {
   return request({ type: 'control', message }, opts).catch(() => null);
+}
+
+// Knob-to-ear per class: the last value and the running median (ms), from the pages' reports.
+function showKnobToEar(k) {
+  demon.knobToEar = k;
+  const fmt = (c) => (k[c] && k[c].count ? `${k[c].last_ms.toFixed(0)}/${k[c].median_ms.toFixed(0)}` : '–');
+  const el = $('r-ear');
+  el.textContent = `${fmt('shared_lane')} · ${fmt('per_slot')}`;
+  el.title = `knob → ear, last / median ms: shared lane ${fmt('shared_lane')}, per slot ${fmt('per_slot')}, prompt ${fmt('prompt')}, source ${fmt('source')}`;
 }
 
 function onBinary(buf) {
@@ -345,7 +383,7 @@ function onJson(m) {
       if (p) {
         pending.delete(m.id);
         const rtt = performance.now() - p.t0;
-        if (typeof m.latency_ms === 'number') $('r-latency').textContent = `${m.latency_ms.toFixed(1)} / ${rtt.toFixed(0)}`;
+        if (typeof m.latency_ms === 'number') $('r-reply').textContent = `${m.latency_ms.toFixed(1)} / ${rtt.toFixed(0)}`;
         p.resolve(m);
       }
       break;
@@ -370,6 +408,12 @@ function onJson(m) {
       $('r-slots').textContent = `${m.active_slots}/${m.queue}`;
       S.leadMs = m.lead_ms;
       showLoad(m.realtime);
+      showKnobToEar(m.knob_to_ear || {});
+      showLoudness(m.loudness);
+      break;
+    case 'reflects':
+      // The first slice carrying these controls: the worklet says when it first plays it.
+      toWorklet({ type: 'watch', controls: m.controls, start: m.start_sample, n: m.samples, tick: m.tick });
       break;
     case 'params':
       demon.lastParams = m;
@@ -466,8 +510,14 @@ function applyState(st) {
   setText('prompt-a', st.prompt);
   setText('prompt-b', st.prompt_b);
   setText('negative', st.negative);
+  negativeHint();
   setText('bpm', st.bpm);
   setText('key', st.key);
+  setText('time-signature', st.time_signature);
+  setText('lyrics', st.lyrics);
+  setText('language', st.language);
+  if (document.activeElement !== $('task')) $('task').value = st.task_auto === false ? st.task : 'auto';
+  showAnalysis(st.source_analysis);
   if (st.solver) $('solver').value = st.solver;
   if (st.cfg_mode) $('cfg-mode').value = st.cfg_mode;
   if (st.dcw_enabled != null) $('dcw-on').checked = st.dcw_enabled;
@@ -479,8 +529,8 @@ function applyState(st) {
     S.playing = st.playing;
     toWorklet({ type: 'playing', playing: st.playing });
   }
-  const ad = st.adapters || [];
-  $('lora-info').textContent = ad.length ? `${ad.length} adapters` : 'this backend has no adapters';
+  showUsed(st.used);
+  showAdapters(st);
   dirty.curve = true;
 }
 
@@ -576,8 +626,13 @@ function makeFader(spec) {
       setKnobUI(spec.name, S.target[spec.name], true);
       return;
     }
-    userKnob(spec.name, v, true);
+    const applied = clampKnob(spec.name, v);
+    if (applied !== v) showNotice(`${spec.name}: ${v} is outside ${spec.min} … ${spec.max}; set to ${applied}`);
+    // Out of the field first, so it shows the value sent; the server's next echo shows the
+    // value it applied.
     val.blur();
+    userKnob(spec.name, v, true);
+    S.touched[spec.name] = 0;
   });
   val.addEventListener('keydown', (e) => {
     if (e.key === 'Escape') {
@@ -629,6 +684,7 @@ function flushKnobs() {
 function setKnobUI(name, value, force) {
   if (!force && performance.now() - (S.touched[name] || 0) < TOUCH_HOLD_MS) return;
   S.target[name] = value;
+  if (name === 'guidance') negativeHint();
   if (name === 'seed') {
     if (document.activeElement !== $('seed')) $('seed').value = value;
     return;
@@ -667,12 +723,15 @@ function onApplied(m) {
   switch (msg.type) {
     case 'set_knob':
       if (!mine) setKnobUI(msg.name, msg.value, false);
+      // An adapter switched on or off adds or removes its trigger words.
+      if (String(msg.name).startsWith('lora:')) refreshUsed();
       break;
     case 'set_knobs':
       if (!mine) for (const [k, v] of Object.entries(msg.values || {})) setKnobUI(k, v, false);
       break;
     case 'set_lora':
       if (!mine) setKnobUI(`lora:${msg.id}`, msg.strength, false);
+      refreshUsed();
       break;
     case 'set_curve':
       if (msg.curve) S.curves[msg.name] = msg.curve;
@@ -687,10 +746,23 @@ function onApplied(m) {
       put('prompt-a', msg.prompt);
       put('prompt-b', msg.prompt_b);
       put('negative', msg.negative);
+      negativeHint();
       put('bpm', msg.bpm);
       put('key', msg.key);
+      put('time-signature', msg.time_signature === 0 ? '' : msg.time_signature);
+      put('lyrics', msg.lyrics);
+      put('language', msg.language);
+      put('task', msg.task);
+      refreshUsed();
       break;
     }
+    case 'clear_bpm':
+      if (document.activeElement !== $('bpm')) $('bpm').value = '';
+      refreshUsed();
+      break;
+    case 'load_preset':
+      refreshUsed();
+      break;
     case 'set_solver':
       $('solver').value = msg.solver;
       break;
@@ -704,6 +776,8 @@ function onApplied(m) {
     case 'set_source': {
       const s = msg.source || {};
       setSourceName(s.kind === 'none' ? null : s.name || (s.kind === 'library' ? `library:${s.style}:${s.index}` : s.path || s.kind));
+      // The source's analysis (and the tempo and key it lends the prompt) came with it.
+      refreshUsed();
       break;
     }
     case 'set_loop_band':
@@ -736,7 +810,18 @@ function sendPrompt() {
     prompt_b: $('prompt-b').value,
     negative: $('negative').value,
     key: $('key').value,
+    lyrics: $('lyrics').value,
+    language: $('language').value,
+    task: $('task').value,
   };
+  const ts = $('time-signature').value.trim();
+  if (ts !== '') {
+    const t = Number(ts);
+    if (!Number.isInteger(t) || t < 1 || t > 16) return showError(`time signature "${ts}" is not a whole number of beats from 1 to 16`);
+    message.time_signature = t;
+  } else {
+    message.time_signature = 0;
+  }
   const bpm = $('bpm').value.trim();
   if (bpm !== '') {
     const b = Number(bpm);
@@ -1327,7 +1412,8 @@ function startLearn(knob) {
 
 function typing(el) {
   if (!el) return false;
-  if (el.tagName === 'TEXTAREA' || el.tagName === 'SELECT') return true;
+  // A focused dropdown keeps its arrows and Enter, not the letter and Space shortcuts.
+  if (el.tagName === 'TEXTAREA') return true;
   if (el.tagName === 'INPUT') return !['range', 'checkbox', 'button', 'file'].includes(el.type);
   return false;
 }
@@ -1344,7 +1430,8 @@ function onKey(e) {
     return;
   }
   if (typing(el)) {
-    if (e.key === 'Enter' && el.closest('#prompt-panel') && el.tagName !== 'SELECT' && !e.shiftKey) {
+    // Enter sends the prompts from any of their fields but the lyrics (lines of their own).
+    if (e.key === 'Enter' && el.closest('#prompt-panel') && el.tagName !== 'SELECT' && el.id !== 'lyrics' && !e.shiftKey) {
       e.preventDefault();
       sendPrompt();
     }
@@ -1357,24 +1444,15 @@ function onKey(e) {
   }
   const preset = '12345'.indexOf(e.key);
   if (preset >= 0 && e.key.length === 1) {
+    e.preventDefault();
     userKnob('blend', BLEND_PRESETS[preset], true);
     return;
   }
-  switch (e.key.toLowerCase()) {
-    case 'n':
-      newSeed();
-      break;
-    case 'r':
-      toggleRecord();
-      break;
-    case 'c':
-      clearBand();
-      break;
-    case 'm':
-      toggleMute();
-      break;
-    default:
-      break;
+  const action = { n: newSeed, r: toggleRecord, c: clearBand, m: toggleMute }[e.key.toLowerCase()];
+  if (action) {
+    // Not also a dropdown's type-ahead.
+    e.preventDefault();
+    action();
   }
 }
 
@@ -1422,7 +1500,143 @@ function toggleMute() {
   v.dispatchEvent(new Event('input'));
 }
 
+// Presets (docs/protocol.md, "Presets"): the whole state as a JSON download, loaded back by
+// POST /api/preset from a file chosen or dropped anywhere on the page.
+async function savePreset() {
+  try {
+    const r = await fetch(withToken('/api/preset'));
+    if (!r.ok) return showError(`save preset: ${(await r.json()).error || r.status}`);
+    const url = URL.createObjectURL(new Blob([await r.text()], { type: 'application/json' }));
+    const a = document.createElement('a');
+    a.href = url;
+    a.download = `demon-preset-${new Date().toISOString().replace(/[:.]/g, '-')}.json`;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  } catch (e) {
+    showError(`save preset: ${e.message}`);
+  }
+}
+
+async function loadPresetFile(file) {
+  if (!file) return;
+  try {
+    const r = await fetch(withToken('/api/preset'), {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: await file.text(),
+    });
+    const reply = await r.json();
+    if (!r.ok || !reply.ok) return showError(`preset ${file.name}: ${reply.error || r.status}`);
+    log('info', `loaded preset ${file.name}`);
+    for (const w of reply.warnings || []) showError(`preset ${file.name}: ${w}`);
+  } catch (e) {
+    showError(`preset ${file.name}: ${e.message}`);
+  }
+}
+
+// What the backend plays for prompt A (state.used, docs/protocol.md "What is used").
+function showUsed(used) {
+  const el = $('prompt-used');
+  if (!used) {
+    el.textContent = '';
+    return;
+  }
+  const parts = [`playing ${used.style}`, used.bpm != null ? `${used.bpm.toFixed(0)} bpm` : null, used.key, `seed ${used.seed}`];
+  el.textContent = parts.filter(Boolean).join(' · ') + (used.fallback ? ` — ${used.fallback}` : '');
+  el.classList.toggle('fallback', !!used.fallback);
+}
+
+// The loudness meter (stats.loudness, docs/protocol.md "Loudness"), and the matcher's gain,
+// which this page applies to its own copy of the loop as the server does to what it plays.
+function showLoudness(l) {
+  if (!l) return;
+  const st = l.short_term_lufs, mo = l.momentary_lufs;
+  const gain = l.gain_db || 0;
+  $('r-lufs').textContent = st == null ? '–' : `${st.toFixed(1)}${Math.abs(gain) >= 0.05 ? ` ${gain > 0 ? '+' : ''}${gain.toFixed(1)} dB` : ''}`;
+  // −60 LUFS empty … 0 LUFS full.
+  const fill = mo == null ? 0 : Math.max(0, Math.min(1, (mo + 60) / 60));
+  $('r-lufs-bar').style.width = `${(100 * fill).toFixed(1)}%`;
+  $('r-lufs-box').dataset.momentary = mo == null ? '' : mo.toFixed(1);
+  if (S.gainDb !== gain) {
+    S.gainDb = gain;
+    toWorklet({ type: 'gain', db: gain });
+  }
+}
+
+// How many adapters, and the trigger words the enabled ones add to the prompts.
+function showAdapters(st) {
+  const ad = st.adapters || [];
+  const words = st.trigger_words || [];
+  $('lora-info').textContent = ad.length
+    ? `${ad.length} adapters${words.length ? ` · in the prompt: ${words.join(', ')}` : ''}`
+    : 'this backend has no adapters';
+}
+
+// What was measured on the source (state.source_analysis, docs/protocol.md "Analysis").
+function showAnalysis(a) {
+  const el = $('source-analysis');
+  if (!a) {
+    el.textContent = '';
+    return;
+  }
+  const parts = [
+    a.bpm != null ? `${a.bpm.toFixed(1)} BPM` : 'no clear beat',
+    a.key || 'no clear key',
+    a.integrated_lufs != null ? `${a.integrated_lufs.toFixed(1)} LUFS` : 'silent',
+    `${a.duration_seconds.toFixed(1)} s`,
+  ];
+  el.textContent = `measured: ${parts.join(' · ')}`;
+}
+
+// A prompt or source change (this page's or another's) changes what is used: read the state
+// again.
+function refreshUsed() {
+  request({ type: 'get_state' }, { quiet: true })
+    .then((m) => {
+      if (!m.state) return;
+      showUsed(m.state.used);
+      showAnalysis(m.state.source_analysis);
+      showAdapters(m.state);
+    })
+    .catch(() => null);
+}
+
+function clearBpm() {
+  $('bpm').value = '';
+  control({ type: 'clear_bpm' });
+}
+
+// The server captures the state now; the next pad played on its MIDI input recalls it.
+function presetToPad() {
+  request({ type: 'midi_learn', action: 'preset' })
+    .then((r) => log('info', `preset captured: play a pad on the server's MIDI input to store it there (${r.midi})`))
+    .catch(() => {});
+}
+
+const isPresetFile = (f) => f && (f.name.toLowerCase().endsWith('.json') || f.type === 'application/json');
+
+function wirePresets() {
+  $('bpm-clear').addEventListener('click', clearBpm);
+  $('preset-save').addEventListener('click', savePreset);
+  $('preset-pad').addEventListener('click', presetToPad);
+  $('preset-load').addEventListener('change', (e) => {
+    loadPresetFile(e.target.files[0]);
+    e.target.value = '';
+  });
+  // Capture phase: a .json dropped on the source panel is a preset, not an upload.
+  window.addEventListener('dragover', (e) => e.preventDefault());
+  window.addEventListener('drop', (e) => {
+    const f = e.dataTransfer && e.dataTransfer.files[0];
+    e.preventDefault();
+    if (!isPresetFile(f)) return;
+    e.stopPropagation();
+    $('source-panel').classList.remove('drop');
+    loadPresetFile(f);
+  }, true);
+}
+
 function wire() {
+  wirePresets();
   $('play').addEventListener('click', () => setPlaying(!(S.playing && ctx && ctx.state === 'running')));
   $('rec').addEventListener('click', toggleRecord);
   $('volume').addEventListener('input', () => {
@@ -1438,6 +1652,7 @@ function wire() {
     b.addEventListener('click', () => userKnob('blend', BLEND_PRESETS[i], true));
     $('blend-presets').append(b);
   }
+  $('negative').addEventListener('input', negativeHint);
   $('solver').addEventListener('change', () => control({ type: 'set_solver', solver: $('solver').value }));
   $('cfg-mode').addEventListener('change', () => control({ type: 'set_cfg_mode', mode: $('cfg-mode').value }));
   $('dcw-on').addEventListener('change', () => control({ type: 'set_dcw', enabled: $('dcw-on').checked }));
@@ -1637,6 +1852,25 @@ Object.assign(demon, {
   midiMappings: () => Object.assign({}, midiMap),
 });
 
+// The negative prompt only acts with guidance above 1: say so while it would not.
+function negativeHint() {
+  const idle = $('negative').value.trim() !== '' && !(S.target.guidance > 1);
+  $('negative-hint').classList.toggle('hidden', !idle);
+}
+
+// OSC messages the server could not use, and values it clamped (GET /api/health).
+async function pollOscCounters() {
+  try {
+    const r = await fetch(withToken('/api/health'));
+    if (!r.ok) return;
+    const h = await r.json();
+    $('r-osc').textContent = String(h.osc_rejected_messages || 0);
+    $('r-osc-box').title = `OSC: ${h.osc_rejected_messages || 0} messages rejected (malformed, unknown address or refused by the session), ${h.osc_clamped_values || 0} values clamped into range`;
+  } catch (_) {
+    /* the connection indicator already says the server is away */
+  }
+}
+
 wire();
 initAudio()
   .catch((e) => {
@@ -1647,6 +1881,8 @@ initAudio()
     connect();
     requestAnimationFrame(frame);
     setInterval(syncPlayhead, 3000);
+    pollOscCounters();
+    setInterval(pollOscCounters, 2000);
   });
 if (navigator.permissions && navigator.permissions.query && Object.keys(midiMap).length) {
   navigator.permissions.query({ name: 'midi' }).then((p) => p.state === 'granted' && enableMidi(true), () => {});

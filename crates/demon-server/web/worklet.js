@@ -18,8 +18,14 @@
 //                      {type:'checksum', id, start?, n?}
 //                      {type:'mark', id} / {type:'diff', id}   remember the buffer / compare with it
 //                      {type:'compare', id, L, R, zones}  compare with other planar channels
-// Messages out:        {type:'frame', ...header, slices, frames, late}   after each applied
-//                      frame; `late` counts slices that arrived with the playhead inside them
+//                      {type:'watch', controls, start, n, tick}  report when the playhead first
+//                                                      plays [start, start + n) once the frame
+//                                                      of `tick` is applied (knob-to-ear)
+// Messages out:        {type:'frame', ...header, slices, frames, late, pos}   after each applied
+//                      frame; `late` counts slices that arrived with the playhead inside them,
+//                      `pos` is the playhead (source samples) when it arrived
+//                      {type:'heard', controls, frame}  a watched slice's first sample played:
+//                      `frame` is its output frame on the AudioContext clock (currentFrame)
 //                      {type:'peaks', first, data}     waveform columns changed by a frame
 //                      {type:'pos', pos, slices, frames}           about every 20 ms
 //                      {type:'checksum', id, ...}      reply to a checksum request
@@ -41,6 +47,9 @@ const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 const HEADER = 28;
 const COLUMNS = 1200; // waveform overview resolution
 const REPORT_QUANTA = 8; // position report every 8 × 128 frames
+const WATCH_QUANTA = 375 * 20; // a watch never played within ~20 s is dropped (a seek away)
+// Per-sample step of the one-pole smoothing of the loudness gain: a time constant of 50 ms.
+const GAIN_SMOOTHING = 1 - Math.exp(-1 / (0.05 * sampleRate));
 
 class LoopPlayer extends AudioWorkletProcessor {
   constructor(options) {
@@ -54,10 +63,15 @@ class LoopPlayer extends AudioWorkletProcessor {
     this.pos = 0;
     this.band = null; // [start, end) in source samples
     this.playing = true;
+    // The loudness matcher's gain (linear): where it is going and where it is.
+    this.gainTarget = 1;
+    this.gain = 1;
     this.slices = 0;
     this.frames = 0;
     this.late = 0; // slices that arrived with the playhead already inside them (played stale)
     this.quanta = 0;
+    this.appliedTick = -1; // the newest tick of an applied frame
+    this.watches = []; // {controls, start, n, tick, since}
     this.peaks = new Float32Array(2 * COLUMNS);
     this.port.onmessage = (e) => this.onMessage(e.data);
   }
@@ -81,8 +95,14 @@ class LoopPlayer extends AudioWorkletProcessor {
       case 'rate':
         if (m.sourceRate > 0) this.step = m.sourceRate / sampleRate;
         break;
+      case 'gain': // the loudness matcher's gain, in dB, reached smoothly over ~50 ms
+        this.gainTarget = Math.pow(10, (Number(m.db) || 0) / 20);
+        break;
       case 'playing':
         this.playing = !!m.playing;
+        break;
+      case 'watch':
+        if (Number.isFinite(m.start) && m.n > 0) this.watches.push({ controls: m.controls, start: m.start, n: m.n, tick: m.tick, since: this.quanta });
         break;
       case 'mark': // remember the buffer, to measure later how much the slices changed it
         this.markL = this.L.slice();
@@ -173,7 +193,8 @@ class LoopPlayer extends AudioWorkletProcessor {
     } else {
       return this.fail(`unknown frame kind ${kind}`);
     }
-    this.port.postMessage(Object.assign({ type: 'frame', slices: this.slices, frames: this.frames, late: this.late, len: this.len }, head));
+    if (head.tick > this.appliedTick) this.appliedTick = head.tick;
+    this.port.postMessage(Object.assign({ type: 'frame', slices: this.slices, frames: this.frames, late: this.late, len: this.len, pos: Math.floor(this.pos) }, head));
   }
 
   // Recompute the overview columns touched by [start, start + n) (wrapping) and send them.
@@ -286,18 +307,33 @@ class LoopPlayer extends AudioWorkletProcessor {
       const hi = this.band ? this.band[1] : len;
       let p = this.pos;
       if (p < lo || p >= hi) p = lo;
+      // Watches whose slice is in the buffer: the first sample of it this quantum plays.
+      const watches = this.watches, applied = this.appliedTick;
+      const gt = this.gainTarget;
+      let g = this.gain;
       for (let i = 0; i < frames; i++) {
         const i0 = p | 0;
+        for (let k = watches.length - 1; k >= 0; k--) {
+          const w = watches[k];
+          if (w.tick <= applied && (((i0 - w.start) % len) + len) % len < w.n) {
+            this.port.postMessage({ type: 'heard', controls: w.controls, frame: currentFrame + i });
+            watches.splice(k, 1);
+          }
+        }
         const f = p - i0;
         let i1 = i0 + 1;
         if (i1 >= hi) i1 = lo;
-        oL[i] = L[i0] + (L[i1] - L[i0]) * f;
-        oR[i] = R[i0] + (R[i1] - R[i0]) * f;
+        // One-pole smoothing toward the matcher's gain (~50 ms), so a new gain never clicks.
+        g += (gt - g) * GAIN_SMOOTHING;
+        oL[i] = (L[i0] + (L[i1] - L[i0]) * f) * g;
+        oR[i] = (R[i0] + (R[i1] - R[i0]) * f) * g;
         p += step;
         if (p >= hi) p = lo + ((p - hi) % (hi - lo));
       }
       this.pos = p;
+      this.gain = g;
     }
+    if (this.watches.length && this.quanta - this.watches[0].since > WATCH_QUANTA) this.watches.shift();
     if (++this.quanta % REPORT_QUANTA === 0) {
       this.port.postMessage({ type: 'pos', pos: this.pos, slices: this.slices, frames: this.frames });
     }

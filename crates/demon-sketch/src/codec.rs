@@ -40,6 +40,11 @@ impl Codec for SketchCodec {
         &self.device
     }
 
+    /// The sketch codec holds no state between calls: any instance gives the same audio.
+    fn fork(&self) -> Option<Box<dyn Codec>> {
+        Some(Box::new(Self::new(self.device.clone())))
+    }
+
     fn encode(&mut self, audio: &Audio) -> Result<Tensor> {
         if audio.sample_rate != SAMPLE_RATE {
             return Err(EngineError::param(

@@ -15,7 +15,9 @@
 //! agrees with it (DEMON's structure hint, ACE-Step's FSQ hint of the reference).
 
 use candle_core::{Device, Tensor};
-use demon_engine::{Conditioner, Conditioning, EngineError, Prompt, Result};
+use demon_engine::{
+    Conditioner, Conditioning, EngineError, Prompt, PromptUse, Result, SourceHints,
+};
 
 use crate::layout::*;
 use crate::style::{STYLE_COUNT, Style, parse_key, read_prompt};
@@ -225,7 +227,12 @@ impl SketchConditioner {
             timbre: None,
         };
         let dominant = c.dominant_style();
-        c.bpm = prompt.bpm.or(r.bpm).unwrap_or(dominant.default_bpm());
+        // The prompt's field, then its words, then what the source's analysis measured.
+        c.bpm = prompt
+            .bpm
+            .or(r.bpm)
+            .or(SourceHints::bpm(prompt))
+            .unwrap_or(dominant.default_bpm());
         let key = match &prompt.key {
             Some(k) => Some(parse_key(k).ok_or_else(|| {
                 EngineError::param(
@@ -233,7 +240,9 @@ impl SketchConditioner {
                     format!("`{k}` is not a key (for example \"A minor\", \"F# major\")"),
                 )
             })?),
-            None => r.key,
+            None => r
+                .key
+                .or_else(|| SourceHints::key(prompt).and_then(parse_key)),
         };
         (c.tonic, c.minor) = key.unwrap_or((9, dominant.default_minor()));
         Ok(c)
@@ -246,9 +255,61 @@ impl Default for SketchConditioner {
     }
 }
 
+/// Pitch-class names for keys as the sketch reports them.
+const PITCH_NAMES: [&str; 12] = [
+    "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B",
+];
+
 impl Conditioner for SketchConditioner {
     fn condition(&mut self, prompt: &Prompt) -> Result<Conditioning> {
         self.read(prompt)?.to_conditioning(&self.device)
+    }
+
+    /// The styles the prompt selects (by weight), the tempo and key it resolves to, and the
+    /// words the sketch did not understand: a prompt without a style word plays a mix of every
+    /// style, which the fallback note says.
+    fn prompt_use(&self, prompt: &Prompt) -> Option<PromptUse> {
+        let c = self.read(prompt).ok()?;
+        let r = read_prompt(&prompt.tags);
+        let mut styles: Vec<(f32, Style)> = Style::ALL
+            .iter()
+            .map(|s| (r.style_weights[s.index()], *s))
+            .filter(|(w, _)| *w > 0.0)
+            .collect();
+        styles.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let style = if r.unrecognised {
+            "a mix of every style".to_string()
+        } else {
+            styles
+                .iter()
+                .map(|(_, s)| s.name())
+                .collect::<Vec<_>>()
+                .join(" + ")
+        };
+        let words = r
+            .unknown_words
+            .iter()
+            .map(|w| format!("`{w}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let fallback = match (r.unrecognised, words.is_empty()) {
+            (false, true) => None,
+            (false, false) => Some(format!("not understood: {words} (ignored)")),
+            (true, true) => Some("no style word: playing a mix of every style".to_string()),
+            (true, false) => Some(format!(
+                "no style word understood ({words}): playing a mix of every style"
+            )),
+        };
+        Some(PromptUse {
+            style,
+            bpm: Some(c.bpm),
+            key: Some(format!(
+                "{} {}",
+                PITCH_NAMES[c.tonic as usize % 12],
+                if c.minor { "minor" } else { "major" }
+            )),
+            fallback,
+        })
     }
 
     /// The prompt's conditioning with the voice of `reference` (`[1, T, C]`) at full weight;
@@ -335,5 +396,79 @@ impl Conditioner for SketchConditioner {
 
     fn name(&self) -> &str {
         "sketch"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_use_says_what_plays_and_what_was_not_understood() {
+        let c = SketchConditioner::default();
+        let u = c.prompt_use(&Prompt::tags("jazz piano trio")).unwrap();
+        assert_eq!(u.style, "funk", "jazz is a funk word");
+        assert_eq!(u.bpm, Some(108.0));
+        assert_eq!(u.key.as_deref(), Some("A major"));
+        assert_eq!(
+            u.fallback.as_deref(),
+            Some("not understood: `piano`, `trio` (ignored)")
+        );
+        let u = c.prompt_use(&Prompt::tags("polka")).unwrap();
+        assert_eq!(u.style, "a mix of every style");
+        assert_eq!((u.bpm, u.key.as_deref()), (Some(124.0), Some("A minor")));
+        assert_eq!(
+            u.fallback.as_deref(),
+            Some("no style word understood (`polka`): playing a mix of every style")
+        );
+        let u = c
+            .prompt_use(&Prompt {
+                tags: "techno, ambient pads".into(),
+                bpm: Some(140.0),
+                key: Some("F minor".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(u.style, "ambient + techno");
+        assert_eq!((u.bpm, u.key.as_deref()), (Some(140.0), Some("F minor")));
+        assert_eq!(u.fallback, None);
+    }
+
+    #[test]
+    fn a_source_hint_is_used_only_where_the_prompt_names_nothing() {
+        let c = SketchConditioner::default();
+        let hints = Some(SourceHints {
+            bpm: Some(101.0),
+            key: Some("D minor".into()),
+        });
+        let with = |tags: &str, bpm: Option<f32>| Prompt {
+            tags: tags.into(),
+            bpm,
+            hints: hints.clone(),
+            ..Default::default()
+        };
+        let used = |p: Prompt| {
+            let u = c.prompt_use(&p).unwrap();
+            (u.bpm, u.key)
+        };
+        // Nothing named: the measured tempo and key play (house would be 124, A minor).
+        assert_eq!(
+            used(with("house", None)),
+            (Some(101.0), Some("D minor".into()))
+        );
+        // The prompt's words win, then its field.
+        assert_eq!(
+            used(with("house, 130 bpm, F major", None)),
+            (Some(130.0), Some("F major".into()))
+        );
+        assert_eq!(
+            used(with("house, 130 bpm", Some(90.0))),
+            (Some(90.0), Some("D minor".into()))
+        );
+        // The hint changes the conditioning itself, not only the report.
+        let a = c.read(&with("house", None)).unwrap();
+        let b = c.read(&Prompt::tags("house")).unwrap();
+        assert_eq!((a.bpm, b.bpm), (101.0, 124.0));
+        assert_eq!((a.tonic, a.minor), (2, true));
     }
 }

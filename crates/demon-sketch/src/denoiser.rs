@@ -520,6 +520,7 @@ impl demon_engine::Adapters for SketchDenoiser {
                 strength: self.adapters[s.index()],
                 rank: 0,
                 targets: SONGS_PER_STYLE,
+                metadata: Default::default(),
             })
             .collect()
     }

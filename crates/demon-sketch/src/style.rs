@@ -137,6 +137,8 @@ pub struct PromptReading {
     pub bpm: Option<f32>,
     /// (tonic pitch class, minor).
     pub key: Option<(u8, bool)>,
+    /// Words no reading used, in the order they came (each once).
+    pub unknown_words: Vec<String>,
 }
 
 /// Read style words, mood words, "NNN bpm" and key names from free text.
@@ -167,41 +169,8 @@ pub fn read_prompt(text: &str) -> PromptReading {
             .filter(|w| lower.contains(&format!(" {w} ")))
             .count() as f32
     };
-    let brightness = (score(&[
-        "bright",
-        "shiny",
-        "crisp",
-        "airy",
-        "sparkling",
-        "happy",
-        "uplifting",
-        "euphoric",
-    ]) - score(&[
-        "dark",
-        "warm",
-        "deep",
-        "moody",
-        "muffled",
-        "murky",
-        "sad",
-        "melancholic",
-        "gloomy",
-    ]))
-    .clamp(-1.0, 1.0);
-    let energy = (score(&[
-        "energetic",
-        "hard",
-        "driving",
-        "aggressive",
-        "intense",
-        "fast",
-        "peak",
-        "banging",
-        "heavy",
-    ]) - score(&[
-        "calm", "soft", "gentle", "mellow", "relaxed", "slow", "sparse", "quiet", "dreamy",
-    ]))
-    .clamp(-1.0, 1.0);
+    let brightness = (score(BRIGHT_WORDS) - score(DARK_WORDS)).clamp(-1.0, 1.0);
+    let energy = (score(ENERGETIC_WORDS) - score(CALM_WORDS)).clamp(-1.0, 1.0);
     PromptReading {
         style_weights,
         unrecognised,
@@ -209,7 +178,81 @@ pub fn read_prompt(text: &str) -> PromptReading {
         energy,
         bpm: find_bpm(&lower),
         key: find_key(text),
+        unknown_words: unknown_words(&lower),
     }
+}
+
+const BRIGHT_WORDS: &[&str] = &[
+    "bright",
+    "shiny",
+    "crisp",
+    "airy",
+    "sparkling",
+    "happy",
+    "uplifting",
+    "euphoric",
+];
+const DARK_WORDS: &[&str] = &[
+    "dark",
+    "warm",
+    "deep",
+    "moody",
+    "muffled",
+    "murky",
+    "sad",
+    "melancholic",
+    "gloomy",
+];
+const ENERGETIC_WORDS: &[&str] = &[
+    "energetic",
+    "hard",
+    "driving",
+    "aggressive",
+    "intense",
+    "fast",
+    "peak",
+    "banging",
+    "heavy",
+];
+const CALM_WORDS: &[&str] = &[
+    "calm", "soft", "gentle", "mellow", "relaxed", "slow", "sparse", "quiet", "dreamy",
+];
+/// Words that say nothing by themselves ("deep house with pads", "in A minor").
+const FILLER_WORDS: &[&str] = &[
+    "a", "an", "the", "with", "and", "of", "in", "on", "for", "some", "very", "key", "&", "n", "-",
+    "major", "minor", "maj", "min",
+];
+
+/// The words of `lower` (lower case, punctuation spaced) that no style, mood, tempo or key
+/// reading used: what a prompt asked for that the sketch cannot play.
+fn unknown_words(lower: &str) -> Vec<String> {
+    let known = |w: &str| {
+        Style::ALL
+            .iter()
+            .flat_map(|s| s.keywords().iter())
+            .chain(
+                [
+                    BRIGHT_WORDS,
+                    DARK_WORDS,
+                    ENERGETIC_WORDS,
+                    CALM_WORDS,
+                    FILLER_WORDS,
+                ]
+                .concat()
+                .iter(),
+            )
+            .any(|k| k.split(' ').any(|kw| kw == w))
+            || w.trim_end_matches("bpm").parse::<f32>().is_ok()
+            || w == "bpm"
+            || parse_key(w).is_some()
+    };
+    let mut out: Vec<String> = Vec::new();
+    for w in lower.split_whitespace() {
+        if !known(w) && !out.iter().any(|o| o == w) {
+            out.push(w.to_string());
+        }
+    }
+    out
 }
 
 fn find_bpm(lower: &str) -> Option<f32> {
@@ -298,6 +341,15 @@ mod tests {
         assert!(r.brightness < 0.0);
         let r = read_prompt("something unheard of");
         assert!(r.unrecognised);
+        assert_eq!(r.unknown_words, ["something", "unheard"]);
+        let r = read_prompt("jazz piano trio, 96 bpm, F# minor");
+        assert!(!r.unrecognised, "jazz is a funk word");
+        assert_eq!(r.unknown_words, ["piano", "trio"]);
+        assert!(
+            read_prompt("Deep house, warm pads, 122 BPM, A minor")
+                .unknown_words
+                .is_empty()
+        );
         assert!((r.style_weights.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert_eq!(read_prompt("dnb at 174bpm").bpm, Some(174.0));
         assert_eq!(

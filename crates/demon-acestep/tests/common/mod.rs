@@ -81,6 +81,7 @@ pub fn fixture_prompt() -> demon_engine::Prompt {
         language: Some(p["language"].as_str().unwrap().into()),
         duration_s: Some(p["duration"].as_f64().unwrap() as f32),
         task: None,
+        hints: None,
     }
 }
 

@@ -65,13 +65,22 @@ fn finite(v: f64) -> Option<f64> {
 impl LoudnessMeter {
     /// A meter for `channels` channels at `sample_rate` Hz (1–64 channels, 16 Hz–2.8 MHz).
     pub fn new(channels: usize, sample_rate: u32) -> Result<Self, LoudnessError> {
+        Self::with_mode(channels, sample_rate, Mode::I | Mode::S | Mode::M)
+    }
+
+    /// A meter of short-term (3 s) and momentary (400 ms) loudness only, whose memory stays
+    /// the same however long it runs (a live session's meter; `integrated_lufs` is `None`).
+    pub fn short_term(channels: usize, sample_rate: u32) -> Result<Self, LoudnessError> {
+        Self::with_mode(channels, sample_rate, Mode::S | Mode::M)
+    }
+
+    fn with_mode(channels: usize, sample_rate: u32, mode: Mode) -> Result<Self, LoudnessError> {
         if channels == 0 || channels > 64 {
             return Err(LoudnessError::Meter(format!(
                 "{channels} channels (1..=64 are supported)"
             )));
         }
-        let mut inner = EbuR128::new(channels as u32, sample_rate, Mode::I | Mode::S | Mode::M)
-            .map_err(meter_error)?;
+        let mut inner = EbuR128::new(channels as u32, sample_rate, mode).map_err(meter_error)?;
         if channels == 1 {
             inner
                 .set_channel(0, Channel::DualMono)
@@ -82,6 +91,22 @@ impl LoudnessMeter {
             channels,
             sample_rate,
         })
+    }
+
+    /// Feed planar channels directly (no `Audio` to build): one slice per channel, of equal
+    /// lengths.
+    pub fn add_planar(&mut self, planes: &[&[f32]]) -> Result<(), LoudnessError> {
+        if planes.len() != self.channels {
+            return Err(LoudnessError::Format {
+                want_channels: self.channels,
+                want_rate: self.sample_rate,
+                channels: planes.len(),
+                rate: self.sample_rate,
+            });
+        }
+        self.inner
+            .add_frames_planar_f32(planes)
+            .map_err(meter_error)
     }
 
     /// A meter for the layout of `audio`.

@@ -76,16 +76,24 @@ pub fn envelope_correlation(a: &Audio, b: &Audio) -> f64 {
 /// between two semitones count little; each class's weights sum to 1, so white noise has a
 /// flat expected chroma.
 pub(crate) fn chroma_mass(audio: &Audio) -> Vec<[f32; 12]> {
-    let (spec, folding) = chroma_spectrogram(audio, CHROMA_MIN_HZ, CHROMA_MAX_HZ);
+    let (spec, folding) =
+        chroma_spectrogram(audio, CHROMA_MIN_HZ, CHROMA_MAX_HZ, CHROMA_FFT_SECONDS);
     spec.frames.iter().map(|m| fold(m, &folding)).collect()
 }
 
-/// [`chroma_mass`] of the sustained part of the sound only: each bin's magnitude is replaced
-/// by its median over ±[`HARMONIC_HALF_FRAMES`] frames (0.68 s), which keeps held notes and
-/// removes drum hits and other short events (the harmonic half of median-filtering
-/// harmonic/percussive separation, Fitzgerald 2010).
-pub(crate) fn harmonic_chroma_mass(audio: &Audio, min_hz: f64, max_hz: f64) -> Vec<[f32; 12]> {
-    let (spec, folding) = chroma_spectrogram(audio, min_hz, max_hz);
+/// [`chroma_mass`] of the sustained part of the sound only, between `min_hz` and `max_hz`,
+/// from an STFT window of about `fft_seconds` (a power of two; longer windows resolve
+/// semitones lower down): each bin's magnitude is replaced by its median over
+/// ±[`HARMONIC_HALF_FRAMES`] frames (0.68 s), which keeps held notes and removes drum hits and
+/// other short events (the harmonic half of median-filtering harmonic/percussive separation,
+/// Fitzgerald 2010).
+pub(crate) fn harmonic_chroma_mass(
+    audio: &Audio,
+    min_hz: f64,
+    max_hz: f64,
+    fft_seconds: f64,
+) -> Vec<[f32; 12]> {
+    let (spec, folding) = chroma_spectrogram(audio, min_hz, max_hz, fft_seconds);
     let n = spec.frames.len();
     let top = folding.iter().map(|(k, _, _)| *k + 1).max().unwrap_or(0);
     let mut window = Vec::with_capacity(2 * HARMONIC_HALF_FRAMES + 1);
@@ -133,18 +141,20 @@ pub(crate) fn harmonic_chroma_mass(audio: &Audio, min_hz: f64, max_hz: f64) -> V
 /// Frames either side of the harmonic median filter.
 const HARMONIC_HALF_FRAMES: usize = 8;
 
-/// The chroma STFT of `audio` and its bin → (pitch class, weight) folding.
+/// The chroma STFT of `audio` (window about `fft_seconds`) and its bin → (pitch class,
+/// weight) folding.
 fn chroma_spectrogram(
     audio: &Audio,
     min_hz: f64,
     max_hz: f64,
+    fft_seconds: f64,
 ) -> (Spectrogram, Vec<(usize, usize, f32)>) {
     let rate = audio.sample_rate;
     let x = mono(audio);
     let spec = Spectrogram::new(
         &x,
         rate,
-        fft_len_for(rate, CHROMA_FFT_SECONDS),
+        fft_len_for(rate, fft_seconds),
         hop_samples(rate, ENVELOPE_FRAME_SECONDS),
     );
     let top = (max_hz.min(rate as f64 / 2.0) / spec.bin_hz) as usize;

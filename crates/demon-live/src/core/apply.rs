@@ -6,9 +6,10 @@
 use std::sync::atomic::Ordering;
 
 use super::LiveCore;
-use crate::control::ControlMessage;
+use crate::control::{ControlMessage, SourceSpec};
 use crate::error::{SessionError, SessionResult};
 use crate::loopbuf::LoopBand;
+use crate::preset::Preset;
 use crate::requests::Conds;
 
 impl LiveCore {
@@ -18,6 +19,17 @@ impl LiveCore {
         let recorded = self.apply_inner(msg)?;
         self.probe.control_version.fetch_add(1, Ordering::AcqRel);
         Ok(recorded)
+    }
+
+    /// Apply a source prepared beside the tick loop (`sources::prepare_source`), as the
+    /// `set_source` control it came from; returns that control as recorded (with the latent).
+    pub fn apply_prepared(
+        &mut self,
+        prepared: Option<super::sources::PreparedSource>,
+    ) -> SessionResult<ControlMessage> {
+        let source = self.apply_prepared_source(prepared)?;
+        self.probe.control_version.fetch_add(1, Ordering::AcqRel);
+        Ok(ControlMessage::SetSource { source })
     }
 
     /// Whether `apply` would accept this knob value, without applying it (knob sets coalescing
@@ -40,6 +52,16 @@ impl LiveCore {
             ControlMessage::SetSource { source } => {
                 let resolved = self.set_source(source)?;
                 return Ok(ControlMessage::SetSource { source: resolved });
+            }
+            ControlMessage::SetReference { role, source } => {
+                let recorded = self.set_reference(*role, source)?;
+                return Ok(ControlMessage::SetReference {
+                    role: *role,
+                    source: recorded,
+                });
+            }
+            ControlMessage::LoadPreset { preset, source } => {
+                return self.load_preset(preset, source.as_ref());
             }
             ControlMessage::SetLoopBand { start_s, end_s } => {
                 if !(start_s.is_finite() && end_s.is_finite() && *start_s >= 0.0) {
@@ -76,11 +98,10 @@ impl LiveCore {
         let mut next = self.controls.clone();
         let changed = next.apply(msg, &self.facts)?;
         let conds = if changed.prompts {
-            let timbre_ref = next.source().map(|s| s.latent.clone());
             Some(Conds::prepare(
                 self.backend.conditioner.as_mut(),
-                &next.prompts,
-                timbre_ref.as_ref(),
+                &next.conditioning_prompts(),
+                next.timbre_latent(),
             )?)
         } else {
             None
@@ -95,5 +116,64 @@ impl LiveCore {
             self.conds = c;
         }
         Ok(())
+    }
+
+    /// Load a preset, all or nothing: every value is checked (by `Controls`, as any control),
+    /// the source decoded, the curves evaluated at the new song's window and the loop band
+    /// checked against the new song before anything changes. Returns the message as recorded
+    /// (the source as a latent).
+    pub(super) fn load_preset(
+        &mut self,
+        preset: &Preset,
+        source: Option<&SourceSpec>,
+    ) -> SessionResult<ControlMessage> {
+        let mut next = self.controls.clone();
+        preset.apply_to(&mut next, &self.facts)?;
+        // Prepared here, on the tick thread: a preset's source is not prepared beside the
+        // ticks as a `set_source` is (`session`), so a long one holds the ticks while it encodes.
+        let prepared = source
+            .map(|s| super::sources::prepare_source(s, &self.facts, self.backend.codec.as_mut()))
+            .transpose()?;
+        let song_frames = match &prepared {
+            None => self.song.frames,
+            Some(None) => self.facts.frames(self.cfg.song_seconds),
+            Some(Some(p)) => p.frames(),
+        };
+        next.set_frames(self.window_for(song_frames))
+            .map_err(|e| SessionError::bad_value("preset field `curves`", e.to_string()))?;
+        let sr = self.facts.sample_rate as f64;
+        let band = preset.checked_loop_band()?.map(|(s, e)| LoopBand {
+            start: (s * sr).round() as usize,
+            end: (e * sr).round() as usize,
+        });
+        let song_samples = song_frames * self.facts.hop_samples;
+        if let Some(b) = band
+            && (b.start >= b.end || b.end > song_samples)
+        {
+            return Err(SessionError::bad_value(
+                "preset field `loop_band`",
+                format!(
+                    "[{}, {}) samples is empty or beyond the song ({song_samples} samples)",
+                    b.start, b.end
+                ),
+            ));
+        }
+        let depth = next.depth();
+        let recorded = match prepared {
+            // All or nothing: the controls and the source are committed together, or not.
+            Some(p) => Some(self.apply_prepared_with(next, p)?),
+            None => {
+                self.commit_conditioned(next)?;
+                None
+            }
+        };
+        // Checked against the catalog's range, so the ring takes it.
+        self.pipeline
+            .set_depth(self.depth_cap.map_or(depth, |c| c.min(depth)))?;
+        self.playback.buffer.set_band(band)?;
+        Ok(ControlMessage::LoadPreset {
+            preset: Box::new(preset.clone()),
+            source: recorded,
+        })
     }
 }

@@ -1,7 +1,7 @@
 //! Decode scheduling and playback: which window of the loop to decode this tick (the playhead
 //! plus the decode lead, wrapped inside the playing region), the decode itself (the first
-//! generation of a song fills the whole loop, later ones patch windows), the adaptive lead, and
-//! the block of audio played per tick.
+//! generation of a song fills the whole loop, later ones patch windows) and the block of audio
+//! played per tick. The lead itself is `crate::lead`.
 //!
 //! Playing is the real-time part of a tick: the block is read from the loop into buffers
 //! allocated once, under the debug-build no-allocation check (`crate::rt`).
@@ -35,7 +35,6 @@ impl Playback {
             filled: false,
             replaced_between_ticks: false,
             lead_frames,
-            cost_ema_ms: 0.0,
             playing,
             samples_per_tick,
             played: [
@@ -75,17 +74,6 @@ impl Playback {
         let span = (region.1 - region.0).max(1);
         let target = region.0 + ((playhead / hop).saturating_sub(region.0) + lead as usize) % span;
         (target, region)
-    }
-
-    /// Grow the lead so a window is decoded before the playhead reaches it: at least `base`
-    /// frames, and one more than a smoothed tick-plus-decode cost covers.
-    pub(super) fn adapt_lead(&mut self, cost_ms: f64, base: u32, frame_ms: f64) {
-        self.cost_ema_ms = if self.cost_ema_ms == 0.0 {
-            cost_ms
-        } else {
-            0.7 * self.cost_ema_ms + 0.3 * cost_ms
-        };
-        self.lead_frames = base.max((self.cost_ema_ms / frame_ms).ceil() as u32 + 1);
     }
 
     /// Read this tick's block from the loop at the playhead (nothing when stopped). Returns the

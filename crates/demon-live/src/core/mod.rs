@@ -20,7 +20,9 @@
 
 mod apply;
 mod decoding;
-mod sources;
+// Public for the session's preparing thread; the core itself never imports it (its
+// `impl LiveCore` uses the core, so a re-export here would be a module cycle).
+pub mod sources;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -31,18 +33,21 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use candle_core::Tensor;
 use demon_engine::{
-    BackendSet, CfgMode, CurveSpec, DcwMode, Prompt, ReceptiveField, SharedLane, SolverKind,
+    BackendSet, CfgMode, CurveSpec, DcwMode, ReceptiveField, SharedLane, SolverKind,
     StreamPipeline, measure_receptive_field, probe_latents,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::budget::{RealtimeBudget, RealtimeReport};
-use crate::control::SourceSpec;
+use crate::control::{ControlMessage, SourceSpec};
 use crate::controls::Controls;
 use crate::decode::WindowedDecoder;
 use crate::error::{SessionError, SessionResult};
 use crate::facts::BackendFacts;
+use crate::latency::{ClassLatency, EarClass, KnobToEar, ReflectTracker, Reflected};
+use crate::lead::LeadController;
 use crate::loopbuf::LoopBuffer;
+use crate::loudness::LoudnessTracker;
 use crate::requests::{self, Conds, Inputs};
 
 /// A latent as a `SourceSpec::Latent` (for recordings and the wire).
@@ -78,9 +83,10 @@ pub struct SessionConfig {
     pub samples_per_tick: usize,
     /// Kept window of each windowed decode.
     pub keep_seconds: f64,
-    /// How far ahead of the playhead windows are decoded.
+    /// How far ahead of the playhead windows are decoded (where the adaptive lead starts).
     pub lead_seconds: f64,
-    /// Grow the lead from measured tick and decode times.
+    /// Adapt the lead to what ticks, decode, delivery and the clients' playheads need
+    /// (`crate::lead`); off: `lead_seconds` always.
     pub adaptive_lead: bool,
     /// Initial knob values (the catalog's defaults otherwise).
     pub knobs: BTreeMap<String, f64>,
@@ -126,6 +132,13 @@ pub struct SessionProbe {
     pub control_version: AtomicU64,
 }
 
+/// The adaptive lead never goes below this many frames (`crate::lead`).
+pub const LEAD_FLOOR_FRAMES: u32 = 2;
+/// Nor above this (or the configured lead, when that is longer).
+pub const LEAD_CEILING_SECONDS: f64 = 3.0;
+/// A client's arrival report of a slice older than this many ticks is not a live one.
+pub const ARRIVAL_MAX_AGE_TICKS: u64 = 8;
+
 /// A window patched into the loop: its start sample and the planar audio the loop holds there.
 pub type Patch = (u64, Arc<Vec<Vec<f32>>>);
 
@@ -151,6 +164,8 @@ pub struct TickOutput {
     pub depth_cap: Option<usize>,
     /// The budget after this tick; its `depth_cap` is the one the next tick runs under.
     pub realtime: RealtimeReport,
+    /// Controls whose first carrying slice this tick decoded (`crate::latency`).
+    pub reflected: Vec<Reflected>,
 }
 
 /// A part of the core that carries state from tick to tick. `reset_state` forgets it; every
@@ -171,6 +186,38 @@ struct Song {
     /// Bumped when the song's length changes: generations started before are not this song's
     /// and are dropped when they finish.
     epoch: u64,
+}
+
+// The controls' constructor from a session's configuration lives with the configuration: the
+// controls module must not import the core that drives it.
+impl Controls {
+    /// The controls a session starts with: the configuration's prompts, solver, CFG mode,
+    /// slew and knobs, curves evaluated at `frames`.
+    pub fn from_config(
+        cfg: &SessionConfig,
+        frames: usize,
+        facts: &BackendFacts,
+    ) -> SessionResult<Self> {
+        let mut controls = Controls::new(
+            demon_engine::Prompt {
+                tags: cfg.prompt.clone(),
+                bpm: cfg.bpm,
+                key: cfg.key.clone(),
+                ..Default::default()
+            },
+            frames,
+        );
+        controls.prompts.b = cfg.prompt_b.clone();
+        controls.prompts.negative = cfg.negative.clone();
+        controls.prompts.validate()?;
+        controls.solver = cfg.solver;
+        controls.cfg_mode = cfg.cfg_mode;
+        controls.set_slew(cfg.slew_per_second)?;
+        for (k, v) in &cfg.knobs {
+            controls.init_knob(k, *v, facts)?;
+        }
+        Ok(controls)
+    }
 }
 
 impl Song {
@@ -224,8 +271,6 @@ struct Playback {
     replaced_between_ticks: bool,
     /// How far ahead of the playhead windows are decoded, in latent frames.
     lead_frames: u32,
-    /// Smoothed cost of a tick plus its decode, for the adaptive lead.
-    cost_ema_ms: f64,
     playing: bool,
     samples_per_tick: usize,
     /// The block played by the last tick; its capacity is `samples_per_tick`, reserved once.
@@ -245,7 +290,7 @@ pub struct LiveCore {
     context: ContextCache,
     playback: Playback,
     /// LoRA strengths as the model has them (global weights go to the model between ticks).
-    applied_loras: BTreeMap<String, f64>,
+    applied_loras: requests::AppliedAdapters,
     /// The lane the pipeline holds (`None` until the first tick sets one).
     lane: Option<SharedLane>,
     tick: u64,
@@ -259,6 +304,13 @@ pub struct LiveCore {
     /// The ring depth the degrade policy (or a replayed clock line) allows; `None`: the
     /// performer's depth runs.
     depth_cap: Option<usize>,
+    /// The adaptive lead (used when `cfg.adaptive_lead`).
+    lead: LeadController,
+    /// Which slice first carries each applied control, and the measured knob-to-ear figures.
+    reflects: ReflectTracker,
+    ear: KnobToEar,
+    /// The loudness meter of what plays and the matcher's gain.
+    loudness: LoudnessTracker,
 }
 
 impl LiveCore {
@@ -268,6 +320,7 @@ impl LiveCore {
             .validate()
             .map_err(|e| SessionError::engine("backend", e))?;
         let facts = BackendFacts::of(&mut backend);
+        let loudness = LoudnessTracker::new(facts.sample_rate);
         if cfg.samples_per_tick == 0 || cfg.samples_per_tick > 48_000 {
             return Err(SessionError::bad_value(
                 "samples_per_tick",
@@ -295,31 +348,25 @@ impl LiveCore {
             }
         };
         let song_frames = facts.frames(cfg.song_seconds);
-        let mut controls = Controls::new(
-            Prompt {
-                tags: cfg.prompt.clone(),
-                bpm: cfg.bpm,
-                key: cfg.key.clone(),
-                ..Default::default()
-            },
-            song_frames,
-        );
-        controls.prompts.b = cfg.prompt_b.clone();
-        controls.prompts.negative = cfg.negative.clone();
-        controls.prompts.validate()?;
-        controls.solver = cfg.solver;
-        controls.cfg_mode = cfg.cfg_mode;
-        controls.set_slew(cfg.slew_per_second)?;
-        for (k, v) in &cfg.knobs {
-            controls.init_knob(k, *v, &facts)?;
-        }
+        let controls = Controls::from_config(&cfg, song_frames, &facts)?;
         let pipeline = StreamPipeline::for_denoiser(controls.depth(), backend.denoiser.as_ref())?;
-        let conds = Conds::prepare(backend.conditioner.as_mut(), &controls.prompts, None)?;
+        let conds = Conds::prepare(
+            backend.conditioner.as_mut(),
+            &controls.conditioning_prompts(),
+            None,
+        )?;
         let keep = facts.frames(cfg.keep_seconds).max(1);
+        let start_lead = facts.frames(cfg.lead_seconds) as u32;
+        let lead = LeadController::new(
+            start_lead,
+            LEAD_FLOOR_FRAMES,
+            start_lead.max(facts.frames(LEAD_CEILING_SECONDS) as u32),
+            facts.frames_ms(1),
+        );
         let playback = Playback::new(
             WindowedDecoder::new(field, keep, facts.hop_samples, song_frames),
             LoopBuffer::new(facts.sample_rate, song_frames * facts.hop_samples),
-            facts.frames(cfg.lead_seconds) as u32,
+            start_lead,
             cfg.samples_per_tick,
             cfg.playing,
         );
@@ -351,6 +398,10 @@ impl LiveCore {
             budget: RealtimeBudget::new(tick_budget_ms),
             degrade: false,
             depth_cap: None,
+            lead,
+            reflects: ReflectTracker::default(),
+            ear: KnobToEar::default(),
+            loudness,
         };
         core.cfg.receptive_field = Some(field);
         let source = core.cfg.source.clone();
@@ -411,10 +462,59 @@ impl LiveCore {
         self.harvest.generations
     }
 
-    /// The block of audio the last tick played (planar stereo; empty when stopped). Its
-    /// buffers are allocated once, so playing never allocates.
+    /// The loudness of what plays and the matcher's gain.
+    pub fn loudness(&self) -> crate::loudness::LoudnessReport {
+        self.loudness.report()
+    }
+
+    /// The block of audio the last tick played (planar stereo; empty when stopped; with the
+    /// matcher's gain). Its buffers are allocated once, so playing never allocates.
     pub fn played(&self) -> &[Vec<f32>; 2] {
         &self.playback.played
+    }
+
+    /// Start the knob-to-ear accounting of an applied control `id` received at `received`
+    /// (transport controls are not counted). Call after [`apply`](Self::apply) succeeded.
+    pub fn track_control(&mut self, id: u64, msg: &ControlMessage, received: Instant) {
+        if let Some(class) = EarClass::of(msg) {
+            self.reflects.track(id, class, self.pipeline.ticks());
+            self.ear.received(id, class, received);
+        }
+    }
+
+    /// A client first played a sample reflecting control `id` at `played` (server clock):
+    /// the class and the latency in ms, once per control.
+    pub fn heard(&mut self, id: u64, played: Instant) -> Option<(EarClass, f64)> {
+        self.ear.heard(id, played)
+    }
+
+    /// A client's report: the slice of `tick` arrived with its playhead at `client_sample`
+    /// (feeds the adaptive lead). Returns the need in ms of playhead travel.
+    pub fn observe_arrival(&mut self, tick: u64, client_sample: u64) -> Option<f64> {
+        // A slice older than this arrived with a catch-up (a page that just connected or
+        // resynced), not live: what the page's playhead says of it is no need.
+        if tick + ARRIVAL_MAX_AGE_TICKS < self.tick {
+            return None;
+        }
+        let (lo, hi) = self.playback.buffer.region();
+        let span = (hi - lo) as u64;
+        let need = self
+            .lead
+            .observe_arrival(tick, client_sample, span, self.facts.sample_rate)?;
+        if self.cfg.adaptive_lead && self.playback.playing {
+            self.playback.lead_frames = self.lead.grow();
+        }
+        Some(need)
+    }
+
+    /// The knob-to-ear figures per class (what `state().knob_to_ear` holds).
+    pub fn knob_to_ear(&self) -> BTreeMap<String, ClassLatency> {
+        self.ear.report()
+    }
+
+    /// The lead in force, in latent frames.
+    pub fn lead_frames(&self) -> u32 {
+        self.playback.lead_frames
     }
 
     /// Let the real-time budget lower the depth while ticks overrun (`RealtimeBudget`); live
@@ -437,14 +537,20 @@ impl LiveCore {
         Ok(())
     }
 
-    /// A new song length: everything that belongs to the old song is forgotten.
-    fn resize_song(&mut self, frames: usize) -> SessionResult<()> {
+    /// The generation window of a song of `frames`: the song, or the sliding window of a long
+    /// one.
+    fn window_for(&self, frames: usize) -> usize {
         let max_window = self.facts.frames(self.cfg.window_seconds);
-        let window = if max_window > 0 && frames > max_window {
+        if max_window > 0 && frames > max_window {
             max_window
         } else {
             frames
-        };
+        }
+    }
+
+    /// A new song length: everything that belongs to the old song is forgotten.
+    fn resize_song(&mut self, frames: usize) -> SessionResult<()> {
+        let window = self.window_for(frames);
         self.controls.set_frames(window)?;
         self.song = Song {
             frames,
@@ -476,7 +582,7 @@ impl LiveCore {
         let key = (
             self.controls.knobs().structure.to_bits(),
             self.song.chunk_offset,
-            self.controls.source().map_or(0, |s| s.version),
+            self.controls.source_version(),
         );
         if let Some((k, ctx)) = &self.context.entry
             && *k == key
@@ -527,9 +633,11 @@ impl LiveCore {
             &self.controls,
             self.backend.denoiser.as_mut(),
             &mut self.applied_loras,
+            self.tick,
         )?;
         let lead = lead_override.unwrap_or(self.playback.lead_frames);
         let playhead = self.playback.buffer.playhead();
+        self.lead.record_playhead(self.tick, playhead as u64);
         let (target, region) =
             self.playback
                 .decode_target(lead, self.song.frames, self.facts.hop_samples);
@@ -558,15 +666,41 @@ impl LiveCore {
         let (patches, decoded_whole) = self.decode(target, region)?;
         let replaced = decoded_whole || std::mem::take(&mut self.playback.replaced_between_ticks);
         let decode_ms = decode_started.elapsed().as_secs_f32() * 1000.0;
-        if self.cfg.adaptive_lead {
-            let base = self.facts.frames(self.cfg.lead_seconds) as u32;
-            self.playback
-                .adapt_lead((tick_ms + decode_ms) as f64, base, self.facts.frames_ms(1));
+        let mut reflected = Vec::new();
+        if decoded_whole {
+            let n = self.playback.buffer.len() as u64;
+            self.reflects
+                .patched(self.harvest.version, self.tick, 0, n, &mut reflected);
+        }
+        for (start, audio) in &patches {
+            let n = audio.first().map_or(0, Vec::len) as u64;
+            self.reflects
+                .patched(self.harvest.version, self.tick, *start, n, &mut reflected);
+        }
+        // Stopped, the lead holds: a moving decode target would keep patching a still loop.
+        if self.cfg.adaptive_lead && lead_override.is_none() && self.playback.playing {
+            // With no client reporting, a slice needs at least its tick and decode.
+            self.lead.observe_need((tick_ms + decode_ms) as f64);
+            self.playback.lead_frames = self.lead.update();
         }
 
         let played_samples = self.playback.play();
+        // The matcher aims at the source's loudness, else at the `target_lufs` knob.
+        let k = self.controls.knobs();
+        let target = self
+            .controls
+            .source_analysis()
+            .and_then(|a| a.integrated_lufs)
+            .unwrap_or(k.target_lufs);
+        self.loudness.process(
+            &mut self.playback.played,
+            self.cfg.samples_per_tick as f64 / self.facts.sample_rate as f64,
+            k.loudness_match >= 0.5,
+            target,
+        );
         let step = self.budget.observe(
-            tick_ms + decode_ms,
+            tick_ms,
+            decode_ms,
             report.active_slots,
             self.controls.depth(),
             self.depth_cap,
@@ -590,6 +724,7 @@ impl LiveCore {
             knobs_changed,
             depth_cap,
             realtime: self.budget.report(self.depth_cap),
+            reflected,
         };
         self.last_tick_ms = tick_ms;
         self.last_decode_ms = decode_ms;
@@ -611,6 +746,8 @@ impl LiveCore {
             self.harvest.history.truncate(8);
             self.harvest.latest = Some(f.latent);
             self.harvest.version += 1;
+            self.reflects
+                .harvested(f.submitted_tick, f.finished_tick, self.harvest.version);
         }
         n
     }
@@ -619,6 +756,17 @@ impl LiveCore {
     pub fn latest_audio(&mut self) -> Option<demon_engine::Audio> {
         let latent = self.harvest.latest.clone()?;
         self.backend.codec.decode(&latent, 0).ok()
+    }
+
+    /// The performer-set state as a preset (`crate::preset`).
+    pub fn preset(&self) -> crate::preset::Preset {
+        let sr = self.facts.sample_rate as f64;
+        let band = self
+            .playback
+            .buffer
+            .band()
+            .map(|b| (b.start as f64 / sr, b.end as f64 / sr));
+        crate::preset::Preset::of(&self.controls, band)
     }
 
     /// A snapshot for status endpoints and UIs.
@@ -631,6 +779,9 @@ impl LiveCore {
             .map(|a| a.list())
             .unwrap_or_default();
         let c = &self.controls;
+        // What is conditioned (the task, the prompt the backend reports on): built once, as the
+        // snapshot is taken every tick.
+        let conditioned = c.conditioning_prompts().a;
         let buffer = &self.playback.buffer;
         SessionState {
             backend: self.backend.name.clone(),
@@ -643,11 +794,25 @@ impl LiveCore {
             negative: c.prompts.negative.clone(),
             bpm: c.prompts.a.bpm,
             key: c.prompts.a.key.clone(),
+            lyrics: c.prompts.a.lyrics.clone(),
+            time_signature: c.prompts.a.time_signature,
+            language: c.prompts.a.language.clone(),
+            task: conditioned.task.unwrap_or_default(),
+            task_auto: c.prompts.a.task.is_none(),
+            source_analysis: c.source_analysis().cloned(),
+            loudness: self.loudness.report(),
+            trigger_words: c.trigger_words().into_iter().map(str::to_string).collect(),
             solver: c.solver,
             cfg_mode: c.cfg_mode,
             dcw_enabled: c.dcw_enabled,
             dcw_mode: c.dcw_mode,
             source: c.source().map(|s| s.name.clone()),
+            timbre_reference: c
+                .reference(crate::control::ReferenceRole::Timbre)
+                .map(|s| s.name.clone()),
+            structure_reference: c
+                .reference(crate::control::ReferenceRole::Structure)
+                .map(|s| s.name.clone()),
             song_seconds: self.facts.seconds(self.song.frames),
             window_seconds: self.facts.seconds(self.song.window),
             chunk_offset_seconds: self.facts.seconds(self.song.chunk_offset),
@@ -664,11 +829,30 @@ impl LiveCore {
             tick_ms: self.last_tick_ms,
             decode_ms: self.last_decode_ms,
             lead_ms: self.facts.frames_ms(self.playback.lead_frames as usize) as f32,
+            adaptive_lead: self.cfg.adaptive_lead,
+            knob_to_ear: self.ear.report(),
             slew_per_second: c.slew_per_second(),
             receptive_field: self.playback.decoder.field,
             adapters,
+            used: self
+                .backend
+                .conditioner
+                .prompt_use(&conditioned)
+                .map(|prompt| PromptUsed {
+                    prompt,
+                    seed: c.seed(),
+                }),
         }
     }
+}
+
+/// What the backend made of prompt A (style, tempo, key, the words it did not understand) and
+/// the seed new generations use: what is really playing, shown beside what was asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PromptUsed {
+    #[serde(flatten)]
+    pub prompt: demon_engine::PromptUse,
+    pub seed: u64,
 }
 
 /// What a status endpoint shows (and the `state` of the WebSocket protocol, which clients and
@@ -685,11 +869,37 @@ pub struct SessionState {
     pub negative: Option<String>,
     pub bpm: Option<f32>,
     pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lyrics: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_signature: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// The task the prompts are conditioned for, and whether the session chose it (`auto`:
+    /// a cover while a source plays).
+    #[serde(default)]
+    pub task: demon_engine::GenerationTask,
+    #[serde(default)]
+    pub task_auto: bool,
+    /// Tempo, key, duration and loudness measured on the source (absent without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_analysis: Option<crate::analysis::SourceAnalysis>,
+    /// The loudness of what plays and the matcher's gain (`crate::loudness`).
+    #[serde(default)]
+    pub loudness: crate::loudness::LoudnessReport,
+    /// Trigger words of the enabled adapters, prepended to prompts A and B.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trigger_words: Vec<String>,
     pub solver: SolverKind,
     pub cfg_mode: CfgMode,
     pub dcw_enabled: bool,
     pub dcw_mode: DcwMode,
     pub source: Option<String>,
+    /// The names of the separate timbre and structure references (absent: the source's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timbre_reference: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structure_reference: Option<String>,
     pub song_seconds: f64,
     pub window_seconds: f64,
     pub chunk_offset_seconds: f64,
@@ -706,9 +916,19 @@ pub struct SessionState {
     pub tick_ms: f32,
     pub decode_ms: f32,
     pub lead_ms: f32,
+    /// Whether the lead adapts (`demon serve` by default) or is fixed.
+    #[serde(default)]
+    pub adaptive_lead: bool,
+    /// Knob-to-ear latency per class (`shared_lane`, `per_slot`, `prompt`, ...): control
+    /// received → first sample a client played that reflects it (docs/protocol.md).
+    #[serde(default)]
+    pub knob_to_ear: BTreeMap<String, ClassLatency>,
     pub slew_per_second: f64,
     pub receptive_field: ReceptiveField,
     pub adapters: Vec<demon_engine::AdapterInfo>,
+    /// What the backend plays for prompt A; absent when it has nothing to report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<PromptUsed>,
 }
 
 /// Knob names in the catalog (for UIs and agents).

@@ -4,7 +4,9 @@ use demon_engine::{BackendSet, ReceptiveField};
 use demon_live::core::{LiveCore, SessionConfig};
 use demon_live::session::{RunOptions, SessionHandle, start};
 
-fn sketch() -> BackendSet {
+/// The sketch backend on the CPU.
+#[allow(dead_code)]
+pub fn sketch() -> BackendSet {
     let d = candle_core::Device::Cpu;
     BackendSet {
         name: "sketch".into(),
@@ -52,4 +54,81 @@ pub fn session_with(song_seconds: f64, opts: RunOptions) -> SessionHandle {
     };
     let core = LiveCore::new(cfg, sketch()).unwrap();
     start(core, opts).unwrap()
+}
+
+/// Hooks that refuse every library and file source and every offline render.
+#[allow(dead_code)]
+pub fn refusing_hooks() -> demon_server::Hooks {
+    use demon_live::SessionError;
+    demon_server::Hooks {
+        resolve_source: std::sync::Arc::new(|spec: &str| {
+            Err(SessionError::bad_source(spec, "none here"))
+        }),
+        library: Vec::new(),
+        render_offline: std::sync::Arc::new(|_| {
+            Err(SessionError::bad_value("render_offline", "not in tests"))
+        }),
+    }
+}
+
+/// A service (no HTTP listener) on a live 8 s session that has ticked, with its own
+/// recordings folder (created) and refusing hooks.
+#[allow(dead_code)]
+pub async fn live_service(
+    suite: &str,
+    tag: &str,
+) -> (SessionHandle, std::sync::Arc<demon_server::Service>) {
+    let handle = session(8.0);
+    wait_for("the first tick", || handle.state().is_some()).await;
+    let opts = server_options(suite, tag);
+    std::fs::create_dir_all(&opts.recordings_dir).unwrap();
+    let svc = demon_server::Service::new(handle.clone(), opts, refusing_hooks());
+    (handle, std::sync::Arc::new(svc))
+}
+
+/// Poll `done` every 50 ms for up to 10 s.
+#[allow(dead_code)]
+pub async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A knob's target value in the session's last state.
+#[allow(dead_code)]
+pub fn target(handle: &SessionHandle, knob: &str) -> f64 {
+    handle.state().map_or(f64::NAN, |s| s.targets[knob])
+}
+
+/// One HTTP request; the status and the body.
+#[allow(dead_code)]
+pub async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    ct: &str,
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
 }
