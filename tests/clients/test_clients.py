@@ -84,7 +84,7 @@ async def mcp_checks(base):
                          "save_preset", "load_preset", "set_timbre_fixture", "set_timbre_audio", "clear_timbre",
                          "set_structure_fixture", "set_structure_audio", "clear_structure",
                          "list_sessions", "set_rcfg_mode", "analyze", "list_fixtures", "swap_to_fixture",
-                         "swap_to_audio"]:
+                         "swap_to_audio", "set_automation", "clear_automation"]:
                 assert want in names, "missing tool " + want
             for t in tools.tools:
                 assert t.description and len(t.description) > 20, "tool %s lacks a description" % t.name
@@ -169,8 +169,11 @@ def main():
         except subprocess.TimeoutExpired:
             proc.kill()
             out, _ = proc.communicate()
-        if os.environ.get("VERBOSE"):
-            print(out.decode(errors="replace"))
+        # The server's own words are what a failed CI run needs: printed whenever a check
+        # failed (or on request).
+        if os.environ.get("VERBOSE") or sys.exc_info()[0] is not None:
+            print("--- demon serve output ---")
+            print(out.decode(errors="replace")[-20000:])
 
 
 def _healthy(base):

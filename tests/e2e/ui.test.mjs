@@ -500,6 +500,51 @@ async function main() {
     return `raw curve ${s.values[0].toFixed(2)} → ${s.values[199].toFixed(2)} (200 points), then cleared`;
   });
 
+  // Issue 12, item 3: a knob automation lane drawn on the curve canvas; the playhead moves the
+  // knob along it, the fader follows and refuses the hand, clear gives it back.
+  await check('automation: a drawn denoise lane reaches /api/state, the playhead moves the knob along it, clear removes it', async () => {
+    await page.click('#lane-tabs button[data-lane="denoise"]');
+    await page.selectOption('#lane-interp', 'smooth');
+    const cv = page.locator('#curve');
+    await cv.scrollIntoViewIfNeeded();
+    const box = await cv.boundingBox();
+    // A falling line: high denoise at the song's start, low at its end.
+    await page.mouse.move(box.x + 2, box.y + box.height * 0.1);
+    await page.mouse.down();
+    for (let i = 1; i <= 10; i++) await page.mouse.move(box.x + (box.width - 4) * (i / 10), box.y + box.height * (0.1 + 0.8 * (i / 10)), { steps: 3 });
+    await page.mouse.up();
+    const lane = await waitFor('a denoise lane in /api/state', async () => {
+      const x = await state();
+      return x.automation && x.automation.denoise ? x.automation.denoise : null;
+    }, 10000);
+    const pts = lane.points;
+    assert(lane.interpolation === 'smooth', `the menu's interpolation (${lane.interpolation})`);
+    assert(pts.length === 65 && pts[0].at_s === 0 && Math.abs(pts[64].at_s - SONG_SECONDS) < 1e-3, `65 points over the song (${pts.length}, ${pts[0].at_s} … ${pts[pts.length - 1].at_s})`);
+    assert(pts[0].value > pts[64].value + 0.5, `the lane falls (${pts[0].value} → ${pts[64].value})`);
+    // The knob's target is the lane's value at the playhead: seen at two playheads apart.
+    const seen = [];
+    await waitFor('the knob following the lane at two places of the song', async () => {
+      const x = await state();
+      seen.push([x.playhead_seconds, x.targets.denoise]);
+      const vs = seen.map((p) => p[1]);
+      return Math.max(...vs) - Math.min(...vs) > 0.2 ? true : null;
+    }, 20000, 250);
+    assert(await page.locator('.fader[data-knob="denoise"].automated').count() === 1, 'the denoise fader is marked automated');
+    // A hand move is not sent: the page says why.
+    const before = (await state()).automation.denoise;
+    await page.locator('.fader[data-knob="denoise"] input[type=range]').focus();
+    await page.keyboard.press('Home');
+    const notices = await demon(() => window.demon.notices.slice());
+    assert(notices.some((n) => n.includes('denoise follows its automation lane')), `a notice (${JSON.stringify(notices.slice(-3))})`);
+    assert(JSON.stringify((await state()).automation.denoise) === JSON.stringify(before), 'the lane stays');
+    await page.click('#lane-tabs button[data-lane="denoise"]');
+    await page.click('#curve-clear');
+    await waitFor('the lane removed', async () => !((await state()).automation || {}).denoise, 10000);
+    await waitFor('the fader unmarked', async () => (await page.locator('.fader[data-knob="denoise"].automated').count()) === 0, 5000);
+    const range = seen.map((p) => p[1]);
+    return `smooth lane of ${pts.length} points, ${pts[0].value.toFixed(2)} → ${pts[64].value.toFixed(2)}; the knob moved ${Math.min(...range).toFixed(2)} … ${Math.max(...range).toFixed(2)} over ${seen.length} samples; hand move refused with a notice; cleared`;
+  });
+
   await check('loop band: dragging on the waveform sets it, the worklet plays inside it, C clears it', async () => {
     const wave = page.locator('#wave');
     await wave.scrollIntoViewIfNeeded();

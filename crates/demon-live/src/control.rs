@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use demon_engine::{CfgMode, CurveSpec, DcwMode, SolverKind};
 use serde::{Deserialize, Serialize};
 
+use crate::automation::AutomationLane;
 use crate::preset::{Preset, PromptTask};
 
 /// How fast a change reaches the output (demon.md §8).
@@ -84,6 +85,13 @@ pub enum ControlMessage {
     SetCurve {
         name: String,
         curve: Option<CurveSpec>,
+    },
+    /// An automation lane over the song timeline for a knob (`lora:<id>` for a LoRA strength),
+    /// followed by the playhead at every tick boundary; `None` removes it (the knob keeps the
+    /// value the lane last gave it). While a lane is on, the knob refuses hand moves.
+    SetAutomation {
+        knob: String,
+        lane: Option<AutomationLane>,
     },
     /// Fields left out stay as they are; an empty `prompt_b` or `negative` removes it.
     SetPrompt {

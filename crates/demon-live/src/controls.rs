@@ -25,6 +25,7 @@ use demon_engine::{
 use serde::Serialize;
 
 use crate::analysis::SourceAnalysis;
+use crate::automation::AutomationLane;
 use crate::control::{ControlMessage, PropagationClass, ReferenceRole};
 use crate::error::{SessionError, SessionResult};
 use crate::facts::BackendFacts;
@@ -197,6 +198,7 @@ impl ControlMessage {
                 .next()
                 .unwrap_or(SharedPerStep),
             Self::SetCurve { name, .. } => CurveId::from_name(name).map_or(PerSlot, CurveId::class),
+            Self::SetAutomation { knob, .. } => knob_spec(knob).map_or(GlobalWeights, |k| k.class),
             Self::SetPrompt { .. }
             | Self::ClearBpm
             | Self::SetSolver { .. }
@@ -445,6 +447,15 @@ pub struct Changed {
     pub depth: Option<usize>,
 }
 
+/// What following the automation lanes at a tick boundary changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LaneMoves {
+    /// Some knob's target moved (front ends are told, as of a hand move).
+    pub targets: bool,
+    /// A LoRA lane switched an adapter with trigger words on or off.
+    pub prompts: bool,
+}
+
 /// Everything a performer sets, validated. Two `Controls` are equal when every value, curve,
 /// prompt and the source are.
 #[derive(Clone, Debug, PartialEq)]
@@ -455,6 +466,9 @@ pub struct Controls {
     slew_per_second: f64,
     loras: BTreeMap<String, Strength>,
     curves: BTreeMap<CurveId, DrawnCurve>,
+    /// Knob automation lanes by knob name (`lora:<id>` for LoRA strengths), checked when set;
+    /// the live core follows them at every tick boundary ([`Controls::follow_lanes`]).
+    lanes: BTreeMap<String, AutomationLane>,
     /// Length the curves are evaluated at (the generation window, in latent frames).
     frames: usize,
     pub prompts: Prompts,
@@ -481,6 +495,7 @@ impl Controls {
             slew_per_second: 4.0,
             loras: BTreeMap::new(),
             curves: BTreeMap::new(),
+            lanes: BTreeMap::new(),
             frames: frames.max(1),
             prompts: Prompts::new(prompt),
             solver: SolverKind::Ode,
@@ -632,8 +647,30 @@ impl Controls {
     }
 
     /// Set a knob by name (catalog knobs and `lora:<id>`), validated against the catalog and,
-    /// for LoRA strengths, the backend's adapters. Unslewed knobs jump at once.
+    /// for LoRA strengths, the backend's adapters. Unslewed knobs jump at once. A knob that
+    /// follows an automation lane is refused: the lane would take it back at the next tick.
     pub fn set_knob(
+        &mut self,
+        name: &str,
+        value: f64,
+        facts: &BackendFacts,
+    ) -> SessionResult<Changed> {
+        self.check_not_automated(name)?;
+        self.store_knob(name, value, facts)
+    }
+
+    fn check_not_automated(&self, name: &str) -> SessionResult<()> {
+        if self.lanes.contains_key(name) {
+            return Err(SessionError::bad_value(
+                format!("knob `{name}`"),
+                "it follows an automation lane; clear the lane (set_automation with `lane: null`) to move it by hand",
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Self::set_knob`] without the automation check (what a lane itself sets).
+    fn store_knob(
         &mut self,
         name: &str,
         value: f64,
@@ -745,6 +782,83 @@ impl Controls {
         Ok(())
     }
 
+    /// Put an automation lane on a knob (or with `None`, take it off; the knob keeps the value
+    /// the lane last gave it). Any knob of the catalog but the ring's shape (`depth`, `steps`)
+    /// and any adapter's `lora:<id>`; every point's value is checked against the knob's range.
+    pub fn set_lane(
+        &mut self,
+        knob: &str,
+        lane: Option<&AutomationLane>,
+        facts: &BackendFacts,
+    ) -> SessionResult<()> {
+        let what = || format!("automation lane of `{knob}`");
+        if let Some(id) = knob.strip_prefix(LORA_PREFIX) {
+            facts.check_adapter(id)?;
+        } else {
+            let spec = knob_spec(knob).ok_or_else(|| SessionError::UnknownKnob {
+                name: knob.to_string(),
+            })?;
+            if spec.class == PropagationClass::Structural {
+                return Err(SessionError::bad_value(
+                    what(),
+                    format!("`{knob}` reshapes the ring and cannot follow a lane"),
+                ));
+            }
+        }
+        let Some(lane) = lane else {
+            self.lanes.remove(knob);
+            return Ok(());
+        };
+        lane.check_shape(knob)?;
+        for (i, p) in lane.points.iter().enumerate() {
+            check_knob(knob, p.value).map_err(|e| {
+                SessionError::bad_value(format!("{} point {i}", what()), e.to_string())
+            })?;
+        }
+        self.lanes.insert(knob.to_string(), lane.clone());
+        Ok(())
+    }
+
+    /// The automation lanes by knob name.
+    pub fn lanes(&self) -> &BTreeMap<String, AutomationLane> {
+        &self.lanes
+    }
+
+    /// Set every automated knob's target to its lane's value `at_s` seconds into the song (the
+    /// playhead at a tick boundary). Slewed knobs then slew toward it as from a hand.
+    pub fn follow_lanes(&mut self, at_s: f64, facts: &BackendFacts) -> SessionResult<LaneMoves> {
+        let mut moves = LaneMoves::default();
+        if self.lanes.is_empty() {
+            return Ok(moves);
+        }
+        // Taken out while the knobs are set (and put back whatever happens): no copy per tick.
+        let lanes = std::mem::take(&mut self.lanes);
+        let mut result = Ok(());
+        for (name, lane) in &lanes {
+            let before = self.target_value(name);
+            match self.store_knob(name, lane.value_at(at_s), facts) {
+                Ok(c) => {
+                    moves.prompts |= c.prompts;
+                    moves.targets |= self.target_value(name) != before;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.lanes = lanes;
+        result.map(|()| moves)
+    }
+
+    /// A knob's target by name (`lora:<id>` included); `None` for a LoRA never set.
+    fn target_value(&self, name: &str) -> Option<f64> {
+        match name.strip_prefix(LORA_PREFIX) {
+            Some(id) => self.loras.get(id).map(|s| s.target),
+            None => Knob::from_name(name).map(|k| self.target.get(k)),
+        }
+    }
+
     /// Evaluate every drawn curve at a new window length.
     pub fn set_frames(&mut self, frames: usize) -> SessionResult<()> {
         let frames = frames.max(1);
@@ -801,6 +915,7 @@ impl Controls {
                 let checked = values
                     .iter()
                     .map(|(k, v)| {
+                        self.check_not_automated(k)?;
                         let v = check_knob(k, *v)?;
                         if let Some(id) = k.strip_prefix(LORA_PREFIX) {
                             facts.check_adapter(id)?;
@@ -820,6 +935,10 @@ impl Controls {
             }
             ControlMessage::SetCurve { name, curve } => {
                 self.set_curve(name, curve.as_ref())?;
+                Ok(Changed::default())
+            }
+            ControlMessage::SetAutomation { knob, lane } => {
+                self.set_lane(knob, lane.as_ref(), facts)?;
                 Ok(Changed::default())
             }
             ControlMessage::SetPrompt {
@@ -1124,6 +1243,44 @@ mod tests {
         f.adapter_triggers.clear();
         assert!(!c.set_knob("lora:funk", 1.0, &f).unwrap().prompts);
         assert_eq!(c.conditioning_prompts().a.tags, "house");
+    }
+
+    #[test]
+    fn a_lora_lane_switches_its_trigger_words_as_it_crosses_zero() {
+        use crate::automation::{AutomationLane, LaneInterpolation, LanePoint};
+        let mut f = facts();
+        f.adapter_triggers
+            .insert("funk".into(), vec!["slap bass".into()]);
+        let mut c = Controls::new(Prompt::tags("house"), 100);
+        let lane = AutomationLane {
+            points: vec![
+                LanePoint {
+                    at_s: 0.0,
+                    value: 0.0,
+                },
+                LanePoint {
+                    at_s: 1.0,
+                    value: 0.8,
+                },
+            ],
+            interpolation: LaneInterpolation::Step,
+        };
+        c.set_lane("lora:funk", Some(&lane), &f).unwrap();
+        let off = c.follow_lanes(0.5, &f).unwrap();
+        assert!(off.targets, "an adapter never set now has a strength");
+        assert!(!off.prompts);
+        assert_eq!(c.conditioning_prompts().a.tags, "house");
+        let on = c.follow_lanes(1.5, &f).unwrap();
+        assert_eq!((on.targets, on.prompts), (true, true));
+        assert_eq!(c.conditioning_prompts().a.tags, "slap bass, house");
+        // Same place, nothing moves; the hand is refused while the lane is on.
+        assert_eq!(c.follow_lanes(1.6, &f).unwrap(), LaneMoves::default());
+        assert!(c.set_knob("lora:funk", 0.2, &f).is_err());
+        let back = c.follow_lanes(0.2, &f).unwrap();
+        assert_eq!((back.targets, back.prompts), (true, true));
+        assert_eq!(c.conditioning_prompts().a.tags, "house");
+        c.set_lane("lora:funk", None, &f).unwrap();
+        assert!(c.set_knob("lora:funk", 0.2, &f).is_ok());
     }
 
     #[test]

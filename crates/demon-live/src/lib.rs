@@ -21,9 +21,11 @@
 //!   [`resolve`]: files and library songs turned into sources; [`bench`]: measured figures.
 //! - [`analysis`]: tempo, key, duration and loudness measured on each loaded source;
 //!   [`loudness`]: the meter of what plays and the matcher that keeps it at the source's.
+//! - [`automation`]: knob automation lanes over the song timeline, followed by the playhead.
 //! - [`error`]: `SessionError`, every refusal and failure with a stable wire code.
 
 pub mod analysis;
+pub mod automation;
 pub mod bench;
 pub mod budget;
 pub mod bus;

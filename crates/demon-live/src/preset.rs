@@ -1,5 +1,5 @@
 //! Presets: the whole state a performer sets — prompts, every knob of the catalog, LoRA
-//! strengths, drawn curves, solver modes, slew, the source (by reference) and the loop band —
+//! strengths, drawn curves, automation lanes, solver modes, slew, the source (by reference) and the loop band —
 //! as one versioned JSON document (`"preset_version": 1`, docs/protocol.md, "Presets").
 //!
 //! A preset is the state, not a list of changes: a field left out takes the catalog's default,
@@ -19,6 +19,7 @@ use std::path::Path;
 use demon_engine::{CfgMode, CurveSpec, DcwMode, SolverKind};
 use serde::{Deserialize, Serialize};
 
+use crate::automation::AutomationLane;
 use crate::error::{SessionError, SessionResult};
 
 /// The preset format version this build reads and writes.
@@ -40,6 +41,9 @@ pub struct Preset {
     pub loras: BTreeMap<String, f64>,
     /// Drawn curves by curve name, as their specs.
     pub curves: BTreeMap<String, CurveSpec>,
+    /// Knob automation lanes by knob name (`lora:<id>` for LoRA strengths).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub automation: BTreeMap<String, AutomationLane>,
     pub solver: SolverKind,
     pub cfg_mode: CfgMode,
     pub dcw_enabled: bool,

@@ -98,6 +98,12 @@ impl RenderSpec {
     /// source) are refused, so a render never silently ignores a flag.
     fn check_controls_act(&self, facts: &BackendFacts) -> SessionResult<()> {
         let c = &self.controls;
+        if let Some(knob) = c.lanes().keys().next() {
+            return Err(SessionError::bad_value(
+                format!("automation lane of `{knob}`"),
+                "a lane follows a live session's playhead, and a render has none: draw a curve, or play the lane live and record it",
+            ));
+        }
         let source = c.source();
         let lane = requests::build_lane(c, facts)?;
         if c.prompts.negative.is_some() && lane.curves.guidance.is_none() {

@@ -63,6 +63,7 @@ impl Preset {
             knobs,
             loras,
             curves: controls.curve_specs(),
+            automation: controls.lanes().clone(),
             solver: controls.solver,
             cfg_mode: controls.cfg_mode,
             dcw_enabled: controls.dcw_enabled,
@@ -105,6 +106,11 @@ impl Preset {
         for (name, spec) in &self.curves {
             next.set_curve(name, Some(spec))
                 .map_err(field(format!("curves.{name}")))?;
+        }
+        // After the knobs: an automated knob refuses a hand value.
+        for (name, lane) in &self.automation {
+            next.set_lane(name, Some(lane), facts)
+                .map_err(field(format!("automation.{name}")))?;
         }
         let p = &self.prompts;
         next.prompts.a = Prompt {

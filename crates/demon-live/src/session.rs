@@ -643,6 +643,10 @@ fn restore_message(msg: &ControlMessage, before: &SessionState) -> Option<Contro
             name: name.clone(),
             curve: before.curves.get(name).cloned(),
         },
+        ControlMessage::SetAutomation { knob, .. } => ControlMessage::SetAutomation {
+            knob: knob.clone(),
+            lane: before.automation.get(knob).cloned(),
+        },
         ControlMessage::SetSolver { .. } => ControlMessage::SetSolver {
             solver: before.solver,
         },

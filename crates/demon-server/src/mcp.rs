@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use demon_engine::CurveSpec;
+use demon_live::automation::{AutomationLane, LaneInterpolation, LanePoint};
 use demon_live::control::{ControlMessage, ReferenceRole, SourceSpec};
 use demon_live::preset::PromptTask;
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -145,6 +146,51 @@ pub struct CurveArgs {
     /// "max":1,"cycles":4}, {"type":"square",...}, {"type":"pulse",...}, {"type":"constant",
     /// "value":v} or {"type":"raw","values":[...]}; null removes the curve.
     pub curve: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct AutomationArgs {
+    /// The knob the lane moves: any catalog knob but depth and steps (e.g. denoise, feedback,
+    /// shift, structure), or lora:<id> for an adapter's strength.
+    pub knob: String,
+    /// Points over the song timeline, strictly increasing in time:
+    /// [{"at_s": 0, "value": 0.3}, {"at_s": 8, "value": 0.9}]. Values within the knob's range.
+    pub points: Vec<PointArg>,
+    /// Between points: "step", "linear" (the default) or "smooth".
+    #[serde(default)]
+    pub interpolation: Option<InterpolationArg>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
+pub struct PointArg {
+    /// Seconds into the song.
+    pub at_s: f64,
+    /// The knob's value there.
+    pub value: f64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InterpolationArg {
+    Step,
+    Linear,
+    Smooth,
+}
+
+impl From<InterpolationArg> for LaneInterpolation {
+    fn from(i: InterpolationArg) -> Self {
+        match i {
+            InterpolationArg::Step => Self::Step,
+            InterpolationArg::Linear => Self::Linear,
+            InterpolationArg::Smooth => Self::Smooth,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct KnobNameArgs {
+    /// The knob whose automation lane is removed.
+    pub knob: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -309,6 +355,38 @@ impl DemonMcp {
         self.control(ControlMessage::SetKnob {
             name: "blend".into(),
             value: a.value,
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Automate a knob over the song timeline: the playhead plays the lane back at every tick (step, linear or smooth between points), and the knob refuses hand moves until the lane is cleared. Recorded and replayed exactly."
+    )]
+    async fn set_automation(&self, Parameters(a): Parameters<AutomationArgs>) -> ToolResult {
+        self.control(ControlMessage::SetAutomation {
+            knob: a.knob,
+            lane: Some(AutomationLane {
+                points: a
+                    .points
+                    .iter()
+                    .map(|p| LanePoint {
+                        at_s: p.at_s,
+                        value: p.value,
+                    })
+                    .collect(),
+                interpolation: a.interpolation.map(Into::into).unwrap_or_default(),
+            }),
+        })
+        .await
+    }
+
+    #[tool(
+        description = "Remove a knob's automation lane; the knob keeps the value the lane last gave it and can be moved by hand again."
+    )]
+    async fn clear_automation(&self, Parameters(a): Parameters<KnobNameArgs>) -> ToolResult {
+        self.control(ControlMessage::SetAutomation {
+            knob: a.knob,
+            lane: None,
         })
         .await
     }

@@ -725,5 +725,45 @@ async fn mcp_lists_tools_and_sets_a_knob() {
     );
     let r = sse_json(&post(call(16, "swap_to_audio", json!({"path": "/etc/passwd"}))).await);
     assert_eq!(r["result"]["isError"], json!(true), "{r}");
+
+    // Issue 12, item 3: an automation lane, set and cleared; a hand move meanwhile is refused.
+    let points = json!([{"at_s": 0.0, "value": 0.3}, {"at_s": 4.0, "value": 0.8}]);
+    let r = sse_json(
+        &post(call(
+            17,
+            "set_automation",
+            json!({"knob": "feedback", "points": points, "interpolation": "step"}),
+        ))
+        .await,
+    );
+    assert_eq!(r["result"]["isError"], json!(false), "{r}");
+    let lane = handle.state().unwrap().automation["feedback"].clone();
+    assert_eq!(lane.points.len(), 2);
+    assert_eq!(
+        lane.interpolation,
+        demon_live::automation::LaneInterpolation::Step
+    );
+    let r = sse_json(
+        &post(call(
+            18,
+            "set_knob",
+            json!({"name": "feedback", "value": 0.5}),
+        ))
+        .await,
+    );
+    assert_eq!(r["result"]["isError"], json!(true), "{r}");
+    assert!(r.to_string().contains("automation lane"), "{r}");
+    let r = sse_json(
+        &post(call(
+            19,
+            "set_automation",
+            json!({"knob": "depth", "points": points}),
+        ))
+        .await,
+    );
+    assert_eq!(r["result"]["isError"], json!(true), "{r}");
+    let r = sse_json(&post(call(20, "clear_automation", json!({"knob": "feedback"}))).await);
+    assert_eq!(r["result"]["isError"], json!(false), "{r}");
+    assert!(handle.state().unwrap().automation.is_empty());
     handle.stop().unwrap();
 }

@@ -36,6 +36,7 @@ const S = {
   effective: {}, // slew-limited values the engine uses
   touched: {}, // knob → time of the last local change
   curves: {}, // curve name → CurveSpec
+  automation: {}, // knob name → automation lane { points: [{at_s, value}], interpolation }
   playing: false, // the session's play state
   band: null, // [start_s, end_s]
   pos: 0, // worklet position in source samples
@@ -503,6 +504,7 @@ function applyState(st) {
     setKnobUI(name, t, true);
   }
   S.curves = Object.assign({}, st.curves || {});
+  S.automation = Object.assign({}, st.automation || {});
   markCurved();
   const setText = (id, v) => {
     if (document.activeElement !== $(id)) $(id).value = v ?? '';
@@ -654,6 +656,12 @@ function clampKnob(name, v) {
 
 // A change made by the performer (fader, field, key, MIDI): show it and send it.
 function userKnob(name, value, flush) {
+  if (S.automation[name]) {
+    // The server refuses hand moves of an automated knob; say so here instead of sending one.
+    showNotice(`${name} follows its automation lane: clear the lane to move it by hand`);
+    setKnobUI(name, S.target[name], true);
+    return;
+  }
   const v = clampKnob(name, value);
   S.touched[name] = performance.now();
   setKnobUI(name, v, true);
@@ -736,6 +744,12 @@ function onApplied(m) {
     case 'set_curve':
       if (msg.curve) S.curves[msg.name] = msg.curve;
       else delete S.curves[msg.name];
+      markCurved();
+      dirty.curve = true;
+      break;
+    case 'set_automation':
+      if (msg.lane) S.automation[msg.knob] = msg.lane;
+      else delete S.automation[msg.knob];
       markCurved();
       dirty.curve = true;
       break;
@@ -1099,8 +1113,13 @@ function setupWave() {
 // ---------------------------------------------------------------- curves
 
 let curveSel = null;
+let curveKind = 'curve'; // 'curve': a per-frame curve; 'lane': a knob's automation lane
 let draft = null; // Float32Array while drawing
 let lastIdx = -1;
+// Knobs offered as automation tabs (DEMON automates these; any knob but depth and steps can
+// carry a lane through the API), and every adapter's strength.
+const LANE_KNOBS = ['denoise', 'structure', 'timbre', 'feedback', 'shift', 'blend', 'guidance'];
+const LANE_POINTS = 65;
 
 function curveRange(name) {
   const spec = S.specs.get(name);
@@ -1114,27 +1133,108 @@ function buildCurveTabs(names) {
     const b = document.createElement('button');
     b.textContent = n;
     b.dataset.curve = n;
-    b.addEventListener('click', () => selectCurve(n));
+    b.addEventListener('click', () => selectCurve(n, 'curve'));
     tabs.append(b);
   }
-  selectCurve(names.includes(curveSel) ? curveSel : names[0] || null);
+  const lanes = $('lane-tabs');
+  for (const b of [...lanes.querySelectorAll('button')]) b.remove();
+  const knobs = [...LANE_KNOBS.filter((k) => S.specs.has(k)), ...[...S.specs.keys()].filter((k) => k.startsWith('lora:'))];
+  for (const k of knobs) {
+    const b = document.createElement('button');
+    b.textContent = k;
+    b.dataset.lane = k;
+    b.addEventListener('click', () => selectCurve(k, 'lane'));
+    lanes.append(b);
+  }
+  const keep = curveKind === 'curve' ? names.includes(curveSel) : knobs.includes(curveSel);
+  if (keep) selectCurve(curveSel, curveKind);
+  else selectCurve(names[0] || null, 'curve');
 }
 
-function selectCurve(name) {
+function selectCurve(name, kind) {
   curveSel = name;
-  for (const b of $('curve-tabs').children) b.classList.toggle('sel', b.dataset.curve === name);
+  curveKind = kind || 'curve';
+  for (const b of $('curve-tabs').children) b.classList.toggle('sel', curveKind === 'curve' && b.dataset.curve === name);
+  for (const b of $('lane-tabs').querySelectorAll('button')) b.classList.toggle('sel', curveKind === 'lane' && b.dataset.lane === name);
+  if (curveKind === 'lane' && S.automation[name]) $('lane-interp').value = S.automation[name].interpolation || 'linear';
   markCurved();
   dirty.curve = true;
 }
 
 function markCurved() {
   for (const b of $('curve-tabs').children) b.classList.toggle('active', !!S.curves[b.dataset.curve]);
-  for (const [name, f] of faders) f.el.classList.toggle('curved', !!S.curves[name]);
-  if (curveSel) {
-    const c = S.curves[curveSel];
-    const [lo, hi] = curveRange(curveSel);
-    $('curve-info').textContent = `${curveSel} [${lo} … ${hi}]: ${c ? `${c.type} curve` : 'no curve (the knob applies)'}`;
+  for (const b of $('lane-tabs').querySelectorAll('button')) b.classList.toggle('active', !!S.automation[b.dataset.lane]);
+  for (const [name, f] of faders) {
+    f.el.classList.toggle('curved', !!S.curves[name]);
+    f.el.classList.toggle('automated', !!S.automation[name]);
   }
+  if (curveSel) {
+    const [lo, hi] = curveRange(curveSel);
+    if (curveKind === 'lane') {
+      const l = S.automation[curveSel];
+      $('curve-info').textContent = `automate ${curveSel} [${lo} … ${hi}]: ${l ? `${l.interpolation || 'linear'} lane of ${l.points.length} points (the playhead moves the knob)` : 'no lane (the knob is moved by hand)'}`;
+    } else {
+      const c = S.curves[curveSel];
+      $('curve-info').textContent = `${curveSel} [${lo} … ${hi}]: ${c ? `${c.type} curve` : 'no curve (the knob applies)'}`;
+    }
+  }
+}
+
+// A lane's value at `t` seconds (as the server does, demon-live automation.rs).
+function laneValueAt(lane, t) {
+  const p = lane.points || [];
+  if (!p.length) return 0;
+  let next = 0;
+  while (next < p.length && p[next].at_s <= t) next++;
+  if (next === 0) return p[0].value;
+  const a = p[next - 1], b = p[next];
+  if (!b) return a.value;
+  const u = Math.min(1, Math.max(0, (t - a.at_s) / (b.at_s - a.at_s)));
+  const w = lane.interpolation === 'step' ? 0 : lane.interpolation === 'smooth' ? u * u * (3 - 2 * u) : u;
+  return a.value + (b.value - a.value) * w;
+}
+
+function evalLane(lane, n) {
+  const out = new Float32Array(n);
+  const song = S.songSeconds || 1;
+  for (let i = 0; i < n; i++) out[i] = laneValueAt(lane, (song * i) / Math.max(1, n - 1));
+  return out;
+}
+
+// What the canvas shows for the selected tab: its drawn curve or its lane, at `n` points.
+function selectedValues(n) {
+  if (curveKind === 'lane') return S.automation[curveSel] ? evalLane(S.automation[curveSel], n) : null;
+  return S.curves[curveSel] ? evalCurve(S.curves[curveSel], n) : null;
+}
+
+// `values` over the whole song as a lane of LANE_POINTS points.
+function laneOf(values) {
+  const song = S.songSeconds || 1;
+  const points = [];
+  for (let i = 0; i < LANE_POINTS; i++) {
+    const x = i / (LANE_POINTS - 1);
+    const v = values[Math.round(x * (values.length - 1))];
+    points.push({ at_s: Math.round(x * song * 1e4) / 1e4, value: clampKnob(curveSel, Math.round(v * 1e4) / 1e4) });
+  }
+  return { points, interpolation: $('lane-interp').value };
+}
+
+function sendLane(knob, lane) {
+  control({ type: 'set_automation', knob, lane }).then((r) => {
+    if (!r) return;
+    if (lane) S.automation[knob] = lane;
+    else delete S.automation[knob];
+    markCurved();
+    dirty.curve = true;
+  });
+  dirty.curve = true;
+}
+
+// The selected tab's shape from the buttons (ramp, sine), as a curve or as a lane.
+function sendShape(spec) {
+  if (!curveSel) return;
+  if (curveKind === 'lane') sendLane(curveSel, laneOf(evalCurve(spec, CURVE_POINTS)));
+  else sendCurve(curveSel, spec);
 }
 
 // Evaluate a curve spec at `n` points over the song (as the server does, demon-engine curve.rs).
@@ -1236,7 +1336,7 @@ function drawCurve() {
     g.stroke();
     g.setLineDash([]);
   }
-  const values = draft || (S.curves[curveSel] ? evalCurve(S.curves[curveSel], CURVE_POINTS) : null);
+  const values = draft || selectedValues(CURVE_POINTS);
   if (values) {
     g.strokeStyle = draft ? '#ffb347' : '#ff5b37';
     g.lineWidth = 2 * devicePixelRatio;
@@ -1276,7 +1376,7 @@ function setupCurve() {
   cv.addEventListener('pointerdown', (e) => {
     if (!curveSel) return;
     cv.setPointerCapture(e.pointerId);
-    draft = S.curves[curveSel] ? evalCurve(S.curves[curveSel], CURVE_POINTS) : new Float32Array(CURVE_POINTS).fill(knobOrMid(curveSel));
+    draft = selectedValues(CURVE_POINTS) || new Float32Array(CURVE_POINTS).fill(knobOrMid(curveSel));
     lastIdx = -1;
     paint(e);
   });
@@ -1288,7 +1388,8 @@ function setupCurve() {
     const values = Array.from(draft, (v) => Math.round(v * 1e4) / 1e4);
     draft = null;
     lastIdx = -1;
-    sendCurve(curveSel, { type: 'raw', values });
+    if (curveKind === 'lane') sendLane(curveSel, laneOf(values));
+    else sendCurve(curveSel, { type: 'raw', values });
   };
   cv.addEventListener('pointerup', finish);
   cv.addEventListener('pointercancel', finish);
@@ -1683,18 +1784,23 @@ function wire() {
     if (e.dataTransfer.files.length) uploadFile(e.dataTransfer.files[0]);
   });
   uploadHint();
-  $('curve-clear').addEventListener('click', () => curveSel && sendCurve(curveSel, null));
+  $('curve-clear').addEventListener('click', () => curveSel && (curveKind === 'lane' ? sendLane(curveSel, null) : sendCurve(curveSel, null)));
   $('curve-ramp-up').addEventListener('click', () => {
     const [lo, hi] = curveRange(curveSel);
-    sendCurve(curveSel, { type: 'ramp', start: lo, end: hi });
+    sendShape({ type: 'ramp', start: lo, end: hi });
   });
   $('curve-ramp-down').addEventListener('click', () => {
     const [lo, hi] = curveRange(curveSel);
-    sendCurve(curveSel, { type: 'ramp', start: hi, end: lo });
+    sendShape({ type: 'ramp', start: hi, end: lo });
   });
   $('curve-sine').addEventListener('click', () => {
     const [lo, hi] = curveRange(curveSel);
-    sendCurve(curveSel, { type: 'sine', min: lo, max: hi, cycles: 4, phase: 0 });
+    sendShape({ type: 'sine', min: lo, max: hi, cycles: 4, phase: 0 });
+  });
+  // A lane's interpolation changes with the menu at once; a curve has none.
+  $('lane-interp').addEventListener('change', () => {
+    const l = curveKind === 'lane' && S.automation[curveSel];
+    if (l) sendLane(curveSel, { points: l.points, interpolation: $('lane-interp').value });
   });
   $('midi-enable').addEventListener('click', () => enableMidi(false));
   $('midi-clear').addEventListener('click', () => {

@@ -599,6 +599,22 @@ impl LiveCore {
         Ok(ctx)
     }
 
+    /// Automated knobs take their lanes' values at the playhead (`crate::automation`); a LoRA
+    /// lane crossing zero with trigger words changes the prompts, which are conditioned again.
+    /// Returns whether a knob's target moved.
+    fn follow_lanes(&mut self) -> SessionResult<bool> {
+        let at_s = self.playback.buffer.playhead() as f64 / self.facts.sample_rate as f64;
+        let moves = self.controls.follow_lanes(at_s, &self.facts)?;
+        if moves.prompts {
+            self.conds = Conds::prepare(
+                self.backend.conditioner.as_mut(),
+                &self.controls.conditioning_prompts(),
+                self.controls.timbre_latent(),
+            )?;
+        }
+        Ok(moves.targets)
+    }
+
     /// The request and lane for this tick, from the one builder.
     fn build(&mut self) -> SessionResult<(demon_engine::SlotRequest, SharedLane)> {
         let context = self.context()?;
@@ -628,7 +644,8 @@ impl LiveCore {
         let started = Instant::now();
         let depth_cap = self.depth_cap;
         let dt = self.cfg.samples_per_tick as f64 / self.facts.sample_rate as f64;
-        let knobs_changed = self.controls.advance(dt);
+        let lanes_moved = self.follow_lanes()?;
+        let knobs_changed = self.controls.advance(dt) || lanes_moved;
         requests::push_adapters(
             &self.controls,
             self.backend.denoiser.as_mut(),
@@ -789,6 +806,7 @@ impl LiveCore {
             knobs: c.knob_map(),
             targets: c.target_map(),
             curves: c.curve_specs(),
+            automation: c.lanes().clone(),
             prompt: c.prompts.a.tags.clone(),
             prompt_b: c.prompts.b.clone(),
             negative: c.prompts.negative.clone(),
@@ -864,6 +882,9 @@ pub struct SessionState {
     pub knobs: BTreeMap<String, f64>,
     pub targets: BTreeMap<String, f64>,
     pub curves: BTreeMap<String, CurveSpec>,
+    /// Knob automation lanes by knob name (`crate::automation`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub automation: BTreeMap<String, crate::automation::AutomationLane>,
     pub prompt: String,
     pub prompt_b: Option<String>,
     pub negative: Option<String>,
