@@ -117,7 +117,9 @@ impl AutomationLane {
             LaneInterpolation::Linear => u,
             LaneInterpolation::Smooth => u * u * (3.0 - 2.0 * u),
         };
-        a.value + (b.value - a.value) * w
+        // Clamped to the two points: rounding must never step outside the knob's range, where
+        // the value would be refused at a tick boundary.
+        (a.value + (b.value - a.value) * w).clamp(a.value.min(b.value), a.value.max(b.value))
     }
 }
 
