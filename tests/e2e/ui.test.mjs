@@ -181,7 +181,11 @@ async function main() {
       '--disable-component-update',
       '--disable-sync',
       '--autoplay-policy=no-user-gesture-required',
+      // A fake microphone (a beeping tone) that needs no prompt: the references check records it.
+      '--use-fake-device-for-media-stream',
+      '--use-fake-ui-for-media-stream',
     ],
+    permissions: ['microphone'],
   });
   page = context.pages()[0] || (await context.newPage());
   page.on('pageerror', (e) => pageErrors.push(e.message));
@@ -678,6 +682,57 @@ async function main() {
     assert((await state()).source === 'tone.wav', 'the old source stays');
     await waitFor('slices after the bad upload', async () => (await demon(() => window.demon.slicesReceived)) >= s1 + 3, 20000);
     return `library → ${lib} (${measured}); upload → tone.wav ("${info}", ${lit} waveform pixels); junk.wav → "${err}"`;
+  });
+
+  await check('references: an uploaded WAV becomes the timbre reference, the microphone the structure one; a preset saves them, clear removes them', async () => {
+    const source = (await state()).source;
+    // A 2 s 48 kHz mono 16-bit WAV of a chord.
+    const n = 2 * 48000;
+    const wav = Buffer.alloc(44 + n * 2);
+    wav.write('RIFF', 0);
+    wav.writeUInt32LE(36 + n * 2, 4);
+    wav.write('WAVEfmt ', 8);
+    wav.writeUInt32LE(16, 16);
+    wav.writeUInt16LE(1, 20);
+    wav.writeUInt16LE(1, 22);
+    wav.writeUInt32LE(48000, 24);
+    wav.writeUInt32LE(48000 * 2, 28);
+    wav.writeUInt16LE(2, 32);
+    wav.writeUInt16LE(16, 34);
+    wav.write('data', 36);
+    wav.writeUInt32LE(n * 2, 40);
+    for (let i = 0; i < n; i++) {
+      const t = i / 48000;
+      const v = [220, 277.2, 329.6].reduce((a, f) => a + Math.sin(2 * Math.PI * f * t), 0) / 3;
+      wav.writeInt16LE(Math.round(v * 12000), 44 + 2 * i);
+    }
+    await page.setInputFiles('#ref-timbre-upload', { name: 'voice.wav', mimeType: 'audio/wav', buffer: wav });
+    await waitFor('the upload as the timbre reference', async () => (await state()).timbre_reference === 'voice.wav', 30000);
+    await waitFor('the page naming it', async () => (await page.locator('#ref-timbre-name').textContent()).includes('voice.wav'), 10000);
+    assert((await state()).source === source, `the source stays (${(await state()).source})`);
+    // The microphone (Chromium's fake device): about 1.5 s recorded in the page, uploaded as a WAV.
+    await page.click('#ref-structure-mic');
+    await page.waitForTimeout(1500);
+    await page.click('#ref-structure-mic');
+    const mic = await waitFor('the microphone as the structure reference', async () => {
+      const r = (await state()).structure_reference;
+      return r && r.startsWith('microphone-') ? r : null;
+    }, 30000);
+    const micSeconds = await demon(() => window.demon.micSeconds);
+    assert(micSeconds > 0.8 && micSeconds < 5, `the recording is about as long as the press (${micSeconds} s)`);
+    const preset = (await api('/api/preset')).json;
+    assert(JSON.stringify(preset.references) === JSON.stringify({ timbre: { kind: 'upload', name: 'voice.wav' }, structure: { kind: 'upload', name: mic } }), `the preset saves both (${JSON.stringify(preset.references)})`);
+    await page.click('#ref-timbre-clear');
+    await page.click('#ref-structure-clear');
+    await waitFor('both cleared', async () => {
+      const st = await state();
+      return st.timbre_reference == null && st.structure_reference == null;
+    }, 10000);
+    const shown = await waitFor('the page showing the source again', async () => {
+      const t = await page.locator('#ref-timbre-name').textContent();
+      return t.includes("source's own") ? t : null;
+    }, 10000);
+    return `timbre ← voice.wav, structure ← ${mic} (${micSeconds.toFixed(2)} s of microphone), preset references saved, cleared ("${shown}")`;
   });
 
   await check('MIDI learn: L arms the server and the browser; a CC then drives the knob', async () => {

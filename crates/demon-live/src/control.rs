@@ -166,12 +166,28 @@ pub enum ControlMessage {
     /// Make the whole performer-set state that of a preset ([`crate::preset`]), all or
     /// nothing. `source` is the preset's source as the runner takes it (audio, a latent, or
     /// `none`), resolved by the front end from `preset.source`; absent, the playing source
-    /// stays. A session file records the resolved source as a latent.
+    /// stays. `references` are the preset's timbre and structure references resolved the same
+    /// way (`none` clears one); a role left out keeps its reference (an upload the server
+    /// cannot restore). A session file records the resolved source and references as latents.
     LoadPreset {
         preset: Box<Preset>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         source: Option<SourceSpec>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        references: BTreeMap<ReferenceRole, SourceSpec>,
     },
+}
+
+impl ControlMessage {
+    /// Load `preset` with its own source and references, which a front end resolves
+    /// (`source` absent, no `references`).
+    pub fn load_preset(preset: Preset) -> Self {
+        Self::LoadPreset {
+            preset: Box::new(preset),
+            source: None,
+            references: BTreeMap::new(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Presets: the whole state a performer sets — prompts, every knob of the catalog, LoRA
-//! strengths, drawn curves, automation lanes, solver modes, slew, the source (by reference) and the loop band —
+//! strengths, drawn curves, automation lanes, solver modes, slew, the source and the timbre and
+//! structure references (by reference) and the loop band —
 //! as one versioned JSON document (`"preset_version": 1`, docs/protocol.md, "Presets").
 //!
 //! A preset is the state, not a list of changes: a field left out takes the catalog's default,
@@ -11,7 +12,8 @@
 //!
 //! The source is saved as the session knows it: a library song, a file path (re-resolved
 //! through the media folders by the front end on load) or an upload, which has no file and is
-//! reported as not restorable when loaded.
+//! reported as not restorable when loaded. The timbre and structure references are saved
+//! the same way.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -51,6 +53,9 @@ pub struct Preset {
     /// Slew rate of slewed knobs in ranges per second.
     pub slew_per_second: f64,
     pub source: PresetSource,
+    /// The separate references of the `timbre` and `structure` faders, saved as the source is.
+    #[serde(skip_serializing_if = "PresetReferences::is_empty")]
+    pub references: PresetReferences,
     /// The loop band in seconds of the song; `None` plays the whole song.
     pub loop_band: Option<PresetLoopBand>,
 }
@@ -115,6 +120,22 @@ impl PromptTask {
 pub struct PresetLoopBand {
     pub start_s: f64,
     pub end_s: f64,
+}
+
+/// The references of the `timbre` and `structure` faders (`none`: the fader follows the
+/// source's own). Kept apart from the control's role type so that the document does not
+/// depend on the control messages (which carry a preset).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresetReferences {
+    pub timbre: PresetSource,
+    pub structure: PresetSource,
+}
+
+impl PresetReferences {
+    pub fn is_empty(&self) -> bool {
+        self.timbre == PresetSource::None && self.structure == PresetSource::None
+    }
 }
 
 /// Where the preset's source comes from, as the session knows it.

@@ -14,12 +14,13 @@ use std::path::Path;
 
 use demon_engine::Prompt;
 
-use crate::control::{ControlMessage, SourceSpec};
+use crate::control::{ControlMessage, ReferenceRole, SourceSpec};
 use crate::controls::{Controls, LORA_PREFIX};
 use crate::error::{SessionError, SessionResult};
 use crate::facts::BackendFacts;
 use crate::preset::{
-    PRESET_VERSION, Preset, PresetLoopBand, PresetPrompts, PresetSource, PromptTask,
+    PRESET_VERSION, Preset, PresetLoopBand, PresetPrompts, PresetReferences, PresetSource,
+    PromptTask,
 };
 use crate::record::SessionFile;
 
@@ -70,6 +71,18 @@ impl Preset {
             dcw_mode: controls.dcw_mode,
             slew_per_second: controls.slew_per_second(),
             source: PresetSource::from_name(controls.source().map(|s| s.name.as_str())),
+            references: PresetReferences {
+                timbre: PresetSource::from_name(
+                    controls
+                        .reference(ReferenceRole::Timbre)
+                        .map(|s| s.name.as_str()),
+                ),
+                structure: PresetSource::from_name(
+                    controls
+                        .reference(ReferenceRole::Structure)
+                        .map(|s| s.name.as_str()),
+                ),
+            },
             loop_band: loop_band.map(|(start_s, end_s)| PresetLoopBand { start_s, end_s }),
         }
     }
@@ -171,19 +184,26 @@ pub fn is_session_file(text: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
-/// The state a recorded session ended in, as a preset and the source it played (the recorded
-/// latent; `None` when it never changed from the header's), found by applying its control
-/// events in order to the controls of its header. Audio and clocks are not replayed.
-pub fn final_state(
-    file: &SessionFile,
-    facts: &BackendFacts,
-) -> SessionResult<(Preset, Option<SourceSpec>)> {
+/// The state a recorded session ended in: the controls as a preset, and the source and
+/// references it played as recorded (latents).
+pub struct FinalState {
+    pub preset: Preset,
+    /// `None` when the source never changed from the header's.
+    pub source: Option<SourceSpec>,
+    /// The references set at the end (`none` for a role cleared or never set).
+    pub references: BTreeMap<ReferenceRole, SourceSpec>,
+}
+
+/// The state a recorded session ended in, found by applying its control events in order to
+/// the controls of its header. Audio and clocks are not replayed.
+pub fn final_state(file: &SessionFile, facts: &BackendFacts) -> SessionResult<FinalState> {
     let cfg = &file.config;
     let mut controls = Controls::from_config(cfg, facts.frames(cfg.song_seconds), facts)?;
     let mut source = match &cfg.source {
         SourceSpec::None => None,
         s => Some(s.clone()),
     };
+    let mut references: BTreeMap<ReferenceRole, SourceSpec> = BTreeMap::new();
     let mut band = None;
     for (tick, message) in &file.events {
         let at = |e: SessionError| {
@@ -191,18 +211,23 @@ pub fn final_state(
         };
         match message {
             ControlMessage::SetSource { source: s } => source = Some(s.clone()),
+            ControlMessage::SetReference { role, source: s } => {
+                references.insert(*role, s.clone());
+            }
             ControlMessage::SetLoopBand { start_s, end_s } => band = Some((*start_s, *end_s)),
             ControlMessage::ClearLoopBand => band = None,
-            // References are not part of a preset (yet): a recording's are not carried over.
-            ControlMessage::Seek { .. }
-            | ControlMessage::SetPlaying { .. }
-            | ControlMessage::SetReference { .. } => {}
-            ControlMessage::LoadPreset { preset, source: s } => {
+            ControlMessage::Seek { .. } | ControlMessage::SetPlaying { .. } => {}
+            ControlMessage::LoadPreset {
+                preset,
+                source: s,
+                references: r,
+            } => {
                 preset.apply_to(&mut controls, facts).map_err(at)?;
                 band = preset.checked_loop_band().map_err(at)?;
                 if let Some(s) = s {
                     source = Some(s.clone());
                 }
+                references.extend(r.iter().map(|(role, s)| (*role, s.clone())));
             }
             other => {
                 controls.apply(other, facts).map_err(at)?;
@@ -210,7 +235,25 @@ pub fn final_state(
         }
     }
     let mut preset = Preset::of(&controls, band);
-    preset.source = match &source {
+    preset.source = preset_source(source.as_ref());
+    let reference = |role| preset_source(references.get(&role));
+    preset.references = PresetReferences {
+        timbre: reference(ReferenceRole::Timbre),
+        structure: reference(ReferenceRole::Structure),
+    };
+    for role in [ReferenceRole::Timbre, ReferenceRole::Structure] {
+        references.entry(role).or_insert(SourceSpec::None);
+    }
+    Ok(FinalState {
+        preset,
+        source,
+        references,
+    })
+}
+
+/// How a preset names a source the session played.
+fn preset_source(source: Option<&SourceSpec>) -> PresetSource {
+    match source {
         None | Some(SourceSpec::None) => PresetSource::None,
         Some(SourceSpec::Audio { name, .. } | SourceSpec::Latent { name, .. }) => {
             PresetSource::from_name(Some(name))
@@ -220,8 +263,7 @@ pub fn final_state(
             index: *index,
         },
         Some(SourceSpec::File { path }) => PresetSource::File { path: path.clone() },
-    };
-    Ok((preset, source))
+    }
 }
 
 /// What `demon serve --load FILE` applies: a preset file as a `load_preset` control (its
@@ -241,22 +283,17 @@ pub fn load_file(
             },
             other => other,
         })?;
-        return Ok((
-            ControlMessage::LoadPreset {
-                preset: Box::new(preset),
-                source: None,
-            },
-            Vec::new(),
-        ));
+        return Ok((ControlMessage::load_preset(preset), Vec::new()));
     }
     drop(bytes);
     let file = crate::record::read_session(path)?;
     file.check_backend(&facts.name)?;
-    let (preset, source) = final_state(&file, facts)?;
+    let last = final_state(&file, facts)?;
     Ok((
         ControlMessage::LoadPreset {
-            preset: Box::new(preset),
-            source: Some(source.unwrap_or(SourceSpec::None)),
+            preset: Box::new(last.preset),
+            source: Some(last.source.unwrap_or(SourceSpec::None)),
+            references: last.references,
         },
         file.warnings,
     ))

@@ -1272,38 +1272,46 @@ fn run(
 /// (large) latent.
 fn echo(m: &ControlMessage) -> ControlMessage {
     match m {
-        ControlMessage::SetSource {
-            source:
-                crate::control::SourceSpec::Latent {
-                    name,
-                    frames,
-                    channels,
-                    ..
-                },
-        } => ControlMessage::SetSource {
-            source: crate::control::SourceSpec::Latent {
-                name: name.clone(),
-                frames: *frames,
-                channels: *channels,
-                data_b64: String::new(),
-            },
+        ControlMessage::SetSource { source } => ControlMessage::SetSource {
+            source: echo_source(source),
         },
-        ControlMessage::SetSource {
-            source: crate::control::SourceSpec::Audio { name, .. },
-        } => ControlMessage::SetSource {
-            source: crate::control::SourceSpec::Audio {
-                name: name.clone(),
-                channels: Vec::new(),
-            },
+        ControlMessage::SetReference { role, source } => ControlMessage::SetReference {
+            role: *role,
+            source: echo_source(source),
         },
-        ControlMessage::LoadPreset { preset, source } => ControlMessage::LoadPreset {
+        ControlMessage::LoadPreset {
+            preset,
+            source,
+            references,
+        } => ControlMessage::LoadPreset {
             preset: preset.clone(),
-            source: source.as_ref().map(|s| {
-                match echo(&ControlMessage::SetSource { source: s.clone() }) {
-                    ControlMessage::SetSource { source } => source,
-                    _ => crate::control::SourceSpec::None,
-                }
-            }),
+            source: source.as_ref().map(echo_source),
+            references: references
+                .iter()
+                .map(|(role, s)| (*role, echo_source(s)))
+                .collect(),
+        },
+        other => other.clone(),
+    }
+}
+
+/// A source as [`echo`] shows it: a latent or audio without its data.
+fn echo_source(source: &SourceSpec) -> SourceSpec {
+    match source {
+        SourceSpec::Latent {
+            name,
+            frames,
+            channels,
+            ..
+        } => SourceSpec::Latent {
+            name: name.clone(),
+            frames: *frames,
+            channels: *channels,
+            data_b64: String::new(),
+        },
+        SourceSpec::Audio { name, .. } => SourceSpec::Audio {
+            name: name.clone(),
+            channels: Vec::new(),
         },
         other => other.clone(),
     }

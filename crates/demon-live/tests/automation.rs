@@ -183,24 +183,14 @@ fn presets_carry_lanes() {
     // Loaded into a fresh session, the lane drives the knob there too.
     let mut other =
         LiveCore::new(config(2.0), backend(Box::new(SketchDenoiser::default()))).unwrap();
-    other
-        .apply(&ControlMessage::LoadPreset {
-            preset: Box::new(back),
-            source: None,
-        })
-        .unwrap();
+    other.apply(&ControlMessage::load_preset(back)).unwrap();
     assert_eq!(other.state().automation["feedback"], feedback);
     // A preset without lanes clears them (a preset is the whole state).
     let plain = LiveCore::new(config(2.0), backend(Box::new(SketchDenoiser::default())))
         .unwrap()
         .preset();
     assert!(!plain.to_json().contains("automation"));
-    other
-        .apply(&ControlMessage::LoadPreset {
-            preset: Box::new(plain),
-            source: None,
-        })
-        .unwrap();
+    other.apply(&ControlMessage::load_preset(plain)).unwrap();
     assert!(other.state().automation.is_empty());
 }
 

@@ -209,3 +209,98 @@ fn a_timbre_reference_changes_the_audio_and_bad_references_change_nothing() {
     assert_eq!(submitted(&mut core), before, "nothing changed");
     assert_eq!(core.state().timbre_reference, None);
 }
+
+/// A latent source spec renamed (the name is what a preset saves).
+fn named(spec: SourceSpec, name: &str) -> SourceSpec {
+    match spec {
+        SourceSpec::Latent {
+            frames,
+            channels,
+            data_b64,
+            ..
+        } => SourceSpec::Latent {
+            name: name.into(),
+            frames,
+            channels,
+            data_b64,
+        },
+        other => other,
+    }
+}
+
+#[test]
+fn a_preset_carries_the_references_and_loading_it_gives_the_same_requests() {
+    use demon_live::preset::PresetSource;
+    use std::collections::BTreeMap;
+
+    let timbre = named(song(style("funk"), 5, 150), "library:funk:5");
+    let structure = named(song(style("techno"), 9, 40), "take.wav");
+    let mut played = core();
+    set(&mut played, ReferenceRole::Timbre, timbre.clone());
+    set(&mut played, ReferenceRole::Structure, structure.clone());
+    let preset = played.preset();
+    assert_eq!(
+        preset.references.timbre,
+        PresetSource::Library {
+            style: "funk".into(),
+            index: 5
+        }
+    );
+    assert_eq!(
+        preset.references.structure,
+        PresetSource::Upload {
+            name: "take.wav".into()
+        }
+    );
+    let json = preset.to_json();
+    assert!(json.contains("\"references\""), "{json}");
+    assert_eq!(
+        demon_live::preset::Preset::from_json(json.as_bytes()).unwrap(),
+        preset
+    );
+
+    // Loaded with its references resolved (what a front end does): the same requests, bit
+    // for bit, as the session that set them one by one; recorded as latents.
+    let mut loaded = core();
+    let references = BTreeMap::from([
+        (ReferenceRole::Timbre, timbre),
+        (ReferenceRole::Structure, structure),
+    ]);
+    let recorded = loaded
+        .apply(&ControlMessage::LoadPreset {
+            preset: Box::new(preset.clone()),
+            source: None,
+            references,
+        })
+        .unwrap();
+    let ControlMessage::LoadPreset { references, .. } = &recorded else {
+        panic!("{recorded:?}")
+    };
+    assert!(
+        references
+            .values()
+            .all(|s| matches!(s, SourceSpec::Latent { .. })),
+        "{references:?}"
+    );
+    let st = loaded.state();
+    assert_eq!(st.timbre_reference.as_deref(), Some("library:funk:5"));
+    assert_eq!(st.structure_reference.as_deref(), Some("take.wav"));
+    assert_eq!(submitted(&mut loaded), submitted(&mut played));
+
+    // A reference that cannot be one (over a minute) refuses the whole preset, naming it.
+    let mut refused = core();
+    let before = submitted(&mut refused);
+    let e = refused
+        .apply(&ControlMessage::LoadPreset {
+            preset: Box::new(preset),
+            source: None,
+            references: BTreeMap::from([(ReferenceRole::Structure, song(style("funk"), 5, 2000))]),
+        })
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("references.structure") && e.to_string().contains("at most 60 s"),
+        "{e}"
+    );
+    assert_eq!(refused.state().timbre_reference, None, "nothing changed");
+    assert_eq!(submitted(&mut refused), before);
+}

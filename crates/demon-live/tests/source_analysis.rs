@@ -146,11 +146,7 @@ fn a_prompt_without_a_task_plays_a_cover_while_a_source_plays() {
     assert_eq!(preset.prompts.time_signature, Some(3));
     core.apply(&set_task(PromptTask::Auto)).unwrap();
     assert_eq!(core.state().task, GenerationTask::Cover);
-    core.apply(&ControlMessage::LoadPreset {
-        preset: Box::new(preset),
-        source: None,
-    })
-    .unwrap();
+    core.apply(&ControlMessage::load_preset(preset)).unwrap();
     let st = core.state();
     assert_eq!(
         (st.task, st.task_auto),

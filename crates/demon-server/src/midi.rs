@@ -56,10 +56,7 @@ pub fn dispatch(svc: &Arc<Service>, runtime: &tokio::runtime::Handle, msg: &[u8]
                     // again (which may decode a file), so it runs on `runtime`.
                     let svc = svc.clone();
                     runtime.spawn(async move {
-                        let load = ControlMessage::LoadPreset {
-                            preset,
-                            source: None,
-                        };
+                        let load = ControlMessage::load_preset(*preset);
                         match svc.apply(Origin::Midi, load).await {
                             Ok(ack) => {
                                 for w in ack.warnings {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use demon_live::SessionError;
 use demon_live::budget::RealtimeReport;
-use demon_live::control::{ControlMessage, PropagationClass};
+use demon_live::control::{ControlMessage, PropagationClass, ReferenceRole};
 use demon_live::controls::KnobSpec;
 use demon_live::core::SessionState;
 use serde::{Deserialize, Serialize};
@@ -219,10 +219,13 @@ pub enum Request {
     GetState,
     /// Answered by `pong`.
     Ping,
-    /// The next binary frame holds an audio file to make the source; `name` hints the format.
+    /// The next binary frame holds an audio file to make the source (or, with `role`, the
+    /// timbre or structure reference); `name` hints the format.
     Upload {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<ReferenceRole>,
     },
     /// Start or stop recording what is played to a WAV.
     Record { action: RecordAction },

@@ -9,6 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
+use demon_live::control::ReferenceRole;
 use serde::Deserialize;
 
 use crate::protocol::{AckBody, ApiError, ErrorBody};
@@ -92,6 +93,8 @@ pub async fn analyze(State(svc): State<Arc<Service>>, Query(q): Query<AnalyzeQue
 #[derive(Deserialize)]
 pub struct UploadQuery {
     name: Option<String>,
+    /// `timbre` or `structure`: the upload becomes that reference instead of the source.
+    role: Option<ReferenceRole>,
 }
 
 pub async fn upload_source(
@@ -100,7 +103,7 @@ pub async fn upload_source(
     body: Bytes,
 ) -> Response {
     let name = q.name.unwrap_or_else(|| "upload".into());
-    ack(svc.upload(Origin::Rest, name, body.to_vec()).await)
+    ack(svc.upload(Origin::Rest, name, q.role, body.to_vec()).await)
 }
 
 /// The loop as a WAV, streamed: each piece is converted when the connection is ready for it.

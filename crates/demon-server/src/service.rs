@@ -11,6 +11,7 @@
 //! [`Service::queue`] is called, so a surface can read its next request while the last one waits
 //! for its tick, and the controls still apply in the order they came.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use std::time::Instant;
 use demon_live::SessionError;
 use demon_live::analysis::SourceAnalysis;
 use demon_live::bus::Subscriber;
-use demon_live::control::{ControlMessage, SourceSpec};
+use demon_live::control::{ControlMessage, ReferenceRole, SourceSpec};
 use demon_live::controls::{CURVE_NAMES, KNOBS};
 use demon_live::core::SessionState;
 use demon_live::media::MediaDirs;
@@ -424,51 +425,50 @@ impl Service {
         })
     }
 
-    /// A preset's source as the runner takes it, and what cannot be restored: a file is found
-    /// again through the media folders, a library song composed again; an upload has no file,
-    /// so the playing source stays (with a warning, unless it is that upload).
+    /// A preset's source (or reference: `field` names which, `playing` is what plays there
+    /// now) as the runner takes it, and what cannot be restored: a file is found again
+    /// through the media folders, a library song composed again; an upload has no file, so
+    /// what plays stays (`None`, with a warning, unless it is that upload).
     fn preset_source(
         &self,
+        field: &str,
         source: &PresetSource,
+        playing: Option<&str>,
     ) -> Result<(Option<SourceSpec>, Vec<String>), ApiError> {
-        let field =
-            |e: ApiError| ApiError::new(e.code, format!("preset field `source`: {}", e.message));
-        Ok(match source {
-            PresetSource::None => (Some(SourceSpec::None), Vec::new()),
-            PresetSource::Library { style, index } => (
-                Some(
-                    self.resolve_spec(&SourceSpec::Library {
-                        style: style.clone(),
-                        index: *index,
-                    })
-                    .map_err(field)?,
-                ),
-                Vec::new(),
-            ),
-            PresetSource::File { path } => (
-                Some(
-                    self.resolve_spec(&SourceSpec::File { path: path.clone() })
-                        .map_err(field)?,
-                ),
-                Vec::new(),
-            ),
+        let in_field =
+            |e: ApiError| ApiError::new(e.code, format!("preset field `{field}`: {}", e.message));
+        let spec = match source {
+            PresetSource::None => SourceSpec::None,
+            PresetSource::Library { style, index } => SourceSpec::Library {
+                style: style.clone(),
+                index: *index,
+            },
+            PresetSource::File { path } => SourceSpec::File { path: path.clone() },
             PresetSource::Upload { name } => {
-                let playing = self.handle.state().and_then(|s| s.source);
-                let warnings = if playing.as_deref() == Some(name.as_str()) {
+                let warnings = if playing == Some(name.as_str()) {
                     Vec::new()
                 } else {
                     vec![format!(
-                        "source: the upload `{name}` is not restorable (an upload has no file on the server); the playing source is kept"
+                        "{field}: the upload `{name}` is not restorable (an upload has no file on the server); {} is kept",
+                        if field == "source" {
+                            "the playing source"
+                        } else {
+                            "the reference set now"
+                        }
                     )]
                 };
-                (None, warnings)
+                return Ok((None, warnings));
             }
-        })
+        };
+        Ok((
+            Some(self.resolve_spec(&spec).map_err(in_field)?),
+            Vec::new(),
+        ))
     }
 
     /// Library and file sources become audio or a latent (the runner takes only those), and a
-    /// preset's source reference its source; returns the warnings of what could not be
-    /// restored. May decode a file: call it off the async workers.
+    /// preset's source and references their sources; returns the warnings of what could not
+    /// be restored. May decode a file: call it off the async workers.
     fn resolve(&self, message: ControlMessage) -> Result<(ControlMessage, Vec<String>), ApiError> {
         Ok(match message {
             ControlMessage::SetSource { source } => (
@@ -486,20 +486,56 @@ impl Service {
             ),
             ControlMessage::LoadPreset {
                 preset,
-                source: Some(source),
-            } => (
-                ControlMessage::LoadPreset {
-                    preset,
-                    source: Some(self.resolve_spec(&source)?),
-                },
-                Vec::new(),
-            ),
-            ControlMessage::LoadPreset {
-                preset,
-                source: None,
+                source,
+                references,
             } => {
-                let (source, warnings) = self.preset_source(&preset.source)?;
-                (ControlMessage::LoadPreset { preset, source }, warnings)
+                // A message that names its source (a session file's last state) is taken as
+                // it is; one without takes the source and references of its preset.
+                let from_preset = source.is_none();
+                let state = self.handle.state();
+                let mut warnings = Vec::new();
+                let source = match source {
+                    Some(s) => Some(self.resolve_spec(&s)?),
+                    None => {
+                        let playing = state.as_ref().and_then(|s| s.source.clone());
+                        let (s, w) =
+                            self.preset_source("source", &preset.source, playing.as_deref())?;
+                        warnings.extend(w);
+                        s
+                    }
+                };
+                let mut resolved = BTreeMap::new();
+                for (role, s) in &references {
+                    resolved.insert(*role, self.resolve_spec(s)?);
+                }
+                if from_preset && references.is_empty() {
+                    for role in [ReferenceRole::Timbre, ReferenceRole::Structure] {
+                        let (saved, playing) = match role {
+                            ReferenceRole::Timbre => (
+                                &preset.references.timbre,
+                                state.as_ref().and_then(|s| s.timbre_reference.clone()),
+                            ),
+                            ReferenceRole::Structure => (
+                                &preset.references.structure,
+                                state.as_ref().and_then(|s| s.structure_reference.clone()),
+                            ),
+                        };
+                        let field = format!("references.{}", role.name());
+                        let (s, w) = self.preset_source(&field, saved, playing.as_deref())?;
+                        warnings.extend(w);
+                        if let Some(s) = s {
+                            resolved.insert(role, s);
+                        }
+                    }
+                }
+                (
+                    ControlMessage::LoadPreset {
+                        preset,
+                        source,
+                        references: resolved,
+                    },
+                    warnings,
+                )
             }
             other => (other, Vec::new()),
         })
@@ -553,14 +589,8 @@ impl Service {
         body: &[u8],
     ) -> Result<ControlAck, ApiError> {
         let preset = Preset::from_json(body)?;
-        self.apply(
-            origin,
-            ControlMessage::LoadPreset {
-                preset: Box::new(preset),
-                source: None,
-            },
-        )
-        .await
+        self.apply(origin, ControlMessage::load_preset(preset))
+            .await
     }
 
     /// The performer-set state as a preset, read between two ticks.
@@ -774,19 +804,21 @@ impl Service {
     }
 
     /// Decode an upload (streaming, straight to the session's rate and stereo), then make it
-    /// the source, unless a later source change arrived meanwhile (`superseded`); a bad file
-    /// leaves the old source.
+    /// the source, unless a later source change arrived meanwhile (`superseded`), or the
+    /// reference of `role`; a bad file leaves the old source (or reference).
     pub async fn upload(
         self: &Arc<Self>,
         origin: Origin,
         name: String,
+        role: Option<ReferenceRole>,
         bytes: Vec<u8>,
     ) -> Result<ControlAck, ApiError> {
         let limits = demon_audio::LoadLimits {
             max_seconds: self.opts.limits.max_upload_seconds,
             max_samples: self.opts.limits.max_upload_samples,
         };
-        let arrival = self.source_arrived();
+        // References are not source changes: they take effect in the order they are applied.
+        let arrival = role.is_none().then(|| self.source_arrived());
         let sr = self.sample_rate();
         let upload_name = name.clone();
         let audio = tokio::task::spawn_blocking(move || {
@@ -802,14 +834,25 @@ impl Service {
             name: name.clone(),
             channels: audio.channels,
         };
-        let mut ack = self
-            .source_control(
-                origin,
-                ControlMessage::SetSource { source },
-                Instant::now(),
-                arrival,
-            )
-            .await?;
+        let mut ack = match role {
+            Some(role) => {
+                self.control(
+                    origin,
+                    ControlMessage::SetReference { role, source },
+                    Instant::now(),
+                )
+                .await?
+            }
+            None => {
+                self.source_control(
+                    origin,
+                    ControlMessage::SetSource { source },
+                    Instant::now(),
+                    arrival.unwrap_or_default(),
+                )
+                .await?
+            }
+        };
         ack.source = Some(name);
         Ok(ack)
     }

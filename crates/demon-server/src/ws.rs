@@ -28,6 +28,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, body::Bytes};
 use demon_live::bus::{Event, Subscriber};
+use demon_live::control::ReferenceRole;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -432,7 +433,7 @@ async fn connection(svc: Arc<Service>, fanout: Arc<AudioFanout>, socket: Socket)
 
     let mut resync_rate = ResyncLimit::new(svc.limits().min_resync_interval);
     let mut rate = RateLimit::new(svc.limits().max_controls_per_second);
-    let mut pending_upload: Option<(Value, String)> = None;
+    let mut pending_upload: Option<(Value, String, Option<ReferenceRole>)> = None;
     // Controls waiting for their tick: the next request is read meanwhile (a client sending
     // 50 controls a second must not queue behind one tick each).
     let mut waiting = tokio::task::JoinSet::new();
@@ -459,9 +460,9 @@ async fn connection(svc: Arc<Service>, fanout: Arc<AudioFanout>, socket: Socket)
                 },
             },
             Message::Binary(bytes) => Some(match pending_upload.take() {
-                Some((id, name)) => {
+                Some((id, name, role)) => {
                     match svc
-                        .upload(Origin::Client(client_id), name, bytes.to_vec())
+                        .upload(Origin::Client(client_id), name, role, bytes.to_vec())
                         .await
                     {
                         Ok(ack) => ServerMessage::reply(id, ReplyResult::Applied(ack)),
@@ -532,7 +533,7 @@ async fn answer(
     client_id: u64,
     m: ClientMessage,
     rate: &mut RateLimit,
-    pending_upload: &mut Option<(Value, String)>,
+    pending_upload: &mut Option<(Value, String, Option<ReferenceRole>)>,
     (resync, resync_rate): (&mpsc::Sender<()>, &mut ResyncLimit),
     (waiting, replies): (&mut tokio::task::JoinSet<()>, &Outbox),
 ) -> Option<ServerMessage> {
@@ -564,8 +565,8 @@ async fn answer(
             let _ = resync.try_send(());
             return None;
         }
-        Request::Upload { name } => {
-            *pending_upload = Some((id, name.unwrap_or_else(|| "upload".into())));
+        Request::Upload { name, role } => {
+            *pending_upload = Some((id, name.unwrap_or_else(|| "upload".into()), role));
             return None;
         }
         Request::Control { message } => match rate.check() {

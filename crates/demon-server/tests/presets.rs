@@ -94,8 +94,10 @@ async fn settled_state(addr: SocketAddr) -> Value {
     }
 }
 
-const CONTROLS: [&str; 9] = [
+const CONTROLS: [&str; 10] = [
     r#"{"type":"set_source","source":{"kind":"library","style":"funk","index":1}}"#,
+    // A reference, carried by the preset and found again through the library.
+    r#"{"type":"set_reference","role":"timbre","source":{"kind":"library","style":"funk","index":1}}"#,
     r#"{"type":"set_knobs","values":{"denoise":0.35,"seed":7,"depth":2,"steps":4,"velocity_scale":1.5,"ch_g3":0.5}}"#,
     r#"{"type":"set_curve","name":"blend","curve":{"type":"ramp","start":0.0,"end":1.0}}"#,
     r#"{"type":"set_prompt","prompt":"techno, dark","prompt_b":"ambient","negative":"noise","bpm":128,"key":"A minor"}"#,
@@ -129,11 +131,17 @@ async fn a_saved_preset_loaded_into_a_new_server_gives_the_same_state() {
     assert_eq!(before["source"], "library:funk:1");
     assert_eq!(before["song_seconds"], 4.0, "the source's length");
     assert_eq!(before["solver"], "sde");
+    assert_eq!(before["timbre_reference"], "library:funk:1");
     let preset = get(a, "/api/preset").await;
     assert_eq!(preset["preset_version"], 1);
     assert_eq!(
         preset["source"],
         serde_json::json!({"kind": "library", "style": "funk", "index": 1})
+    );
+    assert_eq!(
+        preset["references"],
+        serde_json::json!({"timbre": {"kind": "library", "style": "funk", "index": 1},
+                           "structure": {"kind": "none"}})
     );
     assert_eq!(preset["knobs"]["seed"], 7.0);
     assert_eq!(preset["prompts"]["bpm"], 128.0);
@@ -150,6 +158,101 @@ async fn a_saved_preset_loaded_into_a_new_server_gives_the_same_state() {
     assert_eq!(after, before);
     assert_eq!(get(b, "/api/preset").await, preset);
     std::fs::remove_file(&path).unwrap();
+}
+
+/// A 2 s 48 kHz stereo WAV of a tone.
+fn tone_wav() -> Vec<u8> {
+    let tone: Vec<f32> = (0..2 * 48_000)
+        .map(|i| (i as f32 * 0.05).sin() * 0.4)
+        .collect();
+    let audio = demon_engine::Audio::new(48_000, vec![tone.clone(), tone]).unwrap();
+    demon_audio::wav_bytes(&audio, demon_audio::WavFormat::Pcm16, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_becomes_a_reference_and_its_preset_keeps_it_where_it_plays() {
+    let a = serve(
+        common::server_options("presets", "ref-a"),
+        common::session(8.0),
+    )
+    .await;
+    // With `role`, an upload is that reference; the source stays.
+    let (code, body) = request(
+        a,
+        "POST",
+        "/api/source?name=take.wav&role=structure",
+        "audio/wav",
+        &tone_wav(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"source\":\"take.wav\""), "{body}");
+    let st = get(a, "/api/state").await;
+    assert_eq!(st["structure_reference"], "take.wav");
+    assert_eq!(st["timbre_reference"], Value::Null);
+    assert_eq!(
+        st["source"],
+        Value::Null,
+        "an upload with a role is not the source"
+    );
+    // A bad role is refused before anything is decoded.
+    let (code, body) = request(
+        a,
+        "POST",
+        "/api/source?name=take.wav&role=melody",
+        "audio/wav",
+        &tone_wav(),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = request(
+        a,
+        "POST",
+        "/api/source?name=voice.wav&role=timbre",
+        "audio/wav",
+        &tone_wav(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(get(a, "/api/state").await["timbre_reference"], "voice.wav");
+
+    let preset = get(a, "/api/preset").await;
+    assert_eq!(
+        preset["references"],
+        serde_json::json!({"timbre": {"kind": "upload", "name": "voice.wav"},
+                           "structure": {"kind": "upload", "name": "take.wav"}})
+    );
+    // Loaded where the uploads play: they stay, no warning.
+    let (code, body) = post(a, "/api/preset", &preset.to_string()).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains("not restorable"), "{body}");
+    assert_eq!(get(a, "/api/state").await["timbre_reference"], "voice.wav");
+    // Loaded into a server that never had them: the rest loads, each upload is reported.
+    let b = serve(
+        common::server_options("presets", "ref-b"),
+        common::session(8.0),
+    )
+    .await;
+    let (code, body) = post(b, "/api/preset", &preset.to_string()).await;
+    assert_eq!(code, 200, "{body}");
+    for (field, name) in [("timbre", "voice.wav"), ("structure", "take.wav")] {
+        assert!(
+            body.contains(&format!(
+                "references.{field}: the upload `{name}` is not restorable"
+            )),
+            "{body}"
+        );
+    }
+    // A preset without references clears them (a preset is the whole state).
+    let mut plain = preset.clone();
+    plain.as_object_mut().unwrap().remove("references");
+    let (code, body) = post(a, "/api/preset", &plain.to_string()).await;
+    assert_eq!(code, 200, "{body}");
+    let st = get(a, "/api/state").await;
+    assert_eq!(
+        (&st["timbre_reference"], &st["structure_reference"]),
+        (&Value::Null, &Value::Null)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -305,6 +305,31 @@ async fn websocket_protocol_end_to_end() {
     let r = ws.next_reply(10).await;
     assert_eq!(r["type"], "reply", "{r}");
     assert_eq!(handle.state().unwrap().source.as_deref(), Some("tone.wav"));
+    // With a `role`, the upload is that reference and the source stays; the echo names it
+    // without its audio.
+    let wav = demon_audio::wav_bytes(&audio, demon_audio::WavFormat::Pcm16, None);
+    ws.send(json!({"id": 11, "type": "upload", "name": "voice.wav", "role": "timbre"}))
+        .await;
+    ws.send_raw(Message::Binary(wav.into())).await;
+    let r = ws.next_reply(11).await;
+    assert_eq!(r["type"], "reply", "{r}");
+    assert_eq!(r["source"], "voice.wav");
+    let st = handle.state().unwrap();
+    assert_eq!(st.timbre_reference.as_deref(), Some("voice.wav"));
+    assert_eq!(st.source.as_deref(), Some("tone.wav"));
+    let echo = ws
+        .wait_for("the reference's echo", |v| {
+            v["type"] == "applied" && v["message"]["type"] == "set_reference"
+        })
+        .await;
+    assert_eq!(echo["message"]["role"], "timbre");
+    assert_eq!(echo["message"]["source"]["name"], "voice.wav");
+    let data = &echo["message"]["source"];
+    assert!(
+        data["data_b64"].as_str().is_none_or(str::is_empty)
+            && data["channels"].as_array().is_none_or(Vec::is_empty),
+        "the echo carries no audio: {echo}"
+    );
     handle.stop().unwrap();
 }
 

@@ -72,6 +72,8 @@ const demon = {
   knobToEar: {}, // the server's figures per class (stats.knob_to_ear)
   overloaded: false, // the session falls behind real time (stats.realtime)
   realtime: null, // the latest stats.realtime
+  references: { timbre: null, structure: null }, // the reference names the page shows
+  micSeconds: 0, // the length of the last microphone recording uploaded
 };
 window.demon = demon;
 
@@ -526,6 +528,8 @@ function applyState(st) {
   if (st.dcw_mode) $('dcw-mode').value = st.dcw_mode;
   if (st.slew_per_second != null) $('slew').value = st.slew_per_second;
   setSourceName(st.source);
+  setReferenceName('timbre', st.timbre_reference);
+  setReferenceName('structure', st.structure_reference);
   setBand(st.loop_band || null);
   if (st.playing != null) {
     S.playing = st.playing;
@@ -777,6 +781,11 @@ function onApplied(m) {
     case 'load_preset':
       refreshUsed();
       break;
+    case 'set_reference': {
+      const r = msg.source || {};
+      setReferenceName(msg.role, r.kind === 'none' ? null : r.name || (r.kind === 'library' ? `library:${r.style}:${r.index}` : r.path || r.kind));
+      break;
+    }
     case 'set_solver':
       $('solver').value = msg.solver;
       break;
@@ -884,6 +893,12 @@ async function loadLibrary(fromReady) {
     group.append(new Option(`${item.style.replace(/_/g, ' ')} #${item.index}`, item.id));
   }
   $('load-library').disabled = library.length === 0;
+  for (const role of REF_ROLES) {
+    const rs = $(`ref-${role}-library`);
+    if (!rs) continue;
+    rs.replaceChildren(new Option(library.length ? 'library…' : 'no library', ''));
+    for (const g of sel.querySelectorAll('optgroup')) rs.append(g.cloneNode(true));
+  }
 }
 
 function loadLibrarySource() {
@@ -901,8 +916,7 @@ async function uploadFile(file) {
   drawUploadWave(bytes.slice(0), file.name);
   if (!ws || ws.readyState !== WebSocket.OPEN) return showError('not connected: upload not sent');
   $('upload-info').textContent = `${file.name}: uploading ${(bytes.byteLength / 1024).toFixed(0)} KiB…`;
-  const done = request({ type: 'upload', name: file.name });
-  ws.send(bytes);
+  const done = sendUpload(bytes, file.name, null);
   try {
     const r = await done;
     $('upload-info').textContent = `${file.name}: now the source`;
@@ -911,6 +925,189 @@ async function uploadFile(file) {
   } catch (e) {
     $('upload-info').textContent = `${file.name}: rejected${lastUpload ? `; ${lastUpload.name} stays` : ''}`;
     if (lastUpload) drawUploadWave(lastUpload.bytes.slice(0), lastUpload.name);
+  }
+}
+
+// An `upload` request and its one binary frame: the new source, or with `role` the timbre
+// or structure reference. Resolves with the reply; rejects (after showing the error) on a
+// refusal or when not connected.
+function sendUpload(bytes, name, role) {
+  if (!ws || ws.readyState !== WebSocket.OPEN) {
+    showError(`not connected: ${name} was not uploaded`);
+    return Promise.reject(new Error('not connected'));
+  }
+  const done = request(role ? { type: 'upload', name, role } : { type: 'upload', name });
+  ws.send(bytes);
+  return done;
+}
+
+// ---------------------------------------------------------------- references
+
+// The timbre and structure faders steer toward a separate reference instead of the source's
+// own (issue 12, item 1): a library song, an uploaded file, a file in the server's media
+// folders, or up to MIC_MAX_S of the microphone, recorded here and uploaded as a WAV.
+const REF_ROLES = ['timbre', 'structure'];
+const MIC_MAX_S = 60;
+let mic = null; // the recording in progress: {role, stream, src, rec, sink, chunks, frames, rate, timer, t0}
+
+function setReferenceName(role, name) {
+  const el = $(`ref-${role}-name`);
+  if (el) el.textContent = name ? `reference: ${name}` : "the source's own";
+  demon.references[role] = name || null;
+}
+
+function setReference(role, source, what) {
+  return control({ type: 'set_reference', role, source }).then((r) => r && log('info', `${role} reference: ${what}`));
+}
+
+async function uploadReference(role, file) {
+  if (!file) return;
+  if (file.size > MAX_UPLOAD) return showError(`${file.name} is ${(file.size / 1048576).toFixed(1)} MiB; uploads are limited to 64 MiB`);
+  const bytes = await file.arrayBuffer();
+  $(`ref-${role}-name`).textContent = `${file.name}: uploading…`;
+  try {
+    const r = await sendUpload(bytes, file.name, role);
+    log('info', `${role} reference: ${r.source || file.name}`);
+  } catch (_) {
+    refreshUsed(); // the name the reference keeps
+  }
+}
+
+// Mono 16-bit PCM WAV of `samples` (Float32Array) at `rate` Hz.
+function wavBytes(samples, rate) {
+  const buf = new ArrayBuffer(44 + samples.length * 2);
+  const dv = new DataView(buf);
+  const text = (at, t) => [...t].forEach((c, i) => dv.setUint8(at + i, c.charCodeAt(0)));
+  text(0, 'RIFF');
+  dv.setUint32(4, 36 + samples.length * 2, true);
+  text(8, 'WAVEfmt ');
+  dv.setUint32(16, 16, true);
+  dv.setUint16(20, 1, true);
+  dv.setUint16(22, 1, true);
+  dv.setUint32(24, rate, true);
+  dv.setUint32(28, rate * 2, true);
+  dv.setUint16(32, 2, true);
+  dv.setUint16(34, 16, true);
+  text(36, 'data');
+  dv.setUint32(40, samples.length * 2, true);
+  for (let i = 0; i < samples.length; i++) {
+    const v = Math.max(-1, Math.min(1, samples[i]));
+    dv.setInt16(44 + 2 * i, Math.round(v * 32767), true);
+  }
+  return buf;
+}
+
+async function toggleMic(role) {
+  if (mic) return stopMic(); // whichever role's mic is pressed, the recording goes to its own role
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) return showError('this browser gives no microphone here (it needs https or localhost)');
+  if (!ctx || !workletReady) return showError('start the audio first (the microphone is recorded through its AudioContext)');
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
+  } catch (e) {
+    return showError(`microphone: ${e.message || e.name}`);
+  }
+  const src = ctx.createMediaStreamSource(stream);
+  const rec = new AudioWorkletNode(ctx, 'mic-recorder', { numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1] });
+  // Pulled by the graph through a silent gain, so the recorder runs without being heard.
+  const sink = ctx.createGain();
+  sink.gain.value = 0;
+  src.connect(rec).connect(sink).connect(ctx.destination);
+  mic = { role, stream, src, rec, sink, chunks: [], frames: 0, rate: ctx.sampleRate, t0: performance.now(), timer: 0 };
+  const m = mic;
+  rec.port.onmessage = (e) => {
+    if (e.data.type === 'mic') {
+      m.chunks.push(e.data.data);
+      m.frames += e.data.data.length;
+      if (m.frames >= MIC_MAX_S * m.rate && mic === m) stopMic();
+    } else if (e.data.type === 'stopped') m.done && m.done();
+  };
+  const btn = $(`ref-${role}-mic`);
+  btn.classList.add('on');
+  m.timer = setInterval(() => (btn.textContent = `stop ${((performance.now() - m.t0) / 1000).toFixed(0)} s`), 250);
+  log('info', `${role} reference: recording the microphone (up to ${MIC_MAX_S} s; press again to stop)`);
+}
+
+// Stop the microphone recording and upload it as its role's reference.
+async function stopMic() {
+  const m = mic;
+  if (!m) return;
+  mic = null;
+  clearInterval(m.timer);
+  const btn = $(`ref-${m.role}-mic`);
+  btn.classList.remove('on');
+  btn.textContent = 'mic';
+  const stopped = new Promise((resolve) => (m.done = resolve));
+  m.rec.port.postMessage({ type: 'stop' });
+  await Promise.race([stopped, new Promise((r) => setTimeout(r, 500))]);
+  m.src.disconnect();
+  m.rec.disconnect();
+  m.sink.disconnect();
+  for (const t of m.stream.getTracks()) t.stop();
+  const n = Math.min(m.frames, MIC_MAX_S * m.rate);
+  if (n < m.rate / 4) return showError('microphone: under ¼ s recorded, nothing uploaded');
+  const all = new Float32Array(n);
+  let at = 0;
+  for (const c of m.chunks) {
+    const take = Math.min(c.length, n - at);
+    all.set(c.subarray(0, take), at);
+    at += take;
+  }
+  const name = `microphone-${new Date().toISOString().slice(11, 19).replace(/:/g, '')}.wav`;
+  demon.micSeconds = n / m.rate;
+  $(`ref-${m.role}-name`).textContent = `${name}: uploading…`;
+  try {
+    const r = await sendUpload(wavBytes(all, m.rate), name, m.role);
+    log('info', `${m.role} reference: ${r.source || name} (${(n / m.rate).toFixed(1)} s of microphone)`);
+  } catch (_) {
+    refreshUsed();
+  }
+}
+
+function buildReferenceRows() {
+  const host = $('ref-rows');
+  host.replaceChildren();
+  for (const role of REF_ROLES) {
+    const row = document.createElement('div');
+    row.className = 'ref-row';
+    row.innerHTML = `<div class="row"><b>${role}</b> <span class="dim" id="ref-${role}-name">the source's own</span></div>
+      <div class="row">
+        <select id="ref-${role}-library" title="A library song as the ${role} reference"><option value="">library…</option></select>
+        <label class="file"><input id="ref-${role}-upload" type="file" accept="audio/*,.wav,.flac,.mp3,.ogg">upload…</label>
+        <input id="ref-${role}-path" type="text" class="ref-path" placeholder="media file" title="A file in the server's media folders (--media-dir), as a path; Enter sets it">
+        <button id="ref-${role}-mic" title="Record up to ${MIC_MAX_S} s of the microphone as the ${role} reference; press again to stop and upload">mic</button>
+        <button id="ref-${role}-clear" title="No ${role} reference: the ${role} fader follows the source again">clear</button>
+      </div>`;
+    host.append(row);
+    $(`ref-${role}-library`).addEventListener('change', (e) => {
+      const item = library.find((x) => x.id === e.target.value);
+      if (item) setReference(role, { kind: 'library', style: item.style, index: item.index }, item.id);
+      e.target.value = '';
+    });
+    $(`ref-${role}-upload`).addEventListener('change', (e) => {
+      uploadReference(role, e.target.files[0]);
+      e.target.value = '';
+    });
+    $(`ref-${role}-path`).addEventListener('keydown', (e) => {
+      if (e.key !== 'Enter') return;
+      e.preventDefault();
+      const path = e.target.value.trim();
+      if (path) setReference(role, { kind: 'file', path }, path);
+    });
+    $(`ref-${role}-mic`).addEventListener('click', () => toggleMic(role));
+    $(`ref-${role}-clear`).addEventListener('click', () => setReference(role, { kind: 'none' }, 'cleared'));
+    // A file dropped on the row is that role's reference, not the source.
+    row.addEventListener('dragover', (e) => {
+      e.preventDefault();
+      row.classList.add('drop');
+    });
+    row.addEventListener('dragleave', () => row.classList.remove('drop'));
+    row.addEventListener('drop', (e) => {
+      e.preventDefault();
+      e.stopPropagation();
+      row.classList.remove('drop');
+      if (e.dataTransfer.files.length) uploadReference(role, e.dataTransfer.files[0]);
+    });
   }
 }
 
@@ -1698,6 +1895,8 @@ function refreshUsed() {
       showUsed(m.state.used);
       showAnalysis(m.state.source_analysis);
       showAdapters(m.state);
+      setReferenceName('timbre', m.state.timbre_reference);
+      setReferenceName('structure', m.state.structure_reference);
     })
     .catch(() => null);
 }
@@ -1784,6 +1983,7 @@ function wire() {
     if (e.dataTransfer.files.length) uploadFile(e.dataTransfer.files[0]);
   });
   uploadHint();
+  buildReferenceRows();
   $('curve-clear').addEventListener('click', () => curveSel && (curveKind === 'lane' ? sendLane(curveSel, null) : sendCurve(curveSel, null)));
   $('curve-ramp-up').addEventListener('click', () => {
     const [lo, hi] = curveRange(curveSel);

@@ -21,6 +21,7 @@
 //                      {type:'watch', controls, start, n, tick}  report when the playhead first
 //                                                      plays [start, start + n) once the frame
 //                                                      of `tick` is applied (knob-to-ear)
+// (A second processor, 'mic-recorder' at the end of this file, records the microphone.)
 // Messages out:        {type:'frame', ...header, slices, frames, late, pos}   after each applied
 //                      frame; `late` counts slices that arrived with the playhead inside them,
 //                      `pos` is the playhead (source samples) when it arrived
@@ -342,3 +343,45 @@ class LoopPlayer extends AudioWorkletProcessor {
 }
 
 registerProcessor('loop-player', LoopPlayer);
+
+// Microphone recorder: the page connects a microphone stream to it and gets its first
+// channel back in blocks of MIC_BLOCK frames ({type:'mic', data: Float32Array}, transferred),
+// to upload as a timbre or structure reference. Its output is silence.
+const MIC_BLOCK = 4096;
+
+class MicRecorder extends AudioWorkletProcessor {
+  constructor() {
+    super();
+    this.block = new Float32Array(MIC_BLOCK);
+    this.fill = 0;
+    this.stopped = false;
+    this.port.onmessage = (e) => {
+      if (e.data && e.data.type === 'stop') {
+        this.flush();
+        this.stopped = true;
+        this.port.postMessage({ type: 'stopped' });
+      }
+    };
+  }
+
+  flush() {
+    if (this.fill === 0) return;
+    const out = this.block.slice(0, this.fill);
+    this.port.postMessage({ type: 'mic', data: out }, [out.buffer]);
+    this.fill = 0;
+  }
+
+  process(inputs) {
+    if (this.stopped) return false;
+    const ch = inputs[0] && inputs[0][0];
+    if (ch) {
+      for (let i = 0; i < ch.length; i++) {
+        this.block[this.fill++] = ch[i];
+        if (this.fill === MIC_BLOCK) this.flush();
+      }
+    }
+    return true;
+  }
+}
+
+registerProcessor('mic-recorder', MicRecorder);

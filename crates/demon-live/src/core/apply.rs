@@ -3,10 +3,11 @@
 //! when the depth did; sources, the loop band, seek and play act on the session itself. Every
 //! message is all or nothing: on error the session is as it was.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use super::LiveCore;
-use crate::control::{ControlMessage, SourceSpec};
+use crate::control::{ControlMessage, ReferenceRole, SourceSpec};
 use crate::error::{SessionError, SessionResult};
 use crate::loopbuf::LoopBand;
 use crate::preset::Preset;
@@ -60,8 +61,12 @@ impl LiveCore {
                     source: recorded,
                 });
             }
-            ControlMessage::LoadPreset { preset, source } => {
-                return self.load_preset(preset, source.as_ref());
+            ControlMessage::LoadPreset {
+                preset,
+                source,
+                references,
+            } => {
+                return self.load_preset(preset, source.as_ref(), references);
             }
             ControlMessage::SetLoopBand { start_s, end_s } => {
                 if !(start_s.is_finite() && end_s.is_finite() && *start_s >= 0.0) {
@@ -121,14 +126,27 @@ impl LiveCore {
     /// Load a preset, all or nothing: every value is checked (by `Controls`, as any control),
     /// the source decoded, the curves evaluated at the new song's window and the loop band
     /// checked against the new song before anything changes. Returns the message as recorded
-    /// (the source as a latent).
+    /// (the source and the references as latents).
     pub(super) fn load_preset(
         &mut self,
         preset: &Preset,
         source: Option<&SourceSpec>,
+        references: &BTreeMap<ReferenceRole, SourceSpec>,
     ) -> SessionResult<ControlMessage> {
         let mut next = self.controls.clone();
         preset.apply_to(&mut next, &self.facts)?;
+        let mut recorded_references = BTreeMap::new();
+        for (role, spec) in references {
+            let recorded = self
+                .prepare_reference(&mut next, *role, spec)
+                .map_err(|e| {
+                    SessionError::bad_value(
+                        format!("preset field `references.{}`", role.name()),
+                        e.to_string(),
+                    )
+                })?;
+            recorded_references.insert(*role, recorded);
+        }
         // Prepared here, on the tick thread: a preset's source is not prepared beside the
         // ticks as a `set_source` is (`session`), so a long one holds the ticks while it encodes.
         let prepared = source
@@ -174,6 +192,7 @@ impl LiveCore {
         Ok(ControlMessage::LoadPreset {
             preset: Box::new(preset.clone()),
             source: recorded,
+            references: recorded_references,
         })
     }
 }

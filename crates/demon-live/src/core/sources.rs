@@ -206,6 +206,25 @@ impl LiveCore {
         role: ReferenceRole,
         spec: &SourceSpec,
     ) -> SessionResult<SourceSpec> {
+        let mut next = self.controls.clone();
+        let recorded = self.prepare_reference(&mut next, role, spec)?;
+        if role == ReferenceRole::Timbre {
+            self.commit_conditioned(next)?;
+        } else {
+            self.controls = next;
+        }
+        Ok(recorded)
+    }
+
+    /// Encode `spec` (at most [`MAX_REFERENCE_SECONDS`]) and make it `role`'s reference in
+    /// `next`, which the caller commits; returns the reference as recorded (a latent, or
+    /// `none`). The session itself is not changed.
+    pub(super) fn prepare_reference(
+        &mut self,
+        next: &mut Controls,
+        role: ReferenceRole,
+        spec: &SourceSpec,
+    ) -> SessionResult<SourceSpec> {
         let latent = source_latent(spec, &self.facts, self.backend.codec.as_mut())?;
         if let Some((name, l)) = &latent
             && l.dim(1)? > self.facts.frames(MAX_REFERENCE_SECONDS) + 1
@@ -218,17 +237,12 @@ impl LiveCore {
                 ),
             ));
         }
-        let mut next = self.controls.clone();
-        next.set_reference(role, latent.clone());
-        if role == ReferenceRole::Timbre {
-            self.commit_conditioned(next)?;
-        } else {
-            self.controls = next;
-        }
-        match latent {
-            Some((name, l)) => latent_spec(&name, &l),
-            None => Ok(SourceSpec::None),
-        }
+        let recorded = match &latent {
+            Some((name, l)) => latent_spec(name, l)?,
+            None => SourceSpec::None,
+        };
+        next.set_reference(role, latent);
+        Ok(recorded)
     }
 
     /// [`apply_prepared_source`](Self::apply_prepared_source) with `next` (checked) as the
