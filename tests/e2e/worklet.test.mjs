@@ -21,7 +21,7 @@ function check(name, cond, detail = '') {
 }
 
 // Load the worklet with the AudioWorkletGlobalScope names it uses.
-function load(rate = 48000) {
+function load(rate = 48000, processor = 'loop-player') {
   const posted = [];
   let Proc = null;
   class AudioWorkletProcessor {
@@ -29,7 +29,9 @@ function load(rate = 48000) {
       this.port = { postMessage: (m) => posted.push(m), onmessage: null };
     }
   }
-  const scope = { AudioWorkletProcessor, registerProcessor: (name, cls) => (Proc = cls), sampleRate: rate, currentFrame: 0, Float32Array, Uint16Array, Uint8Array, Uint32Array, DataView, ArrayBuffer, Math, Number, Object, NaN, Infinity };
+  const scope = { AudioWorkletProcessor, registerProcessor: (name, cls) => {
+    if (name === processor) Proc = cls;
+  }, sampleRate: rate, currentFrame: 0, Float32Array, Uint16Array, Uint8Array, Uint32Array, DataView, ArrayBuffer, Math, Number, Object, NaN, Infinity };
   vm.runInNewContext(`${SRC}\n;this.__F16 = F16;`, scope);
   const p = new Proc({ processorOptions: { sourceRate: 48000 } });
   return { p, posted, F16: scope.__F16, send: (m) => p.port.onmessage({ data: m }) };
@@ -216,6 +218,24 @@ function frame(kind, start, channels /* [L, R] arrays of f16 bits */, tick = 7) 
   p.process([], [out]);
   const h2 = heard()[1];
   check('a slice watched with the playhead inside is heard at once', h2 && h2.controls.join() === '42,43');
+}
+
+// The microphone recorder: its input's first channel comes back in blocks, the rest at stop.
+{
+  const { p, posted, send } = load(48000, 'mic-recorder');
+  const quantum = (q) => Float32Array.from({ length: 128 }, (_, i) => Math.sin((q * 128 + i) * 0.01));
+  const fed = [];
+  for (let q = 0; q < 40; q++) {
+    const ch = quantum(q);
+    fed.push(...ch);
+    p.process([[ch, new Float32Array(128).fill(9)]], [[new Float32Array(128)]]);
+  }
+  const blocks = () => posted.filter((m) => m.type === 'mic');
+  check('the recorder posts full blocks while recording', blocks().length === 1 && blocks()[0].data.length === 4096, `${blocks().length} blocks`);
+  send({ type: 'stop' });
+  const got = blocks().flatMap((m) => [...m.data]);
+  check('at stop, the rest follows and every sample of the first channel comes back in order', got.length === fed.length && got.every((v, i) => Object.is(v, Math.fround(fed[i]))), `${got.length} of ${fed.length} samples`);
+  check('then it says it stopped and ends', posted.at(-1).type === 'stopped' && p.process([[quantum(0)]], [[new Float32Array(128)]]) === false);
 }
 
 if (failures) {

@@ -65,6 +65,16 @@ pub struct SessionArgs {
     /// Knob slew rate in full ranges per second (0: off).
     #[arg(long, default_value_t = 4.0)]
     pub slew: f64,
+    /// Idle pause: after this many seconds without a control (or a moving automation lane)
+    /// no new generations start and the loop plays on; one loop later decoding stops too.
+    /// The next control resumes. Off unless given.
+    #[arg(
+        long = "idle-pause-s",
+        env = "DEMON_IDLE_PAUSE_S",
+        value_name = "SECONDS",
+        allow_negative_numbers = true
+    )]
+    pub idle_pause_s: Option<f64>,
 }
 
 impl SessionArgs {
@@ -80,6 +90,12 @@ impl SessionArgs {
 
     /// What can be checked before a model loads: the prompt's fields and the source file.
     pub fn check(&self) -> Result<()> {
+        let max = demon_live::core::MAX_IDLE_PAUSE_SECONDS;
+        if let Some(s) = self.idle_pause_s
+            && !(s.is_finite() && s > 0.0 && s <= max)
+        {
+            bail!("--idle-pause-s {s}: give seconds in (0, {max}]");
+        }
         self.prompt().validate()?;
         crate::args::source_file(self.source.as_deref())
     }
@@ -132,6 +148,7 @@ impl SessionArgs {
             solver: self.solver.into(),
             cfg_mode: self.cfg_mode.into(),
             slew_per_second: self.slew,
+            idle_pause_seconds: self.idle_pause_s,
             ..Default::default()
         })
     }

@@ -90,6 +90,24 @@ fn a_negative_bpm_reaches_the_range_check() {
 }
 
 #[test]
+fn a_bad_idle_pause_is_refused_before_the_server_starts() {
+    for bad in ["-3", "0", "nan"] {
+        one_error_line(
+            &demon(&[
+                "serve",
+                "--idle-pause-s",
+                bad,
+                "--port",
+                "0",
+                "--no-osc",
+                "--no-midi",
+            ]),
+            "--idle-pause-s",
+        );
+    }
+}
+
+#[test]
 fn a_missing_file_is_one_line_naming_it() {
     let out = tmp("missing.wav");
     let out = out.to_str().unwrap();

@@ -65,6 +65,8 @@ pub enum Event {
         knob_to_ear: std::collections::BTreeMap<String, crate::latency::ClassLatency>,
         /// The loudness of what plays and the matcher's gain, which pages apply too.
         loudness: crate::loudness::LoudnessReport,
+        /// The idle pause holds generation (`crate::core::SessionConfig::idle_pause_seconds`).
+        idle: bool,
     },
     /// The loop slice `[start_sample, start_sample + samples)` decoded in `tick` is the first to
     /// carry the applied controls `controls` (ids): a client reports when it first plays it.
@@ -646,6 +648,7 @@ mod tests {
                 realtime: Default::default(),
                 knob_to_ear: Default::default(),
                 loudness: Default::default(),
+                idle: false,
             });
         }
         bus.publish(applied(7));

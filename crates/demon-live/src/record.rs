@@ -167,6 +167,14 @@ pub fn check_config(c: &SessionConfig) -> SessionResult<()> {
     seconds("keep_seconds", c.keep_seconds, true, 60.0)?;
     seconds("lead_seconds", c.lead_seconds, false, 60.0)?;
     seconds("slew_per_second", c.slew_per_second, false, 1000.0)?;
+    if let Some(s) = c.idle_pause_seconds {
+        seconds(
+            "idle_pause_seconds",
+            s,
+            true,
+            crate::core::MAX_IDLE_PAUSE_SECONDS,
+        )?;
+    }
     for (k, v) in &c.knobs {
         crate::controls::check_knob(k, *v)?;
     }

@@ -1231,6 +1231,7 @@ fn run(
             realtime: out.realtime,
             knob_to_ear: core.knob_to_ear(),
             loudness: core.loudness(),
+            idle: core.is_idle(),
         });
         let st = core.state();
         if out.knobs_changed {

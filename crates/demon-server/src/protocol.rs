@@ -533,6 +533,9 @@ pub struct Stats {
     /// Loudness of what plays and the matcher's gain (pages apply `gain_db` to their loop).
     #[serde(default)]
     pub loudness: demon_live::loudness::LoudnessReport,
+    /// The idle pause holds generation (`demon serve --idle-pause-s`) until the next control.
+    #[serde(default)]
+    pub idle: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -570,6 +573,7 @@ impl ServerMessage {
                 realtime,
                 knob_to_ear,
                 loudness,
+                idle,
             } => Self::Stats(Stats {
                 tick: *tick,
                 tick_ms: *tick_ms,
@@ -581,6 +585,7 @@ impl ServerMessage {
                 realtime: *realtime,
                 knob_to_ear: knob_to_ear.clone(),
                 loudness: *loudness,
+                idle: *idle,
             }),
             Event::Reflects {
                 tick,

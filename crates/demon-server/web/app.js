@@ -74,6 +74,7 @@ const demon = {
   realtime: null, // the latest stats.realtime
   references: { timbre: null, structure: null }, // the reference names the page shows
   micSeconds: 0, // the length of the last microphone recording uploaded
+  idle: false, // the idle pause holds generation (stats.idle)
 };
 window.demon = demon;
 
@@ -406,7 +407,9 @@ function onJson(m) {
       $('r-tick').textContent = m.tick;
       $('r-tickms').textContent = m.tick_ms.toFixed(1);
       $('r-decode').textContent = m.decode_ms.toFixed(1);
-      $('r-gen').textContent = m.gen_per_s.toFixed(2);
+      $('r-gen').textContent = m.idle ? 'idle' : m.gen_per_s.toFixed(2);
+      $('r-gen').title = m.idle ? 'idle pause: no control for --idle-pause-s seconds, so nothing new is generated and the loop plays what it holds; any control resumes' : 'generations finished per second';
+      demon.idle = !!m.idle;
       $('r-lead').textContent = m.lead_ms.toFixed(0);
       $('r-slots').textContent = `${m.active_slots}/${m.queue}`;
       S.leadMs = m.lead_ms;

@@ -19,6 +19,7 @@ impl LiveCore {
     pub fn apply(&mut self, msg: &ControlMessage) -> SessionResult<ControlMessage> {
         let recorded = self.apply_inner(msg)?;
         self.probe.control_version.fetch_add(1, Ordering::AcqRel);
+        self.last_activity_tick = self.tick;
         Ok(recorded)
     }
 
@@ -30,6 +31,7 @@ impl LiveCore {
     ) -> SessionResult<ControlMessage> {
         let source = self.apply_prepared_source(prepared)?;
         self.probe.control_version.fetch_add(1, Ordering::AcqRel);
+        self.last_activity_tick = self.tick;
         Ok(ControlMessage::SetSource { source })
     }
 

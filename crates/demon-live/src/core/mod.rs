@@ -96,6 +96,11 @@ pub struct SessionConfig {
     pub playing: bool,
     /// Receptive field of the codec; measured at start when absent.
     pub receptive_field: Option<ReceptiveField>,
+    /// DEMON's idle pause: after this many seconds of the session clock without a control
+    /// (or a moving automation lane), no new generations start and the loop keeps playing
+    /// what it holds; one song length later the windowed decode stops too. The next control
+    /// resumes both. Counted in ticks, so a replay pauses where the session did. `None`: never.
+    pub idle_pause_seconds: Option<f64>,
 }
 
 impl Default for SessionConfig {
@@ -120,6 +125,7 @@ impl Default for SessionConfig {
             slew_per_second: 4.0,
             playing: true,
             receptive_field: None,
+            idle_pause_seconds: None,
         }
     }
 }
@@ -131,6 +137,9 @@ pub struct SessionProbe {
     pub tick: AtomicU64,
     pub control_version: AtomicU64,
 }
+
+/// The longest idle pause a session takes ([`SessionConfig::idle_pause_seconds`]): a day.
+pub const MAX_IDLE_PAUSE_SECONDS: f64 = 86_400.0;
 
 /// The adaptive lead never goes below this many frames (`crate::lead`).
 pub const LEAD_FLOOR_FRAMES: u32 = 2;
@@ -166,6 +175,17 @@ pub struct TickOutput {
     pub realtime: RealtimeReport,
     /// Controls whose first carrying slice this tick decoded (`crate::latency`).
     pub reflected: Vec<Reflected>,
+}
+
+/// The idle pause's stages ([`SessionConfig::idle_pause_seconds`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Idle {
+    /// Generating as usual.
+    No,
+    /// No new generations; the windowed decode still sweeps the loop with the last latent.
+    NotGenerating,
+    /// The loop holds the last latent everywhere: decoding stops too.
+    NotDecoding,
 }
 
 /// A part of the core that carries state from tick to tick. `reset_state` forgets it; every
@@ -294,6 +314,9 @@ pub struct LiveCore {
     /// The lane the pipeline holds (`None` until the first tick sets one).
     lane: Option<SharedLane>,
     tick: u64,
+    /// The tick the last control was applied before (or a lane moved a knob): the idle
+    /// pause counts from it.
+    last_activity_tick: u64,
     pub probe: Arc<SessionProbe>,
     last_tick_ms: f32,
     last_decode_ms: f32,
@@ -325,6 +348,14 @@ impl LiveCore {
             return Err(SessionError::bad_value(
                 "samples_per_tick",
                 format!("{} is outside 1..=48000", cfg.samples_per_tick),
+            ));
+        }
+        if let Some(s) = cfg.idle_pause_seconds
+            && !(s.is_finite() && s > 0.0 && s <= MAX_IDLE_PAUSE_SECONDS)
+        {
+            return Err(SessionError::bad_value(
+                "idle pause",
+                format!("{s} s is outside (0, {MAX_IDLE_PAUSE_SECONDS}]"),
             ));
         }
         if !(cfg.song_seconds.is_finite()
@@ -393,6 +424,7 @@ impl LiveCore {
             lane: None,
             tick: 0,
             probe: Arc::new(SessionProbe::default()),
+            last_activity_tick: 0,
             last_tick_ms: 0.0,
             last_decode_ms: 0.0,
             budget: RealtimeBudget::new(tick_budget_ms),
@@ -645,6 +677,10 @@ impl LiveCore {
         let depth_cap = self.depth_cap;
         let dt = self.cfg.samples_per_tick as f64 / self.facts.sample_rate as f64;
         let lanes_moved = self.follow_lanes()?;
+        if lanes_moved {
+            self.last_activity_tick = self.tick;
+        }
+        let idle = self.idle();
         let knobs_changed = self.controls.advance(dt) || lanes_moved;
         requests::push_adapters(
             &self.controls,
@@ -661,7 +697,7 @@ impl LiveCore {
         self.follow_window(target);
 
         // Lane and request from the controls; the lane is swapped only when it changed.
-        let submit = self.playback.playing || self.harvest.latest.is_none();
+        let submit = (self.playback.playing && idle == Idle::No) || self.harvest.latest.is_none();
         let (request, lane) = if submit {
             let (r, l) = self.build()?;
             (Some(r), l)
@@ -680,7 +716,12 @@ impl LiveCore {
         let tick_ms = started.elapsed().as_secs_f32() * 1000.0;
 
         let decode_started = Instant::now();
-        let (patches, decoded_whole) = self.decode(target, region)?;
+        // Idle long enough, every window of the loop holds the last latent already.
+        let (patches, decoded_whole) = if idle == Idle::NotDecoding && report.active_slots == 0 {
+            (Vec::new(), false)
+        } else {
+            self.decode(target, region)?
+        };
         let replaced = decoded_whole || std::mem::take(&mut self.playback.replaced_between_ticks);
         let decode_ms = decode_started.elapsed().as_secs_f32() * 1000.0;
         let mut reflected = Vec::new();
@@ -748,6 +789,30 @@ impl LiveCore {
         self.tick += 1;
         self.probe.tick.store(self.tick, Ordering::Release);
         Ok(out)
+    }
+
+    /// Whether the idle pause holds generation now (`SessionConfig::idle_pause_seconds`).
+    pub fn is_idle(&self) -> bool {
+        self.idle() != Idle::No
+    }
+
+    /// Where the idle pause stands at this tick (`SessionConfig::idle_pause_seconds`).
+    fn idle(&self) -> Idle {
+        let Some(seconds) = self.cfg.idle_pause_seconds else {
+            return Idle::No;
+        };
+        let ticks_per_second = self.facts.sample_rate as f64 / self.cfg.samples_per_tick as f64;
+        let pause = (seconds * ticks_per_second).ceil() as u64;
+        let song =
+            (self.playback.buffer.len() as f64 / self.cfg.samples_per_tick as f64).ceil() as u64;
+        let quiet = self.tick.saturating_sub(self.last_activity_tick);
+        if quiet < pause {
+            Idle::No
+        } else if quiet < pause.saturating_add(song) {
+            Idle::NotGenerating
+        } else {
+            Idle::NotDecoding
+        }
     }
 
     /// Keep the finished latents that belong to this song and window.
@@ -839,6 +904,7 @@ impl LiveCore {
                 .band()
                 .map(|b| (b.start as f64 / sr, b.end as f64 / sr)),
             playing: self.playback.playing,
+            idle: self.is_idle(),
             depth: self.pipeline.depth(),
             realtime: self.budget.report(self.depth_cap),
             active_slots: self.pipeline.active_slots(),
@@ -927,6 +993,10 @@ pub struct SessionState {
     pub playhead_seconds: f64,
     pub loop_band: Option<(f64, f64)>,
     pub playing: bool,
+    /// The idle pause holds generation (`SessionConfig::idle_pause_seconds`): the loop plays
+    /// what it holds until the next control.
+    #[serde(default)]
+    pub idle: bool,
     /// The ring depth that runs: the `depth` knob, or less while the degrade policy caps it.
     pub depth: usize,
     /// The real-time budget: load, overload, the degrade policy's depth cap.
