@@ -41,6 +41,29 @@ function say(text) {
 }
 
 let passed = 0;
+// A 48 kHz 16-bit PCM WAV of `frames` frames; every channel holds `sample(i)` (in [-1, 1]).
+function wav16(channels, frames, sample) {
+  const bytes = frames * channels * 2;
+  const wav = Buffer.alloc(44 + bytes);
+  wav.write('RIFF', 0);
+  wav.writeUInt32LE(36 + bytes, 4);
+  wav.write('WAVEfmt ', 8);
+  wav.writeUInt32LE(16, 16);
+  wav.writeUInt16LE(1, 20);
+  wav.writeUInt16LE(channels, 22);
+  wav.writeUInt32LE(48000, 24);
+  wav.writeUInt32LE(48000 * channels * 2, 28);
+  wav.writeUInt16LE(channels * 2, 32);
+  wav.writeUInt16LE(16, 34);
+  wav.write('data', 36);
+  wav.writeUInt32LE(bytes, 40);
+  for (let i = 0; i < frames; i++) {
+    const v = Math.round(Math.max(-1, Math.min(1, sample(i))) * 32767);
+    for (let c = 0; c < channels; c++) wav.writeInt16LE(v, 44 + 2 * (i * channels + c));
+  }
+  return wav;
+}
+
 async function check(name, fn) {
   const t = Date.now();
   let detail;
@@ -638,27 +661,11 @@ async function main() {
     assert(a && measured.includes(a.bpm.toFixed(1)), `the page shows the state's tempo (${measured}; ${JSON.stringify(a)})`);
     // A song-length WAV (48 kHz stereo 16-bit): plucked notes of an arpeggio, so the loop keeps
     // its length (a shorter source would shorten the song).
-    const n = SONG_SECONDS * 48000;
-    const wav = Buffer.alloc(44 + n * 4);
-    wav.write('RIFF', 0);
-    wav.writeUInt32LE(36 + n * 4, 4);
-    wav.write('WAVEfmt ', 8);
-    wav.writeUInt32LE(16, 16);
-    wav.writeUInt16LE(1, 20);
-    wav.writeUInt16LE(2, 22);
-    wav.writeUInt32LE(48000, 24);
-    wav.writeUInt32LE(48000 * 4, 28);
-    wav.writeUInt16LE(4, 32);
-    wav.writeUInt16LE(16, 34);
-    wav.write('data', 36);
-    wav.writeUInt32LE(n * 4, 40);
-    for (let i = 0; i < n; i++) {
+    const wav = wav16(2, SONG_SECONDS * 48000, (i) => {
       const note = Math.floor(i / 12000), t = (i % 12000) / 48000;
       const f = 110 * 2 ** ([0, 3, 7, 10, 12, 10, 7, 3][note % 8] / 12);
-      const v = Math.round(Math.sin(2 * Math.PI * f * t) * Math.exp(-t * 6) * 16000);
-      wav.writeInt16LE(v, 44 + 4 * i);
-      wav.writeInt16LE(v, 46 + 4 * i);
-    }
+      return Math.sin(2 * Math.PI * f * t) * Math.exp(-t * 6) * 0.49;
+    });
     await page.setInputFiles('#upload', { name: 'tone.wav', mimeType: 'audio/wav', buffer: wav });
     await waitFor('the upload as the source', async () => (await state()).source === 'tone.wav', 30000);
     const info = await waitFor('the upload message', async () => {
@@ -686,26 +693,8 @@ async function main() {
 
   await check('references: an uploaded WAV becomes the timbre reference, the microphone the structure one; a preset saves them, clear removes them', async () => {
     const source = (await state()).source;
-    // A 2 s 48 kHz mono 16-bit WAV of a chord.
-    const n = 2 * 48000;
-    const wav = Buffer.alloc(44 + n * 2);
-    wav.write('RIFF', 0);
-    wav.writeUInt32LE(36 + n * 2, 4);
-    wav.write('WAVEfmt ', 8);
-    wav.writeUInt32LE(16, 16);
-    wav.writeUInt16LE(1, 20);
-    wav.writeUInt16LE(1, 22);
-    wav.writeUInt32LE(48000, 24);
-    wav.writeUInt32LE(48000 * 2, 28);
-    wav.writeUInt16LE(2, 32);
-    wav.writeUInt16LE(16, 34);
-    wav.write('data', 36);
-    wav.writeUInt32LE(n * 2, 40);
-    for (let i = 0; i < n; i++) {
-      const t = i / 48000;
-      const v = [220, 277.2, 329.6].reduce((a, f) => a + Math.sin(2 * Math.PI * f * t), 0) / 3;
-      wav.writeInt16LE(Math.round(v * 12000), 44 + 2 * i);
-    }
+    // A 2 s mono WAV of a chord.
+    const wav = wav16(1, 2 * 48000, (i) => [220, 277.2, 329.6].reduce((a, f) => a + Math.sin((2 * Math.PI * f * i) / 48000), 0) * 0.12);
     await page.setInputFiles('#ref-timbre-upload', { name: 'voice.wav', mimeType: 'audio/wav', buffer: wav });
     await waitFor('the upload as the timbre reference', async () => (await state()).timbre_reference === 'voice.wav', 30000);
     await waitFor('the page naming it', async () => (await page.locator('#ref-timbre-name').textContent()).includes('voice.wav'), 10000);
@@ -861,29 +850,11 @@ async function main() {
   });
 
   // A WAV of `seconds` (48 kHz stereo 16-bit) of plucked notes.
-  const plucks = (seconds) => {
-    const n = Math.round(seconds * 48000);
-    const wav = Buffer.alloc(44 + n * 4);
-    wav.write('RIFF', 0);
-    wav.writeUInt32LE(36 + n * 4, 4);
-    wav.write('WAVEfmt ', 8);
-    wav.writeUInt32LE(16, 16);
-    wav.writeUInt16LE(1, 20);
-    wav.writeUInt16LE(2, 22);
-    wav.writeUInt32LE(48000, 24);
-    wav.writeUInt32LE(48000 * 4, 28);
-    wav.writeUInt16LE(4, 32);
-    wav.writeUInt16LE(16, 34);
-    wav.write('data', 36);
-    wav.writeUInt32LE(n * 4, 40);
-    for (let i = 0; i < n; i++) {
+  const plucks = (seconds) =>
+    wav16(2, Math.round(seconds * 48000), (i) => {
       const t = (i % 6000) / 48000;
-      const v = Math.round(Math.sin(2 * Math.PI * 220 * t) * Math.exp(-t * 8) * 12000);
-      wav.writeInt16LE(v, 44 + 4 * i);
-      wav.writeInt16LE(v, 46 + 4 * i);
-    }
-    return wav;
-  };
+      return Math.sin(2 * Math.PI * 220 * t) * Math.exp(-t * 8) * 0.366;
+    });
 
   await check('two pages open, a 6.4 s upload: both show 6.4 s and play the new buffer without resync', async () => {
     const other = await context.newPage();
