@@ -211,6 +211,16 @@ pub fn run(args: RenderArgs) -> Result<()> {
     c.cfg_mode = args.cfg_mode.into();
     c.dcw_enabled = !args.no_dcw;
     c.set_source(source.map(|s| (args.source.clone().unwrap_or_default(), s)));
+    // Analysed as the render will use it (what the source's latent decodes to): its tempo and
+    // key fill the prompt's where it names none, so say what was measured.
+    if let Some(src) = c.source() {
+        let audio = backend.set.codec.decode(&src.latent, 0)?;
+        let analysis = demon_live::analysis::SourceAnalysis::of(&audio);
+        if !args.quiet {
+            eprintln!("{}", describe_analysis(&src.name, &analysis));
+        }
+        c.set_source_analysis(Some(analysis));
+    }
     spec.validate(&facts)?;
 
     let bar = if args.quiet {
@@ -282,7 +292,11 @@ pub fn run(args: RenderArgs) -> Result<()> {
             channels: c,
             values,
         };
-        let used = backend.set.conditioner.prompt_use(&spec.controls.prompts.a);
+        // What conditioned the render: the prompt with the source's tempo and key filled in.
+        let used = backend
+            .set
+            .conditioner
+            .prompt_use(&spec.controls.conditioning_prompts().a);
         let info =
             demon_live::render::wav_info(&spec.controls.prompts.a.tags, used.as_ref(), take.seed);
         demon_audio::write_wav_with_info(path, &audio, format, Some(&latent), Some(&info))?;
@@ -306,6 +320,39 @@ pub fn run(args: RenderArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One line of what was measured on a source: tempo, key, loudness, length, and which of
+/// them the prompt takes (a clear enough tempo or key, where the prompt names none).
+pub fn describe_analysis(name: &str, a: &demon_live::analysis::SourceAnalysis) -> String {
+    let hints = a.hints();
+    let tempo = match (a.bpm, a.bpm_strength) {
+        (Some(b), Some(s)) => format!("{b:.1} BPM (pulse {s:.2})"),
+        _ => "no pulse".into(),
+    };
+    let key = a.key.clone().unwrap_or_else(|| "no key".into());
+    let lufs = a
+        .integrated_lufs
+        .map_or("silent".into(), |l| format!("{l:.1} LUFS"));
+    let mut lends = Vec::new();
+    if let Some(b) = hints.bpm {
+        lends.push(format!("{b} BPM"));
+    }
+    if let Some(k) = &hints.key {
+        lends.push(k.clone());
+    }
+    let lends = if lends.is_empty() {
+        "too unclear to lend the prompt a tempo or key".to_string()
+    } else {
+        format!(
+            "lends the prompt {} where it names none",
+            lends.join(" and ")
+        )
+    };
+    format!(
+        "source {name}: {:.1} s, {tempo}, {key}, {lufs}; {lends}",
+        a.duration_seconds
+    )
 }
 
 /// `out.wav` for one take; `out-01.wav`, `out-02.wav`... for several.

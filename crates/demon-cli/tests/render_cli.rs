@@ -284,6 +284,70 @@ fn a_previous_render_is_an_exact_source() {
 }
 
 #[test]
+fn a_render_from_a_source_says_what_was_measured_and_its_wav_says_what_was_used() {
+    let (src, out) = (tmp("measured-src.wav"), tmp("measured-out.wav"));
+    let o = demon(&[
+        "render",
+        "--prompt",
+        "funk",
+        "--seconds",
+        "16",
+        "--out",
+        src.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A prompt that names no tempo: the source's measured 108 BPM conditions the render.
+    let o = demon(&[
+        "render",
+        "--prompt",
+        "house",
+        "--source",
+        src.to_str().unwrap(),
+        "--denoise",
+        "0.5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("source "))
+        .unwrap_or_else(|| panic!("no analysis line in {err}"));
+    assert!(
+        line.contains("108.0 BPM") && line.contains("lends the prompt 108 BPM"),
+        "{line}"
+    );
+    let info = demon_audio::read_wav_info(&out).unwrap().unwrap();
+    assert!(
+        info.comment
+            .starts_with("prompt \"house\"; style house; 108 bpm;"),
+        "the WAV names the tempo used, not house's 124: {}",
+        info.comment
+    );
+    // Quiet renders print nothing.
+    let o = demon(&[
+        "render",
+        "--prompt",
+        "house",
+        "--source",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for p in [src, out] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[test]
 fn bench_options_are_checked_before_measuring() {
     let cases: [(&[&str], &str); 6] = [
         (&["bench", "--only", "foo"], "unknown bench section `foo`"),

@@ -638,6 +638,20 @@ impl Service {
         };
         let svc = self.clone();
         tokio::task::spawn_blocking(move || {
+            if !name.starts_with("library:") {
+                // A file's own audio, read from the media folders: a WAV that demon wrote
+                // resolves to the latent it carries, but it is analysed as it sounds.
+                let real = svc.media.resolve(&name)?;
+                let limits = demon_audio::LoadLimits {
+                    max_seconds: svc.opts.limits.max_upload_seconds,
+                    max_samples: svc.opts.limits.max_upload_samples,
+                };
+                let decoded = demon_audio::load_file(&real, limits)
+                    .map_err(|e| ApiError::new(ErrorCode::BadSource, format!("`{name}`: {e}")))?;
+                let audio = demon_engine::Audio::new(decoded.sample_rate, decoded.channels)
+                    .map_err(|e| ApiError::new(ErrorCode::BadSource, format!("`{name}`: {e}")))?;
+                return Ok(SourceAnalysis::of(&audio));
+            }
             let spec = svc.source_by_name(&name)?;
             let SourceSpec::Audio { channels, .. } = spec else {
                 return Err(ApiError::new(

@@ -255,6 +255,32 @@ async fn an_upload_becomes_a_reference_and_its_preset_keeps_it_where_it_plays() 
     );
 }
 
+/// `analyze?source=FILE` reads the file's own audio: these hooks (like a demon-written WAV,
+/// which carries its latent) resolve every name to a latent, which has no audio to analyse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_resolves_to_a_latent_is_analysed_as_it_sounds() {
+    let media = temp("analyze-media");
+    std::fs::create_dir_all(&media).unwrap();
+    std::fs::write(media.join("take.wav"), tone_wav()).unwrap();
+    let mut o = common::server_options("presets", "analyze");
+    o.media_dirs = vec![media.clone()];
+    let a = serve(o, common::session(8.0)).await;
+    let r = get(a, "/api/analyze?source=take.wav").await;
+    assert_eq!(r["duration_seconds"], 2.0, "{r}");
+    assert!(r["integrated_lufs"].as_f64().is_some(), "{r}");
+    let (code, body) = request(
+        a,
+        "GET",
+        "/api/analyze?source=/etc/passwd",
+        "application/json",
+        b"",
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains(demon_live::media::REFUSAL), "{body}");
+    std::fs::remove_dir_all(&media).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_recording_is_continued_from_its_last_state() {
     let rec = temp("session.jsonl");
