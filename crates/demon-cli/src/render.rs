@@ -76,6 +76,9 @@ pub struct RenderArgs {
     /// Turn off the DCW wavelet correction (on by default, double mode 0.05/0.02).
     #[arg(long = "no-dcw")]
     pub no_dcw: bool,
+    /// The wavelet of DCW's band split: haar (default), db2..db8, sym2..sym8.
+    #[arg(long = "dcw-wavelet", value_name = "NAME", default_value = "haar")]
+    pub dcw_wavelet: String,
     /// Number of variations (seeds seed..seed+N-1), rendered in flight together.
     #[arg(long, default_value_t = 1)]
     pub takes: usize,
@@ -210,6 +213,10 @@ pub fn run(args: RenderArgs) -> Result<()> {
     c.solver = args.solver.into();
     c.cfg_mode = args.cfg_mode.into();
     c.dcw_enabled = !args.no_dcw;
+    c.dcw_wavelet = args
+        .dcw_wavelet
+        .parse()
+        .with_context(|| format!("--dcw-wavelet {}", args.dcw_wavelet))?;
     c.set_source(source.map(|s| (args.source.clone().unwrap_or_default(), s)));
     // Analysed as the render will use it (what the source's latent decodes to): its tempo and
     // key fill the prompt's where it names none, so say what was measured.

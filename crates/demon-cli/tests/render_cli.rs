@@ -348,6 +348,47 @@ fn a_render_from_a_source_says_what_was_measured_and_its_wav_says_what_was_used(
 }
 
 #[test]
+fn the_dcw_wavelet_is_chosen_by_name() {
+    let (haar, sym4) = (tmp("dcw-haar.wav"), tmp("dcw-sym4.wav"));
+    let render = |out: &Path, wavelet: &str| {
+        demon(&[
+            "render",
+            "--prompt",
+            "techno",
+            "--seconds",
+            "4",
+            "--curve",
+            "dcw=0.5",
+            "--dcw-wavelet",
+            wavelet,
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+        ])
+    };
+    for (out, w) in [(&haar, "haar"), (&sym4, "sym4")] {
+        let o = render(out, w);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let samples = |p: &Path| {
+        demon_audio::load_file(p, demon_audio::LoadLimits::default())
+            .unwrap()
+            .channels
+    };
+    assert_ne!(samples(&haar), samples(&sym4), "the wavelet is heard");
+    let o = render(&haar, "db99");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--dcw-wavelet db99") && err.contains("sym2..sym8"),
+        "{err}"
+    );
+    for p in [haar, sym4] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[test]
 fn bench_options_are_checked_before_measuring() {
     let cases: [(&[&str], &str); 6] = [
         (&["bench", "--only", "foo"], "unknown bench section `foo`"),

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use demon_engine::{CfgMode, CurveSpec, DcwMode, SolverKind};
+use demon_engine::{CfgMode, CurveSpec, DcwMode, SolverKind, Wavelet};
 use serde::{Deserialize, Serialize};
 
 use crate::automation::AutomationLane;
@@ -128,10 +128,13 @@ pub enum ControlMessage {
         mode: CfgMode,
     },
     SetDcw {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         enabled: Option<bool>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         mode: Option<DcwMode>,
+        /// The band split's wavelet (`haar`, `db2`…`db8`, `sym2`…`sym8`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wavelet: Option<Wavelet>,
     },
     SetSource {
         source: SourceSpec,

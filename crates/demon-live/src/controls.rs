@@ -20,7 +20,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use demon_engine::{
     CfgMode, Curve, CurveSpec, DcwMode, GenerationTask, Prompt, STEP_CURVE_NAMES, SolverKind,
-    SourceHints,
+    SourceHints, Wavelet,
 };
 use serde::Serialize;
 
@@ -476,6 +476,8 @@ pub struct Controls {
     pub cfg_mode: CfgMode,
     pub dcw_enabled: bool,
     pub dcw_mode: DcwMode,
+    /// The wavelet of DCW's band split.
+    pub dcw_wavelet: Wavelet,
     source: Option<SourceRef>,
     /// Separate references of the timbre and structure faders (`None`: the source's own).
     timbre_reference: Option<SourceRef>,
@@ -502,6 +504,7 @@ impl Controls {
             cfg_mode: CfgMode::Initialize,
             dcw_enabled: true,
             dcw_mode: DcwMode::Double,
+            dcw_wavelet: Wavelet::Haar,
             source: None,
             timbre_reference: None,
             structure_reference: None,
@@ -1002,12 +1005,19 @@ impl Controls {
                 self.cfg_mode = *mode;
                 Ok(Changed::default())
             }
-            ControlMessage::SetDcw { enabled, mode } => {
+            ControlMessage::SetDcw {
+                enabled,
+                mode,
+                wavelet,
+            } => {
                 if let Some(e) = enabled {
                     self.dcw_enabled = *e;
                 }
                 if let Some(m) = mode {
                     self.dcw_mode = *m;
+                }
+                if let Some(w) = wavelet {
+                    self.dcw_wavelet = *w;
                 }
                 Ok(Changed::default())
             }

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use demon_engine::{CfgMode, CurveSpec, DcwMode, SolverKind};
+use demon_engine::{CfgMode, CurveSpec, DcwMode, SolverKind, Wavelet};
 use serde::{Deserialize, Serialize};
 
 use crate::automation::AutomationLane;
@@ -50,6 +50,9 @@ pub struct Preset {
     pub cfg_mode: CfgMode,
     pub dcw_enabled: bool,
     pub dcw_mode: DcwMode,
+    /// The DCW band split's wavelet; left out when Haar (the default).
+    #[serde(skip_serializing_if = "is_haar")]
+    pub dcw_wavelet: Wavelet,
     /// Slew rate of slewed knobs in ranges per second.
     pub slew_per_second: f64,
     pub source: PresetSource,
@@ -58,6 +61,10 @@ pub struct Preset {
     pub references: PresetReferences,
     /// The loop band in seconds of the song; `None` plays the whole song.
     pub loop_band: Option<PresetLoopBand>,
+}
+
+fn is_haar(w: &Wavelet) -> bool {
+    *w == Wavelet::Haar
 }
 
 /// The prompts with every field a `Prompt` carries that a performer sets.

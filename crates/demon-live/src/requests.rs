@@ -193,10 +193,10 @@ pub fn build_lane(controls: &Controls, facts: &BackendFacts) -> SessionResult<Sh
     lane.dcw = DcwSettings {
         enabled: controls.dcw_enabled,
         mode: controls.dcw_mode,
+        wavelet: controls.dcw_wavelet,
         scaler: pick(CurveId::Dcw, Some(k.dcw as f32)).unwrap_or(Curve::constant(0.0)),
         high_scaler: pick(CurveId::DcwHigh, Some(k.dcw_high as f32))
             .unwrap_or(Curve::constant(0.0)),
-        ..DcwSettings::default()
     };
     lane.validate(c)?;
     Ok(lane)

@@ -69,6 +69,7 @@ impl Preset {
             cfg_mode: controls.cfg_mode,
             dcw_enabled: controls.dcw_enabled,
             dcw_mode: controls.dcw_mode,
+            dcw_wavelet: controls.dcw_wavelet,
             slew_per_second: controls.slew_per_second(),
             source: PresetSource::from_name(controls.source().map(|s| s.name.as_str())),
             references: PresetReferences {
@@ -160,6 +161,7 @@ impl Preset {
             &ControlMessage::SetDcw {
                 enabled: Some(self.dcw_enabled),
                 mode: Some(self.dcw_mode),
+                wavelet: Some(self.dcw_wavelet),
             },
             facts,
         )?;

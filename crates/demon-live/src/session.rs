@@ -656,6 +656,7 @@ fn restore_message(msg: &ControlMessage, before: &SessionState) -> Option<Contro
         ControlMessage::SetDcw { .. } => ControlMessage::SetDcw {
             enabled: Some(before.dcw_enabled),
             mode: Some(before.dcw_mode),
+            wavelet: Some(before.dcw_wavelet),
         },
         _ => return None,
     })

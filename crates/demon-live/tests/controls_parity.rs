@@ -166,6 +166,9 @@ fn message(rng: &mut Rng) -> ControlMessage {
             mode: rng
                 .chance(0.5)
                 .then(|| *rng.pick(&[DcwMode::Low, DcwMode::High, DcwMode::Double, DcwMode::Pix])),
+            wavelet: rng
+                .chance(0.3)
+                .then(|| *rng.pick(&demon_engine::Wavelet::ALL)),
         },
     }
 }

@@ -529,6 +529,7 @@ fn performance_script() -> Vec<ScriptEvent> {
     push(SetDcw {
         enabled: Some(true),
         mode: Some(demon_engine::DcwMode::Low),
+        wavelet: Some(demon_engine::Wavelet::Db4),
     });
     push(SetLoopBand {
         start_s: 1.0,

@@ -529,6 +529,7 @@ function applyState(st) {
   if (st.cfg_mode) $('cfg-mode').value = st.cfg_mode;
   if (st.dcw_enabled != null) $('dcw-on').checked = st.dcw_enabled;
   if (st.dcw_mode) $('dcw-mode').value = st.dcw_mode;
+  if (st.dcw_wavelet) $('dcw-wavelet').value = st.dcw_wavelet;
   if (st.slew_per_second != null) $('slew').value = st.slew_per_second;
   setSourceName(st.source);
   setReferenceName('timbre', st.timbre_reference);
@@ -798,6 +799,7 @@ function onApplied(m) {
     case 'set_dcw':
       if (msg.enabled != null) $('dcw-on').checked = msg.enabled;
       if (msg.mode) $('dcw-mode').value = msg.mode;
+      if (msg.wavelet) $('dcw-wavelet').value = msg.wavelet;
       break;
     case 'set_source': {
       const s = msg.source || {};
@@ -1960,6 +1962,7 @@ function wire() {
   $('cfg-mode').addEventListener('change', () => control({ type: 'set_cfg_mode', mode: $('cfg-mode').value }));
   $('dcw-on').addEventListener('change', () => control({ type: 'set_dcw', enabled: $('dcw-on').checked }));
   $('dcw-mode').addEventListener('change', () => control({ type: 'set_dcw', mode: $('dcw-mode').value }));
+  $('dcw-wavelet').addEventListener('change', () => control({ type: 'set_dcw', wavelet: $('dcw-wavelet').value }));
   $('slew').addEventListener('change', () => {
     const v = Number($('slew').value);
     if (!Number.isFinite(v)) return showError('slew must be a number');

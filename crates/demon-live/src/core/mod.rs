@@ -889,6 +889,7 @@ impl LiveCore {
             cfg_mode: c.cfg_mode,
             dcw_enabled: c.dcw_enabled,
             dcw_mode: c.dcw_mode,
+            dcw_wavelet: c.dcw_wavelet,
             source: c.source().map(|s| s.name.clone()),
             timbre_reference: c
                 .reference(crate::control::ReferenceRole::Timbre)
@@ -981,6 +982,9 @@ pub struct SessionState {
     pub cfg_mode: CfgMode,
     pub dcw_enabled: bool,
     pub dcw_mode: DcwMode,
+    /// The wavelet of DCW's band split (`haar`, `db2`…`db8`, `sym2`…`sym8`).
+    #[serde(default)]
+    pub dcw_wavelet: demon_engine::Wavelet,
     pub source: Option<String>,
     /// The names of the separate timbre and structure references (absent: the source's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
