@@ -724,6 +724,14 @@ async function main() {
     return `timbre ← voice.wav, structure ← ${mic} (${micSeconds.toFixed(2)} s of microphone), preset references saved, cleared ("${shown}")`;
   });
 
+  await check('the DCW wavelet menu sets the wavelet, and the state says so', async () => {
+    await page.selectOption('#dcw-wavelet', 'db4');
+    await waitFor('db4 in the state', async () => (await state()).dcw_wavelet === 'db4', 10000);
+    await page.selectOption('#dcw-wavelet', 'haar');
+    await waitFor('haar again', async () => (await state()).dcw_wavelet === 'haar', 10000);
+    return 'db4, then haar';
+  });
+
   await check('MIDI learn: L arms the server and the browser; a CC then drives the knob', async () => {
     await page.click('.fader[data-knob="feedback"] button.learn');
     await waitFor('the server learn reply', async () => {
