@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use demon_engine::{BackendSet, Prompt};
 use demon_live::resolve::{SongLibrary, SourceResolver};
 use demon_live::{BackendFacts, SessionError, SessionResult};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
+use demon_sketch::SketchConditioner;
 
 use crate::args::{CpuPrecision, Matmul, ModelSize, closed};
 
@@ -224,13 +224,7 @@ impl SongLibrary for SketchLibrary {
 
 /// The sketch backend on the CPU.
 pub fn sketch() -> BackendSet {
-    let device = Device::Cpu;
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(SketchDenoiser::new(device.clone())),
-        codec: Box::new(SketchCodec::new(device.clone())),
-        conditioner: Box::new(SketchConditioner::new(device)),
-    }
+    demon_sketch::backend()
 }
 
 /// Build the requested backend.

@@ -4,16 +4,10 @@
 use demon_audio::analysis::{Key, estimate_key, estimate_tempo};
 use demon_engine::{Audio, BackendSet, Prompt};
 use demon_live::{RenderSpec, render};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser, Style};
+use demon_sketch::Style;
 
 fn sketch() -> BackendSet {
-    let d = candle_core::Device::Cpu;
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(SketchDenoiser::new(d.clone())),
-        codec: Box::new(SketchCodec::new(d.clone())),
-        conditioner: Box::new(SketchConditioner::new(d)),
-    }
+    demon_sketch::backend()
 }
 
 fn render_one(backend: &mut BackendSet, style: Style, bpm: f32, key: &str, seed: u64) -> Audio {

@@ -336,9 +336,9 @@ mod tests {
 
     use candle_core::{Device, Tensor};
     use demon_engine::{
-        AdapterInfo, Adapters, BackendSet, DenoiseBatch, Denoiser, Prompt, Result as EngineResult,
+        AdapterInfo, Adapters, DenoiseBatch, Denoiser, Prompt, Result as EngineResult,
     };
-    use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
+    use demon_sketch::SketchDenoiser;
 
     use super::{AppliedAdapters, LORA_MERGE_INTERVAL_TICKS, push_adapters};
     use crate::{BackendFacts, Controls};
@@ -383,15 +383,10 @@ mod tests {
     fn a_slewing_lora_fader_merges_at_a_capped_rate() {
         let merges = Arc::new(AtomicUsize::new(0));
         let d = Device::Cpu;
-        let mut backend = BackendSet {
-            name: "sketch".into(),
-            denoiser: Box::new(Counting {
-                inner: SketchDenoiser::new(d.clone()),
-                merges: merges.clone(),
-            }),
-            codec: Box::new(SketchCodec::new(d.clone())),
-            conditioner: Box::new(SketchConditioner::new(d)),
-        };
+        let mut backend = demon_sketch::backend_with(Box::new(Counting {
+            inner: SketchDenoiser::new(d),
+            merges: merges.clone(),
+        }));
         let facts = BackendFacts::of(&mut backend);
         let mut c = Controls::new(Prompt::tags("house"), 100);
         // 1 range (0..2) per second at 25 ticks per second: 0.08 a tick, 13 ticks from 0 to 1.

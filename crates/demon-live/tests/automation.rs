@@ -10,16 +10,10 @@ use demon_live::automation::{AutomationLane, LaneInterpolation, LanePoint};
 use demon_live::control::ControlMessage;
 use demon_live::core::{LiveCore, SessionConfig, latent_spec};
 use demon_live::session::{RunOptions, start};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
+use demon_sketch::SketchDenoiser;
 
 fn backend(denoiser: Box<dyn Denoiser>) -> BackendSet {
-    let d = candle_core::Device::Cpu;
-    BackendSet {
-        name: "sketch".into(),
-        denoiser,
-        codec: Box::new(SketchCodec::new(d.clone())),
-        conditioner: Box::new(SketchConditioner::new(d)),
-    }
+    demon_sketch::backend_with(denoiser)
 }
 
 fn config(seconds: f64) -> SessionConfig {

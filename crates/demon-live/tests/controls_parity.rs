@@ -18,19 +18,14 @@ use demon_live::controls::{CURVE_NAMES, KNOBS};
 use demon_live::core::{LiveCore, SessionConfig, latent_spec};
 use demon_live::render::{self, RenderSpec};
 use demon_live::{BackendFacts, Controls};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
+use demon_sketch::SketchCodec;
 
 const SECONDS: f64 = 4.0;
 const FRAMES: usize = 100;
 const CASES: u64 = 300;
 
 fn sketch() -> BackendSet {
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(SketchDenoiser::default()),
-        codec: Box::new(SketchCodec::default()),
-        conditioner: Box::new(SketchConditioner::default()),
-    }
+    demon_sketch::backend()
 }
 
 /// xorshift64*: a seeded generator, so a failing case can be rerun by its number.

@@ -2,19 +2,11 @@
 //! the lane the pipeline runs and changes what is heard; state and presets carry it; an
 //! unknown wavelet is refused naming the ones there are.
 
-use demon_engine::{BackendSet, Wavelet};
+use demon_engine::Wavelet;
 use demon_live::control::ControlMessage;
 use demon_live::core::{LiveCore, SessionConfig};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
 
 fn core() -> LiveCore {
-    let d = candle_core::Device::Cpu;
-    let backend = BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(SketchDenoiser::default()),
-        codec: Box::new(SketchCodec::new(d.clone())),
-        conditioner: Box::new(SketchConditioner::new(d)),
-    };
     let cfg = SessionConfig {
         song_seconds: 2.0,
         prompt: "techno".into(),
@@ -24,7 +16,7 @@ fn core() -> LiveCore {
         }),
         ..Default::default()
     };
-    LiveCore::new(cfg, backend).unwrap()
+    LiveCore::new(cfg, demon_sketch::backend()).unwrap()
 }
 
 fn played(wavelet: Option<Wavelet>) -> (Vec<f32>, LiveCore) {

@@ -7,7 +7,7 @@ use demon_live::denoise_curve::{
     CurveConfig, CurveSource, DenoiseCurve, denoise_curve, latent_source, recorded_source,
     rendered_source,
 };
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser, Style};
+use demon_sketch::{SketchConditioner, SketchDenoiser, Style};
 
 /// The committed sox recording (made by `make-sox-groove.sh` beside it).
 const RECORDING: &str = concat!(
@@ -16,12 +16,7 @@ const RECORDING: &str = concat!(
 );
 
 fn sketch() -> BackendSet {
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(SketchDenoiser::default()),
-        codec: Box::new(SketchCodec::default()),
-        conditioner: Box::new(SketchConditioner::default()),
-    }
+    demon_sketch::backend()
 }
 
 fn measure(source: impl FnOnce(&mut BackendSet, &CurveConfig) -> CurveSource) -> DenoiseCurve {

@@ -6,16 +6,9 @@
 use demon_engine::BackendSet;
 use demon_live::control::ControlMessage;
 use demon_live::core::{LiveCore, SessionConfig};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
 
 fn backend() -> BackendSet {
-    let d = candle_core::Device::Cpu;
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(SketchDenoiser::default()),
-        codec: Box::new(SketchCodec::new(d.clone())),
-        conditioner: Box::new(SketchConditioner::new(d)),
-    }
+    demon_sketch::backend()
 }
 
 /// A 2 s song (50 ticks of 40 ms) that pauses after 0.4 s (10 ticks) without a control.

@@ -10,15 +10,9 @@ use demon_live::control::ControlMessage;
 use demon_live::core::{LEAD_FLOOR_FRAMES, LiveCore, SessionConfig};
 use demon_live::latency::EarClass;
 use demon_live::record::{ScriptEvent, read_session};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
 
 fn sketch() -> BackendSet {
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(SketchDenoiser::default()),
-        codec: Box::new(SketchCodec::default()),
-        conditioner: Box::new(SketchConditioner::default()),
-    }
+    demon_sketch::backend()
 }
 
 const STEPS: u64 = 6;

@@ -16,18 +16,12 @@ use demon_live::control::ControlMessage;
 use demon_live::core::{LiveCore, SessionConfig};
 use demon_live::rt;
 use demon_live::sink::{AudioSink, NullSink, WavRecorder, fill_output, queue_block};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
 
 #[global_allocator]
 static ALLOC: rt::AllocDisabler = rt::AllocDisabler;
 
 fn sketch() -> BackendSet {
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(SketchDenoiser::default()),
-        codec: Box::new(SketchCodec::default()),
-        conditioner: Box::new(SketchConditioner::default()),
-    }
+    demon_sketch::backend()
 }
 
 /// The check is live in this binary: an allocation inside a real-time section is counted, one

@@ -6,15 +6,9 @@
 
 use demon_engine::BackendSet;
 use demon_live::bench::{BenchConfig, Propagation, propagation};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
 
 fn sketch() -> BackendSet {
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(SketchDenoiser::default()),
-        codec: Box::new(SketchCodec::default()),
-        conditioner: Box::new(SketchConditioner::default()),
-    }
+    demon_sketch::backend()
 }
 
 const STEPS: usize = 6;

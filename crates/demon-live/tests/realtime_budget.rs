@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use candle_core::Tensor;
-use demon_engine::{BackendSet, DenoiseBatch, Denoiser};
+use demon_engine::{DenoiseBatch, Denoiser};
 use demon_live::budget::RealtimeReport;
 use demon_live::core::{LiveCore, SessionConfig};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
+use demon_sketch::SketchDenoiser;
 
 /// The sketch model, taking `per_row_us` more per batch row (per generation in flight), as a
 /// model too big for the machine would.
@@ -39,15 +39,10 @@ impl Denoiser for Slow {
 
 fn core(per_row_us: Arc<AtomicU64>) -> LiveCore {
     let d = candle_core::Device::Cpu;
-    let backend = BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(Slow {
-            inner: SketchDenoiser::new(d.clone()),
-            per_row_us,
-        }),
-        codec: Box::new(SketchCodec::new(d.clone())),
-        conditioner: Box::new(SketchConditioner::new(d)),
-    };
+    let backend = demon_sketch::backend_with(Box::new(Slow {
+        inner: SketchDenoiser::new(d),
+        per_row_us,
+    }));
     let cfg = SessionConfig {
         song_seconds: 4.0,
         prompt: "house, 124 bpm".into(),

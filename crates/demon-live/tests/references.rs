@@ -9,16 +9,9 @@ use candle_core::Tensor;
 use demon_engine::{BackendSet, SlotRequest};
 use demon_live::control::{ControlMessage, ReferenceRole, SourceSpec};
 use demon_live::core::{LiveCore, SessionConfig, latent_spec};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
 
 fn sketch() -> BackendSet {
-    let d = candle_core::Device::Cpu;
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(SketchDenoiser::default()),
-        codec: Box::new(SketchCodec::new(d.clone())),
-        conditioner: Box::new(SketchConditioner::new(d)),
-    }
+    demon_sketch::backend()
 }
 
 /// A composed song of `style` as a latent source spec (`frames` latent frames).

@@ -4,16 +4,10 @@ use candle_core::Tensor;
 use demon_engine::{Audio, BackendSet, CurveSpec, Prompt};
 use demon_live::{BackendFacts, RenderSpec, render};
 use demon_sketch::layout::{CHANNELS, KICK};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser, Style};
+use demon_sketch::{SketchDenoiser, Style};
 
 fn sketch() -> BackendSet {
-    let d = candle_core::Device::Cpu;
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(SketchDenoiser::new(d.clone())),
-        codec: Box::new(SketchCodec::new(d.clone())),
-        conditioner: Box::new(SketchConditioner::new(d)),
-    }
+    demon_sketch::backend()
 }
 
 fn spec(prompt: &str, seconds: usize) -> RenderSpec {

@@ -14,7 +14,7 @@ use demon_live::control::ControlMessage;
 use demon_live::controls::KNOBS;
 use demon_live::core::{LiveCore, SessionConfig};
 use demon_live::session::{RunOptions, SessionHandle, start};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
+use demon_sketch::SketchDenoiser;
 
 /// The sketch model, failing whenever its input holds a value larger than `limit` (as a real
 /// model failing on out-of-range activations would): a channel gain of 3 on noise gets there.
@@ -51,13 +51,7 @@ impl Denoiser for Fragile {
 }
 
 fn backend(denoiser: Box<dyn Denoiser>) -> BackendSet {
-    let d = candle_core::Device::Cpu;
-    BackendSet {
-        name: "sketch".into(),
-        denoiser,
-        codec: Box::new(SketchCodec::new(d.clone())),
-        conditioner: Box::new(SketchConditioner::new(d)),
-    }
+    demon_sketch::backend_with(denoiser)
 }
 
 fn config(seconds: f64) -> SessionConfig {

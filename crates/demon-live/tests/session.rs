@@ -11,16 +11,10 @@ use demon_live::control::{ControlMessage, SourceSpec};
 use demon_live::core::{LiveCore, SessionConfig, SessionProbe, latent_spec};
 use demon_live::record::{ScriptEvent, read_session};
 use demon_live::session::{RunOptions, start};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
+use demon_sketch::SketchDenoiser;
 
 fn sketch_with(denoiser: Box<dyn Denoiser>) -> BackendSet {
-    let d = candle_core::Device::Cpu;
-    BackendSet {
-        name: "sketch".into(),
-        denoiser,
-        codec: Box::new(SketchCodec::new(d.clone())),
-        conditioner: Box::new(SketchConditioner::new(d)),
-    }
+    demon_sketch::backend_with(denoiser)
 }
 
 fn sketch() -> BackendSet {

@@ -7,18 +7,13 @@ use candle_core::Tensor;
 use demon_engine::BackendSet;
 use demon_live::control::SourceSpec;
 use demon_live::core::{LiveCore, SessionConfig, latent_spec};
+use demon_sketch::Style;
 use demon_sketch::composer::{SongSpec, compose};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser, Style};
 
 const SECONDS: f64 = 4.0;
 
 fn sketch() -> BackendSet {
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(SketchDenoiser::default()),
-        codec: Box::new(SketchCodec::default()),
-        conditioner: Box::new(SketchConditioner::default()),
-    }
+    demon_sketch::backend()
 }
 
 /// An ambient song (soft voice, long reverb) as the playing source of a techno prompt.

@@ -8,16 +8,9 @@ use demon_engine::{BackendSet, GenerationTask};
 use demon_live::control::{ControlMessage, SourceSpec};
 use demon_live::core::{LiveCore, SessionConfig, latent_spec};
 use demon_live::preset::PromptTask;
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
 
 fn sketch() -> BackendSet {
-    let d = candle_core::Device::Cpu;
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(SketchDenoiser::default()),
-        codec: Box::new(SketchCodec::new(d.clone())),
-        conditioner: Box::new(SketchConditioner::new(d)),
-    }
+    demon_sketch::backend()
 }
 
 /// A composed funk song at 100 BPM as a latent source (its tempo is known).

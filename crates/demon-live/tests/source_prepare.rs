@@ -11,16 +11,9 @@ use demon_live::core::{LiveCore, SessionConfig};
 use demon_live::error::SessionError;
 use demon_live::record::read_session;
 use demon_live::session::{RunOptions, start};
-use demon_sketch::{SketchCodec, SketchConditioner, SketchDenoiser};
 
 fn sketch() -> BackendSet {
-    let d = candle_core::Device::Cpu;
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(SketchDenoiser::new(d.clone())),
-        codec: Box::new(SketchCodec::new(d.clone())),
-        conditioner: Box::new(SketchConditioner::new(d)),
-    }
+    demon_sketch::backend()
 }
 
 /// `seconds` of stereo audio at 48 kHz: a chord with a pulse, so the analysis sees notes.

@@ -29,3 +29,21 @@ pub use codec::SketchCodec;
 pub use conditioner::{SketchCondition, SketchConditioner};
 pub use denoiser::SketchDenoiser;
 pub use style::Style;
+
+use demon_engine::{BackendSet, Denoiser};
+
+/// The sketch backend on the CPU as one [`BackendSet`]: what `demon` builds for
+/// `--backend sketch` and what tests run against.
+pub fn backend() -> BackendSet {
+    backend_with(Box::new(SketchDenoiser::default()))
+}
+
+/// [`backend`] with another denoiser (a test's wrapper that slows, counts or fails calls).
+pub fn backend_with(denoiser: Box<dyn Denoiser>) -> BackendSet {
+    BackendSet {
+        name: "sketch".into(),
+        denoiser,
+        codec: Box::new(SketchCodec::default()),
+        conditioner: Box::new(SketchConditioner::default()),
+    }
+}

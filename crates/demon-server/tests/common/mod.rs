@@ -7,13 +7,7 @@ use demon_live::session::{RunOptions, SessionHandle, start};
 /// The sketch backend on the CPU.
 #[allow(dead_code)]
 pub fn sketch() -> BackendSet {
-    let d = candle_core::Device::Cpu;
-    BackendSet {
-        name: "sketch".into(),
-        denoiser: Box::new(demon_sketch::SketchDenoiser::new(d.clone())),
-        codec: Box::new(demon_sketch::SketchCodec::new(d.clone())),
-        conditioner: Box::new(demon_sketch::SketchConditioner::new(d)),
-    }
+    demon_sketch::backend()
 }
 
 /// Loopback server options without OSC or MIDI, with a MIDI map and a recordings folder of
