@@ -218,15 +218,12 @@ pub fn run(args: RenderArgs) -> Result<()> {
         .parse()
         .with_context(|| format!("--dcw-wavelet {}", args.dcw_wavelet))?;
     c.set_source(source.map(|s| (args.source.clone().unwrap_or_default(), s)));
-    // Analysed as the render will use it (what the source's latent decodes to): its tempo and
-    // key fill the prompt's where it names none, so say what was measured.
-    if let Some(src) = c.source() {
-        let audio = backend.set.codec.decode(&src.latent, 0)?;
-        let analysis = demon_live::analysis::SourceAnalysis::of(&audio);
-        if !args.quiet {
-            eprintln!("{}", describe_analysis(&src.name, &analysis));
-        }
-        c.set_source_analysis(Some(analysis));
+    // Its measured tempo and key fill the prompt's where it names none: say what was measured.
+    demon_live::render::analyse_source(backend.set.codec.as_mut(), c)?;
+    if let (Some(src), Some(analysis)) = (c.source(), c.source_analysis())
+        && !args.quiet
+    {
+        eprintln!("{}", describe_analysis(&src.name, analysis));
     }
     spec.validate(&facts)?;
 

@@ -11,7 +11,7 @@ use demon_engine::{CfgMode, CurveSpec, DcwMode, SolverKind, Wavelet};
 use serde::{Deserialize, Serialize};
 
 use crate::automation::AutomationLane;
-use crate::preset::{Preset, PromptTask};
+use crate::preset::{Preset, PresetReferences, PresetSource, PromptTask};
 
 /// How fast a change reaches the output (demon.md §8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +62,16 @@ pub enum ReferenceRole {
 }
 
 impl ReferenceRole {
+    pub const ALL: [Self; 2] = [Self::Timbre, Self::Structure];
+
+    /// This role's reference in a preset.
+    pub fn in_preset(self, references: &PresetReferences) -> &PresetSource {
+        match self {
+            Self::Timbre => &references.timbre,
+            Self::Structure => &references.structure,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Timbre => "timbre",

@@ -144,6 +144,22 @@ pub struct RenderedTake {
     pub audio: Audio,
 }
 
+/// Measure the source of `controls`, unless it was measured already: as a live session does,
+/// on what its latent decodes to, so its tempo and key condition a render as they condition
+/// the live loop.
+pub fn analyse_source(
+    codec: &mut dyn demon_engine::Codec,
+    controls: &mut Controls,
+) -> SessionResult<()> {
+    if let Some(src) = controls.source()
+        && controls.source_analysis().is_none()
+    {
+        let audio = codec.decode(&src.latent, 0)?;
+        controls.set_source_analysis(Some(crate::analysis::SourceAnalysis::of(&audio)));
+    }
+    Ok(())
+}
+
 /// The requests (one per take) and the shared lane of a render, from the one builder.
 pub fn plan(
     backend: &mut BackendSet,
@@ -154,14 +170,7 @@ pub fn plan(
     let frames = spec.frames;
     let mut controls = spec.controls.clone();
     controls.set_frames(frames)?;
-    // A source is analysed as a live session analyses it (on what its latent decodes to), so
-    // its measured tempo and key condition a render as they condition the live loop.
-    if let Some(src) = controls.source()
-        && controls.source_analysis().is_none()
-    {
-        let audio = backend.codec.decode(&src.latent, 0)?;
-        controls.set_source_analysis(Some(crate::analysis::SourceAnalysis::of(&audio)));
-    }
+    analyse_source(backend.codec.as_mut(), &mut controls)?;
     // Timbre conditionings cost a pass of the timbre encoder: only when they act.
     let timbre_ref = controls
         .timbre_latent()

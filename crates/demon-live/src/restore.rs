@@ -48,6 +48,8 @@ impl Preset {
                 None => knobs.insert(name, v),
             };
         }
+        let reference =
+            |role| PresetSource::from_name(controls.reference(role).map(|s| s.name.as_str()));
         Self {
             preset_version: PRESET_VERSION,
             prompts: PresetPrompts {
@@ -73,16 +75,8 @@ impl Preset {
             slew_per_second: controls.slew_per_second(),
             source: PresetSource::from_name(controls.source().map(|s| s.name.as_str())),
             references: PresetReferences {
-                timbre: PresetSource::from_name(
-                    controls
-                        .reference(ReferenceRole::Timbre)
-                        .map(|s| s.name.as_str()),
-                ),
-                structure: PresetSource::from_name(
-                    controls
-                        .reference(ReferenceRole::Structure)
-                        .map(|s| s.name.as_str()),
-                ),
+                timbre: reference(ReferenceRole::Timbre),
+                structure: reference(ReferenceRole::Structure),
             },
             loop_band: loop_band.map(|(start_s, end_s)| PresetLoopBand { start_s, end_s }),
         }
@@ -243,7 +237,7 @@ pub fn final_state(file: &SessionFile, facts: &BackendFacts) -> SessionResult<Fi
         timbre: reference(ReferenceRole::Timbre),
         structure: reference(ReferenceRole::Structure),
     };
-    for role in [ReferenceRole::Timbre, ReferenceRole::Structure] {
+    for role in ReferenceRole::ALL {
         references.entry(role).or_insert(SourceSpec::None);
     }
     Ok(FinalState {

@@ -509,19 +509,12 @@ impl Service {
                     resolved.insert(*role, self.resolve_spec(s)?);
                 }
                 if from_preset && references.is_empty() {
-                    for role in [ReferenceRole::Timbre, ReferenceRole::Structure] {
-                        let (saved, playing) = match role {
-                            ReferenceRole::Timbre => (
-                                &preset.references.timbre,
-                                state.as_ref().and_then(|s| s.timbre_reference.clone()),
-                            ),
-                            ReferenceRole::Structure => (
-                                &preset.references.structure,
-                                state.as_ref().and_then(|s| s.structure_reference.clone()),
-                            ),
-                        };
-                        let field = format!("references.{}", role.name());
-                        let (s, w) = self.preset_source(&field, saved, playing.as_deref())?;
+                    for role in ReferenceRole::ALL {
+                        let (s, w) = self.preset_source(
+                            &format!("references.{}", role.name()),
+                            role.in_preset(&preset.references),
+                            state.as_ref().and_then(|s| s.reference(role)),
+                        )?;
                         warnings.extend(w);
                         if let Some(s) = s {
                             resolved.insert(role, s);

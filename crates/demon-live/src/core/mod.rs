@@ -1026,6 +1026,16 @@ pub struct SessionState {
     pub used: Option<PromptUsed>,
 }
 
+impl SessionState {
+    /// The name of the separate reference of `role`, if one is set.
+    pub fn reference(&self, role: crate::control::ReferenceRole) -> Option<&str> {
+        match role {
+            crate::control::ReferenceRole::Timbre => self.timbre_reference.as_deref(),
+            crate::control::ReferenceRole::Structure => self.structure_reference.as_deref(),
+        }
+    }
+}
+
 /// Knob names in the catalog (for UIs and agents).
 pub fn knob_names() -> Vec<&'static str> {
     crate::controls::KNOBS.iter().map(|k| k.name).collect()
