@@ -13,7 +13,7 @@ use crate::config::DitConfig;
 use crate::dit::composed::Tables;
 use crate::dit::{Dit, Row, Workspace};
 use crate::error::{AceStepError, Result};
-use crate::lora::{LoraAdapter, LoraInfo, LoraSlot, merged_weight};
+use crate::lora::{LoraAdapter, LoraInfo, LoraScaling, LoraSlot, merged_weight};
 use crate::nn::{RandomSource, TensorSource};
 use crate::weights::ModelFiles;
 
@@ -30,6 +30,8 @@ pub struct AceStepDenoiser {
     base: HashMap<String, Tensor>,
     /// Merges done by `set_lora`.
     merges: u64,
+    /// How adapter factors loaded from now on are scaled.
+    lora_scaling: LoraScaling,
 }
 
 impl AceStepDenoiser {
@@ -45,6 +47,7 @@ impl AceStepDenoiser {
             loras: Vec::new(),
             base: HashMap::new(),
             merges: 0,
+            lora_scaling: LoraScaling::default(),
         })
     }
 
@@ -107,16 +110,34 @@ impl AceStepDenoiser {
     /// Load an adapter (PEFT folder or single file) at `strength` and merge it. Returns its id.
     pub fn add_lora(&mut self, path: &Path, strength: f32) -> Result<usize> {
         check_strength(path, strength)?;
-        let adapter = LoraAdapter::load(path, &self.device)?;
+        let adapter = LoraAdapter::load_scaled(path, &self.device, self.lora_scaling)?;
         self.add_lora_adapter(adapter, strength)
     }
 
     /// Add an adapter already in memory (loaded from a file, or made by a benchmark) at
     /// `strength`, checked against the DiT's modules, and merge it. Returns its id.
     pub fn add_lora_adapter(&mut self, adapter: LoraAdapter, strength: f32) -> Result<usize> {
-        let path = adapter.path.clone();
-        let path = path.as_path();
-        check_strength(path, strength)?;
+        self.check_lora(&adapter)?;
+        check_strength(&adapter.path, strength)?;
+        self.loras.push(Some(LoraSlot {
+            adapter,
+            name: None,
+            strength,
+            enabled: true,
+        }));
+        self.apply_loras()?;
+        Ok(self.loras.len() - 1)
+    }
+
+    /// How adapter factors loaded from now on (`add_lora`, [`files`](demon_engine::Adapters::files))
+    /// are scaled: PEFT's α/r (the default) or DEMON's unscaled factors.
+    pub fn set_lora_scaling(&mut self, scaling: LoraScaling) {
+        self.lora_scaling = scaling;
+    }
+
+    /// Whether every module of `adapter` exists in this DiT with the factors' shapes.
+    fn check_lora(&mut self, adapter: &LoraAdapter) -> Result<()> {
+        let path = adapter.path.as_path();
         for (name, m) in &adapter.modules {
             let Some(lin) = self.dit.linear_mut(name) else {
                 return Err(AceStepError::Lora {
@@ -136,13 +157,7 @@ impl AceStepDenoiser {
                 });
             }
         }
-        self.loras.push(Some(LoraSlot {
-            adapter,
-            strength,
-            enabled: true,
-        }));
-        self.apply_loras()?;
-        Ok(self.loras.len() - 1)
+        Ok(())
     }
 
     fn slot(&mut self, id: usize) -> Result<&mut LoraSlot> {
@@ -199,6 +214,7 @@ impl AceStepDenoiser {
             .filter_map(|(id, s)| {
                 s.as_ref().map(|s| LoraInfo {
                     id,
+                    name: s.name.clone(),
                     path: s.adapter.path.clone(),
                     modules: s.adapter.modules.len(),
                     strength: s.strength,
@@ -359,6 +375,9 @@ impl Denoiser for AceStepDenoiser {
 impl AceStepDenoiser {
     /// The name an adapter is addressed by: its file or folder stem, made unique with `#id`.
     fn adapter_name(&self, info: &LoraInfo) -> String {
+        if let Some(name) = &info.name {
+            return name.clone();
+        }
         let stem = info
             .path
             .file_stem()
@@ -369,7 +388,7 @@ impl AceStepDenoiser {
             .loras()
             .iter()
             .filter(|o| o.id != info.id)
-            .any(|o| o.path.file_stem() == info.path.file_stem());
+            .any(|o| o.name.is_none() && o.path.file_stem() == info.path.file_stem());
         if clash {
             format!("{stem}#{}", info.id)
         } else {
@@ -404,6 +423,39 @@ impl demon_engine::Adapters for AceStepDenoiser {
         } else {
             self.set_lora(info.id, strength, true)?;
         }
+        Ok(())
+    }
+
+    fn files(&self) -> Option<std::sync::Arc<dyn demon_engine::AdapterFiles>> {
+        Some(std::sync::Arc::new(crate::lora::AceStepAdapterFiles {
+            device: self.device.clone(),
+            scaling: self.lora_scaling,
+        }))
+    }
+
+    /// Checked against the DiT's modules, then kept disabled: nothing is merged until a
+    /// strength enables it (a disabled adapter leaves every weight as it was).
+    fn install(
+        &mut self,
+        id: &str,
+        metadata: demon_engine::AdapterMetadata,
+        adapter: demon_engine::LoadedAdapter,
+    ) -> demon_engine::Result<()> {
+        if self.loras().iter().any(|l| self.adapter_name(l) == id) {
+            return Err(EngineError::param(
+                "lora",
+                format!("an adapter `{id}` is already loaded"),
+            ));
+        }
+        let mut adapter: LoraAdapter = adapter.into_payload()?;
+        self.check_lora(&adapter)?;
+        adapter.metadata = metadata;
+        self.loras.push(Some(LoraSlot {
+            adapter,
+            name: Some(id.to_string()),
+            strength: 1.0,
+            enabled: false,
+        }));
         Ok(())
     }
 }

@@ -18,6 +18,8 @@ use crate::config::read_json;
 use crate::error::{AceStepError, Result};
 use crate::weights::{SafetensorsFile, diffusers_to_original};
 
+pub use demon_engine::adapter::{read_metadata, sidecar_path};
+
 /// One low-rank update: `delta = scale · B·A`, `A` `[r, in]`, `B` `[out, r]`.
 #[derive(Clone, Debug)]
 pub struct LoraModule {
@@ -34,127 +36,6 @@ pub struct LoraAdapter {
     pub modules: BTreeMap<String, LoraModule>,
     /// What its files say about it ([`read_metadata`]).
     pub metadata: AdapterMetadata,
-}
-
-/// Longest trigger word or phrase, and most of them, an adapter may carry (they go into
-/// every prompt while it is enabled).
-const MAX_TRIGGER_CHARS: usize = 64;
-const MAX_TRIGGERS: usize = 16;
-
-/// The sidecar of an adapter at `path`: `NAME.json` beside a file `NAME.safetensors`, and for a
-/// PEFT folder `DIR` either `DIR/metadata.json` or `DIR.json` beside it.
-pub fn sidecar_path(path: &Path) -> Option<PathBuf> {
-    let candidates = if path.is_dir() {
-        vec![path.join("metadata.json"), path.with_extension("json")]
-    } else {
-        vec![path.with_extension("json")]
-    };
-    candidates.into_iter().find(|p| p.is_file())
-}
-
-/// What an adapter says about itself: the keys `trigger_words` (a list, or one string of
-/// comma-separated words), `trigger_word` / `primary_trigger` (one phrase, put first),
-/// `recommended_strength`, `group` (or `genre`), `base_model` (or `base_model_scale`) and
-/// `description`, read from the safetensors header metadata (`header`; strings, and
-/// `modelspec.trigger_phrase` / `modelspec.description` of the ModelSpec convention too) and
-/// then from the sidecar JSON (`sidecar`), which wins. Anything else is ignored; a present key
-/// of the wrong type or size is an error naming it.
-pub fn read_metadata(
-    header: &BTreeMap<String, String>,
-    sidecar: Option<&Value>,
-) -> std::result::Result<AdapterMetadata, String> {
-    fn words(v: &Value, key: &str) -> std::result::Result<Vec<String>, String> {
-        let list: Vec<String> = match v {
-            Value::String(s) => s.split(',').map(str::to_string).collect(),
-            Value::Array(a) => a
-                .iter()
-                .map(|x| {
-                    x.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| format!("`{key}` must hold strings, not {x}"))
-                })
-                .collect::<std::result::Result<_, _>>()?,
-            other => return Err(format!("`{key}` must be a string or a list, not {other}")),
-        };
-        Ok(list
-            .into_iter()
-            .map(|w| w.trim().to_string())
-            .filter(|w| !w.is_empty())
-            .collect())
-    }
-    fn text(v: &Value, key: &str) -> std::result::Result<String, String> {
-        match v {
-            Value::String(s) => Ok(s.trim().to_string()),
-            Value::Number(n) => Ok(n.to_string()),
-            other => Err(format!("`{key}` must be a string, not {other}")),
-        }
-    }
-    let mut m = AdapterMetadata::default();
-    let mut primary: Option<String> = None;
-    let header_json: Vec<(String, Value)> = header
-        .iter()
-        .map(|(k, v)| {
-            let key = k.strip_prefix("modelspec.").unwrap_or(k);
-            let key = match key {
-                "trigger_phrase" => "trigger_words",
-                other => other,
-            };
-            // Header values are strings; a list may be written as JSON in one.
-            let value = if key == "trigger_words" && v.trim_start().starts_with('[') {
-                serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.clone()))
-            } else {
-                Value::String(v.clone())
-            };
-            (key.to_string(), value)
-        })
-        .collect();
-    let side: Vec<(String, Value)> = match sidecar {
-        None => Vec::new(),
-        Some(Value::Object(o)) => o.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        Some(other) => return Err(format!("the sidecar must be a JSON object, not {other}")),
-    };
-    for (key, v) in header_json.iter().chain(side.iter()) {
-        match key.as_str() {
-            "trigger_words" => m.trigger_words = words(v, key)?,
-            "trigger_word" | "primary_trigger" => primary = Some(text(v, key)?),
-            "recommended_strength" => {
-                let s = match v {
-                    Value::Number(n) => n.as_f64(),
-                    Value::String(s) => s.trim().parse::<f64>().ok(),
-                    _ => None,
-                }
-                .filter(|s| s.is_finite() && (0.0..=2.0).contains(s))
-                .ok_or_else(|| format!("`recommended_strength` {v} is not a number in 0..=2"))?;
-                m.recommended_strength = Some(s as f32);
-            }
-            "group" | "genre" => m.group = Some(text(v, key)?).filter(|g| !g.is_empty()),
-            "base_model" | "base_model_scale" => {
-                m.base_model = Some(text(v, key)?).filter(|b| !b.is_empty())
-            }
-            "description" => m.description = Some(text(v, key)?).filter(|d| !d.is_empty()),
-            _ => {}
-        }
-    }
-    if let Some(p) = primary.filter(|p| !p.is_empty()) {
-        m.trigger_words.retain(|w| w != &p);
-        m.trigger_words.insert(0, p);
-    }
-    if m.trigger_words.len() > MAX_TRIGGERS {
-        return Err(format!(
-            "{} trigger words (at most {MAX_TRIGGERS})",
-            m.trigger_words.len()
-        ));
-    }
-    if let Some(w) = m
-        .trigger_words
-        .iter()
-        .find(|w| w.chars().count() > MAX_TRIGGER_CHARS)
-    {
-        return Err(format!(
-            "trigger word `{w}` is longer than {MAX_TRIGGER_CHARS} characters"
-        ));
-    }
-    Ok(m)
 }
 
 /// Where a key of an adapter file points and what it holds.
@@ -191,35 +72,81 @@ fn parse_key(key: &str) -> Option<(String, Part)> {
     Some((diffusers_to_original("decoder.", m), part))
 }
 
+/// How an adapter's factors are scaled before its strength multiplies them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LoraScaling {
+    /// PEFT's: `delta = strength · (α / r) · B·A` (`α / √r` for rsLoRA), α from the tensor,
+    /// then `adapter_config.json`, else `r` (scale 1). A strength of 1 is the adapter as
+    /// trained.
+    #[default]
+    AlphaOverRank,
+    /// DEMON's: `delta = strength · B·A`, whatever α says, so strengths written for the
+    /// reference carry over.
+    Unscaled,
+}
+
+/// The safetensors file of the adapter at `path` (the file itself, or the weights inside a
+/// PEFT folder) and the folder's `adapter_config.json`, if any.
+pub fn adapter_weights(path: &Path) -> Result<(PathBuf, Option<Value>)> {
+    Ok(if path.is_dir() {
+        let cfg_path = path.join("adapter_config.json");
+        let config = if cfg_path.is_file() {
+            Some(read_json(&cfg_path)?)
+        } else {
+            None
+        };
+        let f = [
+            "adapter_model.safetensors",
+            "pytorch_lora_weights.safetensors",
+        ]
+        .iter()
+        .map(|n| path.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| AceStepError::MissingFile {
+            path: path.join("adapter_model.safetensors"),
+            what: "LoRA adapter weights".into(),
+        })?;
+        (f, config)
+    } else {
+        (path.to_path_buf(), None)
+    })
+}
+
+/// How ACE-Step reads adapter files for a library (`demon_engine::AdapterFiles`): the metadata
+/// from the header and sidecar alone, the factors onto `device`, scaled by `scaling`.
+pub struct AceStepAdapterFiles {
+    pub device: Device,
+    pub scaling: LoraScaling,
+}
+
+impl demon_engine::AdapterFiles for AceStepAdapterFiles {
+    fn describe(&self, path: &Path) -> demon_engine::Result<AdapterMetadata> {
+        let (weights, _) = adapter_weights(path).map_err(demon_engine::EngineError::from)?;
+        demon_engine::describe_file(path, &weights)
+    }
+
+    fn load(&self, path: &Path) -> demon_engine::Result<demon_engine::LoadedAdapter> {
+        let adapter = LoraAdapter::load_scaled(path, &self.device, self.scaling)?;
+        Ok(demon_engine::LoadedAdapter::new(
+            path.to_path_buf(),
+            adapter,
+        ))
+    }
+}
+
 impl LoraAdapter {
-    /// Load a PEFT folder or a single `.safetensors` file.
+    /// Load a PEFT folder or a single `.safetensors` file, scaled by α/r.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_scaled(path, device, LoraScaling::AlphaOverRank)
+    }
+
+    /// Load a PEFT folder or a single `.safetensors` file, scaled as `scaling` says.
+    pub fn load_scaled(path: &Path, device: &Device, scaling: LoraScaling) -> Result<Self> {
         let lora_err = |d: String| AceStepError::Lora {
             path: path.to_path_buf(),
             detail: d,
         };
-        let (file, config) = if path.is_dir() {
-            let cfg_path = path.join("adapter_config.json");
-            let config = if cfg_path.is_file() {
-                Some(read_json(&cfg_path)?)
-            } else {
-                None
-            };
-            let f = [
-                "adapter_model.safetensors",
-                "pytorch_lora_weights.safetensors",
-            ]
-            .iter()
-            .map(|n| path.join(n))
-            .find(|p| p.is_file())
-            .ok_or_else(|| AceStepError::MissingFile {
-                path: path.join("adapter_model.safetensors"),
-                what: "LoRA adapter weights".into(),
-            })?;
-            (f, config)
-        } else {
-            (path.to_path_buf(), None)
-        };
+        let (file, config) = adapter_weights(path)?;
         let st = SafetensorsFile::open(&file)?;
         let cfg_alpha = config
             .as_ref()
@@ -291,7 +218,11 @@ impl LoraAdapter {
             // The factors' own rank, which is the config's `r` (or its `rank_pattern` entry).
             let rank = r as f64;
             let al = alpha.get(&name).copied().or(cfg_alpha).unwrap_or(rank);
-            let scale = if rslora { al / rank.sqrt() } else { al / rank };
+            let scale = match scaling {
+                LoraScaling::Unscaled => 1.0,
+                LoraScaling::AlphaOverRank if rslora => al / rank.sqrt(),
+                LoraScaling::AlphaOverRank => al / rank,
+            };
             modules.insert(
                 name,
                 LoraModule {
@@ -330,6 +261,8 @@ impl LoraAdapter {
 #[derive(Clone, Debug)]
 pub struct LoraSlot {
     pub adapter: LoraAdapter,
+    /// The id a library gave it (else it is addressed by its file stem).
+    pub name: Option<String>,
     pub strength: f32,
     pub enabled: bool,
 }
@@ -338,6 +271,8 @@ pub struct LoraSlot {
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraInfo {
     pub id: usize,
+    /// The id a library gave it, if any.
+    pub name: Option<String>,
     pub path: PathBuf,
     pub modules: usize,
     pub strength: f32,
@@ -356,70 +291,4 @@ pub fn merged_weight(base: &Tensor, parts: &[(&LoraModule, f32)]) -> Result<Tens
         w = (w + (delta * (m.scale * *strength as f64))?)?;
     }
     Ok(w)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn header(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn metadata_comes_from_the_header_and_the_sidecar_wins() {
-        let h = header(&[
-            ("modelspec.trigger_phrase", "lofi, tape hiss"),
-            ("recommended_strength", "0.7"),
-            ("group", "chill"),
-            ("ss_network_dim", "16"),
-        ]);
-        let m = read_metadata(&h, None).unwrap();
-        assert_eq!(m.trigger_words, vec!["lofi", "tape hiss"]);
-        assert_eq!(m.recommended_strength, Some(0.7));
-        assert_eq!(m.group.as_deref(), Some("chill"));
-        let side = json!({
-            "trigger_words": ["dusty drums", "lofi"],
-            "primary_trigger": "lofi",
-            "genre": "hip hop",
-            "base_model_scale": "2B",
-        });
-        let m = read_metadata(&h, Some(&side)).unwrap();
-        assert_eq!(
-            m.trigger_words,
-            vec!["lofi", "dusty drums"],
-            "primary first, once"
-        );
-        assert_eq!(m.group.as_deref(), Some("hip hop"));
-        assert_eq!(m.base_model.as_deref(), Some("2B"));
-        assert_eq!(m.recommended_strength, Some(0.7), "kept from the header");
-        // A JSON list written into a header string reads as a list.
-        let m = read_metadata(&header(&[("trigger_words", r#"["a, b", "c"]"#)]), None).unwrap();
-        assert_eq!(m.trigger_words, vec!["a, b", "c"]);
-        assert!(read_metadata(&BTreeMap::new(), None).unwrap().is_empty());
-    }
-
-    #[test]
-    fn bad_metadata_is_named() {
-        let none = BTreeMap::new();
-        for (side, want) in [
-            (
-                json!({"recommended_strength": "loud"}),
-                "recommended_strength",
-            ),
-            (json!({"recommended_strength": 9.0}), "recommended_strength"),
-            (json!({"trigger_words": [1, 2]}), "trigger_words"),
-            (json!({"trigger_words": {"a": 1}}), "trigger_words"),
-            (json!(["not", "an", "object"]), "object"),
-            (json!({"trigger_words": vec!["w"; 17]}), "at most 16"),
-            (json!({"trigger_words": ["x".repeat(65)]}), "longer than 64"),
-        ] {
-            let e = read_metadata(&none, Some(&side)).unwrap_err();
-            assert!(e.contains(want), "{side}: {e}");
-        }
-    }
 }

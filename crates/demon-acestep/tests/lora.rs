@@ -217,3 +217,61 @@ fn an_adapter_sidecar_gives_its_trigger_words() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Issue 12, item 2: a library adapter is described from its files without reading its
+/// tensors, loaded by `AdapterFiles` (a thread of its own in a live session), installed
+/// disabled (no merge, every weight as it was), and enabled by a strength like any adapter.
+/// `LoraScaling::Unscaled` (DEMON's strengths) drops PEFT's α/r: this adapter's α/r is 8/4, so
+/// its delta at strength 1 is half the PEFT merge's.
+#[test]
+fn a_library_adapter_installs_disabled_and_scales_as_asked() {
+    use demon_acestep::lora::LoraScaling;
+    use demon_engine::Adapters;
+    let peft = temp_copy(&fixtures().join("lora/peft"), "lora-library");
+    std::fs::write(
+        peft.join("metadata.json"),
+        r#"{"trigger_words": ["lofi"], "group": "chill"}"#,
+    )
+    .unwrap();
+    let module = "decoder.layers.1.cross_attn.v_proj";
+    let full = load("lora/merged_reference.safetensors")[&format!("{module}.weight")].clone();
+    for (scaling, share) in [
+        (LoraScaling::AlphaOverRank, 1.0),
+        (LoraScaling::Unscaled, 0.5),
+    ] {
+        let mut m = AceStep::load(&original(), &Device::Cpu).unwrap();
+        m.denoiser.set_lora_scaling(scaling);
+        let base = m.denoiser.module_weight(module).unwrap();
+        let files = m.denoiser.files().unwrap();
+        let meta = files.describe(&peft).unwrap();
+        assert_eq!(meta.trigger_words, ["lofi"]);
+        assert_eq!(meta.group.as_deref(), Some("chill"));
+        let loaded = files.load(&peft).unwrap();
+        let merges = m.denoiser.lora_merges();
+        m.denoiser.install("lofi", meta.clone(), loaded).unwrap();
+        let info = m.denoiser.list();
+        assert_eq!((info[0].id.as_str(), info[0].strength), ("lofi", 0.0));
+        assert_eq!(info[0].metadata.trigger_words, ["lofi"]);
+        assert_eq!(
+            m.denoiser.lora_merges(),
+            merges,
+            "installing merges nothing"
+        );
+        assert_eq!(
+            bits(&m.denoiser.module_weight(module).unwrap()),
+            bits(&base)
+        );
+        m.denoiser.set_strength("lofi", 1.0).unwrap();
+        let want = (&base + ((&full - &base).unwrap() * share).unwrap()).unwrap();
+        let diff = max_abs_diff(&m.denoiser.module_weight(module).unwrap(), &want);
+        assert!(diff <= 1e-5, "{scaling:?}: {diff}");
+        // The same id twice, and another backend's payload, are refused by name.
+        let again = files.load(&peft).unwrap();
+        let e = m.denoiser.install("lofi", meta.clone(), again).unwrap_err();
+        assert!(e.to_string().contains("already loaded"), "{e}");
+        let foreign = demon_engine::LoadedAdapter::new(peft.clone(), 1.0f32);
+        let e = m.denoiser.install("other", meta, foreign).unwrap_err();
+        assert!(e.to_string().contains("another backend"), "{e}");
+    }
+    std::fs::remove_dir_all(&peft).unwrap();
+}

@@ -155,6 +155,75 @@ impl From<CpuPrecision> for demon_acestep::gemm::Precision {
     }
 }
 
+/// `--lora-scaling`: how an adapter's strength is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LoraScalingArg {
+    /// PEFT's: strength × α/r (strength 1 is the adapter as trained).
+    AlphaRank,
+    /// DEMON's: strength alone, α ignored (strengths written for the reference carry over).
+    None,
+}
+
+impl From<LoraScalingArg> for demon_acestep::lora::LoraScaling {
+    fn from(s: LoraScalingArg) -> Self {
+        match s {
+            LoraScalingArg::AlphaRank => Self::AlphaOverRank,
+            LoraScalingArg::None => Self::Unscaled,
+        }
+    }
+}
+
+/// The LoRA library's folders (`serve`, `perform`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LibraryArgs {
+    /// A folder of LoRA adapters (`*.safetensors` files, PEFT folders, one level of group
+    /// folders), registered at start without loading and loaded on first use (repeatable).
+    /// `demon/loras` under the user's data folder is scanned too when it exists.
+    #[arg(long = "lora-dir", value_name = "DIR")]
+    pub lora_dirs: Vec<std::path::PathBuf>,
+}
+
+impl LibraryArgs {
+    /// The default library folder: `$XDG_DATA_HOME/demon/loras`, else
+    /// `~/.local/share/demon/loras`.
+    pub fn default_dir() -> Option<std::path::PathBuf> {
+        let data = std::env::var_os("XDG_DATA_HOME")
+            .map(std::path::PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/share"))
+            })?;
+        Some(data.join("demon").join("loras"))
+    }
+
+    /// The folders to scan: each `--lora-dir` (which must be a folder), then the default one
+    /// when it exists. `adapters`: whether the backend can add adapters at run time (without,
+    /// a `--lora-dir` is refused and the default folder is not scanned).
+    pub fn dirs(&self, adapters: bool) -> anyhow::Result<Vec<std::path::PathBuf>> {
+        if !adapters {
+            if let Some(d) = self.lora_dirs.first() {
+                anyhow::bail!(
+                    "--lora-dir `{}`: this backend cannot load LoRA adapters",
+                    d.display()
+                );
+            }
+            return Ok(Vec::new());
+        }
+        for d in &self.lora_dirs {
+            if !d.is_dir() {
+                anyhow::bail!("--lora-dir `{}` is not a folder", d.display());
+            }
+        }
+        let mut dirs = self.lora_dirs.clone();
+        if let Some(d) = Self::default_dir().filter(|d| d.is_dir())
+            && !dirs.contains(&d)
+        {
+            dirs.push(d);
+        }
+        Ok(dirs)
+    }
+}
+
 /// `--random-model` and `--model-sizes`: the published ACE-Step sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ModelSize {

@@ -12,7 +12,7 @@ use demon_live::resolve::{SongLibrary, SourceResolver};
 use demon_live::{BackendFacts, SessionError, SessionResult};
 use demon_sketch::SketchConditioner;
 
-use crate::args::{CpuPrecision, Matmul, ModelSize, closed};
+use crate::args::{CpuPrecision, LoraScalingArg, Matmul, ModelSize, closed};
 
 /// Backend names accepted by `--backend`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -40,6 +40,10 @@ pub struct BackendArgs {
     /// LoRA adapter to load, repeatable: `PATH` or `PATH=STRENGTH` (PEFT folder or file).
     #[arg(long = "lora", value_name = "PATH[=STRENGTH]")]
     pub loras: Vec<String>,
+    /// How LoRA strengths scale (ACE-Step): `alpha-rank` (PEFT's α/r; strength 1 is the
+    /// adapter as trained) or `none` (DEMON's: no α/r, so the reference's strengths carry over).
+    #[arg(long = "lora-scaling", default_value = "alpha-rank", value_parser = closed::<LoraScalingArg>("LoRA scaling"))]
+    pub lora_scaling: LoraScalingArg,
     /// ACE-Step at full size with random weights instead of files (for benchmarks):
     /// `turbo-2b` or `xl-turbo`. It makes noise, not music.
     #[arg(long = "random-model", value_name = "SIZE", value_parser = closed::<ModelSize>("model size"))]
@@ -87,6 +91,7 @@ impl BackendArgs {
 
     /// Apply `--matmul` and `--cpu-precision` to a denoiser.
     fn set_precision(&self, denoiser: &mut demon_acestep::AceStepDenoiser) -> Result<()> {
+        denoiser.set_lora_scaling(self.lora_scaling.into());
         denoiser.set_matmul_dtype(self.matmul_dtype()?)?;
         let p = self.cpu_precision()?;
         if p != demon_acestep::gemm::Precision::F32 {
@@ -253,7 +258,12 @@ fn build_set(args: &BackendArgs) -> Result<BackendSet> {
                 );
             }
             if !args.loras.is_empty() {
-                bail!("the sketch backend has no LoRA adapters; use --backend acestep");
+                bail!(
+                    "--lora is for --backend acestep; sketch adapter files go in a --lora-dir (serve, perform)"
+                );
+            }
+            if args.lora_scaling != LoraScalingArg::AlphaRank {
+                bail!("--lora-scaling is for --backend acestep; sketch adapters have no α or rank");
             }
             if args.compute != "cpu" || args.matmul != Matmul::F32 {
                 bail!(

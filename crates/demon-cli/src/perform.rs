@@ -13,7 +13,7 @@ use demon_live::core::SessionConfig;
 use demon_live::record::{ScriptEvent, read_script, read_session};
 use demon_live::sink::AudioSink;
 
-use crate::args::{CfgMode, Solver, closed};
+use crate::args::{CfgMode, LibraryArgs, Solver, closed};
 use crate::backends::{self, Backend, BackendArgs};
 
 /// How a session starts (shared by `perform` and `serve`).
@@ -208,6 +208,8 @@ pub struct PerformArgs {
     #[arg(long)]
     pub device: bool,
     #[command(flatten)]
+    pub library: LibraryArgs,
+    #[command(flatten)]
     pub session: SessionArgs,
     #[command(flatten)]
     pub backend: BackendArgs,
@@ -217,6 +219,12 @@ pub fn perform(args: PerformArgs) -> Result<()> {
     crate::args::existing_file("--script", &args.script)?;
     args.session.check()?;
     let mut backend = backends::build(&args.backend)?;
+    let has_files = backend
+        .set
+        .denoiser
+        .adapters()
+        .is_some_and(|a| a.files().is_some());
+    let lora_dirs = args.library.dirs(has_files)?;
     let config = args.session.config(&mut backend)?;
     let prompt = args.session.prompt();
     let frames = args.session.song_frames(&mut backend);
@@ -240,6 +248,7 @@ pub fn perform(args: PerformArgs) -> Result<()> {
         args.out.as_deref(),
         !args.fast,
         sinks,
+        lora_dirs,
     )?;
     eprintln!(
         "{} ticks, {} generations, {:.1} s played",

@@ -12,6 +12,7 @@ use demon_live::session::{RunOptions, start};
 use demon_live::{BackendFacts, SessionError, SessionResult};
 use demon_server::{Hooks, Limits, OfflineRender, ServerOptions};
 
+use crate::args::LibraryArgs;
 use crate::backends::{self, BackendArgs};
 use crate::perform::{SessionArgs, choose_sink, missing_features};
 
@@ -82,6 +83,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub device: bool,
     #[command(flatten)]
+    pub library: LibraryArgs,
+    #[command(flatten)]
     pub session: SessionArgs,
     #[command(flatten)]
     pub backend: BackendArgs,
@@ -136,7 +139,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         opts.load = Some(message);
     }
     eprintln!("session: measuring the codec's receptive field...");
-    let core = LiveCore::new(config, backend.set)?;
+    let mut core = LiveCore::new(config, backend.set)?;
+    let lora_dirs = args.library.dirs(core.adapter_files().is_some())?;
     let field = core.receptive_field();
     eprintln!(
         "session: receptive field {} frames before, {} after",
@@ -153,6 +157,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             degrade: !args.no_degrade,
             sinks: vec![sink],
             session_file: args.record.clone(),
+            lora_dirs,
             ..Default::default()
         },
     )

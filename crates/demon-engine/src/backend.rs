@@ -227,6 +227,26 @@ pub trait Adapters {
     fn list(&self) -> Vec<AdapterInfo>;
     /// Set the strength of adapter `id`; 0 disables it.
     fn set_strength(&mut self, id: &str, strength: f32) -> Result<()>;
+    /// How this backend reads adapter files, for a library that registers them without loading
+    /// and loads them beside the ticks; `None`: adapters cannot be added at run time.
+    fn files(&self) -> Option<std::sync::Arc<dyn crate::AdapterFiles>> {
+        None
+    }
+    /// Add an adapter made by [`files`](Self::files)`().load`, addressed as `id`, disabled
+    /// (strength 0) until [`set_strength`](Self::set_strength) enables it. `metadata` is what
+    /// the library read from its files (its trigger words go into the prompts).
+    fn install(
+        &mut self,
+        id: &str,
+        metadata: AdapterMetadata,
+        adapter: crate::LoadedAdapter,
+    ) -> Result<()> {
+        let _ = (metadata, adapter);
+        Err(EngineError::param(
+            "lora",
+            format!("this model cannot add the adapter `{id}` at run time"),
+        ))
+    }
 }
 
 /// Planar audio: one `Vec<f32>` per channel, all the same length.

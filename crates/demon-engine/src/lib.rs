@@ -9,9 +9,11 @@
 //! - [`solver`]: the step kernels (Euler, SDE re-noise, source blending, APG, CFG rescale, DCW).
 //! - [`pipeline`]: `StreamPipeline`, the ring of in-flight generations (mechanism 1).
 //! - [`lane`]: `SharedLane`, per-step state read by every slot on the next tick (mechanism 2).
+//! - [`adapter`]: adapter (LoRA) files: their metadata convention and the loader a library uses.
 //! - [`backend`]: the `Denoiser`, `Codec` and `Conditioner` traits every backend implements.
 //! - [`host`]: counted reads of tensor values back to the host (none may happen in a tick).
 
+pub mod adapter;
 pub mod backend;
 pub mod curve;
 pub mod error;
@@ -26,6 +28,7 @@ pub mod solver;
 pub mod testing;
 pub mod wavelet;
 
+pub use adapter::{AdapterFiles, LoadedAdapter, describe_file, header_metadata};
 pub use backend::{
     AdapterInfo, AdapterMetadata, Adapters, Audio, BackendSet, Codec, Conditioner, Conditioning,
     DenoiseBatch, Denoiser, GenerationTask, Prompt, PromptUse, SourceHints,

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use demon_engine::{CfgMode, CurveSpec, DcwMode, SolverKind, Wavelet};
+use demon_engine::{AdapterMetadata, CfgMode, CurveSpec, DcwMode, SolverKind, Wavelet};
 use serde::{Deserialize, Serialize};
 
 use crate::automation::AutomationLane;
@@ -161,6 +161,16 @@ pub enum ControlMessage {
         id: String,
         strength: f64,
     },
+    /// Put a library adapter (`crate::lora_library`) into the model, disabled: what a session
+    /// file records when an adapter was read beside the ticks, so a replay reads the same file
+    /// at the same tick. From a front end it only preloads an adapter the library registered
+    /// under this `id` and `path`; `set_lora` loads one on first use by itself.
+    InstallLora {
+        id: String,
+        path: String,
+        #[serde(default, skip_serializing_if = "AdapterMetadata::is_empty")]
+        metadata: AdapterMetadata,
+    },
     SetLoopBand {
         start_s: f64,
         end_s: f64,
@@ -192,6 +202,26 @@ pub enum ControlMessage {
 }
 
 impl ControlMessage {
+    /// The adapters this control sets or draws: what must be in the model before it applies.
+    pub fn adapter_ids(&self) -> Vec<&str> {
+        fn lora(knob: &str) -> Option<&str> {
+            knob.strip_prefix(crate::controls::LORA_PREFIX)
+        }
+        match self {
+            Self::SetLora { id, .. } | Self::InstallLora { id, .. } => vec![id.as_str()],
+            Self::SetKnob { name, .. } => lora(name).into_iter().collect(),
+            Self::SetKnobs { values } => values.keys().filter_map(|k| lora(k)).collect(),
+            Self::SetAutomation { knob, .. } => lora(knob).into_iter().collect(),
+            Self::LoadPreset { preset, .. } => preset
+                .loras
+                .keys()
+                .map(String::as_str)
+                .chain(preset.automation.keys().filter_map(|k| lora(k)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Load `preset` with its own source and references, which a front end resolves
     /// (`source` absent, no `references`).
     pub fn load_preset(preset: Preset) -> Self {

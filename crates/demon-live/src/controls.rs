@@ -206,7 +206,7 @@ impl ControlMessage {
             | Self::SetSource { .. }
             | Self::SetReference { .. } => PerSlot,
             Self::SetDcw { .. } => SharedPerStep,
-            Self::SetLora { .. } => GlobalWeights,
+            Self::SetLora { .. } | Self::InstallLora { .. } => GlobalWeights,
             Self::SetLoopBand { .. }
             | Self::ClearLoopBand
             | Self::Seek { .. }
@@ -928,8 +928,15 @@ impl Controls {
                     .collect::<SessionResult<Vec<_>>>()?;
                 let mut changed = Changed::default();
                 for (k, v) in checked {
-                    let c = self.set_checked(k, v);
+                    // LoRA strengths through `store_knob`, so enabling one with trigger words
+                    // changes the prompts as `set_lora` does.
+                    let c = if k.starts_with(LORA_PREFIX) {
+                        self.store_knob(k, v, facts)?
+                    } else {
+                        self.set_checked(k, v)
+                    };
                     changed.depth = c.depth.or(changed.depth);
+                    changed.prompts |= c.prompts;
                 }
                 Ok(changed)
             }
@@ -1031,9 +1038,10 @@ impl Controls {
             | ControlMessage::ClearLoopBand
             | ControlMessage::Seek { .. }
             | ControlMessage::SetPlaying { .. }
+            | ControlMessage::InstallLora { .. }
             | ControlMessage::LoadPreset { .. } => Err(SessionError::bad_value(
                 "control",
-                "sources, references, presets, the loop band, seek and play act on a live session, not on a control value",
+                "sources, references, presets, adapter installs, the loop band, seek and play act on a live session, not on a control value",
             )),
         }
     }

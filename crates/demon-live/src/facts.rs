@@ -32,20 +32,28 @@ pub struct BackendFacts {
 impl BackendFacts {
     /// The facts of `backend` (`&mut` because listing adapters goes through the denoiser).
     pub fn of(backend: &mut BackendSet) -> Self {
-        let listed = backend.denoiser.adapters().map(|a| a.list());
-        Self {
+        let mut facts = Self {
             name: backend.name.clone(),
             latent_channels: backend.denoiser.latent_channels(),
             hop_samples: backend.codec.hop_samples().max(1),
             sample_rate: backend.codec.sample_rate(),
-            adapter_triggers: listed
-                .iter()
-                .flatten()
-                .filter(|a| !a.metadata.trigger_words.is_empty())
-                .map(|a| (a.id.clone(), a.metadata.trigger_words.clone()))
-                .collect(),
-            adapters: listed.map(|l| l.into_iter().map(|x| x.id).collect()),
-        }
+            adapter_triggers: BTreeMap::new(),
+            adapters: None,
+        };
+        facts.refresh_adapters(backend);
+        facts
+    }
+
+    /// Read the adapters again (after one was installed at run time).
+    pub fn refresh_adapters(&mut self, backend: &mut BackendSet) {
+        let listed = backend.denoiser.adapters().map(|a| a.list());
+        self.adapter_triggers = listed
+            .iter()
+            .flatten()
+            .filter(|a| !a.metadata.trigger_words.is_empty())
+            .map(|a| (a.id.clone(), a.metadata.trigger_words.clone()))
+            .collect();
+        self.adapters = listed.map(|l| l.into_iter().map(|x| x.id).collect());
     }
 
     /// Latent frames per second (`sample_rate / hop`; 25 for ACE-Step and the sketch).

@@ -22,6 +22,7 @@
 //! - [`analysis`]: tempo, key, duration and loudness measured on each loaded source;
 //!   [`loudness`]: the meter of what plays and the matcher that keeps it at the source's.
 //! - [`automation`]: knob automation lanes over the song timeline, followed by the playhead.
+//! - [`lora_library`]: LoRA folders scanned into adapters registered without loading.
 //! - [`error`]: `SessionError`, every refusal and failure with a stable wire code.
 
 pub mod analysis;
@@ -39,6 +40,7 @@ pub mod facts;
 pub mod latency;
 pub mod lead;
 pub mod loopbuf;
+pub mod lora_library;
 pub mod loudness;
 pub mod media;
 pub mod perform;

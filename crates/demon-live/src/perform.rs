@@ -45,6 +45,7 @@ pub fn perform(
     out_wav: Option<&Path>,
     realtime: bool,
     mut sinks: Vec<Box<dyn AudioSink>>,
+    lora_dirs: Vec<std::path::PathBuf>,
 ) -> SessionResult<SessionSummary> {
     if !(seconds.is_finite() && seconds > 0.0 && seconds <= crate::render::MAX_SECONDS) {
         return Err(SessionError::bad_value(
@@ -65,6 +66,7 @@ pub fn perform(
         session_file: record.map(Path::to_path_buf),
         script: script_ticks(script, spt, sr),
         max_ticks: Some(ticks),
+        lora_dirs,
         ..Default::default()
     };
     run_blocking(core, opts)

@@ -54,6 +54,9 @@ pub struct RunOptions {
     /// The longest a source change may take to prepare beside the ticks
     /// ([`SOURCE_PREPARE_MAX`] unless told otherwise).
     pub source_prepare_max: Duration,
+    /// LoRA folders (`crate::lora_library`), scanned when the session starts and on
+    /// [`SessionHandle::rescan_loras`].
+    pub lora_dirs: Vec<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -68,6 +71,7 @@ impl Default for RunOptions {
             degrade: false,
             bus_capacity: 256,
             source_prepare_max: SOURCE_PREPARE_MAX,
+            lora_dirs: Vec::new(),
         }
     }
 }
@@ -165,6 +169,244 @@ impl PendingSource {
     }
 }
 
+/// The longest a library adapter may take to load beside the ticks before it is given up.
+pub const LORA_LOAD_MAX: Duration = Duration::from_secs(120);
+
+/// A library adapter being read on a thread of its own.
+struct AdapterLoad {
+    id: String,
+    path: PathBuf,
+    metadata: demon_engine::AdapterMetadata,
+    started: Instant,
+    result: Receiver<demon_engine::Result<demon_engine::LoadedAdapter>>,
+}
+
+/// A control waiting for library adapters to be loaded.
+struct ParkedControl {
+    origin: u64,
+    message: ControlMessage,
+    reply: Option<ReplySender<SessionResult<u64>>>,
+    queued: Instant,
+}
+
+/// Library adapters loading beside the ticks and the controls that wait for them, in the
+/// order they came: a control naming an adapter not loaded yet waits (and so does any later
+/// control naming a waiting adapter, or a preset), the others go on at once.
+#[derive(Default)]
+struct AdapterLoads {
+    loading: Vec<AdapterLoad>,
+    parked: std::collections::VecDeque<ParkedControl>,
+}
+
+impl AdapterLoads {
+    /// Whether `message` must wait behind the controls already waiting (it names one of their
+    /// adapters, or it is a preset, which sets every adapter).
+    fn holds_back(&self, message: &ControlMessage) -> bool {
+        if self.parked.is_empty() {
+            return false;
+        }
+        if matches!(message, ControlMessage::LoadPreset { .. }) {
+            return true;
+        }
+        let ids = message.adapter_ids();
+        self.parked
+            .iter()
+            .any(|p| p.message.adapter_ids().iter().any(|x| ids.contains(x)))
+    }
+
+    /// Start reading library adapter `id` on a thread (nothing when it is loading already).
+    fn start(
+        &mut self,
+        core: &mut LiveCore,
+        files: &Arc<dyn demon_engine::AdapterFiles>,
+        id: &str,
+    ) -> SessionResult<()> {
+        if self.loading.iter().any(|l| l.id == id) {
+            return Ok(());
+        }
+        let entry = core
+            .library()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SessionError::NotFound {
+                what: "LoRA adapter".into(),
+                name: id.to_string(),
+            })?;
+        if let crate::lora_library::LibraryStatus::Failed { error } = &entry.status {
+            return Err(SessionError::bad_value(
+                format!("LoRA `{id}`"),
+                format!("its files cannot be used ({error}); fix them and rescan"),
+            ));
+        }
+        let (tx, result) = std::sync::mpsc::channel();
+        let (files, path) = (files.clone(), entry.path.clone());
+        std::thread::Builder::new()
+            .name("demon-lora".into())
+            .spawn(move || {
+                // The runner may have stopped; then nobody needs the adapter.
+                let _ = tx.send(files.load(&path));
+            })
+            .map_err(|e| {
+                SessionError::Backend(format!("cannot start a LoRA loading thread: {e}"))
+            })?;
+        core.set_library_status(id, crate::lora_library::LibraryStatus::Loading);
+        self.loading.push(AdapterLoad {
+            id: id.to_string(),
+            path: entry.path,
+            metadata: entry.metadata,
+            started: Instant::now(),
+            result,
+        });
+        Ok(())
+    }
+
+    /// Park `message` until `needs` are loaded, starting their loads; refused at once (and
+    /// answered) when one cannot be loaded.
+    fn park(
+        &mut self,
+        core: &mut LiveCore,
+        files: &Arc<dyn demon_engine::AdapterFiles>,
+        control: ParkedControl,
+        needs: &[String],
+    ) {
+        for id in needs {
+            if let Err(e) = self.start(core, files, id) {
+                if let Some(r) = control.reply {
+                    r.send(Err(e));
+                }
+                return;
+            }
+        }
+        self.parked.push_back(control);
+    }
+
+    /// At a tick boundary: install what finished loading (recorded as `install_lora`), give up
+    /// what failed (answering the controls waiting for it), then apply the waiting controls
+    /// whose adapters are all in, in the order they came.
+    fn poll(&mut self, core: &mut LiveCore, applier: &mut Applier<'_, '_>) {
+        let mut i = 0;
+        while i < self.loading.len() {
+            let l = &self.loading[i];
+            let outcome = match l.result.try_recv() {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(TryRecvError::Empty) if l.started.elapsed() > LORA_LOAD_MAX => Err(format!(
+                    "loading took longer than {} s",
+                    LORA_LOAD_MAX.as_secs()
+                )),
+                Err(TryRecvError::Empty) => {
+                    i += 1;
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => {
+                    Err("the loading thread stopped without an answer".to_string())
+                }
+            };
+            let l = self.loading.remove(i);
+            let message = ControlMessage::InstallLora {
+                id: l.id.clone(),
+                path: l.path.to_string_lossy().into_owned(),
+                metadata: l.metadata.clone(),
+            };
+            let installed = outcome.and_then(|loaded| {
+                applier
+                    .apply_with(core, 0, &message, None, l.started, |core| {
+                        core.install_adapter(&l.id, &l.path, l.metadata.clone(), loaded)
+                    })
+                    .map_err(|e| e.to_string())
+            });
+            match installed {
+                Ok(_) => applier.shared.announce(format!(
+                    "LoRA `{}` loaded in {:.1} s",
+                    l.id,
+                    l.started.elapsed().as_secs_f64()
+                )),
+                Err(error) => {
+                    applier
+                        .shared
+                        .announce(format!("LoRA `{}` cannot be loaded: {error}", l.id));
+                    core.set_library_status(
+                        &l.id,
+                        crate::lora_library::LibraryStatus::Failed {
+                            error: error.clone(),
+                        },
+                    );
+                    for p in std::mem::take(&mut self.parked) {
+                        if p.message.adapter_ids().contains(&l.id.as_str()) {
+                            if let Some(r) = p.reply {
+                                r.send(Err(SessionError::bad_value(
+                                    format!("LoRA `{}`", l.id),
+                                    format!("it cannot be loaded: {error}"),
+                                )));
+                            }
+                        } else {
+                            self.parked.push_back(p);
+                        }
+                    }
+                    applier.shared.refresh_state(core);
+                }
+            }
+        }
+        while self
+            .parked
+            .front()
+            .is_some_and(|p| core.adapters_to_load(&p.message).is_empty())
+        {
+            let Some(p) = self.parked.pop_front() else {
+                break;
+            };
+            if let ControlMessage::InstallLora { .. } = p.message {
+                // A preload: the install itself was the change.
+                if let Some(r) = p.reply {
+                    r.send(Ok(applier.tick));
+                }
+                continue;
+            }
+            let _answered = applier.apply(core, p.origin, p.message, p.reply, p.queued);
+        }
+    }
+}
+
+/// Load the library adapters `message` needs now, on this thread (scripted and offline
+/// sessions, where nothing plays while they load), each recorded as its `install_lora`.
+fn install_now(
+    core: &mut LiveCore,
+    files: &Arc<dyn demon_engine::AdapterFiles>,
+    message: &ControlMessage,
+    mut recorded: impl FnMut(&mut LiveCore, ControlMessage),
+) -> SessionResult<()> {
+    for id in core.adapters_to_load(message) {
+        let entry = core
+            .library()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| SessionError::NotFound {
+                what: "LoRA adapter".into(),
+                name: id.clone(),
+            })?;
+        let loaded = files
+            .load(&entry.path)
+            .map_err(|e| SessionError::bad_value(format!("LoRA `{id}`"), e.to_string()))?;
+        let m = core.install_adapter(&id, &entry.path, entry.metadata, loaded)?;
+        recorded(core, m);
+    }
+    Ok(())
+}
+
+/// A front end's `install_lora` (a preload) names a library adapter by its id and path: the
+/// only files a peer can make the session read are those the library registered.
+fn check_preload(core: &LiveCore, message: &ControlMessage) -> SessionResult<()> {
+    let ControlMessage::InstallLora { id, path, .. } = message else {
+        return Ok(());
+    };
+    match core.library().get(id) {
+        Some(e) if e.path == Path::new(path) => Ok(()),
+        _ => Err(SessionError::NotFound {
+            what: "LoRA library adapter with this id and path".into(),
+            name: format!("{id} ({path})"),
+        }),
+    }
+}
+
 enum Command {
     Control {
         origin: u64,
@@ -196,6 +438,11 @@ enum Command {
     },
     Preset {
         reply: ReplySender<crate::preset::Preset>,
+    },
+    /// A scan of the LoRA library, made on the caller's thread, to take in.
+    Rescan {
+        scan: crate::lora_library::Scan,
+        reply: ReplySender<crate::lora_library::RescanReport>,
     },
     Stop,
 }
@@ -281,9 +528,41 @@ pub struct SessionHandle {
     join: Arc<Mutex<Option<RunnerThread>>>,
     sample_rate: u32,
     source_prepare_max: Duration,
+    /// The LoRA folders and how the backend reads them (`None`: the backend cannot add
+    /// adapters at run time).
+    library: Option<crate::lora_library::LoraLibrary>,
 }
 
 impl SessionHandle {
+    /// Scan the LoRA folders again, on this thread, and have the session take the result in
+    /// at its next tick boundary: new files are registered (not loaded), vanished ones dropped
+    /// unless loaded. Answers what changed.
+    pub fn rescan_loras(
+        &self,
+        timeout: Duration,
+    ) -> SessionResult<crate::lora_library::RescanReport> {
+        let library = self
+            .library
+            .as_ref()
+            .ok_or_else(|| SessionError::UnsupportedByBackend {
+                backend: self.state().map(|s| s.backend).unwrap_or_default(),
+                what: "LoRA adapters added at run time".into(),
+            })?;
+        let mut scan = library.scan();
+        if library.dirs().is_empty() {
+            scan.problems
+                .push("no LoRA folders: start the session with --lora-dir DIR".into());
+        }
+        let (reply, rx) = reply_channel();
+        self.command(Command::Rescan { scan, reply })?;
+        Self::wait(rx, timeout, "the session to take in the rescan")
+    }
+
+    /// The LoRA folders this session scans.
+    pub fn lora_dirs(&self) -> &[PathBuf] {
+        self.library.as_ref().map_or(&[], |l| l.dirs())
+    }
+
     /// How long a source change may take to prepare before the session refuses it.
     pub fn source_prepare_max(&self) -> Duration {
         self.source_prepare_max
@@ -507,6 +786,7 @@ impl SessionHandle {
 /// Run a session to its end on the calling thread (offline performances and replays: there is
 /// nobody to send controls, only the script). Same loop as the runner thread.
 pub fn run_blocking(mut core: LiveCore, mut opts: RunOptions) -> SessionResult<SessionSummary> {
+    open_library(&mut core, &opts)?;
     let (_tx, rx) = sync_channel::<Command>(1);
     let bus = EventBus::new(opts.bus_capacity);
     let state = Mutex::new(None);
@@ -523,8 +803,43 @@ pub fn run_blocking(mut core: LiveCore, mut opts: RunOptions) -> SessionResult<S
     run(&mut core, &mut opts, rx, writer, shared)
 }
 
+/// The session's LoRA library: its folders scanned into the core. `None` when the backend
+/// cannot add adapters at run time (then folders are refused).
+fn open_library(
+    core: &mut LiveCore,
+    opts: &RunOptions,
+) -> SessionResult<Option<crate::lora_library::LoraLibrary>> {
+    let Some(files) = core.adapter_files() else {
+        if let Some(d) = opts.lora_dirs.first() {
+            return Err(SessionError::UnsupportedByBackend {
+                backend: core.facts().name.clone(),
+                what: format!("LoRA folders (`{}`)", d.display()),
+            });
+        }
+        return Ok(None);
+    };
+    let library = crate::lora_library::LoraLibrary::new(opts.lora_dirs.clone(), files);
+    let report = core.merge_library(library.scan());
+    for p in &report.problems {
+        eprintln!("demon: LoRA library: {p}");
+    }
+    if !opts.lora_dirs.is_empty() {
+        eprintln!(
+            "demon: LoRA library: {} adapter(s) registered from {}",
+            report.total,
+            opts.lora_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(Some(library))
+}
+
 /// Start the runner thread.
 pub fn start(mut core: LiveCore, mut opts: RunOptions) -> SessionResult<SessionHandle> {
+    let library = open_library(&mut core, &opts)?;
     let source_prepare_max = opts.source_prepare_max;
     let (tx, rx) = sync_channel::<Command>(1024);
     let bus = Arc::new(EventBus::new(opts.bus_capacity));
@@ -580,6 +895,7 @@ pub fn start(mut core: LiveCore, mut opts: RunOptions) -> SessionResult<SessionH
         join: Arc::new(Mutex::new(Some(join))),
         sample_rate,
         source_prepare_max,
+        library,
     })
 }
 
@@ -854,6 +1170,9 @@ fn run(
     let mut staged = StagedKnobs::default();
     // A source change being prepared beside the ticks (live sessions, forkable codecs).
     let mut pending_source: Option<PendingSource> = None;
+    // Library adapters loading beside the ticks, and the controls waiting for them.
+    let adapter_files = core.adapter_files();
+    let mut adapter_loads = AdapterLoads::default();
     // When the next tick is due (None: at once).
     let mut next_due: Option<Instant> = None;
     loop {
@@ -893,6 +1212,7 @@ fn run(
                 }
             }
         }
+        adapter_loads.poll(core, &mut applier);
         loop {
             let cmd = match rx.try_recv() {
                 Ok(c) => c,
@@ -931,6 +1251,35 @@ fn run(
                         ))));
                     }
                     continue;
+                }
+                if let Some(files) = &adapter_files {
+                    // A control naming a library adapter not loaded yet waits for its load
+                    // (beside the ticks in a live session, here in an offline one).
+                    if let Err(e) = check_preload(core, &message) {
+                        if let Some(r) = reply {
+                            r.send(Err(e));
+                        }
+                        continue;
+                    }
+                    let needs = core.adapters_to_load(&message);
+                    if !needs.is_empty() || adapter_loads.holds_back(&message) {
+                        staged.flush(core, &mut applier);
+                        let control = ParkedControl {
+                            origin,
+                            message,
+                            reply,
+                            queued,
+                        };
+                        adapter_loads.park(core, files, control, &needs);
+                        continue;
+                    }
+                    if let ControlMessage::InstallLora { .. } = &message {
+                        // Preloading an adapter already in: nothing to do.
+                        if let Some(r) = reply {
+                            r.send(Ok(tick));
+                        }
+                        continue;
+                    }
                 }
                 if let ControlMessage::SetKnob { name, .. } = &message {
                     // A value the knob refuses is answered now; a valid one replaces any
@@ -1025,6 +1374,11 @@ fn run(
                 Command::LoopAudio { reply } => reply.send((tick, core.buffer().snapshot())),
                 Command::Heard { .. } | Command::Arrival { .. } => {}
                 Command::Preset { reply } => reply.send(core.preset()),
+                Command::Rescan { scan, reply } => {
+                    let report = core.merge_library(scan);
+                    shared.refresh_state(core);
+                    reply.send(report);
+                }
                 Command::Stop => {
                     stop = true;
                     break;
@@ -1037,8 +1391,33 @@ fn run(
         }
         while script.peek().is_some_and(|(t, _)| *t <= tick) {
             if let Some((_, message)) = script.next() {
-                match core.apply(&message) {
-                    Ok(recorded) => {
+                let installed = match &adapter_files {
+                    Some(files) => install_now(core, files, &message, |core, m| {
+                        core.track_control(next_control_id, &m, Instant::now());
+                        next_control_id += 1;
+                        record(
+                            &mut writer,
+                            SessionLine::Event {
+                                tick,
+                                message: m.clone(),
+                            },
+                        );
+                        bus.publish(Event::Applied {
+                            tick,
+                            origin: 0,
+                            message: m,
+                        });
+                    }),
+                    None => Ok(()),
+                };
+                // A scripted preload of a library adapter is done by `install_now` itself.
+                let preload = matches!(&message, ControlMessage::InstallLora { id, .. }
+                    if core.library().get(id).is_some());
+                let applied =
+                    installed.and_then(|()| (!preload).then(|| core.apply(&message)).transpose());
+                match applied {
+                    Ok(None) => {}
+                    Ok(Some(recorded)) => {
                         core.track_control(next_control_id, &recorded, Instant::now());
                         next_control_id += 1;
                         record(

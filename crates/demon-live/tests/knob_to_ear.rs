@@ -144,6 +144,7 @@ fn the_adaptive_lead_shrinks_and_replays_exactly() {
         Some(&live),
         false,
         Vec::new(),
+        Vec::new(),
     )
     .unwrap();
     let file = read_session(&session).unwrap();

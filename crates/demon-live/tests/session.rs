@@ -603,6 +603,7 @@ fn a_recorded_performance_replays_byte_identically() {
         Some(&live),
         false,
         Vec::new(),
+        Vec::new(),
     )
     .unwrap();
     assert_eq!(summary.ticks, 150);

@@ -425,9 +425,22 @@ impl DemonMcp {
         .await
     }
 
-    #[tool(description = "Weight adapters (LoRA) the backend has, with their strengths.")]
+    #[tool(
+        description = "Weight adapters (LoRA): `adapters`, those in the model with their strengths, and `library`, every adapter of the LoRA folders with its group, metadata and status (registered, loading, loaded, failed). Enabling a registered one loads it first."
+    )]
     async fn list_loras(&self) -> ToolResult {
-        answer(self.svc.state().map(|s| s.adapters))
+        answer(
+            self.svc
+                .state()
+                .map(|s| serde_json::json!({"adapters": s.adapters, "library": s.lora_library})),
+        )
+    }
+
+    #[tool(
+        description = "Scan the LoRA folders again: new adapter files are registered (not loaded), vanished ones dropped unless loaded. Answers the ids added and removed and any file that cannot be read."
+    )]
+    async fn rescan_loras(&self) -> ToolResult {
+        answer(self.svc.rescan_loras().await)
     }
 
     #[tool(

@@ -77,6 +77,8 @@ pub enum OscCommand {
     Control(ControlMessage),
     /// `/demon/record i`: start (non-zero) or stop (0) a recording.
     Record(bool),
+    /// `/demon/lora/rescan`: scan the LoRA folders again.
+    RescanLoras,
 }
 
 /// An OSC message, mapped.
@@ -114,7 +116,9 @@ pub fn to_control(m: &OscMessage) -> Result<ControlMessage, ApiError> {
     };
     match map(m, &ctx)?.command {
         OscCommand::Control(c) => Ok(c),
-        OscCommand::Record(_) => Err(bad(format!("{}: not a control", m.addr))),
+        OscCommand::Record(_) | OscCommand::RescanLoras => {
+            Err(bad(format!("{}: not a control", m.addr)))
+        }
     }
 }
 
@@ -252,6 +256,11 @@ pub fn map(m: &OscMessage, ctx: &OscContext) -> Result<Mapped, ApiError> {
         })),
         "/demon/record" => Ok(Mapped {
             command: OscCommand::Record(one_number()? != 0.0),
+            clamped: false,
+            feedback: None,
+        }),
+        "/demon/lora/rescan" => Ok(Mapped {
+            command: OscCommand::RescanLoras,
             clamped: false,
             feedback: None,
         }),
@@ -462,6 +471,7 @@ pub async fn run(svc: Arc<Service>, sock: tokio::net::UdpSocket) {
                         OscCommand::Control(c) => svc.apply(Origin::Osc, c).await.map(|_| ()),
                         OscCommand::Record(true) => svc.start_recording().await.map(|_| ()),
                         OscCommand::Record(false) => svc.stop_recording().await.map(|_| ()),
+                        OscCommand::RescanLoras => svc.rescan_loras().await.map(|_| ()),
                     }
                 }
                 Err(e) => Err(e),
@@ -767,6 +777,10 @@ mod tests {
         assert_eq!(
             mapped("/demon/record", vec![OscType::Float(0.0)]).command,
             OscCommand::Record(false)
+        );
+        assert_eq!(
+            mapped("/demon/lora/rescan", vec![]).command,
+            OscCommand::RescanLoras
         );
         assert_eq!(
             mapped("/demon/source", vec![OscType::String("loops/a.wav".into())]).command,

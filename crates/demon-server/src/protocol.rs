@@ -253,11 +253,13 @@ pub enum Request {
     /// Answered by `preset`: the performer-set state as a preset (`docs/protocol.md`,
     /// "Presets"). Loading one is the control `load_preset`.
     GetPreset,
+    /// Scan the LoRA folders again; answered by `reply` with what was added and removed.
+    RescanLoras,
 }
 
 impl Request {
     /// Every request `type` (to tell an unknown type from a malformed request).
-    pub const TYPES: [&'static str; 10] = [
+    pub const TYPES: [&'static str; 11] = [
         "control",
         "get_state",
         "ping",
@@ -268,6 +270,7 @@ impl Request {
         "heard",
         "arrival",
         "get_preset",
+        "rescan_loras",
     ];
 }
 
@@ -454,6 +457,7 @@ pub enum ReplyResult {
     RecordingStarted(RecordingStarted),
     MidiLearn(MidiLearnReply),
     RecordingStopped(RecordingStopped),
+    LoraRescan(demon_live::lora_library::RescanReport),
 }
 
 /// A control message was applied.

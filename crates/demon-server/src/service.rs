@@ -325,13 +325,25 @@ impl Service {
     /// and what its files say (trigger words, recommended strength, group).
     pub fn lora(&self, id: &str) -> Result<demon_engine::AdapterInfo, ApiError> {
         let st = self.state()?;
-        if st.adapters.is_empty() {
+        if st.adapters.is_empty() && st.lora_library.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedByBackend,
                 format!("the {} backend has no LoRA adapters", st.backend),
             ));
         }
-        st.adapters.into_iter().find(|a| a.id == id).ok_or_else(|| {
+        // A library adapter not loaded yet is described by what its files say.
+        let registered = st
+            .lora_library
+            .into_iter()
+            .map(|e| demon_engine::AdapterInfo {
+                id: e.id,
+                strength: 0.0,
+                rank: 0,
+                targets: 0,
+                metadata: e.metadata,
+            });
+        let mut all = st.adapters.into_iter().chain(registered);
+        all.find(|a| a.id == id).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::NotFound,
                 format!("no LoRA adapter `{id}` (list_loras names them)"),
@@ -586,6 +598,19 @@ impl Service {
             .await
     }
 
+    /// Scan the LoRA folders again (on a blocking thread: it reads every adapter's header),
+    /// taken in by the session at its next tick boundary.
+    pub async fn rescan_loras(&self) -> Result<demon_live::lora_library::RescanReport, ApiError> {
+        let handle = self.handle.clone();
+        let timeout = self.opts.limits.reply_timeout;
+        tokio::task::spawn_blocking(move || handle.rescan_loras(timeout))
+            .await
+            .map_err(|e| {
+                ApiError::new(ErrorCode::BackendError, format!("the rescan stopped: {e}"))
+            })?
+            .map_err(ApiError::from)
+    }
+
     /// The performer-set state as a preset, read between two ticks.
     pub async fn preset(&self) -> Result<Preset, ApiError> {
         runner(
@@ -774,8 +799,13 @@ impl Service {
         ApiError,
     > {
         let prompt_change = Self::changes_prompt(&message);
+        // A control naming a library adapter may wait for its load (`LORA_LOAD_MAX`).
+        let timeout = if message.adapter_ids().is_empty() {
+            self.opts.limits.reply_timeout
+        } else {
+            self.opts.limits.reply_timeout + demon_live::session::LORA_LOAD_MAX
+        };
         let answer = self.handle.queue_control(origin.id(), message)?;
-        let timeout = self.opts.limits.reply_timeout;
         let handle = self.handle.clone();
         Ok(async move {
             let tick = runner(timeout, answer, "waiting for the next tick").await?;

@@ -565,6 +565,7 @@ async fn answer(
             let _ = resync.try_send(());
             return None;
         }
+        Request::RescanLoras => svc.rescan_loras().await.map(ReplyResult::LoraRescan),
         Request::Upload { name, role } => {
             *pending_upload = Some((id, name.unwrap_or_else(|| "upload".into()), role));
             return None;

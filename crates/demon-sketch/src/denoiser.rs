@@ -35,6 +35,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use demon_engine::{DenoiseBatch, Denoiser, EngineError, Result};
 
+use crate::adapters::StylePrior;
 use crate::composer::{Song, SongSpec, compose};
 use crate::conditioner::{SketchCondition, TIMBRE_CHANNELS, Timbre};
 use crate::layout::CHANNELS;
@@ -100,6 +101,14 @@ const fn part_map() -> [u8; CHANNELS] {
 
 type LibraryKey = (u32, u8, bool, usize);
 
+/// An adapter installed from a file: its prior per style, scaled by its strength.
+struct FileAdapter {
+    id: String,
+    prior: StylePrior,
+    strength: f32,
+    metadata: demon_engine::AdapterMetadata,
+}
+
 /// The exact denoiser of the sketch library.
 pub struct SketchDenoiser {
     device: Device,
@@ -107,6 +116,8 @@ pub struct SketchDenoiser {
     /// Style adapters: extra prior weight per style, whatever the prompt says (the sketch's
     /// analog of LoRA: a change to the model itself, seen by every slot at its next step).
     adapters: [f32; crate::style::STYLE_COUNT],
+    /// Adapters installed from files (`crate::adapters`), each with its strength.
+    file_adapters: Vec<FileAdapter>,
     /// Distinguishes libraries: two denoisers with different library seeds make different music.
     pub library_seed: u64,
 }
@@ -117,8 +128,20 @@ impl SketchDenoiser {
             device,
             library: HashMap::new(),
             adapters: [0.0; crate::style::STYLE_COUNT],
+            file_adapters: Vec::new(),
             library_seed: 0x5ce7c4,
         }
+    }
+
+    /// The prior weight the adapters add to style `i`: the built-in style adapter's strength
+    /// and every file adapter's prior at its strength.
+    fn style_extra(&self, i: usize) -> f64 {
+        self.adapters[i] as f64
+            + self
+                .file_adapters
+                .iter()
+                .map(|a| a.strength as f64 * a.prior.0[i] as f64)
+                .sum::<f64>()
     }
 
     /// The library for a tempo, key and length (composed once, then cached).
@@ -210,7 +233,7 @@ impl SketchDenoiser {
             .iter()
             .map(|s| {
                 let i = s.spec.style.index();
-                let w = cond.style_weights[i] as f64 + self.adapters[i] as f64;
+                let w = cond.style_weights[i] as f64 + self.style_extra(i);
                 if w <= 0.0 {
                     return None;
                 }
@@ -522,6 +545,17 @@ impl demon_engine::Adapters for SketchDenoiser {
                 targets: SONGS_PER_STYLE,
                 metadata: Default::default(),
             })
+            .chain(
+                self.file_adapters
+                    .iter()
+                    .map(|a| demon_engine::AdapterInfo {
+                        id: a.id.clone(),
+                        strength: a.strength,
+                        rank: 0,
+                        targets: a.prior.0.iter().filter(|w| **w > 0.0).count(),
+                        metadata: a.metadata.clone(),
+                    }),
+            )
             .collect()
     }
 
@@ -532,11 +566,41 @@ impl demon_engine::Adapters for SketchDenoiser {
                 format!("strength {strength} is outside [0, 2]"),
             ));
         }
+        if let Some(a) = self.file_adapters.iter_mut().find(|a| a.id == id) {
+            a.strength = strength;
+            return Ok(());
+        }
         let style = Style::ALL
             .iter()
             .find(|s| adapter_id(**s) == id)
-            .ok_or_else(|| EngineError::param("lora", format!("no sketch adapter `{id}` (house, techno, ambient, hip_hop, funk, drum_and_bass)")))?;
+            .ok_or_else(|| EngineError::param("lora", format!("no sketch adapter `{id}` (house, techno, ambient, hip_hop, funk, drum_and_bass, or one loaded from a file)")))?;
         self.adapters[style.index()] = strength;
+        Ok(())
+    }
+
+    fn files(&self) -> Option<Arc<dyn demon_engine::AdapterFiles>> {
+        Some(Arc::new(crate::adapters::SketchAdapterFiles))
+    }
+
+    fn install(
+        &mut self,
+        id: &str,
+        metadata: demon_engine::AdapterMetadata,
+        adapter: demon_engine::LoadedAdapter,
+    ) -> Result<()> {
+        if self.list().iter().any(|a| a.id == id) {
+            return Err(EngineError::param(
+                "lora",
+                format!("an adapter `{id}` is already loaded"),
+            ));
+        }
+        let prior: StylePrior = adapter.into_payload()?;
+        self.file_adapters.push(FileAdapter {
+            id: id.to_string(),
+            prior,
+            strength: 0.0,
+            metadata,
+        });
         Ok(())
     }
 }

@@ -10,12 +10,14 @@
 //!   reverb tails (so windowed decode applies), and an analysis encoder for any audio.
 //! - [`composer`]: a procedural composer of songs in six styles.
 //! - [`denoiser`]: the exact closed-form denoiser over the composer's library, per local window.
+//! - [`adapters`]: adapter files (the sketch's LoRA: a prior over its styles) for a library.
 //! - [`conditioner`]: prompts (styles, mood, tempo, key) → conditioning; negative prompts and
 //!   guidance work because conditionings are priors over the library.
 //!
 //! It is a genuine diffusion model (the exact score of a mixture), honestly a demo: it can only
 //! recombine what its composer writes.
 
+pub mod adapters;
 pub mod analysis;
 pub mod codec;
 pub mod composer;

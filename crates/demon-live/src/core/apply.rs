@@ -94,6 +94,21 @@ impl LiveCore {
                 self.playback.buffer.seek((seconds * sr).round() as usize)?;
             }
             ControlMessage::SetPlaying { playing } => self.playback.playing = *playing,
+            // Read here, on this thread: a replay or a script installs what a live session read
+            // beside the ticks (`session` installs through `install_adapter` itself).
+            ControlMessage::InstallLora { id, path, metadata } => {
+                let files =
+                    self.adapter_files()
+                        .ok_or_else(|| SessionError::UnsupportedByBackend {
+                            backend: self.facts.name.clone(),
+                            what: "LoRA adapters loaded at run time".into(),
+                        })?;
+                let path = std::path::Path::new(path);
+                let loaded = files
+                    .load(path)
+                    .map_err(|e| SessionError::bad_value(format!("LoRA `{id}`"), e.to_string()))?;
+                return self.install_adapter(id, path, metadata.clone(), loaded);
+            }
             control => self.apply_control(control)?,
         }
         Ok(msg.clone())

@@ -47,6 +47,7 @@ use crate::facts::BackendFacts;
 use crate::latency::{ClassLatency, EarClass, KnobToEar, ReflectTracker, Reflected};
 use crate::lead::LeadController;
 use crate::loopbuf::LoopBuffer;
+use crate::lora_library::{LibraryIndex, LibraryStatus, RescanReport};
 use crate::loudness::LoudnessTracker;
 use crate::requests::{self, Conds, Inputs};
 
@@ -311,6 +312,8 @@ pub struct LiveCore {
     playback: Playback,
     /// LoRA strengths as the model has them (global weights go to the model between ticks).
     applied_loras: requests::AppliedAdapters,
+    /// The LoRA library's adapters, registered and loaded (`crate::lora_library`).
+    library: LibraryIndex,
     /// The lane the pipeline holds (`None` until the first tick sets one).
     lane: Option<SharedLane>,
     tick: u64,
@@ -421,6 +424,7 @@ impl LiveCore {
             context: ContextCache::default(),
             playback,
             applied_loras: BTreeMap::new(),
+            library: LibraryIndex::default(),
             lane: None,
             tick: 0,
             probe: Arc::new(SessionProbe::default()),
@@ -459,6 +463,89 @@ impl LiveCore {
     /// What the runtime knows about the backend.
     pub fn facts(&self) -> &BackendFacts {
         &self.facts
+    }
+
+    /// How the backend reads adapter files, when it can add adapters at run time.
+    pub fn adapter_files(&mut self) -> Option<Arc<dyn demon_engine::AdapterFiles>> {
+        self.backend.denoiser.adapters().and_then(|a| a.files())
+    }
+
+    /// The LoRA library as the session knows it.
+    pub fn library(&self) -> &LibraryIndex {
+        &self.library
+    }
+
+    /// Take in a scan of the library (`LoraLibrary::scan`, run off this thread). Ids already
+    /// used by adapters the model had before the library are not given to library entries.
+    pub fn merge_library(&mut self, scan: crate::lora_library::Scan) -> RescanReport {
+        let library_ids: Vec<&str> = self
+            .library
+            .entries()
+            .iter()
+            .map(|e| e.id.as_str())
+            .collect();
+        let taken: Vec<String> = self
+            .facts
+            .adapters
+            .iter()
+            .flatten()
+            .filter(|id| !library_ids.contains(&id.as_str()))
+            .cloned()
+            .collect();
+        self.library.merge(scan, &taken)
+    }
+
+    /// The library adapters `msg` needs that are not in the model yet (a control naming one
+    /// waits for its load; `session`).
+    pub fn adapters_to_load(&self, msg: &ControlMessage) -> Vec<String> {
+        let mut ids: Vec<String> = msg
+            .adapter_ids()
+            .into_iter()
+            .filter(|id| {
+                self.library
+                    .get(id)
+                    .is_some_and(|e| e.status != LibraryStatus::Loaded)
+            })
+            .map(str::to_string)
+            .collect();
+        ids.dedup();
+        ids
+    }
+
+    /// Mark a library adapter as being loaded, or as failed.
+    pub fn set_library_status(&mut self, id: &str, status: LibraryStatus) {
+        self.library.set_status(id, status);
+    }
+
+    /// Put adapter `id`, read from `path` (by `AdapterFiles::load`, here or beside the ticks),
+    /// into the model, disabled. Returns the control as recorded.
+    pub fn install_adapter(
+        &mut self,
+        id: &str,
+        path: &std::path::Path,
+        metadata: demon_engine::AdapterMetadata,
+        loaded: demon_engine::LoadedAdapter,
+    ) -> SessionResult<ControlMessage> {
+        let adapters =
+            self.backend
+                .denoiser
+                .adapters()
+                .ok_or_else(|| SessionError::UnsupportedByBackend {
+                    backend: self.facts.name.clone(),
+                    what: "LoRA adapters".into(),
+                })?;
+        adapters
+            .install(id, metadata.clone(), loaded)
+            .map_err(|e| SessionError::bad_value(format!("LoRA `{id}`"), e.to_string()))?;
+        self.facts.refresh_adapters(&mut self.backend);
+        self.library.set_status(id, LibraryStatus::Loaded);
+        self.probe.control_version.fetch_add(1, Ordering::AcqRel);
+        self.last_activity_tick = self.tick;
+        Ok(ControlMessage::InstallLora {
+            id: id.to_string(),
+            path: path.to_string_lossy().into_owned(),
+            metadata,
+        })
     }
 
     /// The performer's controls as the session holds them.
@@ -919,6 +1006,7 @@ impl LiveCore {
             slew_per_second: c.slew_per_second(),
             receptive_field: self.playback.decoder.field,
             adapters,
+            lora_library: self.library.entries().to_vec(),
             used: self
                 .backend
                 .conditioner
@@ -1021,6 +1109,9 @@ pub struct SessionState {
     pub slew_per_second: f64,
     pub receptive_field: ReceptiveField,
     pub adapters: Vec<demon_engine::AdapterInfo>,
+    /// The LoRA library (`--lora-dir`): every adapter found, loaded or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora_library: Vec<crate::lora_library::LibraryEntry>,
     /// What the backend plays for prompt A; absent when it has nothing to report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used: Option<PromptUsed>,
