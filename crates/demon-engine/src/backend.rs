@@ -181,71 +181,8 @@ pub trait Denoiser: Send {
         "denoiser"
     }
     /// Weight adapters (LoRA) this model can switch without reloading, if any.
-    fn adapters(&mut self) -> Option<&mut dyn Adapters> {
+    fn adapters(&mut self) -> Option<&mut dyn crate::adapter::Adapters> {
         None
-    }
-}
-
-/// An adapter the model knows.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AdapterInfo {
-    pub id: String,
-    /// Current strength (0 = disabled).
-    pub strength: f32,
-    pub rank: usize,
-    /// Parameters the adapter touches.
-    pub targets: usize,
-    /// What the adapter's files say about it (trigger words, recommended strength, group).
-    #[serde(default, skip_serializing_if = "AdapterMetadata::is_empty")]
-    pub metadata: AdapterMetadata,
-}
-
-/// What an adapter says about itself (an ACE-Step LoRA's safetensors header metadata and its
-/// `NAME.json` sidecar): the words that call up what it was trained on, which a front end
-/// prepends to the prompt while the adapter is enabled; the strength it is meant for; the group
-/// a library shows it in; the model size it was trained for.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AdapterMetadata {
-    pub trigger_words: Vec<String>,
-    pub recommended_strength: Option<f32>,
-    pub group: Option<String>,
-    /// "2B", "XL", as the file says.
-    pub base_model: Option<String>,
-    pub description: Option<String>,
-}
-
-impl AdapterMetadata {
-    pub fn is_empty(&self) -> bool {
-        self == &Self::default()
-    }
-}
-
-/// Hot-swappable weight adapters (propagation class "global weights": the first forward after a
-/// change uses it). Changing a strength must never re-read base weights from disk.
-pub trait Adapters {
-    fn list(&self) -> Vec<AdapterInfo>;
-    /// Set the strength of adapter `id`; 0 disables it.
-    fn set_strength(&mut self, id: &str, strength: f32) -> Result<()>;
-    /// How this backend reads adapter files, for a library that registers them without loading
-    /// and loads them beside the ticks; `None`: adapters cannot be added at run time.
-    fn files(&self) -> Option<std::sync::Arc<dyn crate::AdapterFiles>> {
-        None
-    }
-    /// Add an adapter made by [`files`](Self::files)`().load`, addressed as `id`, disabled
-    /// (strength 0) until [`set_strength`](Self::set_strength) enables it. `metadata` is what
-    /// the library read from its files (its trigger words go into the prompts).
-    fn install(
-        &mut self,
-        id: &str,
-        metadata: AdapterMetadata,
-        adapter: crate::LoadedAdapter,
-    ) -> Result<()> {
-        let _ = (metadata, adapter);
-        Err(EngineError::param(
-            "lora",
-            format!("this model cannot add the adapter `{id}` at run time"),
-        ))
     }
 }
 

@@ -28,10 +28,13 @@ pub mod solver;
 pub mod testing;
 pub mod wavelet;
 
-pub use adapter::{AdapterFiles, LoadedAdapter, describe_file, header_metadata};
+pub use adapter::{
+    AdapterFiles, AdapterInfo, AdapterMetadata, Adapters, LoadedAdapter, describe_file,
+    header_metadata,
+};
 pub use backend::{
-    AdapterInfo, AdapterMetadata, Adapters, Audio, BackendSet, Codec, Conditioner, Conditioning,
-    DenoiseBatch, Denoiser, GenerationTask, Prompt, PromptUse, SourceHints,
+    Audio, BackendSet, Codec, Conditioner, Conditioning, DenoiseBatch, Denoiser, GenerationTask,
+    Prompt, PromptUse, SourceHints,
 };
 pub use curve::{Curve, CurveOp, CurveSpec};
 pub use error::{EngineError, Result};

@@ -201,11 +201,14 @@ pub enum ControlMessage {
     },
 }
 
+/// Prefix of LoRA strength knobs: `lora:<id>` sets adapter `id`'s strength.
+pub const LORA_PREFIX: &str = "lora:";
+
 impl ControlMessage {
     /// The adapters this control sets or draws: what must be in the model before it applies.
     pub fn adapter_ids(&self) -> Vec<&str> {
         fn lora(knob: &str) -> Option<&str> {
-            knob.strip_prefix(crate::controls::LORA_PREFIX)
+            knob.strip_prefix(LORA_PREFIX)
         }
         match self {
             Self::SetLora { id, .. } | Self::InstallLora { id, .. } => vec![id.as_str()],

@@ -222,8 +222,8 @@ pub fn knob_spec(name: &str) -> Option<&'static KnobSpec> {
     Knob::from_name(name).map(Knob::spec)
 }
 
-/// Prefix of LoRA strength knobs.
-pub const LORA_PREFIX: &str = "lora:";
+/// Prefix of LoRA strength knobs (defined beside the control messages that name them).
+pub use crate::control::LORA_PREFIX;
 
 /// The range of LoRA strengths.
 pub const LORA_RANGE: (f64, f64) = (0.0, 2.0);
