@@ -5,7 +5,9 @@ and python-osc. Run by .ci/run after the binary is built:
 
 Checks: an MCP client lists the tools and sets a knob; the change shows in /api/state and in
 the sound (the loop's audio, stable while nothing changes, differs after the change); an OSC
-sender sets a knob and it shows in /api/state.
+sender sets a knob and it shows in /api/state. The LoRA library: a file copied into the
+folder is found by the MCP `rescan_loras` and by OSC `/demon/lora/rescan`, described by
+`get_lora_metadata`, and `enable_lora` loads it and puts its trigger words in the prompt.
 """
 
 import asyncio
@@ -16,6 +18,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -56,6 +59,47 @@ def loop_samples(base):
     return struct.unpack("<%df" % n, data[44:44 + 4 * n])
 
 
+def sketch_adapter(path, prior, metadata):
+    """A sketch adapter file (docs/protocol.md, "LoRA library"): one F32 tensor of six style
+    weights in a safetensors file, its metadata in the header."""
+    header = {"__metadata__": metadata,
+              "sketch.style_prior": {"dtype": "F32", "shape": [6], "data_offsets": [0, 24]}}
+    text = json.dumps(header)
+    text += " " * ((8 - (8 + len(text)) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text.encode() + struct.pack("<6f", *prior))
+
+
+def tool_json(result):
+    assert not is_error(result), result
+    return json.loads(result.content[0].text)
+
+
+async def mcp_lora_checks(base, lora_dir):
+    """A LoRA library through MCP: rescan, list, describe, enable."""
+    sketch_adapter(os.path.join(lora_dir, "dusty.safetensors"), [0, 0, 0, 0, 3, 0],
+                   {"trigger_words": "vinyl crackle, lofi", "recommended_strength": "0.7"})
+    async with streamable_http_client(base + "/mcp") as streams:
+        async with ClientSession(streams[0], streams[1]) as session:
+            await session.initialize()
+            report = tool_json(await session.call_tool("rescan_loras", {}))
+            assert report["added"] == ["dusty"], report
+            loras = tool_json(await session.call_tool("list_loras", {}))
+            entry = [e for e in loras["library"] if e["id"] == "dusty"]
+            assert entry and entry[0]["status"] == "registered", loras
+            meta = tool_json(await session.call_tool("get_lora_metadata", {"id": "dusty"}))
+            assert meta["metadata"]["trigger_words"] == ["vinyl crackle", "lofi"], meta
+            tool_json(await session.call_tool("enable_lora", {"id": "dusty"}))
+            s = state(base)
+            assert any(a["id"] == "dusty" for a in s["adapters"]), s["adapters"]
+            assert s["trigger_words"] == ["vinyl crackle", "lofi"], s.get("trigger_words")
+            # No strength given: the one its files recommend.
+            assert abs(s["targets"]["lora:dusty"] - 0.7) < 1e-6, s["targets"]
+            tool_json(await session.call_tool("disable_lora", {"id": "dusty"}))
+            print("MCP LoRA library: rescan found dusty, metadata %s, enable_lora loaded it (%s in the prompt), disabled"
+                  % (meta["metadata"]["trigger_words"], ", ".join(s["trigger_words"])))
+
+
 def is_error(result):
     return bool(getattr(result, "is_error", getattr(result, "isError", False)))
 
@@ -84,7 +128,8 @@ async def mcp_checks(base):
                          "save_preset", "load_preset", "set_timbre_fixture", "set_timbre_audio", "clear_timbre",
                          "set_structure_fixture", "set_structure_audio", "clear_structure",
                          "list_sessions", "set_rcfg_mode", "analyze", "list_fixtures", "swap_to_fixture",
-                         "swap_to_audio", "set_automation", "clear_automation"]:
+                         "swap_to_audio", "set_automation", "clear_automation", "rescan_loras",
+                         "get_lora_metadata"]:
                 assert want in names, "missing tool " + want
             for t in tools.tools:
                 assert t.description and len(t.description) > 20, "tool %s lacks a description" % t.name
@@ -134,13 +179,16 @@ async def stdio_bridge_checks(base):
 def main():
     port, osc_port = free_port(), free_port(socket.SOCK_DGRAM)
     base = "http://127.0.0.1:%d" % port
+    lora_dir = tempfile.mkdtemp(prefix="demon-clients-loras-")
     proc = subprocess.Popen([binary(), "serve", "--port", str(port), "--osc-port", str(osc_port),
-                             "--no-midi", "--song-seconds", "8", "--prompt", "house, 124 bpm"],
+                             "--no-midi", "--song-seconds", "8", "--prompt", "house, 124 bpm",
+                             "--lora-dir", lora_dir],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: _healthy(base), 120, "the server")
         asyncio.run(mcp_checks(base))
         asyncio.run(stdio_bridge_checks(base))
+        asyncio.run(mcp_lora_checks(base, lora_dir))
 
         osc = SimpleUDPClient("127.0.0.1", osc_port)
         osc.send_message("/demon/knob/ode_noise", 0.42)
@@ -161,6 +209,11 @@ def main():
         health = json.loads(get(base + "/api/health"))
         assert health["osc_clamped_values"] == 1 and health["osc_rejected_messages"] == 0, health
         print("OSC: /demon/norm/guidance 0.5 -> guidance 5.5, fed back; denoise 3 clamped to 1, fed back")
+        sketch_adapter(os.path.join(lora_dir, "bright.safetensors"), [3, 0, 0, 0, 0, 0], {})
+        osc.send_message("/demon/lora/rescan", [])
+        library = lambda: json.loads(get(base + "/api/loras"))["library"]
+        wait_until(lambda: any(e["id"] == "bright" for e in library()), 10, "the OSC rescan")
+        print("OSC: /demon/lora/rescan registered bright (/api/loras: %s)" % [e["id"] for e in library()])
         print("all client checks passed")
     finally:
         proc.terminate()

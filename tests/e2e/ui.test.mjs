@@ -64,6 +64,19 @@ function wav16(channels, frames, sample) {
   return wav;
 }
 
+// A sketch adapter file (docs/protocol.md, "LoRA library"): one F32 tensor of six style
+// weights (house, techno, ambient, funk, lofi, dnb) in a safetensors file, metadata in its header.
+function sketchAdapter(file, prior, metadata) {
+  const header = { __metadata__: metadata, 'sketch.style_prior': { dtype: 'F32', shape: [6], data_offsets: [0, 24] } };
+  let text = JSON.stringify(header);
+  while ((8 + text.length) % 8) text += ' ';
+  const out = Buffer.alloc(8 + text.length + 24);
+  out.writeBigUInt64LE(BigInt(text.length), 0);
+  out.write(text, 8, 'utf8');
+  prior.forEach((v, i) => out.writeFloatLE(v, 8 + text.length + 4 * i));
+  fs.writeFileSync(file, out);
+}
+
 async function check(name, fn) {
   const t = Date.now();
   let detail;
@@ -156,7 +169,12 @@ async function main() {
     say(`E2E_DEV_ASSETS: the page comes from ${pageBase}, which serves crates/demon-server/web from disk and forwards the rest`);
   }
   say(`binary ${path.relative(ROOT, bin) || bin}; serving on ${base}`);
-  server = spawn(bin, ['serve', '--song-seconds', String(SONG_SECONDS), '--port', String(port), '--no-midi', '--no-osc', '--recordings-dir', path.join(tmp, 'rec')], {
+  // A LoRA folder with one group of one adapter; the library check copies another in.
+  const loraDir = path.join(tmp, 'loras');
+  fs.mkdirSync(path.join(loraDir, 'dark'), { recursive: true });
+  sketchAdapter(path.join(loraDir, 'dark', 'warehouse.safetensors'), [0, 3, 0, 0, 0, 0], { recommended_strength: '0.8' });
+  fs.writeFileSync(path.join(loraDir, 'dark', 'warehouse.json'), JSON.stringify({ trigger_words: ['techno', 'zorblax'] }));
+  server = spawn(bin, ['serve', '--song-seconds', String(SONG_SECONDS), '--port', String(port), '--no-midi', '--no-osc', '--recordings-dir', path.join(tmp, 'rec'), '--lora-dir', loraDir], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, XDG_CONFIG_HOME: path.join(tmp, 'config') },
   });
@@ -475,6 +493,46 @@ async function main() {
     await page.keyboard.press('Home');
     await waitFor('lora:funk = 0', async () => (await state()).targets['lora:funk'] === 0, 10000);
     return `lora:funk → 2 → 0 (adapters: ${st.adapters.map((a) => a.id).join(', ')})`;
+  });
+
+  await check('LoRA library: the panel lists the folder grouped, search filters, rescan finds a copied file, load brings its fader and trigger words, off disables it', async () => {
+    const entry = (id) => page.locator(`#lora-groups li[data-lora="${id}"]`);
+    await entry('warehouse').waitFor({ timeout: 10000 });
+    const group = await entry('warehouse').evaluate((li) => li.closest('details').dataset.group);
+    assert(group === 'dark', `grouped under its folder (${group})`);
+    assert((await entry('warehouse').getAttribute('data-status')) === 'registered', 'registered, not loaded');
+    await page.fill('#lora-search', 'nothing-like-this');
+    await waitFor('the search hides it', async () => (await entry('warehouse').count()) === 0, 5000);
+    await page.fill('#lora-search', 'zorblax'); // a trigger word finds it
+    await entry('warehouse').waitFor({ timeout: 5000 });
+    await page.fill('#lora-search', '');
+
+    sketchAdapter(path.join(loraDir, 'tape.safetensors'), [0, 0, 0, 0, 3, 0], { trigger_words: 'tape hiss' });
+    await page.click('#lora-rescan');
+    await entry('tape').waitFor({ timeout: 10000 });
+    const tapeGroup = await entry('tape').evaluate((li) => li.closest('details').dataset.group);
+
+    const t0 = Date.now();
+    await page.click('#lora-groups button[data-lora-action="warehouse"]');
+    await page.locator('.fader[data-knob="lora:warehouse"]').waitFor({ timeout: 30000 });
+    const st = await waitFor('warehouse loaded and enabled', async () => {
+      const x = await state();
+      const e = (x.lora_library || []).find((l) => l.id === 'warehouse');
+      return e && e.status === 'loaded' && x.targets['lora:warehouse'] === 0.8 ? x : null;
+    }, 10000);
+    const loadS = (Date.now() - t0) / 1000;
+    assert(st.trigger_words.join() === 'techno,zorblax', `trigger words in the prompt (${st.trigger_words})`);
+    assert(st.used && st.used.style.includes('techno'), `the conditioning hears techno (${JSON.stringify(st.used)})`);
+    await waitFor('the entry says on', async () => (await entry('warehouse').getAttribute('data-status')) === 'loaded' && (await entry('warehouse').locator('.status').textContent()).startsWith('on'), 10000);
+    const laneTab = await page.locator('#lane-tabs button[data-lane="lora:warehouse"]').count();
+    assert(laneTab === 1, 'an automation tab for the new adapter');
+
+    await page.click('#lora-groups button[data-lora-action="warehouse"]'); // off
+    await waitFor('lora:warehouse = 0', async () => {
+      const x = await state();
+      return x.targets['lora:warehouse'] === 0 && (x.trigger_words || []).length === 0;
+    }, 10000);
+    return `warehouse in "dark", tape in "${tapeGroup}" after rescan; loaded and on in ${loadS.toFixed(1)} s (fader, lane tab, trigger words ${st.trigger_words.join(', ')}), then off`;
   });
 
   await check('echo: a change from another client (REST) moves the fader', async () => {

@@ -1,5 +1,6 @@
-//! Adapter files (LoRA) as every backend reads them, and what a library needs from a backend to
-//! register adapters without loading them and load them beside the ticks.
+//! Weight adapters (LoRA): the [`Adapters`] trait a model switches them through (propagation
+//! class "global weights"), their files as every backend reads them, and what a library needs
+//! from a backend to register adapters without loading them and load them beside the ticks.
 //!
 //! The metadata convention is ACE-Step's (and DEMON's LoRA library): keys in the safetensors
 //! header, then a JSON sidecar beside the file, which wins. Reading the keys is pure; the one

@@ -9,7 +9,8 @@
 //! - [`solver`]: the step kernels (Euler, SDE re-noise, source blending, APG, CFG rescale, DCW).
 //! - [`pipeline`]: `StreamPipeline`, the ring of in-flight generations (mechanism 1).
 //! - [`lane`]: `SharedLane`, per-step state read by every slot on the next tick (mechanism 2).
-//! - [`adapter`]: adapter (LoRA) files: their metadata convention and the loader a library uses.
+//! - [`adapter`]: weight adapters (LoRA): the `Adapters` trait a model switches them through, their
+//!   files' metadata convention and the loader a library uses.
 //! - [`backend`]: the `Denoiser`, `Codec` and `Conditioner` traits every backend implements.
 //! - [`host`]: counted reads of tensor values back to the host (none may happen in a tick).
 

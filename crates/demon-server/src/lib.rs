@@ -58,6 +58,8 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/api/knobs", get(rest::knobs))
         .route("/api/library", get(rest::library))
         .route("/api/analyze", get(rest::analyze))
+        .route("/api/loras", get(rest::loras))
+        .route("/api/loras/rescan", post(rest::rescan_loras))
         .route("/api/control", post(rest::control))
         .route("/api/preset", get(rest::get_preset).post(rest::load_preset))
         .route(

@@ -203,7 +203,7 @@ pub struct DepthArgs {
 pub struct LoraArgs {
     /// Adapter id from `list_loras`.
     pub id: String,
-    /// Strength 0..=2 (0 disables).
+    /// Strength 0..=2 (0 disables); enable_lora without one uses the recommended strength, else 1.
     #[serde(default)]
     pub strength: Option<f64>,
 }
@@ -429,11 +429,7 @@ impl DemonMcp {
         description = "Weight adapters (LoRA): `adapters`, those in the model with their strengths, and `library`, every adapter of the LoRA folders with its group, metadata and status (registered, loading, loaded, failed). Enabling a registered one loads it first."
     )]
     async fn list_loras(&self) -> ToolResult {
-        answer(
-            self.svc
-                .state()
-                .map(|s| serde_json::json!({"adapters": s.adapters, "library": s.lora_library})),
-        )
+        answer(self.svc.loras())
     }
 
     #[tool(
@@ -444,14 +440,20 @@ impl DemonMcp {
     }
 
     #[tool(
-        description = "Enable a LoRA adapter at a strength (default 1). Heard from the next model call on."
+        description = "Enable a LoRA adapter at a strength (default: the strength its files recommend, else 1); a library adapter is loaded first. Heard from the next model call on."
     )]
     async fn enable_lora(&self, Parameters(a): Parameters<LoraArgs>) -> ToolResult {
-        self.control(ControlMessage::SetLora {
-            id: a.id,
-            strength: a.strength.unwrap_or(1.0),
-        })
-        .await
+        let strength = match a.strength {
+            Some(s) => s,
+            None => self
+                .svc
+                .lora(&a.id)
+                .ok()
+                .and_then(|info| info.metadata.recommended_strength.map(f64::from))
+                .unwrap_or(1.0),
+        };
+        self.control(ControlMessage::SetLora { id: a.id, strength })
+            .await
     }
 
     #[tool(

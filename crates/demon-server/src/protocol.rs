@@ -434,6 +434,9 @@ pub struct Ready {
     pub curves: Vec<String>,
     /// Built-in sources (`library:STYLE:N`).
     pub library: Vec<String>,
+    /// The LoRA folders the session scans (`--lora-dir`); absent: no LoRA library.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora_folders: Vec<std::path::PathBuf>,
     pub state: SessionState,
 }
 
@@ -669,6 +672,15 @@ pub struct LimitsInfo {
     pub max_client_queue_bytes: usize,
     /// The least time between two resyncs of one WebSocket client.
     pub min_resync_interval_ms: u64,
+}
+
+/// The session's weight adapters (`GET /api/loras`, MCP `list_loras`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Loras {
+    /// In the model, with their strengths.
+    pub adapters: Vec<demon_engine::AdapterInfo>,
+    /// Every adapter of the LoRA folders, loaded or not (`--lora-dir`).
+    pub library: Vec<demon_live::lora_library::LibraryEntry>,
 }
 
 /// A successful REST `POST` (`/api/control`, `/api/source`) or MCP control tool.

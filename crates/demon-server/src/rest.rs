@@ -51,6 +51,22 @@ pub async fn library(State(svc): State<Arc<Service>>) -> Response {
     Json(svc.library()).into_response()
 }
 
+/// The adapters in the model and the LoRA library (docs/protocol.md, "LoRA library").
+pub async fn loras(State(svc): State<Arc<Service>>) -> Response {
+    match svc.loras() {
+        Ok(l) => Json(l).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+/// Scan the LoRA folders again; answers what changed.
+pub async fn rescan_loras(State(svc): State<Arc<Service>>) -> Response {
+    match svc.rescan_loras().await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
 pub async fn control(State(svc): State<Arc<Service>>, body: Bytes) -> Response {
     let message = match svc.parse_control(&body) {
         Ok(m) => m,

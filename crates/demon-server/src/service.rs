@@ -268,6 +268,15 @@ impl Service {
             .ok_or_else(|| SessionError::Stopped(Some("no state yet".into())).into())
     }
 
+    /// The adapters in the model and the library's.
+    pub fn loras(&self) -> Result<crate::protocol::Loras, ApiError> {
+        let st = self.state()?;
+        Ok(crate::protocol::Loras {
+            adapters: st.adapters,
+            library: st.lora_library,
+        })
+    }
+
     pub fn health(&self) -> Health {
         let st = self.handle.state();
         let h = self.handle.health();
@@ -380,6 +389,7 @@ impl Service {
             knobs: self.knobs(),
             curves: CURVE_NAMES.iter().map(|c| c.to_string()).collect(),
             library: self.hooks.library.clone(),
+            lora_folders: self.handle.lora_dirs().to_vec(),
             state,
         })
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use demon_engine::CurveSpec;
 use demon_live::control::ControlMessage;
 use demon_server::protocol::{
-    AckBody, ClientMessage, ErrorBody, ErrorCode, Health, KnobInfo, Request, ServerMessage,
+    AckBody, ClientMessage, ErrorBody, ErrorCode, Health, KnobInfo, Loras, Request, ServerMessage,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -134,11 +134,14 @@ fn every_example_in_protocol_md_parses_into_the_protocol_types() {
                 "ack" => {
                     round_trip::<AckBody>(tag, text);
                 }
+                "loras" => {
+                    round_trip::<Loras>(tag, text);
+                }
                 "error_body" => {
                     round_trip::<ErrorBody>(tag, text);
                 }
                 other => panic!(
-                    "a ```json block tagged `{other}`: tag it with the type it shows (server, client, control, curve, health, knobs, ack, error_body, preset)"
+                    "a ```json block tagged `{other}`: tag it with the type it shows (server, client, control, curve, health, knobs, ack, error_body, preset, loras)"
                 ),
             }
         }
@@ -166,6 +169,7 @@ fn every_example_in_protocol_md_parses_into_the_protocol_types() {
         "set_source",
         "set_reference",
         "set_lora",
+        "install_lora",
         "set_loop_band",
         "clear_loop_band",
         "seek",

@@ -560,27 +560,53 @@ function decimals(spec) {
   return r <= 1.5 ? 3 : r <= 20 ? 2 : 1;
 }
 
+// Where a knob's fader goes.
+function faderParent(name) {
+  if (name === 'blend') return $('blend-slot');
+  if (GROUPS.gen.includes(name)) return $('g-gen');
+  if (GROUPS.step.includes(name)) return $('g-step');
+  if (/^ch_g\d+$/.test(name)) return $('g-ch');
+  if (name.startsWith('lora:')) return $('g-lora');
+  return $('g-other');
+}
+
 function buildFaders(knobs) {
   for (const id of ['g-gen', 'g-step', 'g-ch', 'g-lora', 'g-other']) $(id).replaceChildren();
   $('blend-slot').replaceChildren();
   faders.clear();
-  let others = 0;
   for (const spec of knobs) {
     if (spec.name === 'seed') continue; // a number field with a "new seed" button
-    let parent;
-    if (spec.name === 'blend') parent = $('blend-slot');
-    else if (GROUPS.gen.includes(spec.name)) parent = $('g-gen');
-    else if (GROUPS.step.includes(spec.name)) parent = $('g-step');
-    else if (/^ch_g\d+$/.test(spec.name)) parent = $('g-ch');
-    else if (spec.name.startsWith('lora:')) parent = $('g-lora');
-    else {
-      parent = $('g-other');
-      others++;
-    }
-    parent.append(makeFader(spec));
+    faderParent(spec.name).append(makeFader(spec));
   }
-  $('other-title').classList.toggle('hidden', others === 0);
+  $('other-title').classList.toggle('hidden', $('g-other').children.length === 0);
   refreshMidiMarks();
+}
+
+// Knobs added since the handshake (an adapter loaded from the library): a fader each, and a
+// lane tab; the faders already there keep their state.
+async function refreshKnobs() {
+  let knobs;
+  try {
+    const r = await fetch(withToken('/api/knobs'));
+    if (!r.ok) throw new Error(`${r.status} ${await r.text()}`);
+    knobs = await r.json();
+  } catch (e) {
+    log('error', `could not read the knob list: ${e.message}`);
+    return;
+  }
+  let added = 0;
+  for (const spec of knobs) {
+    if (S.specs.has(spec.name)) continue;
+    S.specs.set(spec.name, spec);
+    if (spec.name === 'seed') continue;
+    faderParent(spec.name).append(makeFader(spec));
+    setKnobUI(spec.name, S.target[spec.name] ?? spec.default, true);
+    added++;
+  }
+  if (!added) return;
+  $('other-title').classList.toggle('hidden', $('g-other').children.length === 0);
+  refreshMidiMarks();
+  buildCurveTabs((S.ready && S.ready.curves) || []);
 }
 
 function makeFader(spec) {
@@ -746,7 +772,13 @@ function onApplied(m) {
       if (!mine) for (const [k, v] of Object.entries(msg.values || {})) setKnobUI(k, v, false);
       break;
     case 'set_lora':
-      if (!mine) setKnobUI(`lora:${msg.id}`, msg.strength, false);
+      if (!S.specs.has(`lora:${msg.id}`)) refreshKnobs().then(() => setKnobUI(`lora:${msg.id}`, msg.strength, true));
+      else if (!mine) setKnobUI(`lora:${msg.id}`, msg.strength, false);
+      refreshUsed();
+      break;
+    case 'install_lora':
+      // A library adapter is in the model now (whoever asked): its fader appears.
+      refreshKnobs();
       refreshUsed();
       break;
     case 'set_curve':
@@ -1870,9 +1902,140 @@ function showLoudness(l) {
 function showAdapters(st) {
   const ad = st.adapters || [];
   const words = st.trigger_words || [];
+  const folders = (S.ready && S.ready.lora_folders) || [];
   $('lora-info').textContent = ad.length
-    ? `${ad.length} adapters${words.length ? ` · in the prompt: ${words.join(', ')}` : ''}`
-    : 'this backend has no adapters';
+    ? `${ad.length} loaded${words.length ? ` · in the prompt: ${words.join(', ')}` : ''}`
+    : folders.length
+      ? 'none loaded: load one from the library'
+      : 'none (start with --lora-dir DIR for a library)';
+  showLibrary(st);
+}
+
+// ---------------------------------------------------------------- LoRA library
+
+// The library as the last state described it (state.lora_library), the adapters' strengths,
+// the adapters this page asked to load and is waiting for, and the groups the performer closed.
+const loraUi = { entries: [], strengths: new Map(), asked: new Set(), closed: new Set() };
+
+function showLibrary(st) {
+  loraUi.entries = st.lora_library || [];
+  loraUi.strengths = new Map((st.adapters || []).map((a) => [a.id, a.strength]));
+  const folders = (S.ready && S.ready.lora_folders) || [];
+  $('lora-library').classList.toggle('hidden', folders.length === 0 && loraUi.entries.length === 0);
+  const count = (status) => loraUi.entries.filter((e) => e.status === status).length;
+  $('lora-library-info').textContent = `${loraUi.entries.length} in ${folders.length || 'no'} folder${folders.length === 1 ? '' : 's'}` +
+    `${count('loaded') ? ` · ${count('loaded')} loaded` : ''}${count('failed') ? ` · ${count('failed')} failed` : ''}`;
+  $('lora-library-info').title = folders.join('\n');
+  renderLibrary();
+}
+
+// The strength an adapter's "on" gives it: what its files recommend, else 1.
+const recommended = (e) => (e.metadata && e.metadata.recommended_strength != null ? e.metadata.recommended_strength : 1);
+
+function renderLibrary() {
+  const root = $('lora-groups');
+  const q = $('lora-search').value.trim().toLowerCase();
+  const groups = new Map();
+  for (const e of loraUi.entries) {
+    const md = e.metadata || {};
+    const text = [e.id, e.group, ...(md.trigger_words || []), md.description || '', md.base_model || ''].join(' ').toLowerCase();
+    if (q && !text.includes(q)) continue;
+    if (!groups.has(e.group)) groups.set(e.group, []);
+    groups.get(e.group).push(e);
+  }
+  root.replaceChildren();
+  for (const [group, entries] of [...groups].sort(([a], [b]) => a.localeCompare(b))) {
+    const det = document.createElement('details');
+    det.dataset.group = group;
+    det.open = q !== '' || !loraUi.closed.has(group);
+    det.addEventListener('toggle', () => {
+      if (q) return; // a search opens every group it finds something in
+      if (det.open) loraUi.closed.delete(group);
+      else loraUi.closed.add(group);
+    });
+    const sum = document.createElement('summary');
+    sum.textContent = `${group} (${entries.length})`;
+    const ul = document.createElement('ul');
+    for (const e of entries) ul.append(libraryEntry(e));
+    det.append(sum, ul);
+    root.append(det);
+  }
+  if (!groups.size) {
+    const p = document.createElement('div');
+    p.className = 'dim';
+    p.textContent = loraUi.entries.length ? `nothing matches “${q}”` : 'no adapter files in the folders: copy some in and rescan';
+    root.append(p);
+  }
+}
+
+function libraryEntry(e) {
+  const md = e.metadata || {};
+  const status = e.status === 'registered' && loraUi.asked.has(e.id) ? 'loading' : e.status;
+  const strength = S.target[`lora:${e.id}`] ?? loraUi.strengths.get(e.id) ?? 0;
+  const li = document.createElement('li');
+  li.className = 'lora-entry';
+  li.dataset.lora = e.id;
+  li.dataset.status = status;
+  li.title = [e.path, md.description, status === 'failed' ? e.error : null].filter(Boolean).join('\n');
+  const name = document.createElement('span');
+  name.className = 'name';
+  name.textContent = md.base_model ? `${e.id} · ${md.base_model}` : e.id;
+  const badge = document.createElement('span');
+  badge.className = 'status';
+  badge.textContent = status === 'loaded' ? (strength > 0 ? `on ${Number(strength).toFixed(2)}` : 'off') : status;
+  const b = document.createElement('button');
+  b.dataset.loraAction = e.id;
+  if (status === 'loaded') {
+    b.textContent = strength > 0 ? 'off' : 'on';
+    b.title = strength > 0 ? 'Disable (strength 0; it stays loaded)' : `Enable at ${recommended(e)}`;
+    b.addEventListener('click', () => setLibraryLora(e, strength > 0 ? 0 : recommended(e)));
+  } else if (status === 'registered') {
+    b.textContent = 'load';
+    b.title = `Load it beside the ticks and enable it at ${recommended(e)}`;
+    b.addEventListener('click', () => setLibraryLora(e, recommended(e)));
+  } else {
+    b.textContent = status === 'loading' ? 'loading…' : 'failed';
+    b.disabled = true;
+  }
+  const words = document.createElement('div');
+  words.className = 'words';
+  words.textContent = (md.trigger_words || []).length ? `adds: ${md.trigger_words.join(', ')}` : md.description || '';
+  li.append(name, badge, b, words);
+  return li;
+}
+
+// Enable (loading first, when it is only registered) or disable a library adapter.
+async function setLibraryLora(e, strength) {
+  const loading = e.status === 'registered';
+  if (loading) {
+    loraUi.asked.add(e.id);
+    renderLibrary();
+    log('info', `loading LoRA ${e.id} …`);
+  }
+  const r = await control({ type: 'set_lora', id: e.id, strength });
+  loraUi.asked.delete(e.id);
+  if (r && loading) log('info', `LoRA ${e.id} loaded, at ${strength}`);
+  await refreshKnobs();
+  if (r) setKnobUI(`lora:${e.id}`, strength, true);
+  refreshUsed();
+}
+
+async function rescanLoras() {
+  const b = $('lora-rescan');
+  b.disabled = true;
+  try {
+    const r = await request({ type: 'rescan_loras' });
+    const parts = [`${r.total} adapters`];
+    if (r.added.length) parts.push(`new: ${r.added.join(', ')}`);
+    if (r.removed.length) parts.push(`gone: ${r.removed.join(', ')}`);
+    log('info', `LoRA rescan: ${parts.join(' · ')}`);
+    if (r.problems.length) showNotice(`LoRA rescan: ${r.problems.join('; ')}`);
+  } catch {
+    // the error is shown by request()
+  } finally {
+    b.disabled = false;
+  }
+  refreshUsed();
 }
 
 // What was measured on the source (state.source_analysis, docs/protocol.md "Analysis").
@@ -1950,6 +2113,8 @@ function wire() {
   $('clear-band').addEventListener('click', clearBand);
   $('resync').addEventListener('click', () => ws && ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify({ type: 'resync' })));
   $('apply-prompt').addEventListener('click', sendPrompt);
+  $('lora-search').addEventListener('input', renderLibrary);
+  $('lora-rescan').addEventListener('click', rescanLoras);
   for (let i = 0; i < BLEND_PRESETS.length; i++) {
     const b = document.createElement('button');
     b.textContent = ['A', '¼', '½', '¾', 'B'][i];
