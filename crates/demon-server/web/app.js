@@ -771,11 +771,14 @@ function onApplied(m) {
     case 'set_knobs':
       if (!mine) for (const [k, v] of Object.entries(msg.values || {})) setKnobUI(k, v, false);
       break;
-    case 'set_lora':
-      if (!S.specs.has(`lora:${msg.id}`)) refreshKnobs().then(() => setKnobUI(`lora:${msg.id}`, msg.strength, true));
-      else if (!mine) setKnobUI(`lora:${msg.id}`, msg.strength, false);
+    case 'set_lora': {
+      // Sent by the library's buttons (this page's too) and other clients, never by a fader.
+      const knob = `lora:${msg.id}`;
+      if (S.specs.has(knob)) setKnobUI(knob, msg.strength, mine);
+      else refreshKnobs().then(() => setKnobUI(knob, msg.strength, true));
       refreshUsed();
       break;
+    }
     case 'install_lora':
       // A library adapter is in the model now (whoever asked): its fader appears.
       refreshKnobs();
@@ -1903,12 +1906,12 @@ function showAdapters(st) {
   const ad = st.adapters || [];
   const words = st.trigger_words || [];
   const folders = (S.ready && S.ready.lora_folders) || [];
+  showLibrary(st, folders);
   $('lora-info').textContent = ad.length
     ? `${ad.length} loaded${words.length ? ` · in the prompt: ${words.join(', ')}` : ''}`
     : folders.length
       ? 'none loaded: load one from the library'
       : 'none (start with --lora-dir DIR for a library)';
-  showLibrary(st);
 }
 
 // ---------------------------------------------------------------- LoRA library
@@ -1917,10 +1920,9 @@ function showAdapters(st) {
 // the adapters this page asked to load and is waiting for, and the groups the performer closed.
 const loraUi = { entries: [], strengths: new Map(), asked: new Set(), closed: new Set() };
 
-function showLibrary(st) {
+function showLibrary(st, folders) {
   loraUi.entries = st.lora_library || [];
   loraUi.strengths = new Map((st.adapters || []).map((a) => [a.id, a.strength]));
-  const folders = (S.ready && S.ready.lora_folders) || [];
   $('lora-library').classList.toggle('hidden', folders.length === 0 && loraUi.entries.length === 0);
   const count = (status) => loraUi.entries.filter((e) => e.status === status).length;
   $('lora-library-info').textContent = `${loraUi.entries.length} in ${folders.length || 'no'} folder${folders.length === 1 ? '' : 's'}` +
@@ -2015,9 +2017,9 @@ async function setLibraryLora(e, strength) {
   const r = await control({ type: 'set_lora', id: e.id, strength });
   loraUi.asked.delete(e.id);
   if (r && loading) log('info', `LoRA ${e.id} loaded, at ${strength}`);
-  await refreshKnobs();
-  if (r) setKnobUI(`lora:${e.id}`, strength, true);
-  refreshUsed();
+  // The echoes of install_lora and set_lora bring the fader and the new state; a refused one
+  // has none, and the entry shows what the server says now (failed, with its error).
+  if (!r) refreshUsed();
 }
 
 async function rescanLoras() {
