@@ -725,7 +725,11 @@ function flushKnobs() {
 // Show a knob value (target) without sending it.
 function setKnobUI(name, value, force) {
   if (!force && performance.now() - (S.touched[name] || 0) < TOUCH_HOLD_MS) return;
+  const before = S.target[name];
   S.target[name] = value;
+  // A library entry shows its adapter's strength (on 0.80 / off): whichever of the echoes, the
+  // knob list and the state arrives last, the entry follows the fader.
+  if (name.startsWith('lora:') && before !== value) renderLibraryEntry(name.slice(5));
   if (name === 'guidance') negativeHint();
   if (name === 'seed') {
     if (document.activeElement !== $('seed')) $('seed').value = value;
@@ -1968,6 +1972,13 @@ function renderLibrary() {
     p.textContent = loraUi.entries.length ? `nothing matches “${q}”` : 'no adapter files in the folders: copy some in and rescan';
     root.append(p);
   }
+}
+
+// One entry again, in place (a fader drag must not rebuild a thousand entries per move).
+function renderLibraryEntry(id) {
+  const e = loraUi.entries.find((x) => x.id === id);
+  const li = [...$('lora-groups').querySelectorAll('li.lora-entry')].find((x) => x.dataset.lora === id);
+  if (e && li) li.replaceWith(libraryEntry(e));
 }
 
 function libraryEntry(e) {
