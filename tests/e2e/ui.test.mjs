@@ -179,7 +179,12 @@ async function main() {
     env: { ...process.env, XDG_CONFIG_HOME: path.join(tmp, 'config') },
   });
   server.stdout.on('data', (d) => (serverLog += d));
-  server.stderr.on('data', (d) => (serverLog += d));
+  server.stderr.on('data', (d) => {
+    serverLog += d;
+    // E2E_SERVER_LOG=FILE: the server's stderr as it comes, stamped with the run's clock (what
+    // the degrade policy did when, beside the checks' own lines).
+    if (process.env.E2E_SERVER_LOG) fs.appendFileSync(process.env.E2E_SERVER_LOG, String(d).split('\n').filter(Boolean).map((l) => `[${elapsed()}] ${l}\n`).join(''));
+  });
   server.on('exit', (code, sig) => {
     if (context) console.log(`server exited early (code ${code}, signal ${sig})`);
   });
@@ -411,6 +416,7 @@ async function main() {
       return a === b;
     }, 30000, 0);
     const late0 = await demon(() => window.demon.lateSlices);
+    const long0 = await demon(() => ({ ...window.demon.longTasks }));
     const heard0 = await demon(() => window.demon.heard.length);
     const measure = async (cls, knob, values, gapMs) => {
       const got = [];
@@ -452,7 +458,11 @@ async function main() {
     const f = (x) => x.toFixed(0);
     const by = (m) => m.got.map((x, i) => `${f(x)}@${m.at[i]}`).join(' ');
     const four = (m) => (m.at4 ? `at depth 4 (${m.n4} of ${N}): median ${f(m.at4.median)} ms, p90 ${f(m.at4.p90)} ms` : 'none at depth 4');
-    const detail = `shared lane: median ${f(lane.median)} ms, p90 ${f(lane.p90)} ms, ${four(lane)} [ms@depth: ${by(lane)}]; per slot: median ${f(slot.median)} ms, p90 ${f(slot.p90)} ms, ${four(slot)} (bound (queue ${queue} + S ${steps}) × ${tickMs} ms + 250 = ${f(slotBound)} ms) [${by(slot)}]; lead ${st1.lead_ms} ms (settled after ${leads.join(' → ')}); late slices ${late}; ${heard} heard reports from this page; depth running ${Math.min(...depths)}..${Math.max(...depths)}`;
+    const lat = await demon(() => window.demon.audioLatency());
+    const long1 = await demon(() => ({ ...window.demon.longTasks }));
+    const longTasks = `; main-thread tasks over 50 ms meanwhile: ${long1.count - long0.count} (${(long1.totalMs - long0.totalMs).toFixed(0)} ms in all, longest ${long1.maxMs.toFixed(0)} ms so far)`;
+    const audioPath = lat ? `; the browser's audio path: base ${lat.base_ms.toFixed(1)} ms, output ${lat.output_ms.toFixed(1)} ms, output trails rendering by ${lat.behind_ms == null ? '?' : lat.behind_ms.toFixed(1)} ms` : '';
+    const detail = `shared lane: median ${f(lane.median)} ms, p90 ${f(lane.p90)} ms, ${four(lane)} [ms@depth: ${by(lane)}]; per slot: median ${f(slot.median)} ms, p90 ${f(slot.p90)} ms, ${four(slot)} (bound (queue ${queue} + S ${steps}) × ${tickMs} ms + 250 = ${f(slotBound)} ms) [${by(slot)}]; lead ${st1.lead_ms} ms (settled after ${leads.join(' → ')}); late slices ${late}; ${heard} heard reports from this page; depth running ${Math.min(...depths)}..${Math.max(...depths)}${audioPath}${longTasks}`;
     say(`knob-to-ear: ${detail}`);
     assert(heard >= 2 * N, `the page reported every control it heard (${heard} of ${2 * N})`);
     assert(late === 0, `no slice landed behind the playhead (${late})`);
@@ -961,6 +971,7 @@ async function main() {
       assert(r.status === 200, `${name} = ${value}: ${r.body}`);
     }
     const late0 = await demon(() => window.demon.lateSlices);
+    const long0 = await demon(() => ({ ...window.demon.longTasks }));
     const oldHref = await page.locator('#download').getAttribute('href');
     let maxLoad = 0, overSeen = false, capMin = null, samples = 0;
     // The load, the cap and the page's indicator, from the moment the depth went up (the policy

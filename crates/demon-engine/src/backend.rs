@@ -261,6 +261,17 @@ impl Audio {
     }
 }
 
+/// `kept` must be a range of the `n` frames of a decode window.
+pub fn check_kept(kept: &std::ops::Range<usize>, n: usize) -> Result<()> {
+    if kept.start > kept.end || kept.end > n {
+        return Err(EngineError::param(
+            "kept frames",
+            format!("{kept:?} is outside the {n} frames of the window"),
+        ));
+    }
+    Ok(())
+}
+
 /// Audio ⇄ latent. `encode` gives `[1, T, C]`; `decode` takes any window of frames.
 pub trait Codec: Send {
     fn sample_rate(&self) -> u32;
@@ -276,6 +287,26 @@ pub trait Codec: Send {
     /// position (the sketch synthesizer's oscillator phases) use it; convolutional codecs
     /// ignore it.
     fn decode(&mut self, latent: &Tensor, first_frame: i64) -> Result<Audio>;
+    /// The audio of the frames `kept` of the window `[1, N, C]` only, `kept.len() · hop`
+    /// samples: what a windowed decode keeps out of its context. Equals those samples of
+    /// [`Codec::decode`]; a codec that can skip the work no kept sample hears overrides it
+    /// (the sketch synthesizer does), the default decodes the whole window and trims.
+    fn decode_kept(
+        &mut self,
+        latent: &Tensor,
+        first_frame: i64,
+        kept: std::ops::Range<usize>,
+    ) -> Result<Audio> {
+        check_kept(&kept, latent.dim(1)?)?;
+        let audio = self.decode(latent, first_frame)?;
+        let hop = self.hop_samples();
+        let channels = audio
+            .channels
+            .iter()
+            .map(|c| c[kept.start * hop..kept.end * hop].to_vec())
+            .collect();
+        Audio::new(audio.sample_rate, channels)
+    }
     fn name(&self) -> &str {
         "codec"
     }

@@ -35,7 +35,7 @@ pub use adapter::{
 };
 pub use backend::{
     Audio, BackendSet, Codec, Conditioner, Conditioning, DenoiseBatch, Denoiser, GenerationTask,
-    Prompt, PromptUse, SourceHints,
+    Prompt, PromptUse, SourceHints, check_kept,
 };
 pub use curve::{Curve, CurveOp, CurveSpec};
 pub use error::{EngineError, Result};

@@ -56,14 +56,10 @@ pub fn decode_window(
     }
     let lo = start.saturating_sub(field.before);
     let hi = (start + keep + field.after).min(t);
-    let audio = codec.decode(&latent.narrow(1, lo, hi - lo)?, lo as i64)?;
-    let hop = codec.hop_samples();
-    let from = (start - lo) * hop;
-    Ok(audio
-        .channels
-        .iter()
-        .map(|c| c[from..from + keep * hop].to_vec())
-        .collect())
+    let kept = start - lo..start - lo + keep;
+    Ok(codec
+        .decode_kept(&latent.narrow(1, lo, hi - lo)?, lo as i64, kept)?
+        .channels)
 }
 
 /// Measure the smallest margins at which a windowed decode of `keep` frames equals the full

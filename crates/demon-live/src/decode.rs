@@ -95,18 +95,12 @@ impl WindowedDecoder {
         keep: usize,
     ) -> demon_engine::Result<DecodedWindow> {
         let (window, first) = self.gather(latent, start, keep)?;
-        let audio = codec.decode(&window, first)?;
-        let from = self.field.before * self.hop;
-        let len = keep * self.hop;
-        let kept = audio
-            .channels
-            .iter()
-            .map(|c| c[from..from + len].to_vec())
-            .collect();
+        let before = self.field.before;
+        let audio = codec.decode_kept(&window, first, before..before + keep)?;
         Ok(DecodedWindow {
             start_frame: start,
             frames: keep,
-            audio: kept,
+            audio: audio.channels,
         })
     }
 

@@ -11,11 +11,11 @@
 //! its tick). The lead is then
 //!
 //! ```text
-//! lead_frames = 1 + ceil((p99(need) + safety) / frame_ms),  safety = max(SAFETY_MIN_MS, p99 − p50)
+//! lead_frames = ceil((p99(need) + safety) / frame_ms),  safety = max(SAFETY_MIN_MS, p99 − p50)
 //! ```
 //!
-//! over the last [`WINDOW`] needs (the `1 +` because the target is a whole frame after the
-//! playhead's frame, so it may start only `(lead − 1)` frames ahead). It grows at once when a
+//! over the last [`WINDOW`] needs (the target starts `lead` frames after the first frame
+//! boundary at or after the playhead, so at least `lead` whole frames ahead). It grows at once when a
 //! need says so (a slice would have landed late), shrinks one frame at a time only after
 //! [`SHRINK_AFTER_TICKS`] calm ticks, and never leaves `[floor, ceiling]`. The lead in force is
 //! written to every clock line of a session file, so replays follow it exactly.
@@ -114,7 +114,7 @@ impl LeadController {
         let p99 = quantile(&sorted, 0.99);
         let p50 = quantile(&sorted, 0.5);
         let safety = SAFETY_MIN_MS.max(p99 - p50);
-        let frames = 1.0 + ((p99 + safety) / self.frame_ms).ceil();
+        let frames = ((p99 + safety) / self.frame_ms).ceil();
         (frames.max(0.0) as u32).clamp(self.floor_frames, self.ceiling_frames)
     }
 
@@ -178,10 +178,10 @@ mod tests {
     #[test]
     fn shrinks_on_calm_input_to_what_the_needs_ask() {
         let mut c = LeadController::new(13, 2, 75, FRAME_MS);
-        // Needs of 25 ms, no jitter: 1 + ceil((25 + 20) / 40) = 3 frames.
+        // Needs of 65 ms, no jitter: ceil((65 + 20) / 40) = 3 frames.
         let mut leads = Vec::new();
         for _ in 0..400 {
-            c.observe_need(25.0);
+            c.observe_need(65.0);
             leads.push(c.update());
         }
         assert_eq!(c.target_frames(), 3);
@@ -201,17 +201,17 @@ mod tests {
     fn grows_at_once_on_a_spike() {
         let mut c = LeadController::new(3, 2, 75, FRAME_MS);
         for _ in 0..50 {
-            c.observe_need(25.0);
+            c.observe_need(65.0);
             assert_eq!(c.update(), 3);
         }
-        // One slice needed 210 ms: p99 of 51 needs is that one; p50 is 25, so the safety is
-        // 185 ms: 1 + ceil(395 / 40) = 11 frames, on this very tick.
+        // One slice needed 210 ms: p99 of 51 needs is that one; p50 is 65, so the safety is
+        // 145 ms: ceil(355 / 40) = 9 frames, on this very tick.
         c.observe_need(210.0);
-        assert_eq!(c.update(), 11);
+        assert_eq!(c.update(), 9);
         // And it stays while the spike is the top 1 % of the window (fewer than 100 needs).
         for _ in 0..40 {
-            c.observe_need(25.0);
-            assert_eq!(c.update(), 11);
+            c.observe_need(65.0);
+            assert_eq!(c.update(), 9);
         }
     }
 

@@ -75,8 +75,32 @@ const demon = {
   references: { timbre: null, structure: null }, // the reference names the page shows
   micSeconds: 0, // the length of the last microphone recording uploaded
   idle: false, // the idle pause holds generation (stats.idle)
+  // What the browser's audio path adds after the worklet: the context's base and output
+  // latency, and how far the sample leaving the output now trails the one being rendered.
+  audioLatency: () => {
+    if (!ctx) return null;
+    const ts = ctx.getOutputTimestamp ? ctx.getOutputTimestamp() : null;
+    return {
+      base_ms: 1000 * (ctx.baseLatency || 0),
+      output_ms: 1000 * (ctx.outputLatency || 0),
+      behind_ms: ts && ts.performanceTime > 0 ? 1000 * (ctx.currentTime - ts.contextTime) : null,
+    };
+  },
 };
 window.demon = demon;
+// Main-thread tasks over 50 ms (they hold back the slices the page relays to its worklet).
+demon.longTasks = { count: 0, maxMs: 0, totalMs: 0 };
+try {
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      demon.longTasks.count++;
+      demon.longTasks.totalMs += e.duration;
+      demon.longTasks.maxMs = Math.max(demon.longTasks.maxMs, e.duration);
+    }
+  }).observe({ type: 'longtask', buffered: false });
+} catch (_) {
+  // no long-task timing in this browser
+}
 
 // ---------------------------------------------------------------- log and errors
 

@@ -9,11 +9,23 @@ use crate::{analysis, synth};
 /// Audio ⇄ sketch latent.
 pub struct SketchCodec {
     device: Device,
+    /// Oscillator frames of the last windowed decode, read again by the next.
+    oscillators: synth::OscCache,
 }
 
 impl SketchCodec {
     pub fn new(device: Device) -> Self {
-        Self { device }
+        Self {
+            device,
+            oscillators: synth::OscCache::default(),
+        }
+    }
+}
+
+impl SketchCodec {
+    /// Oscillator frames kept for the next windowed decode.
+    pub fn cached_oscillator_frames(&self) -> usize {
+        self.oscillators.len()
     }
 }
 
@@ -71,6 +83,16 @@ impl Codec for SketchCodec {
     }
 
     fn decode(&mut self, latent: &Tensor, first_frame: i64) -> Result<Audio> {
+        let n = latent.dim(1)?;
+        self.decode_kept(latent, first_frame, 0..n)
+    }
+
+    fn decode_kept(
+        &mut self,
+        latent: &Tensor,
+        first_frame: i64,
+        kept: std::ops::Range<usize>,
+    ) -> Result<Audio> {
         let (b, n, c) = latent.dims3()?;
         if b != 1 || c != CHANNELS {
             return Err(EngineError::shape(
@@ -86,8 +108,9 @@ impl Codec for SketchCodec {
                 format!("non-finite value at frame {}", i / CHANNELS),
             ));
         }
-        let [l, r] = synth::render(&v, first_frame);
-        debug_assert_eq!(l.len(), n * HOP);
+        demon_engine::check_kept(&kept, n)?;
+        let [l, r] = synth::render_kept(&v, first_frame, kept.clone(), Some(&mut self.oscillators));
+        debug_assert_eq!(l.len(), kept.len() * HOP);
         Audio::new(SAMPLE_RATE, vec![l, r])
     }
 

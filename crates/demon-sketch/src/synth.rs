@@ -9,6 +9,7 @@
 //! decoded with enough margin is bit-identical to the same samples of a full decode, which is
 //! what the windowed decoder relies on.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use demon_engine::rng::{NoiseStream, fill_normal, uniform};
@@ -329,59 +330,162 @@ fn events(fr: &Frames, voice: OnsetVoice) -> Vec<Event> {
         .collect()
 }
 
-/// A wavetable oscillator whose phase comes from the absolute sample index.
-struct Osc<'a> {
-    table: &'a [f32],
-    inc: f64,
+/// One frame (`HOP` samples) of a wavetable oscillator whose phase comes from the absolute
+/// sample index: what a voice reads before its amplitude ramp.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct OscFrame {
+    shape: u8,
+    midi_bits: u64,
+    detune_bits: u64,
+    /// Absolute index of the frame's first sample.
+    abs0: i64,
 }
 
-impl<'a> Osc<'a> {
-    fn new(shape: Shape, midi: f64, detune: f64) -> Osc<'static> {
-        let t = tables();
-        let m = (midi.round() as usize).clamp(MIDI_LO, MIDI_HI);
-        Osc {
-            table: &t.waves[shape as usize][m - MIDI_LO],
-            inc: midi_hz(midi) * detune / SR,
+impl OscFrame {
+    fn new(shape: Shape, midi: f64, detune: f64, abs0: i64) -> Self {
+        Self {
+            shape: shape as u8,
+            midi_bits: midi.to_bits(),
+            detune_bits: detune.to_bits(),
+            abs0,
         }
     }
 
-    /// Add `amp(i)·osc` for the `HOP` samples of a frame starting at absolute sample `abs0`.
-    #[inline]
-    fn add_frame(&self, out: &mut [f32], abs0: i64, a0: f32, a1: f32) {
-        self.add_frame_mix(None, out, abs0, (a0, a1), (0.0, 0.0));
-    }
-
-    /// Like `add_frame`, also adding a second table read at the same phase (`other`, with its
-    /// own amplitude ramp): one phase computation for two waveforms.
-    #[inline]
-    fn add_frame_mix(
-        &self,
-        other: Option<&[f32]>,
-        out: &mut [f32],
-        abs0: i64,
-        a: (f32, f32),
-        b: (f32, f32),
-    ) {
+    /// The table-interpolated samples of the frame.
+    fn fill(&self, out: &mut [f32]) {
+        let (midi, detune) = (
+            f64::from_bits(self.midi_bits),
+            f64::from_bits(self.detune_bits),
+        );
+        let m = (midi.round() as usize).clamp(MIDI_LO, MIDI_HI);
+        let t = &tables().waves[self.shape as usize][m - MIDI_LO];
+        let inc = midi_hz(midi) * detune / SR;
         // The frame's start phase comes from the absolute sample index (f64), so it never
         // depends on where a decode window began; within the frame an f32 accumulator is exact
         // enough.
-        let mut ph = ((abs0 as f64 * self.inc).rem_euclid(1.0) * TABLE as f64) as f32;
-        let inc = (self.inc * TABLE as f64) as f32;
-        let n = out.len() as f32;
-        let (da, db) = ((a.1 - a.0) / n, (b.1 - b.0) / n);
-        let t = self.table;
-        for (i, o) in out.iter_mut().enumerate() {
+        let mut ph = ((self.abs0 as f64 * inc).rem_euclid(1.0) * TABLE as f64) as f32;
+        let inc = (inc * TABLE as f64) as f32;
+        for o in out.iter_mut() {
             let j = (ph as usize).min(TABLE - 1);
             let fr = ph - j as f32;
-            let mut v = (t[j] + (t[j + 1] - t[j]) * fr) * (a.0 + da * i as f32);
-            if let Some(u) = other {
-                v += (u[j] + (u[j + 1] - u[j]) * fr) * (b.0 + db * i as f32);
-            }
-            *o += v;
+            *o = t[j] + (t[j + 1] - t[j]) * fr;
             ph += inc;
             if ph >= TABLE as f32 {
                 ph -= TABLE as f32;
             }
+        }
+    }
+}
+
+/// Oscillator frames kept from one decode to the next. A live session decodes a short window
+/// every tick, and the window moves by about a frame: nearly every oscillator frame it needs
+/// was read by the decode before (the frames depend on pitch and absolute position only, not
+/// on the latent), so reading them again is a copy instead of a table walk. Frames the last
+/// decode did not use are dropped, so the cache holds one window's worth.
+#[derive(Default)]
+pub struct OscCache {
+    frames: HashMap<OscFrame, (u64, Box<[f32]>)>,
+    pass: u64,
+}
+
+impl OscCache {
+    /// Windows up to this many frames use the cache (a full-song decode would fill it with
+    /// frames no later window reads).
+    pub const MAX_WINDOW_FRAMES: usize = 96;
+
+    /// How many oscillator frames it holds.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
+/// Where a render reads its oscillator frames: the cache, or a scratch buffer filled afresh.
+struct Oscillators<'c> {
+    cache: Option<&'c mut OscCache>,
+    scratch: [Vec<f32>; 2],
+}
+
+impl<'c> Oscillators<'c> {
+    fn new(mut cache: Option<&'c mut OscCache>) -> Self {
+        if let Some(c) = cache.as_deref_mut() {
+            c.pass += 1;
+        }
+        Self {
+            cache,
+            scratch: [vec![0f32; HOP], vec![0f32; HOP]],
+        }
+    }
+
+    fn ensure(cache: &mut OscCache, key: OscFrame) {
+        let pass = cache.pass;
+        cache
+            .frames
+            .entry(key)
+            .and_modify(|e| e.0 = pass)
+            .or_insert_with(|| {
+                let mut v = vec![0f32; HOP].into_boxed_slice();
+                key.fill(&mut v);
+                (pass, v)
+            });
+    }
+
+    /// Add `amp(i)·osc` over the `HOP` samples of `out`, `amp` ramping linearly over `a`; with
+    /// `mix`, also a second waveform at the same pitch and phase with its own ramp.
+    fn add(
+        &mut self,
+        out: &mut [f32],
+        key: OscFrame,
+        a: (f32, f32),
+        mix: Option<(Shape, (f32, f32))>,
+    ) {
+        let key_b = mix.map(|(shape, _)| OscFrame {
+            shape: shape as u8,
+            ..key
+        });
+        let (ra, rb): (&[f32], Option<&[f32]>) = match self.cache.as_deref_mut() {
+            Some(cache) => {
+                Self::ensure(cache, key);
+                if let Some(k) = key_b {
+                    Self::ensure(cache, k);
+                }
+                (&cache.frames[&key].1, key_b.map(|k| &*cache.frames[&k].1))
+            }
+            None => {
+                let [sa, sb] = &mut self.scratch;
+                key.fill(sa);
+                if let Some(k) = key_b {
+                    k.fill(sb);
+                }
+                (&sa[..], key_b.map(|_| &sb[..]))
+            }
+        };
+        let n = out.len() as f32;
+        let da = (a.1 - a.0) / n;
+        match (rb, mix) {
+            (Some(rb), Some((_, b))) => {
+                let db = (b.1 - b.0) / n;
+                for (i, o) in out.iter_mut().enumerate() {
+                    let v = ra[i] * (a.0 + da * i as f32) + rb[i] * (b.0 + db * i as f32);
+                    *o += v;
+                }
+            }
+            _ => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o += ra[i] * (a.0 + da * i as f32);
+                }
+            }
+        }
+    }
+
+    /// Drop the frames this render did not read.
+    fn finish(self) {
+        if let Some(cache) = self.cache {
+            let pass = cache.pass;
+            cache.frames.retain(|_, e| e.0 == pass);
         }
     }
 }
@@ -412,16 +516,48 @@ fn onset_envelope(evs: &[Event], samples: usize, shape: &[f32]) -> Vec<f32> {
     env
 }
 
+/// Frames before a kept region whose audio-rate signals a kept sample can reach: the reverb's
+/// tail, and two frames more for the send's one-pole low-pass, started at rest there, to reach
+/// the same state as a decode that started earlier (it forgets at 0.65 per sample, so 3840
+/// samples leave nothing of the difference).
+const SEND_REACH_FRAMES: usize = REVERB_LEN.div_ceil(HOP) + 2;
+
 /// Render `n` frames of latent (`[n][CHANNELS]`) whose first frame has absolute index
 /// `first_frame`. Returns left and right channels, `n · HOP` samples each.
-#[allow(clippy::needless_range_loop)] // parallel arrays indexed together
 pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
+    render_kept(latent, first_frame, 0..latent.len() / CHANNELS, None)
+}
+
+/// The samples of frames `kept` (within the `n` frames of `latent`) of what [`render`] gives
+/// for the whole latent: `kept.len() · HOP` per channel, bit-identical to those samples of
+/// the full render when `kept` starts at 0 or at least [`SEND_REACH_FRAMES`] in. A windowed
+/// decode keeps a few frames out of a window of context; the voices, the mix and the reverb
+/// are computed only where a kept sample can hear them, not over the whole context (the
+/// context's onsets and envelopes still are, from the latent, which is cheap).
+#[allow(clippy::needless_range_loop)] // parallel arrays indexed together
+///
+/// `cache` keeps oscillator frames for the next call (windows up to
+/// [`OscCache::MAX_WINDOW_FRAMES`] use it); the samples are the same with or without it.
+pub fn render_kept(
+    latent: &[f32],
+    first_frame: i64,
+    kept: std::ops::Range<usize>,
+    cache: Option<&mut OscCache>,
+) -> [Vec<f32>; 2] {
     let n = latent.len() / CHANNELS;
-    let samples = n * HOP;
-    let mut out = [vec![0f32; samples], vec![0f32; samples]];
-    if n == 0 {
-        return out;
+    let kept = kept.start.min(n)..kept.end.min(n).max(kept.start.min(n));
+    if n == 0 || kept.is_empty() {
+        return [Vec::new(), Vec::new()];
     }
+    let samples = n * HOP;
+    // Audio-rate work starts at frame `from`; nothing after the kept frames is needed either.
+    let from = if kept.start >= SEND_REACH_FRAMES {
+        kept.start - SEND_REACH_FRAMES
+    } else {
+        0
+    };
+    let (from_s, kept_s) = (from * HOP, kept.start * HOP..kept.end * HOP);
+    let upto = kept.end;
     let t = tables();
     let fr = Frames { v: latent, n };
     let abs = |f: usize| (first_frame + f as i64) * HOP as i64;
@@ -429,6 +565,7 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
     let mut lead_bus = vec![0f32; samples];
     let mut send = vec![0f32; samples];
     let mut scratch = vec![0f32; HOP];
+    let mut oscs = Oscillators::new(cache.filter(|_| n <= OscCache::MAX_WINDOW_FRAMES));
 
     // Pad: chord tones with a release that rings over the following frames.
     let mut pad_env = vec![[0f32; 12]; n];
@@ -445,7 +582,7 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
             pad_env[f][pc] = e * level;
         }
     }
-    for f in 0..n {
+    for f in from..upto {
         let (b0, b1) = (unit(fr.at(f, PAD_BRIGHT)), unit(fr.next(f, PAD_BRIGHT)));
         let (w0, w1) = (unit(fr.at(f, WIDTH)), unit(fr.next(f, WIDTH)));
         let span = f * HOP..(f + 1) * HOP;
@@ -458,14 +595,11 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
                 let midi = octave + pc as f64;
                 for (ch, det) in [(0usize, 0.9983f64), (1, 1.0017)] {
                     scratch.fill(0.0);
-                    let dark = Osc::new(Shape::Dark, midi, det);
-                    let saw = Osc::new(Shape::Saw, midi, det);
-                    dark.add_frame_mix(
-                        Some(saw.table),
+                    oscs.add(
                         &mut scratch,
-                        abs(f),
+                        OscFrame::new(Shape::Dark, midi, det, abs(f)),
                         (e0 * weight * (1.0 - b0), e1 * weight * (1.0 - b1)),
-                        (e0 * weight * b0, e1 * weight * b1),
+                        Some((Shape::Saw, (e0 * weight * b0, e1 * weight * b1))),
                     );
                     // Mid/side width: the detuned pair spreads as WIDTH grows.
                     let other = 1 - ch;
@@ -496,7 +630,7 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
     // Bass: pitch classes held in the latent, articulated by the bass onsets.
     let bass_env = onset_envelope(&events(&fr, BASS_ON), samples, &t.bass_env);
     let mut bass = vec![0f32; samples];
-    for f in 0..n {
+    for f in from..upto {
         let (l0, l1) = (unit(fr.at(f, BASS_LEVEL)), unit(fr.next(f, BASS_LEVEL)));
         let (br0, br1) = (unit(fr.at(f, BASS_BRIGHT)), unit(fr.next(f, BASS_BRIGHT)));
         for pc in 0..12 {
@@ -506,23 +640,23 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
             }
             let midi = 36.0 + pc as f64;
             let out_span = &mut bass[f * HOP..(f + 1) * HOP];
-            Osc::new(Shape::Sine, midi, 1.0).add_frame(
+            oscs.add(
                 out_span,
-                abs(f),
-                a0 * l0 * 0.7,
-                a1 * l1 * 0.7,
+                OscFrame::new(Shape::Sine, midi, 1.0, abs(f)),
+                (a0 * l0 * 0.7, a1 * l1 * 0.7),
+                None,
             );
-            Osc::new(Shape::Dark, midi, 1.0).add_frame(
+            oscs.add(
                 out_span,
-                abs(f),
-                a0 * l0 * 0.5 * (1.0 - br0),
-                a1 * l1 * 0.5 * (1.0 - br1),
+                OscFrame::new(Shape::Dark, midi, 1.0, abs(f)),
+                (a0 * l0 * 0.5 * (1.0 - br0), a1 * l1 * 0.5 * (1.0 - br1)),
+                None,
             );
-            Osc::new(Shape::Saw, midi, 1.0).add_frame(
+            oscs.add(
                 out_span,
-                abs(f),
-                a0 * l0 * 0.35 * br0,
-                a1 * l1 * 0.35 * br1,
+                OscFrame::new(Shape::Saw, midi, 1.0, abs(f)),
+                (a0 * l0 * 0.35 * br0, a1 * l1 * 0.35 * br1),
+                None,
             );
         }
     }
@@ -532,7 +666,7 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
 
     // Lead: two registers crossfaded by the octave channel, three waveforms by the shape channel.
     let lead_env = onset_envelope(&events(&fr, LEAD_ON), samples, &t.lead_env);
-    for f in 0..n {
+    for f in from..upto {
         let (l0, l1) = (unit(fr.at(f, LEAD_LEVEL)), unit(fr.next(f, LEAD_LEVEL)));
         if l0 <= 1e-4 && l1 <= 1e-4 {
             continue;
@@ -558,11 +692,11 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
                     if g0 <= 1e-6 && g1 <= 1e-6 {
                         continue;
                     }
-                    Osc::new(shape, reg + pc as f64, 1.0).add_frame(
+                    oscs.add(
                         &mut lead_bus[f * HOP..(f + 1) * HOP],
-                        abs(f),
-                        g0,
-                        g1,
+                        OscFrame::new(shape, reg + pc as f64, 1.0, abs(f)),
+                        (g0, g1),
+                        None,
                     );
                 }
             }
@@ -575,7 +709,7 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
     // Stabs: the chord tones, plucked.
     let stab_env = onset_envelope(&events(&fr, STAB), samples, &t.stab_env);
     let mut stab = vec![0f32; samples];
-    for f in 0..n {
+    for f in from..upto {
         let (l0, l1) = (unit(fr.at(f, STAB_LEVEL)), unit(fr.next(f, STAB_LEVEL)));
         if l0 <= 1e-4 && l1 <= 1e-4 {
             continue;
@@ -585,17 +719,19 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
             if a0 <= 1e-4 && a1 <= 1e-4 {
                 continue;
             }
-            Osc::new(Shape::Keys, 60.0 + pc as f64, 1.0).add_frame(
+            oscs.add(
                 &mut stab[f * HOP..(f + 1) * HOP],
-                abs(f),
-                a0 * a0 * l0 * 0.2,
-                a1 * a1 * l1 * 0.2,
+                OscFrame::new(Shape::Keys, 60.0 + pc as f64, 1.0, abs(f)),
+                (a0 * a0 * l0 * 0.2, a1 * a1 * l1 * 0.2),
+                None,
             );
         }
     }
     for (b, e) in stab.iter_mut().zip(&stab_env) {
         *b *= e;
     }
+
+    oscs.finish();
 
     // Drums: fixed waveforms placed at their onsets.
     let mut drums = [vec![0f32; samples], vec![0f32; samples]];
@@ -612,9 +748,9 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
     for (voice, wave, pan, gain) in voices {
         for e in events(&fr, voice) {
             let g = e.amp * gain * drum_level[e.frame];
-            let end = (e.at + wave.len()).min(samples);
-            for (k, j) in (e.at..end).enumerate() {
-                let s = wave[k] * g;
+            let end = (e.at + wave.len()).min(kept_s.end);
+            for j in e.at.max(from_s)..end {
+                let s = wave[j - e.at] * g;
                 drums[0][j] += s * (1.0 - pan) * 2.0 * 0.5;
                 drums[1][j] += s * pan * 2.0 * 0.5;
                 if voice == SNARE || voice == CLAP {
@@ -631,7 +767,7 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
     }
 
     // Sidechain pump on the tonal bus, then the reverb send.
-    for f in 0..n {
+    for f in from..upto {
         let (p0, p1) = (unit(fr.at(f, PUMP)), unit(fr.next(f, PUMP)));
         let (r0, r1) = (unit(fr.at(f, REVERB)), unit(fr.next(f, REVERB)));
         for i in 0..HOP {
@@ -653,27 +789,34 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
     // Darken the send a little: a one-pole low-pass forgets its past to the last bit within a
     // few thousand samples, well inside the reverb's own reach.
     let mut s = 0f32;
-    for v in send.iter_mut() {
+    for v in send[from_s..kept_s.end].iter_mut() {
         s += 0.35 * (*v - s);
         *v = s;
     }
-    let mut wet = [vec![0f32; samples], vec![0f32; samples]];
+    // The reverb at the kept samples only: wet[j] = Σ g · send[j − d] (taps whose source lies
+    // before `from_s` read the zeros there, which a full render's reverb does not reach either).
+    let kept_n = kept_s.len();
+    let mut wet = [vec![0f32; kept_n], vec![0f32; kept_n]];
     for ch in 0..2 {
         for &(d, g) in &t.reverb[ch] {
-            if d >= samples {
+            // Output j = kept_s.start + i reads send[j − d], which exists for j ≥ d.
+            if d >= kept_s.end {
                 continue;
             }
-            let (dst, src) = (&mut wet[ch][d..], &send[..samples - d]);
+            let first = d.saturating_sub(kept_s.start);
+            let src0 = kept_s.start + first - d;
+            let (dst, src) = (&mut wet[ch][first..], &send[src0..src0 + kept_n - first]);
             for (o, x) in dst.iter_mut().zip(src) {
                 *o += g * x;
             }
         }
     }
 
+    let mut out = [vec![0f32; kept_n], vec![0f32; kept_n]];
     for ch in 0..2 {
-        for j in 0..samples {
-            let x = (tonal[ch][j] + drums[ch][j] + wet[ch][j] * 0.55) * 0.85;
-            out[ch][j] = soft_clip(x);
+        for (i, j) in kept_s.clone().enumerate() {
+            let x = (tonal[ch][j] + drums[ch][j] + wet[ch][i] * 0.55) * 0.85;
+            out[ch][i] = soft_clip(x);
         }
     }
     out

@@ -22,6 +22,70 @@ fn song_latent(style: Style, frames: usize, seed: u64) -> Tensor {
     Tensor::from_vec(s.latent, (1, frames, CHANNELS), &Device::Cpu).unwrap()
 }
 
+/// `decode_kept` computes the voices, the mix and the reverb only where a kept sample hears
+/// them; what it gives is the full decode's samples, bit for bit, wherever the kept frames
+/// sit in the window (at its start, just in, and deep in with a long context before them),
+/// and an out-of-range request is refused.
+#[test]
+fn decode_kept_equals_the_full_decode_bit_for_bit() {
+    let mut codec = SketchCodec::default();
+    for style in Style::ALL {
+        let latent = song_latent(style, 120, 9);
+        let full = codec.decode(&latent, 37).unwrap();
+        for kept in [
+            0..9,
+            0..120,
+            3..12,
+            14..23,
+            15..24,
+            16..25,
+            25..34,
+            40..120,
+            111..120,
+        ] {
+            let part = codec.decode_kept(&latent, 37, kept.clone()).unwrap();
+            for (ch, (p, f)) in part.channels.iter().zip(&full.channels).enumerate() {
+                let truth = &f[kept.start * HOP..kept.end * HOP];
+                assert_eq!(p.len(), truth.len(), "{style:?} {kept:?}");
+                let differ = p
+                    .iter()
+                    .zip(truth)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert_eq!(
+                    differ, 0,
+                    "{style:?} {kept:?} channel {ch}: {differ} samples differ"
+                );
+            }
+        }
+    }
+    // Sliding windows, as a live session decodes them: the codec that keeps the oscillator
+    // frames of the window before gives what a render without the cache gives, bit for bit, and holds no
+    // more than about one window of frames.
+    let latent = song_latent(Style::ALL[0], 160, 4);
+    let (mut warm, mut most) = (SketchCodec::default(), 0);
+    for lo in (0..120).step_by(3) {
+        let window = latent.narrow(1, lo, 35).unwrap();
+        let a = warm.decode_kept(&window, lo as i64, 25..34).unwrap();
+        let values: Vec<f32> = window.flatten_all().unwrap().to_vec1().unwrap();
+        let b = demon_sketch::synth::render_kept(&values, lo as i64, 25..34, None);
+        assert!(
+            a.channels
+                .iter()
+                .flatten()
+                .zip(b.iter().flatten())
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "window at {lo}"
+        );
+        most = most.max(warm.cached_oscillator_frames());
+    }
+    assert!(most > 0 && most < 35 * 200, "{most} oscillator frames held");
+    let err = codec
+        .decode_kept(&song_latent(Style::ALL[0], 10, 1), 0, 5..11)
+        .unwrap_err();
+    assert!(err.to_string().contains("kept frames"), "{err}");
+}
+
 #[test]
 fn windowed_decode_is_exact_at_the_measured_receptive_field() {
     let mut codec = SketchCodec::default();

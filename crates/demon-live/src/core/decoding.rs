@@ -60,8 +60,11 @@ impl Playback {
         self.replaced_between_ticks = true;
     }
 
-    /// The decode target (a song frame) and the playing region in frames: the playhead plus
-    /// `lead` frames, wrapped inside the region (the loop band, or the whole song).
+    /// The decode target (a song frame) and the playing region in frames: `lead` frames after
+    /// the first frame boundary at or after the playhead, wrapped inside the region (the loop
+    /// band, or the whole song). So the target starts at least `lead` whole frames ahead of
+    /// the playhead, exactly that many when the playhead sits on a boundary (ticks of one
+    /// frame from a start at 0 always do).
     pub(super) fn decode_target(
         &self,
         lead: u32,
@@ -72,7 +75,8 @@ impl Playback {
         let (lo, hi) = self.buffer.region();
         let region = (lo / hop, hi.div_ceil(hop).min(song_frames));
         let span = (region.1 - region.0).max(1);
-        let target = region.0 + ((playhead / hop).saturating_sub(region.0) + lead as usize) % span;
+        let target =
+            region.0 + (playhead.div_ceil(hop).saturating_sub(region.0) + lead as usize) % span;
         (target, region)
     }
 
