@@ -816,15 +816,24 @@ async function main() {
     return `mapping ${JSON.stringify(map)} saved; CC 127 → feedback 1`;
   });
 
-  await check('curve presets: sine on guidance, and a loop band for the picture', async () => {
+  await check('curve presets: sine on guidance, curve maths (min with a ramp), and a loop band for the picture', async () => {
     await page.click('#curve-tabs button[data-curve="guidance"]');
     await page.click('#curve-sine');
     const c = await waitFor('a sine guidance curve', async () => ((await state()).curves || {}).guidance, 10000);
     assert(c.type === 'sine' && c.cycles === 4 && c.min === 1 && c.max === 10, `sine spec (${JSON.stringify(c)})`);
+    // Curve maths: with "min" chosen, a ramp combines with the sine instead of replacing it.
+    await page.selectOption('#curve-op', 'min');
+    await page.click('#curve-ramp-down');
+    const m = await waitFor('min(sine, ramp) as the guidance curve', async () => {
+      const x = ((await state()).curves || {}).guidance;
+      return x && x.type === 'min' ? x : null;
+    }, 10000);
+    assert(m.a.type === 'sine' && m.b.type === 'ramp' && m.b.start === 10 && m.b.end === 1, `min of the sine and the ramp (${JSON.stringify(m)})`);
+    await page.selectOption('#curve-op', 'set');
     const r = await api('/api/control', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ type: 'set_loop_band', start_s: 6, end_s: 14 }) });
     assert(r.status === 200, 'band set over REST');
     await waitFor('the band shown', async () => (await page.locator('#band-info').textContent()).includes('6.00'), 10000);
-    return `guidance ${JSON.stringify(c)}; band 6–14 s echoed into the page`;
+    return `guidance ${JSON.stringify(c)}, then min with a ramp: ${JSON.stringify(m)}; band 6–14 s echoed into the page`;
   });
 
   const post = (message) => api('/api/control', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(message) });

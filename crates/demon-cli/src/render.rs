@@ -65,7 +65,8 @@ pub struct RenderArgs {
     #[arg(long = "cfg-mode", default_value = "initialize", value_parser = closed::<CfgMode>("CFG mode"))]
     pub cfg_mode: CfgMode,
     /// NAME=SPEC, repeatable: velocity_scale, sde_denoise, ode_noise, x0_target_strength,
-    /// guidance, apg_momentum, cfg_rescale, initial_noise, x0_target, mask, blend, dcw, dcw_high.
+    /// guidance, apg_momentum, cfg_rescale, initial_noise, x0_target, mask, blend, dcw, dcw_high,
+    /// channel_gain (how much of the ch_g*/ch_k* gains applies at each frame, 0..1).
     /// x0_target_strength, x0_target, initial_noise and mask act on the source (--source).
     /// SPEC: 0.7 | ramp:A:B | sine:MIN:MAX:CYCLES[:PHASE] | pulse:... | square:... | raw:v1,v2,...
     #[arg(long = "curve", value_name = "NAME=SPEC")]

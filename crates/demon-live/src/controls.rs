@@ -152,6 +152,18 @@ knob_catalog! {
         "Gain of latent channels 48-55.";
     ChG7 ch_g7 [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
         "Gain of latent channels 56-63.";
+    ChK13 ch_k13 [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
+        "Gain of keystone channel 13 in place of its group's (1 = the group's).";
+    ChK14 ch_k14 [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
+        "Gain of keystone channel 14 in place of its group's (1 = the group's).";
+    ChK19 ch_k19 [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
+        "Gain of keystone channel 19 in place of its group's (1 = the group's).";
+    ChK23 ch_k23 [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
+        "Gain of keystone channel 23 in place of its group's (1 = the group's).";
+    ChK29 ch_k29 [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
+        "Gain of keystone channel 29 in place of its group's (1 = the group's).";
+    ChK56 ch_k56 [0.0, 3.0] = 1.0, false, true, SharedPerStep, "×",
+        "Gain of keystone channel 56 in place of its group's (1 = the group's).";
     LoudnessMatch loudness_match [0.0, 1.0] = 0.0, true, false, SharedPerStep, "off/on",
         "Keep what plays at the source's loudness (target_lufs without a source), moving slowly.";
     TargetLufs target_lufs [-40.0, -6.0] = -14.0, false, false, SharedPerStep, "LUFS",
@@ -176,6 +188,20 @@ impl Knob {
 }
 
 impl KnobValues {
+    /// DEMON's keystone channels (`demon_engine::KEYSTONE_CHANNELS`) and their gains,
+    /// `ch_k13..ch_k56`: a gain other than 1 replaces the channel's group gain.
+    pub fn keystone_gains(&self) -> [(usize, f64); 6] {
+        let g = [
+            self.ch_k13,
+            self.ch_k14,
+            self.ch_k19,
+            self.ch_k23,
+            self.ch_k29,
+            self.ch_k56,
+        ];
+        std::array::from_fn(|i| (demon_engine::KEYSTONE_CHANNELS[i], g[i]))
+    }
+
     /// The eight channel-gain groups, `ch_g0..ch_g7`.
     pub fn channel_gains(&self) -> [f64; 8] {
         [
@@ -277,11 +303,12 @@ pub enum CurveId {
     Mask,
     Dcw,
     DcwHigh,
+    ChannelGain,
 }
 
 /// Every curve name, in [`CurveId`] order: the seven per-step curves (the shared lane), then
-/// the per-slot ones and the DCW scalers.
-pub const CURVE_NAMES: [&str; 13] = [
+/// the per-slot ones, the DCW scalers and the channel gains' amount over the song.
+pub const CURVE_NAMES: [&str; 14] = [
     "velocity_scale",
     "sde_denoise",
     "ode_noise",
@@ -295,10 +322,11 @@ pub const CURVE_NAMES: [&str; 13] = [
     "mask",
     "dcw",
     "dcw_high",
+    "channel_gain",
 ];
 
 impl CurveId {
-    pub const ALL: [CurveId; 13] = [
+    pub const ALL: [CurveId; 14] = [
         Self::VelocityScale,
         Self::SdeDenoise,
         Self::OdeNoise,
@@ -312,6 +340,7 @@ impl CurveId {
         Self::Mask,
         Self::Dcw,
         Self::DcwHigh,
+        Self::ChannelGain,
     ];
 
     pub fn name(self) -> &'static str {

@@ -186,10 +186,24 @@ pub fn build_lane(controls: &Controls, facts: &BackendFacts) -> SessionResult<Sh
     let c = facts.latent_channels;
     let groups = k.channel_gains();
     let group = c.div_ceil(groups.len()).max(1);
-    let gains: Vec<f32> = (0..c)
+    let mut gains: Vec<f32> = (0..c)
         .map(|i| groups[(i / group).min(groups.len() - 1)] as f32)
         .collect();
-    lane.channel_gain = ChannelGain::new(gains).ok().filter(|g| !g.is_identity());
+    // A keystone at 1 follows its group, as DEMON builds no entry for it; a latent without
+    // the channel has no keystone there.
+    for (ch, g) in k.keystone_gains() {
+        if let Some(slot) = gains.get_mut(ch).filter(|_| g != 1.0) {
+            *slot = g as f32;
+        }
+    }
+    // The `channel_gain` curve shapes the gains over the song (0 = none, 1 = all of them).
+    lane.channel_gain = match ChannelGain::new(gains).ok().filter(|g| !g.is_identity()) {
+        Some(gain) => match controls.curve(CurveId::ChannelGain) {
+            Some(amount) => Some(gain.with_amount(amount.clone())?),
+            None => Some(gain),
+        },
+        None => None,
+    };
     lane.dcw = DcwSettings {
         enabled: controls.dcw_enabled,
         mode: controls.dcw_mode,
@@ -340,7 +354,8 @@ mod tests {
     };
     use demon_sketch::SketchDenoiser;
 
-    use super::{AppliedAdapters, LORA_MERGE_INTERVAL_TICKS, push_adapters};
+    use super::{AppliedAdapters, LORA_MERGE_INTERVAL_TICKS, build_lane, push_adapters};
+    use crate::controls::CurveId;
     use crate::{BackendFacts, Controls};
 
     /// The sketch denoiser, counting the strength changes that reach its adapters.
@@ -375,6 +390,46 @@ mod tests {
             self.merges.fetch_add(1, Ordering::Relaxed);
             self.inner.set_strength(id, strength)
         }
+    }
+
+    /// The keystone knobs replace their channel's group gain (and a keystone at 1 follows the
+    /// group); the `channel_gain` curve becomes the gains' amount per frame, range-checked
+    /// when drawn; without any gain the curve changes nothing.
+    #[test]
+    fn keystones_and_the_channel_gain_curve_reach_the_lane() {
+        let mut backend = demon_sketch::backend_with(Box::new(SketchDenoiser::new(Device::Cpu)));
+        let facts = BackendFacts::of(&mut backend);
+        let mut c = Controls::new(Prompt::tags("house"), 100);
+        c.set_slew_off();
+        let ramp = demon_engine::CurveSpec::parse("channel_gain", "ramp:0:1").unwrap();
+        c.set_curve("channel_gain", Some(&ramp)).unwrap();
+        assert_eq!(
+            build_lane(&c, &facts).unwrap().channel_gain,
+            None,
+            "no gain, no curve"
+        );
+
+        c.set_knob("ch_g1", 2.0, &facts).unwrap();
+        c.set_knob("ch_k13", 0.5, &facts).unwrap();
+        c.set_knob("ch_k56", 1.0, &facts).unwrap();
+        let gain = build_lane(&c, &facts).unwrap().channel_gain.unwrap();
+        let mut expected = vec![1.0f32; 64];
+        expected[8..16].fill(2.0);
+        expected[13] = 0.5;
+        assert_eq!(gain.gains, expected);
+        let amount = gain.amount.expect("the drawn curve is the amount");
+        assert_eq!(amount, c.curve(CurveId::ChannelGain).unwrap().clone());
+
+        c.set_knob("ch_k56", 3.0, &facts).unwrap();
+        let gain = build_lane(&c, &facts).unwrap().channel_gain.unwrap();
+        assert_eq!((gain.gains[56], gain.gains[55]), (3.0, 1.0));
+
+        let too_much = demon_engine::CurveSpec::parse("channel_gain", "ramp:0:2").unwrap();
+        let err = c
+            .set_curve("channel_gain", Some(&too_much))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("channel_gain"), "{err}");
     }
 
     /// A slewing LoRA fader reaches the model at most once per interval, and its target as

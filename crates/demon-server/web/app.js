@@ -589,7 +589,7 @@ function faderParent(name) {
   if (name === 'blend') return $('blend-slot');
   if (GROUPS.gen.includes(name)) return $('g-gen');
   if (GROUPS.step.includes(name)) return $('g-step');
-  if (/^ch_g\d+$/.test(name)) return $('g-ch');
+  if (/^ch_[gk]\d+$/.test(name)) return $('g-ch'); // the eight groups, then the keystones
   if (name.startsWith('lora:')) return $('g-lora');
   return $('g-other');
 }
@@ -640,7 +640,7 @@ function makeFader(spec) {
   el.title = `${spec.help}\nrange ${spec.min} … ${spec.max}, default ${spec.default}${spec.slewed ? ', slew-limited' : ''}; ${spec.class.replace(/_/g, ' ')}`;
   const name = document.createElement('span');
   name.className = 'name';
-  name.textContent = spec.name.replace(/^lora:/, '').replace(/^ch_g(\d)$/, 'g$1');
+  name.textContent = spec.name.replace(/^lora:/, '').replace(/^ch_g(\d)$/, 'g$1').replace(/^ch_k(\d+)$/, 'k$1');
   const val = document.createElement('input');
   val.className = 'val';
   val.type = 'text';
@@ -1496,8 +1496,13 @@ function sendLane(knob, lane) {
 }
 
 // The selected tab's shape from the buttons (ramp, sine), as a curve or as a lane.
-function sendShape(spec) {
+// A shape button's curve, combined with what is drawn now by the curve-maths menu
+// (set replaces it; add, multiply, min and max combine the two).
+function sendShape(shape) {
   if (!curveSel) return;
+  const op = $('curve-op').value;
+  const current = curveKind === 'lane' ? null : S.curves[curveSel];
+  const spec = op !== 'set' && current ? { type: op, a: current, b: shape } : shape;
   if (curveKind === 'lane') sendLane(curveSel, laneOf(evalCurve(spec, CURVE_POINTS)));
   else sendCurve(curveSel, spec);
 }
@@ -1545,6 +1550,20 @@ function evalCurve(spec, n) {
         const a = Math.min(v.length - 1, Math.floor(p)), b = Math.min(v.length - 1, a + 1);
         out[i] = v[a] + (v[b] - v[a]) * (p - a);
       }
+      break;
+    }
+    case 'add':
+    case 'multiply':
+    case 'min':
+    case 'max': {
+      const a = evalCurve(spec.a, n), b = evalCurve(spec.b, n);
+      const op = { add: (x, y) => x + y, multiply: (x, y) => x * y, min: Math.min, max: Math.max }[spec.type];
+      for (let i = 0; i < n; i++) out[i] = op(a[i], b[i]);
+      break;
+    }
+    case 'lerp': {
+      const a = evalCurve(spec.a, n), b = evalCurve(spec.b, n), t = evalCurve(spec.t, n);
+      for (let i = 0; i < n; i++) out[i] = a[i] + (b[i] - a[i]) * t[i];
       break;
     }
     default:
