@@ -18,8 +18,8 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.
 // upgrade) to the server, so UI edits need no Rust rebuild.
 export async function devProxy(target, port = 0) {
   const web = path.join(ROOT, 'crates/demon-server/web');
-  const files = { '/': 'index.html', '/app.js': 'app.js', '/worklet.js': 'worklet.js', '/style.css': 'style.css' };
-  const types = { '.js': 'text/javascript', '.css': 'text/css', '.html': 'text/html' };
+  const files = { '/': 'index.html', '/app.js': 'app.js', '/worklet.js': 'worklet.js', '/style.css': 'style.css', '/vendor/fzstd.mjs': 'vendor/fzstd.mjs' };
+  const types = { '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css', '.html': 'text/html' };
   const proxy = http.createServer((req, res) => {
     const file = files[new URL(req.url, 'http://x').pathname];
     if (file) {

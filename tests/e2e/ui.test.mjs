@@ -276,7 +276,7 @@ async function main() {
   });
 
   let s0;
-  await check('the worklet receives and applies slices', async () => {
+  await check('the worklet receives and applies slices (zstd-compressed deltas)', async () => {
     const a = await demon(() => ({ s: window.demon.slicesReceived, f: window.demon.framesApplied, r: window.demon.framesReceived }));
     assert(a.f >= 1, `the full buffer was applied (framesApplied ${a.f})`);
     const b = await waitFor('slices', async () => {
@@ -288,7 +288,10 @@ async function main() {
     const c = await demon(() => window.demon.checksum());
     assert(c.len === SONG_SECONDS * 48000, `buffer holds the song (${c.len} samples)`);
     assert(c.peak > 0, 'the buffer is not silent');
-    return `${a.s} → ${b.s} slices (last at tick ${b.tick}), buffer ${c.len} samples, hash ${c.hash}`;
+    // The page asked for zstd deltas in its upgrade and decodes them with the bundled fzstd.
+    const z = await demon(() => ({ mode: window.demon.compression, packed: window.demon.compressedBytes, plain: window.demon.plainBytes }));
+    assert(z.mode === 'zstd' && z.packed > 0 && z.plain > z.packed, `zstd deltas negotiated and decoded (${JSON.stringify(z)})`);
+    return `${a.s} → ${b.s} slices (last at tick ${b.tick}), buffer ${c.len} samples, hash ${c.hash}; deltas zstd: ${z.packed} bytes for ${z.plain} (${(z.plain / z.packed).toFixed(1)}× smaller)`;
   });
 
   // A knob moved with the mouse on its fader: the server's state follows, then the sound. The

@@ -8,7 +8,24 @@ use bytes::Bytes;
 use demon_live::loopbuf::LoopSnapshot;
 use half::f16;
 
-use crate::protocol::{FrameError, FrameHeader, FrameKind, HEADER_BYTES};
+use crate::protocol::{FLAG_ZSTD, FrameError, FrameHeader, FrameKind, HEADER_BYTES};
+
+/// `frame` (a delta: header, then f16 samples) with its samples as one zstd frame at level 1
+/// and [`FLAG_ZSTD`] set in the header; the frame as it is if compressing fails.
+pub fn zstd_delta(frame: &[u8]) -> Bytes {
+    let Some((head, samples)) = frame.split_at_checked(HEADER_BYTES) else {
+        return Bytes::copy_from_slice(frame);
+    };
+    let Ok(packed) = zstd::bulk::compress(samples, 1) else {
+        return Bytes::copy_from_slice(frame);
+    };
+    let mut out = Vec::with_capacity(HEADER_BYTES + packed.len());
+    out.extend_from_slice(head);
+    let flags = u16::from_le_bytes([out[2], out[3]]) | FLAG_ZSTD;
+    out[2..4].copy_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&packed);
+    Bytes::from(out)
+}
 
 /// What a frame reports besides its samples.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -248,7 +265,14 @@ impl FrameLog {
 pub fn apply_frame(buffer: &mut [Vec<f32>; 2], frame: &[u8]) -> Option<FrameHeader> {
     let h = FrameHeader::parse(frame)?;
     let n = h.num_samples as usize;
-    let body = &frame[HEADER_BYTES..];
+    let flags = u16::from_le_bytes([frame[2], frame[3]]);
+    let unpacked;
+    let body = if flags & FLAG_ZSTD != 0 {
+        unpacked = zstd::bulk::decompress(&frame[HEADER_BYTES..], n * 2 * 2).ok()?;
+        &unpacked[..]
+    } else {
+        &frame[HEADER_BYTES..]
+    };
     if body.len() != n * 2 * 2 {
         return None;
     }
@@ -281,6 +305,50 @@ pub fn apply_frame(buffer: &mut [Vec<f32>; 2], frame: &[u8]) -> Option<FrameHead
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A compressed delta carries the flag and the same header otherwise, is smaller for a
+    /// quiet change, and applies to exactly what the plain one gives; a corrupt one is refused.
+    #[test]
+    fn zstd_deltas_apply_as_the_plain_ones() {
+        let meta = FrameMeta {
+            tick: 3,
+            ..Default::default()
+        };
+        let n = 4800;
+        let quiet: Vec<f32> = (0..n)
+            .map(|i| if i % 97 == 0 { 0.25 } else { 0.0 })
+            .collect();
+        let mut log = FrameLog::new(
+            &LoopSnapshot::from_planar(&[vec![0.0; n], vec![0.0; n]]),
+            0,
+            4,
+        )
+        .unwrap();
+        let (_, plain) = log.delta(100, &[quiet.clone(), quiet], meta).unwrap();
+        let plain = plain.to_vec();
+        let packed = zstd_delta(&plain);
+        assert!(
+            packed.len() * 4 < plain.len(),
+            "{} vs {} bytes",
+            packed.len(),
+            plain.len()
+        );
+        assert_eq!(u16::from_le_bytes([packed[2], packed[3]]), FLAG_ZSTD);
+        assert_eq!(packed[..2], plain[..2]);
+        assert_eq!(packed[4..HEADER_BYTES], plain[4..HEADER_BYTES]);
+        let (mut a, mut b) = ([vec![0.0; n], vec![0.0; n]], [vec![0.0; n], vec![0.0; n]]);
+        assert_eq!(apply_frame(&mut a, &plain), apply_frame(&mut b, &packed));
+        assert!(
+            a.iter()
+                .flatten()
+                .zip(b.iter().flatten())
+                .all(|(x, y)| x.to_bits() == y.to_bits())
+        );
+        assert!(a[0].iter().any(|v| *v != 0.0));
+        let mut broken = packed.to_vec();
+        broken.truncate(broken.len() - 3);
+        assert_eq!(apply_frame(&mut a, &broken), None);
+    }
 
     #[test]
     fn deltas_keep_client_and_mirror_identical() {

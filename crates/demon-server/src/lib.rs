@@ -52,6 +52,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/app.js", get(ui::app_js))
         .route("/worklet.js", get(ui::worklet_js))
         .route("/style.css", get(ui::style_css))
+        .route("/vendor/fzstd.mjs", get(ui::fzstd_js))
         .route("/ws", get(ws::handler))
         .route("/api/health", get(rest::health))
         .route("/api/state", get(rest::state))

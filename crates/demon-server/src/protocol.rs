@@ -437,6 +437,9 @@ pub struct Ready {
     /// The LoRA folders the session scans (`--lora-dir`); absent: no LoRA library.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lora_folders: Vec<std::path::PathBuf>,
+    /// How this connection's delta frames come (what its upgrade asked for).
+    #[serde(default)]
+    pub compression: Compression,
     pub state: SessionState,
 }
 
@@ -786,6 +789,47 @@ impl FrameKind {
 /// Header bytes before the samples.
 pub const HEADER_BYTES: usize = 28;
 
+/// Bit 0 of the header's flags (bytes 2–3): the samples after the header are one zstd frame
+/// (docs/protocol.md "Compressed deltas"). Only deltas, and only for a client that asked.
+pub const FLAG_ZSTD: u16 = 1;
+
+/// How a client's delta frames travel, chosen in its WebSocket upgrade (`/ws?compress=zstd`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// The f16 samples as they are.
+    #[default]
+    None,
+    /// zstd level 1 on the samples of each delta frame.
+    Zstd,
+}
+
+impl Compression {
+    /// The `compress` query parameter of an upgrade (absent: none).
+    pub fn from_query(query: Option<&str>) -> Result<Self, String> {
+        let Some(query) = query else {
+            return Ok(Self::None);
+        };
+        let mut found = Self::None;
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if key != "compress" {
+                continue;
+            }
+            found = match value {
+                "zstd" => Self::Zstd,
+                "none" | "" => Self::None,
+                other => {
+                    return Err(format!(
+                        "compress={other} is not a compression this server speaks (zstd or none)"
+                    ));
+                }
+            };
+        }
+        Ok(found)
+    }
+}
+
 /// A field that does not fit the binary header.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("audio frame field `{field}` = {value} does not fit in 32 bits")]
@@ -868,6 +912,26 @@ impl FrameHeader {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn compression_comes_from_the_upgrade_query() {
+        assert_eq!(Compression::from_query(None), Ok(Compression::None));
+        assert_eq!(
+            Compression::from_query(Some("token=t")),
+            Ok(Compression::None)
+        );
+        assert_eq!(
+            Compression::from_query(Some("token=t&compress=zstd")),
+            Ok(Compression::Zstd)
+        );
+        assert_eq!(
+            Compression::from_query(Some("compress=none")),
+            Ok(Compression::None)
+        );
+        let e = Compression::from_query(Some("compress=brotli")).unwrap_err();
+        assert!(e.contains("compress=brotli") && e.contains("zstd"), "{e}");
+    }
+
     use super::*;
 
     #[test]

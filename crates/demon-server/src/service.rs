@@ -31,9 +31,9 @@ use serde::{Deserialize, Serialize};
 use crate::midi_learn::{CcBinding, Learn, MidiMap, NoteBinding};
 use crate::options::{Limits, ServerOptions};
 use crate::protocol::{
-    ApiError, CcMode, ControlAck, ErrorCode, Health, KnobInfo, KnobReading, LimitsInfo,
-    MidiLearnReply, NoteAction, PROTOCOL_VERSION, Ready, RecordingStarted, RecordingStopped,
-    RenderDone,
+    ApiError, CcMode, Compression, ControlAck, ErrorCode, Health, KnobInfo, KnobReading,
+    LimitsInfo, MidiLearnReply, NoteAction, PROTOCOL_VERSION, Ready, RecordingStarted,
+    RecordingStopped, RenderDone,
 };
 
 /// Who sent a control (the `origin` of its `applied` echo).
@@ -390,6 +390,7 @@ impl Service {
             curves: CURVE_NAMES.iter().map(|c| c.to_string()).collect(),
             library: self.hooks.library.clone(),
             lora_folders: self.handle.lora_dirs().to_vec(),
+            compression: Compression::None,
             state,
         })
     }

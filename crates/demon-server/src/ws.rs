@@ -20,7 +20,7 @@
 //! frame (11.5 MB for a minute of loop) would stay held by every connection for its lifetime.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -42,8 +42,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use crate::frames::{CatchUp, FrameLog, FrameMeta};
 use crate::protocol::{
-    ApiError, ClientMessage, ErrorCode, RecordAction, ReplyResult, Request, ServerMessage,
-    parse_client_message,
+    ApiError, ClientMessage, Compression, ErrorCode, RecordAction, ReplyResult, Request,
+    ServerMessage, parse_client_message,
 };
 use crate::service::{Origin, RateLimit, Service};
 
@@ -68,11 +68,11 @@ enum Shared {
     Delta {
         seq: u64,
         frame: Bytes,
+        /// The same frame zstd-compressed, made by the first client that asks for it.
+        zstd: Arc<OnceLock<Bytes>>,
     },
     /// The loop was replaced: every client needs the full frame `seq` (or a later one).
-    Full {
-        seq: u64,
-    },
+    Full { seq: u64 },
     /// A frame could not be made (a field past the header's range); the mirror is unchanged.
     Refused(crate::protocol::FrameError),
 }
@@ -142,7 +142,11 @@ impl AudioFanout {
                         generations: slice.generations,
                     };
                     match log.delta(slice.start_sample, &slice.channels, meta) {
-                        Ok((seq, frame)) => Shared::Delta { seq, frame },
+                        Ok((seq, frame)) => Shared::Delta {
+                            seq,
+                            frame,
+                            zstd: Arc::default(),
+                        },
                         Err(e) => Shared::Refused(e),
                     }
                 }
@@ -247,12 +251,17 @@ impl Outbox {
         self.fulls.load(Ordering::Relaxed) > 0
     }
 
-    /// The full frame and deltas of a catch-up; false once the connection is gone.
-    async fn send_catch_up(&self, c: CatchUp) -> bool {
+    /// The full frame and deltas of a catch-up (the deltas compressed as the client asked);
+    /// false once the connection is gone.
+    async fn send_catch_up(&self, c: CatchUp, compression: Compression) -> bool {
         if !self.send_full(c.full).await {
             return false;
         }
         for d in c.deltas {
+            let d = match compression {
+                Compression::Zstd => crate::frames::zstd_delta(&d),
+                Compression::None => d,
+            };
             if !self.send(Message::Binary(d)).await {
                 return false;
             }
@@ -321,6 +330,10 @@ pub async fn handler(
     let Some(key) = websocket_key(headers) else {
         return bad_upgrade("`Sec-WebSocket-Key` must be base64 of 16 bytes");
     };
+    let compression = match Compression::from_query(req.uri().query()) {
+        Ok(c) => c,
+        Err(problem) => return (StatusCode::BAD_REQUEST, problem).into_response(),
+    };
     let accept = derive_accept_key(key);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let limits = svc.limits();
@@ -336,7 +349,7 @@ pub async fn handler(
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        connection(svc, fanout, socket).await;
+        connection(svc, fanout, socket, compression).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -377,7 +390,12 @@ fn text(m: &ServerMessage) -> Message {
     Message::Text(m.to_json().into())
 }
 
-async fn connection(svc: Arc<Service>, fanout: Arc<AudioFanout>, socket: Socket) {
+async fn connection(
+    svc: Arc<Service>,
+    fanout: Arc<AudioFanout>,
+    socket: Socket,
+    compression: Compression,
+) {
     let client_id = svc.new_client();
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Queued>(OUTBOX);
@@ -411,7 +429,7 @@ async fn connection(svc: Arc<Service>, fanout: Arc<AudioFanout>, socket: Socket)
         Ok(c) => svc.ready(client_id, c.samples).map(|ready| (ready, c)),
         Err(e) => Err(e),
     };
-    let (ready, catch_up) = match start {
+    let (mut ready, catch_up) = match start {
         Ok(x) => x,
         Err(e) => {
             let _ = out.send(text(&ServerMessage::error(Value::Null, e))).await;
@@ -421,15 +439,24 @@ async fn connection(svc: Arc<Service>, fanout: Arc<AudioFanout>, socket: Socket)
         }
     };
     let synced = catch_up.seq;
+    ready.compression = compression;
     if !out.send(text(&ServerMessage::Ready(Box::new(ready)))).await
-        || !out.send_catch_up(catch_up).await
+        || !out.send_catch_up(catch_up, compression).await
     {
         return;
     }
 
     // A resync asked while one is pending is the same resync.
     let (resync_tx, resync_rx) = mpsc::channel::<()>(1);
-    let forwarder = tokio::spawn(forward(fanout, sub, frames, synced, out.clone(), resync_rx));
+    let forwarder = tokio::spawn(forward(
+        fanout,
+        sub,
+        frames,
+        synced,
+        out.clone(),
+        resync_rx,
+        compression,
+    ));
 
     let mut resync_rate = ResyncLimit::new(svc.limits().min_resync_interval);
     let mut rate = RateLimit::new(svc.limits().max_controls_per_second);
@@ -654,6 +681,7 @@ async fn forward(
     synced: u64,
     out: Outbox,
     mut resync: mpsc::Receiver<()>,
+    compression: Compression,
 ) {
     let mut synced = Some(synced);
     let mut last_stats: Option<Instant> = None;
@@ -698,8 +726,14 @@ async fn forward(
                 None
             }
             Next::Poll => None,
-            Next::Frame(Shared::Delta { seq, frame }) => match synced {
+            Next::Frame(Shared::Delta { seq, frame, zstd }) => match synced {
                 Some(s) if seq > s => {
+                    let frame = match compression {
+                        Compression::Zstd => zstd
+                            .get_or_init(|| crate::frames::zstd_delta(&frame))
+                            .clone(),
+                        Compression::None => frame,
+                    };
                     if out.room_for(frame.len()) {
                         synced = Some(seq);
                         Some(Message::Binary(frame))
@@ -745,7 +779,7 @@ async fn forward(
                 }
             };
             synced = Some(c.seq);
-            if !out.send_catch_up(c).await {
+            if !out.send_catch_up(c, compression).await {
                 return;
             }
         }

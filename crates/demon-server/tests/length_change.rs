@@ -8,16 +8,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::Page;
 use demon_live::SessionError;
-use demon_server::frames::apply_frame;
 use demon_server::protocol::FrameKind;
 use demon_server::{Hooks, ServerOptions};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use futures_util::SinkExt;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const RATE: usize = 48_000;
 
@@ -45,63 +42,6 @@ async fn serve() -> (SocketAddr, demon_live::session::SessionHandle) {
     (addr, handle)
 }
 
-/// A connected client's copy of the loop, kept by applying every binary frame.
-struct Page {
-    ws: Ws,
-    loop_audio: [Vec<f32>; 2],
-}
-
-impl Page {
-    async fn open(addr: SocketAddr) -> Page {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-            .await
-            .unwrap();
-        let mut page = Page {
-            ws,
-            loop_audio: [Vec::new(), Vec::new()],
-        };
-        let ready = page.next_text().await;
-        assert_eq!(ready["type"], "ready", "{ready}");
-        assert_eq!(ready["samples"], 8 * RATE);
-        let first = page.next_binary().await;
-        assert_eq!(first, FrameKind::Full);
-        assert_eq!(page.loop_audio[0].len(), 8 * RATE);
-        page
-    }
-
-    async fn next(&mut self) -> Message {
-        tokio::time::timeout(Duration::from_secs(30), self.ws.next())
-            .await
-            .expect("a frame within 30 s")
-            .expect("open")
-            .unwrap()
-    }
-
-    async fn next_text(&mut self) -> Value {
-        loop {
-            if let Message::Text(t) = self.next().await {
-                return serde_json::from_str(&t).unwrap();
-            }
-        }
-    }
-
-    /// The next binary frame, applied; its kind.
-    async fn next_binary(&mut self) -> FrameKind {
-        loop {
-            if let Message::Binary(b) = self.next().await {
-                let h = apply_frame(&mut self.loop_audio, &b).expect("a valid frame");
-                if h.kind != FrameKind::Full {
-                    assert!(
-                        (h.start_sample as usize) < self.loop_audio[0].len(),
-                        "a slice starts inside the loop the client holds"
-                    );
-                }
-                return h.kind;
-            }
-        }
-    }
-}
-
 /// `seconds` of a 220 Hz tone, 48 kHz stereo, as WAV bytes.
 fn wav(seconds: f64) -> Vec<u8> {
     let n = (seconds * RATE as f64).round() as usize;
@@ -115,8 +55,12 @@ fn wav(seconds: f64) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_song_length_reaches_every_client_as_a_full_buffer() {
     let (addr, handle) = serve().await;
-    let mut a = Page::open(addr).await;
-    let mut b = Page::open(addr).await;
+    let mut a = Page::open(addr, "").await;
+    let mut b = Page::open(addr, "").await;
+    for page in [&a, &b] {
+        assert_eq!(page.ready["samples"], 8 * RATE);
+        assert_eq!(page.loop_audio[0].len(), 8 * RATE);
+    }
 
     a.ws.send(Message::Text(
         json!({"id": 1, "type": "upload", "name": "short.wav"})

@@ -792,3 +792,64 @@ async fn mcp_lists_tools_and_sets_a_knob() {
     assert!(handle.state().unwrap().automation.is_empty());
     handle.stop().unwrap();
 }
+
+/// Deltas come zstd-compressed to a client that asks in its upgrade (`/ws?compress=zstd`) and
+/// plain to one that does not, and both copies of the loop end identical bit for bit; an
+/// unknown compression is refused with a 400 that names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_deltas_for_the_clients_that_ask() {
+    let handle = session();
+    let addr = serve_with(test_opts(None), handle.clone()).await;
+    let mut plain = common::Page::open(addr, "").await;
+    let mut packed = common::Page::open(addr, "?compress=zstd").await;
+    assert_eq!(plain.ready["compression"], "none");
+    assert_eq!(packed.ready["compression"], "zstd");
+    for page in [&mut plain, &mut packed] {
+        let mut deltas = 0;
+        while deltas < 10 {
+            if page.next_binary().await == FrameKind::Delta {
+                deltas += 1;
+            }
+        }
+    }
+    assert_eq!(plain.compressed_deltas, 0);
+    assert!(
+        packed.compressed_deltas >= 10,
+        "{}",
+        packed.compressed_deltas
+    );
+    // Stopped, the loop stands still: what each page holds once the frames stop is the mirror.
+    handle
+        .control(
+            0,
+            demon_live::control::ControlMessage::SetPlaying { playing: false },
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    for page in [&mut plain, &mut packed] {
+        while tokio::time::timeout(Duration::from_millis(1500), page.next_binary())
+            .await
+            .is_ok()
+        {}
+    }
+    let same = plain
+        .loop_audio
+        .iter()
+        .flatten()
+        .zip(packed.loop_audio.iter().flatten())
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(
+        same,
+        "the compressed and the plain client hold the same loop"
+    );
+
+    match tokio_tungstenite::connect_async(format!("ws://{addr}/ws?compress=brotli")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 400);
+            let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).to_string();
+            assert!(body.contains("compress=brotli"), "{body}");
+        }
+        other => panic!("compress=brotli was not refused: {:?}", other.map(|_| ())),
+    }
+    handle.stop().unwrap();
+}

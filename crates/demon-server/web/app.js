@@ -75,6 +75,9 @@ const demon = {
   references: { timbre: null, structure: null }, // the reference names the page shows
   micSeconds: 0, // the length of the last microphone recording uploaded
   idle: false, // the idle pause holds generation (stats.idle)
+  compression: 'none', // how this connection's deltas come (ready.compression)
+  compressedBytes: 0, // bytes of the compressed deltas received, and of them decoded
+  plainBytes: 0,
   // What the browser's audio path adds after the worklet: the context's base and output
   // latency, and how far the sample leaving the output now trails the one being rendered.
   audioLatency: () => {
@@ -311,8 +314,23 @@ let nextId = 1;
 const pending = new Map(); // id → {t0, what, resolve, reject}
 let retryTimer = 0;
 
+// The zstd decoder for compressed deltas (fzstd, bundled under vendor/). The page asks for
+// compressed deltas in its upgrade once the decoder is loaded; `?compress=none` in the page's
+// address (or a decoder that failed to load) keeps them plain.
+let zstd = null;
+const zstdLoaded = query.get('compress') === 'none'
+  ? Promise.resolve()
+  : import(withToken('./vendor/fzstd.mjs'))
+    .then((m) => {
+      zstd = m;
+    })
+    .catch((e) => log('info', `no zstd decoder (${e.message}): deltas come uncompressed`));
+
 function connect() {
-  const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws${TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : ''}`;
+  const params = new URLSearchParams();
+  if (TOKEN) params.set('token', TOKEN);
+  if (zstd) params.set('compress', 'zstd');
+  const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws${params.size ? `?${params}` : ''}`;
   setConn('connecting…', false);
   ws = new WebSocket(url);
   ws.binaryType = 'arraybuffer';
@@ -385,9 +403,33 @@ function showKnobToEar(k) {
   el.title = `knob → ear, last / median ms: shared lane ${fmt('shared_lane')}, per slot ${fmt('per_slot')}, prompt ${fmt('prompt')}, source ${fmt('source')}`;
 }
 
-function onBinary(buf) {
+// A compressed delta (flag bit 0 of header bytes 2–3) as the plain frame the worklet reads.
+function unpackFrame(buf) {
+  const flags = new DataView(buf).getUint16(2, true);
+  if (!(flags & 1)) return buf;
+  if (!zstd) throw new Error('a compressed frame, and no zstd decoder');
+  const samples = zstd.decompress(new Uint8Array(buf, 28));
+  const out = new Uint8Array(28 + samples.byteLength);
+  out.set(new Uint8Array(buf, 0, 28));
+  out.set(samples, 28);
+  new DataView(out.buffer).setUint16(2, flags & ~1, true);
+  demon.compressedBytes += buf.byteLength;
+  demon.plainBytes += out.byteLength;
+  return out.buffer;
+}
+
+function onBinary(raw) {
   demon.framesReceived++;
+  let buf = raw;
   if (buf.byteLength >= 28) {
+    try {
+      buf = unpackFrame(raw);
+    } catch (e) {
+      // A frame lost is a mirror left: the resync brings a full frame.
+      showError(`a compressed audio frame could not be decoded (${e.message}); resyncing`);
+      if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'resync' }));
+      return;
+    }
     const dv = new DataView(buf);
     const kind = dv.getUint8(0);
     if (kind !== 0) {
@@ -477,6 +519,7 @@ function onJson(m) {
 
 function onReady(m) {
   S.ready = m;
+  demon.compression = m.compression || 'none';
   S.clientId = m.client_id;
   S.rate = m.sample_rate;
   S.samples = m.samples;
@@ -2410,7 +2453,8 @@ initAudio()
     audioFailed = true;
     showError(`audio: ${e.message}`);
   })
-  .finally(() => {
+  .finally(async () => {
+    await zstdLoaded;
     connect();
     requestAnimationFrame(frame);
     setInterval(syncPlayhead, 3000);

@@ -1,8 +1,16 @@
 //! What the server tests share: a real-time live session on the sketch backend.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use demon_engine::{BackendSet, ReceptiveField};
 use demon_live::core::{LiveCore, SessionConfig};
 use demon_live::session::{RunOptions, SessionHandle, start};
+use demon_server::frames::apply_frame;
+use demon_server::protocol::{FLAG_ZSTD, FrameKind};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
 
 /// The sketch backend on the CPU.
 #[allow(dead_code)]
@@ -125,4 +133,75 @@ pub async fn request(
         .unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (code, body)
+}
+
+#[allow(dead_code)]
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A connected client's copy of the loop, kept by applying every binary frame.
+#[allow(dead_code)] // shared by the test files that open pages, not by all
+pub struct Page {
+    pub ws: Ws,
+    pub loop_audio: [Vec<f32>; 2],
+    /// The `ready` message.
+    pub ready: Value,
+    /// Delta frames that came zstd-compressed (header flag bit 0).
+    pub compressed_deltas: usize,
+}
+
+#[allow(dead_code)]
+impl Page {
+    /// Connect to `/ws{query}` (`""` or `"?compress=zstd"`), read `ready` and the full frame.
+    pub async fn open(addr: SocketAddr, query: &str) -> Page {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws{query}"))
+            .await
+            .unwrap();
+        let mut page = Page {
+            ws,
+            loop_audio: [Vec::new(), Vec::new()],
+            ready: Value::Null,
+            compressed_deltas: 0,
+        };
+        page.ready = page.next_text().await;
+        assert_eq!(page.ready["type"], "ready", "{}", page.ready);
+        let first = page.next_binary().await;
+        assert_eq!(first, FrameKind::Full);
+        page
+    }
+
+    pub async fn next(&mut self) -> Message {
+        tokio::time::timeout(Duration::from_secs(30), self.ws.next())
+            .await
+            .expect("a frame within 30 s")
+            .expect("open")
+            .unwrap()
+    }
+
+    pub async fn next_text(&mut self) -> Value {
+        loop {
+            if let Message::Text(t) = self.next().await {
+                return serde_json::from_str(&t).unwrap();
+            }
+        }
+    }
+
+    /// The next binary frame, applied; its kind.
+    pub async fn next_binary(&mut self) -> FrameKind {
+        loop {
+            if let Message::Binary(b) = self.next().await {
+                let h = apply_frame(&mut self.loop_audio, &b).expect("a valid frame");
+                if b.len() >= 4 && u16::from_le_bytes([b[2], b[3]]) & FLAG_ZSTD != 0 {
+                    self.compressed_deltas += 1;
+                }
+                if h.kind != FrameKind::Full {
+                    assert!(
+                        (h.start_sample as usize) < self.loop_audio[0].len(),
+                        "a slice starts inside the loop the client holds"
+                    );
+                }
+                return h.kind;
+            }
+        }
+    }
 }
