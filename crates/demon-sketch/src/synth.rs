@@ -551,11 +551,7 @@ pub fn render_kept(
     }
     let samples = n * HOP;
     // Audio-rate work starts at frame `from`; nothing after the kept frames is needed either.
-    let from = if kept.start >= SEND_REACH_FRAMES {
-        kept.start - SEND_REACH_FRAMES
-    } else {
-        0
-    };
+    let from = kept.start.saturating_sub(SEND_REACH_FRAMES);
     let (from_s, kept_s) = (from * HOP, kept.start * HOP..kept.end * HOP);
     let upto = kept.end;
     let t = tables();
