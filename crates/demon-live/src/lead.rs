@@ -16,8 +16,8 @@
 //!
 //! over the last [`WINDOW`] needs (the target starts `lead` frames after the first frame
 //! boundary at or after the playhead, so at least `lead` whole frames ahead). It grows at once when a
-//! need says so (a slice would have landed late), shrinks one frame at a time only after
-//! [`SHRINK_AFTER_TICKS`] calm ticks, and never leaves `[floor, ceiling]`. The lead in force is
+//! need says so (a slice would have landed late), shrinks only after [`SHRINK_AFTER_TICKS`]
+//! calm ticks, by a quarter of its distance to the target (at least one frame), and never leaves `[floor, ceiling]`. The lead in force is
 //! written to every clock line of a session file, so replays follow it exactly.
 
 use std::collections::VecDeque;
@@ -139,7 +139,10 @@ impl LeadController {
         } else if target < self.lead_frames {
             self.calm_ticks += 1;
             if self.calm_ticks >= SHRINK_AFTER_TICKS {
-                self.lead_frames -= 1;
+                // A quarter of the way to the target (at least a frame): back from a stall's
+                // 3 s in seconds, not a minute, and never under what the needs ask.
+                let step = ((self.lead_frames - target) / 4).max(1);
+                self.lead_frames -= step;
                 self.calm_ticks = 0;
             }
         } else {
@@ -186,15 +189,22 @@ mod tests {
         }
         assert_eq!(c.target_frames(), 3);
         assert_eq!(*leads.last().unwrap(), 3);
-        // One frame per SHRINK_AFTER_TICKS calm ticks, never faster.
+        // After SHRINK_AFTER_TICKS calm ticks, a quarter of the way down (at least a frame):
+        // 13 → 11 → 9 → 8 → … → 3, never faster, never under the target.
         let first_drop = leads.iter().position(|&l| l < 13).unwrap();
         assert_eq!(first_drop as u32, SHRINK_AFTER_TICKS - 1);
-        assert_eq!(leads[first_drop], 12);
+        assert_eq!(leads[first_drop], 11);
         for w in leads.windows(2) {
-            assert!(w[0] - w[1] <= 1, "shrank by more than a frame: {w:?}");
+            assert!(w[0] >= w[1] && w[1] >= 3, "{w:?}");
+            assert!(
+                w[0] - w[1] <= ((w[0] - 3) / 4).max(1),
+                "shrank too fast: {w:?}"
+            );
         }
+        let drops = leads.windows(2).filter(|w| w[1] < w[0]).count();
         let reached = leads.iter().position(|&l| l == 3).unwrap();
-        assert_eq!(reached as u32, 10 * SHRINK_AFTER_TICKS - 1);
+        assert_eq!(reached as u32, drops as u32 * SHRINK_AFTER_TICKS - 1);
+        assert_eq!(drops, 8, "{leads:?}");
     }
 
     #[test]
