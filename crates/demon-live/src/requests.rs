@@ -183,21 +183,23 @@ pub fn build_lane(controls: &Controls, facts: &BackendFacts) -> SessionResult<Sh
     lane.curves.guidance = pick(CurveId::Guidance, above(k.guidance, 1.0));
     lane.curves.apg_momentum = pick(CurveId::ApgMomentum, Some(k.apg_momentum as f32));
     lane.curves.cfg_rescale = pick(CurveId::CfgRescale, above(k.cfg_rescale, 0.0));
+    // DEMON's layout (the engine's `ChannelGain::grouped`): eight groups, then the keystones
+    // the latent has; a keystone at 1 follows its group, as DEMON builds no entry for it.
     let c = facts.latent_channels;
-    let groups = k.channel_gains();
-    let group = c.div_ceil(groups.len()).max(1);
-    let mut gains: Vec<f32> = (0..c)
-        .map(|i| groups[(i / group).min(groups.len() - 1)] as f32)
+    let groups = k.channel_gains().map(|g| g as f32);
+    let keystones: Vec<(usize, f32)> = k
+        .keystone_gains()
+        .into_iter()
+        .filter(|&(ch, g)| ch < c && (g - 1.0).abs() > 0.01)
+        .map(|(ch, g)| (ch, g as f32))
         .collect();
-    // A keystone at 1 follows its group, as DEMON builds no entry for it; a latent without
-    // the channel has no keystone there.
-    for (ch, g) in k.keystone_gains() {
-        if let Some(slot) = gains.get_mut(ch).filter(|_| g != 1.0) {
-            *slot = g as f32;
-        }
-    }
+    // A latent of fewer channels than groups shares the first groups' gains.
+    let groups = &groups[..groups.len().min(c.max(1))];
     // The `channel_gain` curve shapes the gains over the song (0 = none, 1 = all of them).
-    lane.channel_gain = match ChannelGain::new(gains).ok().filter(|g| !g.is_identity()) {
+    lane.channel_gain = match ChannelGain::grouped(c, groups, &keystones)
+        .ok()
+        .filter(|g| !g.is_identity())
+    {
         Some(gain) => match controls.curve(CurveId::ChannelGain) {
             Some(amount) => Some(gain.with_amount(amount.clone())?),
             None => Some(gain),

@@ -465,15 +465,15 @@ impl<'c> Oscillators<'c> {
         };
         let n = out.len() as f32;
         let da = (a.1 - a.0) / n;
-        match (rb, mix) {
-            (Some(rb), Some((_, b))) => {
+        match rb.zip(mix) {
+            Some((rb, (_, b))) => {
                 let db = (b.1 - b.0) / n;
                 for (i, o) in out.iter_mut().enumerate() {
                     let v = ra[i] * (a.0 + da * i as f32) + rb[i] * (b.0 + db * i as f32);
                     *o += v;
                 }
             }
-            _ => {
+            None => {
                 for (i, o) in out.iter_mut().enumerate() {
                     *o += ra[i] * (a.0 + da * i as f32);
                 }
@@ -534,10 +534,10 @@ pub fn render(latent: &[f32], first_frame: i64) -> [Vec<f32>; 2] {
 /// decode keeps a few frames out of a window of context; the voices, the mix and the reverb
 /// are computed only where a kept sample can hear them, not over the whole context (the
 /// context's onsets and envelopes still are, from the latent, which is cheap).
-#[allow(clippy::needless_range_loop)] // parallel arrays indexed together
 ///
 /// `cache` keeps oscillator frames for the next call (windows up to
 /// [`OscCache::MAX_WINDOW_FRAMES`] use it); the samples are the same with or without it.
+#[allow(clippy::needless_range_loop)] // parallel arrays indexed together
 pub fn render_kept(
     latent: &[f32],
     first_frame: i64,
@@ -545,7 +545,8 @@ pub fn render_kept(
     cache: Option<&mut OscCache>,
 ) -> [Vec<f32>; 2] {
     let n = latent.len() / CHANNELS;
-    let kept = kept.start.min(n)..kept.end.min(n).max(kept.start.min(n));
+    let start = kept.start.min(n);
+    let kept = start..kept.end.clamp(start, n);
     if n == 0 || kept.is_empty() {
         return [Vec::new(), Vec::new()];
     }
