@@ -51,8 +51,32 @@ use crate::service::{Origin, RateLimit, Service};
 /// `AUDIO_HEADROOM` places are left, so replies and control echoes always find room.
 const OUTBOX: usize = 512;
 const AUDIO_HEADROOM: usize = 8;
-/// `stats` go out at most this often.
+/// `stats` go out at most this often, except one whose overload state (the overload flag or the
+/// depth cap) differs from the last sent: the page's indicator follows the session at once.
 const STATS_EVERY: Duration = Duration::from_millis(250);
+/// Which `stats` go to one client: one per [`STATS_EVERY`], and at once any whose overload state
+/// differs from the last sent.
+#[derive(Default)]
+struct StatsGate {
+    last_sent: Option<Instant>,
+    overload: Option<(bool, Option<usize>)>,
+}
+
+impl StatsGate {
+    fn admit(&mut self, realtime: &demon_live::budget::RealtimeReport, now: Instant) -> bool {
+        let overload = Some((realtime.overloaded, realtime.depth_cap));
+        let due = self
+            .last_sent
+            .is_none_or(|t| now.saturating_duration_since(t) >= STATS_EVERY);
+        if !due && overload == self.overload {
+            return false;
+        }
+        self.last_sent = Some(now);
+        self.overload = overload;
+        true
+    }
+}
+
 /// Shared frames a connection may lag behind before it must catch up with a full frame
 /// (about 10 s of ticks).
 const FANOUT_FRAMES: usize = 256;
@@ -684,7 +708,7 @@ async fn forward(
     compression: Compression,
 ) {
     let mut synced = Some(synced);
-    let mut last_stats: Option<Instant> = None;
+    let mut stats_gate = StatsGate::default();
     loop {
         let next = tokio::select! {
             biased;
@@ -754,14 +778,10 @@ async fn forward(
             }
             Next::Frame(Shared::Refused(e)) => Some(frame_error(e)),
             Next::Event(Event::Audio(_) | Event::BufferReplaced { .. }) => None,
-            Next::Event(e @ Event::Stats { .. }) => {
-                if last_stats.is_some_and(|t| t.elapsed() < STATS_EVERY) {
-                    None
-                } else {
-                    last_stats = Some(Instant::now());
-                    ServerMessage::from_event(&e).map(|m| text(&m))
-                }
-            }
+            Next::Event(e @ Event::Stats { realtime, .. }) => stats_gate
+                .admit(&realtime, Instant::now())
+                .then(|| ServerMessage::from_event(&e).map(|m| text(&m)))
+                .flatten(),
             Next::Event(e) => ServerMessage::from_event(&e).map(|m| text(&m)),
         };
         if let Some(msg) = msg
@@ -791,4 +811,43 @@ fn frame_error(e: crate::protocol::FrameError) -> Message {
         Value::Null,
         ApiError::new(ErrorCode::TooLarge, e.to_string()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use demon_live::budget::RealtimeReport;
+
+    #[test]
+    fn stats_are_throttled_except_a_change_of_overload_state() {
+        let calm = RealtimeReport {
+            budget_ms: 40.0,
+            load: 0.5,
+            overloaded: false,
+            depth_cap: None,
+        };
+        let capped = RealtimeReport {
+            load: 0.8,
+            depth_cap: Some(3),
+            ..calm
+        };
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut gate = StatsGate::default();
+        assert!(gate.admit(&calm, at(0)), "the first stats go out");
+        assert!(!gate.admit(&calm, at(40)), "the next tick's are held");
+        assert!(gate.admit(&capped, at(80)), "a depth cap goes out at once");
+        assert!(
+            !gate.admit(&capped, at(120)),
+            "and then the throttle holds again"
+        );
+        let over = RealtimeReport {
+            overloaded: true,
+            ..capped
+        };
+        assert!(gate.admit(&over, at(160)), "an overload goes out at once");
+        assert!(gate.admit(&calm, at(200)), "so does its end");
+        assert!(!gate.admit(&calm, at(440)), "249 ms later: held");
+        assert!(gate.admit(&calm, at(450)), "250 ms later: due");
+    }
 }
