@@ -15,10 +15,11 @@
 //! ```
 //!
 //! over the last [`WINDOW`] needs (the target starts `lead` frames after the first frame
-//! boundary at or after the playhead, so at least `lead` whole frames ahead). It grows at once when a
-//! need says so (a slice would have landed late), shrinks only after [`SHRINK_AFTER_TICKS`]
-//! calm ticks, by a quarter of its distance to the target (at least one frame), and never leaves `[floor, ceiling]`. The lead in force is
-//! written to every clock line of a session file, so replays follow it exactly.
+//! boundary at or after the playhead, so at least `lead` whole frames ahead). It grows at once
+//! when a need says so (a slice would have landed late), shrinks only after
+//! [`SHRINK_AFTER_TICKS`] calm ticks, by a quarter of its distance to the target (at least one
+//! frame), and never leaves `[floor, ceiling]`. The lead in force is written to every clock line
+//! of a session file, so replays follow it exactly.
 
 use std::collections::VecDeque;
 

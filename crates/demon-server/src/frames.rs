@@ -21,8 +21,8 @@ pub fn zstd_delta(frame: &[u8]) -> Bytes {
     };
     let mut out = Vec::with_capacity(HEADER_BYTES + packed.len());
     out.extend_from_slice(head);
-    let flags = u16::from_le_bytes([out[2], out[3]]) | FLAG_ZSTD;
-    out[2..4].copy_from_slice(&flags.to_le_bytes());
+    let flags = FrameHeader::flags(head).unwrap_or(0) | FLAG_ZSTD;
+    FrameHeader::set_flags(&mut out, flags);
     out.extend_from_slice(&packed);
     Bytes::from(out)
 }
@@ -265,9 +265,8 @@ impl FrameLog {
 pub fn apply_frame(buffer: &mut [Vec<f32>; 2], frame: &[u8]) -> Option<FrameHeader> {
     let h = FrameHeader::parse(frame)?;
     let n = h.num_samples as usize;
-    let flags = u16::from_le_bytes([frame[2], frame[3]]);
     let unpacked;
-    let body = if flags & FLAG_ZSTD != 0 {
+    let body = if FrameHeader::flags(frame)? & FLAG_ZSTD != 0 {
         unpacked = zstd::bulk::decompress(&frame[HEADER_BYTES..], n * 2 * 2).ok()?;
         &unpacked[..]
     } else {

@@ -890,6 +890,23 @@ impl FrameHeader {
         out.extend_from_slice(&self.generations.to_le_bytes());
     }
 
+    /// The flags (bytes 2–3: [`FLAG_ZSTD`]) of the header at the start of `b`; `None` when too
+    /// short.
+    pub fn flags(b: &[u8]) -> Option<u16> {
+        let head = b.get(..HEADER_BYTES)?;
+        Some(u16::from_le_bytes([head[2], head[3]]))
+    }
+
+    /// Sets the flags of the header at the start of `frame`; false (and nothing changed) when
+    /// `frame` is shorter than a header.
+    pub fn set_flags(frame: &mut [u8], flags: u16) -> bool {
+        if frame.len() < HEADER_BYTES {
+            return false;
+        }
+        frame[2..4].copy_from_slice(&flags.to_le_bytes());
+        true
+    }
+
     /// The header at the start of `b`; `None` when too short or of an unknown kind.
     pub fn parse(b: &[u8]) -> Option<FrameHeader> {
         let head = b.get(..HEADER_BYTES)?;
@@ -912,6 +929,7 @@ impl FrameHeader {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn compression_comes_from_the_upgrade_query() {
@@ -931,8 +949,6 @@ mod tests {
         let e = Compression::from_query(Some("compress=brotli")).unwrap_err();
         assert!(e.contains("compress=brotli") && e.contains("zstd"), "{e}");
     }
-
-    use super::*;
 
     #[test]
     fn header_fields_are_checked_not_truncated() {

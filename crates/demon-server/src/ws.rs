@@ -51,11 +51,11 @@ use crate::service::{Origin, RateLimit, Service};
 /// `AUDIO_HEADROOM` places are left, so replies and control echoes always find room.
 const OUTBOX: usize = 512;
 const AUDIO_HEADROOM: usize = 8;
-/// `stats` go out at most this often, except one whose overload state (the overload flag or the
-/// depth cap) differs from the last sent: the page's indicator follows the session at once.
+/// `stats` go out at most this often (but see [`StatsGate`]).
 const STATS_EVERY: Duration = Duration::from_millis(250);
 /// Which `stats` go to one client: one per [`STATS_EVERY`], and at once any whose overload state
-/// differs from the last sent.
+/// (the overload flag or the depth cap) differs from the last sent, so the page's indicator
+/// follows the session within a tick.
 #[derive(Default)]
 struct StatsGate {
     last_sent: Option<Instant>,
