@@ -7,7 +7,7 @@ use demon_engine::{BackendSet, ReceptiveField};
 use demon_live::core::{LiveCore, SessionConfig};
 use demon_live::session::{RunOptions, SessionHandle, start};
 use demon_server::frames::apply_frame;
-use demon_server::protocol::{FLAG_ZSTD, FrameKind};
+use demon_server::protocol::{FLAG_ZSTD, FrameHeader, FrameKind};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -191,7 +191,7 @@ impl Page {
         loop {
             if let Message::Binary(b) = self.next().await {
                 let h = apply_frame(&mut self.loop_audio, &b).expect("a valid frame");
-                if b.len() >= 4 && u16::from_le_bytes([b[2], b[3]]) & FLAG_ZSTD != 0 {
+                if FrameHeader::flags(&b).is_some_and(|f| f & FLAG_ZSTD != 0) {
                     self.compressed_deltas += 1;
                 }
                 if h.kind != FrameKind::Full {
